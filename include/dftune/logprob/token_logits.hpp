@@ -1,0 +1,67 @@
+#pragma once
+// The input of every token log-prob reduction (DESIGN.md §2, arrow "model → per-token log-probs →
+// per-sequence scores"): a [N, V] block of logits, one target per row, a per-token weight (0 masks
+// prompt and padding) and the sequence boundaries. Views only; the caller owns every buffer.
+#include <dftune/config.hpp>
+#include <dftune/error.hpp>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <type_traits>
+
+DFTUNE_NAMESPACE_BEGIN
+
+using token_t = std::int32_t;
+
+namespace logprob {
+
+// The type in which a storage type's log-probs are accumulated and returned: float for float (and,
+// later, bf16/fp16), double for double.
+template <class T>
+using compute_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+template <class T>
+struct TokenLogits {
+  std::span<const T> logits;               // [N, V] row-major
+  std::size_t vocab = 0;                   // V
+  std::span<const token_t> targets;        // [N]; read only where the weight is non-zero
+  std::span<const compute_t<T>> weights;   // [N]; empty means every token has weight 1
+  std::span<const std::int64_t> offsets;   // [S + 1]: sequence s is rows [offsets[s], offsets[s+1])
+
+  std::size_t rows() const { return vocab == 0 ? 0 : logits.size() / vocab; }
+  std::size_t sequences() const { return offsets.empty() ? 0 : offsets.size() - 1; }
+  compute_t<T> weight(std::size_t row) const { return weights.empty() ? compute_t<T>(1) : weights[row]; }
+};
+
+// Checks shapes, offsets, weights and the targets of weighted rows; throws dftune::error naming
+// the argument. Logits are not scanned here (that would double the memory traffic); a non-finite
+// logit shows up as a non-finite log-prob.
+template <class T>
+void validate(const TokenLogits<T>& in) {
+  if (in.vocab == 0) detail::fail("vocab", in.vocab, "at least 1");
+  if (in.logits.size() % in.vocab != 0)
+    detail::fail("logits", "size " + std::to_string(in.logits.size()),
+                 "a multiple of vocab = " + std::to_string(in.vocab));
+  const std::size_t n = in.rows();
+  detail::check_size("targets", in.targets.size(), n);
+  if (!in.weights.empty()) detail::check_size("weights", in.weights.size(), n);
+  if (in.offsets.empty()) detail::fail("offsets", "size 0", "size S + 1 >= 1");
+  if (in.offsets.front() != 0) detail::fail_at("offsets", 0, in.offsets.front(), "0");
+  for (std::size_t s = 1; s < in.offsets.size(); ++s)
+    if (in.offsets[s] < in.offsets[s - 1])
+      detail::fail_at("offsets", s, in.offsets[s], ">= offsets[" + std::to_string(s - 1) + "] (non-decreasing)");
+  if (in.offsets.back() != static_cast<std::int64_t>(n))
+    detail::fail_at("offsets", in.offsets.size() - 1, in.offsets.back(), "N = " + std::to_string(n));
+  for (std::size_t r = 0; r < n; ++r) {
+    const auto w = in.weight(r);
+    if (!std::isfinite(w)) detail::fail_at("weights", r, w, "a finite number");
+    if (w != 0 && (in.targets[r] < 0 || static_cast<std::size_t>(in.targets[r]) >= in.vocab))
+      detail::fail_at("targets", r, in.targets[r], "in [0, vocab = " + std::to_string(in.vocab) + ")");
+  }
+}
+
+}  // namespace logprob
+
+DFTUNE_NAMESPACE_END

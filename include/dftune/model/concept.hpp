@@ -1,0 +1,63 @@
+#pragma once
+// The Model concept (DESIGN.md §2): the least a backend must give dftune. A model scores the
+// completions of a batch of sequences and, given d loss / d score, accumulates parameter gradients;
+// the inner optimizer then sees parameters and gradients as flat spans of equal size.
+#include <dftune/config.hpp>
+#include <dftune/model/sequence_batch.hpp>
+
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+DFTUNE_NAMESPACE_BEGIN
+
+template <class M>
+concept Model = requires(M& m, const SequenceBatch& batch, std::span<typename M::scalar_type> scores,
+                         std::span<const typename M::scalar_type> d_scores, std::uint64_t seed) {
+  typename M::scalar_type;
+  requires std::floating_point<typename M::scalar_type>;
+  // scores[s] = log π(completion_s | prompt_s), summed over completion tokens.
+  { m.sequence_logp(batch, scores) } -> std::same_as<void>;
+  // gradients += Σ_s d_scores[s] · ∂ scores[s] / ∂θ.
+  { m.accumulate_gradients(batch, d_scores) } -> std::same_as<void>;
+  { m.zero_gradients() } -> std::same_as<void>;
+  { m.parameters() } -> std::convertible_to<std::span<typename M::scalar_type>>;
+  { m.gradients() } -> std::convertible_to<std::span<typename M::scalar_type>>;
+  { m.vocab_size() } -> std::convertible_to<std::size_t>;
+};
+
+// Optional: a model that can sample completions (for on-policy negatives). tokens receives, for
+// each prompt, the prompt followed by up to max_new tokens, as a SequenceBatch layout.
+struct SamplingOptions {
+  double temperature = 1.0;
+  std::size_t top_k = 0;  // 0: no top-k cut
+  double top_p = 1.0;
+  std::uint64_t seed = 0;
+};
+
+// Static checks with a message per missing piece, for a readable error at the point of use
+// (the concept alone only says "constraints not satisfied").
+template <class M>
+constexpr bool check_model() {
+  static_assert(requires { typename M::scalar_type; },
+                "dftune::Model: the type needs `using scalar_type = float or double;`");
+  if constexpr (requires { typename M::scalar_type; }) {
+    using T = typename M::scalar_type;
+    static_assert(requires(M& m, const SequenceBatch& b, std::span<T> s) { m.sequence_logp(b, s); },
+                  "dftune::Model: the type needs `void sequence_logp(const SequenceBatch&, std::span<scalar_type>)`");
+    static_assert(requires(M& m, const SequenceBatch& b, std::span<const T> d) { m.accumulate_gradients(b, d); },
+                  "dftune::Model: the type needs `void accumulate_gradients(const SequenceBatch&, "
+                  "std::span<const scalar_type>)`");
+    static_assert(requires(M& m) { m.zero_gradients(); }, "dftune::Model: the type needs `void zero_gradients()`");
+    static_assert(requires(M& m) { { m.parameters() } -> std::convertible_to<std::span<T>>; },
+                  "dftune::Model: the type needs `std::span<scalar_type> parameters()`");
+    static_assert(requires(M& m) { { m.gradients() } -> std::convertible_to<std::span<T>>; },
+                  "dftune::Model: the type needs `std::span<scalar_type> gradients()`");
+    static_assert(requires(M& m) { { m.vocab_size() } -> std::convertible_to<std::size_t>; },
+                  "dftune::Model: the type needs `std::size_t vocab_size() const`");
+  }
+  return Model<M>;
+}
+
+DFTUNE_NAMESPACE_END
