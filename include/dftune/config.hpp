@@ -17,3 +17,12 @@
 #define DFTUNE_NAMESPACE_END \
   }                          \
   }
+
+// OpenMP pragmas that vanish without -fopenmp (a bare `#pragma omp` would trip -Wunknown-pragmas
+// under -Wall -Werror in a user's build without OpenMP). Usage: DFTUNE_OMP(parallel for)
+#define DFTUNE_PRAGMA(x) _Pragma(#x)
+#if defined(_OPENMP)
+#define DFTUNE_OMP(x) DFTUNE_PRAGMA(omp x)
+#else
+#define DFTUNE_OMP(x)
+#endif
