@@ -24,11 +24,11 @@ using compute_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 template <class T>
 struct TokenLogits {
-  std::span<const T> logits;               // [N, V] row-major
+  std::span<const T> logits = {};               // [N, V] row-major
   std::size_t vocab = 0;                   // V
-  std::span<const token_t> targets;        // [N]; read only where the weight is non-zero
-  std::span<const compute_t<T>> weights;   // [N]; empty means every token has weight 1
-  std::span<const std::int64_t> offsets;   // [S + 1]: sequence s is rows [offsets[s], offsets[s+1])
+  std::span<const token_t> targets = {};        // [N]; read only where the weight is non-zero
+  std::span<const compute_t<T>> weights = {};   // [N]; empty means every token has weight 1
+  std::span<const std::int64_t> offsets = {};   // [S + 1]: sequence s is rows [offsets[s], offsets[s+1])
 
   std::size_t rows() const { return vocab == 0 ? 0 : logits.size() / vocab; }
   std::size_t sequences() const { return offsets.empty() ? 0 : offsets.size() - 1; }

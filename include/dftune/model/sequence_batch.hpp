@@ -15,8 +15,8 @@ DFTUNE_NAMESPACE_BEGIN
 
 struct SequenceBatch {
   std::span<const token_t> tokens;
-  std::span<const std::int64_t> offsets;     // [S + 1], offsets[0] = 0, offsets[S] = tokens.size()
-  std::span<const std::int64_t> prompt_len;  // [S], 1 <= prompt_len[s] < length of sequence s
+  std::span<const std::int64_t> offsets = {};     // [S + 1], offsets[0] = 0, offsets[S] = tokens.size()
+  std::span<const std::int64_t> prompt_len = {};  // [S], 1 <= prompt_len[s] < length of sequence s
 
   std::size_t size() const { return offsets.empty() ? 0 : offsets.size() - 1; }
   std::int64_t length(std::size_t s) const { return offsets[s + 1] - offsets[s]; }

@@ -1,0 +1,80 @@
+#pragma once
+// The per-example estimator state of DFT (DESIGN.md §1, "the u"): a moving average u_i of the
+// inner mean g_i = (1/m) Σ_j exp(d_ij), kept in the log domain and keyed by a stable example id.
+// dft_loss reads it, dft_step updates it; nothing else changes it but set(), which checkpoint
+// loading and multi-process averaging use.
+#include <dftune/config.hpp>
+#include <dftune/error.hpp>
+#include <dftune/objective/dft_options.hpp>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+DFTUNE_NAMESPACE_BEGIN
+
+template <class T>
+class Estimator {
+  static_assert(std::is_floating_point_v<T>, "dftune::Estimator<T>: T must be float or double");
+
+ public:
+  // opt.init and opt.log_u0 define the state of an example before its first update.
+  explicit Estimator(std::size_t num_examples, const DftOptions& opt = {})
+      : init_(opt.init), log_u0_(static_cast<T>(opt.log_u0)) {
+    validate(opt);
+    if (num_examples == 0) detail::fail("num_examples", num_examples, "at least 1");
+    log_u_.assign(num_examples, T(0));
+    seen_.assign(num_examples, 0);
+  }
+
+  std::size_t size() const { return log_u_.size(); }
+  EstimatorInit init() const { return init_; }
+  T log_u0() const { return log_u0_; }
+
+  // log u_id, or nothing until example id has been updated once.
+  std::optional<T> log_u(std::int64_t id) const {
+    check_id("id", id);
+    const auto i = static_cast<std::size_t>(id);
+    if (!seen_[i]) return std::nullopt;
+    return log_u_[i];
+  }
+
+  // The log u_i that the next update starts from (DESIGN.md §1): the stored value, else log_u0 for
+  // constant and fixed init, else nothing (first visit: the batch itself initialises it).
+  std::optional<T> prior(std::int64_t id) const {
+    if (auto v = log_u(id)) return v;
+    if (init_ == EstimatorInit::first_visit) return std::nullopt;
+    return log_u0_;
+  }
+
+  // Stores log u for each id; all checks run before the first write.
+  void set(std::span<const std::int64_t> ids, std::span<const T> log_u) {
+    detail::check_size("log_u", log_u.size(), ids.size());
+    for (std::size_t k = 0; k < ids.size(); ++k) {
+      check_id("ids[" + std::to_string(k) + "]", ids[k]);
+      if (!std::isfinite(log_u[k])) detail::fail_at("log_u", k, log_u[k], "a finite number");
+    }
+    for (std::size_t k = 0; k < ids.size(); ++k) {
+      const auto i = static_cast<std::size_t>(ids[k]);
+      log_u_[i] = log_u[k];
+      seen_[i] = 1;
+    }
+  }
+
+  void check_id(const std::string& argument, std::int64_t id) const {
+    if (id < 0 || static_cast<std::size_t>(id) >= size())
+      detail::fail(argument, id, "an example id in [0, num_examples = " + std::to_string(size()) + ")");
+  }
+
+ private:
+  EstimatorInit init_;
+  T log_u0_;
+  std::vector<T> log_u_;
+  std::vector<unsigned char> seen_;
+};
+
+DFTUNE_NAMESPACE_END

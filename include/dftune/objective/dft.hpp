@@ -1,0 +1,149 @@
+#pragma once
+// The DFT / DFT2 objective (arXiv 2502.18679; DESIGN.md §1) on spans of per-sequence log-probs.
+//
+//   score       s = log π_θ(y|x)                      (DFT)
+//               s = log π_θ(y|x) / (|y| + ε)          (DFT2)
+//   exponent    d_ij = s'_ij/τ − log π_ref(y'_ij|x_i) (DFT)      d_ij = s'_ij/τ   (DFT2)
+//   estimator   w_i = log γ + logmeanexp_j d_ij
+//               log u_i ← logaddexp(log(1−γ) + log u_i, w_i)    (before the weights are taken)
+//   loss        L = (1/B) Σ_i [ −s_i + (1/m) Σ_j sg(exp(d_ij − log u_i)) · s'_ij ]
+//   gradient    ∂L/∂s_i = −1/B,   ∂L/∂s'_ij = exp(d_ij − log u_i) / (B·m)
+//
+// dft_loss evaluates L and its gradient wrt the *log-probs* (the 1/(|y|+ε) of DFT2 included), and
+// the log u_i the update would store, without touching the estimator; dft_step also stores them.
+#include <dftune/config.hpp>
+#include <dftune/error.hpp>
+#include <dftune/estimator/estimator.hpp>
+#include <dftune/math/log_domain.hpp>
+#include <dftune/objective/dft_options.hpp>
+#include <dftune/objective/sequence_scores.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <span>
+#include <string>
+#include <vector>
+
+DFTUNE_NAMESPACE_BEGIN
+
+namespace detail {
+
+template <class T>
+void check_finite(std::string_view argument, std::span<const T> x) {
+  for (std::size_t k = 0; k < x.size(); ++k)
+    if (!std::isfinite(x[k])) fail_at(argument, k, x[k], "a finite number");
+}
+
+inline void check_positive_lengths(std::string_view argument, std::span<const std::int64_t> len) {
+  for (std::size_t k = 0; k < len.size(); ++k)
+    if (len[k] <= 0) fail_at(argument, k, len[k], "a completion length >= 1");
+}
+
+inline void check_unique_ids(std::span<const std::int64_t> ids) {
+  std::vector<std::int64_t> sorted(ids.begin(), ids.end());
+  std::sort(sorted.begin(), sorted.end());
+  const auto dup = std::adjacent_find(sorted.begin(), sorted.end());
+  if (dup != sorted.end()) fail("ids", "id " + std::to_string(*dup) + " twice", "distinct ids within a batch");
+}
+
+// Every check of the objective's input; runs before any computation or write.
+template <class T>
+void validate_dft(const SequenceScores<T>& b, const Estimator<T>& est, const DftOptions& opt) {
+  validate(opt);
+  const std::size_t B = b.batch_size();
+  const std::size_t m = b.num_negatives;
+  if (B == 0) fail("ids", "size 0", "at least one example");
+  if (m == 0) fail("num_negatives", m, "at least 1");
+  check_size("pos_logp", b.pos_logp.size(), B);
+  check_size("neg_logp", b.neg_logp.size(), B * m);
+  for (std::size_t i = 0; i < B; ++i) est.check_id("ids[" + std::to_string(i) + "]", b.ids[i]);
+  check_unique_ids(b.ids);
+  check_finite("pos_logp", b.pos_logp);
+  check_finite("neg_logp", b.neg_logp);
+  if (opt.variant == Variant::dft) {
+    if (b.ref_neg_logp.empty())
+      fail("ref_neg_logp", "size 0", "size B·m = " + std::to_string(B * m) + " (DFT needs log π_ref of the negatives)");
+    check_size("ref_neg_logp", b.ref_neg_logp.size(), B * m);
+    check_finite("ref_neg_logp", b.ref_neg_logp);
+  } else {
+    if (b.pos_len.empty()) fail("pos_len", "size 0", "size B = " + std::to_string(B) + " (DFT2 needs completion lengths)");
+    if (b.neg_len.empty())
+      fail("neg_len", "size 0", "size B·m = " + std::to_string(B * m) + " (DFT2 needs completion lengths)");
+    check_size("pos_len", b.pos_len.size(), B);
+    check_size("neg_len", b.neg_len.size(), B * m);
+    check_positive_lengths("pos_len", b.pos_len);
+    check_positive_lengths("neg_len", b.neg_len);
+  }
+}
+
+}  // namespace detail
+
+// L, ∂L/∂log-probs and the updated log u of the batch; never mutates est.
+template <class T>
+DftResult<T> dft_loss(const SequenceScores<T>& b, const Estimator<T>& est, const DftOptions& opt) {
+  detail::validate_dft(b, est, opt);
+  const std::size_t B = b.batch_size();
+  const std::size_t m = b.num_negatives;
+  const bool dft2 = opt.variant == Variant::dft2;
+  // ∂s/∂log π: 1 for DFT, 1/(|y| + ε) for DFT2.
+  auto dscore = [&](std::int64_t len) { return dft2 ? 1.0 / (static_cast<double>(len) + opt.eps) : 1.0; };
+  const double log_gamma = std::log(opt.gamma);
+  const double log_1m_gamma = std::log1p(-opt.gamma);  // -inf for γ = 1: no memory
+
+  DftResult<T> r;
+  r.grad_pos.resize(B);
+  r.grad_neg.resize(B * m);
+  r.log_u.resize(B);
+  std::vector<double> d(m), s_neg(m);
+  double loss = 0, objective = 0;
+  for (std::size_t i = 0; i < B; ++i) {
+    const double s_pos = b.pos_logp[i] * dscore(dft2 ? b.pos_len[i] : 1);
+    for (std::size_t j = 0; j < m; ++j) {
+      const std::size_t ij = i * m + j;
+      s_neg[j] = b.neg_logp[ij] * dscore(dft2 ? b.neg_len[ij] : 1);
+      d[j] = s_neg[j] / opt.tau - (dft2 ? 0.0 : static_cast<double>(b.ref_neg_logp[ij]));
+      if (!std::isfinite(d[j]))
+        detail::fail("tau", opt.tau, "a temperature for which s/τ is finite (d[" + std::to_string(ij) + "] overflowed)");
+    }
+    const double lme = logmeanexp(std::span<const double>(d));
+    double log_u = 0;
+    if (est.init() == EstimatorInit::fixed)
+      log_u = static_cast<double>(est.log_u0());
+    else if (const std::optional<T> prior = est.prior(b.ids[i]))
+      log_u = logaddexp(log_1m_gamma + static_cast<double>(*prior), log_gamma + lme);
+    else
+      log_u = lme;  // first visit: the batch itself initialises u_i
+    double pull = 0;
+    for (std::size_t j = 0; j < m; ++j) {
+      const std::size_t ij = i * m + j;
+      const double weight = std::exp(d[j] - log_u) / static_cast<double>(m);
+      if (!std::isfinite(weight))  // only a fixed normaliser can fall this far below the d_ij
+        detail::fail("log_u0", est.log_u0(),
+                     "a normaliser for which exp(d − log u) is finite (d[" + std::to_string(ij) + "] = " +
+                         std::to_string(d[j]) + ")");
+      pull += weight * s_neg[j];
+      r.grad_neg[ij] = static_cast<T>(weight / static_cast<double>(B) * dscore(dft2 ? b.neg_len[ij] : 1));
+    }
+    loss += -s_pos + pull;
+    objective += log_u - s_pos / opt.tau;
+    r.grad_pos[i] = static_cast<T>(-1.0 / static_cast<double>(B) * dscore(dft2 ? b.pos_len[i] : 1));
+    r.log_u[i] = static_cast<T>(log_u);
+  }
+  r.loss = static_cast<T>(loss / static_cast<double>(B));
+  r.objective = static_cast<T>(objective / static_cast<double>(B));
+  return r;
+}
+
+// dft_loss, then stores the batch's log u in est (unless its init is fixed). Throws before any
+// write, so est is unchanged after an error.
+template <class T>
+DftResult<T> dft_step(const SequenceScores<T>& b, Estimator<T>& est, const DftOptions& opt) {
+  DftResult<T> r = dft_loss(b, est, opt);
+  if (est.init() != EstimatorInit::fixed) est.set(b.ids, r.log_u);
+  return r;
+}
+
+DFTUNE_NAMESPACE_END

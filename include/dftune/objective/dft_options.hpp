@@ -1,0 +1,49 @@
+#pragma once
+// Options of the DFT / DFT2 objective and of its estimator (DESIGN.md §1).
+#include <dftune/config.hpp>
+#include <dftune/error.hpp>
+
+#include <cmath>
+#include <ostream>
+
+DFTUNE_NAMESPACE_BEGIN
+
+enum class Variant {
+  dft,   // score s = log π(y|x); exponent d_ij = s_ij/τ − log π_ref(y'_ij|x_i)
+  dft2,  // reference-free: s = log π(y|x) / (|y| + ε); d_ij = s_ij/τ
+};
+
+// How log u_i is set before an example's first update, and whether it is updated at all.
+enum class EstimatorInit {
+  first_visit,  // log u_i = logmeanexp_j d_ij from the example's first batch (dftune's default)
+  constant,     // log u_i = log_u0 before the first update (log_u0 = 0: the reference trainer)
+  fixed,        // log u_i ≡ log_u0, never updated: weights π_θ/π_ref shrink as negatives die (studies)
+};
+
+inline std::ostream& operator<<(std::ostream& os, Variant v) { return os << (v == Variant::dft ? "dft" : "dft2"); }
+inline std::ostream& operator<<(std::ostream& os, EstimatorInit i) {
+  return os << (i == EstimatorInit::first_visit ? "first_visit" : i == EstimatorInit::constant ? "constant" : "fixed");
+}
+
+struct DftOptions {
+  Variant variant = Variant::dft;
+  double tau = 1.0;    // temperature τ of the discriminative likelihood, > 0
+  double gamma = 0.85; // moving-average rate γ of the estimator, in (0, 1]; 1 keeps no memory
+  // Read by Estimator's constructor: they define the state of an unseen example.
+  EstimatorInit init = EstimatorInit::first_visit;
+  double log_u0 = 0.0;
+  double eps = 1e-8;   // ε of the DFT2 length normalisation |y| + ε
+};
+
+inline void validate(const DftOptions& o) {
+  if (!(o.tau > 0) || !std::isfinite(o.tau)) detail::fail("tau", o.tau, "a finite number > 0");
+  if (!(o.gamma > 0 && o.gamma <= 1)) detail::fail("gamma", o.gamma, "a number in (0, 1]");
+  if (!std::isfinite(o.log_u0)) detail::fail("log_u0", o.log_u0, "a finite number");
+  if (!(o.eps >= 0) || !std::isfinite(o.eps)) detail::fail("eps", o.eps, "a finite number >= 0");
+  if (o.variant != Variant::dft && o.variant != Variant::dft2)
+    detail::fail("variant", static_cast<int>(o.variant), "Variant::dft or Variant::dft2");
+  if (o.init != EstimatorInit::first_visit && o.init != EstimatorInit::constant && o.init != EstimatorInit::fixed)
+    detail::fail("init", static_cast<int>(o.init), "EstimatorInit::first_visit, constant or fixed");
+}
+
+DFTUNE_NAMESPACE_END

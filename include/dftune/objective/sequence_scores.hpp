@@ -1,0 +1,35 @@
+#pragma once
+// Per-sequence inputs of the sequence-level objectives: spans of log-probs, never a framework's
+// tensors, so any backend plugs in (DESIGN.md §2).
+#include <dftune/config.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+DFTUNE_NAMESPACE_BEGIN
+
+template <class T>
+struct SequenceScores {
+  std::span<const std::int64_t> ids = {};        // [B] stable example ids, each in [0, num_examples)
+  std::size_t num_negatives = 0;            // m >= 1
+  std::span<const T> pos_logp = {};              // [B]    log π_θ(y_i|x_i), summed over completion tokens
+  std::span<const T> neg_logp = {};              // [B·m]  log π_θ(y'_ij|x_i), row-major [i][j]
+  std::span<const T> ref_neg_logp = {};          // [B·m]  log π_ref(y'_ij|x_i); DFT only (ignored by DFT2)
+  std::span<const std::int64_t> pos_len = {};    // [B]    |y_i|; DFT2 only (ignored by DFT)
+  std::span<const std::int64_t> neg_len = {};    // [B·m]  |y'_ij|; DFT2 only (ignored by DFT)
+
+  std::size_t batch_size() const { return ids.size(); }
+};
+
+template <class T>
+struct DftResult {
+  T loss = 0;              // L of DESIGN.md §1: its gradient is the DFT step (τ × objective gradient)
+  T objective = 0;         // (1/B) Σ_i (log u_i − s_i/τ): the estimated −log P_θ(y_i|x_i), for monitoring
+  std::vector<T> grad_pos; // [B]   ∂L/∂pos_logp
+  std::vector<T> grad_neg; // [B·m] ∂L/∂neg_logp
+  std::vector<T> log_u;    // [B]   log u_i after this batch's update (what dft_step stores)
+};
+
+DFTUNE_NAMESPACE_END
