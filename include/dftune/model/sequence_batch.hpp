@@ -10,11 +10,12 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <vector>
 
 DFTUNE_NAMESPACE_BEGIN
 
 struct SequenceBatch {
-  std::span<const token_t> tokens;
+  std::span<const token_t> tokens = {};
   std::span<const std::int64_t> offsets = {};     // [S + 1], offsets[0] = 0, offsets[S] = tokens.size()
   std::span<const std::int64_t> prompt_len = {};  // [S], 1 <= prompt_len[s] < length of sequence s
 
@@ -25,6 +26,22 @@ struct SequenceBatch {
   std::span<const token_t> sequence(std::size_t s) const {
     return tokens.subspan(static_cast<std::size_t>(offsets[s]), static_cast<std::size_t>(length(s)));
   }
+};
+
+// An owning batch, for building one sequence at a time; view() gives the SequenceBatch.
+struct Sequences {
+  std::vector<token_t> tokens;
+  std::vector<std::int64_t> offsets{0};
+  std::vector<std::int64_t> prompt_len;
+
+  void push(std::span<const token_t> prompt, std::span<const token_t> completion) {
+    tokens.insert(tokens.end(), prompt.begin(), prompt.end());
+    tokens.insert(tokens.end(), completion.begin(), completion.end());
+    offsets.push_back(static_cast<std::int64_t>(tokens.size()));
+    prompt_len.push_back(static_cast<std::int64_t>(prompt.size()));
+  }
+  std::size_t size() const { return prompt_len.size(); }
+  SequenceBatch view() const { return {.tokens = tokens, .offsets = offsets, .prompt_len = prompt_len}; }
 };
 
 // Checks the structure of a batch and that every token lies in [0, vocab); throws dftune::error.

@@ -1,0 +1,122 @@
+#pragma once
+// The reference model: a contextual categorical policy. The last prompt token names a context c,
+// and each completion token is drawn independently from softmax(θ_c), so
+//   log π(y|x) = Σ_t log softmax(θ_c)[y_t].
+// It satisfies the Model concept with one logit row per context and runs the whole DFT loop
+// without any neural network; its log-probs go through the library's token reductions.
+#include <dftune/config.hpp>
+#include <dftune/error.hpp>
+#include <dftune/logprob/logprob.hpp>
+#include <dftune/model/concept.hpp>
+#include <dftune/model/sequence_batch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <random>
+#include <span>
+#include <string>
+#include <vector>
+
+DFTUNE_NAMESPACE_BEGIN
+
+template <class T>
+class CategoricalPolicy {
+ public:
+  using scalar_type = T;
+
+  // θ = 0: every context starts uniform over the vocabulary.
+  CategoricalPolicy(std::size_t num_contexts, std::size_t vocab) : contexts_(num_contexts), vocab_(vocab) {
+    if (num_contexts == 0) detail::fail("num_contexts", num_contexts, "at least 1");
+    if (vocab == 0) detail::fail("vocab", vocab, "at least 1");
+    theta_.assign(num_contexts * vocab, T(0));
+    grad_.assign(theta_.size(), T(0));
+  }
+
+  std::size_t vocab_size() const { return vocab_; }
+  std::size_t num_contexts() const { return contexts_; }
+  std::span<T> parameters() { return theta_; }
+  std::span<T> gradients() { return grad_; }
+  void zero_gradients() { std::fill(grad_.begin(), grad_.end(), T(0)); }
+  // θ_c, e.g. to start from a reference distribution: logits(c)[a] = log π_ref(a|c).
+  std::span<T> logits(std::size_t context) {
+    if (context >= contexts_) detail::fail("context", context, "in [0, num_contexts = " + std::to_string(contexts_) + ")");
+    return std::span<T>(theta_).subspan(context * vocab_, vocab_);
+  }
+
+  void sequence_logp(const SequenceBatch& batch, std::span<T> scores) {
+    gather(batch);
+    detail::check_size("scores", scores.size(), batch.size());
+    logprob::forward(view(), scores);
+  }
+
+  // ∂ log π / ∂θ_c = Σ_t (onehot(y_t) − softmax(θ_c)): the reduction's backward gives one row per
+  // token, which is summed into the row of its context.
+  void accumulate_gradients(const SequenceBatch& batch, std::span<const T> d_scores) {
+    gather(batch);
+    detail::check_size("d_scores", d_scores.size(), batch.size());
+    token_grad_.resize(rows_.size());
+    logprob::backward(view(), d_scores, std::span<T>(token_grad_));
+    for (std::size_t r = 0; r < row_context_.size(); ++r) {
+      T* g = grad_.data() + row_context_[r] * vocab_;
+      const T* t = token_grad_.data() + r * vocab_;
+      for (std::size_t v = 0; v < vocab_; ++v) g[v] += t[v];
+    }
+  }
+
+  // Completions of `length` tokens for each context, sampled from softmax(θ_c / temperature).
+  std::vector<token_t> sample(std::size_t context, std::size_t length, std::mt19937_64& rng,
+                              double temperature = 1.0) const {
+    if (context >= contexts_) detail::fail("context", context, "in [0, num_contexts = " + std::to_string(contexts_) + ")");
+    if (!(temperature > 0) || !std::isfinite(temperature)) detail::fail("temperature", temperature, "a finite number > 0");
+    std::vector<double> w(vocab_);
+    const T* row = theta_.data() + context * vocab_;
+    const double hi = static_cast<double>(*std::max_element(row, row + vocab_));
+    for (std::size_t v = 0; v < vocab_; ++v) w[v] = std::exp((static_cast<double>(row[v]) - hi) / temperature);
+    std::discrete_distribution<token_t> pick(w.begin(), w.end());
+    std::vector<token_t> out(length);
+    for (auto& y : out) y = pick(rng);
+    return out;
+  }
+
+ private:
+  // One logits row (a copy of θ_c) and one target per completion token; the prompt is not scored.
+  void gather(const SequenceBatch& batch) {
+    validate(batch, std::max(vocab_, contexts_));
+    rows_.clear();
+    targets_.clear();
+    row_context_.clear();
+    offsets_.assign(1, 0);
+    for (std::size_t s = 0; s < batch.size(); ++s) {
+      const auto seq = batch.sequence(s);
+      const auto p = static_cast<std::size_t>(batch.prompt_len[s]);
+      const token_t c = seq[p - 1];
+      if (static_cast<std::size_t>(c) >= contexts_)
+        detail::fail_at("batch.tokens", static_cast<std::size_t>(batch.offsets[s]) + p - 1, c,
+                        "a context id (last prompt token) in [0, num_contexts = " + std::to_string(contexts_) + ")");
+      for (std::size_t t = p; t < seq.size(); ++t) {
+        if (static_cast<std::size_t>(seq[t]) >= vocab_)
+          detail::fail_at("batch.tokens", static_cast<std::size_t>(batch.offsets[s]) + t, seq[t],
+                          "a completion token in [0, vocab = " + std::to_string(vocab_) + ")");
+        rows_.insert(rows_.end(), theta_.begin() + static_cast<std::ptrdiff_t>(c * vocab_),
+                     theta_.begin() + static_cast<std::ptrdiff_t>((c + 1) * vocab_));
+        targets_.push_back(seq[t]);
+        row_context_.push_back(static_cast<std::size_t>(c));
+      }
+      offsets_.push_back(static_cast<std::int64_t>(targets_.size()));
+    }
+  }
+  logprob::TokenLogits<T> view() const {
+    return {.logits = rows_, .vocab = vocab_, .targets = targets_, .weights = {}, .offsets = offsets_};
+  }
+
+  std::size_t contexts_, vocab_;
+  std::vector<T> theta_, grad_;
+  std::vector<T> rows_, token_grad_;
+  std::vector<token_t> targets_;
+  std::vector<std::size_t> row_context_;
+  std::vector<std::int64_t> offsets_;
+};
+
+DFTUNE_NAMESPACE_END
