@@ -1,0 +1,136 @@
+#pragma once
+// Sampling completions from a model, for on-policy negatives (DESIGN.md §1: y' ~ π_ref at
+// temperature 0.7, top-k, top-p) and greedy decoding for evaluation. The filter is the usual one:
+//   p_v ∝ exp(z_v / temperature), then keep the top_k most probable tokens, then the smallest
+//   prefix of those (most probable first) whose mass reaches top_p of the kept mass,
+//   renormalise and draw. temperature = 0 means greedy (argmax, lowest index on ties).
+// Ties in probability are broken by the lower token index, so the kept set is deterministic.
+#include <dftune/config.hpp>
+#include <dftune/error.hpp>
+#include <dftune/model/concept.hpp>
+#include <dftune/model/sequence_batch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <numeric>
+#include <optional>
+#include <span>
+#include <string>
+
+DFTUNE_NAMESPACE_BEGIN
+
+inline void validate(const SamplingOptions& o) {
+  if (!(o.temperature >= 0) || !std::isfinite(o.temperature))
+    detail::fail("temperature", o.temperature, "a finite number >= 0 (0: greedy)");
+  if (!(o.top_p > 0 && o.top_p <= 1)) detail::fail("top_p", o.top_p, "a number in (0, 1]");
+}
+
+// Prompts to complete: prompt p is tokens[offsets[p], offsets[p+1]), at least one token each.
+struct Prompts {
+  std::span<const token_t> tokens = {};
+  std::span<const std::int64_t> offsets = {};  // [P + 1], offsets[0] = 0, offsets[P] = tokens.size()
+
+  std::size_t size() const { return offsets.empty() ? 0 : offsets.size() - 1; }
+  std::span<const token_t> prompt(std::size_t p) const {
+    return tokens.subspan(static_cast<std::size_t>(offsets[p]), static_cast<std::size_t>(offsets[p + 1] - offsets[p]));
+  }
+};
+
+inline void validate(const Prompts& p, std::size_t vocab) {
+  if (p.offsets.empty() || p.offsets.front() != 0) detail::fail("prompts.offsets", "a table not starting at 0", "[0, ..., tokens.size()]");
+  if (p.offsets.back() != static_cast<std::int64_t>(p.tokens.size()))
+    detail::fail_at("prompts.offsets", p.size(), p.offsets.back(), "tokens.size() = " + std::to_string(p.tokens.size()));
+  for (std::size_t s = 0; s < p.size(); ++s)
+    if (p.offsets[s + 1] <= p.offsets[s]) detail::fail_at("prompts.offsets", s + 1, p.offsets[s + 1], "> offsets[s] (non-empty prompts)");
+  for (std::size_t t = 0; t < p.tokens.size(); ++t)
+    if (p.tokens[t] < 0 || static_cast<std::size_t>(p.tokens[t]) >= vocab)
+      detail::fail_at("prompts.tokens", t, p.tokens[t], "in [0, vocab = " + std::to_string(vocab) + ")");
+}
+
+// Optional part of a model (DESIGN.md §2): complete every prompt with up to max_new tokens
+// (fewer if `eos` is sampled; it is kept as the last token). The result holds prompt +
+// completion per sequence, the prompt length marking where the completion starts; the same
+// seed gives the same tokens.
+template <class M>
+concept SamplingModel = Model<M> && requires(M& m, const Prompts& p, std::size_t max_new, const SamplingOptions& o,
+                                             std::optional<token_t> eos) {
+  { m.generate(p, max_new, o, eos) } -> std::same_as<Sequences>;
+};
+
+// The distribution a token is drawn from, written to probs[V]; order[V] is scratch.
+template <class T>
+void sampling_distribution(std::span<const T> logits, const SamplingOptions& o, std::span<double> probs,
+                           std::span<std::int32_t> order) {
+  const std::size_t V = logits.size();
+  const auto argmax = static_cast<std::size_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  if (o.temperature == 0) {
+    std::fill(probs.begin(), probs.end(), 0.0);
+    probs[argmax] = 1.0;
+    return;
+  }
+  const double hi = static_cast<double>(logits[argmax]);
+  for (std::size_t v = 0; v < V; ++v) probs[v] = std::exp((static_cast<double>(logits[v]) - hi) / o.temperature);
+  std::size_t keep = o.top_k > 0 && o.top_k < V ? o.top_k : V;
+  if (keep == V && o.top_p >= 1) {
+    const double sum = std::accumulate(probs.begin(), probs.end(), 0.0);
+    for (double& p : probs) p /= sum;
+    return;
+  }
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](std::int32_t a, std::int32_t b) {
+    return probs[static_cast<std::size_t>(a)] > probs[static_cast<std::size_t>(b)] ||
+           (probs[static_cast<std::size_t>(a)] == probs[static_cast<std::size_t>(b)] && a < b);
+  });
+  if (o.top_p < 1) {
+    double kept = 0;
+    for (std::size_t i = 0; i < keep; ++i) kept += probs[static_cast<std::size_t>(order[i])];
+    double cum = 0;
+    for (std::size_t i = 0; i < keep; ++i) {
+      cum += probs[static_cast<std::size_t>(order[i])];
+      if (cum >= o.top_p * kept) {
+        keep = i + 1;
+        break;
+      }
+    }
+  }
+  double sum = 0;
+  for (std::size_t i = 0; i < keep; ++i) sum += probs[static_cast<std::size_t>(order[i])];
+  for (std::size_t i = keep; i < V; ++i) probs[static_cast<std::size_t>(order[i])] = 0;
+  for (double& p : probs) p /= sum;
+}
+
+// One token from sampling_distribution, by inverse CDF at u in [0, 1).
+template <class T>
+token_t sample_token(std::span<const T> logits, const SamplingOptions& o, double u, std::span<double> probs,
+                     std::span<std::int32_t> order) {
+  sampling_distribution(logits, o, probs, order);
+  double cum = 0;
+  std::size_t last = 0;
+  for (std::size_t v = 0; v < probs.size(); ++v) {
+    if (probs[v] == 0) continue;
+    last = v;
+    cum += probs[v];
+    if (u < cum) return static_cast<token_t>(v);
+  }
+  return static_cast<token_t>(last);  // u within rounding of 1
+}
+
+// A small counter-based generator: stream s of seed gives the same numbers whatever the thread
+// or batch layout, which is what makes batched sampling reproducible.
+struct SplitMix64 {
+  std::uint64_t state;
+  explicit SplitMix64(std::uint64_t seed, std::uint64_t stream = 0)
+      : state(seed ^ (stream * 0xD1342543DE82EF95ull + 0x9E3779B97F4A7C15ull)) {}
+  std::uint64_t next() {
+    std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }  // [0, 1)
+};
+
+DFTUNE_NAMESPACE_END

@@ -1,0 +1,141 @@
+#pragma once
+// The per-row kernels of the tiny causal LM, forward and hand-written backward: layer norm,
+// GELU and causal multi-head attention of one sequence. The dense products live in the model
+// (one Eigen GEMM over all rows of a batch); these are the parts that are not a GEMM.
+// All buffers are caller-owned and row-major; nothing here allocates.
+#include <dftune/config.hpp>
+
+#include <cmath>
+#include <cstddef>
+#include <limits>
+
+DFTUNE_NAMESPACE_BEGIN
+
+namespace tiny_lm {
+
+// ---- layer norm: y = g ⊙ x̂ + b,  x̂ = (x − μ) · r,  r = 1/sqrt(var + eps) -----------------------
+template <class T>
+void layer_norm_forward(const T* x, const T* g, const T* b, T* y, T* mean, T* rstd, std::size_t rows,
+                        std::size_t d, T eps = T(1e-5)) {
+  for (std::size_t i = 0; i < rows; ++i) {
+    const T* xi = x + i * d;
+    T mu = 0;
+    for (std::size_t j = 0; j < d; ++j) mu += xi[j];
+    mu /= static_cast<T>(d);
+    T var = 0;
+    for (std::size_t j = 0; j < d; ++j) var += (xi[j] - mu) * (xi[j] - mu);
+    const T r = T(1) / std::sqrt(var / static_cast<T>(d) + eps);
+    mean[i] = mu;
+    rstd[i] = r;
+    T* yi = y + i * d;
+    for (std::size_t j = 0; j < d; ++j) yi[j] = g[j] * (xi[j] - mu) * r + b[j];
+  }
+}
+
+// dx += r · (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂)) with ĝ = dy ⊙ g  (the layer-norm Jacobian);
+// dg += Σ_rows dy ⊙ x̂, db += Σ_rows dy.
+template <class T>
+void layer_norm_backward(const T* dy, const T* x, const T* g, const T* mean, const T* rstd, T* dx, T* dg, T* db,
+                         std::size_t rows, std::size_t d) {
+  for (std::size_t i = 0; i < rows; ++i) {
+    const T* dyi = dy + i * d;
+    const T* xi = x + i * d;
+    T m1 = 0, m2 = 0;
+    for (std::size_t j = 0; j < d; ++j) {
+      const T xh = (xi[j] - mean[i]) * rstd[i];
+      const T gh = dyi[j] * g[j];
+      m1 += gh;
+      m2 += gh * xh;
+      dg[j] += dyi[j] * xh;
+      db[j] += dyi[j];
+    }
+    m1 /= static_cast<T>(d);
+    m2 /= static_cast<T>(d);
+    T* dxi = dx + i * d;
+    for (std::size_t j = 0; j < d; ++j) {
+      const T xh = (xi[j] - mean[i]) * rstd[i];
+      dxi[j] += rstd[i] * (dyi[j] * g[j] - m1 - xh * m2);
+    }
+  }
+}
+
+// ---- GELU, tanh form: gelu(u) = u/2 · (1 + tanh(c (u + 0.044715 u³))), c = sqrt(2/π) ----------
+template <class T>
+T gelu(T u) {
+  const T c = T(0.7978845608028654);
+  return T(0.5) * u * (T(1) + std::tanh(c * (u + T(0.044715) * u * u * u)));
+}
+
+template <class T>
+T gelu_grad(T u) {
+  const T c = T(0.7978845608028654);
+  const T t = std::tanh(c * (u + T(0.044715) * u * u * u));
+  return T(0.5) * (T(1) + t) + T(0.5) * u * (T(1) - t * t) * c * (T(1) + T(3) * T(0.044715) * u * u);
+}
+
+// ---- causal attention of one sequence of L rows, one head -------------------------------------
+// qkv is [L, 3d] (q | k | v, head h at columns h·dh of each third); out and dout are [L, d].
+// A = softmax(q kᵀ · scale) over keys j <= i, stored in probs [L, L] (upper triangle unused);
+// out_h = A v_h.
+template <class T>
+void attention_forward(const T* qkv, T* probs, T* out, std::size_t L, std::size_t d, std::size_t h,
+                       std::size_t dh) {
+  const std::size_t ld = 3 * d;
+  const T scale = T(1) / std::sqrt(static_cast<T>(dh));
+  const T* q = qkv + h * dh;
+  const T* k = qkv + d + h * dh;
+  const T* v = qkv + 2 * d + h * dh;
+  for (std::size_t i = 0; i < L; ++i) {
+    T* a = probs + i * L;
+    T hi = -std::numeric_limits<T>::infinity();
+    for (std::size_t j = 0; j <= i; ++j) {
+      T s = 0;
+      for (std::size_t e = 0; e < dh; ++e) s += q[i * ld + e] * k[j * ld + e];
+      a[j] = s * scale;
+      hi = a[j] > hi ? a[j] : hi;
+    }
+    T sum = 0;
+    for (std::size_t j = 0; j <= i; ++j) sum += (a[j] = std::exp(a[j] - hi));
+    for (std::size_t j = 0; j <= i; ++j) a[j] /= sum;
+    T* o = out + i * d + h * dh;
+    for (std::size_t e = 0; e < dh; ++e) o[e] = 0;
+    for (std::size_t j = 0; j <= i; ++j)
+      for (std::size_t e = 0; e < dh; ++e) o[e] += a[j] * v[j * ld + e];
+  }
+}
+
+// Given dout, accumulates into dqkv (same layout as qkv):
+//   dA_ij = dout_i · v_j,  dv_j += Σ_i A_ij dout_i,
+//   dS_ij = A_ij (dA_ij − Σ_j' A_ij' dA_ij')   (softmax Jacobian),
+//   dq_i += scale Σ_j dS_ij k_j,  dk_j += scale Σ_i dS_ij q_i.
+// dA is scratch of L values.
+template <class T>
+void attention_backward(const T* qkv, const T* probs, const T* dout, T* dqkv, T* dA, std::size_t L, std::size_t d,
+                        std::size_t h, std::size_t dh) {
+  const std::size_t ld = 3 * d;
+  const T scale = T(1) / std::sqrt(static_cast<T>(dh));
+  const std::size_t qo = h * dh, ko = d + h * dh, vo = 2 * d + h * dh;
+  for (std::size_t i = 0; i < L; ++i) {
+    const T* a = probs + i * L;
+    const T* go = dout + i * d + h * dh;
+    T dot = 0;
+    for (std::size_t j = 0; j <= i; ++j) {
+      T s = 0;
+      for (std::size_t e = 0; e < dh; ++e) s += go[e] * qkv[j * ld + vo + e];
+      dA[j] = s;
+      dot += a[j] * s;
+      for (std::size_t e = 0; e < dh; ++e) dqkv[j * ld + vo + e] += a[j] * go[e];
+    }
+    for (std::size_t j = 0; j <= i; ++j) {
+      const T ds = a[j] * (dA[j] - dot) * scale;
+      for (std::size_t e = 0; e < dh; ++e) {
+        dqkv[i * ld + qo + e] += ds * qkv[j * ld + ko + e];
+        dqkv[j * ld + ko + e] += ds * qkv[i * ld + qo + e];
+      }
+    }
+  }
+}
+
+}  // namespace tiny_lm
+
+DFTUNE_NAMESPACE_END

@@ -1,0 +1,375 @@
+#pragma once
+// A tiny decoder-only transformer on Eigen (pre-layer-norm GPT):
+//   x⁰_t = E[tok_t] + P[t]
+//   per block:  x ← x + Attn(LN₁(x)),  x ← x + W₂ gelu(W₁ LN₂(x))        (causal, multi-head)
+//   z_t = LN_f(x_t) W_out + b_out,   log π(y|x) = Σ_{t ∈ completion} log softmax(z_{t−1})[y_t]
+// It satisfies dftune::Model and SamplingModel. The log-softmax and its backward are the library's
+// token reduction (logprob::forward / backward); this file only maps tokens to logits and the
+// logit gradient back to the parameters, with a hand-written backward of every layer.
+// Dense layers run as one GEMM over all rows of the batch (threaded by Eigen under OpenMP); the
+// row-wise parts run per sequence in an OpenMP loop. Buffers grow with the batch and are reused:
+// nothing is allocated inside the per-token generation loop.
+#include <dftune/config.hpp>
+#include <dftune/error.hpp>
+#include <dftune/logprob/logprob.hpp>
+#include <dftune/model/concept.hpp>
+#include <dftune/model/sampling.hpp>
+#include <dftune/model/sequence_batch.hpp>
+#include <dftune/model/tiny_lm/config.hpp>
+#include <dftune/model/tiny_lm/layers.hpp>
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <random>
+#include <span>
+#include <string>
+#include <vector>
+
+DFTUNE_NAMESPACE_BEGIN
+
+template <class T>
+class TinyLm {
+  static_assert(std::is_floating_point_v<T>, "dftune::TinyLm<T>: T must be float or double");
+  using RowMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using Mat = Eigen::Map<RowMat>;
+  using CMat = Eigen::Map<const RowMat>;
+  using CRow = Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>;
+  using Row = Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>;
+  using C = logprob::compute_t<T>;
+
+ public:
+  using scalar_type = T;
+
+  // Weights ~ N(0, 1/fan_in) (residual outputs w_o, w_2 further scaled by 1/sqrt(2·n_layers) so the
+  // residual stream keeps its scale), embeddings ~ N(0, init_std²), gains 1, biases 0.
+  explicit TinyLm(const tiny_lm::Config& config, std::uint64_t seed = 0)
+      : cfg_(config), lay_(tiny_lm::make_layout(config)), theta_(lay_.total, T(0)), grad_(lay_.total, T(0)) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<double> normal(0.0, 1.0);
+    const double resid = 1.0 / std::sqrt(2.0 * static_cast<double>(cfg_.n_layers));
+    for (const auto& g : lay_.groups) {
+      const std::string n = g.name.substr(g.name.find('.') + 1);
+      double sd = 0, fill = 0;
+      if (n == "tok_emb" || n == "pos_emb") sd = cfg_.init_std;
+      else if (n.starts_with("w_")) sd = 1.0 / std::sqrt(static_cast<double>(g.rows)) * (n == "w_o" || n == "w_2" ? resid : 1.0);
+      else if (n.ends_with("_g")) fill = 1;
+      for (std::size_t k = 0; k < g.size(); ++k) theta_[g.offset + k] = static_cast<T>(sd > 0 ? sd * normal(rng) : fill);
+    }
+  }
+
+  const tiny_lm::Config& config() const { return cfg_; }
+  const tiny_lm::Layout& layout() const { return lay_; }
+  std::size_t vocab_size() const { return cfg_.vocab; }
+  std::span<T> parameters() { return theta_; }
+  std::span<const T> parameters() const { return theta_; }
+  std::span<T> gradients() { return grad_; }
+  void zero_gradients() { std::fill(grad_.begin(), grad_.end(), T(0)); }
+
+  // scores[s] = log π(completion_s | prompt_s).
+  void sequence_logp(const SequenceBatch& batch, std::span<T> scores) {
+    check(batch);
+    detail::check_size("scores", scores.size(), batch.size());
+    forward(batch.tokens, batch.offsets);
+    set_targets(batch);
+    logprob::forward(token_view(), scores);
+  }
+
+  // gradients += Σ_s d_scores[s] ∂scores[s]/∂θ: forward again (the batch may differ from the last
+  // scored one), the reduction's backward gives ∂/∂z = d_s (onehot − softmax) on completion rows,
+  // then every layer backward.
+  void accumulate_gradients(const SequenceBatch& batch, std::span<const T> d_scores) {
+    check(batch);
+    detail::check_size("d_scores", d_scores.size(), batch.size());
+    forward(batch.tokens, batch.offsets);
+    set_targets(batch);
+    logprob::backward(token_view(), d_scores, std::span<T>(dlogits_.data(), n_ * cfg_.vocab));
+    backward(batch.tokens, batch.offsets);
+  }
+
+  // Batched generation (SamplingModel). Each prompt draws from its own random stream (seed, p),
+  // so results do not depend on threads or on which other prompts are in the batch.
+  Sequences generate(const Prompts& prompts, std::size_t max_new, const SamplingOptions& opt,
+                     std::optional<token_t> eos = std::nullopt) {
+    validate(prompts, cfg_.vocab);
+    validate(opt);
+    const std::size_t P = prompts.size();
+    for (std::size_t p = 0; p < P; ++p)
+      if (prompts.prompt(p).size() + max_new > cfg_.max_len)
+        detail::fail_at("prompts", p, "length " + std::to_string(prompts.prompt(p).size()) + " + max_new " + std::to_string(max_new),
+                        "at most max_len = " + std::to_string(cfg_.max_len));
+    // Every buffer at its final size before the token loop.
+    std::vector<token_t> out(prompts.tokens.size() + P * max_new);
+    std::vector<std::int64_t> len(P), start(P), cur_offsets(P + 1);
+    std::vector<std::size_t> active(P);
+    std::vector<token_t> cur(out.size());
+    std::vector<SplitMix64> rng;
+    rng.reserve(P);
+    std::vector<double> probs(cfg_.vocab);
+    std::vector<std::int32_t> order(cfg_.vocab);
+    for (std::size_t p = 0; p < P; ++p) {
+      start[p] = static_cast<std::int64_t>(p == 0 ? 0 : start[p - 1] + len[p - 1] + static_cast<std::int64_t>(max_new));
+      const auto pr = prompts.prompt(p);
+      std::copy(pr.begin(), pr.end(), out.begin() + start[p]);
+      len[p] = static_cast<std::int64_t>(pr.size());
+      rng.emplace_back(opt.seed, p);
+    }
+    reserve(out.size(), P);
+    std::size_t n_active = P;
+    for (std::size_t p = 0; p < P; ++p) active[p] = p;
+    for (std::size_t step = 0; step < max_new && n_active > 0; ++step) {
+      // Pack the active sequences and run the whole forward (sequences are short: recomputing
+      // the prefix costs less than the bookkeeping of a KV cache here).
+      std::size_t n = 0;
+      cur_offsets[0] = 0;
+      for (std::size_t a = 0; a < n_active; ++a) {
+        const std::size_t p = active[a];
+        std::copy(out.begin() + start[p], out.begin() + start[p] + len[p], cur.begin() + static_cast<std::ptrdiff_t>(n));
+        n += static_cast<std::size_t>(len[p]);
+        cur_offsets[a + 1] = static_cast<std::int64_t>(n);
+      }
+      forward(std::span<const token_t>(cur.data(), n), std::span<const std::int64_t>(cur_offsets.data(), n_active + 1));
+      std::size_t still = 0;
+      for (std::size_t a = 0; a < n_active; ++a) {
+        const std::size_t p = active[a];
+        const T* z = logits_.data() + static_cast<std::size_t>(cur_offsets[a + 1] - 1) * cfg_.vocab;
+        const token_t y = sample_token(std::span<const T>(z, cfg_.vocab), opt, rng[p].uniform(), probs, order);
+        out[static_cast<std::size_t>(start[p] + len[p]++)] = y;
+        if (!(eos && y == *eos)) active[still++] = p;
+      }
+      n_active = still;
+    }
+    Sequences res;
+    res.tokens.reserve(out.size());
+    for (std::size_t p = 0; p < P; ++p) {
+      const auto pl = static_cast<std::size_t>(prompts.offsets[p + 1] - prompts.offsets[p]);
+      const auto* b = out.data() + start[p];
+      res.push(std::span<const token_t>(b, pl), std::span<const token_t>(b + pl, static_cast<std::size_t>(len[p]) - pl));
+    }
+    return res;
+  }
+
+ private:
+  std::size_t d() const { return cfg_.d_model; }
+  T* param(std::size_t off) { return theta_.data() + off; }
+  T* grad(std::size_t off) { return grad_.data() + off; }
+  Mat pmat(std::size_t off, std::size_t r, std::size_t c) { return Mat(param(off), static_cast<Eigen::Index>(r), static_cast<Eigen::Index>(c)); }
+  Mat gmat(std::size_t off, std::size_t r, std::size_t c) { return Mat(grad(off), static_cast<Eigen::Index>(r), static_cast<Eigen::Index>(c)); }
+  CRow prow(std::size_t off, std::size_t c) { return CRow(param(off), static_cast<Eigen::Index>(c)); }
+  Row grad_row(std::size_t off, std::size_t c) { return Row(grad(off), static_cast<Eigen::Index>(c)); }
+  static Mat act(std::vector<T>& buf, std::size_t at, std::size_t r, std::size_t c) {
+    return Mat(buf.data() + at, static_cast<Eigen::Index>(r), static_cast<Eigen::Index>(c));
+  }
+
+  void check(const SequenceBatch& b) const {
+    validate(b, cfg_.vocab);
+    for (std::size_t s = 0; s < b.size(); ++s)
+      if (static_cast<std::size_t>(b.length(s)) > cfg_.max_len)
+        detail::fail_at("batch.sequence", s, "length " + std::to_string(b.length(s)), "at most max_len = " + std::to_string(cfg_.max_len));
+  }
+
+  // Grows every activation buffer to hold n rows in S sequences of at most max_len (never shrinks).
+  void reserve(std::size_t n, std::size_t S) {
+    auto grow = [](auto& v, std::size_t size) {
+      if (v.size() < size) v.resize(size);
+    };
+    const std::size_t L = cfg_.n_layers, D = d();
+    const std::size_t probs = std::min(n, S * cfg_.max_len) * cfg_.max_len * cfg_.n_heads;
+    for (auto* v : {&h1_, &att_, &xmid_, &h2_}) grow(*v, L * n * D);
+    grow(x_, (L + 1) * n * D);
+    grow(qkv_, L * n * 3 * D);
+    grow(u_, L * n * cfg_.d_ff);
+    grow(a_, L * n * cfg_.d_ff);
+    for (auto* v : {&mean1_, &rstd1_, &mean2_, &rstd2_}) grow(*v, L * n);
+    grow(meanf_, n);
+    grow(rstdf_, n);
+    grow(hf_, n * D);
+    grow(logits_, n * cfg_.vocab);
+    grow(probs_, L * probs);
+    grow(att_off_, S + 1);
+  }
+
+  // All activations of a batch given as tokens + sequence offsets, kept for backward.
+  void forward(std::span<const token_t> tokens, std::span<const std::int64_t> offsets) {
+    const std::size_t n = tokens.size(), S = offsets.size() - 1, D = d(), H = cfg_.n_heads, dh = D / H;
+    reserve(n, S);
+    n_ = n;
+    att_off_[0] = 0;
+    for (std::size_t s = 0; s < S; ++s) {
+      const auto Ls = static_cast<std::size_t>(offsets[s + 1] - offsets[s]);
+      att_off_[s + 1] = att_off_[s] + H * Ls * Ls;
+    }
+    probs_stride_ = att_off_[S];
+    const auto sl = static_cast<std::ptrdiff_t>(S);
+    DFTUNE_OMP(parallel for schedule(static))
+    for (std::ptrdiff_t s = 0; s < sl; ++s)
+      for (auto r = offsets[s]; r < offsets[s + 1]; ++r) {
+        const T* te = param(lay_.tok_emb) + static_cast<std::size_t>(tokens[static_cast<std::size_t>(r)]) * D;
+        const T* pe = param(lay_.pos_emb) + static_cast<std::size_t>(r - offsets[s]) * D;
+        T* x = x_.data() + static_cast<std::size_t>(r) * D;
+        for (std::size_t j = 0; j < D; ++j) x[j] = te[j] + pe[j];
+      }
+    for (std::size_t l = 0; l < cfg_.n_layers; ++l) {
+      const auto& k = lay_.blocks[l];
+      const std::size_t o = l * n * D;
+      T* x = x_.data() + o;
+      DFTUNE_OMP(parallel for schedule(static))
+      for (std::ptrdiff_t s = 0; s < sl; ++s) {
+        const auto r0 = static_cast<std::size_t>(offsets[s]), Ls = static_cast<std::size_t>(offsets[s + 1]) - r0;
+        tiny_lm::layer_norm_forward(x + r0 * D, param(k.ln1_g), param(k.ln1_b), h1_.data() + o + r0 * D,
+                                    mean1_.data() + l * n + r0, rstd1_.data() + l * n + r0, Ls, D);
+      }
+      Mat qkv = act(qkv_, l * n * 3 * D, n, 3 * D);
+      qkv.noalias() = act(h1_, o, n, D) * pmat(k.w_qkv, D, 3 * D);
+      qkv.rowwise() += prow(k.b_qkv, 3 * D);
+      DFTUNE_OMP(parallel for schedule(static))
+      for (std::ptrdiff_t s = 0; s < sl; ++s) {
+        const auto r0 = static_cast<std::size_t>(offsets[s]), Ls = static_cast<std::size_t>(offsets[s + 1]) - r0;
+        for (std::size_t h = 0; h < H; ++h)
+          tiny_lm::attention_forward(qkv_.data() + (l * n + r0) * 3 * D, probs_.data() + l * probs_stride_ + att_off_[s] + h * Ls * Ls,
+                                     att_.data() + o + r0 * D, Ls, D, h, dh);
+      }
+      Mat xmid = act(xmid_, o, n, D);
+      xmid.noalias() = act(att_, o, n, D) * pmat(k.w_o, D, D);
+      xmid.rowwise() += prow(k.b_o, D);
+      xmid += act(x_, o, n, D);
+      DFTUNE_OMP(parallel for schedule(static))
+      for (std::ptrdiff_t s = 0; s < sl; ++s) {
+        const auto r0 = static_cast<std::size_t>(offsets[s]), Ls = static_cast<std::size_t>(offsets[s + 1]) - r0;
+        tiny_lm::layer_norm_forward(xmid_.data() + o + r0 * D, param(k.ln2_g), param(k.ln2_b), h2_.data() + o + r0 * D,
+                                    mean2_.data() + l * n + r0, rstd2_.data() + l * n + r0, Ls, D);
+      }
+      const std::size_t F = cfg_.d_ff, of = l * n * F;
+      Mat u = act(u_, of, n, F);
+      u.noalias() = act(h2_, o, n, D) * pmat(k.w_1, D, F);
+      u.rowwise() += prow(k.b_1, F);
+      const auto nf = static_cast<std::ptrdiff_t>(n * F);
+      DFTUNE_OMP(parallel for schedule(static))
+      for (std::ptrdiff_t i = 0; i < nf; ++i) a_[of + static_cast<std::size_t>(i)] = tiny_lm::gelu(u_[of + static_cast<std::size_t>(i)]);
+      Mat xn = act(x_, o + n * D, n, D);
+      xn.noalias() = act(a_, of, n, F) * pmat(k.w_2, F, D);
+      xn.rowwise() += prow(k.b_2, D);
+      xn += xmid;
+    }
+    const std::size_t oL = cfg_.n_layers * n * D;
+    DFTUNE_OMP(parallel for schedule(static))
+    for (std::ptrdiff_t s = 0; s < sl; ++s) {
+      const auto r0 = static_cast<std::size_t>(offsets[s]), Ls = static_cast<std::size_t>(offsets[s + 1]) - r0;
+      tiny_lm::layer_norm_forward(x_.data() + oL + r0 * D, param(lay_.lnf_g), param(lay_.lnf_b), hf_.data() + r0 * D,
+                                  meanf_.data() + r0, rstdf_.data() + r0, Ls, D);
+    }
+    Mat z = act(logits_, 0, n, cfg_.vocab);
+    z.noalias() = act(hf_, 0, n, D) * pmat(lay_.w_out, D, cfg_.vocab);
+    z.rowwise() += prow(lay_.b_out, cfg_.vocab);
+  }
+
+  // Row r's logits predict token r + 1 of the same sequence; only completion tokens are scored
+  // (weight 1), prompt positions and each sequence's last row have weight 0.
+  void set_targets(const SequenceBatch& b) {
+    targets_.assign(n_, 0);
+    weights_.assign(n_, C(0));
+    for (std::size_t s = 0; s < b.size(); ++s)
+      for (auto r = b.offsets[s] + b.prompt_len[s] - 1; r + 1 < b.offsets[s + 1]; ++r) {
+        targets_[static_cast<std::size_t>(r)] = b.tokens[static_cast<std::size_t>(r + 1)];
+        weights_[static_cast<std::size_t>(r)] = C(1);
+      }
+    offsets_.assign(b.offsets.begin(), b.offsets.end());
+    if (dlogits_.size() < n_ * cfg_.vocab) dlogits_.resize(n_ * cfg_.vocab);
+  }
+
+  logprob::TokenLogits<T> token_view() const {
+    return {.logits = std::span<const T>(logits_.data(), n_ * cfg_.vocab), .vocab = cfg_.vocab, .targets = targets_,
+            .weights = weights_, .offsets = offsets_};
+  }
+
+  // Backward of forward() from dlogits_, accumulating into grad_.
+  void backward(std::span<const token_t> tokens, std::span<const std::int64_t> offsets) {
+    const std::size_t n = n_, S = offsets.size() - 1, D = d(), H = cfg_.n_heads, dh = D / H, F = cfg_.d_ff, V = cfg_.vocab;
+    auto grow = [](std::vector<T>& v, std::size_t size) {
+      if (v.size() < size) v.resize(size);
+    };
+    grow(dx_, n * D);
+    grow(dh_, n * D);
+    grow(datt_, n * D);
+    grow(dqkv_, n * 3 * D);
+    grow(du_, n * F);
+    grow(dprobs_, probs_stride_);
+    const auto sl = static_cast<std::ptrdiff_t>(S);
+    CMat dz(dlogits_.data(), static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(V));
+    Mat dx = act(dx_, 0, n, D), dhid = act(dh_, 0, n, D);
+    // z = hf W_out + b_out
+    gmat(lay_.w_out, D, V).noalias() += act(hf_, 0, n, D).transpose() * dz;
+    grad_row(lay_.b_out, V) += dz.colwise().sum();
+    dhid.noalias() = dz * pmat(lay_.w_out, D, V).transpose();
+    dx.setZero();
+    tiny_lm::layer_norm_backward(dh_.data(), x_.data() + cfg_.n_layers * n * D, param(lay_.lnf_g), meanf_.data(), rstdf_.data(),
+                                 dx_.data(), grad(lay_.lnf_g), grad(lay_.lnf_b), n, D);
+    for (std::size_t l = cfg_.n_layers; l-- > 0;) {
+      const auto& k = lay_.blocks[l];
+      const std::size_t o = l * n * D, of = l * n * F;
+      // x_out = x_mid + gelu(h2 W1 + b1) W2 + b2   (dx holds ∂/∂x_out, then ∂/∂x_mid)
+      gmat(k.w_2, F, D).noalias() += act(a_, of, n, F).transpose() * dx;
+      grad_row(k.b_2, D) += dx.colwise().sum();
+      Mat du = act(du_, 0, n, F);
+      du.noalias() = dx * pmat(k.w_2, F, D).transpose();
+      const auto nf = static_cast<std::ptrdiff_t>(n * F);
+      DFTUNE_OMP(parallel for schedule(static))
+      for (std::ptrdiff_t i = 0; i < nf; ++i) du_[static_cast<std::size_t>(i)] *= tiny_lm::gelu_grad(u_[of + static_cast<std::size_t>(i)]);
+      gmat(k.w_1, D, F).noalias() += act(h2_, o, n, D).transpose() * du;
+      grad_row(k.b_1, F) += du.colwise().sum();
+      dhid.noalias() = du * pmat(k.w_1, D, F).transpose();
+      tiny_lm::layer_norm_backward(dh_.data(), xmid_.data() + o, param(k.ln2_g), mean2_.data() + l * n, rstd2_.data() + l * n,
+                                   dx_.data(), grad(k.ln2_g), grad(k.ln2_b), n, D);
+      // x_mid = x_in + att W_o + b_o   (dx now ∂/∂x_mid, then ∂/∂x_in)
+      gmat(k.w_o, D, D).noalias() += act(att_, o, n, D).transpose() * dx;
+      grad_row(k.b_o, D) += dx.colwise().sum();
+      Mat datt = act(datt_, 0, n, D);
+      datt.noalias() = dx * pmat(k.w_o, D, D).transpose();
+      Mat dqkv = act(dqkv_, 0, n, 3 * D);
+      dqkv.setZero();
+      DFTUNE_OMP(parallel for schedule(static))
+      for (std::ptrdiff_t s = 0; s < sl; ++s) {
+        const auto r0 = static_cast<std::size_t>(offsets[s]), Ls = static_cast<std::size_t>(offsets[s + 1]) - r0;
+        for (std::size_t h = 0; h < H; ++h)
+          tiny_lm::attention_backward(qkv_.data() + (l * n + r0) * 3 * D, probs_.data() + l * probs_stride_ + att_off_[s] + h * Ls * Ls,
+                                      datt_.data() + r0 * D, dqkv_.data() + r0 * 3 * D,
+                                      dprobs_.data() + att_off_[s] + h * Ls * Ls, Ls, D, h, dh);
+      }
+      gmat(k.w_qkv, D, 3 * D).noalias() += act(h1_, o, n, D).transpose() * dqkv;
+      grad_row(k.b_qkv, 3 * D) += dqkv.colwise().sum();
+      dhid.noalias() = dqkv * pmat(k.w_qkv, D, 3 * D).transpose();
+      tiny_lm::layer_norm_backward(dh_.data(), x_.data() + o, param(k.ln1_g), mean1_.data() + l * n, rstd1_.data() + l * n,
+                                   dx_.data(), grad(k.ln1_g), grad(k.ln1_b), n, D);
+    }
+    // x⁰_r = E[tok_r] + P[r − start of its sequence]
+    for (std::size_t s = 0; s < S; ++s)
+      for (auto r = offsets[s]; r < offsets[s + 1]; ++r) {
+        const T* g = dx_.data() + static_cast<std::size_t>(r) * D;
+        T* te = grad(lay_.tok_emb) + static_cast<std::size_t>(tokens[static_cast<std::size_t>(r)]) * D;
+        T* pe = grad(lay_.pos_emb) + static_cast<std::size_t>(r - offsets[s]) * D;
+        for (std::size_t j = 0; j < D; ++j) {
+          te[j] += g[j];
+          pe[j] += g[j];
+        }
+      }
+  }
+
+  tiny_lm::Config cfg_;
+  tiny_lm::Layout lay_;
+  std::vector<T> theta_, grad_;
+  // Activations of the last forward (per layer, n rows each) and backward scratch.
+  std::size_t n_ = 0, probs_stride_ = 0;
+  std::vector<T> x_, h1_, qkv_, att_, xmid_, h2_, u_, a_, hf_, logits_, probs_;
+  std::vector<T> mean1_, rstd1_, mean2_, rstd2_, meanf_, rstdf_;
+  std::vector<std::size_t> att_off_;
+  std::vector<T> dlogits_, dx_, dh_, datt_, dqkv_, du_, dprobs_;
+  std::vector<token_t> targets_;
+  std::vector<C> weights_;
+  std::vector<std::int64_t> offsets_;
+};
+
+DFTUNE_NAMESPACE_END
