@@ -1,0 +1,111 @@
+#pragma once
+// Adam (Kingma & Ba 2015, Algorithm 1) and AdamW (Loshchilov & Hutter 2019, Algorithm 2) as one
+// template over the weight-decay policy of rule.hpp — the ensmallen shape: AdamUpdate<T, Decay>,
+// with Adam = coupled L2 (torch.optim.Adam) and AdamW = decoupled decay (torch.optim.AdamW).
+// Step t = 1, 2, … (t = steps() + 1), with PyTorch's order of operations:
+//
+//   g_t ← g_t + λ·θ_{t−1}                       Adam only (coupled L2)
+//   θ_{t−1} ← θ_{t−1}·(1 − lr·λ)                AdamW only (decoupled)
+//   m_t = β1·m_{t−1} + (1 − β1)·g_t              (computed as m + (1 − β1)(g − m): torch's lerp)
+//   v_t = β2·v_{t−1} + (1 − β2)·g_t²
+//   m̂_t = m_t / (1 − β1^t),  v̂_t = v_t / (1 − β2^t)
+//   θ_t = θ_{t−1} − lr · m̂_t / (√v̂_t + ε)      (ε outside the square root, as PyTorch; the
+//                                                 paper's "ε̂" form of §2 puts it inside the
+//                                                 bias correction instead)
+//
+// At t = 1, m̂ = g and v̂ = g², so θ_1 = θ_0 − lr·g/(|g| + ε) ≈ θ_0 − lr·sign(g): the first step
+// moves every coordinate by ~lr whatever the gradient's scale.
+// Scalars that depend only on t (bias corrections, step size, shrink factor) are computed in
+// double once per step; the element loop runs in T. State m, v is sized on the first step.
+#include <dftune/config.hpp>
+#include <dftune/error.hpp>
+#include <dftune/optim/rule.hpp>
+
+#include <cmath>
+#include <concepts>
+#include <cstddef>
+#include <span>
+#include <vector>
+
+DFTUNE_NAMESPACE_BEGIN
+
+// Defaults of torch.optim.Adam. weight_decay defaults to 0 for AdamW too (the Hugging Face
+// Trainer's default, which the DFT recipes use), not torch.optim.AdamW's 0.01: set it explicitly.
+struct AdamOptions {
+  double beta1 = 0.9;         // in [0, 1)
+  double beta2 = 0.999;       // in [0, 1)
+  double eps = 1e-8;          // > 0, added to √v̂
+  double weight_decay = 0;    // λ >= 0: coupled (Adam) or decoupled (AdamW), per the policy
+};
+
+inline void validate(const AdamOptions& o) {
+  if (!(o.beta1 >= 0 && o.beta1 < 1)) detail::fail("beta1", o.beta1, "a number in [0, 1)");
+  if (!(o.beta2 >= 0 && o.beta2 < 1)) detail::fail("beta2", o.beta2, "a number in [0, 1)");
+  if (!std::isfinite(o.eps) || !(o.eps > 0)) detail::fail("eps", o.eps, "a finite number > 0");
+  detail::check_weight_decay(o.weight_decay);
+}
+
+template <class T, class WeightDecay>
+class AdamUpdate {
+  static_assert(std::floating_point<T>, "dftune::Adam<T>/AdamW<T>: T must be float, double or long double");
+  static_assert(WeightDecayPolicy<WeightDecay, T>,
+                "dftune::AdamUpdate<T, WeightDecay>: WeightDecay needs `static T gradient<T>(T g, T theta, T "
+                "lambda)` and `static double shrink(double lr, double lambda)` (see optim/rule.hpp)");
+
+ public:
+  using scalar_type = T;
+  using weight_decay_policy = WeightDecay;
+
+  AdamUpdate() = default;
+  explicit AdamUpdate(const AdamOptions& options) : opt_(options) { validate(opt_); }
+
+  void step(std::span<T> params, std::span<const T> grads, T lr) {
+    detail::check_rule_step(std::span<const T>(params), grads, lr, n_);
+    const std::size_t n = params.size();
+    if (steps_ == 0) {  // may throw bad_alloc: nothing written yet
+      m_.assign(n, T(0));
+      v_.assign(n, T(0));
+    }
+    const double t = static_cast<double>(steps_ + 1);
+    const double bias1 = 1.0 - std::pow(opt_.beta1, t);
+    const double bias2 = 1.0 - std::pow(opt_.beta2, t);
+    const T step_size = static_cast<T>(static_cast<double>(lr) / bias1);
+    const T bias2_sqrt = static_cast<T>(std::sqrt(bias2));
+    const T shrink = static_cast<T>(WeightDecay::shrink(static_cast<double>(lr), opt_.weight_decay));
+    const T lambda = static_cast<T>(opt_.weight_decay);
+    const T one_m_beta1 = static_cast<T>(1.0 - opt_.beta1);
+    const T beta2 = static_cast<T>(opt_.beta2);
+    const T one_m_beta2 = static_cast<T>(1.0 - opt_.beta2);
+    const T eps = static_cast<T>(opt_.eps);
+    for (std::size_t k = 0; k < n; ++k) {
+      const T g = WeightDecay::gradient(grads[k], params[k], lambda);
+      m_[k] += one_m_beta1 * (g - m_[k]);
+      v_[k] = beta2 * v_[k] + one_m_beta2 * g * g;
+      const T denom = std::sqrt(v_[k]) / bias2_sqrt + eps;
+      params[k] = params[k] * shrink - step_size * (m_[k] / denom);
+    }
+    n_ = n;
+    ++steps_;
+  }
+
+  std::size_t steps() const { return steps_; }
+  // 0 until the first step fixes it.
+  std::size_t num_parameters() const { return n_; }
+  const AdamOptions& options() const { return opt_; }
+  // m and v of the formula above (not bias-corrected); empty before the first step.
+  std::span<const T> first_moment() const { return m_; }
+  std::span<const T> second_moment() const { return v_; }
+
+ private:
+  AdamOptions opt_{};
+  std::vector<T> m_, v_;
+  std::size_t n_ = 0;
+  std::size_t steps_ = 0;
+};
+
+template <class T>
+using Adam = AdamUpdate<T, CoupledWeightDecay>;
+template <class T>
+using AdamW = AdamUpdate<T, DecoupledWeightDecay>;
+
+DFTUNE_NAMESPACE_END

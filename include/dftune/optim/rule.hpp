@@ -1,0 +1,99 @@
+#pragma once
+// The inner update rule (DESIGN.md §2, last arrow): θ ← rule(θ, ∇θ L, lr), on flat spans, so any
+// model that shows its parameters and gradients as two spans of equal size can use any rule.
+//
+// Contract of an UpdateRule<R, T>:
+//   r.step(params, grads, lr)  updates params in place with the gradient grads at learning rate lr;
+//   r.steps()                  how many steps succeeded (Adam's bias correction reads it).
+// dftune's rules (Sgd, Adam, AdamW) size their state on the *first* step: DftOptimizer and users
+// construct a rule before they know the model (`AdamW<double>{}`), and a rule needs no count until
+// it sees the span. From then on the parameter count is fixed: a span of another size is an error.
+// A step that throws (sizes, lr, a non-finite gradient) changes neither params nor the state nor
+// steps(): every check runs before the first write.
+//
+// The weight-decay policies live here because SGD and Adam share them (ensmallen style: the rule is
+// a template over its decay policy, so Adam and AdamW are one class, see adam.hpp).
+#include <dftune/config.hpp>
+#include <dftune/error.hpp>
+
+#include <cmath>
+#include <concepts>
+#include <cstddef>
+#include <span>
+#include <string>
+
+DFTUNE_NAMESPACE_BEGIN
+
+template <class R, class T>
+concept UpdateRule = std::floating_point<T> &&
+                     requires(R& r, const R& cr, std::span<T> params, std::span<const T> grads, T lr) {
+                       { r.step(params, grads, lr) } -> std::same_as<void>;
+                       { cr.steps() } -> std::convertible_to<std::size_t>;
+                     };
+
+// Static checks with one message per missing piece (the concept alone says only "constraints not
+// satisfied"). Use: static_assert(check_update_rule<MyRule, double>()).
+template <class R, class T>
+constexpr bool check_update_rule() {
+  static_assert(std::floating_point<T>, "dftune::UpdateRule<R, T>: T must be float, double or long double");
+  static_assert(requires(R& r, std::span<T> p, std::span<const T> g, T lr) { r.step(p, g, lr); },
+                "dftune::UpdateRule: the rule needs `void step(std::span<T> params, std::span<const T> grads, T lr)`");
+  static_assert(requires(const R& r) { { r.steps() } -> std::convertible_to<std::size_t>; },
+                "dftune::UpdateRule: the rule needs `std::size_t steps() const`");
+  return UpdateRule<R, T>;
+}
+
+// ---- weight-decay policies ---------------------------------------------------------------------
+// A policy says where the decay λ enters a step: into the gradient (coupled, classic L2
+// regularisation of the loss, λ/2·‖θ‖²) or straight onto the parameters (decoupled).
+// gradient(g, θ, λ): the gradient the rule's moments see.
+// shrink(lr, λ):     the factor θ is multiplied by before the rule's own update, once per step.
+
+// Coupled L2 (torch.optim.SGD / torch.optim.Adam `weight_decay`): g ← g + λ·θ.
+struct CoupledWeightDecay {
+  template <class T>
+  static T gradient(T g, T theta, T lambda) {
+    return g + lambda * theta;
+  }
+  static double shrink(double /*lr*/, double /*lambda*/) { return 1.0; }
+};
+
+// Decoupled (Loshchilov & Hutter 2019, Algorithm 2 line 12; torch.optim.AdamW):
+// θ ← θ − lr·λ·θ = θ·(1 − lr·λ) before the step; the moments never see λ.
+struct DecoupledWeightDecay {
+  template <class T>
+  static T gradient(T g, T /*theta*/, T /*lambda*/) {
+    return g;
+  }
+  static double shrink(double lr, double lambda) { return 1.0 - lr * lambda; }
+};
+
+template <class P, class T>
+concept WeightDecayPolicy = requires(T g, double x) {
+  { P::template gradient<T>(g, g, g) } -> std::convertible_to<T>;
+  { P::shrink(x, x) } -> std::convertible_to<double>;
+};
+
+namespace detail {
+
+// Every check of a rule's step, before any write. fixed_count = 0 means no step has fixed the
+// parameter count yet (a rule never accepts an empty span, so 0 is free to mean that).
+template <class T>
+void check_rule_step(std::span<const T> params, std::span<const T> grads, T lr, std::size_t fixed_count) {
+  if (!std::isfinite(lr) || !(lr >= 0)) fail("lr", lr, "a finite learning rate >= 0");
+  if (params.empty()) fail("params", "size 0", "at least one parameter");
+  if (fixed_count != 0 && params.size() != fixed_count)
+    fail("params", "size " + std::to_string(params.size()),
+         "size " + std::to_string(fixed_count) + " (the parameter count is fixed by the rule's first step)");
+  check_size("grads", grads.size(), params.size());
+  for (std::size_t k = 0; k < grads.size(); ++k)
+    if (!std::isfinite(grads[k])) fail_at("grads", k, grads[k], "a finite number");
+}
+
+inline void check_weight_decay(double lambda) {
+  if (!std::isfinite(lambda) || !(lambda >= 0)) fail("weight_decay", lambda, "a finite number >= 0");
+}
+
+}  // namespace detail
+
+DFTUNE_NAMESPACE_END

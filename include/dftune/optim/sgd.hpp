@@ -1,0 +1,88 @@
+#pragma once
+// Stochastic gradient descent with optional momentum, Nesterov momentum and coupled L2 weight
+// decay, step for step the update of torch.optim.SGD (PyTorch docs, "SGD" algorithm box; Sutskever
+// et al. 2013 for the momentum form used there):
+//
+//   g_t ← g_t + λ·θ_{t−1}                                   (weight_decay λ ≠ 0, coupled L2)
+//   b_t ← g_t                                  at t = 1     (the buffer starts at the first gradient,
+//   b_t ← μ·b_{t−1} + (1 − τ)·g_t              at t > 1      undamped, as PyTorch)
+//   g_t ← g_t + μ·b_t   (Nesterov)   or   g_t ← b_t         (momentum μ ≠ 0, dampening τ)
+//   θ_t ← θ_{t−1} − lr·g_t
+//
+// The momentum buffer is sized on the first step (see rule.hpp), only when μ ≠ 0.
+#include <dftune/config.hpp>
+#include <dftune/error.hpp>
+#include <dftune/optim/rule.hpp>
+
+#include <cmath>
+#include <concepts>
+#include <cstddef>
+#include <span>
+#include <string>
+#include <vector>
+
+DFTUNE_NAMESPACE_BEGIN
+
+struct SgdOptions {
+  double momentum = 0;      // μ in [0, 1); 0: plain SGD, no buffer
+  double dampening = 0;     // τ in [0, 1]; scales the new gradient in the buffer after the first step
+  double weight_decay = 0;  // λ >= 0, coupled L2 (added to the gradient)
+  bool nesterov = false;    // needs μ > 0 and τ = 0 (as PyTorch)
+};
+
+inline void validate(const SgdOptions& o) {
+  if (!(o.momentum >= 0 && o.momentum < 1)) detail::fail("momentum", o.momentum, "a number in [0, 1)");
+  if (!(o.dampening >= 0 && o.dampening <= 1)) detail::fail("dampening", o.dampening, "a number in [0, 1]");
+  detail::check_weight_decay(o.weight_decay);
+  if (o.nesterov && !(o.momentum > 0 && o.dampening == 0))
+    detail::fail("nesterov", "true with momentum " + std::to_string(o.momentum) + " and dampening " +
+                                 std::to_string(o.dampening),
+                 "momentum > 0 and dampening = 0 for Nesterov momentum");
+}
+
+template <class T>
+class Sgd {
+  static_assert(std::floating_point<T>, "dftune::Sgd<T>: T must be float, double or long double");
+  using Decay = CoupledWeightDecay;
+
+ public:
+  using scalar_type = T;
+
+  Sgd() = default;
+  explicit Sgd(const SgdOptions& options) : opt_(options) { validate(opt_); }
+
+  void step(std::span<T> params, std::span<const T> grads, T lr) {
+    detail::check_rule_step(std::span<const T>(params), grads, lr, n_);
+    const std::size_t n = params.size();
+    const bool first = steps_ == 0;
+    const T lambda = static_cast<T>(opt_.weight_decay);
+    const T mu = static_cast<T>(opt_.momentum);
+    const T keep = static_cast<T>(1.0 - opt_.dampening);
+    if (opt_.momentum != 0 && first) buf_.assign(n, T(0));  // may throw bad_alloc: nothing written yet
+    for (std::size_t k = 0; k < n; ++k) {
+      T g = opt_.weight_decay != 0 ? Decay::gradient(grads[k], params[k], lambda) : grads[k];
+      if (opt_.momentum != 0) {
+        buf_[k] = first ? g : mu * buf_[k] + keep * g;
+        g = opt_.nesterov ? g + mu * buf_[k] : buf_[k];
+      }
+      params[k] -= lr * g;
+    }
+    n_ = n;
+    ++steps_;
+  }
+
+  std::size_t steps() const { return steps_; }
+  // 0 until the first step fixes it.
+  std::size_t num_parameters() const { return n_; }
+  const SgdOptions& options() const { return opt_; }
+  // b of the formula above; empty before the first step and without momentum.
+  std::span<const T> momentum_buffer() const { return buf_; }
+
+ private:
+  SgdOptions opt_{};
+  std::vector<T> buf_;
+  std::size_t n_ = 0;
+  std::size_t steps_ = 0;
+};
+
+DFTUNE_NAMESPACE_END
