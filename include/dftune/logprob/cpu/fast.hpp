@@ -1,0 +1,244 @@
+#pragma once
+// The CPU fast path of the token log-prob reduction: same semantics, checks and outputs as
+// generic.hpp (read that first), for float, double and bf16 storage.
+//
+// How it goes fast:
+// - Rows are independent, so OpenMP splits rows across threads (dynamic: masked rows cost
+//   nothing, so static chunks would be uneven). Every row is computed by one thread from the
+//   same instructions, so results do not depend on the thread count.
+// - The forward reads each logit from memory once. A row is cut into L1-sized blocks; for each
+//   block a max pass (from memory) then an exp-and-sum pass (from L1) shifted by the running max,
+//   rescaling the running sum when the max grows: the online log-sum-exp, one exp per logit.
+// - The backward is fused: one read and one write per logit (in place if grad is the logits),
+//   grad = −c·exp(z − lse), then the target entry is set to c·(1 − p_y) from the saved z_y.
+// - SIMD through Eigen's packet math (the widest packet the build enables: SSE2 by default,
+//   AVX2/AVX-512 with -march), including its vectorised exp.
+// - bf16 blocks are widened into an fp32 stack buffer and narrowed back; all arithmetic is fp32.
+// - Accumulation: fp32 packets within a block (≤ 2048 terms), then double across blocks and
+//   across the tokens of a sequence.
+// - No allocation: per-token log-probs go to token_logp, or to the caller's workspace
+//   (workspace_size()) when token_logp is not wanted, and are summed per sequence afterwards.
+//
+// Tolerance against the generic path (tested in tests/test_logprob_fast.cpp), for |z| ≲ 50:
+// float/bf16 log-probs within 2e-6·(1 + |lse|) per token, gradients within 2e-6·|c|
+// (+ bf16 rounding of the gradient, 2^-8 relative); double within 1e-12 relative.
+#include <dftune/config.hpp>
+#include <dftune/error.hpp>
+#include <dftune/logprob/checks.hpp>
+#include <dftune/logprob/cpu/bf16.hpp>
+#include <dftune/logprob/token_logits.hpp>
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <span>
+#include <type_traits>
+
+DFTUNE_NAMESPACE_BEGIN
+
+namespace logprob::cpu {
+
+template <class T>
+inline constexpr bool supported = std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, bf16>;
+
+// Bytes forward() needs in `workspace` when token_logp is empty (none otherwise); backward needs none.
+template <class T>
+std::size_t workspace_size(const TokenLogits<T>& in) {
+  return in.rows() * sizeof(compute_t<T>);
+}
+
+namespace kernel {
+
+namespace ei = Eigen::internal;
+
+// Elements per block: 8 KiB (float) or 16 KiB (double) stays in L1 between a block's passes.
+inline constexpr std::size_t block = 2048;
+// Below this many logits a parallel region costs more than it saves.
+inline constexpr std::size_t parallel_min = std::size_t{1} << 16;
+
+template <class T>
+compute_t<T> to_compute(const T& x) {
+  return static_cast<compute_t<T>>(x);
+}
+
+// The block [src, src + n) as compute_t<T>: the storage itself for float and double, a widened
+// copy in `stage` for bf16.
+template <class T>
+const compute_t<T>* staged(const T* src, compute_t<T>* stage, std::size_t n) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    widen(src, stage, n);
+    return stage;
+  } else {
+    (void)stage;
+    (void)n;
+    return src;
+  }
+}
+
+template <class C>
+C block_max(const C* x, std::size_t n) {
+  using P = typename ei::packet_traits<C>::type;
+  constexpr std::size_t L = ei::packet_traits<C>::size;
+  P m0 = ei::pset1<P>(-std::numeric_limits<C>::infinity()), m1 = m0, m2 = m0, m3 = m0;
+  std::size_t i = 0;
+  for (; i + 4 * L <= n; i += 4 * L) {  // four chains hide the max latency
+    m0 = ei::pmax(m0, ei::ploadu<P>(x + i));
+    m1 = ei::pmax(m1, ei::ploadu<P>(x + i + L));
+    m2 = ei::pmax(m2, ei::ploadu<P>(x + i + 2 * L));
+    m3 = ei::pmax(m3, ei::ploadu<P>(x + i + 3 * L));
+  }
+  for (; i + L <= n; i += L) m0 = ei::pmax(m0, ei::ploadu<P>(x + i));
+  C m = ei::predux_max(ei::pmax(ei::pmax(m0, m1), ei::pmax(m2, m3)));
+  for (; i < n; ++i) m = std::max(m, x[i]);
+  return m;
+}
+
+// Σ exp(x − m); a NaN in x gives NaN (Eigen's exp clamps with NaN-propagating min/max), and −inf
+// gives about the smallest normal number instead of 0 (the same clamp).
+template <class C>
+C block_sum_exp(const C* x, std::size_t n, C m) {
+  using P = typename ei::packet_traits<C>::type;
+  constexpr std::size_t L = ei::packet_traits<C>::size;
+  const P vm = ei::pset1<P>(m);
+  P s0 = ei::pset1<P>(C(0)), s1 = s0;
+  std::size_t i = 0;
+  for (; i + 2 * L <= n; i += 2 * L) {
+    s0 = ei::padd(s0, ei::pexp(ei::psub(ei::ploadu<P>(x + i), vm)));
+    s1 = ei::padd(s1, ei::pexp(ei::psub(ei::ploadu<P>(x + i + L), vm)));
+  }
+  for (; i + L <= n; i += L) s0 = ei::padd(s0, ei::pexp(ei::psub(ei::ploadu<P>(x + i), vm)));
+  C s = ei::predux(ei::padd(s0, s1));
+  for (; i < n; ++i) s += std::exp(x[i] - m);
+  return s;
+}
+
+// g = minus_c · exp(x − lse); g may be x.
+template <class C>
+void block_grad(const C* x, C* g, std::size_t n, C lse, C minus_c) {
+  using P = typename ei::packet_traits<C>::type;
+  constexpr std::size_t L = ei::packet_traits<C>::size;
+  const P vl = ei::pset1<P>(lse);
+  const P vc = ei::pset1<P>(minus_c);
+  std::size_t i = 0;
+  for (; i + L <= n; i += L) ei::pstoreu(g + i, ei::pmul(vc, ei::pexp(ei::psub(ei::ploadu<P>(x + i), vl))));
+  for (; i < n; ++i) g[i] = minus_c * std::exp(x[i] - lse);
+}
+
+// Online log Σ exp over one row, reading it once.
+template <class T>
+double row_logsumexp(const T* z, std::size_t vocab) {
+  using C = compute_t<T>;
+  alignas(64) C stage[std::is_same_v<T, bf16> ? block : 1];
+  double m = -std::numeric_limits<double>::infinity();
+  double s = 0;
+  for (std::size_t b = 0; b < vocab; b += block) {
+    const std::size_t n = std::min(block, vocab - b);
+    const C* x = staged(z + b, stage, n);
+    const double bm = block_max(x, n);
+    if (bm > m) {
+      s *= std::exp(m - bm);  // rare after the first blocks
+      m = bm;
+    }
+    if (m == -std::numeric_limits<double>::infinity()) continue;  // all −inf so far
+    s += block_sum_exp(x, n, static_cast<C>(m));
+  }
+  return m + std::log(s);
+}
+
+// grad row = c · (onehot(y) − exp(z − lse)); grad may be z.
+template <class T>
+void row_grad(const T* z, T* grad, std::size_t vocab, std::size_t y, double lse, double c) {
+  using C = compute_t<T>;
+  alignas(64) C stage[std::is_same_v<T, bf16> ? block : 1];
+  const double zy = static_cast<double>(to_compute(z[y]));  // read before an in-place write
+  for (std::size_t b = 0; b < vocab; b += block) {
+    const std::size_t n = std::min(block, vocab - b);
+    if constexpr (std::is_same_v<T, bf16>) {
+      widen(z + b, stage, n);
+      block_grad<C>(stage, stage, n, static_cast<C>(lse), static_cast<C>(-c));
+      narrow(stage, grad + b, n);
+    } else {
+      block_grad<C>(z + b, grad + b, n, static_cast<C>(lse), static_cast<C>(-c));
+    }
+  }
+  grad[y] = static_cast<T>(static_cast<C>(c * (1.0 - std::exp(zy - lse))));
+}
+
+}  // namespace kernel
+
+template <class T>
+void forward(const TokenLogits<T>& in, std::span<compute_t<T>> seq_logp, std::span<compute_t<T>> token_logp,
+             std::span<compute_t<T>> row_lse, std::span<std::byte> workspace) {
+  static_assert(supported<T>, "the CPU fast path takes float, double or bf16 logits; use logprob::generic");
+  using C = compute_t<T>;
+  internal::check_forward(in, seq_logp.size(), token_logp.size(), row_lse.size());
+  C* token = token_logp.data();
+  if (token_logp.empty()) {
+    if (workspace.size() < cpu::workspace_size(in))
+      detail::fail("workspace", "size " + std::to_string(workspace.size()),
+                   "at least workspace_size(in) = " + std::to_string(cpu::workspace_size(in)) + " bytes");
+    if (reinterpret_cast<std::uintptr_t>(workspace.data()) % alignof(C) != 0)
+      detail::fail("workspace", "a misaligned buffer", "alignment " + std::to_string(alignof(C)));
+    token = reinterpret_cast<C*>(workspace.data());
+  }
+  const std::size_t V = in.vocab;
+  const auto N = static_cast<std::ptrdiff_t>(in.rows());
+  const bool threaded = in.logits.size() >= kernel::parallel_min;
+  (void)threaded;
+  DFTUNE_OMP(parallel for schedule(dynamic, 1) if (threaded))
+  for (std::ptrdiff_t n = 0; n < N; ++n) {
+    const auto r = static_cast<std::size_t>(n);
+    const double w = in.weight(r);
+    if (w == 0) {
+      token[r] = 0;
+      if (!row_lse.empty()) row_lse[r] = std::numeric_limits<C>::quiet_NaN();
+      continue;
+    }
+    const T* z = in.logits.data() + r * V;
+    const double lse = kernel::row_logsumexp(z, V);
+    const auto y = static_cast<std::size_t>(in.targets[r]);
+    token[r] = static_cast<C>(w * (static_cast<double>(kernel::to_compute(z[y])) - lse));
+    if (!row_lse.empty()) row_lse[r] = static_cast<C>(lse);
+  }
+  for (std::size_t s = 0; s < in.sequences(); ++s) {
+    double acc = 0;
+    for (auto r = static_cast<std::size_t>(in.offsets[s]); r < static_cast<std::size_t>(in.offsets[s + 1]); ++r)
+      acc += token[r];
+    seq_logp[s] = static_cast<C>(acc);
+  }
+}
+
+template <class T>
+void backward(const TokenLogits<T>& in, std::span<const compute_t<T>> d_seq, std::span<T> grad,
+              std::span<const compute_t<T>> row_lse = {}) {
+  static_assert(supported<T>, "the CPU fast path takes float, double or bf16 logits; use logprob::generic");
+  internal::check_backward(in, d_seq, grad, row_lse);
+  const std::size_t V = in.vocab;
+  const auto N = static_cast<std::ptrdiff_t>(in.rows());
+  const bool threaded = in.logits.size() >= kernel::parallel_min;
+  (void)threaded;
+  DFTUNE_OMP(parallel for schedule(dynamic, 1) if (threaded))
+  for (std::ptrdiff_t n = 0; n < N; ++n) {
+    const auto r = static_cast<std::size_t>(n);
+    // The sequence of row r: the last s with offsets[s] <= r (empty sequences are skipped over).
+    const auto s = static_cast<std::size_t>(
+        std::upper_bound(in.offsets.begin(), in.offsets.end(), static_cast<std::int64_t>(r)) - in.offsets.begin() - 1);
+    const double c = static_cast<double>(d_seq[s]) * static_cast<double>(in.weight(r));
+    const T* z = in.logits.data() + r * V;
+    T* g = grad.data() + r * V;
+    if (c == 0) {
+      std::fill(g, g + V, T(0.0f));
+      continue;
+    }
+    const double lse = row_lse.empty() ? kernel::row_logsumexp(z, V) : static_cast<double>(row_lse[r]);
+    kernel::row_grad(z, g, V, static_cast<std::size_t>(in.targets[r]), lse, c);
+  }
+}
+
+}  // namespace logprob::cpu
+
+DFTUNE_NAMESPACE_END
