@@ -28,7 +28,7 @@ int main() {
 
   const DftOptions opt{.variant = Variant::dft, .tau = 1.0, .gamma = 0.85};
   Estimator<double> est(contexts, opt);
-  DftOptimizer dft(model, est, opt, AdamW<double>{}, CosineSchedule{.base_lr = 0.05, .warmup_steps = 10, .total_steps = steps});
+  DftOptimizer dft(model, est, opt, AdamW<double>{}, CosineSchedule{.base_lr = 0.2, .warmup_steps = 10, .total_steps = steps});
   const DftBatch<double> batch{.ids = ids, .positives = pos.view(), .negatives = neg.view(), .num_negatives = m,
                                .ref_neg_logp = ref};
   for (std::size_t t = 0; t < steps; ++t) {

@@ -101,7 +101,7 @@ TEST_CASE("one DftOptimizer step with plain SGD equals θ − lr · Σ ∂L/∂s
     Estimator<double> est(4, opt);
     Estimator<double> est_copy = est;
     const double lr = 0.05;
-    DftOptimizer optimizer(model, est, opt, Sgd<double>{}, ConstantSchedule{.lr = lr});
+    DftOptimizer optimizer(model, est, opt, Sgd<double>{}, ConstantSchedule{.rate = lr});
     const DftBatch<double> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(),
                                  .num_negatives = 3, .ref_neg_logp = d.ref};
     const std::vector<double> theta0(model.parameters().begin(), model.parameters().end());
@@ -145,7 +145,7 @@ TEST_CASE("a failing DftOptimizer step leaves parameters, estimator and step cou
   const Data d = make_data(ref, 4, 2, rng);
   const DftOptions opt{.variant = Variant::dft, .tau = 1.0, .gamma = 0.85};
   Estimator<double> est(4, opt);
-  DftOptimizer optimizer(model, est, opt, Adam<double>{}, ConstantSchedule{.lr = 0.1});
+  DftOptimizer optimizer(model, est, opt, Adam<double>{}, ConstantSchedule{.rate = 0.1});
   DftBatch<double> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(), .num_negatives = 2,
                          .ref_neg_logp = d.ref};
   optimizer.step(batch);

@@ -13,3 +13,13 @@
 
 #include <dftune/model/concept.hpp>
 #include <dftune/model/sequence_batch.hpp>
+#include <dftune/model/categorical_policy.hpp>
+
+#include <dftune/logprob/logprob.hpp>
+#include <dftune/logprob/token_logits.hpp>
+
+#include <dftune/optim/adam.hpp>
+#include <dftune/optim/dft_optimizer.hpp>
+#include <dftune/optim/rule.hpp>
+#include <dftune/optim/schedule.hpp>
+#include <dftune/optim/sgd.hpp>

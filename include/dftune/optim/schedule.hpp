@@ -26,26 +26,17 @@ inline void check_rate(std::string_view argument, double lr) {
 }
 }  // namespace detail
 
-// The value of ConstantSchedule::lr. It is a number (`ConstantSchedule{.lr = 0.1}`, `double x = s.lr`)
-// that is also callable as the schedule's lr(step), so a constant schedule reads as data and still
-// answers s.lr(step) like every other schedule (a data member and a member function cannot share
-// the name lr).
-struct ConstantRate {
-  double value = 0;
-  ConstantRate(double v = 0) : value(v) {}  // NOLINT(google-explicit-constructor): `.lr = 0.1`
-  operator double() const { return value; } // NOLINT(google-explicit-constructor)
-  double operator()(std::size_t /*step*/) const {
-    detail::check_rate("lr", value);
-    return value;
+// lr(t) = rate for every t.
+struct ConstantSchedule {
+  double rate = 0;  // finite, >= 0
+
+  double lr(std::size_t /*step*/) const {
+    detail::check_rate("rate", rate);
+    return rate;
   }
 };
 
-// lr(t) = lr for every t.
-struct ConstantSchedule {
-  ConstantRate lr = 0;  // finite, >= 0
-};
-
-inline void validate(const ConstantSchedule& s) { detail::check_rate("lr", s.lr.value); }
+inline void validate(const ConstantSchedule& s) { detail::check_rate("rate", s.rate); }
 
 // Linear warm-up, then cosine decay to min_lr (W = warmup_steps, N = total_steps, t 0-based):
 //
