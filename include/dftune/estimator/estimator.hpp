@@ -65,6 +65,27 @@ class Estimator {
     }
   }
 
+  // ---- checkpointing (io/checkpoint.hpp) ----------------------------------------------------
+  // The raw state: log u_i for every example (meaningful where seen[i] = 1, else 0) and the flags.
+  std::span<const T> raw_log_u() const { return log_u_; }
+  std::span<const unsigned char> raw_seen() const { return seen_; }
+  // Checks a raw state as restore() would; throws dftune::error, changes nothing.
+  void check_raw(std::span<const T> log_u, std::span<const unsigned char> seen) const {
+    detail::check_size("log_u", log_u.size(), size());
+    detail::check_size("seen", seen.size(), size());
+    for (std::size_t i = 0; i < seen.size(); ++i) {
+      if (seen[i] > 1) detail::fail_at("seen", i, static_cast<int>(seen[i]), "0 or 1");
+      if (!std::isfinite(log_u[i])) detail::fail_at("log_u", i, log_u[i], "a finite number");
+      if (!seen[i] && log_u[i] != T(0)) detail::fail_at("log_u", i, log_u[i], "0 for an example never updated");
+    }
+  }
+  // Replaces the whole state (same number of examples); all checks run first, then a swap.
+  void restore(std::vector<T>&& log_u, std::vector<unsigned char>&& seen) {
+    check_raw(log_u, seen);
+    log_u_.swap(log_u);
+    seen_.swap(seen);
+  }
+
   void check_id(const std::string& argument, std::int64_t id) const {
     if (id < 0 || static_cast<std::size_t>(id) >= size())
       detail::fail(argument, id, "an example id in [0, num_examples = " + std::to_string(size()) + ")");

@@ -25,6 +25,7 @@
 #include <concepts>
 #include <cstddef>
 #include <span>
+#include <string>
 #include <vector>
 
 DFTUNE_NAMESPACE_BEGIN
@@ -95,6 +96,26 @@ class AdamUpdate {
   // m and v of the formula above (not bias-corrected); empty before the first step.
   std::span<const T> first_moment() const { return m_; }
   std::span<const T> second_moment() const { return v_; }
+
+  // ---- checkpointing (io/checkpoint.hpp) ----------------------------------------------------
+  // Replaces the state wholesale with what steps(), num_parameters(), first_moment() and
+  // second_moment() showed: steps = 0 with num_parameters = 0 and empty moments, or both > 0 with
+  // num_parameters finite m and finite v >= 0. All checks run before the swap.
+  void restore(std::size_t steps, std::size_t num_parameters, std::vector<T>&& m, std::vector<T>&& v) {
+    if ((steps == 0) != (num_parameters == 0))
+      detail::fail("num_parameters", num_parameters,
+                   steps == 0 ? "0 before the first step" : "at least 1 after " + std::to_string(steps) + " steps");
+    detail::check_size("first_moment", m.size(), num_parameters);
+    detail::check_size("second_moment", v.size(), num_parameters);
+    for (std::size_t k = 0; k < num_parameters; ++k) {
+      if (!std::isfinite(m[k])) detail::fail_at("first_moment", k, m[k], "a finite number");
+      if (!std::isfinite(v[k]) || !(v[k] >= 0)) detail::fail_at("second_moment", k, v[k], "a finite number >= 0");
+    }
+    m_.swap(m);
+    v_.swap(v);
+    n_ = num_parameters;
+    steps_ = steps;
+  }
 
  private:
   AdamOptions opt_{};

@@ -21,6 +21,8 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 DFTUNE_NAMESPACE_BEGIN
@@ -97,6 +99,17 @@ class DftOptimizer {
   const DftOptions& options() const { return opt_; }
   const Rule& rule() const { return rule_; }
   const Schedule& schedule() const { return schedule_; }
+
+  // ---- checkpointing (io/checkpoint.hpp) ----------------------------------------------------
+  // The model and estimator this optimizer drives (it holds references, so constness stops here).
+  M& model() const { return model_; }
+  Estimator<T>& estimator() const { return est_; }
+  // Replaces the step count and the inner rule (with its state) wholesale; cannot fail once the
+  // caller has built and checked `rule`.
+  void restore(std::size_t steps, Rule&& rule) noexcept(std::is_nothrow_move_assignable_v<Rule>) {
+    rule_ = std::move(rule);
+    step_ = steps;
+  }
 
  private:
   static T mean(const std::vector<T>& x) {

@@ -78,6 +78,23 @@ class Sgd {
   // b of the formula above; empty before the first step and without momentum.
   std::span<const T> momentum_buffer() const { return buf_; }
 
+  // ---- checkpointing (io/checkpoint.hpp) ----------------------------------------------------
+  // Replaces the state wholesale with what steps(), num_parameters() and momentum_buffer() showed:
+  // steps = 0 with num_parameters = 0, or both > 0; the buffer holds num_parameters finite numbers
+  // after a first step with momentum, and is empty otherwise. All checks run before the swap.
+  void restore(std::size_t steps, std::size_t num_parameters, std::vector<T>&& momentum_buffer) {
+    if ((steps == 0) != (num_parameters == 0))
+      detail::fail("num_parameters", num_parameters,
+                   steps == 0 ? "0 before the first step" : "at least 1 after " + std::to_string(steps) + " steps");
+    const std::size_t want = opt_.momentum != 0 && steps != 0 ? num_parameters : 0;
+    detail::check_size("momentum_buffer", momentum_buffer.size(), want);
+    for (std::size_t k = 0; k < momentum_buffer.size(); ++k)
+      if (!std::isfinite(momentum_buffer[k])) detail::fail_at("momentum_buffer", k, momentum_buffer[k], "a finite number");
+    buf_.swap(momentum_buffer);
+    n_ = num_parameters;
+    steps_ = steps;
+  }
+
  private:
   SgdOptions opt_{};
   std::vector<T> buf_;
