@@ -6,8 +6,8 @@
 // It satisfies dftune::Model and SamplingModel. The log-softmax and its backward are the library's
 // token reduction (logprob::forward / backward); this file only maps tokens to logits and the
 // logit gradient back to the parameters, with a hand-written backward of every layer.
-// Dense layers run as one GEMM over all rows of the batch (threaded by Eigen under OpenMP); the
-// row-wise parts run per sequence in an OpenMP loop. Buffers grow with the batch and are reused:
+// Threads split a batch by sequences and each runs the whole network on its block (GEMMs over the
+// block's rows), with one gradient buffer per thread. Buffers grow with the batch and are reused:
 // nothing is allocated inside the per-token generation loop.
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
@@ -17,6 +17,7 @@
 #include <dftune/model/sequence_batch.hpp>
 #include <dftune/model/tiny_lm/config.hpp>
 #include <dftune/model/tiny_lm/layers.hpp>
+#include <dftune/model/tiny_lm/threads.hpp>
 
 #include <Eigen/Core>
 
@@ -156,11 +157,8 @@ class TinyLm {
  private:
   std::size_t d() const { return cfg_.d_model; }
   T* param(std::size_t off) { return theta_.data() + off; }
-  T* grad(std::size_t off) { return grad_.data() + off; }
   Mat pmat(std::size_t off, std::size_t r, std::size_t c) { return Mat(param(off), static_cast<Eigen::Index>(r), static_cast<Eigen::Index>(c)); }
-  Mat gmat(std::size_t off, std::size_t r, std::size_t c) { return Mat(grad(off), static_cast<Eigen::Index>(r), static_cast<Eigen::Index>(c)); }
   CRow prow(std::size_t off, std::size_t c) { return CRow(param(off), static_cast<Eigen::Index>(c)); }
-  Row grad_row(std::size_t off, std::size_t c) { return Row(grad(off), static_cast<Eigen::Index>(c)); }
   static Mat act(std::vector<T>& buf, std::size_t at, std::size_t r, std::size_t c) {
     return Mat(buf.data() + at, static_cast<Eigen::Index>(r), static_cast<Eigen::Index>(c));
   }
@@ -193,9 +191,12 @@ class TinyLm {
     grow(att_off_, S + 1);
   }
 
-  // All activations of a batch given as tokens + sequence offsets, kept for backward.
+  // All activations of a batch given as tokens + sequence offsets, kept for backward. Rows are
+  // independent through every layer, so each thread runs the whole network on its own block of
+  // sequences: one parallel region, no barrier between layers, and the GEMMs inside run
+  // single-threaded on their row block (Eigen does not nest inside an OpenMP region).
   void forward(std::span<const token_t> tokens, std::span<const std::int64_t> offsets) {
-    const std::size_t n = tokens.size(), S = offsets.size() - 1, D = d(), H = cfg_.n_heads, dh = D / H;
+    const std::size_t n = tokens.size(), S = offsets.size() - 1, H = cfg_.n_heads;
     reserve(n, S);
     n_ = n;
     att_off_[0] = 0;
@@ -204,9 +205,18 @@ class TinyLm {
       att_off_[s + 1] = att_off_[s] + H * Ls * Ls;
     }
     probs_stride_ = att_off_[S];
-    const auto sl = static_cast<std::ptrdiff_t>(S);
-    DFTUNE_OMP(parallel for schedule(static))
-    for (std::ptrdiff_t s = 0; s < sl; ++s)
+    DFTUNE_OMP(parallel)
+    {
+      const auto [id, count] = tiny_lm::thread_id_and_count();
+      const auto [s0, s1] = tiny_lm::sequence_chunk(offsets, id, count);
+      if (s0 < s1) forward_block(tokens, offsets, s0, s1);
+    }
+  }
+
+  void forward_block(std::span<const token_t> tokens, std::span<const std::int64_t> offsets, std::size_t s0, std::size_t s1) {
+    const std::size_t n = n_, D = d(), H = cfg_.n_heads, dh = D / H, F = cfg_.d_ff, V = cfg_.vocab;
+    const auto r0 = static_cast<std::size_t>(offsets[s0]), rows = static_cast<std::size_t>(offsets[s1]) - r0;
+    for (std::size_t s = s0; s < s1; ++s)
       for (auto r = offsets[s]; r < offsets[s + 1]; ++r) {
         const T* te = param(lay_.tok_emb) + static_cast<std::size_t>(tokens[static_cast<std::size_t>(r)]) * D;
         const T* pe = param(lay_.pos_emb) + static_cast<std::size_t>(r - offsets[s]) * D;
@@ -215,56 +225,38 @@ class TinyLm {
       }
     for (std::size_t l = 0; l < cfg_.n_layers; ++l) {
       const auto& k = lay_.blocks[l];
-      const std::size_t o = l * n * D;
-      T* x = x_.data() + o;
-      DFTUNE_OMP(parallel for schedule(static))
-      for (std::ptrdiff_t s = 0; s < sl; ++s) {
-        const auto r0 = static_cast<std::size_t>(offsets[s]), Ls = static_cast<std::size_t>(offsets[s + 1]) - r0;
-        tiny_lm::layer_norm_forward(x + r0 * D, param(k.ln1_g), param(k.ln1_b), h1_.data() + o + r0 * D,
-                                    mean1_.data() + l * n + r0, rstd1_.data() + l * n + r0, Ls, D);
-      }
-      Mat qkv = act(qkv_, l * n * 3 * D, n, 3 * D);
-      qkv.noalias() = act(h1_, o, n, D) * pmat(k.w_qkv, D, 3 * D);
+      const std::size_t o = l * n * D + r0 * D, ol = l * n + r0, of = (l * n + r0) * F, oq = (l * n + r0) * 3 * D;
+      tiny_lm::layer_norm_forward(x_.data() + o, param(k.ln1_g), param(k.ln1_b), h1_.data() + o, mean1_.data() + ol,
+                                  rstd1_.data() + ol, rows, D);
+      Mat qkv = act(qkv_, oq, rows, 3 * D);
+      qkv.noalias() = act(h1_, o, rows, D) * pmat(k.w_qkv, D, 3 * D);
       qkv.rowwise() += prow(k.b_qkv, 3 * D);
-      DFTUNE_OMP(parallel for schedule(static))
-      for (std::ptrdiff_t s = 0; s < sl; ++s) {
-        const auto r0 = static_cast<std::size_t>(offsets[s]), Ls = static_cast<std::size_t>(offsets[s + 1]) - r0;
+      for (std::size_t s = s0; s < s1; ++s) {
+        const auto rs = static_cast<std::size_t>(offsets[s]), Ls = static_cast<std::size_t>(offsets[s + 1]) - rs;
         for (std::size_t h = 0; h < H; ++h)
-          tiny_lm::attention_forward(qkv_.data() + (l * n + r0) * 3 * D, probs_.data() + l * probs_stride_ + att_off_[s] + h * Ls * Ls,
-                                     att_.data() + o + r0 * D, Ls, D, h, dh);
+          tiny_lm::attention_forward(qkv_.data() + (l * n + rs) * 3 * D, probs_.data() + l * probs_stride_ + att_off_[s] + h * Ls * Ls,
+                                     att_.data() + l * n * D + rs * D, Ls, D, h, dh);
       }
-      Mat xmid = act(xmid_, o, n, D);
-      xmid.noalias() = act(att_, o, n, D) * pmat(k.w_o, D, D);
+      Mat xmid = act(xmid_, o, rows, D);
+      xmid.noalias() = act(att_, o, rows, D) * pmat(k.w_o, D, D);
       xmid.rowwise() += prow(k.b_o, D);
-      xmid += act(x_, o, n, D);
-      DFTUNE_OMP(parallel for schedule(static))
-      for (std::ptrdiff_t s = 0; s < sl; ++s) {
-        const auto r0 = static_cast<std::size_t>(offsets[s]), Ls = static_cast<std::size_t>(offsets[s + 1]) - r0;
-        tiny_lm::layer_norm_forward(xmid_.data() + o + r0 * D, param(k.ln2_g), param(k.ln2_b), h2_.data() + o + r0 * D,
-                                    mean2_.data() + l * n + r0, rstd2_.data() + l * n + r0, Ls, D);
-      }
-      const std::size_t F = cfg_.d_ff, of = l * n * F;
-      Mat u = act(u_, of, n, F);
-      u.noalias() = act(h2_, o, n, D) * pmat(k.w_1, D, F);
+      xmid += act(x_, o, rows, D);
+      tiny_lm::layer_norm_forward(xmid_.data() + o, param(k.ln2_g), param(k.ln2_b), h2_.data() + o, mean2_.data() + ol,
+                                  rstd2_.data() + ol, rows, D);
+      Mat u = act(u_, of, rows, F);
+      u.noalias() = act(h2_, o, rows, D) * pmat(k.w_1, D, F);
       u.rowwise() += prow(k.b_1, F);
-      const auto nf = static_cast<std::ptrdiff_t>(n * F);
-      DFTUNE_OMP(parallel for schedule(static))
-      for (std::ptrdiff_t i = 0; i < nf; ++i) a_[of + static_cast<std::size_t>(i)] = tiny_lm::gelu(u_[of + static_cast<std::size_t>(i)]);
-      Mat xn = act(x_, o + n * D, n, D);
-      xn.noalias() = act(a_, of, n, F) * pmat(k.w_2, F, D);
+      for (std::size_t i = 0; i < rows * F; ++i) a_[of + i] = tiny_lm::gelu(u_[of + i]);
+      Mat xn = act(x_, o + n * D, rows, D);
+      xn.noalias() = act(a_, of, rows, F) * pmat(k.w_2, F, D);
       xn.rowwise() += prow(k.b_2, D);
       xn += xmid;
     }
-    const std::size_t oL = cfg_.n_layers * n * D;
-    DFTUNE_OMP(parallel for schedule(static))
-    for (std::ptrdiff_t s = 0; s < sl; ++s) {
-      const auto r0 = static_cast<std::size_t>(offsets[s]), Ls = static_cast<std::size_t>(offsets[s + 1]) - r0;
-      tiny_lm::layer_norm_forward(x_.data() + oL + r0 * D, param(lay_.lnf_g), param(lay_.lnf_b), hf_.data() + r0 * D,
-                                  meanf_.data() + r0, rstdf_.data() + r0, Ls, D);
-    }
-    Mat z = act(logits_, 0, n, cfg_.vocab);
-    z.noalias() = act(hf_, 0, n, D) * pmat(lay_.w_out, D, cfg_.vocab);
-    z.rowwise() += prow(lay_.b_out, cfg_.vocab);
+    tiny_lm::layer_norm_forward(x_.data() + (cfg_.n_layers * n + r0) * D, param(lay_.lnf_g), param(lay_.lnf_b), hf_.data() + r0 * D,
+                                meanf_.data() + r0, rstdf_.data() + r0, rows, D);
+    Mat z = act(logits_, r0 * V, rows, V);
+    z.noalias() = act(hf_, r0 * D, rows, D) * pmat(lay_.w_out, D, V);
+    z.rowwise() += prow(lay_.b_out, V);
   }
 
   // Row r's logits predict token r + 1 of the same sequence; only completion tokens are scored
@@ -286,9 +278,11 @@ class TinyLm {
             .weights = weights_, .offsets = offsets_};
   }
 
-  // Backward of forward() from dlogits_, accumulating into grad_.
+  // Backward of forward() from dlogits_, accumulating into grad_. Each thread backpropagates its
+  // own block of sequences into its own gradient buffer (thread 0 straight into grad_); the
+  // buffers are summed at the end.
   void backward(std::span<const token_t> tokens, std::span<const std::int64_t> offsets) {
-    const std::size_t n = n_, S = offsets.size() - 1, D = d(), H = cfg_.n_heads, dh = D / H, F = cfg_.d_ff, V = cfg_.vocab;
+    const std::size_t n = n_, D = d(), F = cfg_.d_ff;
     auto grow = [](std::vector<T>& v, std::size_t size) {
       if (v.size() < size) v.resize(size);
     };
@@ -298,59 +292,78 @@ class TinyLm {
     grow(dqkv_, n * 3 * D);
     grow(du_, n * F);
     grow(dprobs_, probs_stride_);
-    const auto sl = static_cast<std::ptrdiff_t>(S);
-    CMat dz(dlogits_.data(), static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(V));
-    Mat dx = act(dx_, 0, n, D), dhid = act(dh_, 0, n, D);
+    const std::size_t threads = tiny_lm::max_threads();
+    thread_grad_.resize(threads - 1);
+    for (auto& g : thread_grad_) g.assign(theta_.size(), T(0));
+    std::size_t used = 1;
+    DFTUNE_OMP(parallel)
+    {
+      const auto [id, count] = tiny_lm::thread_id_and_count();
+      const auto [s0, s1] = tiny_lm::sequence_chunk(offsets, id, count);
+      if (id == 0) used = count;
+      if (s0 < s1) backward_block(tokens, offsets, s0, s1, id == 0 ? grad_.data() : thread_grad_[id - 1].data());
+    }
+    for (std::size_t t = 0; t + 1 < used; ++t)
+      for (std::size_t k = 0; k < grad_.size(); ++k) grad_[k] += thread_grad_[t][k];
+  }
+
+  void backward_block(std::span<const token_t> tokens, std::span<const std::int64_t> offsets, std::size_t s0, std::size_t s1,
+                      T* gbase) {
+    const std::size_t n = n_, D = d(), H = cfg_.n_heads, dh = D / H, F = cfg_.d_ff, V = cfg_.vocab;
+    const auto r0 = static_cast<std::size_t>(offsets[s0]), rows = static_cast<std::size_t>(offsets[s1]) - r0;
+    auto gmat = [&](std::size_t off, std::size_t r, std::size_t c) {
+      return Mat(gbase + off, static_cast<Eigen::Index>(r), static_cast<Eigen::Index>(c));
+    };
+    auto grad_row = [&](std::size_t off, std::size_t c) { return Row(gbase + off, static_cast<Eigen::Index>(c)); };
+    CMat dz(dlogits_.data() + r0 * V, static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(V));
+    Mat dx = act(dx_, r0 * D, rows, D), dhid = act(dh_, r0 * D, rows, D);
     // z = hf W_out + b_out
-    gmat(lay_.w_out, D, V).noalias() += act(hf_, 0, n, D).transpose() * dz;
+    gmat(lay_.w_out, D, V).noalias() += act(hf_, r0 * D, rows, D).transpose() * dz;
     grad_row(lay_.b_out, V) += dz.colwise().sum();
     dhid.noalias() = dz * pmat(lay_.w_out, D, V).transpose();
     dx.setZero();
-    tiny_lm::layer_norm_backward(dh_.data(), x_.data() + cfg_.n_layers * n * D, param(lay_.lnf_g), meanf_.data(), rstdf_.data(),
-                                 dx_.data(), grad(lay_.lnf_g), grad(lay_.lnf_b), n, D);
+    tiny_lm::layer_norm_backward(dh_.data() + r0 * D, x_.data() + (cfg_.n_layers * n + r0) * D, param(lay_.lnf_g), meanf_.data() + r0,
+                                 rstdf_.data() + r0, dx_.data() + r0 * D, gbase + lay_.lnf_g, gbase + lay_.lnf_b, rows, D);
     for (std::size_t l = cfg_.n_layers; l-- > 0;) {
       const auto& k = lay_.blocks[l];
-      const std::size_t o = l * n * D, of = l * n * F;
+      const std::size_t o = l * n * D + r0 * D, ol = l * n + r0, of = (l * n + r0) * F;
       // x_out = x_mid + gelu(h2 W1 + b1) W2 + b2   (dx holds ∂/∂x_out, then ∂/∂x_mid)
-      gmat(k.w_2, F, D).noalias() += act(a_, of, n, F).transpose() * dx;
+      gmat(k.w_2, F, D).noalias() += act(a_, of, rows, F).transpose() * dx;
       grad_row(k.b_2, D) += dx.colwise().sum();
-      Mat du = act(du_, 0, n, F);
+      Mat du = act(du_, r0 * F, rows, F);
       du.noalias() = dx * pmat(k.w_2, F, D).transpose();
-      const auto nf = static_cast<std::ptrdiff_t>(n * F);
-      DFTUNE_OMP(parallel for schedule(static))
-      for (std::ptrdiff_t i = 0; i < nf; ++i) du_[static_cast<std::size_t>(i)] *= tiny_lm::gelu_grad(u_[of + static_cast<std::size_t>(i)]);
-      gmat(k.w_1, D, F).noalias() += act(h2_, o, n, D).transpose() * du;
+      for (std::size_t i = 0; i < rows * F; ++i) du_[r0 * F + i] *= tiny_lm::gelu_grad(u_[of + i]);
+      gmat(k.w_1, D, F).noalias() += act(h2_, o, rows, D).transpose() * du;
       grad_row(k.b_1, F) += du.colwise().sum();
       dhid.noalias() = du * pmat(k.w_1, D, F).transpose();
-      tiny_lm::layer_norm_backward(dh_.data(), xmid_.data() + o, param(k.ln2_g), mean2_.data() + l * n, rstd2_.data() + l * n,
-                                   dx_.data(), grad(k.ln2_g), grad(k.ln2_b), n, D);
+      tiny_lm::layer_norm_backward(dh_.data() + r0 * D, xmid_.data() + o, param(k.ln2_g), mean2_.data() + ol, rstd2_.data() + ol,
+                                   dx_.data() + r0 * D, gbase + k.ln2_g, gbase + k.ln2_b, rows, D);
       // x_mid = x_in + att W_o + b_o   (dx now ∂/∂x_mid, then ∂/∂x_in)
-      gmat(k.w_o, D, D).noalias() += act(att_, o, n, D).transpose() * dx;
+      gmat(k.w_o, D, D).noalias() += act(att_, o, rows, D).transpose() * dx;
       grad_row(k.b_o, D) += dx.colwise().sum();
-      Mat datt = act(datt_, 0, n, D);
+      Mat datt = act(datt_, r0 * D, rows, D);
       datt.noalias() = dx * pmat(k.w_o, D, D).transpose();
-      Mat dqkv = act(dqkv_, 0, n, 3 * D);
+      Mat dqkv = act(dqkv_, r0 * 3 * D, rows, 3 * D);
       dqkv.setZero();
-      DFTUNE_OMP(parallel for schedule(static))
-      for (std::ptrdiff_t s = 0; s < sl; ++s) {
-        const auto r0 = static_cast<std::size_t>(offsets[s]), Ls = static_cast<std::size_t>(offsets[s + 1]) - r0;
+      for (std::size_t s = s0; s < s1; ++s) {
+        const auto rs = static_cast<std::size_t>(offsets[s]), Ls = static_cast<std::size_t>(offsets[s + 1]) - rs;
         for (std::size_t h = 0; h < H; ++h)
-          tiny_lm::attention_backward(qkv_.data() + (l * n + r0) * 3 * D, probs_.data() + l * probs_stride_ + att_off_[s] + h * Ls * Ls,
-                                      datt_.data() + r0 * D, dqkv_.data() + r0 * 3 * D,
-                                      dprobs_.data() + att_off_[s] + h * Ls * Ls, Ls, D, h, dh);
+          tiny_lm::attention_backward(qkv_.data() + (l * n + rs) * 3 * D, probs_.data() + l * probs_stride_ + att_off_[s] + h * Ls * Ls,
+                                      datt_.data() + rs * D, dqkv_.data() + rs * 3 * D, dprobs_.data() + att_off_[s] + h * Ls * Ls,
+                                      Ls, D, h, dh);
       }
-      gmat(k.w_qkv, D, 3 * D).noalias() += act(h1_, o, n, D).transpose() * dqkv;
+      gmat(k.w_qkv, D, 3 * D).noalias() += act(h1_, o, rows, D).transpose() * dqkv;
       grad_row(k.b_qkv, 3 * D) += dqkv.colwise().sum();
       dhid.noalias() = dqkv * pmat(k.w_qkv, D, 3 * D).transpose();
-      tiny_lm::layer_norm_backward(dh_.data(), x_.data() + o, param(k.ln1_g), mean1_.data() + l * n, rstd1_.data() + l * n,
-                                   dx_.data(), grad(k.ln1_g), grad(k.ln1_b), n, D);
+      tiny_lm::layer_norm_backward(dh_.data() + r0 * D, x_.data() + o, param(k.ln1_g), mean1_.data() + ol, rstd1_.data() + ol,
+                                   dx_.data() + r0 * D, gbase + k.ln1_g, gbase + k.ln1_b, rows, D);
     }
     // x⁰_r = E[tok_r] + P[r − start of its sequence]
-    for (std::size_t s = 0; s < S; ++s)
+    for (std::size_t s = s0; s < s1; ++s)
       for (auto r = offsets[s]; r < offsets[s + 1]; ++r) {
         const T* g = dx_.data() + static_cast<std::size_t>(r) * D;
-        T* te = grad(lay_.tok_emb) + static_cast<std::size_t>(tokens[static_cast<std::size_t>(r)]) * D;
-        T* pe = grad(lay_.pos_emb) + static_cast<std::size_t>(r - offsets[s]) * D;
+        T* te = gbase + lay_.tok_emb + static_cast<std::size_t>(tokens[static_cast<std::size_t>(r)]) * D;
+        T* pe = gbase + lay_.pos_emb + static_cast<std::size_t>(r - offsets[s]) * D;
         for (std::size_t j = 0; j < D; ++j) {
           te[j] += g[j];
           pe[j] += g[j];
@@ -367,6 +380,7 @@ class TinyLm {
   std::vector<T> mean1_, rstd1_, mean2_, rstd2_, meanf_, rstdf_;
   std::vector<std::size_t> att_off_;
   std::vector<T> dlogits_, dx_, dh_, datt_, dqkv_, du_, dprobs_;
+  std::vector<std::vector<T>> thread_grad_;  // one gradient buffer per thread after the first
   std::vector<token_t> targets_;
   std::vector<C> weights_;
   std::vector<std::int64_t> offsets_;
