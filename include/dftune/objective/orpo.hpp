@@ -1,0 +1,87 @@
+#pragma once
+// Odds Ratio Preference Optimization (Hong, Lee & Thorne, EMNLP 2024, arXiv 2403.07691, eqs. 6–7):
+// SFT on the chosen answers plus λ times a Bradley–Terry loss on the log odds ratio, no reference:
+//
+//   L     = L_SFT(s_w) + λ · (1/(B·m)) Σ_ij −log σ(lo(y_w) − lo(y_l))
+//   lo(y) = log odds_θ(y|x) = p − log(1 − e^p),   p = s/|y|  (the paper's length-averaged
+//           P_θ(y|x) = exp((1/|y|) Σ_t log π_θ(y_t|x, y_<t)); odds = P/(1 − P))
+//   ∂lo/∂s = 1/(|y|·(1 − e^p)) = −1/(|y|·expm1(p))
+//
+// The odds need P < 1, so every log-prob must be < 0 (an answer of probability 1 has infinite odds).
+// L_SFT defaults to the token mean −Σ_i s_w,i / Σ_i |y_w,i| (the causal-LM loss of the official
+// code and of TRL's ORPOTrainer, on whose scale the paper's λ = 0.1 was tuned); any NllReduction
+// can be chosen.
+#include <dftune/config.hpp>
+#include <dftune/error.hpp>
+#include <dftune/objective/baseline.hpp>
+#include <dftune/objective/pairwise.hpp>
+
+#include <cmath>
+#include <cstddef>
+#include <numbers>
+#include <numeric>
+#include <vector>
+
+DFTUNE_NAMESPACE_BEGIN
+
+struct OrpoOptions {
+  double lambda = 0.1;                                   // λ >= 0, weight of the odds-ratio term
+  NllReduction sft_reduction = NllReduction::token_mean;  // how L_SFT averages over the chosen answers
+};
+
+inline void validate(const OrpoOptions& o) {
+  detail::baselines::check_nonnegative("lambda", o.lambda);
+  detail::baselines::check_reduction(o.sft_reduction);
+}
+
+namespace detail::baselines {
+
+// log(1 − e^p) for p < 0, accurate at both ends (Mächler 2012, "Accurately computing log(1 − exp(−|a|))").
+inline double log1mexp(double p) { return p > -std::numbers::ln2 ? std::log(-std::expm1(p)) : std::log1p(-std::exp(p)); }
+
+template <class T>
+void check_below_zero(std::string_view argument, std::span<const T> x) {
+  for (std::size_t k = 0; k < x.size(); ++k)
+    if (!(x[k] < 0)) fail_at(argument, k, x[k], "a log-prob < 0 (ORPO's odds P/(1 − P) need P < 1)");
+}
+
+}  // namespace detail::baselines
+
+// h = lo(y_w) − lo(y_l) with lo of the length-averaged log-prob.
+struct LogOddsMargin {
+  template <class T>
+  void validate(const PreferenceScores<T>& b) const {
+    detail::baselines::check_preference_lengths(b, "ORPO");
+    detail::baselines::check_below_zero("pos_logp", b.pos_logp);
+    detail::baselines::check_below_zero("neg_logp", b.neg_logp);
+  }
+  template <class T>
+  PairMargin operator()(const PreferenceScores<T>& b, std::size_t i, std::size_t ij) const {
+    const double nw = static_cast<double>(b.pos_len[i]), nl = static_cast<double>(b.neg_len[ij]);
+    const double pw = static_cast<double>(b.pos_logp[i]) / nw, pl = static_cast<double>(b.neg_logp[ij]) / nl;
+    using detail::baselines::log1mexp;
+    return {.h = (pw - log1mexp(pw)) - (pl - log1mexp(pl)),
+            .dh_dpos = -1 / (nw * std::expm1(pw)),
+            .dh_dneg = 1 / (nl * std::expm1(pl))};
+  }
+};
+
+template <class T>
+PreferenceResult<T> orpo_loss(const PreferenceScores<T>& b, const OrpoOptions& opt = {}) {
+  validate(opt);
+  // The odds-ratio term checks the whole batch (sizes, NaN/Inf, lengths, P < 1) before any SFT work.
+  PreferenceResult<T> r = pairwise_loss(b, LogOddsMargin{}, LogSigmoidLink{});
+  const std::size_t B = b.batch_size();
+  std::vector<std::size_t> rows(B);
+  std::iota(rows.begin(), rows.end(), std::size_t{0});
+  std::vector<double> c(B, 0.0);
+  detail::baselines::add_nll_coefficients(opt.sft_reduction, rows, b.pos_len, 1.0, c);
+  const ScoreResult<T> sft = detail::baselines::weighted_nll(b.pos_logp, c);
+  r.loss = static_cast<T>(static_cast<double>(sft.loss) + opt.lambda * static_cast<double>(r.loss));
+  for (std::size_t i = 0; i < B; ++i)
+    r.grad_pos[i] = static_cast<T>(static_cast<double>(sft.grad[i]) + opt.lambda * static_cast<double>(r.grad_pos[i]));
+  for (T& g : r.grad_neg) g = static_cast<T>(opt.lambda * static_cast<double>(g));
+  return r;
+}
+
+DFTUNE_NAMESPACE_END

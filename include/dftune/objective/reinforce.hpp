@@ -1,0 +1,118 @@
+#pragma once
+// REINFORCE with a baseline (Williams 1992, "Simple statistical gradient-following algorithms for
+// connectionist reinforcement learning", Machine Learning 8, §4: Δθ ∝ (r − b)·∇ log π), written as
+// the surrogate loss whose gradient is the policy-gradient estimate on k samples of each of B
+// prompts (N = B·k samples y_n ~ π_θ, rewards r_n):
+//
+//   L = −(1/N) Σ_n (r_n − b_n) · s_n,   s_n = log π_θ(y_n|x_n)      ∂L/∂s_n = −(r_n − b_n)/N
+//
+// (r − b) is a constant (stop-gradient); L's value is not an objective, only its gradient is.
+// The baseline b is a policy:
+//   BatchMeanBaseline      b_n = (1/N) Σ_n' r_n'  (default; includes the sample's own reward, so the
+//                          estimate is biased by a factor (1 − 1/N) — RLOO removes that)
+//   ConstantBaseline       b_n = value            (a baseline the caller keeps, e.g. a running mean)
+//   SampleBaseline<T>      b_n = values[n]        (one per sample, e.g. from a value model)
+//   LeaveOneOutBaseline    RLOO (Kool, van Hoof & Welling 2019, "Buy 4 REINFORCE samples, get a
+//                          baseline for free!"; Ahmadian et al. 2024, arXiv 2402.14740, §3.3):
+//                          b_ij = (1/(k−1)) Σ_{j'≠j} r_ij', the mean of the other samples of the
+//                          same prompt, independent of y_ij, so the estimate is unbiased; k >= 2.
+// A baseline policy has  template <class T> void validate(const SampleScores<T>&) const,
+// template <class T> void compute(const SampleScores<T>&, std::vector<double>& b) const  and
+// static constexpr std::size_t min_group_size.
+#include <dftune/config.hpp>
+#include <dftune/error.hpp>
+#include <dftune/objective/baseline.hpp>
+
+#include <cmath>
+#include <concepts>
+#include <cstddef>
+#include <span>
+#include <vector>
+
+DFTUNE_NAMESPACE_BEGIN
+
+struct BatchMeanBaseline {
+  static constexpr std::size_t min_group_size = 1;
+  template <class T>
+  void validate(const SampleScores<T>&) const {}
+  template <class T>
+  void compute(const SampleScores<T>& s, std::vector<double>& b) const {
+    double mean = 0;
+    for (T r : s.reward) mean += static_cast<double>(r);
+    mean /= static_cast<double>(s.reward.size());
+    b.assign(s.reward.size(), mean);
+  }
+};
+
+struct ConstantBaseline {
+  double value = 0;
+  static constexpr std::size_t min_group_size = 1;
+  template <class T>
+  void validate(const SampleScores<T>&) const {
+    if (!std::isfinite(value)) detail::fail("baseline", value, "a finite number");
+  }
+  template <class T>
+  void compute(const SampleScores<T>& s, std::vector<double>& b) const {
+    b.assign(s.reward.size(), value);
+  }
+};
+
+template <class T>
+struct SampleBaseline {
+  std::span<const T> values = {};  // [B·k] b_n
+  static constexpr std::size_t min_group_size = 1;
+  void validate(const SampleScores<T>& s) const {
+    detail::check_size("baseline", values.size(), s.logp.size());
+    detail::baselines::check_all_finite("baseline", values);
+  }
+  void compute(const SampleScores<T>&, std::vector<double>& b) const { b.assign(values.begin(), values.end()); }
+};
+
+struct LeaveOneOutBaseline {
+  static constexpr std::size_t min_group_size = 2;
+  template <class T>
+  void validate(const SampleScores<T>&) const {}
+  template <class T>
+  void compute(const SampleScores<T>& s, std::vector<double>& b) const {
+    const std::size_t k = s.group_size;
+    b.resize(s.reward.size());
+    for (std::size_t start = 0; start < s.reward.size(); start += k) {
+      double sum = 0;
+      for (std::size_t n = start; n < start + k; ++n) sum += static_cast<double>(s.reward[n]);
+      for (std::size_t n = start; n < start + k; ++n)
+        b[n] = (sum - static_cast<double>(s.reward[n])) / static_cast<double>(k - 1);
+    }
+  }
+};
+
+template <class P, class T>
+concept RewardBaseline = requires(const P& p, const SampleScores<T>& s, std::vector<double>& b) {
+  p.validate(s);
+  p.compute(s, b);
+  { P::min_group_size } -> std::convertible_to<std::size_t>;
+};
+
+template <class T, class Baseline = BatchMeanBaseline>
+ScoreResult<T> reinforce_loss(const SampleScores<T>& s, const Baseline& baseline = {}) {
+  static_assert(RewardBaseline<Baseline, T>,
+                "dftune::reinforce_loss: Baseline needs `validate(const SampleScores<T>&) const`, "
+                "`compute(const SampleScores<T>&, std::vector<double>&) const` and "
+                "`static constexpr std::size_t min_group_size`");
+  detail::baselines::check_samples(s, Baseline::min_group_size,
+                                   Baseline::min_group_size > 1 ? "RLOO needs another sample of the same prompt"
+                                                                : "REINFORCE");
+  baseline.validate(s);
+  std::vector<double> c;
+  baseline.compute(s, c);
+  const double inv_n = 1.0 / static_cast<double>(s.logp.size());
+  for (std::size_t n = 0; n < c.size(); ++n) c[n] = (static_cast<double>(s.reward[n]) - c[n]) * inv_n;
+  return detail::baselines::weighted_nll(s.logp, c);
+}
+
+// RLOO: REINFORCE with the leave-one-out baseline.
+template <class T>
+ScoreResult<T> rloo_loss(const SampleScores<T>& s) {
+  return reinforce_loss(s, LeaveOneOutBaseline{});
+}
+
+DFTUNE_NAMESPACE_END

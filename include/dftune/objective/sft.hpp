@@ -1,0 +1,43 @@
+#pragma once
+// Supervised fine-tuning: maximum likelihood of the given answers (the baseline DFT is compared
+// with, arXiv 2502.18679 §2; DESIGN.md §1 "Related objectives"):
+//
+//   L = −(1/B) Σ_i log π_θ(y_i|x_i)         ∂L/∂s_i = −1/B                 (sequence_mean, default)
+//   L = −Σ_i log π_θ(y_i|x_i) / Σ_i |y_i|    ∂L/∂s_i = −1/Σ|y|              (token_mean: HF/TRL's loss)
+//   L = −(1/B) Σ_i log π_θ(y_i|x_i) / |y_i|  ∂L/∂s_i = −1/(B·|y_i|)         (length_normalized)
+//
+// with s_i = log π_θ(y_i|x_i) summed over completion tokens. The reductions only rescale the
+// per-sequence gradients, but they change what a learning rate means: compare objectives at their
+// own tuned learning rates (DESIGN.md §1, "Fair comparisons").
+#include <dftune/config.hpp>
+#include <dftune/error.hpp>
+#include <dftune/objective/baseline.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <numeric>
+#include <span>
+#include <vector>
+
+DFTUNE_NAMESPACE_BEGIN
+
+struct SftOptions {
+  NllReduction reduction = NllReduction::sequence_mean;
+};
+
+// logp[i] = log π_θ(y_i|x_i); len[i] = |y_i|, read (and required) only by token_mean and
+// length_normalized.
+template <class T>
+ScoreResult<T> sft_loss(std::span<const T> logp, const SftOptions& opt = {}, std::span<const std::int64_t> len = {}) {
+  namespace bl = detail::baselines;
+  if (logp.empty()) detail::fail("logp", "size 0", "at least one sequence");
+  bl::check_all_finite("logp", logp);
+  bl::check_nll_lengths(opt.reduction, len, logp.size(), "SFT");
+  std::vector<std::size_t> rows(logp.size());
+  std::iota(rows.begin(), rows.end(), std::size_t{0});
+  std::vector<double> c(logp.size(), 0.0);
+  bl::add_nll_coefficients(opt.reduction, rows, len, 1.0, c);
+  return bl::weighted_nll(logp, c);
+}
+
+DFTUNE_NAMESPACE_END

@@ -1,0 +1,51 @@
+#pragma once
+// Simple Preference Optimization (Meng, Xia & Chen, NeurIPS 2024, arXiv 2405.14734, eq. 6):
+// reference-free, with the length-normalised reward β·log π_θ(y|x)/|y| and a target margin γ:
+//
+//   L = −(1/(B·m)) Σ_ij log σ(β·s_w/|y_w| − β·s_l/|y_l| − γ)
+//   ∂L/∂s_w = −σ(−h)·β/(|y_w|·B·m) summed over the pair's negatives,  ∂L/∂s_l = +σ(−h)·β/(|y_l|·B·m).
+#include <dftune/config.hpp>
+#include <dftune/error.hpp>
+#include <dftune/objective/baseline.hpp>
+#include <dftune/objective/pairwise.hpp>
+
+#include <cstddef>
+
+DFTUNE_NAMESPACE_BEGIN
+
+struct SimpoOptions {
+  double beta = 2.0;   // β > 0: reward scale (the paper tunes β in [2, 10])
+  double gamma = 0.5;  // γ >= 0: target reward margin (the paper tunes γ in [0.3, 1.6]; TRL's default 0.5)
+};
+
+inline void validate(const SimpoOptions& o) {
+  detail::baselines::check_positive("beta", o.beta);
+  detail::baselines::check_nonnegative("gamma", o.gamma);
+}
+
+// h = β·s_w/|y_w| − β·s_l/|y_l| − γ.
+struct LengthNormalizedMargin {
+  double beta = 1;
+  double gamma = 0;
+
+  template <class T>
+  void validate(const PreferenceScores<T>& b) const {
+    detail::baselines::check_preference_lengths(b, "SimPO");
+  }
+  template <class T>
+  PairMargin operator()(const PreferenceScores<T>& b, std::size_t i, std::size_t ij) const {
+    const double aw = beta / static_cast<double>(b.pos_len[i]);
+    const double al = beta / static_cast<double>(b.neg_len[ij]);
+    return {.h = aw * static_cast<double>(b.pos_logp[i]) - al * static_cast<double>(b.neg_logp[ij]) - gamma,
+            .dh_dpos = aw,
+            .dh_dneg = -al};
+  }
+};
+
+template <class T>
+PreferenceResult<T> simpo_loss(const PreferenceScores<T>& b, const SimpoOptions& opt = {}) {
+  validate(opt);
+  return pairwise_loss(b, LengthNormalizedMargin{.beta = opt.beta, .gamma = opt.gamma}, LogSigmoidLink{});
+}
+
+DFTUNE_NAMESPACE_END
