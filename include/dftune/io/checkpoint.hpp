@@ -1,0 +1,363 @@
+#pragma once
+// Checkpoints: save and load the estimator state alone, or a whole DftOptimizer (estimator, model
+// parameters, step count, inner rule with its moments, schedule) so that a resumed run continues
+// bit for bit. The container (magic, version, kind, size, FNV-1a-64, atomic write) is format.hpp.
+//
+//   io::save("run.ckpt", optimizer);      // or io::save("u.ckpt", estimator)
+//   io::load("run.ckpt", optimizer);      // or io::load("u.ckpt", estimator)
+//   std::vector<std::byte> b = io::encode(optimizer);  io::decode(b, optimizer);   // in memory
+//
+// What is state and what is configuration. State comes from the file: log u and the seen flags of
+// every example, the model's flat parameters, the optimizer's step, the rule's step count and
+// moments. Configuration comes from the objects the caller built, and the file must agree with
+// it: scalar type, number of examples, estimator init and log_u0, DftOptions, the rule's kind and
+// options, the schedule's kind and fields, the number of parameters. A disagreement is an error
+// naming the field, the file's value and the caller's, and nothing is loaded.
+//
+// Loading is all or nothing: the whole file is parsed and checked into temporaries, and only then
+// are they moved in, by operations that cannot fail. On any error (unreadable file, wrong magic,
+// version or kind, truncated, corrupted, trailing bytes, mismatched configuration, non-finite or
+// out-of-range state) dftune::error is thrown, prefixed with the checkpoint's name, and every
+// object is as it was.
+//
+// Payload of an estimator checkpoint (kind 1):
+//   u32 sizeof(T) · u32 init · f64 log_u0 · u64 N · [u64 N, N × u8 seen] · [u64 N, N × T log u]
+// Payload of a training checkpoint (kind 2): the estimator payload, then
+//   DftOptions: u32 variant · f64 tau · f64 gamma · u32 init · f64 log_u0 · f64 eps
+//   u64 step · [u64 P, P × T parameters] · rule (u32 tag, RuleCodec) · schedule (u32 tag, ScheduleCodec)
+// Your own rule or schedule type takes part by specialising io::RuleCodec / io::ScheduleCodec.
+#include <dftune/config.hpp>
+#include <dftune/error.hpp>
+#include <dftune/estimator/estimator.hpp>
+#include <dftune/io/format.hpp>
+#include <dftune/objective/dft_options.hpp>
+#include <dftune/optim/adam.hpp>
+#include <dftune/optim/dft_optimizer.hpp>
+#include <dftune/optim/schedule.hpp>
+#include <dftune/optim/sgd.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <span>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+DFTUNE_NAMESPACE_BEGIN
+
+namespace io {
+
+namespace internal {
+
+template <class V>
+std::string show(const V& v) {
+  std::ostringstream os;
+  os.precision(17);
+  if constexpr (std::is_enum_v<V>) os << static_cast<std::int64_t>(v);
+  else if constexpr (std::is_same_v<V, bool>) os << (v ? "true" : "false");
+  else os << v;
+  return os.str();
+}
+
+// A configuration field of the file that must equal the caller's.
+template <class V>
+void expect_same(std::string_view field, const V& in_file, const V& in_memory) {
+  if (!(in_file == in_memory))
+    dftune::detail::fail(field, show(in_file) + " in the file",
+                         show(in_memory) + ", the value of the object being loaded into (a checkpoint restores state, "
+                                           "not configuration)");
+}
+
+template <class T>
+constexpr void check_scalar() {
+  static_assert(std::is_floating_point_v<T> && std::numeric_limits<T>::is_iec559 && (sizeof(T) == 4 || sizeof(T) == 8),
+                "dftune::io: checkpoints hold float or double state");
+}
+
+// Runs f(); rethrows a dftune::error with `name: ` in front, so every message says which file.
+template <class F>
+decltype(auto) named(std::string_view name, F&& f) {
+  try {
+    return std::forward<F>(f)();
+  } catch (const dftune::error& e) {
+    throw dftune::error(std::string(name) + ": " + e.what());
+  }
+}
+
+inline std::string path_name(const std::filesystem::path& p) { return "checkpoint " + p.string(); }
+
+// ---- estimator section ---------------------------------------------------------------------
+template <class T>
+void write_estimator(Writer& w, const Estimator<T>& est) {
+  w.u32(sizeof(T));
+  w.u32(static_cast<std::uint32_t>(est.init()));
+  w.f64(static_cast<double>(est.log_u0()));
+  w.u64(est.size());
+  w.array(est.raw_seen());
+  w.array(est.raw_log_u());
+}
+
+template <class T>
+struct EstimatorState {
+  std::vector<T> log_u;
+  std::vector<unsigned char> seen;
+};
+
+template <class T>
+EstimatorState<T> read_estimator(Reader& in, const Estimator<T>& est) {
+  expect_same("scalar size", in.u32("scalar size"), static_cast<std::uint32_t>(sizeof(T)));
+  expect_same("estimator init", static_cast<std::int64_t>(in.u32("estimator init")),
+              static_cast<std::int64_t>(est.init()));
+  expect_same("estimator log_u0", in.f64("estimator log_u0"), static_cast<double>(est.log_u0()));
+  expect_same("num_examples", in.u64("num_examples"), static_cast<std::uint64_t>(est.size()));
+  EstimatorState<T> s;
+  s.seen = in.array<unsigned char>("seen", est.size());
+  s.log_u = in.array<T>("log_u", est.size());
+  est.check_raw(s.log_u, s.seen);
+  return s;
+}
+
+}  // namespace internal
+
+// ---- rules ---------------------------------------------------------------------------------
+// RuleCodec<R>: tag (a distinct u32), write(w, rule) and read(in, current) -> R, which reads
+// what write wrote, checks the options against current's and returns a rule holding the state.
+template <class R>
+struct RuleCodec;
+
+template <class T>
+struct RuleCodec<Sgd<T>> {
+  static constexpr std::uint32_t tag = 1;
+  static constexpr const char* name = "Sgd";
+  static void write(Writer& w, const Sgd<T>& r) {
+    const SgdOptions& o = r.options();
+    w.f64(o.momentum);
+    w.f64(o.dampening);
+    w.f64(o.weight_decay);
+    w.u8(o.nesterov ? 1 : 0);
+    w.u64(r.steps());
+    w.u64(r.num_parameters());
+    w.array(r.momentum_buffer());
+  }
+  static Sgd<T> read(Reader& in, const Sgd<T>& current) {
+    const SgdOptions& o = current.options();
+    internal::expect_same("sgd momentum", in.f64("sgd momentum"), o.momentum);
+    internal::expect_same("sgd dampening", in.f64("sgd dampening"), o.dampening);
+    internal::expect_same("sgd weight_decay", in.f64("sgd weight_decay"), o.weight_decay);
+    const std::uint8_t nesterov = in.u8("sgd nesterov");
+    if (nesterov > 1) dftune::detail::fail("sgd nesterov", static_cast<int>(nesterov), "0 or 1");
+    internal::expect_same("sgd nesterov", nesterov == 1, o.nesterov);
+    const std::uint64_t steps = in.u64("sgd steps");
+    const std::uint64_t n = in.u64("sgd num_parameters");
+    std::vector<T> buf = in.array<T>("sgd momentum_buffer");
+    Sgd<T> r(o);
+    r.restore(static_cast<std::size_t>(steps), static_cast<std::size_t>(n), std::move(buf));
+    return r;
+  }
+};
+
+template <class T, class D>
+struct RuleCodec<AdamUpdate<T, D>> {
+  static constexpr bool decoupled = std::is_same_v<D, DecoupledWeightDecay>;
+  static_assert(decoupled || std::is_same_v<D, CoupledWeightDecay>,
+                "dftune::io::RuleCodec: specialise it for an AdamUpdate with your own weight-decay policy");
+  static constexpr std::uint32_t tag = decoupled ? 3 : 2;
+  static constexpr const char* name = decoupled ? "AdamW" : "Adam";
+  static void write(Writer& w, const AdamUpdate<T, D>& r) {
+    const AdamOptions& o = r.options();
+    w.f64(o.beta1);
+    w.f64(o.beta2);
+    w.f64(o.eps);
+    w.f64(o.weight_decay);
+    w.u64(r.steps());
+    w.u64(r.num_parameters());
+    w.array(r.first_moment());
+    w.array(r.second_moment());
+  }
+  static AdamUpdate<T, D> read(Reader& in, const AdamUpdate<T, D>& current) {
+    const AdamOptions& o = current.options();
+    internal::expect_same("adam beta1", in.f64("adam beta1"), o.beta1);
+    internal::expect_same("adam beta2", in.f64("adam beta2"), o.beta2);
+    internal::expect_same("adam eps", in.f64("adam eps"), o.eps);
+    internal::expect_same("adam weight_decay", in.f64("adam weight_decay"), o.weight_decay);
+    const std::uint64_t steps = in.u64("adam steps");
+    const std::uint64_t n = in.u64("adam num_parameters");
+    std::vector<T> m = in.array<T>("adam first_moment");
+    std::vector<T> v = in.array<T>("adam second_moment");
+    AdamUpdate<T, D> r(o);
+    r.restore(static_cast<std::size_t>(steps), static_cast<std::size_t>(n), std::move(m), std::move(v));
+    return r;
+  }
+};
+
+// ---- schedules -----------------------------------------------------------------------------
+// ScheduleCodec<S>: tag, write(w, s) and check(in, current), which reads what write wrote and
+// checks it against current (a schedule is configuration: nothing of it is restored).
+template <class S>
+struct ScheduleCodec;
+
+template <>
+struct ScheduleCodec<ConstantSchedule> {
+  static constexpr std::uint32_t tag = 1;
+  static constexpr const char* name = "ConstantSchedule";
+  static void write(Writer& w, const ConstantSchedule& s) { w.f64(s.rate); }
+  static void check(Reader& in, const ConstantSchedule& s) { internal::expect_same("schedule rate", in.f64("schedule rate"), s.rate); }
+};
+
+template <>
+struct ScheduleCodec<CosineSchedule> {
+  static constexpr std::uint32_t tag = 2;
+  static constexpr const char* name = "CosineSchedule";
+  static void write(Writer& w, const CosineSchedule& s) {
+    w.f64(s.base_lr);
+    w.f64(s.min_lr);
+    w.u64(s.warmup_steps);
+    w.u64(s.total_steps);
+  }
+  static void check(Reader& in, const CosineSchedule& s) {
+    internal::expect_same("schedule base_lr", in.f64("schedule base_lr"), s.base_lr);
+    internal::expect_same("schedule min_lr", in.f64("schedule min_lr"), s.min_lr);
+    internal::expect_same("schedule warmup_steps", in.u64("schedule warmup_steps"), static_cast<std::uint64_t>(s.warmup_steps));
+    internal::expect_same("schedule total_steps", in.u64("schedule total_steps"), static_cast<std::uint64_t>(s.total_steps));
+  }
+};
+
+template <class R>
+concept CheckpointableRule = requires { RuleCodec<R>::tag; };
+template <class S>
+concept CheckpointableSchedule = requires { ScheduleCodec<S>::tag; };
+
+// ---- estimator checkpoints -----------------------------------------------------------------
+template <class T>
+std::vector<std::byte> encode(const Estimator<T>& est) {
+  internal::check_scalar<T>();
+  Writer w;
+  internal::write_estimator(w, est);
+  return frame(CheckpointKind::estimator, w.bytes());
+}
+
+// Loads a file image made by encode(est); est is unchanged on any error.
+template <class T>
+void decode(std::span<const std::byte> file, Estimator<T>& est, std::string_view name = "checkpoint") {
+  internal::check_scalar<T>();
+  internal::EstimatorState<T> s = internal::named(name, [&] {
+    Reader in(unframe(file, CheckpointKind::estimator), checkpoint_header_size);
+    internal::EstimatorState<T> st = internal::read_estimator(in, est);
+    in.expect_end();
+    return st;
+  });
+  est.restore(std::move(s.log_u), std::move(s.seen));  // checked above: cannot throw
+}
+
+template <class T>
+void save(const std::filesystem::path& path, const Estimator<T>& est) {
+  const std::vector<std::byte> bytes = encode(est);
+  write_file_atomic(path, bytes);
+}
+
+template <class T>
+void load(const std::filesystem::path& path, Estimator<T>& est) {
+  const std::vector<std::byte> bytes = internal::named(internal::path_name(path), [&] { return read_file(path); });
+  decode(std::span<const std::byte>(bytes), est, internal::path_name(path));
+}
+
+// ---- training checkpoints ------------------------------------------------------------------
+template <class M, class R, class S>
+std::vector<std::byte> encode(const DftOptimizer<M, R, S>& opt) {
+  using T = typename M::scalar_type;
+  internal::check_scalar<T>();
+  static_assert(CheckpointableRule<R>, "dftune::io: specialise dftune::io::RuleCodec<R> to checkpoint this rule");
+  static_assert(CheckpointableSchedule<S>,
+                "dftune::io: specialise dftune::io::ScheduleCodec<S> to checkpoint this schedule");
+  Writer w;
+  internal::write_estimator(w, std::as_const(opt.estimator()));
+  const DftOptions& o = opt.options();
+  w.u32(static_cast<std::uint32_t>(o.variant));
+  w.f64(o.tau);
+  w.f64(o.gamma);
+  w.u32(static_cast<std::uint32_t>(o.init));
+  w.f64(o.log_u0);
+  w.f64(o.eps);
+  w.u64(opt.steps());
+  const std::span<T> params = opt.model().parameters();
+  w.array(std::span<const T>(params));
+  w.u32(RuleCodec<R>::tag);
+  RuleCodec<R>::write(w, opt.rule());
+  w.u32(ScheduleCodec<S>::tag);
+  ScheduleCodec<S>::write(w, opt.schedule());
+  return frame(CheckpointKind::training, w.bytes());
+}
+
+// Loads a file image made by encode(opt) into opt, its model and its estimator; all three are
+// unchanged on any error.
+template <class M, class R, class S>
+void decode(std::span<const std::byte> file, DftOptimizer<M, R, S>& opt, std::string_view name = "checkpoint") {
+  using T = typename M::scalar_type;
+  internal::check_scalar<T>();
+  static_assert(CheckpointableRule<R>, "dftune::io: specialise dftune::io::RuleCodec<R> to checkpoint this rule");
+  static_assert(CheckpointableSchedule<S>,
+                "dftune::io: specialise dftune::io::ScheduleCodec<S> to checkpoint this schedule");
+  struct Loaded {
+    internal::EstimatorState<T> est;
+    std::uint64_t step = 0;
+    std::vector<T> params;
+    R rule;
+  };
+  const std::span<T> params = opt.model().parameters();
+  Loaded l = internal::named(name, [&] {
+    Reader in(unframe(file, CheckpointKind::training), checkpoint_header_size);
+    internal::EstimatorState<T> est = internal::read_estimator(in, std::as_const(opt.estimator()));
+    const DftOptions& o = opt.options();
+    internal::expect_same("variant", static_cast<std::int64_t>(in.u32("variant")), static_cast<std::int64_t>(o.variant));
+    internal::expect_same("tau", in.f64("tau"), o.tau);
+    internal::expect_same("gamma", in.f64("gamma"), o.gamma);
+    internal::expect_same("init", static_cast<std::int64_t>(in.u32("init")), static_cast<std::int64_t>(o.init));
+    internal::expect_same("log_u0", in.f64("log_u0"), o.log_u0);
+    internal::expect_same("eps", in.f64("eps"), o.eps);
+    const std::uint64_t step = in.u64("step");
+    std::vector<T> p = in.array<T>("parameters", params.size());
+    for (std::size_t k = 0; k < p.size(); ++k)
+      if (!std::isfinite(p[k])) dftune::detail::fail_at("parameters", k, p[k], "a finite number");
+    const std::uint32_t rtag = in.u32("rule");
+    if (rtag != RuleCodec<R>::tag)
+      dftune::detail::fail("rule", "tag " + std::to_string(rtag) + " in the file",
+                           "tag " + std::to_string(RuleCodec<R>::tag) + " (" + RuleCodec<R>::name + ")");
+    R rule = RuleCodec<R>::read(in, opt.rule());
+    if (rule.num_parameters() != 0 && rule.num_parameters() != params.size())
+      dftune::detail::fail("rule num_parameters", rule.num_parameters(),
+                           "0 or the model's parameter count " + std::to_string(params.size()));
+    const std::uint32_t stag = in.u32("schedule");
+    if (stag != ScheduleCodec<S>::tag)
+      dftune::detail::fail("schedule", "tag " + std::to_string(stag) + " in the file",
+                           "tag " + std::to_string(ScheduleCodec<S>::tag) + " (" + ScheduleCodec<S>::name + ")");
+    ScheduleCodec<S>::check(in, opt.schedule());
+    in.expect_end();
+    return Loaded{std::move(est), step, std::move(p), std::move(rule)};
+  });
+  // Commit: nothing below can throw (every check passed above).
+  std::copy(l.params.begin(), l.params.end(), params.begin());
+  opt.estimator().restore(std::move(l.est.log_u), std::move(l.est.seen));
+  opt.restore(static_cast<std::size_t>(l.step), std::move(l.rule));
+}
+
+template <class M, class R, class S>
+void save(const std::filesystem::path& path, const DftOptimizer<M, R, S>& opt) {
+  const std::vector<std::byte> bytes = encode(opt);
+  write_file_atomic(path, bytes);
+}
+
+template <class M, class R, class S>
+void load(const std::filesystem::path& path, DftOptimizer<M, R, S>& opt) {
+  const std::vector<std::byte> bytes = internal::named(internal::path_name(path), [&] { return read_file(path); });
+  decode(std::span<const std::byte>(bytes), opt, internal::path_name(path));
+}
+
+}  // namespace io
+
+DFTUNE_NAMESPACE_END
