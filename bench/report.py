@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Joins bench_logprob's Google Benchmark JSON with torch_logprob.py's JSON and prints the
+side-by-side table (markdown) of scripts/bench_cpu.sh: times, speed-up over PyTorch, achieved
+bandwidth for the bytes that must move and its fraction of the measured triad, and the
+2-thread scaling. Usage: report.py cpp.json torch.json [header lines...]"""
+import json, re, sys
+
+cpp = json.load(open(sys.argv[1]))
+torch = json.load(open(sys.argv[2]))
+header = sys.argv[3:]
+
+MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
+t = {}  # name without the min_time/real_time/iterations suffixes -> ms
+bps = {}
+for b in cpp["benchmarks"]:
+    if b.get("run_type") == "aggregate":
+        continue
+    name = re.sub(r"/(min_time:[0-9.]+|iterations:\d+|real_time)", "", b["name"])
+    t[name] = b["real_time"] * MS[b["time_unit"]]
+    if "bytes_per_second" in b:
+        bps[name] = b["bytes_per_second"]
+
+threads = sorted({int(m.group(1)) for n in t for m in [re.search(r"threads:(\d+)$", n)] if m})
+tmax = threads[-1]
+triad = {th: bps.get(f"bw/triad/threads:{th}", float("nan")) / 1e9 for th in threads}
+read = {th: bps.get(f"bw/read/threads:{th}", float("nan")) / 1e9 for th in threads}
+tor = {(r["V"], r["N"], r.get("threads")): r for r in torch["results"]}
+
+ELEM = {"float": 4, "double": 8, "bf16": 2}
+PASSES = {"forward": 1, "backward": 2, "fused": 3}
+out = list(header)
+out.append("")
+out.append("Memory bandwidth (STREAM-like triad, 24 B/element as STREAM counts; read-only sum):")
+out.append("")
+out.append("| threads | triad GB/s | read GB/s |")
+out.append("|---|---|---|")
+for th in threads:
+    out.append(f"| {th} | {triad[th]:.1f} | {read[th]:.1f} |")
+out.append("")
+out.append(f"Token log-prob reductions, {tmax} threads unless marked; times in ms (mean of Google Benchmark's "
+           "iterations; PyTorch: mean of ≥ 2 runs after a warm-up). `×torch` = PyTorch time / fast-path time at the "
+           "same thread count; `GB/s` = bytes that must move (forward: N·V·size read once; backward: read + write "
+           "in place; fused: both) / fast-path time; `%triad` = that / the triad at the same thread count; "
+           f"`{tmax}T/1T` = fast-path speed-up from 1 to {tmax} threads; generic = the serial oracle (N = 512 only).")
+out.append("")
+out.append(f"| type | V | N | op | generic 1T | fast 1T | fast {tmax}T | {tmax}T/1T | torch {tmax}T | ×torch | GB/s | %triad |")
+out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+shapes = sorted({(m.group(1), int(m.group(3)), int(m.group(4)), m.group(2))
+                 for n in t for m in [re.match(r"logprob/fast/(\w+)/(\w+)/V:(\d+)/N:(\d+)/", n)] if m},
+                key=lambda k: (["float", "bf16", "double"].index(k[0]), k[1], k[2], list(PASSES).index(k[3])))
+fmt = lambda x: "–" if x is None else (f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:.0f}")
+for ty, V, N, op in shapes:
+    base = f"{ty}/{op}/V:{V}/N:{N}"
+    f1 = t.get(f"logprob/fast/{base}/threads:1")
+    fm = t.get(f"logprob/fast/{base}/threads:{tmax}")
+    g = t.get(f"logprob/generic/{base}/threads:1")
+    tr = tor.get((V, N, tmax)) if ty == "float" else None
+    tt = tr[op] * 1e3 if tr else None
+    skipped = tor.get((V, N, None), {}).get("skipped") if ty == "float" else None
+    gbs = PASSES[op] * V * N * ELEM[ty] / (fm * 1e-3) / 1e9 if fm else None
+    row = [ty, str(V), str(N), op, fmt(g), fmt(f1), fmt(fm),
+           fmt(f1 / fm) if f1 and fm else "–",
+           fmt(tt) if tt else ("skipped: " + skipped if skipped else "–"),
+           fmt(tt / fm) if tt and fm else "–",
+           fmt(gbs), f"{100 * gbs / triad[tmax]:.0f}%" if gbs else "–"]
+    out.append("| " + " | ".join(row) + " |")
+
+# PyTorch at 1 thread, for the single-thread comparison.
+rows1 = [(V, N, op, tor[(V, N, 1)][op] * 1e3, t.get(f"logprob/fast/float/{op}/V:{V}/N:{N}/threads:1"))
+         for (V, N, th) in sorted(k for k in tor if k[2] == 1) for op in PASSES]
+if rows1:
+    out.append("")
+    out.append("float, 1 thread: PyTorch vs the fast path (ms):")
+    out.append("")
+    out.append("| V | N | op | torch 1T | fast 1T | ×torch |")
+    out.append("|---|---|---|---|---|---|")
+    for V, N, op, tt, f1 in rows1:
+        out.append(f"| {V} | {N} | {op} | {fmt(tt)} | {fmt(f1)} | {fmt(tt / f1) if f1 else '–'} |")
+
+dft = sorted({int(m.group(1)) for n in t for m in [re.match(r"dft/step/B:64/m:(\d+)$", n)] if m})
+if dft:
+    out.append("")
+    out.append(f"dft_step (B = 64, float) beside the fused fast-path reduction of the same batch "
+               f"(B·(1+m) sequences × 16 tokens, V = 32000, {tmax} threads):")
+    out.append("")
+    out.append("| m | tokens N | dft_step µs | reduction ms | dft_step / reduction |")
+    out.append("|---|---|---|---|---|")
+    for m in dft:
+        s = t[f"dft/step/B:64/m:{m}"]
+        r = t.get(f"dft/reduction/B:64/m:{m}/threads:{tmax}")
+        out.append(f"| {m} | {64 * (1 + m) * 16} | {s * 1e3:.1f} | {fmt(r)} | {100 * s / r:.3f}% |" if r else f"| {m} | | {s*1e3:.1f} | – | – |")
+print("\n".join(out))

@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""PyTorch CPU baseline for bench_logprob: log_softmax + gather + per-sequence index_add, and its
+autograd backward, on the shapes and thread counts of the C++ benchmarks. Prints one JSON object.
+
+forward  = no_grad log_softmax + gather + index_add
+backward = autograd.grad of the sequence sums wrt the logits, graph built once (retain_graph)
+fused    = both, as a training step runs them
+"""
+import argparse, json, time
+import torch
+
+SEQ_LEN = 64  # tokens per sequence, as in bench_logprob.cpp
+
+
+def mem_available():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def timeit(fn, min_time):
+    fn()  # warm-up (allocator, thread pool)
+    reps, total = 0, 0.0
+    while total < min_time or reps < 2:
+        t0 = time.perf_counter()
+        fn()
+        total += time.perf_counter() - t0
+        reps += 1
+    return total / reps
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--vocabs", default="32000,128256,256000")
+    ap.add_argument("--rows", default="512,4096")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--min-time", type=float, default=0.3)
+    a = ap.parse_args()
+    out = {"torch": torch.__version__, "results": []}
+    for V in map(int, a.vocabs.split(",")):
+        for N in map(int, a.rows.split(",")):
+            # x, log_softmax's output, the dense gradient of gather and the gradient of the logits.
+            need = 4 * N * V * 4
+            if need > 0.6 * mem_available():
+                out["results"].append({"V": V, "N": N, "skipped": f"needs ~{need / 2**30:.1f} GiB"})
+                continue
+            x = torch.empty(N, V).uniform_(-8.0, 8.0)
+            y = torch.randint(V, (N, 1))
+            seg = torch.arange(N) // SEQ_LEN
+            S = int(seg[-1]) + 1
+            d = torch.full((S,), 0.5)
+
+            def forward():
+                with torch.no_grad():
+                    lp = torch.log_softmax(x, dim=-1).gather(1, y).squeeze(1)
+                    return torch.zeros(S).index_add_(0, seg, lp)
+
+            xr = x.detach().requires_grad_()
+
+            def graph():
+                lp = torch.log_softmax(xr, dim=-1).gather(1, y).squeeze(1)
+                return torch.zeros(S).index_add_(0, seg, lp)
+
+            def fused():
+                return torch.autograd.grad(graph(), xr, grad_outputs=d)[0]
+
+            for t in map(int, a.threads.split(",")):
+                torch.set_num_threads(t)
+                row = {"V": V, "N": N, "threads": t}
+                row["forward"] = timeit(forward, a.min_time)
+                seq = graph()
+                row["backward"] = timeit(lambda: torch.autograd.grad(seq, xr, grad_outputs=d, retain_graph=True)[0], a.min_time)
+                del seq
+                row["fused"] = timeit(fused, a.min_time)
+                out["results"].append(row)
+            del x, xr
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The one command for the CPU log-prob benchmarks (issue #6): builds bench_logprob (-march=native),
+# runs it (generic oracle, fast path, triad/read bandwidth, dft_step), runs PyTorch CPU on the same
+# shapes and threads, and prints the side-by-side table, also written to bench/RESULTS_cpu.md.
+#   scripts/bench_cpu.sh                 full run (~5-10 min, needs ~17 GiB free for PyTorch's largest shape)
+#   DFTUNE_BENCH_QUICK=1 scripts/bench_cpu.sh   one small shape, to check the plumbing
+#   DFTUNE_BENCH_BUILD=dir               build directory (default build-bench)
+#   DFTUNE_BENCH_THREADS=n               the multi-thread count (default: all cores)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${DFTUNE_BENCH_BUILD:-build-bench}
+py=/usr/bin/python3
+threads=${DFTUNE_BENCH_THREADS:-$(nproc)}
+export DFTUNE_BENCH_THREADS=$threads
+
+if ! "$py" -c "import torch" 2>/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y python3-torch
+fi
+# glibc unmaps every freed tensor above 32 MiB, and the next op faults its pages in again, which
+# on a VM costs more than the arithmetic (x + 1 on 64 MiB: ~250 ms vs ~3.5 ms). PyTorch gets
+# jemalloc with freed pages kept, as a long-running trainer would see them.
+jemalloc=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
+if [ ! -e "$jemalloc" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y libjemalloc2; fi
+
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DDFTUNE_BENCH_NATIVE=ON >/dev/null
+cmake --build "$build" --target bench_logprob -j "$(nproc)" >/dev/null
+out="$build/bench_results"
+mkdir -p "$out"
+
+if [ "${DFTUNE_BENCH_QUICK:-0}" != 0 ]; then torch_args=(--vocabs 32000 --rows 512 --min-time 0.1); else torch_args=(); fi
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+"$build/bench/bench_logprob" --benchmark_out="$out/cpp.json" --benchmark_out_format=json >&2
+LD_PRELOAD=$jemalloc MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 \
+  "$py" bench/torch_logprob.py --threads "1,$threads" "${torch_args[@]}" >"$out/torch.json"
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
+"$py" bench/report.py "$out/cpp.json" "$out/torch.json" \
+  "# CPU log-prob reductions: generic vs fast path vs PyTorch" "" \
+  "Run $(date -u '+%Y-%m-%d %H:%M UTC') with \`scripts/bench_cpu.sh\` on $cpu, $(nproc) cores, $(grep -m1 MemTotal /proc/meminfo | awk '{printf "%.0f GiB", $2/1048576}'), g++ $(g++ -dumpfullversion), -O3 -march=native; PyTorch $("$py" -c 'import torch; print(torch.__version__)') (Debian python3-torch, jemalloc)." \
+  "Load average before / after: $load_before / $load_after (other jobs share this machine; see the notes in bench/RESULTS_cpu.md)." \
+  | tee "$out/table.md"
+if [ "${DFTUNE_BENCH_QUICK:-0}" = 0 ]; then cp "$out/table.md" bench/RESULTS_cpu_table.md; fi
