@@ -492,3 +492,23 @@ TEST_CASE("SFT and sample objectives reject bad input and options, naming the ar
   CHECK_THROWS_WITH_AS(best_of_n_loss(with([](Samples& q) { q.len.clear(); }).view(), {.reduction = NllReduction::token_mean}),
                        doctest::Contains("len: got size 0"), error);
 }
+
+TEST_CASE("every objective instantiates for float and agrees with double") {
+  const Prefs p;
+  const std::vector<float> pos(p.pos.begin(), p.pos.end()), neg(p.neg.begin(), p.neg.end());
+  const std::vector<float> rpos(p.ref_pos.begin(), p.ref_pos.end()), rneg(p.ref_neg.begin(), p.ref_neg.end());
+  const PreferenceScores<float> f{.num_negatives = 2, .pos_logp = pos, .neg_logp = neg, .ref_pos_logp = rpos,
+                                  .ref_neg_logp = rneg, .pos_len = p.pos_len, .neg_len = p.neg_len};
+  CHECK(dpo_loss(f).loss == doctest::Approx(dpo_loss(p.view()).loss).epsilon(1e-6));
+  CHECK(ipo_loss(f).loss == doctest::Approx(ipo_loss(p.view()).loss).epsilon(1e-6));
+  CHECK(simpo_loss(f).loss == doctest::Approx(simpo_loss(p.view()).loss).epsilon(1e-6));
+  CHECK(orpo_loss(f).loss == doctest::Approx(orpo_loss(p.view()).loss).epsilon(1e-6));
+  const Samples s;
+  const std::vector<float> lp(s.logp.begin(), s.logp.end()), rw(s.reward.begin(), s.reward.end());
+  const SampleScores<float> fs{.group_size = 3, .logp = lp, .reward = rw, .len = s.len};
+  CHECK(rwr_loss(fs).loss == doctest::Approx(rwr_loss(s.view()).loss).epsilon(1e-6));
+  CHECK(reinforce_loss(fs).loss == doctest::Approx(reinforce_loss(s.view()).loss).epsilon(1e-6));
+  CHECK(rloo_loss(fs).loss == doctest::Approx(rloo_loss(s.view()).loss).epsilon(1e-6));
+  CHECK(best_of_n_loss(fs).loss == doctest::Approx(best_of_n_loss(s.view()).loss).epsilon(1e-6));
+  CHECK(sft_loss<float>(lp).loss == doctest::Approx(sft_loss<double>(s.logp).loss).epsilon(1e-6));
+}

@@ -9,9 +9,9 @@
 //   m_t = β1·m_{t−1} + (1 − β1)·g_t              (computed as m + (1 − β1)(g − m): torch's lerp)
 //   v_t = β2·v_{t−1} + (1 − β2)·g_t²
 //   m̂_t = m_t / (1 − β1^t),  v̂_t = v_t / (1 − β2^t)
-//   θ_t = θ_{t−1} − lr · m̂_t / (√v̂_t + ε)      (ε outside the square root, as PyTorch; the
-//                                                 paper's "ε̂" form of §2 puts it inside the
-//                                                 bias correction instead)
+//   θ_t = θ_{t−1} − lr · m̂_t / (√v̂_t + ε)      (ε outside the square root, as Algorithm 1 and
+//                                                 PyTorch; not the end-of-§2 variant that adds ε̂
+//                                                 to the uncorrected √v_t)
 //
 // At t = 1, m̂ = g and v̂ = g², so θ_1 = θ_0 − lr·g/(|g| + ε) ≈ θ_0 − lr·sign(g): the first step
 // moves every coordinate by ~lr whatever the gradient's scale.

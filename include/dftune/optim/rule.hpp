@@ -59,7 +59,9 @@ struct CoupledWeightDecay {
 };
 
 // Decoupled (Loshchilov & Hutter 2019, Algorithm 2 line 12; torch.optim.AdamW):
-// θ ← θ − lr·λ·θ = θ·(1 − lr·λ) before the step; the moments never see λ.
+// θ ← θ − lr·λ·θ = θ·(1 − lr·λ) before the step; the moments never see λ. As in PyTorch the decay
+// is scaled by the learning rate lr (the paper scales it by the schedule multiplier η_t only), so a
+// schedule decays it together with the step.
 struct DecoupledWeightDecay {
   template <class T>
   static T gradient(T g, T /*theta*/, T /*lambda*/) {
