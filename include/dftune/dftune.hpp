@@ -11,6 +11,16 @@
 #include <dftune/objective/dft_options.hpp>
 #include <dftune/objective/sequence_scores.hpp>
 
+#include <dftune/objective/baseline.hpp>
+#include <dftune/objective/best_of_n.hpp>
+#include <dftune/objective/dpo.hpp>
+#include <dftune/objective/ipo.hpp>
+#include <dftune/objective/orpo.hpp>
+#include <dftune/objective/reinforce.hpp>
+#include <dftune/objective/rwr.hpp>
+#include <dftune/objective/sft.hpp>
+#include <dftune/objective/simpo.hpp>
+
 #include <dftune/model/concept.hpp>
 #include <dftune/model/sequence_batch.hpp>
 #include <dftune/model/categorical_policy.hpp>

@@ -15,6 +15,7 @@
 // are stored as T.
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
+#include <dftune/objective/checks.hpp>
 #include <dftune/objective/sequence_scores.hpp>
 
 #include <cmath>
@@ -85,28 +86,6 @@ enum class NllReduction {
 
 namespace detail::baselines {
 
-template <class T>
-void check_all_finite(std::string_view argument, std::span<const T> x) {
-  for (std::size_t k = 0; k < x.size(); ++k)
-    if (!std::isfinite(x[k])) fail_at(argument, k, x[k], "a finite number");
-}
-
-inline void check_lengths(std::string_view argument, std::span<const std::int64_t> len, std::size_t size,
-                          std::string_view why) {
-  if (len.empty()) fail(argument, "size 0", "size " + std::to_string(size) + " (" + std::string(why) + ")");
-  check_size(argument, len.size(), size);
-  for (std::size_t k = 0; k < len.size(); ++k)
-    if (len[k] <= 0) fail_at(argument, k, len[k], "a completion length >= 1");
-}
-
-inline void check_positive(std::string_view argument, double x) {
-  if (!std::isfinite(x) || !(x > 0)) fail(argument, x, "a finite number > 0");
-}
-
-inline void check_nonnegative(std::string_view argument, double x) {
-  if (!std::isfinite(x) || !(x >= 0)) fail(argument, x, "a finite number >= 0");
-}
-
 inline void check_reduction(NllReduction r) {
   if (r != NllReduction::sequence_mean && r != NllReduction::token_mean && r != NllReduction::length_normalized)
     fail("reduction", static_cast<int>(r), "NllReduction::sequence_mean, token_mean or length_normalized");
@@ -120,8 +99,8 @@ void check_preferences(const PreferenceScores<T>& b) {
   if (B == 0) fail("pos_logp", "size 0", "at least one prompt");
   if (m == 0) fail("num_negatives", m, "at least 1");
   check_size("neg_logp", b.neg_logp.size(), B * m);
-  check_all_finite("pos_logp", b.pos_logp);
-  check_all_finite("neg_logp", b.neg_logp);
+  check_finite("pos_logp", b.pos_logp);
+  check_finite("neg_logp", b.neg_logp);
 }
 
 template <class T>
@@ -132,8 +111,8 @@ void check_references(const PreferenceScores<T>& b, std::string_view who) {
   if (b.ref_neg_logp.empty()) fail("ref_neg_logp", "size 0", "size B·m = " + std::to_string(B * m) + " (" + why + ")");
   check_size("ref_pos_logp", b.ref_pos_logp.size(), B);
   check_size("ref_neg_logp", b.ref_neg_logp.size(), B * m);
-  check_all_finite("ref_pos_logp", b.ref_pos_logp);
-  check_all_finite("ref_neg_logp", b.ref_neg_logp);
+  check_finite("ref_pos_logp", b.ref_pos_logp);
+  check_finite("ref_neg_logp", b.ref_neg_logp);
 }
 
 template <class T>
@@ -153,8 +132,8 @@ void check_samples(const SampleScores<T>& s, std::size_t min_group, std::string_
   if (s.logp.size() % s.group_size != 0)
     fail("logp", "size " + std::to_string(s.logp.size()), "a multiple of group_size = " + std::to_string(s.group_size));
   check_size("reward", s.reward.size(), s.logp.size());
-  check_all_finite("logp", s.logp);
-  check_all_finite("reward", s.reward);
+  check_finite("logp", s.logp);
+  check_finite("reward", s.reward);
 }
 
 // Checks of an NLL over the sequences picked by `rows` (all of them when rows is empty): lengths

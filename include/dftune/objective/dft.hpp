@@ -15,6 +15,7 @@
 #include <dftune/error.hpp>
 #include <dftune/estimator/estimator.hpp>
 #include <dftune/math/log_domain.hpp>
+#include <dftune/objective/checks.hpp>
 #include <dftune/objective/dft_options.hpp>
 #include <dftune/objective/sequence_scores.hpp>
 
@@ -30,24 +31,6 @@
 DFTUNE_NAMESPACE_BEGIN
 
 namespace detail {
-
-template <class T>
-void check_finite(std::string_view argument, std::span<const T> x) {
-  for (std::size_t k = 0; k < x.size(); ++k)
-    if (!std::isfinite(x[k])) fail_at(argument, k, x[k], "a finite number");
-}
-
-inline void check_positive_lengths(std::string_view argument, std::span<const std::int64_t> len) {
-  for (std::size_t k = 0; k < len.size(); ++k)
-    if (len[k] <= 0) fail_at(argument, k, len[k], "a completion length >= 1");
-}
-
-inline void check_unique_ids(std::span<const std::int64_t> ids) {
-  std::vector<std::int64_t> sorted(ids.begin(), ids.end());
-  std::sort(sorted.begin(), sorted.end());
-  const auto dup = std::adjacent_find(sorted.begin(), sorted.end());
-  if (dup != sorted.end()) fail("ids", "id " + std::to_string(*dup) + " twice", "distinct ids within a batch");
-}
 
 // Every check of the objective's input; runs before any computation or write.
 template <class T>
@@ -69,13 +52,8 @@ void validate_dft(const SequenceScores<T>& b, const Estimator<T>& est, const Dft
     check_size("ref_neg_logp", b.ref_neg_logp.size(), B * m);
     check_finite("ref_neg_logp", b.ref_neg_logp);
   } else {
-    if (b.pos_len.empty()) fail("pos_len", "size 0", "size B = " + std::to_string(B) + " (DFT2 needs completion lengths)");
-    if (b.neg_len.empty())
-      fail("neg_len", "size 0", "size B·m = " + std::to_string(B * m) + " (DFT2 needs completion lengths)");
-    check_size("pos_len", b.pos_len.size(), B);
-    check_size("neg_len", b.neg_len.size(), B * m);
-    check_positive_lengths("pos_len", b.pos_len);
-    check_positive_lengths("neg_len", b.neg_len);
+    check_lengths("pos_len", b.pos_len, B, "DFT2 needs completion lengths");
+    check_lengths("neg_len", b.neg_len, B * m, "DFT2 needs completion lengths");
   }
 }
 

@@ -2,6 +2,7 @@
 // Options of the DFT / DFT2 objective and of its estimator (DESIGN.md §1).
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
+#include <dftune/objective/checks.hpp>
 
 #include <cmath>
 #include <ostream>
@@ -36,10 +37,10 @@ struct DftOptions {
 };
 
 inline void validate(const DftOptions& o) {
-  if (!(o.tau > 0) || !std::isfinite(o.tau)) detail::fail("tau", o.tau, "a finite number > 0");
+  detail::check_positive("tau", o.tau);
   if (!(o.gamma > 0 && o.gamma <= 1)) detail::fail("gamma", o.gamma, "a number in (0, 1]");
   if (!std::isfinite(o.log_u0)) detail::fail("log_u0", o.log_u0, "a finite number");
-  if (!(o.eps >= 0) || !std::isfinite(o.eps)) detail::fail("eps", o.eps, "a finite number >= 0");
+  detail::check_nonnegative("eps", o.eps);
   if (o.variant != Variant::dft && o.variant != Variant::dft2)
     detail::fail("variant", static_cast<int>(o.variant), "Variant::dft or Variant::dft2");
   if (o.init != EstimatorInit::first_visit && o.init != EstimatorInit::constant && o.init != EstimatorInit::fixed)

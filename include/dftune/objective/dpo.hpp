@@ -17,7 +17,7 @@ struct DpoOptions {
   double beta = 0.1;  // β > 0: inverse strength of the implicit KL constraint to π_ref (paper's default 0.1)
 };
 
-inline void validate(const DpoOptions& o) { detail::baselines::check_positive("beta", o.beta); }
+inline void validate(const DpoOptions& o) { detail::check_positive("beta", o.beta); }
 
 template <class T>
 PreferenceResult<T> dpo_loss(const PreferenceScores<T>& b, const DpoOptions& opt = {}) {

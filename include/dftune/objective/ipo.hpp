@@ -18,7 +18,7 @@ struct IpoOptions {
   double beta = 0.1;  // β = τ > 0: the regression target of the margin is 1/(2β)
 };
 
-inline void validate(const IpoOptions& o) { detail::baselines::check_positive("beta", o.beta); }
+inline void validate(const IpoOptions& o) { detail::check_positive("beta", o.beta); }
 
 // ℓ(h) = (h − target)², ℓ'(h) = 2(h − target).
 struct SquaredLink {

@@ -30,7 +30,7 @@ struct OrpoOptions {
 };
 
 inline void validate(const OrpoOptions& o) {
-  detail::baselines::check_nonnegative("lambda", o.lambda);
+  detail::check_nonnegative("lambda", o.lambda);
   detail::baselines::check_reduction(o.sft_reduction);
 }
 

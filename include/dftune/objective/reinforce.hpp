@@ -63,7 +63,7 @@ struct SampleBaseline {
   static constexpr std::size_t min_group_size = 1;
   void validate(const SampleScores<T>& s) const {
     detail::check_size("baseline", values.size(), s.logp.size());
-    detail::baselines::check_all_finite("baseline", values);
+    detail::check_finite("baseline", values);
   }
   void compute(const SampleScores<T>&, std::vector<double>& b) const { b.assign(values.begin(), values.end()); }
 };

@@ -34,7 +34,7 @@ struct RwrOptions {
 };
 
 inline void validate(const RwrOptions& o) {
-  detail::baselines::check_positive("eta", o.eta);
+  detail::check_positive("eta", o.eta);
   if (o.normalization != RwrNormalization::batch && o.normalization != RwrNormalization::group)
     detail::fail("normalization", static_cast<int>(o.normalization), "RwrNormalization::batch or group");
 }

@@ -31,7 +31,7 @@ template <class T>
 ScoreResult<T> sft_loss(std::span<const T> logp, const SftOptions& opt = {}, std::span<const std::int64_t> len = {}) {
   namespace bl = detail::baselines;
   if (logp.empty()) detail::fail("logp", "size 0", "at least one sequence");
-  bl::check_all_finite("logp", logp);
+  detail::check_finite("logp", logp);
   bl::check_nll_lengths(opt.reduction, len, logp.size(), "SFT");
   std::vector<std::size_t> rows(logp.size());
   std::iota(rows.begin(), rows.end(), std::size_t{0});

@@ -19,8 +19,8 @@ struct SimpoOptions {
 };
 
 inline void validate(const SimpoOptions& o) {
-  detail::baselines::check_positive("beta", o.beta);
-  detail::baselines::check_nonnegative("gamma", o.gamma);
+  detail::check_positive("beta", o.beta);
+  detail::check_nonnegative("gamma", o.gamma);
 }
 
 // h = β·s_w/|y_w| − β·s_l/|y_l| − γ.
