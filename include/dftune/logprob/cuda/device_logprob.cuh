@@ -1,0 +1,185 @@
+#pragma once
+// The device API of the CUDA log-prob reductions (CUB's shape: size query, caller-owned workspace,
+// explicit stream). Every pointer in `in` and in the outputs is device (or managed) memory; the
+// semantics are those of logprob/generic.hpp, in float:
+//
+//   row_lse[n]    = log Σ_v exp(z_n[v])                 (NaN on masked rows)
+//   token_logp[n] = w_n · (z_n[y_n] − row_lse[n])       (exactly 0 on masked rows)
+//   seq_logp[s]   = Σ_{n in s} token_logp[n]            (0 for an empty sequence; double accumulation,
+//                                                        fixed order: bitwise reproducible)
+//   grad[n, v]    = d_seq[s(n)] · w_n · (onehot(y_n)[v] − exp(z_n[v] − row_lse[n]))   (0 on masked rows)
+//
+// Usage:
+//   std::size_t bytes = dftune::logprob::cuda::get_workspace_size(in);   // host only, no CUDA call
+//   void* ws; cudaMallocAsync(&ws, bytes, stream);                         // yours to own and reuse
+//   auto w = std::span(static_cast<std::byte*>(ws), bytes);
+//   dftune::logprob::cuda::forward(in, seq_logp, token_logp, row_lse, w, stream);  // async
+//   ... d_seq from the objective ...
+//   dftune::logprob::cuda::backward(in, d_seq, grad, row_lse, w, stream);          // async, in place ok
+//   dftune::logprob::cuda::check_status(w, stream);   // optional: synchronises, throws on bad data
+//
+// Guarantees: no allocation and no synchronisation inside forward()/backward() (one
+// cudaMemsetAsync of the status word, the kernels, all on `stream`); argument errors throw
+// dftune::error before anything is enqueued; launch errors throw cuda_error with the CUDA error
+// string. What the host cannot check without reading device memory (targets in range, valid
+// offsets, finite weights / d_seq / row_lse) the kernels check: the affected outputs become NaN,
+// no access goes out of bounds, and a status bit is set that read_status()/check_status() report.
+// The status word describes the latest call made with that workspace.
+#include <dftune/config.hpp>
+#include <dftune/error.hpp>
+#include <dftune/logprob/cuda/dispatch.cuh>
+#include <dftune/logprob/cuda/types.cuh>
+#include <dftune/logprob/token_logits.hpp>
+
+#include <climits>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+
+DFTUNE_NAMESPACE_BEGIN
+
+namespace logprob::cuda {
+
+// Workspace layout: [status word, padded to 256 B][token log-prob scratch: N floats, padded].
+inline constexpr std::size_t status_bytes = 256;
+inline constexpr std::size_t workspace_alignment = 16;
+
+// Bytes of device workspace forward() and backward() need for `in` (backward uses the first
+// status_bytes only). Depends on the shapes only; calls nothing on the device. It is also at least
+// the CPU path's logprob::workspace_size(in), so one buffer serves the dispatching overloads.
+template <class T>
+std::size_t get_workspace_size(const TokenLogits<T>& in) {
+  const std::size_t scratch = in.rows() * sizeof(float);
+  return status_bytes + (scratch + 255) / 256 * 256;
+}
+
+namespace detail {
+
+using dftune::detail::check_size;
+using dftune::detail::fail;
+
+template <class T>
+void check_shapes(const TokenLogits<T>& in) {
+  static_assert(supported<T>, "the CUDA log-prob path takes float, __half or __nv_bfloat16 logits");
+  if (in.vocab == 0) fail("vocab", in.vocab, "at least 1");
+  if (in.vocab > static_cast<std::size_t>(INT_MAX))
+    fail("vocab", in.vocab, "at most 2^31 - 1 (targets are int32)");
+  if (in.logits.size() % in.vocab != 0)
+    fail("logits", "size " + std::to_string(in.logits.size()), "a multiple of vocab = " + std::to_string(in.vocab));
+  const std::size_t n = in.rows();
+  check_size("targets", in.targets.size(), n);
+  if (!in.weights.empty()) check_size("weights", in.weights.size(), n);
+  if (in.offsets.empty()) fail("offsets", "size 0", "size S + 1 >= 1");
+  if (in.offsets.size() == 1 && n != 0)
+    fail("offsets", "size 1 (no sequence) with N = " + std::to_string(n) + " rows",
+         "size S + 1 with S >= 1 sequences covering the rows");
+}
+
+inline std::uint32_t* check_workspace(std::span<std::byte> workspace, std::size_t needed, const char* what) {
+  if (workspace.size() < needed)
+    fail("workspace", "size " + std::to_string(workspace.size()),
+         std::string("at least ") + what + " = " + std::to_string(needed) + " bytes");
+  if (reinterpret_cast<std::uintptr_t>(workspace.data()) % workspace_alignment != 0)
+    fail("workspace", "a misaligned buffer", "alignment " + std::to_string(workspace_alignment));
+  return reinterpret_cast<std::uint32_t*>(workspace.data());
+}
+
+}  // namespace detail
+
+// seq_logp [S] is required; token_logp [N] and row_lse [N] are written when non-empty (row_lse
+// saves the backward a pass over the logits). workspace: get_workspace_size(in) bytes of device
+// memory, 16-byte aligned. Enqueued on `stream`; returns without waiting for it.
+template <class T>
+void forward(const TokenLogits<T>& in, std::span<float> seq_logp, std::span<float> token_logp,
+             std::span<float> row_lse, std::span<std::byte> workspace, cudaStream_t stream) {
+  detail::check_shapes(in);
+  dftune::detail::check_size("seq_logp", seq_logp.size(), in.sequences());
+  if (!token_logp.empty()) dftune::detail::check_size("token_logp", token_logp.size(), in.rows());
+  if (!row_lse.empty()) dftune::detail::check_size("row_lse", row_lse.size(), in.rows());
+  std::uint32_t* status = detail::check_workspace(workspace, get_workspace_size(in), "get_workspace_size(in)");
+  float* token = token_logp.empty() ? reinterpret_cast<float*>(workspace.data() + status_bytes) : token_logp.data();
+  const auto V = static_cast<long long>(in.vocab);
+  const auto N = static_cast<long long>(in.rows());
+  const auto S = static_cast<long long>(in.sequences());
+  using cuda::detail::check_cuda;
+  check_cuda(cudaMemsetAsync(status, 0, sizeof(std::uint32_t), stream), "cudaMemsetAsync(status word)");
+  check_cuda(dispatch::row_logsumexp_gather(in.logits.data(), V, N, in.targets.data(),
+                                            in.weights.empty() ? nullptr : in.weights.data(), token,
+                                            row_lse.empty() ? nullptr : row_lse.data(), status, stream),
+             "row_logsumexp_gather_kernel");
+  check_cuda(dispatch::segment_sum(token, in.offsets.data(), S, N, seq_logp.data(), status, stream),
+             "segment_sum_kernel");
+}
+
+// d_seq [S] = ∂loss/∂seq_logp; grad [N·V] is the logits themselves (in place) or a disjoint buffer;
+// row_lse [N] from forward(), or empty to recompute it (one more read of the logits). workspace:
+// at least status_bytes of device memory (get_workspace_size(in) is enough). Enqueued on `stream`.
+template <class T>
+void backward(const TokenLogits<T>& in, std::span<const float> d_seq, std::span<T> grad,
+              std::span<const float> row_lse, std::span<std::byte> workspace, cudaStream_t stream) {
+  detail::check_shapes(in);
+  dftune::detail::check_size("d_seq", d_seq.size(), in.sequences());
+  dftune::detail::check_size("grad", grad.size(), in.logits.size());
+  if (!row_lse.empty()) dftune::detail::check_size("row_lse", row_lse.size(), in.rows());
+  const T* z0 = in.logits.data();
+  const T* z1 = z0 + in.logits.size();
+  const T* g0 = grad.data();
+  const T* g1 = g0 + grad.size();
+  const std::less<const T*> before;
+  if (g0 != z0 && before(g0, z1) && before(z0, g1))
+    dftune::detail::fail("grad", "a buffer overlapping the logits without starting at logits.data()",
+                         "the logits themselves (in place) or a buffer disjoint from them");
+  std::uint32_t* status = detail::check_workspace(workspace, status_bytes, "status_bytes");
+  const auto V = static_cast<long long>(in.vocab);
+  const auto N = static_cast<long long>(in.rows());
+  const auto S = static_cast<long long>(in.sequences());
+  using cuda::detail::check_cuda;
+  check_cuda(cudaMemsetAsync(status, 0, sizeof(std::uint32_t), stream), "cudaMemsetAsync(status word)");
+  check_cuda(dispatch::softmax_grad(in.logits.data(), grad.data(), V, N, in.targets.data(),
+                                    in.weights.empty() ? nullptr : in.weights.data(), in.offsets.data(), S,
+                                    d_seq.data(), row_lse.empty() ? nullptr : row_lse.data(), status, stream),
+             "softmax_grad_kernel");
+}
+
+// The status bits of the latest forward()/backward() on `workspace`. Synchronises `stream` (this
+// is the one call here that waits; make it when you want to know).
+inline std::uint32_t read_status(std::span<const std::byte> workspace, cudaStream_t stream) {
+  if (workspace.size() < sizeof(std::uint32_t))
+    dftune::detail::fail("workspace", "size " + std::to_string(workspace.size()), "the workspace of a call");
+  std::uint32_t host = 0;
+  using cuda::detail::check_cuda;
+  check_cuda(cudaMemcpyAsync(&host, workspace.data(), sizeof host, cudaMemcpyDeviceToHost, stream),
+             "cudaMemcpyAsync(status word)");
+  check_cuda(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  return host;
+}
+
+// "bad target | bad offsets ..." for a status word.
+inline std::string describe_status(std::uint32_t bits) {
+  static constexpr struct {
+    std::uint32_t bit;
+    const char* what;
+  } names[] = {
+      {status_bad_target, "a weighted row's target outside [0, vocab)"},
+      {status_bad_offsets, "offsets not 0 = o_0 <= ... <= o_S = N"},
+      {status_bad_weight, "a non-finite weight"},
+      {status_bad_d_seq, "a non-finite d_seq"},
+      {status_bad_row_lse, "a non-finite row_lse on a weighted row"},
+  };
+  std::string out;
+  for (const auto& n : names)
+    if (bits & n.bit) out += (out.empty() ? "" : "; ") + std::string(n.what);
+  return out.empty() ? "ok" : out;
+}
+
+// Synchronises `stream` and throws dftune::error naming what the kernels found, if anything.
+inline void check_status(std::span<const std::byte> workspace, cudaStream_t stream) {
+  const std::uint32_t bits = read_status(workspace, stream);
+  if (bits != status_ok) dftune::detail::fail("device data", describe_status(bits), "valid inputs (status 0)");
+}
+
+}  // namespace logprob::cuda
+
+DFTUNE_NAMESPACE_END

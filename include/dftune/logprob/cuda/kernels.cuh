@@ -1,0 +1,356 @@
+#pragma once
+// The kernels of the CUDA log-prob reductions. Each is small and named for what it computes:
+//
+//   row_logsumexp_gather_kernel  one pass over each weighted row: online max/sum → row_lse[n], and
+//                                token_logp[n] = w_n · (z_n[y_n] − row_lse[n]); masked rows read nothing
+//   segment_sum_kernel           seq_logp[s] = Σ token_logp[offsets[s] .. offsets[s+1]) in a fixed
+//                                order (double accumulation, a fixed tree): bitwise deterministic,
+//                                no atomics
+//   softmax_grad_kernel          grad[n, v] = c_n · (onehot(y_n)[v] − exp(z_n[v] − row_lse[n])),
+//                                c_n = d_seq[s(n)] · w_n; one read and one write per logit (in place
+//                                when grad is the logits); recomputes the row's lse when none is given
+//
+// A row is handled by a group of G threads: one warp (G = 32) for small vocabularies, the whole
+// block for large ones. Loads are 16-byte vectors (4 floats, 8 halves or bf16) after a scalar head
+// that reaches 16-byte alignment, so any V and any row start work; UNROLL vectors are in flight
+// per thread per step. Indexing is 64-bit (N·V passes 2^32 at 16384 × 256000).
+//
+// Data the host cannot check without a synchronisation (targets, offsets, weights, d_seq, row_lse)
+// is checked here: a bad value never causes an out-of-bounds access, makes the affected outputs NaN
+// and sets a bit of the status word (types.cuh).
+#include <dftune/config.hpp>
+#include <dftune/logprob/cuda/online_lse.cuh>
+#include <dftune/logprob/cuda/types.cuh>
+
+#include <cstdint>
+
+DFTUNE_NAMESPACE_BEGIN
+
+namespace logprob::cuda::kernels {
+
+using detail::lse_state;
+
+inline constexpr int block_threads = 256;
+
+// ---- storage conversions ---------------------------------------------------------------------
+
+template <class T>
+__device__ __forceinline__ float to_float(T x) {
+  if constexpr (std::is_same_v<T, float>) return x;
+  else if constexpr (std::is_same_v<T, bf16>) return __bfloat162float(x);
+  else return __half2float(x);
+}
+
+template <class T>
+__device__ __forceinline__ T from_float(float x) {
+  if constexpr (std::is_same_v<T, float>) return x;
+  else if constexpr (std::is_same_v<T, bf16>) return __float2bfloat16_rn(x);
+  else return __float2half_rn(x);
+}
+
+// K consecutive elements, loaded and stored as one access of K · sizeof(T) bytes.
+template <class T, int K>
+struct alignas(sizeof(T) * K) pack {
+  T v[K];
+};
+
+// Elements per 16-byte vector.
+template <class T>
+inline constexpr int vec_elems = 16 / static_cast<int>(sizeof(T));
+
+// Elements before the first 16-byte boundary at or after p (at most `limit`).
+template <class T>
+__device__ __forceinline__ long long head_elems(const T* p, long long limit) {
+  const auto misalign = static_cast<long long>(reinterpret_cast<std::uintptr_t>(p) & 15u);
+  const long long head = ((16 - misalign) & 15) / static_cast<long long>(sizeof(T));
+  return head < limit ? head : limit;
+}
+
+// ---- group reductions ------------------------------------------------------------------------
+
+// Shared memory for the reduction of one group: one slot per warp (groups larger than a warp are
+// the whole block, so one array serves).
+template <int G>
+struct group_smem {
+  lse_state lse[G / 32];
+  double sum[G / 32];
+};
+
+__device__ __forceinline__ lse_state warp_merge(lse_state st) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const lse_state other{__shfl_xor_sync(0xffffffffu, st.m, off), __shfl_xor_sync(0xffffffffu, st.s, off)};
+    st = detail::lse_merge(st, other);
+  }
+  return st;
+}
+
+__device__ __forceinline__ double warp_sum(double x) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
+  return x;
+}
+
+// Every thread of the group gets the same merged state (same order everywhere: deterministic).
+template <int G>
+__device__ __forceinline__ lse_state group_merge(lse_state st, group_smem<G>& sm) {
+  st = warp_merge(st);
+  if constexpr (G == 32) {
+    return st;
+  } else {
+    const int warp = static_cast<int>(threadIdx.x) / 32;
+    if (threadIdx.x % 32 == 0) sm.lse[warp] = st;
+    __syncthreads();
+    lse_state all = sm.lse[0];
+#pragma unroll
+    for (int w = 1; w < G / 32; ++w) all = detail::lse_merge(all, sm.lse[w]);
+    __syncthreads();  // sm is reused by the next row
+    return all;
+  }
+}
+
+template <int G>
+__device__ __forceinline__ double group_sum(double x, group_smem<G>& sm) {
+  x = warp_sum(x);
+  if constexpr (G == 32) {
+    return x;
+  } else {
+    const int warp = static_cast<int>(threadIdx.x) / 32;
+    if (threadIdx.x % 32 == 0) sm.sum[warp] = x;
+    __syncthreads();
+    double all = sm.sum[0];
+#pragma unroll
+    for (int w = 1; w < G / 32; ++w) all += sm.sum[w];
+    __syncthreads();
+    return all;
+  }
+}
+
+// ---- one row's online log-sum-exp by a group of G threads ------------------------------------
+
+template <class T, int G, int UNROLL>
+__device__ __forceinline__ lse_state row_lse_partial(const T* z, long long V, int lane) {
+  constexpr int K = vec_elems<T>;
+  using P = pack<T, K>;
+  lse_state st = detail::lse_empty();
+  const long long head = head_elems(z, V);
+  if (lane < head) {
+    const float x[1] = {to_float(z[lane])};
+    detail::lse_add(st, x);
+  }
+  const long long nvec = (V - head) / K;
+  const P* body = reinterpret_cast<const P*>(z + head);
+  long long i = lane;
+  for (; i + (UNROLL - 1) * G < nvec; i += UNROLL * G) {
+    P raw[UNROLL];
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) raw[u] = body[i + u * G];
+    float x[UNROLL * K];
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u)
+#pragma unroll
+      for (int k = 0; k < K; ++k) x[u * K + k] = to_float(raw[u].v[k]);
+    detail::lse_add(st, x);
+  }
+  for (; i < nvec; i += G) {
+    const P raw = body[i];
+    float x[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) x[k] = to_float(raw.v[k]);
+    detail::lse_add(st, x);
+  }
+  const long long tail = head + nvec * K;  // fewer than K < G elements remain
+  if (tail + lane < V) {
+    const float x[1] = {to_float(z[tail + lane])};
+    detail::lse_add(st, x);
+  }
+  return st;
+}
+
+// ---- forward: per-row log-sum-exp and weighted target log-prob -------------------------------
+
+template <class T, int G, int UNROLL>
+__global__ void __launch_bounds__(block_threads)
+    row_logsumexp_gather_kernel(const T* __restrict__ logits, long long V, long long N,
+                                const std::int32_t* __restrict__ targets, const float* __restrict__ weights,
+                                float* __restrict__ token_logp, float* __restrict__ row_lse,
+                                std::uint32_t* __restrict__ status) {
+  static_assert(G == 32 || G == block_threads, "a row is one warp or one block");
+  constexpr int R = block_threads / G;  // rows per block
+  __shared__ group_smem<G> sm;
+  const int lane = static_cast<int>(threadIdx.x) % G;
+  const long long stride = static_cast<long long>(gridDim.x) * R;
+  // Uniform across the block when G is the block (R = 1), so its barriers are safe.
+  for (long long row = static_cast<long long>(blockIdx.x) * R + threadIdx.x / G; row < N; row += stride) {
+    const float w = weights ? weights[row] : 1.0f;
+    if (w == 0.0f) {  // masked: 0 log-prob, NaN lse, nothing read
+      if (lane == 0) {
+        token_logp[row] = 0.0f;
+        if (row_lse) row_lse[row] = detail::quiet_nan();
+      }
+      continue;
+    }
+    const T* z = logits + row * V;
+    const lse_state st = group_merge<G>(row_lse_partial<T, G, UNROLL>(z, V, lane), sm);
+    if (lane == 0) {
+      const float lse = detail::lse_finish(st);
+      const std::int32_t y = targets[row];
+      float lp;
+      if (y < 0 || y >= V) {
+        lp = detail::quiet_nan();
+        atomicOr(status, status_bad_target);
+      } else {
+        lp = w * (to_float(z[y]) - lse);
+      }
+      if (!isfinite(w)) atomicOr(status, status_bad_weight);
+      token_logp[row] = lp;
+      if (row_lse) row_lse[row] = lse;
+    }
+  }
+}
+
+// ---- forward: per-sequence sums --------------------------------------------------------------
+
+template <int G>
+__global__ void __launch_bounds__(block_threads)
+    segment_sum_kernel(const float* __restrict__ token_logp, const std::int64_t* __restrict__ offsets,
+                       long long S, long long N, float* __restrict__ seq_logp, std::uint32_t* __restrict__ status) {
+  constexpr int R = block_threads / G;
+  __shared__ group_smem<G> sm;
+  const int lane = static_cast<int>(threadIdx.x) % G;
+  const long long stride = static_cast<long long>(gridDim.x) * R;
+  for (long long s = static_cast<long long>(blockIdx.x) * R + threadIdx.x / G; s < S; s += stride) {
+    const long long b = offsets[s];
+    const long long e = offsets[s + 1];
+    const bool bad = b < 0 || e < b || e > N || (s == 0 && b != 0) || (s == S - 1 && e != N);
+    if (bad) {  // uniform across the group
+      if (lane == 0) {
+        seq_logp[s] = detail::quiet_nan();
+        atomicOr(status, status_bad_offsets);
+      }
+      continue;
+    }
+    double acc = 0.0;
+    for (long long r = b + lane; r < e; r += G) acc += static_cast<double>(token_logp[r]);
+    acc = group_sum<G>(acc, sm);
+    if (lane == 0) seq_logp[s] = static_cast<float>(acc);
+  }
+}
+
+// ---- backward --------------------------------------------------------------------------------
+
+// The sequence of row r: the last s in [0, S) with offsets[s] <= r (so empty sequences are passed
+// over); -1 when the offsets do not place r in [offsets[s], offsets[s+1]).
+__device__ __forceinline__ long long sequence_of_row(const std::int64_t* offsets, long long S, long long r) {
+  long long lo = 0, hi = S;  // invariant: offsets[lo] <= r < offsets[hi] if the offsets are valid
+  while (hi - lo > 1) {
+    const long long mid = lo + (hi - lo) / 2;
+    if (offsets[mid] <= r) lo = mid;
+    else hi = mid;
+  }
+  return (offsets[lo] <= r && r < offsets[lo + 1]) ? lo : -1;
+}
+
+// g[v] = c · (onehot(y)[v] − exp(z[v] − lse)) for one K-element pack `in` of the row, whose first
+// element has index `base` in the row; stored to g.
+template <class T, int K>
+__device__ __forceinline__ void grad_pack(const pack<T, K>& in, T* g, long long base, long long y, float c, float lse) {
+  pack<T, K> out;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const float p = detail::exp_shifted(to_float(in.v[k]), lse);
+    out.v[k] = from_float<T>(c * ((base + k == y ? 1.0f : 0.0f) - p));
+  }
+  *reinterpret_cast<pack<T, K>*>(g) = out;
+}
+
+template <class T, int K>
+__device__ __forceinline__ pack<T, K> load_pack(const T* z) {
+  return *reinterpret_cast<const pack<T, K>*>(z);
+}
+
+template <class T, int K>
+__device__ __forceinline__ void zero_pack(T* g) {
+  using P = pack<T, K>;
+  P out;
+#pragma unroll
+  for (int k = 0; k < K; ++k) out.v[k] = from_float<T>(0.0f);
+  *reinterpret_cast<P*>(g) = out;
+}
+
+// VECTOR: grad and logits share their offset modulo 16 bytes, so the same head makes both aligned.
+template <class T, int G, int UNROLL, bool VECTOR>
+__global__ void __launch_bounds__(block_threads)
+    softmax_grad_kernel(const T* logits, T* grad, long long V, long long N, const std::int32_t* __restrict__ targets,
+                        const float* __restrict__ weights, const std::int64_t* __restrict__ offsets, long long S,
+                        const float* __restrict__ d_seq, const float* __restrict__ row_lse,
+                        std::uint32_t* __restrict__ status) {
+  static_assert(G == 32 || G == block_threads, "a row is one warp or one block");
+  constexpr int R = block_threads / G;
+  constexpr int K = VECTOR ? vec_elems<T> : 1;
+  constexpr int U = VECTOR ? UNROLL : 4 * UNROLL;
+  __shared__ group_smem<G> sm;
+  const int lane = static_cast<int>(threadIdx.x) % G;
+  const long long stride = static_cast<long long>(gridDim.x) * R;
+  for (long long row = static_cast<long long>(blockIdx.x) * R + threadIdx.x / G; row < N; row += stride) {
+    const T* z = logits + row * V;  // may equal g: every element is read before it is written
+    T* g = grad + row * V;
+    const float w = weights ? weights[row] : 1.0f;
+    float c = 0.0f;
+    if (w != 0.0f) {
+      const long long s = sequence_of_row(offsets, S, row);
+      if (s < 0) {
+        c = detail::quiet_nan();
+        if (lane == 0) atomicOr(status, status_bad_offsets);
+      } else {
+        c = d_seq[s] * w;
+        if (lane == 0 && !isfinite(d_seq[s])) atomicOr(status, status_bad_d_seq);
+        if (lane == 0 && !isfinite(w)) atomicOr(status, status_bad_weight);
+      }
+    }
+    const long long head = VECTOR ? head_elems(z, V) : 0;
+    const long long nvec = (V - head) / K;
+    const long long tail = head + nvec * K;
+    if (c == 0.0f) {  // masked row or zero upstream gradient: zeros, nothing read (uniform in the group)
+      if (lane < head) g[lane] = from_float<T>(0.0f);
+      for (long long i = lane; i < nvec; i += G) zero_pack<T, K>(g + head + i * K);
+      if (tail + lane < V) g[tail + lane] = from_float<T>(0.0f);
+      continue;
+    }
+    long long y = targets[row];
+    float lse;
+    if (row_lse) {
+      lse = row_lse[row];
+      if (lane == 0 && !isfinite(lse)) atomicOr(status, status_bad_row_lse);
+    } else {
+      lse = detail::lse_finish(group_merge<G>(row_lse_partial<T, G, UNROLL>(z, V, lane), sm));
+    }
+    if (y < 0 || y >= V) {
+      if (lane == 0) atomicOr(status, status_bad_target);
+      c = detail::quiet_nan();
+      y = -1;
+    }
+    if (lane < head) grad_pack<T, 1>(load_pack<T, 1>(z + lane), g + lane, lane, y, c, lse);
+    long long i = lane;
+    for (; i + (U - 1) * G < nvec; i += U * G) {
+      // All U loads first: with g == z the compiler could not move a load above an earlier store.
+      pack<T, K> raw[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) raw[u] = load_pack<T, K>(z + head + (i + u * G) * K);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const long long e = head + (i + u * G) * K;
+        grad_pack<T, K>(raw[u], g + e, e, y, c, lse);
+      }
+    }
+    for (; i < nvec; i += G) {
+      const long long e = head + i * K;
+      grad_pack<T, K>(load_pack<T, K>(z + e), g + e, e, y, c, lse);
+    }
+    if (tail + lane < V) grad_pack<T, 1>(load_pack<T, 1>(z + tail + lane), g + tail + lane, tail + lane, y, c, lse);
+  }
+}
+
+}  // namespace logprob::cuda::kernels
+
+DFTUNE_NAMESPACE_END

@@ -1,0 +1,761 @@
+// Tests of the CUDA log-prob reductions (include/dftune/logprob/cuda/).
+//
+//   test_logprob_cuda host     checks that need no GPU: the online log-sum-exp against long double
+//                              (chunked and merged in many orders, IEEE corners), the workspace size,
+//                              every host-side argument check, and the dispatching overloads on host
+//                              data (they must go to the CPU path and match the generic oracle).
+//   test_logprob_cuda device   the kernels against the generic CPU oracle for float / __half /
+//                              __nv_bfloat16, V from 2 to 256000, masked rows and sequences, empty
+//                              sequences, in place and separate gradients (aligned and not), without
+//                              row_lse, finite differences, bitwise determinism, status bits, N of
+//                              2^21 rows, and the location dispatch. Without a device it prints
+//                              "SKIPPED: no CUDA device (cudaGetDeviceCount: ...)" and exits 77,
+//                              which CTest reports as skipped (SKIP_RETURN_CODE).
+//
+// A tiny harness instead of doctest: one file, nvcc-friendly, with the skip under our control.
+#include <dftune/logprob/cuda/logprob.cuh>
+#include <dftune/logprob/generic.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <random>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace lp = dftune::logprob;
+namespace lc = dftune::logprob::cuda;
+using lp::TokenLogits;
+
+// ---- harness ---------------------------------------------------------------------------------
+
+static int g_failures = 0;
+static int g_checks = 0;
+
+#define CHECK(cond)                                                                   \
+  do {                                                                                \
+    ++g_checks;                                                                       \
+    if (!(cond)) {                                                                    \
+      ++g_failures;                                                                   \
+      std::printf("  FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond);                 \
+    }                                                                                 \
+  } while (0)
+
+#define CHECK_MSG(cond, ...)                                                          \
+  do {                                                                                \
+    ++g_checks;                                                                       \
+    if (!(cond)) {                                                                    \
+      ++g_failures;                                                                   \
+      std::printf("  FAILED %s:%d: %s: ", __FILE__, __LINE__, #cond);                 \
+      std::printf(__VA_ARGS__);                                                       \
+      std::printf("\n");                                                              \
+    }                                                                                 \
+  } while (0)
+
+// The call must throw dftune::error whose message contains `needle`.
+template <class F>
+static void check_throws(const char* what, const char* needle, F&& f) {
+  ++g_checks;
+  try {
+    f();
+  } catch (const dftune::error& e) {
+    if (std::strstr(e.what(), needle)) return;
+    ++g_failures;
+    std::printf("  FAILED %s: message \"%s\" lacks \"%s\"\n", what, e.what(), needle);
+    return;
+  } catch (const std::exception& e) {
+    ++g_failures;
+    std::printf("  FAILED %s: threw something else: %s\n", what, e.what());
+    return;
+  }
+  ++g_failures;
+  std::printf("  FAILED %s: did not throw\n", what);
+}
+
+static void run_case(const char* name, const std::function<void()>& body) {
+  const int before = g_failures;
+  try {
+    body();
+  } catch (const std::exception& e) {
+    ++g_failures;
+    std::printf("  FAILED: uncaught exception: %s\n", e.what());
+  }
+  std::printf("[%s] %s\n", g_failures == before ? " ok " : "FAIL", name);
+}
+
+#define CUDA_OK(call) lc::detail::check_cuda((call), #call)
+
+// ---- storage helpers -------------------------------------------------------------------------
+
+template <class T>
+static T to_storage(float x) {
+  if constexpr (std::is_same_v<T, float>) return x;
+  else if constexpr (std::is_same_v<T, lc::bf16>) return __float2bfloat16_rn(x);
+  else return __float2half_rn(x);
+}
+
+template <class T>
+static float to_f(T x) {
+  if constexpr (std::is_same_v<T, float>) return x;
+  else if constexpr (std::is_same_v<T, lc::bf16>) return __bfloat162float(x);
+  else return __half2float(x);
+}
+
+template <class T>
+static const char* type_name() {
+  if constexpr (std::is_same_v<T, float>) return "float";
+  else if constexpr (std::is_same_v<T, lc::bf16>) return "bf16";
+  else return "fp16";
+}
+
+// Relative rounding of a gradient stored in T, and the smallest step it can hold near 0.
+template <class T>
+static double storage_rel() {
+  if constexpr (std::is_same_v<T, float>) return 0;
+  else if constexpr (std::is_same_v<T, lc::bf16>) return std::ldexp(1.0, -8);
+  else return std::ldexp(1.0, -11);
+}
+template <class T>
+static double storage_abs() {
+  return std::is_same_v<T, lc::fp16> ? 1e-7 : 0.0;
+}
+
+// A problem on the host: logits already rounded to T, and their float image for the oracle.
+template <class T>
+struct Problem {
+  std::size_t V = 0;
+  std::vector<T> logits;
+  std::vector<float> logits_f;
+  std::vector<std::int32_t> targets;
+  std::vector<float> weights;
+  std::vector<std::int64_t> offsets;
+  std::size_t rows() const { return targets.size(); }
+  std::size_t seqs() const { return offsets.size() - 1; }
+  TokenLogits<float> oracle_view() const {
+    return {.logits = logits_f, .vocab = V, .targets = targets, .weights = weights, .offsets = offsets};
+  }
+};
+
+// Sequences of random length (some empty), some rows masked, one whole sequence masked, logits
+// of spread `scale` around a per-row offset (up to ±40), the target often the row's largest entry.
+template <class T>
+static Problem<T> make_problem(std::size_t V, std::size_t N, std::uint32_t seed, bool with_weights = true) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+  Problem<T> p;
+  p.V = V;
+  p.logits.resize(N * V);
+  p.logits_f.resize(N * V);
+  p.targets.resize(N);
+  if (with_weights) p.weights.resize(N);
+  for (std::size_t n = 0; n < N; ++n) {
+    const float shift = (unit(rng) - 0.5f) * 80.0f;
+    for (std::size_t v = 0; v < V; ++v) {
+      const T t = to_storage<T>(shift + normal(rng));
+      p.logits[n * V + v] = t;
+      p.logits_f[n * V + v] = to_f(t);
+    }
+    p.targets[n] = static_cast<std::int32_t>(rng() % V);
+    if (with_weights) p.weights[n] = unit(rng) < 0.2f ? 0.0f : 0.5f + unit(rng);
+  }
+  p.offsets.push_back(0);
+  std::size_t at = 0;
+  while (at < N) {
+    const std::size_t len = std::min<std::size_t>(N - at, rng() % 7);  // 0..6: some empty
+    at += len;
+    p.offsets.push_back(static_cast<std::int64_t>(at));
+  }
+  if (p.offsets.size() == 1) p.offsets.push_back(0);
+  // Mask every row of the first non-empty sequence (a sequence of prompt only).
+  if (with_weights)
+    for (std::size_t s = 0; s + 1 < p.offsets.size(); ++s)
+      if (p.offsets[s + 1] > p.offsets[s]) {
+        for (auto r = p.offsets[s]; r < p.offsets[s + 1]; ++r) {
+          p.weights[static_cast<std::size_t>(r)] = 0.0f;
+          p.targets[static_cast<std::size_t>(r)] = -5;  // never read where masked
+        }
+        break;
+      }
+  return p;
+}
+
+// ---- host mode -------------------------------------------------------------------------------
+
+static long double ref_lse(const std::vector<float>& z) {
+  long double m = -std::numeric_limits<long double>::infinity();
+  for (float x : z) m = std::max<long double>(m, x);
+  if (std::isinf(m)) return m;
+  long double s = 0;
+  for (float x : z) s += std::exp(static_cast<long double>(x) - m);
+  return m + std::log(s);
+}
+
+// The kernels' chunking on the host: `lanes` partial states over chunks of K, merged as a butterfly.
+template <int K>
+static float emulate_lse(const std::vector<float>& z, int lanes) {
+  namespace d = lc::detail;
+  std::vector<d::lse_state> st(static_cast<std::size_t>(lanes), d::lse_empty());
+  std::size_t i = 0;
+  for (int step = 0; i < z.size(); ++step)
+    for (int l = 0; l < lanes && i < z.size(); ++l) {
+      if (i + K <= z.size()) {
+        float x[K];
+        for (int k = 0; k < K; ++k) x[k] = z[i + static_cast<std::size_t>(k)];
+        d::lse_add(st[static_cast<std::size_t>(l)], x);
+        i += K;
+      } else {
+        const float x[1] = {z[i]};
+        d::lse_add(st[static_cast<std::size_t>(l)], x);
+        ++i;
+      }
+    }
+  for (int off = lanes / 2; off > 0; off /= 2)
+    for (int l = 0; l < off; ++l)
+      st[static_cast<std::size_t>(l)] = d::lse_merge(st[static_cast<std::size_t>(l)], st[static_cast<std::size_t>(l + off)]);
+  return d::lse_finish(st[0]);
+}
+
+static void host_online_lse() {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 4.0f);
+  for (std::size_t V : {1u, 2u, 3u, 7u, 31u, 33u, 1000u, 4097u, 32000u}) {
+    for (float shift : {0.0f, 60.0f, -60.0f}) {
+      std::vector<float> z(V);
+      for (auto& x : z) x = shift + normal(rng);
+      const long double ref = ref_lse(z);
+      for (int lanes : {1, 32, 256}) {
+        const float a = emulate_lse<32>(z, lanes);
+        const float b = emulate_lse<4>(z, lanes);
+        const double tol = 4e-6 * (1.0 + std::fabs(static_cast<double>(ref)));
+        CHECK_MSG(std::fabs(a - static_cast<double>(ref)) <= tol, "V=%zu lanes=%d: %.9g vs %.9Lg", V, lanes, a, ref);
+        CHECK_MSG(std::fabs(b - static_cast<double>(ref)) <= tol, "V=%zu lanes=%d: %.9g vs %.9Lg", V, lanes, b, ref);
+      }
+    }
+  }
+  const float inf = std::numeric_limits<float>::infinity();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  CHECK(emulate_lse<4>({-inf, -inf, -inf}, 2) == -inf);
+  CHECK(std::isnan(emulate_lse<4>({1.0f, nan, 2.0f, 3.0f, 4.0f}, 2)));
+  CHECK(std::isnan(emulate_lse<4>({nan}, 1)));
+  CHECK(emulate_lse<4>({1.0f, inf, 2.0f}, 2) == inf);
+  CHECK(std::fabs(emulate_lse<4>({-inf, 0.0f, -inf, -inf, -inf}, 32) - 0.0f) <= 1e-7f);
+  CHECK(std::fabs(emulate_lse<4>({-inf, 3.0f, 3.0f}, 32) - (3.0f + std::log(2.0f))) <= 1e-6f);
+  // A huge spread: the small terms vanish, the max survives exactly.
+  CHECK(emulate_lse<4>({-1e30f, 5.0f}, 2) == 5.0f);
+}
+
+static void host_workspace_size() {
+  std::vector<float> z(10 * 3);
+  std::vector<std::int32_t> y(10);
+  std::vector<std::int64_t> off{0, 10};
+  TokenLogits<float> in{.logits = z, .vocab = 3, .targets = y, .offsets = off};
+  CHECK(lc::get_workspace_size(in) == lc::status_bytes + 256);
+  CHECK(lc::get_workspace_size(in) >= lp::workspace_size(in));
+  std::vector<float> big(100000 * 2);
+  std::vector<std::int32_t> yb(100000);
+  std::vector<std::int64_t> offb{0, 100000};
+  TokenLogits<float> inb{.logits = big, .vocab = 2, .targets = yb, .offsets = offb};
+  CHECK(lc::get_workspace_size(inb) == lc::status_bytes + 400128);
+  CHECK(lc::get_workspace_size(inb) % 256 == 0);
+}
+
+// Every check that runs on the host, before anything is enqueued (so host pointers are fine).
+static void host_argument_checks() {
+  alignas(256) static std::byte ws_storage[4096];
+  std::span<std::byte> ws(ws_storage, sizeof ws_storage);
+  std::vector<float> z(4 * 5), seq(2), tok(4), lse(4), w(4, 1.0f), d(2, 1.0f), g(20);
+  std::vector<std::int32_t> y(4, 0);
+  std::vector<std::int64_t> off{0, 2, 4};
+  TokenLogits<float> ok{.logits = z, .vocab = 5, .targets = y, .weights = w, .offsets = off};
+  const cudaStream_t s = nullptr;
+
+  auto bad = ok;
+  bad.vocab = 0;
+  check_throws("vocab 0", "vocab: got 0", [&] { lc::forward(bad, seq, tok, lse, ws, s); });
+  bad = ok;
+  bad.vocab = 3;
+  check_throws("logits size", "logits: got size 20, expected a multiple of vocab = 3",
+               [&] { lc::forward(bad, seq, tok, lse, ws, s); });
+  bad = ok;
+  bad.targets = std::span(y).first(3);
+  check_throws("targets size", "targets: got size 3, expected size 4", [&] { lc::forward(bad, seq, tok, lse, ws, s); });
+  bad = ok;
+  bad.weights = std::span(w).first(2);
+  check_throws("weights size", "weights: got size 2", [&] { lc::forward(bad, seq, tok, lse, ws, s); });
+  bad = ok;
+  bad.offsets = {};
+  check_throws("offsets empty", "offsets: got size 0", [&] { lc::forward(bad, seq, tok, lse, ws, s); });
+  bad = ok;
+  bad.offsets = std::span(off).first(1);
+  check_throws("no sequence", "offsets: got size 1 (no sequence) with N = 4 rows",
+               [&] { lc::forward(bad, std::span(seq).first(0), tok, lse, ws, s); });
+  check_throws("seq_logp size", "seq_logp: got size 1, expected size 2",
+               [&] { lc::forward(ok, std::span(seq).first(1), tok, lse, ws, s); });
+  check_throws("token_logp size", "token_logp: got size 3", [&] { lc::forward(ok, seq, std::span(tok).first(3), lse, ws, s); });
+  check_throws("row_lse size", "row_lse: got size 2", [&] { lc::forward(ok, seq, tok, std::span(lse).first(2), ws, s); });
+  check_throws("workspace small", "workspace: got size 100, expected at least get_workspace_size(in) = 512 bytes",
+               [&] { lc::forward(ok, seq, tok, lse, ws.first(100), s); });
+  check_throws("workspace misaligned", "workspace: got a misaligned buffer",
+               [&] { lc::forward(ok, seq, tok, lse, ws.subspan(4), s); });
+
+  check_throws("d_seq size", "d_seq: got size 1", [&] {
+    lc::backward(ok, std::span<const float>(d).first(1), std::span(g), std::span<const float>(lse), ws, s);
+  });
+  check_throws("grad size", "grad: got size 19", [&] {
+    lc::backward(ok, std::span<const float>(d), std::span(g).first(19), std::span<const float>(lse), ws, s);
+  });
+  check_throws("grad overlap", "grad: got a buffer overlapping the logits", [&] {
+    std::vector<float> both(40);
+    TokenLogits<float> in2 = ok;
+    in2.logits = std::span<const float>(both).subspan(0, 20);
+    lc::backward(in2, std::span<const float>(d), std::span(both).subspan(5, 20), std::span<const float>(lse), ws, s);
+  });
+  check_throws("backward workspace", "workspace: got size 8", [&] {
+    lc::backward(ok, std::span<const float>(d), std::span(g), std::span<const float>(lse), ws.first(8), s);
+  });
+  check_throws("backward row_lse size", "row_lse: got size 3", [&] {
+    lc::backward(ok, std::span<const float>(d), std::span(g), std::span<const float>(lse).first(3), ws, s);
+  });
+}
+
+// The dispatching overloads on host data run the CPU path: same bits as the generic oracle.
+template <class T>
+static void host_dispatch_matches_oracle() {
+  const auto p = make_problem<T>(37, 23, 11);
+  TokenLogits<T> in{.logits = p.logits, .vocab = p.V, .targets = p.targets, .weights = p.weights, .offsets = p.offsets};
+  std::vector<float> seq(p.seqs()), tok(p.rows()), lse(p.rows());
+  std::vector<std::byte> ws(lc::get_workspace_size(in));
+  lp::forward(in, std::span(seq), std::span(tok), std::span(lse), std::span(ws), cudaStream_t{});
+  std::vector<float> seq_r(p.seqs()), tok_r(p.rows()), lse_r(p.rows());
+  lp::generic::forward(in, std::span(seq_r), std::span(tok_r), std::span(lse_r));
+  CHECK(std::memcmp(seq.data(), seq_r.data(), seq.size() * sizeof(float)) == 0);
+  CHECK(std::memcmp(tok.data(), tok_r.data(), tok.size() * sizeof(float)) == 0);
+  std::vector<float> d_seq(p.seqs());
+  for (std::size_t s = 0; s < d_seq.size(); ++s) d_seq[s] = 0.25f * static_cast<float>(s % 5) - 0.5f;
+  std::vector<T> g(p.logits.size()), g_r(p.logits.size());
+  lp::backward(in, std::span<const float>(d_seq), std::span(g), std::span<const float>(lse), std::span(ws), cudaStream_t{});
+  lp::generic::backward(in, std::span<const float>(d_seq), std::span(g_r), std::span<const float>(lse_r));
+  CHECK(std::memcmp(g.data(), g_r.data(), g.size() * sizeof(T)) == 0);
+  // A double problem on the host also dispatches (the CUDA path never takes double).
+  std::vector<double> zd(p.logits_f.begin(), p.logits_f.end()), wd(p.weights.begin(), p.weights.end());
+  TokenLogits<double> ind{.logits = zd, .vocab = p.V, .targets = p.targets, .weights = wd, .offsets = p.offsets};
+  std::vector<double> seqd(p.seqs());
+  lp::forward(ind, std::span(seqd), std::span<double>(), std::span<double>(), std::span(ws), cudaStream_t{});
+  for (std::size_t s = 0; s < seqd.size(); ++s) CHECK(std::fabs(seqd[s] - seq_r[s]) <= 1e-4 * (1 + std::fabs(seqd[s])));
+}
+
+static int run_host() {
+  std::printf("test_logprob_cuda host: checks that need no GPU\n");
+  run_case("online log-sum-exp vs long double, chunked and merged like the kernels; IEEE corners", host_online_lse);
+  run_case("workspace size", host_workspace_size);
+  run_case("host-side argument checks name the argument, value and expectation", host_argument_checks);
+  run_case("dispatch on host data = CPU path (float)", host_dispatch_matches_oracle<float>);
+  run_case("dispatch on host data = CPU path (bf16)", host_dispatch_matches_oracle<lc::bf16>);
+  run_case("dispatch on host data = CPU path (fp16)", host_dispatch_matches_oracle<lc::fp16>);
+  std::printf("%d checks, %d failed\n", g_checks, g_failures);
+  return g_failures == 0 ? 0 : 1;
+}
+
+// ---- device mode -----------------------------------------------------------------------------
+
+// A device buffer (the tests may allocate; the library does not).
+template <class T>
+struct DeviceBuffer {
+  T* ptr = nullptr;
+  std::size_t n = 0;
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(std::size_t count, std::size_t pad_elems = 0) : n(count) {
+    CUDA_OK(cudaMalloc(&ptr, (count + pad_elems) * sizeof(T) + 1));
+  }
+  template <class U>
+  static DeviceBuffer from(const std::vector<U>& host) {
+    static_assert(sizeof(U) == sizeof(T));
+    DeviceBuffer b(host.size());
+    if (!host.empty()) CUDA_OK(cudaMemcpy(b.ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+    return b;
+  }
+  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr(std::exchange(o.ptr, nullptr)), n(o.n) {}
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    std::swap(ptr, o.ptr);
+    std::swap(n, o.n);
+    return *this;
+  }
+  ~DeviceBuffer() {
+    if (ptr) cudaFree(ptr);
+  }
+  std::span<T> span() const { return {ptr, n}; }
+  std::vector<T> to_host() const {
+    std::vector<T> h(n);
+    if (n) CUDA_OK(cudaMemcpy(h.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return h;
+  }
+};
+
+template <class T>
+struct DeviceProblem {
+  DeviceBuffer<T> logits;
+  DeviceBuffer<std::int32_t> targets;
+  DeviceBuffer<float> weights;
+  DeviceBuffer<std::int64_t> offsets;
+  DeviceBuffer<std::byte> workspace;
+  TokenLogits<T> in;
+  explicit DeviceProblem(const Problem<T>& p)
+      : logits(DeviceBuffer<T>::from(p.logits)),
+        targets(DeviceBuffer<std::int32_t>::from(p.targets)),
+        weights(DeviceBuffer<float>::from(p.weights)),
+        offsets(DeviceBuffer<std::int64_t>::from(p.offsets)) {
+    in = {.logits = logits.span(), .vocab = p.V, .targets = targets.span(), .weights = weights.span(),
+          .offsets = offsets.span()};
+    workspace = DeviceBuffer<std::byte>(lc::get_workspace_size(in));
+  }
+};
+
+struct OracleForward {
+  std::vector<float> seq, tok, lse;
+};
+
+template <class T>
+static OracleForward oracle_forward(const Problem<T>& p) {
+  OracleForward o{std::vector<float>(p.seqs()), std::vector<float>(p.rows()), std::vector<float>(p.rows())};
+  lp::generic::forward(p.oracle_view(), std::span(o.seq), std::span(o.tok), std::span(o.lse));
+  return o;
+}
+
+// Forward against the oracle: lse within 2e-5 (1 + |lse|) (fp32 accumulation of inputs that are
+// exactly the oracle's), token log-probs within w times that, sequence sums within the sum.
+template <class T>
+static void check_forward(const Problem<T>& p, const OracleForward& o, const std::vector<float>& seq,
+                          const std::vector<float>& tok, const std::vector<float>& lse, const char* label) {
+  int bad = 0;
+  std::vector<double> seq_tol(p.seqs(), 1e-6);
+  for (std::size_t s = 0; s < p.seqs(); ++s)
+    for (auto r = p.offsets[s]; r < p.offsets[s + 1]; ++r) {
+      const auto n = static_cast<std::size_t>(r);
+      const double w = p.weights.empty() ? 1.0 : p.weights[n];
+      const double tol = 2e-5 * (1.0 + std::fabs(o.lse[n]));
+      if (w == 0) {
+        if (tok[n] != 0.0f || !std::isnan(lse[n])) ++bad;
+        continue;
+      }
+      if (!(std::fabs(lse[n] - o.lse[n]) <= tol)) ++bad;
+      if (!(std::fabs(tok[n] - o.tok[n]) <= std::fabs(w) * tol + 1e-6 * std::fabs(o.tok[n]))) ++bad;
+      seq_tol[s] += std::fabs(w) * tol + 1e-6 * std::fabs(o.tok[n]);
+    }
+  for (std::size_t s = 0; s < p.seqs(); ++s)
+    if (!(std::fabs(seq[s] - o.seq[s]) <= seq_tol[s])) ++bad;
+  CHECK_MSG(bad == 0, "%s %s V=%zu N=%zu: %d mismatches", label, type_name<T>(), p.V, p.rows(), bad);
+}
+
+template <class T>
+static std::vector<float> make_d_seq(std::size_t S) {
+  std::vector<float> d(S);
+  for (std::size_t s = 0; s < S; ++s) d[s] = (s % 4 == 3) ? 0.0f : 0.3f * static_cast<float>(s % 7) - 0.8f;
+  return d;
+}
+
+template <class T>
+static void check_grad(const Problem<T>& p, const std::vector<float>& d_seq, const std::vector<T>& g,
+                       const char* label) {
+  std::vector<float> g_ref(p.logits_f.size());
+  lp::generic::backward(p.oracle_view(), std::span<const float>(d_seq), std::span(g_ref));
+  int bad = 0;
+  double worst = 0;
+  for (std::size_t s = 0; s < p.seqs(); ++s)
+    for (auto r = p.offsets[s]; r < p.offsets[s + 1]; ++r) {
+      const auto n = static_cast<std::size_t>(r);
+      const double c = static_cast<double>(d_seq[s]) * (p.weights.empty() ? 1.0 : p.weights[n]);
+      for (std::size_t v = 0; v < p.V; ++v) {
+        const double ref = g_ref[n * p.V + v];
+        const double got = to_f(g[n * p.V + v]);
+        const double tol = 2e-5 * std::fabs(c) + storage_rel<T>() * std::fabs(ref) + storage_abs<T>();
+        const double err = std::fabs(got - ref);
+        if (!(err <= tol)) ++bad;
+        if (c == 0 && got != 0.0) ++bad;
+        worst = std::max(worst, err);
+      }
+    }
+  CHECK_MSG(bad == 0, "%s %s V=%zu N=%zu: %d mismatches (worst %.3g)", label, type_name<T>(), p.V, p.rows(), bad, worst);
+}
+
+// Forward, then the backward four ways: in place and separate, with and without row_lse; plus a
+// separate buffer whose offset from the logits is not a multiple of 16 bytes (scalar accesses).
+template <class T>
+static void device_against_oracle(std::size_t V, std::size_t N, std::uint32_t seed) {
+  const auto p = make_problem<T>(V, N, seed);
+  const auto o = oracle_forward(p);
+  DeviceProblem<T> dp(p);
+  DeviceBuffer<float> seq(p.seqs()), tok(p.rows()), lse(p.rows());
+  cudaStream_t stream;
+  CUDA_OK(cudaStreamCreate(&stream));
+  lc::forward(dp.in, seq.span(), tok.span(), lse.span(), dp.workspace.span(), stream);
+  CHECK(lc::read_status(dp.workspace.span(), stream) == lc::status_ok);
+  check_forward(p, o, seq.to_host(), tok.to_host(), lse.to_host(), "forward");
+
+  // Without token_logp and row_lse (the workspace holds the token log-probs): same seq_logp bits.
+  DeviceBuffer<float> seq2(p.seqs());
+  lc::forward(dp.in, seq2.span(), {}, {}, dp.workspace.span(), stream);
+  CUDA_OK(cudaStreamSynchronize(stream));
+  const auto a = seq.to_host(), b = seq2.to_host();
+  CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+
+  const auto d_host = make_d_seq<T>(p.seqs());
+  auto d_seq = DeviceBuffer<float>::from(d_host);
+  const std::span<const float> d(d_seq.ptr, d_seq.n);
+  const std::span<const float> lse_c(lse.ptr, lse.n);
+  for (bool with_lse : {true, false}) {
+    DeviceBuffer<T> g(p.logits.size());
+    lc::backward(dp.in, d, g.span(), with_lse ? lse_c : std::span<const float>(), dp.workspace.span(), stream);
+    CHECK(lc::read_status(dp.workspace.span(), stream) == lc::status_ok);
+    check_grad(p, d_host, g.to_host(), with_lse ? "backward separate" : "backward separate, no row_lse");
+  }
+  {  // separate, misaligned by one element
+    DeviceBuffer<T> g(p.logits.size(), 1);
+    std::span<T> gs(g.ptr + 1, p.logits.size());
+    lc::backward(dp.in, d, gs, lse_c, dp.workspace.span(), stream);
+    CUDA_OK(cudaStreamSynchronize(stream));
+    std::vector<T> h(p.logits.size());
+    CUDA_OK(cudaMemcpy(h.data(), gs.data(), h.size() * sizeof(T), cudaMemcpyDeviceToHost));
+    check_grad(p, d_host, h, "backward separate misaligned");
+  }
+  for (bool with_lse : {true, false}) {  // in place
+    DeviceProblem<T> ip(p);
+    std::span<T> gs(ip.logits.ptr, ip.logits.n);
+    lc::backward(ip.in, d, gs, with_lse ? lse_c : std::span<const float>(), ip.workspace.span(), stream);
+    CHECK(lc::read_status(ip.workspace.span(), stream) == lc::status_ok);
+    check_grad(p, d_host, ip.logits.to_host(), with_lse ? "backward in place" : "backward in place, no row_lse");
+  }
+  CUDA_OK(cudaStreamDestroy(stream));
+}
+
+// Row starts at every alignment: the logits start 1..7 elements after an aligned address.
+template <class T>
+static void device_unaligned_base() {
+  const auto p = make_problem<T>(45, 9, 3);
+  const auto o = oracle_forward(p);
+  for (std::size_t shift = 1; shift < 8; ++shift) {
+    DeviceBuffer<T> z(p.logits.size(), shift);
+    CUDA_OK(cudaMemcpy(z.ptr + shift, p.logits.data(), p.logits.size() * sizeof(T), cudaMemcpyHostToDevice));
+    DeviceProblem<T> dp(p);
+    auto in = dp.in;
+    in.logits = std::span<const T>(z.ptr + shift, p.logits.size());
+    DeviceBuffer<float> seq(p.seqs()), tok(p.rows()), lse(p.rows());
+    lc::forward(in, seq.span(), tok.span(), lse.span(), dp.workspace.span(), nullptr);
+    check_forward(p, o, seq.to_host(), tok.to_host(), lse.to_host(), "forward unaligned");
+    const auto d_host = make_d_seq<T>(p.seqs());
+    auto d_seq = DeviceBuffer<float>::from(d_host);
+    lc::backward(in, std::span<const float>(d_seq.ptr, d_seq.n), std::span<T>(z.ptr + shift, p.logits.size()),
+                 std::span<const float>(lse.ptr, lse.n), dp.workspace.span(), nullptr);
+    std::vector<T> h(p.logits.size());
+    CUDA_OK(cudaMemcpy(h.data(), z.ptr + shift, h.size() * sizeof(T), cudaMemcpyDeviceToHost));
+    check_grad(p, d_host, h, "backward in place unaligned");
+  }
+}
+
+// Central differences of L = Σ_s d_s · seq_logp_s through the GPU forward, against the GPU backward.
+static void device_finite_differences() {
+  auto p = make_problem<float>(37, 12, 5);
+  for (auto& x : p.logits) x *= 0.1f;  // keep the logits near 0 so that fp32 differences are meaningful
+  p.logits_f = p.logits;
+  const auto d_host = make_d_seq<float>(p.seqs());
+  DeviceProblem<float> dp(p);
+  DeviceBuffer<float> seq(p.seqs());
+  auto loss = [&](const std::vector<float>& z) {
+    CUDA_OK(cudaMemcpy(dp.logits.ptr, z.data(), z.size() * sizeof(float), cudaMemcpyHostToDevice));
+    lc::forward(dp.in, seq.span(), {}, {}, dp.workspace.span(), nullptr);
+    const auto s = seq.to_host();
+    double l = 0;
+    for (std::size_t i = 0; i < s.size(); ++i) l += static_cast<double>(d_host[i]) * s[i];
+    return l;
+  };
+  auto d_seq = DeviceBuffer<float>::from(d_host);
+  DeviceBuffer<float> g(p.logits.size());
+  CUDA_OK(cudaMemcpy(dp.logits.ptr, p.logits.data(), p.logits.size() * sizeof(float), cudaMemcpyHostToDevice));
+  lc::backward(dp.in, std::span<const float>(d_seq.ptr, d_seq.n), g.span(), {}, dp.workspace.span(), nullptr);
+  const auto grad = g.to_host();
+  const float h = 1e-2f;
+  int bad = 0;
+  for (std::size_t i = 0; i < p.logits.size(); i += 7) {
+    auto zp = p.logits, zm = p.logits;
+    zp[i] += h;
+    zm[i] -= h;
+    const double fd = (loss(zp) - loss(zm)) / (static_cast<double>(zp[i]) - static_cast<double>(zm[i]));
+    if (!(std::fabs(fd - grad[i]) <= 2e-3 + 1e-2 * std::fabs(fd))) {
+      ++bad;
+      if (bad < 5) std::printf("    element %zu: fd %.6g vs grad %.6g\n", i, fd, grad[i]);
+    }
+  }
+  CHECK(bad == 0);
+}
+
+// Same inputs, same bits, twice (no atomics in the sums); seq sums exact for a large single sequence.
+template <class T>
+static void device_deterministic() {
+  const auto p = make_problem<T>(3001, 700, 9);
+  DeviceProblem<T> dp(p);
+  DeviceBuffer<float> s1(p.seqs()), s2(p.seqs()), t1(p.rows()), t2(p.rows());
+  lc::forward(dp.in, s1.span(), t1.span(), {}, dp.workspace.span(), nullptr);
+  lc::forward(dp.in, s2.span(), t2.span(), {}, dp.workspace.span(), nullptr);
+  const auto a = s1.to_host(), b = s2.to_host(), c = t1.to_host(), d = t2.to_host();
+  CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+  CHECK(std::memcmp(c.data(), d.data(), c.size() * sizeof(float)) == 0);
+}
+
+// Millions of tokens (2^21 rows of V = 2), in sequences of 1000 and in one sequence (block sums).
+static void device_many_rows() {
+  for (std::size_t seq_len : {1000u, 1u << 21}) {
+    const std::size_t N = std::size_t{1} << 21;
+    Problem<float> p;
+    p.V = 2;
+    p.logits.resize(2 * N);
+    p.targets.resize(N);
+    std::mt19937 rng(1);
+    std::normal_distribution<float> normal(0.0f, 2.0f);
+    for (auto& x : p.logits) x = normal(rng);
+    for (std::size_t n = 0; n < N; ++n) p.targets[n] = static_cast<std::int32_t>(n & 1);
+    p.logits_f = p.logits;
+    for (std::size_t at = 0; at <= N; at += seq_len) p.offsets.push_back(static_cast<std::int64_t>(at));
+    if (p.offsets.back() != static_cast<std::int64_t>(N)) p.offsets.push_back(static_cast<std::int64_t>(N));
+    const auto o = oracle_forward(p);
+    DeviceProblem<float> dp(p);
+    DeviceBuffer<float> seq(p.seqs()), tok(p.rows()), lse(p.rows());
+    lc::forward(dp.in, seq.span(), tok.span(), lse.span(), dp.workspace.span(), nullptr);
+    check_forward(p, o, seq.to_host(), tok.to_host(), lse.to_host(), "forward 2^21 rows");
+  }
+}
+
+// Bad data the host cannot see: NaN outputs, status bits, no out-of-bounds access (run under
+// compute-sanitizer to see the last part).
+static void device_status_bits() {
+  auto p = make_problem<float>(50, 20, 4);
+  for (auto& w : p.weights) w = 1.0f;
+  p.targets[3] = 50;   // == V
+  p.targets[4] = -1;
+  DeviceProblem<float> dp(p);
+  DeviceBuffer<float> seq(p.seqs()), tok(p.rows()), lse(p.rows());
+  lc::forward(dp.in, seq.span(), tok.span(), lse.span(), dp.workspace.span(), nullptr);
+  CHECK(lc::read_status(dp.workspace.span(), nullptr) == lc::status_bad_target);
+  const auto t = tok.to_host();
+  CHECK(std::isnan(t[3]) && std::isnan(t[4]) && std::isfinite(t[5]));
+  check_throws("check_status", "a weighted row's target outside [0, vocab)",
+               [&] { lc::check_status(dp.workspace.span(), nullptr); });
+  const auto d_host = make_d_seq<float>(p.seqs());
+  auto d_seq = DeviceBuffer<float>::from(d_host);
+  DeviceBuffer<float> g(p.logits.size());
+  lc::backward(dp.in, std::span<const float>(d_seq.ptr, d_seq.n), g.span(), {}, dp.workspace.span(), nullptr);
+  const auto bits = lc::read_status(dp.workspace.span(), nullptr);
+  CHECK((bits & lc::status_bad_target) != 0 || p.offsets.size() < 3);
+
+  // Offsets that do not end at N, and a decreasing pair.
+  auto off = p.offsets;
+  off.back() = static_cast<std::int64_t>(p.rows()) - 1;
+  auto doff = DeviceBuffer<std::int64_t>::from(off);
+  auto in = dp.in;
+  in.offsets = doff.span();
+  lc::forward(in, seq.span(), {}, {}, dp.workspace.span(), nullptr);
+  CHECK((lc::read_status(dp.workspace.span(), nullptr) & lc::status_bad_offsets) != 0);
+  CHECK(std::isnan(seq.to_host().back()));
+  lc::backward(in, std::span<const float>(d_seq.ptr, d_seq.n), g.span(), {}, dp.workspace.span(), nullptr);
+  CHECK((lc::read_status(dp.workspace.span(), nullptr) & lc::status_bad_offsets) != 0);
+}
+
+template <class T>
+static void device_large_vocab(std::size_t V, std::size_t N) {
+  device_against_oracle<T>(V, N, static_cast<std::uint32_t>(V));
+}
+
+// The location of the data picks the implementation; a mix of host and device buffers is refused.
+static void device_dispatch() {
+  const auto p = make_problem<float>(300, 40, 8);
+  const auto o = oracle_forward(p);
+  DeviceProblem<float> dp(p);
+  CHECK(lc::locate(dp.logits.ptr) == lp::memory_space::device);
+  CHECK(lc::locate(p.logits.data()) == lp::memory_space::host);
+  DeviceBuffer<float> seq(p.seqs()), tok(p.rows()), lse(p.rows());
+  lp::forward(dp.in, seq.span(), tok.span(), lse.span(), dp.workspace.span(), cudaStream_t{});
+  check_forward(p, o, seq.to_host(), tok.to_host(), lse.to_host(), "dispatched forward");
+  std::vector<float> host_seq(p.seqs());
+  check_throws("mixed", "seq_logp: got host memory, expected device or managed memory",
+               [&] { lp::forward(dp.in, std::span(host_seq), tok.span(), lse.span(), dp.workspace.span(), cudaStream_t{}); });
+  TokenLogits<float> hin{.logits = p.logits, .vocab = p.V, .targets = p.targets, .weights = p.weights, .offsets = p.offsets};
+  check_throws("mixed host", "seq_logp: got device memory, expected host or managed memory",
+               [&] { lp::forward(hin, seq.span(), {}, {}, dp.workspace.span(), cudaStream_t{}); });
+  // Managed memory goes to the device.
+  float* managed = nullptr;
+  CUDA_OK(cudaMallocManaged(&managed, p.seqs() * sizeof(float)));
+  lp::forward(dp.in, std::span(managed, p.seqs()), {}, {}, dp.workspace.span(), cudaStream_t{});
+  CUDA_OK(cudaDeviceSynchronize());
+  const auto s = seq.to_host();
+  CHECK(std::memcmp(managed, s.data(), s.size() * sizeof(float)) == 0);
+  CUDA_OK(cudaFree(managed));
+}
+
+template <class T>
+static void device_all_masked_and_empty() {
+  auto p = make_problem<T>(1000, 30, 2);
+  for (auto& w : p.weights) w = 0.0f;
+  p.offsets = {0, 0, 10, 10, 30, 30};
+  const auto o = oracle_forward(p);
+  DeviceProblem<T> dp(p);
+  DeviceBuffer<float> seq(p.seqs()), tok(p.rows()), lse(p.rows());
+  lc::forward(dp.in, seq.span(), tok.span(), lse.span(), dp.workspace.span(), nullptr);
+  CHECK(lc::read_status(dp.workspace.span(), nullptr) == lc::status_ok);
+  check_forward(p, o, seq.to_host(), tok.to_host(), lse.to_host(), "all masked");
+  for (float s : seq.to_host()) CHECK(s == 0.0f);
+  // No rows at all.
+  Problem<T> e;
+  e.V = 5;
+  e.offsets = {0, 0, 0};
+  DeviceProblem<T> de(e);
+  DeviceBuffer<float> s2(2);
+  lc::forward(de.in, s2.span(), {}, {}, de.workspace.span(), nullptr);
+  const auto h = s2.to_host();
+  CHECK(h[0] == 0.0f && h[1] == 0.0f);
+}
+
+template <class T>
+static void device_suite() {
+  for (std::size_t V : {2u, 3u, 7u, 8u, 9u, 31u, 32u, 33u, 255u, 1000u, 4095u, 4096u, 4097u, 5003u, 32000u})
+    device_against_oracle<T>(V, V > 4096 ? 17 : 67, static_cast<std::uint32_t>(V) * 3 + 1);
+  device_large_vocab<T>(128256, 5);
+  device_large_vocab<T>(256000, 3);
+  device_unaligned_base<T>();
+  device_deterministic<T>();
+  device_all_masked_and_empty<T>();
+}
+
+static int run_device() {
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count == 0) {
+    std::printf("SKIPPED: no CUDA device (cudaGetDeviceCount: %s)\n",
+                e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+    return 77;
+  }
+  cudaDeviceProp prop{};
+  CUDA_OK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("test_logprob_cuda device: %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
+  run_case("float: kernels vs oracle, V 2..256000, in place / separate / misaligned / no row_lse", device_suite<float>);
+  run_case("bf16: kernels vs oracle, V 2..256000, in place / separate / misaligned / no row_lse", device_suite<lc::bf16>);
+  run_case("fp16: kernels vs oracle, V 2..256000, in place / separate / misaligned / no row_lse", device_suite<lc::fp16>);
+  run_case("finite differences of the GPU forward = GPU backward (float)", device_finite_differences);
+  run_case("2^21 rows, short sequences and one long sequence", device_many_rows);
+  run_case("bad targets / offsets: NaN, status bits, check_status", device_status_bits);
+  run_case("location dispatch: device, host, managed, mixed refused", device_dispatch);
+  std::printf("%d checks, %d failed\n", g_checks, g_failures);
+  return g_failures == 0 ? 0 : 1;
+}
+
+int main(int argc, char** argv) {
+  const std::string mode = argc > 1 ? argv[1] : "all";
+  if (mode == "host") return run_host();
+  if (mode == "device") return run_device();
+  const int h = run_host();
+  const int d = run_device();
+  return h != 0 ? h : d;
+}
