@@ -268,12 +268,12 @@ int main(int argc, char** argv) {
     std::ofstream gp(cfg.out + "/bandit.gp");
     gp << "set datafile separator ','\nset terminal pngcairo size 1400,900 font ',10'\n"
        << "set output '" << cfg.out << "/bandit.png'\nset multiplot layout 2,2\n"
-       << "set key bottom right\nset xlabel 'step'\nset ylabel 'E_pi[R]'\nset yrange [0:1.05]\n";
+       << "set key top left\nset xlabel 'step'\nset ylabel 'expected reward'\nset yrange [0:1.05]\n";
     for (const auto& [rname, reward] : rewards)
       for (const char* regime : {"offline", "on-policy"}) {
         gp << "set title '" << rname << ", " << regime << " samples'\nplot ";
         for (std::size_t k = 0; k < all.size(); ++k)
-          gp << (k ? ", " : "") << "'" << cfg.out << "/bandit.csv' using ($1 eq '" << rname << "' && strcol(2) eq '"
+          gp << (k ? ", " : "") << "'" << cfg.out << "/bandit.csv' using (strcol(1) eq '" << rname << "' && strcol(2) eq '"
              << regime << "' && strcol(3) eq '" << all[k].first << "' ? $4 : 1/0):5 with lines lw 2 title '"
              << all[k].first << "'";
         gp << "\n";
