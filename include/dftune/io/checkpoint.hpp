@@ -37,10 +37,12 @@
 #include <dftune/optim/sgd.hpp>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <limits>
 #include <span>
 #include <sstream>
 #include <string>
@@ -65,10 +67,18 @@ std::string show(const V& v) {
   return os.str();
 }
 
-// A configuration field of the file that must equal the caller's.
+template <class V>
+bool same(const V& a, const V& b) {
+  if constexpr (std::is_floating_point_v<V>) return std::bit_cast<std::uint64_t>(static_cast<double>(a)) ==
+                                                    std::bit_cast<std::uint64_t>(static_cast<double>(b));
+  else return a == b;
+}
+
+// A configuration field of the file that must equal the caller's (floats bit for bit, so that
+// decode followed by encode gives back the same bytes).
 template <class V>
 void expect_same(std::string_view field, const V& in_file, const V& in_memory) {
-  if (!(in_file == in_memory))
+  if (!same(in_file, in_memory))
     dftune::detail::fail(field, show(in_file) + " in the file",
                          show(in_memory) + ", the value of the object being loaded into (a checkpoint restores state, "
                                            "not configuration)");

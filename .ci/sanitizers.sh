@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# CI: every test under AddressSanitizer + UndefinedBehaviorSanitizer (g++, -O1, any report fatal),
+# in build-asan. Installs its Debian packages if missing; exits non-zero on any failure or report.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cmake/install_deps.sh test
+
+flags="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug \
+  -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" \
+  -DDFTUNE_BUILD_TESTS=ON -DDFTUNE_BUILD_EXAMPLES=ON -DDFTUNE_BUILD_BENCH=OFF -DDFTUNE_ENABLE_CUDA=OFF
+cmake --build build-asan -j2
+
+# detect_leaks: OpenMP's thread pool is reclaimed at exit, not before; halt on the first report.
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:halt_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+export OMP_NUM_THREADS=2
+ctest --test-dir build-asan -j2 --output-on-failure

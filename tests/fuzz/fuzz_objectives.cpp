@@ -1,0 +1,163 @@
+// libFuzzer target: the input validation of the DFT / DFT2 objective and of the token log-prob
+// reductions. The input describes a call — sizes, ids, options, log-probs or logits, targets,
+// weights, offsets — with wrong sizes, bad ids, duplicates, NaN/±inf, huge values and broken
+// offsets all reachable. Properties:
+//   - no crash, no sanitizer report, no exception other than dftune::error;
+//   - dft_step that throws leaves the estimator bit-identical; one that returns stores finite
+//     log u and returns finite gradients, and dft_loss (which never writes) agrees with it;
+//   - the fast CPU reduction accepts and rejects exactly the calls the generic oracle does, and a
+//     throwing call writes none of its outputs.
+#include <dftune/dftune.hpp>
+#include <dftune/logprob/generic.hpp>
+
+#include "fuzz_input.hpp"
+
+#include <cmath>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+using namespace dftune;
+
+namespace {
+
+template <class T>
+void objective(fuzz::Input& in) {
+  const std::size_t n_examples = in.count(1, 8);
+  const std::uint8_t flags = in.byte();
+  DftOptions opt;
+  opt.variant = (flags & 1) ? Variant::dft2 : Variant::dft;
+  opt.init = static_cast<EstimatorInit>((flags >> 1) % 3);
+  opt.tau = (flags & 8) ? in.number<double>(2.0) : (flags & 16 ? 0.3 : 1.0);
+  opt.gamma = (flags & 32) ? in.number<double>(1.0) : 0.85;
+  opt.log_u0 = (flags & 64) ? in.number<double>(50.0) : 0.0;
+  opt.eps = (flags & 128) ? in.number<double>(1.0) : 1e-8;
+  std::optional<Estimator<T>> est;
+  try {
+    est.emplace(n_examples, opt);
+  } catch (const dftune::error&) {
+    return;
+  }
+  // Some prior state.
+  for (std::size_t k = 0, n = in.count(0, 3); k < n; ++k) {
+    try {
+      est->set(std::vector<std::int64_t>{in.id(static_cast<std::int64_t>(n_examples))}, std::vector<T>{in.number<T>()});
+    } catch (const dftune::error&) {
+    }
+  }
+  const std::size_t B = in.count(0, 4), m = in.count(0, 4);
+  auto sized = [&](std::size_t n) { return (in.byte() % 16 == 0) ? n + 1 : n; };  // now and then one too many
+  std::vector<std::int64_t> ids(sized(B)), pos_len(sized(B)), neg_len(sized(B * m));
+  for (auto& i : ids) i = in.id(static_cast<std::int64_t>(n_examples));
+  std::vector<T> pos(sized(B)), neg(sized(B * m)), ref(sized(B * m));
+  for (auto& x : pos) x = in.number<T>(20.0);
+  for (auto& x : neg) x = in.number<T>(20.0);
+  for (auto& x : ref) x = in.number<T>(20.0);
+  for (auto& l : pos_len) l = static_cast<std::int64_t>(in.count(0, 5)) - (in.byte() == 7 ? 10 : 0);
+  for (auto& l : neg_len) l = static_cast<std::int64_t>(in.count(0, 5));
+  const std::uint8_t drop = in.byte();
+  SequenceScores<T> s{.ids = ids, .num_negatives = m, .pos_logp = pos, .neg_logp = neg,
+                      .ref_neg_logp = (drop & 1) ? std::span<const T>() : std::span<const T>(ref),
+                      .pos_len = (drop & 2) ? std::span<const std::int64_t>() : std::span<const std::int64_t>(pos_len),
+                      .neg_len = (drop & 4) ? std::span<const std::int64_t>() : std::span<const std::int64_t>(neg_len)};
+
+  const std::vector<T> u0(est->raw_log_u().begin(), est->raw_log_u().end());
+  const std::vector<unsigned char> seen0(est->raw_seen().begin(), est->raw_seen().end());
+  std::optional<DftResult<T>> eval;
+  try {
+    eval = dft_loss(s, *est, opt);
+  } catch (const dftune::error&) {
+  }
+  FUZZ_CHECK(fuzz::bit_equal<T>(est->raw_log_u(), u0));  // evaluation never writes
+  try {
+    const DftResult<T> r = dft_step(s, *est, opt);
+    FUZZ_CHECK(eval.has_value());
+    FUZZ_CHECK(fuzz::bit_equal<T>(r.grad_neg, eval->grad_neg) && fuzz::bit_equal<T>(r.log_u, eval->log_u));
+    for (T g : r.grad_pos) FUZZ_CHECK(std::isfinite(g));
+    for (T g : r.grad_neg) FUZZ_CHECK(std::isfinite(g));
+    for (T u : r.log_u) FUZZ_CHECK(std::isfinite(u));
+  } catch (const dftune::error&) {
+    FUZZ_CHECK(!eval.has_value());
+    FUZZ_CHECK(fuzz::bit_equal<T>(est->raw_log_u(), u0));
+    FUZZ_CHECK(std::equal(seen0.begin(), seen0.end(), est->raw_seen().begin()));
+  }
+}
+
+template <class T>
+void reduction(fuzz::Input& in) {
+  using C = logprob::compute_t<T>;
+  const std::size_t vocab = in.count(0, 9);
+  const std::size_t rows = in.count(0, 6);
+  std::vector<T> logits(rows * vocab + (in.byte() % 8 == 0 ? 1 : 0));
+  for (auto& z : logits) z = in.number<T>(30.0);
+  std::vector<token_t> targets(rows + (in.byte() % 8 == 0 ? 1 : 0));
+  for (auto& t : targets) t = static_cast<token_t>(static_cast<int>(in.byte() % 12) - 1);
+  std::vector<C> weights;
+  if (in.byte() & 1) {
+    weights.resize(rows);
+    for (auto& w : weights) w = in.byte() % 3 == 0 ? C(0) : in.number<C>(2.0);
+  }
+  std::vector<std::int64_t> offsets(in.count(0, 4));
+  for (std::size_t k = 0; k < offsets.size(); ++k)
+    offsets[k] = k == 0 ? (in.byte() == 1 ? 1 : 0)
+                        : (k + 1 == offsets.size() && in.byte() % 4 ? static_cast<std::int64_t>(rows)
+                                                                     : static_cast<std::int64_t>(in.byte() % 8));
+  const logprob::TokenLogits<T> x{.logits = logits, .vocab = vocab, .targets = targets, .weights = weights, .offsets = offsets};
+  const std::size_t S = offsets.empty() ? 0 : offsets.size() - 1;
+  const std::size_t want_seq = in.byte() % 16 == 0 ? S + 1 : S;
+
+  const C sentinel = C(-12345);
+  std::vector<C> seq_fast(want_seq, sentinel), seq_gen(want_seq, sentinel);
+  std::vector<C> tok_fast(rows, sentinel), tok_gen(rows, sentinel), lse(rows, sentinel);
+  bool fast_ok = true, gen_ok = true;
+  try {
+    logprob::forward(x, std::span<C>(seq_fast), std::span<C>(tok_fast), std::span<C>(lse));
+  } catch (const dftune::error&) {
+    fast_ok = false;
+  }
+  try {
+    logprob::generic::forward(x, std::span<C>(seq_gen), std::span<C>(tok_gen));
+  } catch (const dftune::error&) {
+    gen_ok = false;
+  }
+  FUZZ_CHECK(fast_ok == gen_ok);
+  if (!fast_ok)
+    for (C v : seq_fast) FUZZ_CHECK(v == sentinel);
+
+  std::vector<C> d(want_seq);
+  for (auto& v : d) v = in.number<C>(3.0);
+  const bool in_place = in.byte() & 1, use_lse = fast_ok && (in.byte() & 1);
+  std::vector<T> g_fast(logits.size() + (in.byte() % 16 == 0 ? 1 : 0), T(7));
+  std::vector<T> g_gen(in_place ? logits.size() : g_fast.size(), T(7));
+  std::vector<T> z_fast = logits;
+  fast_ok = gen_ok = true;
+  try {
+    logprob::backward(x, std::span<const C>(d), in_place ? std::span<T>(logits) : std::span<T>(g_fast),
+                      use_lse ? std::span<const C>(lse) : std::span<const C>());
+  } catch (const dftune::error&) {
+    fast_ok = false;
+    FUZZ_CHECK(fuzz::bit_equal<T>(logits, z_fast));
+    for (T v : g_fast) FUZZ_CHECK(v == T(7));
+  }
+  if (in_place) logits = z_fast;  // the oracle reads the original logits
+  try {
+    logprob::generic::backward(x, std::span<const C>(d), std::span<T>(g_gen),
+                               use_lse ? std::span<const C>(lse) : std::span<const C>());
+  } catch (const dftune::error&) {
+    gen_ok = false;
+  }
+  FUZZ_CHECK(fast_ok == gen_ok);
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  fuzz::Input in(data, size);
+  switch (in.byte() % 4) {
+    case 0: objective<double>(in); break;
+    case 1: objective<float>(in); break;
+    case 2: reduction<double>(in); break;
+    default: reduction<float>(in); break;
+  }
+  return 0;
+}
