@@ -21,7 +21,7 @@ int main() {
     const std::array<token_t, 1> prompt{c};
     ids.push_back(c);
     pos.push(prompt, std::array<token_t, 2>{token_t(c + 1), token_t(2 * c)});
-    for (std::size_t j = 0; j < m; ++j) neg.push(prompt, base.sample(std::size_t(c), 2, rng, /*temperature=*/0.7));
+    for (std::size_t j = 0; j < m; ++j) neg.push(prompt, base.sample(std::size_t(c), 2, rng, {.temperature = 0.7}));
   }
   std::vector<double> ref(neg.size());
   base.sequence_logp(neg.view(), ref);  // log π_ref of the negatives, once

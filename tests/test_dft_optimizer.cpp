@@ -28,7 +28,7 @@ Data make_data(CategoricalPolicy<double>& ref_model, std::size_t B, std::size_t 
     d.ids.push_back(static_cast<std::int64_t>(i));
     const std::vector<token_t> prompt{c};
     d.pos.push(prompt, std::vector<token_t>(len(rng), static_cast<token_t>((c + 1) % 5)));
-    for (std::size_t j = 0; j < m; ++j) d.neg.push(prompt, ref_model.sample(static_cast<std::size_t>(c), len(rng), rng, 0.7));
+    for (std::size_t j = 0; j < m; ++j) d.neg.push(prompt, ref_model.sample(static_cast<std::size_t>(c), len(rng), rng, {.temperature = 0.7}));
   }
   d.ref.resize(d.neg.size());
   ref_model.sequence_logp(d.neg.view(), d.ref);

@@ -8,6 +8,7 @@
 #include <dftune/error.hpp>
 #include <dftune/logprob/logprob.hpp>
 #include <dftune/model/concept.hpp>
+#include <dftune/model/sampling.hpp>
 #include <dftune/model/sequence_batch.hpp>
 
 #include <algorithm>
@@ -65,18 +66,18 @@ class CategoricalPolicy {
     }
   }
 
-  // Completions of `length` tokens for each context, sampled from softmax(θ_c / temperature).
+  // `length` completion tokens for one context, drawn independently with sample_token's filter
+  // (temperature, top-k, top-p) over θ_c.
   std::vector<token_t> sample(std::size_t context, std::size_t length, std::mt19937_64& rng,
-                              double temperature = 1.0) const {
+                              const SamplingOptions& options = {}) const {
     if (context >= contexts_) detail::fail("context", context, "in [0, num_contexts = " + std::to_string(contexts_) + ")");
-    if (!(temperature > 0) || !std::isfinite(temperature)) detail::fail("temperature", temperature, "a finite number > 0");
-    std::vector<double> w(vocab_);
-    const T* row = theta_.data() + context * vocab_;
-    const double hi = static_cast<double>(*std::max_element(row, row + vocab_));
-    for (std::size_t v = 0; v < vocab_; ++v) w[v] = std::exp((static_cast<double>(row[v]) - hi) / temperature);
-    std::discrete_distribution<token_t> pick(w.begin(), w.end());
+    validate(options);
+    const std::span<const T> row(theta_.data() + context * vocab_, vocab_);
+    std::vector<double> probs(vocab_);
+    std::vector<std::int32_t> order(vocab_);
+    std::uniform_real_distribution<double> u(0.0, 1.0);
     std::vector<token_t> out(length);
-    for (auto& y : out) y = pick(rng);
+    for (auto& y : out) y = sample_token(row, options, u(rng), std::span<double>(probs), std::span<std::int32_t>(order));
     return out;
   }
 
