@@ -633,8 +633,11 @@ static void device_many_rows() {
 // compute-sanitizer to see the last part).
 static void device_status_bits() {
   auto p = make_problem<float>(50, 20, 4);
-  for (auto& w : p.weights) w = 1.0f;
-  p.targets[3] = 50;   // == V
+  for (std::size_t n = 0; n < p.rows(); ++n) {
+    p.weights[n] = 1.0f;
+    p.targets[n] = static_cast<std::int32_t>(n % 50);
+  }
+  p.targets[3] = 50;  // == V
   p.targets[4] = -1;
   DeviceProblem<float> dp(p);
   DeviceBuffer<float> seq(p.seqs()), tok(p.rows()), lse(p.rows());
@@ -644,14 +647,22 @@ static void device_status_bits() {
   CHECK(std::isnan(t[3]) && std::isnan(t[4]) && std::isfinite(t[5]));
   check_throws("check_status", "a weighted row's target outside [0, vocab)",
                [&] { lc::check_status(dp.workspace.span(), nullptr); });
-  const auto d_host = make_d_seq<float>(p.seqs());
+  const std::vector<float> d_host(p.seqs(), 1.0f);  // every weighted row has c != 0, so its target is read
   auto d_seq = DeviceBuffer<float>::from(d_host);
   DeviceBuffer<float> g(p.logits.size());
   lc::backward(dp.in, std::span<const float>(d_seq.ptr, d_seq.n), g.span(), {}, dp.workspace.span(), nullptr);
-  const auto bits = lc::read_status(dp.workspace.span(), nullptr);
-  CHECK((bits & lc::status_bad_target) != 0 || p.offsets.size() < 3);
+  CHECK(lc::read_status(dp.workspace.span(), nullptr) == lc::status_bad_target);
+  const auto gh = g.to_host();
+  CHECK(std::isnan(gh[3 * 50]) && std::isnan(gh[4 * 50 + 49]) && std::isfinite(gh[5 * 50]));
 
-  // Offsets that do not end at N, and a decreasing pair.
+  // A non-finite d_seq on a sequence with weighted rows.
+  auto d_nan = d_host;
+  d_nan.back() = std::numeric_limits<float>::quiet_NaN();
+  auto d_seq_nan = DeviceBuffer<float>::from(d_nan);
+  lc::backward(dp.in, std::span<const float>(d_seq_nan.ptr, d_seq_nan.n), g.span(), {}, dp.workspace.span(), nullptr);
+  CHECK((lc::read_status(dp.workspace.span(), nullptr) & lc::status_bad_d_seq) != 0);
+
+  // Offsets that do not end at N.
   auto off = p.offsets;
   off.back() = static_cast<std::int64_t>(p.rows()) - 1;
   auto doff = DeviceBuffer<std::int64_t>::from(off);

@@ -77,7 +77,7 @@ struct group_smem {
 };
 
 __device__ __forceinline__ lse_state warp_merge(lse_state st) {
-#pragma unroll
+DFTUNE_CUDA_UNROLL
   for (int off = 16; off > 0; off >>= 1) {
     const lse_state other{__shfl_xor_sync(0xffffffffu, st.m, off), __shfl_xor_sync(0xffffffffu, st.s, off)};
     st = detail::lse_merge(st, other);
@@ -86,7 +86,7 @@ __device__ __forceinline__ lse_state warp_merge(lse_state st) {
 }
 
 __device__ __forceinline__ double warp_sum(double x) {
-#pragma unroll
+DFTUNE_CUDA_UNROLL
   for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
   return x;
 }
@@ -102,7 +102,7 @@ __device__ __forceinline__ lse_state group_merge(lse_state st, group_smem<G>& sm
     if (threadIdx.x % 32 == 0) sm.lse[warp] = st;
     __syncthreads();
     lse_state all = sm.lse[0];
-#pragma unroll
+DFTUNE_CUDA_UNROLL
     for (int w = 1; w < G / 32; ++w) all = detail::lse_merge(all, sm.lse[w]);
     __syncthreads();  // sm is reused by the next row
     return all;
@@ -119,7 +119,7 @@ __device__ __forceinline__ double group_sum(double x, group_smem<G>& sm) {
     if (threadIdx.x % 32 == 0) sm.sum[warp] = x;
     __syncthreads();
     double all = sm.sum[0];
-#pragma unroll
+DFTUNE_CUDA_UNROLL
     for (int w = 1; w < G / 32; ++w) all += sm.sum[w];
     __syncthreads();
     return all;
@@ -140,23 +140,18 @@ __device__ __forceinline__ lse_state row_lse_partial(const T* z, long long V, in
   }
   const long long nvec = (V - head) / K;
   const P* body = reinterpret_cast<const P*>(z + head);
-  long long i = lane;
-  for (; i + (UNROLL - 1) * G < nvec; i += UNROLL * G) {
+  // UNROLL vectors in flight per thread on every step, the last one included: lanes past the end
+  // load nothing and contribute −inf (a zero term).
+  for (long long i = lane; i < nvec; i += UNROLL * G) {
     P raw[UNROLL];
-#pragma unroll
-    for (int u = 0; u < UNROLL; ++u) raw[u] = body[i + u * G];
-    float x[UNROLL * K];
-#pragma unroll
+DFTUNE_CUDA_UNROLL
     for (int u = 0; u < UNROLL; ++u)
-#pragma unroll
-      for (int k = 0; k < K; ++k) x[u * K + k] = to_float(raw[u].v[k]);
-    detail::lse_add(st, x);
-  }
-  for (; i < nvec; i += G) {
-    const P raw = body[i];
-    float x[K];
-#pragma unroll
-    for (int k = 0; k < K; ++k) x[k] = to_float(raw.v[k]);
+      if (i + u * G < nvec) raw[u] = body[i + u * G];
+    float x[UNROLL * K];
+DFTUNE_CUDA_UNROLL
+    for (int u = 0; u < UNROLL; ++u)
+DFTUNE_CUDA_UNROLL
+      for (int k = 0; k < K; ++k) x[u * K + k] = i + u * G < nvec ? to_float(raw[u].v[k]) : -detail::pos_inf();
     detail::lse_add(st, x);
   }
   const long long tail = head + nvec * K;  // fewer than K < G elements remain
@@ -191,16 +186,19 @@ __global__ void __launch_bounds__(block_threads)
       continue;
     }
     const T* z = logits + row * V;
+    // The target logit is loaded before the row pass, so that its latency hides behind it.
+    const std::int32_t y = targets[row];
+    const bool bad_target = y < 0 || y >= V;
+    const float zy = (lane == 0 && !bad_target) ? to_float(z[y]) : 0.0f;
     const lse_state st = group_merge<G>(row_lse_partial<T, G, UNROLL>(z, V, lane), sm);
     if (lane == 0) {
       const float lse = detail::lse_finish(st);
-      const std::int32_t y = targets[row];
       float lp;
-      if (y < 0 || y >= V) {
+      if (bad_target) {
         lp = detail::quiet_nan();
         atomicOr(status, status_bad_target);
       } else {
-        lp = w * (to_float(z[y]) - lse);
+        lp = w * (zy - lse);
       }
       if (!isfinite(w)) atomicOr(status, status_bad_weight);
       token_logp[row] = lp;
@@ -256,7 +254,7 @@ __device__ __forceinline__ long long sequence_of_row(const std::int64_t* offsets
 template <class T, int K>
 __device__ __forceinline__ void grad_pack(const pack<T, K>& in, T* g, long long base, long long y, float c, float lse) {
   pack<T, K> out;
-#pragma unroll
+DFTUNE_CUDA_UNROLL
   for (int k = 0; k < K; ++k) {
     const float p = detail::exp_shifted(to_float(in.v[k]), lse);
     out.v[k] = from_float<T>(c * ((base + k == y ? 1.0f : 0.0f) - p));
@@ -273,7 +271,7 @@ template <class T, int K>
 __device__ __forceinline__ void zero_pack(T* g) {
   using P = pack<T, K>;
   P out;
-#pragma unroll
+DFTUNE_CUDA_UNROLL
   for (int k = 0; k < K; ++k) out.v[k] = from_float<T>(0.0f);
   *reinterpret_cast<P*>(g) = out;
 }
@@ -331,21 +329,19 @@ __global__ void __launch_bounds__(block_threads)
       y = -1;
     }
     if (lane < head) grad_pack<T, 1>(load_pack<T, 1>(z + lane), g + lane, lane, y, c, lse);
-    long long i = lane;
-    for (; i + (U - 1) * G < nvec; i += U * G) {
-      // All U loads first: with g == z the compiler could not move a load above an earlier store.
+    // U packs in flight per thread on every step (all loads before any store: with g == z the
+    // compiler could not move a load above an earlier store); lanes past the end do nothing.
+    for (long long i = lane; i < nvec; i += U * G) {
       pack<T, K> raw[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u) raw[u] = load_pack<T, K>(z + head + (i + u * G) * K);
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const long long e = head + (i + u * G) * K;
-        grad_pack<T, K>(raw[u], g + e, e, y, c, lse);
-      }
-    }
-    for (; i < nvec; i += G) {
-      const long long e = head + i * K;
-      grad_pack<T, K>(load_pack<T, K>(z + e), g + e, e, y, c, lse);
+DFTUNE_CUDA_UNROLL
+      for (int u = 0; u < U; ++u)
+        if (i + u * G < nvec) raw[u] = load_pack<T, K>(z + head + (i + u * G) * K);
+DFTUNE_CUDA_UNROLL
+      for (int u = 0; u < U; ++u)
+        if (i + u * G < nvec) {
+          const long long e = head + (i + u * G) * K;
+          grad_pack<T, K>(raw[u], g + e, e, y, c, lse);
+        }
     }
     if (tail + lane < V) grad_pack<T, 1>(load_pack<T, 1>(z + tail + lane), g + tail + lane, tail + lane, y, c, lse);
   }
