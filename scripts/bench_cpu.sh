@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command for the CPU log-prob benchmarks (issue #6): builds bench_logprob (-march=native),
 # runs it (generic oracle, fast path, triad/read bandwidth, dft_step), runs PyTorch CPU on the same
-# shapes and threads, and prints the side-by-side table, also written to bench/RESULTS_cpu.md.
+# shapes and threads, and prints the side-by-side table; a full run also rewrites bench/RESULTS_cpu.md
+# (the table followed by bench/RESULTS_cpu_notes.md).
 #   scripts/bench_cpu.sh                 full run (~5-10 min, needs ~17 GiB free for PyTorch's largest shape)
 #   DFTUNE_BENCH_QUICK=1 scripts/bench_cpu.sh   one small shape, to check the plumbing
 #   DFTUNE_BENCH_BUILD=dir               build directory (default build-bench)
@@ -12,13 +13,18 @@ build=${DFTUNE_BENCH_BUILD:-build-bench}
 py=/usr/bin/python3
 threads=${DFTUNE_BENCH_THREADS:-$(nproc)}
 export DFTUNE_BENCH_THREADS=$threads
+# On a shared machine, OpenMP threads spinning at a barrier steal the time slices of the thread
+# still working (measured here: 2-thread fused 22 ms spinning vs 9.7 ms passive, same shape);
+# applies to bench_logprob and PyTorch alike. Set OMP_WAIT_POLICY=active on a dedicated machine.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 
 if ! "$py" -c "import torch" 2>/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y python3-torch
 fi
 # glibc unmaps every freed tensor above 32 MiB, and the next op faults its pages in again, which
 # on a VM costs more than the arithmetic (x + 1 on 64 MiB: ~250 ms vs ~3.5 ms). PyTorch gets
-# jemalloc with freed pages kept, as a long-running trainer would see them.
+# jemalloc with freed pages kept (on huge pages, as bench_logprob's buffers are), as a long-running
+# trainer would see them.
 jemalloc=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
 if [ ! -e "$jemalloc" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y libjemalloc2; fi
 
@@ -30,7 +36,7 @@ mkdir -p "$out"
 if [ "${DFTUNE_BENCH_QUICK:-0}" != 0 ]; then torch_args=(--vocabs 32000 --rows 512 --min-time 0.1); else torch_args=(); fi
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 "$build/bench/bench_logprob" --benchmark_out="$out/cpp.json" --benchmark_out_format=json >&2
-LD_PRELOAD=$jemalloc MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 \
+LD_PRELOAD=$jemalloc MALLOC_CONF=thp:always,dirty_decay_ms:-1,muzzy_decay_ms:-1 \
   "$py" bench/torch_logprob.py --threads "1,$threads" "${torch_args[@]}" >"$out/torch.json"
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -38,6 +44,9 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
 "$py" bench/report.py "$out/cpp.json" "$out/torch.json" \
   "# CPU log-prob reductions: generic vs fast path vs PyTorch" "" \
   "Run $(date -u '+%Y-%m-%d %H:%M UTC') with \`scripts/bench_cpu.sh\` on $cpu, $(nproc) cores, $(grep -m1 MemTotal /proc/meminfo | awk '{printf "%.0f GiB", $2/1048576}'), g++ $(g++ -dumpfullversion), -O3 -march=native; PyTorch $("$py" -c 'import torch; print(torch.__version__)') (Debian python3-torch, jemalloc)." \
-  "Load average before / after: $load_before / $load_after (other jobs share this machine; see the notes in bench/RESULTS_cpu.md)." \
+  "Load average before / after: $load_before / $load_after (other jobs share this machine; see the notes in bench/RESULTS_cpu.md). OMP_WAIT_POLICY=$OMP_WAIT_POLICY." \
   | tee "$out/table.md"
-if [ "${DFTUNE_BENCH_QUICK:-0}" = 0 ]; then cp "$out/table.md" bench/RESULTS_cpu_table.md; fi
+# A full run rewrites bench/RESULTS_cpu.md: this table, then the analysis in bench/RESULTS_cpu_notes.md.
+if [ "${DFTUNE_BENCH_QUICK:-0}" = 0 ]; then
+  { cat "$out/table.md"; echo; cat bench/RESULTS_cpu_notes.md; } >bench/RESULTS_cpu.md
+fi
