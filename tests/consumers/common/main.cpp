@@ -1,0 +1,51 @@
+// The program both consumer projects build: a few DFT steps on the categorical reference policy,
+// a checkpoint round trip, and the version the headers report. It exits non-zero on any surprise.
+#include <dftune/dftune.hpp>
+#include <dftune/io/checkpoint.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <vector>
+
+#ifndef EXPECTED_VERSION
+#error "the consumer's CMakeLists passes -DEXPECTED_VERSION=\"x.y.z\" from the package it found"
+#endif
+
+int main() {
+  using namespace dftune;
+  char version[32];
+  std::snprintf(version, sizeof version, "%d.%d.%d", DFTUNE_VERSION_MAJOR, DFTUNE_VERSION_MINOR, DFTUNE_VERSION_PATCH);
+  if (std::string(version) != EXPECTED_VERSION) {
+    std::fprintf(stderr, "header version %s, CMake package version %s\n", version, EXPECTED_VERSION);
+    return 1;
+  }
+  CategoricalPolicy<double> model(2, 4);
+  const DftOptions opt{.variant = Variant::dft, .tau = 1.0, .gamma = 0.85};
+  Estimator<double> est(2, opt);
+  DftOptimizer dft(model, est, opt, AdamW<double>{}, CosineSchedule{.base_lr = 0.1, .warmup_steps = 1, .total_steps = 10});
+  Sequences pos, neg;
+  for (token_t c = 0; c < 2; ++c) {
+    pos.push(std::vector<token_t>{c}, std::vector<token_t>{1, 1});
+    neg.push(std::vector<token_t>{c}, std::vector<token_t>{2});
+    neg.push(std::vector<token_t>{c}, std::vector<token_t>{3, 0});
+  }
+  const std::vector<std::int64_t> ids{0, 1};
+  const std::vector<double> ref{-1.4, -2.8, -1.4, -2.8};
+  const DftBatch<double> batch{.ids = ids, .positives = pos.view(), .negatives = neg.view(), .num_negatives = 2, .ref_neg_logp = ref};
+  const double before = dft.evaluate(batch).mean_pos_logp;
+  for (int t = 0; t < 5; ++t) dft.step(batch);
+  const double after = dft.evaluate(batch).mean_pos_logp;
+
+  const auto path = std::filesystem::temp_directory_path() / "dftune_consumer.ckpt";
+  io::save(path, dft);
+  CategoricalPolicy<double> model2(2, 4);
+  Estimator<double> est2(2, opt);
+  DftOptimizer dft2(model2, est2, opt, AdamW<double>{}, CosineSchedule{.base_lr = 0.1, .warmup_steps = 1, .total_steps = 10});
+  io::load(path, dft2);
+  std::filesystem::remove(path);
+  const bool same = std::equal(model.parameters().begin(), model.parameters().end(), model2.parameters().begin()) &&
+                    dft2.steps() == 5;
+  std::printf("dftune %s: mean log pi(y|x) %.4f -> %.4f after 5 steps; checkpoint round trip %s\n", version, before,
+              after, same ? "ok" : "FAILED");
+  return after > before && same ? 0 : 1;
+}
