@@ -696,6 +696,14 @@ static void device_dispatch() {
   TokenLogits<float> hin{.logits = p.logits, .vocab = p.V, .targets = p.targets, .weights = p.weights, .offsets = p.offsets};
   check_throws("mixed host", "seq_logp: got device memory, expected host or managed memory",
                [&] { lp::forward(hin, seq.span(), {}, {}, dp.workspace.span(), cudaStream_t{}); });
+  // No rows: the first non-empty buffer (the offsets, on the device) decides.
+  Problem<float> e;
+  e.V = 5;
+  e.offsets = {0, 0};
+  DeviceProblem<float> de(e);
+  DeviceBuffer<float> s0(1);
+  lp::forward(de.in, s0.span(), {}, {}, de.workspace.span(), cudaStream_t{});
+  CHECK(s0.to_host()[0] == 0.0f);
   // Managed memory goes to the device.
   float* managed = nullptr;
   CUDA_OK(cudaMallocManaged(&managed, p.seqs() * sizeof(float)));

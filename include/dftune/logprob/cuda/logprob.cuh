@@ -55,20 +55,33 @@ inline const char* name(memory_space m) {
 
 namespace detail {
 
-// Device when the logits are device or managed memory; then every other buffer must be too (and,
-// on the host side, none may be device memory).
+// Device when the logits are device or managed memory (when there are no logits, the first
+// non-empty buffer decides); then every other buffer must be device or managed memory too, and on
+// the host side none may be device memory. Empty buffers (null here) are not looked at.
 inline bool on_device(const void* logits, std::initializer_list<std::pair<const char*, const void*>> others) {
-  const memory_space where = locate(logits);
+  const char* decider = "logits";
+  const void* first = logits;
+  for (auto it = others.begin(); first == nullptr && it != others.end(); ++it) {
+    decider = it->first;
+    first = it->second;
+  }
+  const memory_space where = locate(first);
   const bool device = where != memory_space::host;
   for (const auto& [arg, p] : others) {
     if (p == nullptr) continue;
     const memory_space m = locate(p);
     if (device ? m == memory_space::host : m == memory_space::device)
       dftune::detail::fail(arg, name(m),
-                           std::string(device ? "device or managed memory" : "host or managed memory") +
-                               ", like the logits (" + name(where) + ")");
+                           std::string(device ? "device or managed memory" : "host or managed memory") + ", like the " +
+                               decider + " (" + name(where) + ")");
   }
   return device;
+}
+
+// The address of a buffer, or null when it is empty (its pointer then says nothing).
+template <class U>
+const void* address(std::span<U> s) {
+  return s.empty() ? nullptr : static_cast<const void*>(s.data());
 }
 
 template <class T>
@@ -85,14 +98,14 @@ template <class T>
 template <class T>
 void forward(const TokenLogits<T>& in, std::span<compute_t<T>> seq_logp, std::span<compute_t<T>> token_logp,
              std::span<compute_t<T>> row_lse, std::span<std::byte> workspace, cudaStream_t stream) {
-  const bool device = cuda::detail::on_device(
-      in.logits.data(), {{"targets", in.targets.data()},
-                         {"weights", in.weights.data()},
-                         {"offsets", in.offsets.data()},
-                         {"seq_logp", seq_logp.data()},
-                         {"token_logp", token_logp.data()},
-                         {"row_lse", row_lse.data()},
-                         {"workspace", workspace.data()}});
+  using cuda::detail::address;
+  const bool device = cuda::detail::on_device(address(in.logits), {{"targets", address(in.targets)},
+                                                                   {"weights", address(in.weights)},
+                                                                   {"offsets", address(in.offsets)},
+                                                                   {"seq_logp", address(seq_logp)},
+                                                                   {"token_logp", address(token_logp)},
+                                                                   {"row_lse", address(row_lse)},
+                                                                   {"workspace", address(workspace)}});
   if (device) {
     if constexpr (cuda::supported<T>) {
       cuda::forward(in, seq_logp, token_logp, row_lse, workspace, stream);
@@ -109,13 +122,14 @@ void forward(const TokenLogits<T>& in, std::span<compute_t<T>> seq_logp, std::sp
 template <class T>
 void backward(const TokenLogits<T>& in, std::span<const compute_t<T>> d_seq, std::span<T> grad,
               std::span<const compute_t<T>> row_lse, std::span<std::byte> workspace, cudaStream_t stream) {
-  const bool device = cuda::detail::on_device(in.logits.data(), {{"targets", in.targets.data()},
-                                                                 {"weights", in.weights.data()},
-                                                                 {"offsets", in.offsets.data()},
-                                                                 {"d_seq", d_seq.data()},
-                                                                 {"grad", grad.data()},
-                                                                 {"row_lse", row_lse.data()},
-                                                                 {"workspace", workspace.data()}});
+  using cuda::detail::address;
+  const bool device = cuda::detail::on_device(address(in.logits), {{"targets", address(in.targets)},
+                                                                   {"weights", address(in.weights)},
+                                                                   {"offsets", address(in.offsets)},
+                                                                   {"d_seq", address(d_seq)},
+                                                                   {"grad", address(grad)},
+                                                                   {"row_lse", address(row_lse)},
+                                                                   {"workspace", address(workspace)}});
   if (device) {
     if constexpr (cuda::supported<T>) {
       cuda::backward(in, d_seq, grad, row_lse, workspace, stream);
