@@ -66,7 +66,7 @@ Batch make_batch(CategoricalPolicy<double>& ref_model, std::size_t t) {
     const token_t c = static_cast<token_t>(static_cast<std::size_t>(id) % kContexts);
     const std::vector<token_t> prompt{c};
     b.pos.push(prompt, std::vector<token_t>(len(rng), static_cast<token_t>((c + 2) % static_cast<token_t>(kVocab))));
-    for (std::size_t j = 0; j < kNeg; ++j) b.neg.push(prompt, ref_model.sample(static_cast<std::size_t>(c), len(rng), rng, 0.7));
+    for (std::size_t j = 0; j < kNeg; ++j) b.neg.push(prompt, ref_model.sample(static_cast<std::size_t>(c), len(rng), rng, {.temperature = 0.7}));
   }
   b.ref.resize(b.neg.size());
   ref_model.sequence_logp(b.neg.view(), b.ref);
