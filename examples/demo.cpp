@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -18,7 +19,7 @@ namespace {
 struct Cli {
   demo::Settings settings;
   std::size_t seeds = 3;
-  std::vector<double> lr_grid{3e-4, 1e-3, 3e-3};
+  std::vector<double> lr_grid{3e-5, 1e-4, 3e-4, 1e-3};
   std::string out = "demo_out";
   std::string base;  // load the base model from here instead of pre-training it
   std::string plot_script = (std::filesystem::path(__FILE__).parent_path().parent_path() / "scripts" / "plot_demo.gp").string();
@@ -38,11 +39,12 @@ void usage(std::FILE* f) {
                "  --gamma-dft2 X       DFT2 moving-average rate γ                      [%g]\n"
                "  --steps N            fine-tuning steps (every method)                [%zu]\n"
                "  --batch N            prompts per fine-tuning step                    [%zu]\n"
-               "  --lr-grid A,B,...    learning rates; each method's is picked on validation [3e-4,1e-3,3e-3]\n"
+               "  --lr-grid A,B,...    learning rates; each method's is picked on validation [3e-5,1e-4,3e-4,1e-3]\n"
                "  --pretrain-steps N   pre-training steps of the base model            [%zu]\n"
                "  --drop-carry P       share of the pre-training corpus without carries [%g]\n"
                "  --train-prompts N    fine-tuning prompts                             [%zu]\n"
                "  --eval-prompts N     validation and test prompts (each)              [%zu]\n"
+               "  --estimator E        DFT/DFT2 estimator: first_visit, constant or fixed [first_visit]\n"
                "  --keep-right-negatives  keep sampled negatives equal to the positive (default: redraw them)\n"
                "  --base FILE          load the base model (saved by a previous run as DIR/base.bin)\n"
                "  --out DIR            output directory                                [demo_out]\n"
@@ -111,6 +113,12 @@ Cli parse(int argc, char** argv) {
     else if (a == "--eval-prompts") s.eval_prompts = to_count(a, v);
     else if (a == "--out") c.out = v;
     else if (a == "--base") c.base = v;
+    else if (a == "--estimator") {
+      if (v == "first_visit") s.estimator = dftune::EstimatorInit::first_visit;
+      else if (v == "constant") s.estimator = dftune::EstimatorInit::constant;
+      else if (v == "fixed") s.estimator = dftune::EstimatorInit::fixed;
+      else bad(a, "got '" + v + "', expected first_visit, constant or fixed");
+    }
     else if (a == "--plot-script") c.plot_script = v;
     else if (a == "--lr-grid") {
       c.lr_grid.clear();
@@ -152,11 +160,12 @@ int main(int argc, char** argv) try {
   // 3. Negatives per seed, from the base, with log π_ref computed once.
   std::vector<std::uint64_t> seeds;
   std::vector<demo::TrainData> data;
-  double negatives_correct = 0;
+  double negatives_correct = 0, shared_tokens = 0;
   for (std::size_t k = 0; k < cli.seeds; ++k) {
     seeds.push_back(k + 1);
     data.push_back(demo::make_train_data(base, train, s, 9000 + k + 1));
     negatives_correct += data.back().negatives_correct / static_cast<double>(cli.seeds);
+    shared_tokens += data.back().shared_tokens / static_cast<double>(cli.seeds);
     progress.note("negatives for seed " + std::to_string(k + 1) + ": " + std::to_string(data.back().negatives.size()) + " samples");
   }
 
@@ -184,12 +193,16 @@ int main(int argc, char** argv) try {
   const auto chosen = demo::select(all);
   std::printf("SFT vs DFT vs DFT2 — tiny causal LM, three-digit addition, %zu%% of pre-training answers drop the carry\n",
               static_cast<std::size_t>(std::lround(100 * s.drop_carry)));
-  std::printf("%zu seeds (mean ± std), %zu steps x %zu prompts, m = %zu negatives (T = %.1f, top-k %zu, top-p %.1f), "
-              "DFT tau %.2g gamma %.2g, DFT2 tau %.2g gamma %.2g\n",
-              seeds.size(), s.steps, s.batch, s.negatives, s.sampling.temperature, s.sampling.top_k, s.sampling.top_p, s.tau_dft,
-              s.gamma_dft, s.tau_dft2, s.gamma_dft2);
-  std::printf("base model: test accuracy %.3f, log π(pos) %.3f, log π(neg) %.2f; %.0f%% of the sampled training negatives are right answers\n\n",
-              base_test.accuracy, base_test.pos_logp, base_test.neg_logp, 100 * negatives_correct);
+  std::ostringstream est;
+  est << s.estimator;
+  std::printf("%zu seeds (mean ± std), %zu steps x %zu prompts, AdamW + cosine, m = %zu negatives (T = %.1f, top-k %zu, top-p %.1f%s), "
+              "DFT tau %.2g gamma %.2g, DFT2 tau %.2g gamma %.2g, estimator %s\n",
+              seeds.size(), s.steps, s.batch, s.negatives, s.sampling.temperature, s.sampling.top_k, s.sampling.top_p,
+              s.keep_right_negatives ? "" : ", right answers redrawn", s.tau_dft, s.gamma_dft, s.tau_dft2, s.gamma_dft2, est.str().c_str());
+  std::printf("base model: test accuracy %.3f, log π(pos) %.3f, log π(neg) %.2f\n", base_test.accuracy, base_test.pos_logp,
+              base_test.neg_logp);
+  std::printf("training negatives: %.0f%% are right answers (no wrong one in %zu draws), %.0f%% of their tokens equal the positive's\n\n",
+              100 * negatives_correct, s.redraws + 1, 100 * shared_tokens);
   std::printf("Each method at its learning rate chosen on validation (* = selected; neg = the base model's wrong samples):\n");
   demo::print_header(stdout);
   for (demo::Method m : {demo::Method::sft, demo::Method::dft, demo::Method::dft2}) demo::print_row(stdout, *chosen.at(m), true);
@@ -205,8 +218,14 @@ int main(int argc, char** argv) try {
   demo::write_json((out / "results.json").string(), s, seeds, cli.lr_grid, base_test, runs, all, chosen, progress.elapsed());
   demo::write_curves_csv((out / "curves.csv").string(), runs);
   demo::write_curves_dat((out / "curves.dat").string(), chosen);
+  auto title = [&](demo::Method m) {
+    char t[64];
+    std::snprintf(t, sizeof t, "%s (lr %.0e)", demo::name(m), chosen.at(m)->lr);
+    return std::string(t);
+  };
   const std::string plot = "gnuplot -e \"datafile='" + (out / "curves.dat").string() + "'; outfile='" +
-                           (out / "learning_curves.png").string() + "'\" '" + cli.plot_script + "'";
+                           (out / "learning_curves.png").string() + "'; t_sft='" + title(demo::Method::sft) + "'; t_dft='" +
+                           title(demo::Method::dft) + "'; t_dft2='" + title(demo::Method::dft2) + "'\" '" + cli.plot_script + "'";
   const bool plotted = std::filesystem::exists(cli.plot_script) && std::system(plot.c_str()) == 0;
   std::printf("\nwrote %s/{results.csv,results.json,curves.csv,curves.dat%s} in %.1f s\n", cli.out.c_str(),
               plotted ? ",learning_curves.png" : "", progress.elapsed());

@@ -110,7 +110,9 @@ inline void write_json(const std::string& path, const Settings& s, const std::ve
     << ", \"train_prompts\": " << s.train_prompts << ", \"eval_prompts\": " << s.eval_prompts
     << ", \"tau_dft\": " << s.tau_dft << ", \"gamma_dft\": " << s.gamma_dft << ", \"tau_dft2\": " << s.tau_dft2
     << ", \"gamma_dft2\": " << s.gamma_dft2 << ", \"temperature\": " << s.sampling.temperature << ", \"top_k\": " << s.sampling.top_k
-    << ", \"top_p\": " << s.sampling.top_p << ", \"d_model\": " << s.model.d_model << ", \"n_layers\": " << s.model.n_layers << "},\n";
+    << ", \"top_p\": " << s.sampling.top_p << ", \"d_model\": " << s.model.d_model << ", \"n_layers\": " << s.model.n_layers
+    << ", \"estimator\": \"" << s.estimator << "\", \"keep_right_negatives\": " << (s.keep_right_negatives ? "true" : "false")
+    << ", \"redraws\": " << s.redraws << "},\n";
   f << "  \"seeds\": [";
   for (std::size_t i = 0; i < seeds.size(); ++i) f << (i ? ", " : "") << seeds[i];
   f << "],\n  \"lr_grid\": [";
