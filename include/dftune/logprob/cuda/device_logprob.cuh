@@ -45,6 +45,8 @@ namespace logprob::cuda {
 // Workspace layout: [status word, padded to 256 B][token log-prob scratch: N floats, padded].
 inline constexpr std::size_t status_bytes = 256;
 inline constexpr std::size_t workspace_alignment = 16;
+// The largest vocabulary: a row is indexed in 32 bits, with room for a step past its end.
+inline constexpr std::size_t max_vocab = std::size_t{1} << 30;
 
 // Bytes of device workspace forward() and backward() need for `in` (backward uses the first
 // status_bytes only). Depends on the shapes only; calls nothing on the device. It is also at least
@@ -64,8 +66,7 @@ template <class T>
 void check_shapes(const TokenLogits<T>& in) {
   static_assert(supported<T>, "the CUDA log-prob path takes float, __half or __nv_bfloat16 logits");
   if (in.vocab == 0) fail("vocab", in.vocab, "at least 1");
-  if (in.vocab > static_cast<std::size_t>(INT_MAX))
-    fail("vocab", in.vocab, "at most 2^31 - 1 (targets are int32)");
+  if (in.vocab > max_vocab) fail("vocab", in.vocab, "at most 2^30 (the kernels index a row in 32 bits)");
   if (in.logits.size() % in.vocab != 0)
     fail("logits", "size " + std::to_string(in.logits.size()), "a multiple of vocab = " + std::to_string(in.vocab));
   const std::size_t n = in.rows();
@@ -100,7 +101,7 @@ void forward(const TokenLogits<T>& in, std::span<float> seq_logp, std::span<floa
   if (!row_lse.empty()) dftune::detail::check_size("row_lse", row_lse.size(), in.rows());
   std::uint32_t* status = detail::check_workspace(workspace, get_workspace_size(in), "get_workspace_size(in)");
   float* token = token_logp.empty() ? reinterpret_cast<float*>(workspace.data() + status_bytes) : token_logp.data();
-  const auto V = static_cast<long long>(in.vocab);
+  const auto V = static_cast<int>(in.vocab);
   const auto N = static_cast<long long>(in.rows());
   const auto S = static_cast<long long>(in.sequences());
   using cuda::detail::check_cuda;
@@ -132,7 +133,7 @@ void backward(const TokenLogits<T>& in, std::span<const float> d_seq, std::span<
     dftune::detail::fail("grad", "a buffer overlapping the logits without starting at logits.data()",
                          "the logits themselves (in place) or a buffer disjoint from them");
   std::uint32_t* status = detail::check_workspace(workspace, status_bytes, "status_bytes");
-  const auto V = static_cast<long long>(in.vocab);
+  const auto V = static_cast<int>(in.vocab);
   const auto N = static_cast<long long>(in.rows());
   const auto S = static_cast<long long>(in.sequences());
   using cuda::detail::check_cuda;

@@ -7,7 +7,8 @@
 // Choices (documented here so they can be tuned on a GPU in one place):
 //   - rows with V <= warp_row_max_vocab go to one warp each (8 rows per 256-thread block), larger
 //     ones to one block each: a warp holds 32 × 16 B per step, enough for a few thousand logits;
-//   - UNROLL = 4 vectors per thread in flight (64 B/thread, 16 KiB per block);
+//   - UNROLL = 4 vectors per thread in flight (64 B/thread, 16 KiB per block, 3 blocks per SM:
+//     kernels::min_blocks_per_sm);
 //   - the grid covers every row group once (grid-stride loops make larger N safe);
 //   - sequences: one warp each when they are short on average (N / S < 1024), one block otherwise;
 //   - backward: vector accesses when grad and logits are congruent modulo 16 bytes (always in place),
@@ -35,7 +36,7 @@ inline unsigned grid_for(long long items, int per_block) {
 }
 
 template <class T>
-cudaError_t row_logsumexp_gather(const T* logits, long long V, long long N, const std::int32_t* targets,
+cudaError_t row_logsumexp_gather(const T* logits, int V, long long N, const std::int32_t* targets,
                                  const float* weights, float* token_logp, float* row_lse, std::uint32_t* status,
                                  cudaStream_t stream) {
   using namespace kernels;
@@ -65,7 +66,7 @@ inline cudaError_t segment_sum(const float* token_logp, const std::int64_t* offs
 }
 
 template <class T, int G>
-cudaError_t softmax_grad_g(const T* logits, T* grad, long long V, long long N, const std::int32_t* targets,
+cudaError_t softmax_grad_g(const T* logits, T* grad, int V, long long N, const std::int32_t* targets,
                            const float* weights, const std::int64_t* offsets, long long S, const float* d_seq,
                            const float* row_lse, std::uint32_t* status, cudaStream_t stream) {
   using namespace kernels;
@@ -82,7 +83,7 @@ cudaError_t softmax_grad_g(const T* logits, T* grad, long long V, long long N, c
 }
 
 template <class T>
-cudaError_t softmax_grad(const T* logits, T* grad, long long V, long long N, const std::int32_t* targets,
+cudaError_t softmax_grad(const T* logits, T* grad, int V, long long N, const std::int32_t* targets,
                          const float* weights, const std::int64_t* offsets, long long S, const float* d_seq,
                          const float* row_lse, std::uint32_t* status, cudaStream_t stream) {
   if (N == 0) return cudaSuccess;

@@ -31,6 +31,11 @@ namespace logprob::cuda::kernels {
 using detail::lse_state;
 
 inline constexpr int block_threads = 256;
+// Three blocks (768 threads) resident per SM caps the kernels at 80 registers (ptxas, sm_90: no
+// spills in the forward, 16 bytes in the 16-bit vector backward); with 64 B of loads in flight per
+// thread that is 48 KiB per SM, about 2.5x what H100's HBM needs (3.35 TB/s x ~0.7 us / 132 SMs).
+// Four blocks (64 registers) spill 20-90 bytes per thread in the 16-bit kernels.
+inline constexpr int min_blocks_per_sm = 3;
 
 // ---- storage conversions ---------------------------------------------------------------------
 
@@ -54,15 +59,51 @@ struct alignas(sizeof(T) * K) pack {
   T v[K];
 };
 
+// A pack as floats (x[0..K)). bf16 widens with one shift or mask per element: it is the top half
+// of a float.
+template <class T, int K>
+__device__ __forceinline__ void unpack(const pack<T, K>& p, float* x) {
+  if constexpr (std::is_same_v<T, bf16> && K % 2 == 0) {
+    const auto* w = reinterpret_cast<const std::uint32_t*>(p.v);
+DFTUNE_CUDA_UNROLL
+    for (int j = 0; j < K / 2; ++j) {
+      x[2 * j] = __uint_as_float(w[j] << 16);
+      x[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+    }
+  } else {
+DFTUNE_CUDA_UNROLL
+    for (int k = 0; k < K; ++k) x[k] = to_float(p.v[k]);
+  }
+}
+
+// Floats rounded to nearest into a pack; two at a time for the 16-bit types (one cvt.rn.*x2).
+template <class T, int K>
+__device__ __forceinline__ pack<T, K> pack_from(const float* x) {
+  pack<T, K> p;
+  if constexpr (std::is_same_v<T, bf16> && K % 2 == 0) {
+    auto* w = reinterpret_cast<__nv_bfloat162*>(p.v);
+DFTUNE_CUDA_UNROLL
+    for (int j = 0; j < K / 2; ++j) w[j] = __floats2bfloat162_rn(x[2 * j], x[2 * j + 1]);
+  } else if constexpr (std::is_same_v<T, fp16> && K % 2 == 0) {
+    auto* w = reinterpret_cast<__half2*>(p.v);
+DFTUNE_CUDA_UNROLL
+    for (int j = 0; j < K / 2; ++j) w[j] = __floats2half2_rn(x[2 * j], x[2 * j + 1]);
+  } else {
+DFTUNE_CUDA_UNROLL
+    for (int k = 0; k < K; ++k) p.v[k] = from_float<T>(x[k]);
+  }
+  return p;
+}
+
 // Elements per 16-byte vector.
 template <class T>
 inline constexpr int vec_elems = 16 / static_cast<int>(sizeof(T));
 
 // Elements before the first 16-byte boundary at or after p (at most `limit`).
 template <class T>
-__device__ __forceinline__ long long head_elems(const T* p, long long limit) {
-  const auto misalign = static_cast<long long>(reinterpret_cast<std::uintptr_t>(p) & 15u);
-  const long long head = ((16 - misalign) & 15) / static_cast<long long>(sizeof(T));
+__device__ __forceinline__ int head_elems(const T* p, int limit) {
+  const auto misalign = static_cast<int>(reinterpret_cast<std::uintptr_t>(p) & 15u);
+  const int head = ((16 - misalign) & 15) / static_cast<int>(sizeof(T));
   return head < limit ? head : limit;
 }
 
@@ -129,32 +170,35 @@ DFTUNE_CUDA_UNROLL
 // ---- one row's online log-sum-exp by a group of G threads ------------------------------------
 
 template <class T, int G, int UNROLL>
-__device__ __forceinline__ lse_state row_lse_partial(const T* z, long long V, int lane) {
+__device__ __forceinline__ lse_state row_lse_partial(const T* z, int V, int lane) {
   constexpr int K = vec_elems<T>;
   using P = pack<T, K>;
   lse_state st = detail::lse_empty();
-  const long long head = head_elems(z, V);
+  const int head = head_elems(z, V);
   if (lane < head) {
     const float x[1] = {to_float(z[lane])};
     detail::lse_add(st, x);
   }
-  const long long nvec = (V - head) / K;
+  const int nvec = (V - head) / K;
   const P* body = reinterpret_cast<const P*>(z + head);
   // UNROLL vectors in flight per thread on every step, the last one included: lanes past the end
   // load nothing and contribute −inf (a zero term).
-  for (long long i = lane; i < nvec; i += UNROLL * G) {
+  for (int i = lane; i < nvec; i += UNROLL * G) {
     P raw[UNROLL];
 DFTUNE_CUDA_UNROLL
     for (int u = 0; u < UNROLL; ++u)
       if (i + u * G < nvec) raw[u] = body[i + u * G];
     float x[UNROLL * K];
 DFTUNE_CUDA_UNROLL
-    for (int u = 0; u < UNROLL; ++u)
+    for (int u = 0; u < UNROLL; ++u) {
+      unpack(raw[u], x + u * K);
+      if (i + u * G >= nvec)
 DFTUNE_CUDA_UNROLL
-      for (int k = 0; k < K; ++k) x[u * K + k] = i + u * G < nvec ? to_float(raw[u].v[k]) : -detail::pos_inf();
+        for (int k = 0; k < K; ++k) x[u * K + k] = -detail::pos_inf();
+    }
     detail::lse_add(st, x);
   }
-  const long long tail = head + nvec * K;  // fewer than K < G elements remain
+  const int tail = head + nvec * K;  // fewer than K < G elements remain
   if (tail + lane < V) {
     const float x[1] = {to_float(z[tail + lane])};
     detail::lse_add(st, x);
@@ -165,8 +209,8 @@ DFTUNE_CUDA_UNROLL
 // ---- forward: per-row log-sum-exp and weighted target log-prob -------------------------------
 
 template <class T, int G, int UNROLL>
-__global__ void __launch_bounds__(block_threads)
-    row_logsumexp_gather_kernel(const T* __restrict__ logits, long long V, long long N,
+__global__ void __launch_bounds__(block_threads, min_blocks_per_sm)
+    row_logsumexp_gather_kernel(const T* __restrict__ logits, int V, long long N,
                                 const std::int32_t* __restrict__ targets, const float* __restrict__ weights,
                                 float* __restrict__ token_logp, float* __restrict__ row_lse,
                                 std::uint32_t* __restrict__ status) {
@@ -185,7 +229,7 @@ __global__ void __launch_bounds__(block_threads)
       }
       continue;
     }
-    const T* z = logits + row * V;
+    const T* z = logits + row * static_cast<long long>(V);
     // The target logit is loaded before the row pass, so that its latency hides behind it.
     const std::int32_t y = targets[row];
     const bool bad_target = y < 0 || y >= V;
@@ -210,7 +254,7 @@ __global__ void __launch_bounds__(block_threads)
 // ---- forward: per-sequence sums --------------------------------------------------------------
 
 template <int G>
-__global__ void __launch_bounds__(block_threads)
+__global__ void __launch_bounds__(block_threads, min_blocks_per_sm)
     segment_sum_kernel(const float* __restrict__ token_logp, const std::int64_t* __restrict__ offsets,
                        long long S, long long N, float* __restrict__ seq_logp, std::uint32_t* __restrict__ status) {
   constexpr int R = block_threads / G;
@@ -249,17 +293,15 @@ __device__ __forceinline__ long long sequence_of_row(const std::int64_t* offsets
   return (offsets[lo] <= r && r < offsets[lo + 1]) ? lo : -1;
 }
 
-// g[v] = c · (onehot(y)[v] − exp(z[v] − lse)) for one K-element pack `in` of the row, whose first
-// element has index `base` in the row; stored to g.
+// g[v] = c · (onehot(y)[v] − exp(z[v] − lse)) for one K-element pack `in` of the row; yk is the
+// target's index inside the pack (anything outside [0, K) when the target is elsewhere).
 template <class T, int K>
-__device__ __forceinline__ void grad_pack(const pack<T, K>& in, T* g, long long base, long long y, float c, float lse) {
-  pack<T, K> out;
+__device__ __forceinline__ void grad_pack(const pack<T, K>& in, T* g, int yk, float c, float lse) {
+  float x[K];
+  unpack(in, x);
 DFTUNE_CUDA_UNROLL
-  for (int k = 0; k < K; ++k) {
-    const float p = detail::exp_shifted(to_float(in.v[k]), lse);
-    out.v[k] = from_float<T>(c * ((base + k == y ? 1.0f : 0.0f) - p));
-  }
-  *reinterpret_cast<pack<T, K>*>(g) = out;
+  for (int k = 0; k < K; ++k) x[k] = c * ((k == yk ? 1.0f : 0.0f) - detail::exp_shifted(x[k], lse));
+  *reinterpret_cast<pack<T, K>*>(g) = pack_from<T, K>(x);
 }
 
 template <class T, int K>
@@ -278,21 +320,21 @@ DFTUNE_CUDA_UNROLL
 
 // VECTOR: grad and logits share their offset modulo 16 bytes, so the same head makes both aligned.
 template <class T, int G, int UNROLL, bool VECTOR>
-__global__ void __launch_bounds__(block_threads)
-    softmax_grad_kernel(const T* logits, T* grad, long long V, long long N, const std::int32_t* __restrict__ targets,
+__global__ void __launch_bounds__(block_threads, min_blocks_per_sm)
+    softmax_grad_kernel(const T* logits, T* grad, int V, long long N, const std::int32_t* __restrict__ targets,
                         const float* __restrict__ weights, const std::int64_t* __restrict__ offsets, long long S,
                         const float* __restrict__ d_seq, const float* __restrict__ row_lse,
                         std::uint32_t* __restrict__ status) {
   static_assert(G == 32 || G == block_threads, "a row is one warp or one block");
   constexpr int R = block_threads / G;
   constexpr int K = VECTOR ? vec_elems<T> : 1;
-  constexpr int U = VECTOR ? UNROLL : 4 * UNROLL;
+  constexpr int U = VECTOR ? UNROLL : 2 * UNROLL;
   __shared__ group_smem<G> sm;
   const int lane = static_cast<int>(threadIdx.x) % G;
   const long long stride = static_cast<long long>(gridDim.x) * R;
   for (long long row = static_cast<long long>(blockIdx.x) * R + threadIdx.x / G; row < N; row += stride) {
-    const T* z = logits + row * V;  // may equal g: every element is read before it is written
-    T* g = grad + row * V;
+    const T* z = logits + row * static_cast<long long>(V);  // may equal g: each element is read before it is written
+    T* g = grad + row * static_cast<long long>(V);
     const float w = weights ? weights[row] : 1.0f;
     float c = 0.0f;
     if (w != 0.0f) {
@@ -306,16 +348,16 @@ __global__ void __launch_bounds__(block_threads)
         if (lane == 0 && !isfinite(w)) atomicOr(status, status_bad_weight);
       }
     }
-    const long long head = VECTOR ? head_elems(z, V) : 0;
-    const long long nvec = (V - head) / K;
-    const long long tail = head + nvec * K;
+    const int head = VECTOR ? head_elems(z, V) : 0;
+    const int nvec = (V - head) / K;
+    const int tail = head + nvec * K;
     if (c == 0.0f) {  // masked row or zero upstream gradient: zeros, nothing read (uniform in the group)
       if (lane < head) g[lane] = from_float<T>(0.0f);
-      for (long long i = lane; i < nvec; i += G) zero_pack<T, K>(g + head + i * K);
+      for (int i = lane; i < nvec; i += G) zero_pack<T, K>(g + head + i * K);
       if (tail + lane < V) g[tail + lane] = from_float<T>(0.0f);
       continue;
     }
-    long long y = targets[row];
+    int y = targets[row];
     float lse;
     if (row_lse) {
       lse = row_lse[row];
@@ -328,22 +370,25 @@ __global__ void __launch_bounds__(block_threads)
       c = detail::quiet_nan();
       y = -1;
     }
-    if (lane < head) grad_pack<T, 1>(load_pack<T, 1>(z + lane), g + lane, lane, y, c, lse);
+    if (lane < head) grad_pack<T, 1>(load_pack<T, 1>(z + lane), g + lane, y - lane, c, lse);
     // U packs in flight per thread on every step (all loads before any store: with g == z the
     // compiler could not move a load above an earlier store); lanes past the end do nothing.
-    for (long long i = lane; i < nvec; i += U * G) {
+    const T* zb = z + head;
+    T* gb = g + head;
+    const int yb = y - head;  // the target's index from the start of the vector body
+    for (int i = lane; i < nvec; i += U * G) {
       pack<T, K> raw[U];
 DFTUNE_CUDA_UNROLL
       for (int u = 0; u < U; ++u)
-        if (i + u * G < nvec) raw[u] = load_pack<T, K>(z + head + (i + u * G) * K);
+        if (i + u * G < nvec) raw[u] = load_pack<T, K>(zb + (i + u * G) * K);
 DFTUNE_CUDA_UNROLL
       for (int u = 0; u < U; ++u)
         if (i + u * G < nvec) {
-          const long long e = head + (i + u * G) * K;
-          grad_pack<T, K>(raw[u], g + e, e, y, c, lse);
+          const int e = (i + u * G) * K;
+          grad_pack<T, K>(raw[u], gb + e, yb - e, c, lse);
         }
     }
-    if (tail + lane < V) grad_pack<T, 1>(load_pack<T, 1>(z + tail + lane), g + tail + lane, tail + lane, y, c, lse);
+    if (tail + lane < V) grad_pack<T, 1>(load_pack<T, 1>(z + tail + lane), g + tail + lane, y - (tail + lane), c, lse);
   }
 }
 
