@@ -407,3 +407,11 @@ TEST_CASE("save reports an unwritable path and leaves no temporary file") {
   Run r;
   CHECK_THROWS_WITH_AS(io::save("/nonexistent-dir-dftune/x.ckpt", r.est), doctest::Contains("nonexistent-dir-dftune"), error);
 }
+
+TEST_CASE("fuzz regression: an Estimator<float> refuses a log_u0 that float cannot hold") {
+  // tests/fuzz/regressions/fuzz_objectives/crash-float-log_u0-overflow: log_u0 = 1e300 became +inf.
+  const DftOptions o{.init = EstimatorInit::fixed, .log_u0 = 1e300};
+  CHECK_THROWS_WITH_AS(Estimator<float>(3, o), doctest::Contains("log_u0: got 1.0000000000000001e+300"), error);
+  CHECK(Estimator<double>(3, o).log_u0() == 1e300);
+  CHECK(Estimator<float>(3, DftOptions{.init = EstimatorInit::fixed, .log_u0 = -1e30}).log_u0() == -1e30f);
+}

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <span>
 #include <string>
@@ -24,11 +25,20 @@ class Estimator {
  public:
   // opt.init and opt.log_u0 define the state of an example before its first update.
   explicit Estimator(std::size_t num_examples, const DftOptions& opt = {})
-      : init_(opt.init), log_u0_(static_cast<T>(opt.log_u0)) {
+      : init_(opt.init), log_u0_(checked_log_u0(opt)) {
     validate(opt);
     if (num_examples == 0) detail::fail("num_examples", num_examples, "at least 1");
     log_u_.assign(num_examples, T(0));
     seen_.assign(num_examples, 0);
+  }
+
+  // opt validated, and log_u0 refused when T cannot hold it (found by tests/fuzz: 1e300 became
+  // +inf in an Estimator<float>, and converting it was undefined behaviour).
+  static T checked_log_u0(const DftOptions& opt) {
+    validate(opt);
+    if (!(std::fabs(opt.log_u0) <= static_cast<double>(std::numeric_limits<T>::max())))
+      detail::fail("log_u0", opt.log_u0, "a finite number the estimator's scalar type can hold");
+    return static_cast<T>(opt.log_u0);
   }
 
   std::size_t size() const { return log_u_.size(); }
