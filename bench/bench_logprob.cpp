@@ -275,6 +275,16 @@ int main(int argc, char** argv) {
             ->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(1);
     }
   };
+  // Compute ceilings: one core on a batch that stays in L2 (V = 32000, N = 4: 0.25-1 MiB).
+  auto ceiling = [&]<class T>(const char* type) {
+    for (auto [op, op_name] : ops)
+      reg(std::string("ceiling/fast/") + type + "/" + op_name + "/V:32000/N:4/threads:1",
+          [op](benchmark::State& s) { bm_logprob<T>(s, Path::fast, op, 32000, 4, 1); });
+  };
+  ceiling.template operator()<float>("float");
+  ceiling.template operator()<bf16>("bf16");
+  ceiling.template operator()<double>("double");
+
   for (std::size_t V : vocabs)
     for (std::size_t N : rows) {
       add.template operator()<float>("float", V, N, N == 512);  // the oracle at N = 4096 takes ~1 min per op

@@ -33,15 +33,27 @@ cmake --build "$build" --target bench_logprob -j "$(nproc)" >/dev/null
 out="$build/bench_results"
 mkdir -p "$out"
 
-if [ "${DFTUNE_BENCH_QUICK:-0}" != 0 ]; then torch_args=(--vocabs 32000 --rows 512 --min-time 0.1); else torch_args=(); fi
+# Shape by shape: the triad, the C++ benchmarks, then PyTorch, so that every ratio compares
+# numbers taken within a minute of each other under the same load.
+if [ "${DFTUNE_BENCH_QUICK:-0}" != 0 ]; then shapes="32000:512"; min_time=0.1; else
+  shapes="32000:512 32000:4096 128256:512 128256:4096 256000:512 256000:4096"; min_time=0.3; fi
+rm -f "$out"/cpp_*.json "$out"/torch_*.json
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-"$build/bench/bench_logprob" --benchmark_out="$out/cpp.json" --benchmark_out_format=json >&2
-LD_PRELOAD=$jemalloc MALLOC_CONF=thp:always,dirty_decay_ms:-1,muzzy_decay_ms:-1 \
-  "$py" bench/torch_logprob.py --threads "1,$threads" "${torch_args[@]}" >"$out/torch.json"
+for shape in $shapes; do
+  V=${shape%:*} N=${shape#*:}
+  echo "== V=$V N=$N" >&2
+  "$build/bench/bench_logprob" --benchmark_filter="^bw/|/V:$V/N:$N/" \
+    --benchmark_out="$out/cpp_${V}_$N.json" --benchmark_out_format=json >&2
+  LD_PRELOAD=$jemalloc MALLOC_CONF=thp:always,dirty_decay_ms:-1,muzzy_decay_ms:-1 \
+    "$py" bench/torch_logprob.py --vocabs "$V" --rows "$N" --threads "1,$threads" --min-time $min_time \
+    >"$out/torch_${V}_$N.json"
+done
+"$build/bench/bench_logprob" --benchmark_filter="^bw/|^ceiling/|^dft/" \
+  --benchmark_out="$out/cpp_misc.json" --benchmark_out_format=json >&2
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
-"$py" bench/report.py "$out/cpp.json" "$out/torch.json" \
+"$py" bench/report.py --cpp "$out"/cpp_*.json --torch "$out"/torch_*.json --header \
   "# CPU log-prob reductions: generic vs fast path vs PyTorch" "" \
   "Run $(date -u '+%Y-%m-%d %H:%M UTC') with \`scripts/bench_cpu.sh\` on $cpu, $(nproc) cores, $(grep -m1 MemTotal /proc/meminfo | awk '{printf "%.0f GiB", $2/1048576}'), g++ $(g++ -dumpfullversion), -O3 -march=native; PyTorch $("$py" -c 'import torch; print(torch.__version__)') (Debian python3-torch, jemalloc)." \
   "Load average before / after: $load_before / $load_after (other jobs share this machine; see the notes in bench/RESULTS_cpu.md). OMP_WAIT_POLICY=$OMP_WAIT_POLICY." \
