@@ -3,6 +3,8 @@
 #include <dftune/dftune.hpp>
 #include <dftune/io/checkpoint.hpp>
 
+#include "smallest_model.hpp"
+
 #include <cstdio>
 #include <filesystem>
 #include <vector>
@@ -45,7 +47,14 @@ int main() {
   std::filesystem::remove(path);
   const bool same = std::equal(model.parameters().begin(), model.parameters().end(), model2.parameters().begin()) &&
                     dft2.steps() == 5;
-  std::printf("dftune %s: mean log pi(y|x) %.4f -> %.4f after 5 steps; checkpoint round trip %s\n", version, before,
-              after, same ? "ok" : "FAILED");
-  return after > before && same ? 0 : 1;
+  // The smallest model of docs/backend.md, trained by the same optimizer.
+  Unigram uni(4);
+  Estimator<double> est3(2, opt);
+  DftOptimizer dft3(uni, est3, opt, Sgd<double>{}, ConstantSchedule{.rate = 0.5});
+  const double uni_before = dft3.evaluate(batch).mean_pos_logp;
+  for (int t = 0; t < 5; ++t) dft3.step(batch);
+  const double uni_after = dft3.evaluate(batch).mean_pos_logp;
+  std::printf("dftune %s: mean log pi(y|x) %.4f -> %.4f after 5 steps; checkpoint round trip %s; "
+              "docs/backend.md's Unigram %.4f -> %.4f\n", version, before, after, same ? "ok" : "FAILED", uni_before, uni_after);
+  return after > before && same && uni_after > uni_before ? 0 : 1;
 }
