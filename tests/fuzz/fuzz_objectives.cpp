@@ -5,6 +5,8 @@
 //   - no crash, no sanitizer report, no exception other than dftune::error;
 //   - dft_step that throws leaves the estimator bit-identical; one that returns stores finite
 //     log u and returns finite gradients, and dft_loss (which never writes) agrees with it;
+//   - the baseline objectives (DPO, IPO, SimPO, ORPO, SFT, RWR, REINFORCE, RLOO, Best-of-N)
+//     return or throw dftune::error, with no sanitizer report;
 //   - the fast CPU reduction accepts and rejects exactly the calls the generic oracle does, and a
 //     throwing call writes none of its outputs.
 #include <dftune/dftune.hpp>
@@ -149,15 +151,58 @@ void reduction(fuzz::Input& in) {
   FUZZ_CHECK(fast_ok == gen_ok);
 }
 
+// The baselines (objective/*.hpp): DPO, IPO, SimPO, ORPO on preference pairs; SFT, RWR,
+// REINFORCE, RLOO, Best-of-N on scored samples. Property: a result or a dftune::error, nothing else.
+template <class T>
+void baselines(fuzz::Input& in) {
+  const std::size_t B = in.count(0, 4), m = in.count(0, 3);
+  auto sized = [&](std::size_t n) { return (in.byte() % 16 == 0) ? n + 1 : n; };
+  std::vector<T> pos(B), neg(sized(B * m)), rpos(sized(B)), rneg(sized(B * m));
+  std::vector<std::int64_t> pl(sized(B)), nl(sized(B * m));
+  for (auto* v : {&pos, &neg, &rpos, &rneg})
+    for (auto& x : *v) x = in.number<T>(30.0);
+  for (auto* v : {&pl, &nl})
+    for (auto& l : *v) l = static_cast<std::int64_t>(in.count(0, 6)) - (in.byte() == 3 ? 7 : 0);
+  const std::uint8_t drop = in.byte();
+  PreferenceScores<T> p{.num_negatives = m, .pos_logp = pos, .neg_logp = neg,
+                        .ref_pos_logp = (drop & 1) ? std::span<const T>() : std::span<const T>(rpos),
+                        .ref_neg_logp = (drop & 2) ? std::span<const T>() : std::span<const T>(rneg),
+                        .pos_len = (drop & 4) ? std::span<const std::int64_t>() : std::span<const std::int64_t>(pl),
+                        .neg_len = (drop & 8) ? std::span<const std::int64_t>() : std::span<const std::int64_t>(nl)};
+  const double a = in.number<double>(5.0), b = in.number<double>(2.0);
+  const auto reduction = static_cast<NllReduction>(in.byte() % 4);
+  try { dpo_loss(p, DpoOptions{.beta = a}); } catch (const dftune::error&) {}
+  try { ipo_loss(p, IpoOptions{.beta = a}); } catch (const dftune::error&) {}
+  try { simpo_loss(p, SimpoOptions{.beta = a, .gamma = b}); } catch (const dftune::error&) {}
+  try { orpo_loss(p, OrpoOptions{.lambda = b, .sft_reduction = reduction}); } catch (const dftune::error&) {}
+
+  const std::size_t k = in.count(0, 4);
+  std::vector<T> logp(sized(B * k)), reward(sized(B * k));
+  std::vector<std::int64_t> len(sized(B * k));
+  for (auto& x : logp) x = in.number<T>(30.0);
+  for (auto& x : reward) x = in.number<T>(3.0);
+  for (auto& l : len) l = static_cast<std::int64_t>(in.count(0, 6));
+  const SampleScores<T> smp{.group_size = k, .logp = logp, .reward = reward,
+                            .len = (drop & 16) ? std::span<const std::int64_t>() : std::span<const std::int64_t>(len)};
+  try { sft_loss(std::span<const T>(logp), SftOptions{.reduction = reduction}, smp.len); } catch (const dftune::error&) {}
+  try { rwr_loss(smp, RwrOptions{.eta = a, .normalization = static_cast<RwrNormalization>(in.byte() % 3)}); } catch (const dftune::error&) {}
+  try { reinforce_loss(smp); } catch (const dftune::error&) {}
+  try { reinforce_loss(smp, ConstantBaseline{.value = b}); } catch (const dftune::error&) {}
+  try { rloo_loss(smp); } catch (const dftune::error&) {}
+  try { best_of_n_loss(smp, BestOfNOptions{.reduction = reduction}); } catch (const dftune::error&) {}
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   fuzz::Input in(data, size);
-  switch (in.byte() % 4) {
+  switch (in.byte() % 6) {
     case 0: objective<double>(in); break;
     case 1: objective<float>(in); break;
     case 2: reduction<double>(in); break;
-    default: reduction<float>(in); break;
+    case 3: reduction<float>(in); break;
+    case 4: baselines<double>(in); break;
+    default: baselines<float>(in); break;
   }
   return 0;
 }
