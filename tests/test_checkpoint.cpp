@@ -288,8 +288,9 @@ TEST_CASE("a broken training checkpoint is refused with a clear error and loads 
     b[30] ^= std::byte{1};
     refuse(b, "checksum");
   }
-  {  // a missing file
+  {  // a missing file, a directory
     CHECK_THROWS_WITH_AS(io::load(tmp / "missing.ckpt", target.opt), doctest::Contains("missing.ckpt"), error);
+    CHECK_THROWS_WITH_AS(io::load(tmp.dir, target.opt), doctest::Contains("a regular file"), error);
     CHECK(Snapshot(target) == before);
   }
   // Forged payloads with a valid checksum reach the checks of the contents.

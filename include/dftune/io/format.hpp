@@ -302,6 +302,10 @@ inline void write_file_atomic(const std::filesystem::path& path, std::span<const
 }
 
 inline std::vector<std::byte> read_file(const std::filesystem::path& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec))
+    dftune::detail::fail("path", path, ec ? "a readable checkpoint file (" + ec.message() + ")"
+                                          : std::string("a regular file (a checkpoint)"));
   std::ifstream in(path, std::ios::binary);
   if (!in) internal::fail_file(path, "a readable checkpoint file", errno);
   in.seekg(0, std::ios::end);
