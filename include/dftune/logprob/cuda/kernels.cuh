@@ -186,8 +186,7 @@ __device__ __forceinline__ lse_state row_lse_partial(const T* z, int V, int lane
   for (int i = lane; i < nvec; i += UNROLL * G) {
     P raw[UNROLL];
 DFTUNE_CUDA_UNROLL
-    for (int u = 0; u < UNROLL; ++u)
-      if (i + u * G < nvec) raw[u] = body[i + u * G];
+    for (int u = 0; u < UNROLL; ++u) raw[u] = i + u * G < nvec ? body[i + u * G] : P{};
     float x[UNROLL * K];
 DFTUNE_CUDA_UNROLL
     for (int u = 0; u < UNROLL; ++u) {
