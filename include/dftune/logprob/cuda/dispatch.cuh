@@ -7,7 +7,7 @@
 // Choices (documented here so they can be tuned on a GPU in one place):
 //   - rows with V <= warp_row_max_vocab go to one warp each (8 rows per 256-thread block), larger
 //     ones to one block each: a warp holds 32 × 16 B per step, enough for a few thousand logits;
-//   - UNROLL = 4 vectors per thread in flight (64 B/thread, 16 KiB per block, 3 blocks per SM:
+//   - UNROLL = 4 vectors per thread in flight (64 B/thread, 16 KiB per block, 4 blocks per SM:
 //     kernels::min_blocks_per_sm);
 //   - the grid covers every row group once (grid-stride loops make larger N safe);
 //   - sequences: one warp each when they are short on average (N / S < 1024), one block otherwise;

@@ -31,11 +31,10 @@ namespace logprob::cuda::kernels {
 using detail::lse_state;
 
 inline constexpr int block_threads = 256;
-// Three blocks (768 threads) resident per SM caps the kernels at 80 registers (ptxas, sm_90: no
-// spills in the forward, 16 bytes in the 16-bit vector backward); with 64 B of loads in flight per
-// thread that is 48 KiB per SM, about 2.5x what H100's HBM needs (3.35 TB/s x ~0.7 us / 132 SMs).
-// Four blocks (64 registers) spill 20-90 bytes per thread in the 16-bit kernels.
-inline constexpr int min_blocks_per_sm = 3;
+// Four blocks (1024 threads) resident per SM caps the kernels at 64 registers (ptxas, sm_90: 48-63
+// registers, no spills); with 64 B of loads in flight per thread that is 64 KiB per SM, about 3x
+// what H100's HBM needs to stay busy (3.35 TB/s x ~0.7 us / 132 SMs).
+inline constexpr int min_blocks_per_sm = 4;
 
 // ---- storage conversions ---------------------------------------------------------------------
 
@@ -378,8 +377,7 @@ __global__ void __launch_bounds__(block_threads, min_blocks_per_sm)
     for (int i = lane; i < nvec; i += U * G) {
       pack<T, K> raw[U];
 DFTUNE_CUDA_UNROLL
-      for (int u = 0; u < U; ++u)
-        if (i + u * G < nvec) raw[u] = load_pack<T, K>(zb + (i + u * G) * K);
+      for (int u = 0; u < U; ++u) raw[u] = i + u * G < nvec ? load_pack<T, K>(zb + (i + u * G) * K) : pack<T, K>{};
 DFTUNE_CUDA_UNROLL
       for (int u = 0; u < U; ++u)
         if (i + u * G < nvec) {
