@@ -279,6 +279,12 @@ static void host_argument_checks() {
   bad.vocab = 0;
   check_throws("vocab 0", "vocab: got 0", [&] { lc::forward(bad, seq, tok, lse, ws, s); });
   bad = ok;
+  bad.vocab = (std::size_t{1} << 30) + 1;
+  bad.logits = {};
+  bad.targets = {};
+  bad.weights = {};
+  check_throws("vocab too large", "expected at most 2^30", [&] { lc::forward(bad, seq, tok, lse, ws, s); });
+  bad = ok;
   bad.vocab = 3;
   check_throws("logits size", "logits: got size 20, expected a multiple of vocab = 3",
                [&] { lc::forward(bad, seq, tok, lse, ws, s); });
