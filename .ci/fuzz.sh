@@ -30,14 +30,16 @@ status=0
 for t in fuzz_checkpoint fuzz_objectives; do
   corpus=build-fuzz/corpus/$t
   mkdir -p "$corpus"
-  if [ -d tests/fuzz/regressions/$t ] && [ -n "$(ls -A tests/fuzz/regressions/$t)" ]; then
-    echo "== $t: replaying tests/fuzz/regressions/$t"
-    build-fuzz/$t tests/fuzz/regressions/$t/* || status=1
+  mapfile -t saved < <(find tests/fuzz/regressions/$t -maxdepth 1 -type f ! -name '.*' 2>/dev/null | sort)
+  if [ ${#saved[@]} -gt 0 ]; then
+    echo "== $t: replaying ${#saved[@]} input(s) of tests/fuzz/regressions/$t"
+    build-fuzz/$t "${saved[@]}" >build-fuzz/$t.replay.log 2>&1 || { status=1; tail -40 build-fuzz/$t.replay.log; }
   fi
   echo "== $t: fuzzing for ${seconds}s"
   DFTUNE_FUZZ_WRITE_SEEDS=$corpus build-fuzz/$t -runs=0 "$corpus" >/dev/null 2>&1 || true
   build-fuzz/$t -max_total_time="$seconds" -max_len=4096 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix=build-fuzz/artifacts/$t- "$corpus" 2>build-fuzz/$t.log || { status=1; tail -60 build-fuzz/$t.log; }
-  grep -E "^stat::number_of_executed_units|^Done" build-fuzz/$t.log || true
+  grep -E "^Done" build-fuzz/$t.log || true
 done
+[ $status -eq 0 ] && echo "fuzz: no findings" || echo "fuzz: FINDINGS (see above and build-fuzz/artifacts/)" >&2
 exit $status
