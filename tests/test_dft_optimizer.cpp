@@ -211,3 +211,14 @@ TEST_CASE("training with DFT and DFT2 raises the positives and pushes the base m
     CHECK(last.result.loss < first.result.loss);
   }
 }
+
+TEST_CASE("DftOptimizer refuses bad options and a bad schedule at construction") {
+  CategoricalPolicy<double> model(2, 3);
+  Estimator<double> est(2);
+  CHECK_THROWS_WITH_AS(DftOptimizer(model, est, {.gamma = 0}, Sgd<double>{}, ConstantSchedule{.rate = 0.1}),
+                       doctest::Contains("gamma: got 0"), error);
+  CHECK_THROWS_WITH_AS(DftOptimizer(model, est, {}, Sgd<double>{}, CosineSchedule{.base_lr = 1, .warmup_steps = 5, .total_steps = 2}),
+                       doctest::Contains("warmup_steps: got 5"), error);
+  CHECK_THROWS_WITH_AS(DftOptimizer(model, est, {}, Sgd<double>{}, ConstantSchedule{.rate = -1}),
+                       doctest::Contains("rate: got -1"), error);
+}

@@ -57,6 +57,7 @@ class DftOptimizer {
   DftOptimizer(M& model, Estimator<T>& estimator, const DftOptions& options, Rule rule, Schedule schedule)
       : model_(model), est_(estimator), opt_(options), rule_(std::move(rule)), schedule_(std::move(schedule)) {
     validate(opt_);
+    if constexpr (requires { validate(schedule_); }) validate(schedule_);  // fail at construction, not at step t
   }
 
   DftStepInfo<T> step(const DftBatch<T>& batch) {
