@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 cmake/install_deps.sh test
 
-flags="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all"
+flags="-O1 -g1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug \
   -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" \
   -DDFTUNE_BUILD_TESTS=ON -DDFTUNE_BUILD_EXAMPLES=OFF -DDFTUNE_BUILD_BENCH=OFF -DDFTUNE_ENABLE_CUDA=OFF
