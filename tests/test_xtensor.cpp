@@ -11,6 +11,7 @@ TEST_CASE("xtensor backend (skipped: xtensor headers not found; Debian: libxtens
 #include <dftune/backend/xtensor/categorical_policy.hpp>
 #include <dftune/backend/xtensor/logprob.hpp>
 #include <dftune/dftune.hpp>
+#include <dftune/io/checkpoint.hpp>
 
 #include <doctest/doctest.h>
 
@@ -323,6 +324,33 @@ TEST_CASE_TEMPLATE("a DFT training run on the xtensor model equals the Eigen-pat
     const auto last = o2.evaluate(batch);
     CHECK(last.mean_pos_logp > first.mean_pos_logp + 1);  // and the run did move
   }
+}
+
+TEST_CASE("a run on the xtensor model checkpoints and resumes bit for bit, like any Model") {
+  constexpr std::size_t C = 2, V = 5;
+  Sequences pos, neg;
+  for (token_t c = 0; c < 2; ++c) {
+    pos.push(std::vector<token_t>{c}, std::vector<token_t>{1, 2});
+    neg.push(std::vector<token_t>{c}, std::vector<token_t>{3});
+    neg.push(std::vector<token_t>{c}, std::vector<token_t>{0, 4, 4});
+  }
+  const std::vector<std::int64_t> ids{0, 1};
+  const std::vector<double> ref{-1.7, -4.9, -1.6, -5.2};
+  const DftBatch<double> batch{.ids = ids, .positives = pos.view(), .negatives = neg.view(), .num_negatives = 2,
+                               .ref_neg_logp = ref};
+  const DftOptions opt{};
+  const CosineSchedule sched{.base_lr = 0.1, .warmup_steps = 2, .total_steps = 12};
+  xb::CategoricalPolicy<double> a(C, V), b(C, V);
+  Estimator<double> ea(2, opt), eb(2, opt);
+  DftOptimizer oa(a, ea, opt, AdamW<double>{}, sched), ob(b, eb, opt, AdamW<double>{}, sched);
+  for (int t = 0; t < 4; ++t) oa.step(batch);
+  const std::vector<std::byte> saved = io::encode(oa);
+  for (int t = 4; t < 12; ++t) oa.step(batch);
+  io::decode(saved, ob);
+  for (int t = 4; t < 12; ++t) ob.step(batch);
+  CHECK(bit_equal<double>(a.parameters(), b.parameters()));
+  CHECK(bit_equal<double>(oa.rule().second_moment(), ob.rule().second_moment()));
+  CHECK(bit_equal<double>(ea.raw_log_u(), eb.raw_log_u()));
 }
 
 #endif  // __has_include(<xtensor/xtensor.hpp>)
