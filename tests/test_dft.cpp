@@ -338,3 +338,16 @@ TEST_CASE("error messages name the argument, the value and what was expected") {
     CHECK(std::string(e.what()) == "gamma: got 1.5, expected a number in (0, 1]");
   }
 }
+
+TEST_CASE("float results that float cannot hold are errors, not inf (fuzz finding)") {
+  // Fixed normaliser log u = 0 and d = 99: the weight exp(99) ≈ 1e43 overflows float.
+  const DftOptions opt{.variant = Variant::dft, .tau = 1.0, .gamma = 0.85, .init = EstimatorInit::fixed};
+  Estimator<float> est(2, opt);
+  const std::vector<std::int64_t> ids{1};
+  const std::vector<float> pos{-1.f}, neg{-1.f}, ref{-100.f};
+  CHECK_THROWS_WITH_AS(dftune::dft_step<float>({.ids = ids, .num_negatives = 1, .pos_logp = pos, .neg_logp = neg,
+                                                .ref_neg_logp = ref},
+                                               est, opt),
+                       doctest::Contains("grad_neg"), dftune::error);
+  CHECK_FALSE(est.log_u(1).has_value());
+}

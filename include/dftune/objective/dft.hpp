@@ -57,6 +57,16 @@ void validate_dft(const SequenceScores<T>& b, const Estimator<T>& est, const Dft
   }
 }
 
+// x stored as T, or an error when T cannot hold it: with float inputs, a result computed in double
+// (a weight exp(d − log u), log u itself, the loss) can exceed float's range, and the conversion
+// would be undefined behaviour (found by tests/fuzz).
+template <class T>
+T narrow_checked(double x, std::string_view what) {
+  if (!(std::fabs(x) <= static_cast<double>(std::numeric_limits<T>::max())))
+    fail(what, x, "a value the scalar type can hold (inputs too extreme for this precision)");
+  return static_cast<T>(x);
+}
+
 }  // namespace detail
 
 // L, ∂L/∂log-probs and the updated log u of the batch; never mutates est.
@@ -103,15 +113,15 @@ DftResult<T> dft_loss(const SequenceScores<T>& b, const Estimator<T>& est, const
                      "a normaliser for which exp(d − log u) is finite (d[" + std::to_string(ij) + "] = " +
                          std::to_string(d[j]) + ")");
       pull += weight * s_neg[j];
-      r.grad_neg[ij] = static_cast<T>(weight / static_cast<double>(B) * dscore(dft2 ? b.neg_len[ij] : 1));
+      r.grad_neg[ij] = detail::narrow_checked<T>(weight / static_cast<double>(B) * dscore(dft2 ? b.neg_len[ij] : 1), "grad_neg");
     }
     loss += -s_pos + pull;
     objective += log_u - s_pos / opt.tau;
-    r.grad_pos[i] = static_cast<T>(-1.0 / static_cast<double>(B) * dscore(dft2 ? b.pos_len[i] : 1));
-    r.log_u[i] = static_cast<T>(log_u);
+    r.grad_pos[i] = detail::narrow_checked<T>(-1.0 / static_cast<double>(B) * dscore(dft2 ? b.pos_len[i] : 1), "grad_pos");
+    r.log_u[i] = detail::narrow_checked<T>(log_u, "log_u");
   }
-  r.loss = static_cast<T>(loss / static_cast<double>(B));
-  r.objective = static_cast<T>(objective / static_cast<double>(B));
+  r.loss = detail::narrow_checked<T>(loss / static_cast<double>(B), "loss");
+  r.objective = detail::narrow_checked<T>(objective / static_cast<double>(B), "objective");
   return r;
 }
 
