@@ -14,6 +14,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 DFTUNE_NAMESPACE_BEGIN
@@ -47,7 +48,7 @@ class Estimator {
 
   // log u_id, or nothing until example id has been updated once.
   std::optional<T> log_u(std::int64_t id) const {
-    check_id("id", id);
+    check_id(id);
     const auto i = static_cast<std::size_t>(id);
     if (!seen_[i]) return std::nullopt;
     return log_u_[i];
@@ -65,7 +66,7 @@ class Estimator {
   void set(std::span<const std::int64_t> ids, std::span<const T> log_u) {
     detail::check_size("log_u", log_u.size(), ids.size());
     for (std::size_t k = 0; k < ids.size(); ++k) {
-      check_id("ids[" + std::to_string(k) + "]", ids[k]);
+      check_id(ids[k], "ids", k);
       if (!std::isfinite(log_u[k])) detail::fail_at("log_u", k, log_u[k], "a finite number");
     }
     for (std::size_t k = 0; k < ids.size(); ++k) {
@@ -96,10 +97,14 @@ class Estimator {
     seen_.swap(seen);
   }
 
-  void check_id(const std::string& argument, std::int64_t id) const {
-    if (id < 0 || static_cast<std::size_t>(id) >= size())
-      detail::fail(argument, id, "an example id in [0, num_examples = " + std::to_string(size()) + ")");
+  // Throws unless id is in [0, num_examples); `index` names the element of an id array.
+  void check_id(std::int64_t id, std::string_view argument = "id", std::optional<std::size_t> index = {}) const {
+    if (id >= 0 && static_cast<std::size_t>(id) < size()) return;
+    const std::string expected = "an example id in [0, num_examples = " + std::to_string(size()) + ")";
+    if (index) detail::fail_at(argument, *index, id, expected);
+    detail::fail(argument, id, expected);
   }
+
 
  private:
   EstimatorInit init_;

@@ -42,7 +42,7 @@ void validate_dft(const SequenceScores<T>& b, const Estimator<T>& est, const Dft
   if (m == 0) fail("num_negatives", m, "at least 1");
   check_size("pos_logp", b.pos_logp.size(), B);
   check_size("neg_logp", b.neg_logp.size(), B * m);
-  for (std::size_t i = 0; i < B; ++i) est.check_id("ids[" + std::to_string(i) + "]", b.ids[i]);
+  for (std::size_t i = 0; i < B; ++i) est.check_id(b.ids[i], "ids", i);
   check_unique_ids(b.ids);
   check_finite("pos_logp", b.pos_logp);
   check_finite("neg_logp", b.neg_logp);
