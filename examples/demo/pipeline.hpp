@@ -231,34 +231,38 @@ struct RunResult {
   Metrics validation, test;
   std::vector<CurvePoint> curve;
   double first_loss = 0, last_loss = 0;  // mean training loss over the first / last tenth of steps
+  double ms_per_step = 0;                 // wall time of a training step (batching + gradient + update), evaluation excluded
 };
 
-// One fine-tuning run from a copy of the base. Batches are drawn from a per-seed shuffle of the
-// training set (epoch by epoch); the same seed gives every method the same batches.
-inline RunResult finetune(const Model& base, Method method, double lr, const TrainData& data, const EvalSet& validation,
-                          const EvalSet& test, const Settings& s, std::uint64_t seed, const Progress& progress) {
-  Model model = base;
+// One training batch of the fine-tuning loop: B example ids (indices into TrainData), their
+// positives, their m negatives each and those negatives' log π_ref.
+struct StepBatch {
+  std::span<const std::int64_t> ids;
+  dftune::SequenceBatch positives, negatives;
+  std::size_t num_negatives = 0;
+  std::span<const float> ref_neg_logp;
+};
+
+// The loop every method shares (examples/demo.cpp and examples/compare.cpp): batches drawn from a
+// per-seed shuffle of the training set (epoch by epoch; the same seed gives every method the same
+// batches), the learning curve on test, the final validation and test metrics, and the wall time
+// of the training steps alone (evaluation excluded). `train_step(step, batch)` updates `model`
+// (already a copy of the base) and returns the step's loss; `label` names the run in progress lines.
+template <class TrainStep>
+RunResult finetune_loop(Model& model, const char* label, double lr, const TrainData& data, const EvalSet& validation,
+                        const EvalSet& test, const Settings& s, std::uint64_t seed, const Progress& progress,
+                        TrainStep&& train_step) {
   RunResult r;
-  r.method = method;
   r.lr = lr;
   r.seed = seed;
   const std::size_t N = data.problems.size(), B = s.batch, m = s.negatives;
-  const auto schedule = schedule_for(lr, s.steps);
-  const dftune::DftOptions opt =
-      method == Method::dft2
-          ? dftune::DftOptions{.variant = dftune::Variant::dft2, .tau = s.tau_dft2, .gamma = s.gamma_dft2, .init = s.estimator}
-          : dftune::DftOptions{.variant = dftune::Variant::dft, .tau = s.tau_dft, .gamma = s.gamma_dft, .init = s.estimator};
-  dftune::Estimator<float> estimator(N, opt);
-  dftune::DftOptimizer dft(model, estimator, opt, dftune::AdamW<float>{}, schedule);
-  dftune::AdamW<float> sft_rule;
-
   std::mt19937_64 rng(seed * 1000003 + 17);
   std::vector<std::size_t> order(N);
   std::iota(order.begin(), order.end(), 0);
   std::size_t cursor = N;
   Sequences pos, neg;
   std::vector<std::int64_t> ids(B);
-  std::vector<float> ref(B * m), scratch;
+  std::vector<float> ref(B * m);
   const auto data_pos = data.positives.view(), data_neg = data.negatives.view();
   auto push = [](Sequences& dst, const dftune::SequenceBatch& src, std::size_t k) {
     const auto seq = src.sequence(k);
@@ -268,9 +272,10 @@ inline RunResult finetune(const Model& base, Method method, double lr, const Tra
   r.curve.push_back({.step = 0, .loss = 0, .test = evaluate(model, test)});
   const std::size_t every = std::max<std::size_t>(1, s.steps / std::max<std::size_t>(1, s.curve_points));
   const std::size_t tenth = std::max<std::size_t>(1, s.steps / 10);
-  double loss_sum = 0;
+  double loss_sum = 0, step_seconds = 0;
   std::size_t loss_n = 0;
   for (std::size_t step = 0; step < s.steps; ++step) {
+    const auto t0 = std::chrono::steady_clock::now();
     pos = Sequences{};
     neg = Sequences{};
     for (std::size_t b = 0; b < B; ++b) {
@@ -286,14 +291,9 @@ inline RunResult finetune(const Model& base, Method method, double lr, const Tra
         ref[b * m + j] = data.ref_neg_logp[i * m + j];
       }
     }
-    float loss = 0;
-    if (method == Method::sft) {
-      loss = sft_step(model, sft_rule, schedule, step, pos.view(), scratch);
-    } else {
-      const auto info = dft.step({.ids = ids, .positives = pos.view(), .negatives = neg.view(), .num_negatives = m,
-                                  .ref_neg_logp = method == Method::dft ? std::span<const float>(ref) : std::span<const float>()});
-      loss = info.result.loss;
-    }
+    const float loss = train_step(step, StepBatch{.ids = ids, .positives = pos.view(), .negatives = neg.view(),
+                                                  .num_negatives = m, .ref_neg_logp = ref});
+    step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (step < tenth) r.first_loss += loss / static_cast<double>(tenth);
     if (step >= s.steps - tenth) r.last_loss += loss / static_cast<double>(tenth);
     loss_sum += loss;
@@ -301,14 +301,42 @@ inline RunResult finetune(const Model& base, Method method, double lr, const Tra
     if ((step + 1) % every == 0 || step + 1 == s.steps) {
       r.curve.push_back({.step = step + 1, .loss = loss_sum / static_cast<double>(loss_n), .test = evaluate(model, test)});
       char phase[96];
-      std::snprintf(phase, sizeof phase, "finetune %s lr %.0e seed %llu", name(method), lr, static_cast<unsigned long long>(seed));
+      std::snprintf(phase, sizeof phase, "finetune %s lr %.0e seed %llu", label, lr, static_cast<unsigned long long>(seed));
       progress.line(phase, step + 1, s.steps, loss_sum / static_cast<double>(loss_n));
       loss_sum = 0;
       loss_n = 0;
     }
   }
+  r.ms_per_step = 1000 * step_seconds / static_cast<double>(std::max<std::size_t>(1, s.steps));
   r.test = r.curve.back().test;
   r.validation = evaluate(model, validation);
+  return r;
+}
+
+// One SFT, DFT or DFT2 fine-tuning run from a copy of the base.
+inline RunResult finetune(const Model& base, Method method, double lr, const TrainData& data, const EvalSet& validation,
+                          const EvalSet& test, const Settings& s, std::uint64_t seed, const Progress& progress) {
+  Model model = base;
+  const std::size_t N = data.problems.size();
+  const auto schedule = schedule_for(lr, s.steps);
+  const dftune::DftOptions opt =
+      method == Method::dft2
+          ? dftune::DftOptions{.variant = dftune::Variant::dft2, .tau = s.tau_dft2, .gamma = s.gamma_dft2, .init = s.estimator}
+          : dftune::DftOptions{.variant = dftune::Variant::dft, .tau = s.tau_dft, .gamma = s.gamma_dft, .init = s.estimator};
+  dftune::Estimator<float> estimator(N, opt);
+  dftune::DftOptimizer dft(model, estimator, opt, dftune::AdamW<float>{}, schedule);
+  dftune::AdamW<float> sft_rule;
+  std::vector<float> scratch;
+  RunResult r = finetune_loop(model, name(method), lr, data, validation, test, s, seed, progress,
+                              [&](std::size_t step, const StepBatch& b) -> float {
+                                if (method == Method::sft) return sft_step(model, sft_rule, schedule, step, b.positives, scratch);
+                                const auto info = dft.step({.ids = b.ids, .positives = b.positives, .negatives = b.negatives,
+                                                            .num_negatives = b.num_negatives,
+                                                            .ref_neg_logp = method == Method::dft ? b.ref_neg_logp
+                                                                                                  : std::span<const float>()});
+                                return info.result.loss;
+                              });
+  r.method = method;
   return r;
 }
 

@@ -1,0 +1,391 @@
+// Every objective of dftune on the demo's task (GitHub issue #7; DESIGN.md §1, "Fair comparisons"
+// and "Related objectives"): SFT, DFT, DFT2, DPO, IPO, SimPO, ORPO (offline, on the demo's
+// positives and the base model's negatives) and RWR, Best-of-N SFT, RLOO (on-policy: k samples per
+// prompt from the current model every step, reward 1 for the exact right answer, else 0), all from
+// the same base, on the same batches, with the same steps, AdamW and cosine schedule, each at its
+// own learning rate picked on the validation split from one shared grid; ≥ 3 seeds, mean ± std.
+// The task, base model, negatives, evaluation and the training loop are examples/demo/pipeline.hpp.
+// Run with --help for the flags.
+#include "demo/pipeline.hpp"
+#include "demo/report.hpp"
+
+#include <dftune/objective/best_of_n.hpp>
+#include <dftune/objective/dpo.hpp>
+#include <dftune/objective/ipo.hpp>
+#include <dftune/objective/orpo.hpp>
+#include <dftune/objective/reinforce.hpp>
+#include <dftune/objective/rwr.hpp>
+#include <dftune/objective/simpo.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace {
+
+enum class Obj { sft, dft, dft2, dpo, ipo, simpo, orpo, rwr, best_of_n, rloo };
+constexpr Obj kAll[] = {Obj::sft, Obj::dft, Obj::dft2, Obj::dpo, Obj::ipo, Obj::simpo, Obj::orpo, Obj::rwr, Obj::best_of_n, Obj::rloo};
+const char* label(Obj o) {
+  constexpr const char* names[] = {"SFT", "DFT", "DFT2", "DPO", "IPO", "SimPO", "ORPO", "RWR", "BoN-SFT", "RLOO"};
+  return names[static_cast<int>(o)];
+}
+bool on_policy(Obj o) { return o == Obj::rwr || o == Obj::best_of_n || o == Obj::rloo; }
+
+struct Cli {
+  demo::Settings settings;
+  std::size_t seeds = 3, k = 4;  // k: on-policy samples per prompt and step
+  std::vector<double> lr_grid{1e-4, 3e-4, 1e-3};
+  std::vector<Obj> methods{std::begin(kAll), std::end(kAll)};
+  dftune::DpoOptions dpo;
+  dftune::IpoOptions ipo;
+  dftune::SimpoOptions simpo;
+  dftune::OrpoOptions orpo;
+  dftune::RwrOptions rwr;
+  std::string out = "compare_out";
+  std::string plot_script = (std::filesystem::path(__FILE__).parent_path().parent_path() / "scripts" / "plot_compare.gp").string();
+};
+
+void usage(std::FILE* f) {
+  const Cli d;
+  const demo::Settings& s = d.settings;
+  std::fprintf(f,
+               "usage: compare [flags]\n"
+               "Every dftune objective fine-tuning the demo's tiny causal LM on three-digit addition.\n"
+               "  --seeds N            fine-tuning seeds                                [%zu]\n"
+               "  --steps N            fine-tuning steps (every method)                 [%zu]\n"
+               "  --batch N            prompts per step                                 [%zu]\n"
+               "  --m N                base-model negatives per prompt (offline methods) [%zu]\n"
+               "  --k N                on-policy samples per prompt (RWR, BoN-SFT, RLOO) [%zu]\n"
+               "  --lr-grid A,B,...    shared grid; each method's lr picked on validation [1e-4,3e-4,1e-3]\n"
+               "  --methods A,B,...    subset of SFT,DFT,DFT2,DPO,IPO,SimPO,ORPO,RWR,BoN-SFT,RLOO [all]\n"
+               "  --pretrain-steps N   pre-training steps of the base model             [%zu]\n"
+               "  --train-prompts N    fine-tuning prompts                              [%zu]\n"
+               "  --eval-prompts N     validation and test prompts (each)               [%zu]\n"
+               "  --out DIR            output directory                                 [compare_out]\n"
+               "  --plot-script PATH   gnuplot script                                   [scripts/plot_compare.gp]\n"
+               "  --quick              smoke test: tiny budget, one lr, 2 seeds\n"
+               "  --help               this text\n"
+               "Fixed objective options (library defaults, not tuned): DPO beta %g, IPO beta %g, SimPO beta %g gamma %g,\n"
+               "ORPO lambda %g (token-mean SFT term), RWR eta %g batch-normalised; DFT/DFT2 as in the demo.\n",
+               d.seeds, s.steps, s.batch, s.negatives, d.k, s.pretrain_steps, s.train_prompts, s.eval_prompts, d.dpo.beta,
+               d.ipo.beta, d.simpo.beta, d.simpo.gamma, d.orpo.lambda, d.rwr.eta);
+}
+
+[[noreturn]] void bad(const std::string& flag, const std::string& why) {
+  std::fprintf(stderr, "compare: %s: %s (see --help)\n", flag.c_str(), why.c_str());
+  std::exit(2);
+}
+
+std::size_t to_count(const std::string& flag, const std::string& v) {
+  char* end = nullptr;
+  const long long x = std::strtoll(v.c_str(), &end, 10);
+  if (end == v.c_str() || *end != '\0' || x < 1) bad(flag, "got '" + v + "', expected an integer >= 1");
+  return static_cast<std::size_t>(x);
+}
+
+std::vector<std::string> split(const std::string& v) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  while (start <= v.size()) {
+    const std::size_t comma = std::min(v.find(',', start), v.size());
+    out.push_back(v.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return out;
+}
+
+Cli parse(int argc, char** argv) {
+  Cli c;
+  demo::Settings& s = c.settings;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      usage(stdout);
+      std::exit(0);
+    }
+    if (a == "--quick") {
+      s.pretrain_steps = 150;
+      s.steps = 10;
+      s.batch = 16;
+      s.train_prompts = 96;
+      s.eval_prompts = 64;
+      s.curve_points = 2;
+      c.seeds = 2;
+      c.lr_grid = {1e-3};
+      continue;
+    }
+    if (i + 1 >= argc) bad(a, "unknown flag or missing value");
+    const std::string v = argv[++i];
+    if (a == "--seeds") c.seeds = to_count(a, v);
+    else if (a == "--steps") s.steps = to_count(a, v);
+    else if (a == "--batch") s.batch = to_count(a, v);
+    else if (a == "--m") s.negatives = to_count(a, v);
+    else if (a == "--k") c.k = to_count(a, v);
+    else if (a == "--pretrain-steps") s.pretrain_steps = to_count(a, v);
+    else if (a == "--train-prompts") s.train_prompts = to_count(a, v);
+    else if (a == "--eval-prompts") s.eval_prompts = to_count(a, v);
+    else if (a == "--out") c.out = v;
+    else if (a == "--plot-script") c.plot_script = v;
+    else if (a == "--lr-grid") {
+      c.lr_grid.clear();
+      for (const std::string& x : split(v)) {
+        char* end = nullptr;
+        const double lr = std::strtod(x.c_str(), &end);
+        if (end == x.c_str() || *end != '\0' || !(lr > 0) || !std::isfinite(lr)) bad(a, "got '" + x + "', expected a rate > 0");
+        c.lr_grid.push_back(lr);
+      }
+    } else if (a == "--methods") {
+      c.methods.clear();
+      for (const std::string& x : split(v)) {
+        const auto it = std::find_if(std::begin(kAll), std::end(kAll), [&](Obj o) { return x == label(o); });
+        if (it == std::end(kAll)) bad(a, "unknown method '" + x + "'");
+        c.methods.push_back(*it);
+      }
+    } else bad(a, "unknown flag");
+  }
+  if (c.k < 2) bad("--k", "RLOO needs k >= 2");
+  return c;
+}
+
+// Per seed: the demo's training data plus log π_ref of the positives (DPO, IPO), computed once.
+struct SeedData {
+  demo::TrainData train;
+  std::vector<float> ref_pos_logp;
+};
+
+// model.gradients ← Σ d_pos ∂s_pos/∂θ + Σ d_neg ∂s_neg/∂θ, then one AdamW step at the scheduled lr.
+template <class Schedule>
+void apply(demo::Model& model, dftune::AdamW<float>& rule, const Schedule& schedule, std::size_t step,
+           const dftune::SequenceBatch& a, std::span<const float> da, const dftune::SequenceBatch* b = nullptr,
+           std::span<const float> db = {}) {
+  model.zero_gradients();
+  model.accumulate_gradients(a, da);
+  if (b) model.accumulate_gradients(*b, db);
+  rule.step(model.parameters(), std::span<const float>(model.gradients()), static_cast<float>(schedule.lr(step)));
+}
+
+demo::RunResult run(const demo::Model& base, Obj obj, double lr, const SeedData& sd, const demo::EvalSet& validation,
+                    const demo::EvalSet& test, const Cli& cli, std::uint64_t seed, const demo::Progress& progress) {
+  const demo::Settings& s = cli.settings;
+  if (obj == Obj::sft || obj == Obj::dft || obj == Obj::dft2) {
+    const demo::Method m = obj == Obj::sft ? demo::Method::sft : obj == Obj::dft ? demo::Method::dft : demo::Method::dft2;
+    return demo::finetune(base, m, lr, sd.train, validation, test, s, seed, progress);  // the demo's own runs
+  }
+  demo::Model model = base;
+  dftune::AdamW<float> rule;
+  const auto schedule = demo::schedule_for(lr, s.steps);
+  const std::size_t B = s.batch, m = s.negatives, k = cli.k;
+  std::vector<float> pos_lp(B), neg_lp(B * m), ref_pos(B), logp(B * k), reward(B * k);
+  const std::vector<std::int64_t> pos_len(B, demo::kAnswerLen), neg_len(B * m, demo::kAnswerLen), len(B * k, demo::kAnswerLen);
+  auto step_fn = [&](std::size_t step, const demo::StepBatch& b) -> float {
+    if (!on_policy(obj)) {
+      model.sequence_logp(b.positives, pos_lp);
+      model.sequence_logp(b.negatives, neg_lp);
+      for (std::size_t i = 0; i < B; ++i) ref_pos[i] = sd.ref_pos_logp[static_cast<std::size_t>(b.ids[i])];
+      const dftune::PreferenceScores<float> p{.num_negatives = m, .pos_logp = pos_lp, .neg_logp = neg_lp,
+                                              .ref_pos_logp = ref_pos, .ref_neg_logp = b.ref_neg_logp,
+                                              .pos_len = pos_len, .neg_len = neg_len};
+      const dftune::PreferenceResult<float> r = obj == Obj::dpo     ? dftune::dpo_loss(p, cli.dpo)
+                                                : obj == Obj::ipo   ? dftune::ipo_loss(p, cli.ipo)
+                                                : obj == Obj::simpo ? dftune::simpo_loss(p, cli.simpo)
+                                                                    : dftune::orpo_loss(p, cli.orpo);
+      apply(model, rule, schedule, step, b.positives, r.grad_pos, &b.negatives, r.grad_neg);
+      return r.loss;
+    }
+    // On-policy: k samples per prompt from the current model, the demo's sampler (T 0.7, top-k 50).
+    std::vector<demo::Problem> ask;
+    for (std::size_t i = 0; i < B; ++i)
+      for (std::size_t j = 0; j < k; ++j) ask.push_back(sd.train.problems[static_cast<std::size_t>(b.ids[i])]);
+    dftune::SamplingOptions o = s.sampling;
+    o.seed = seed * 1000003 + 7919 * step + 11;
+    const demo::Sequences samples = model.generate(demo::PromptSet(ask).view(), demo::kAnswerLen, o);
+    for (std::size_t n = 0; n < ask.size(); ++n)
+      reward[n] = demo::is_correct(ask[n], samples.view().sequence(n).subspan(demo::kPromptLen)) ? 1.0f : 0.0f;
+    model.sequence_logp(samples.view(), logp);
+    const dftune::SampleScores<float> ss{.group_size = k, .logp = logp, .reward = reward, .len = len};
+    const dftune::ScoreResult<float> r = obj == Obj::rwr         ? dftune::rwr_loss(ss, cli.rwr)
+                                         : obj == Obj::best_of_n ? dftune::best_of_n_loss(ss)
+                                                                 : dftune::rloo_loss(ss);
+    apply(model, rule, schedule, step, samples.view(), r.grad);
+    return r.loss;
+  };
+  return demo::finetune_loop(model, label(obj), lr, sd.train, validation, test, s, seed, progress, step_fn);
+}
+
+struct Row {
+  Obj obj;
+  double lr;
+  std::vector<const demo::RunResult*> runs;
+  demo::Stat over(double (*f)(const demo::RunResult&)) const {
+    std::vector<double> x;
+    for (const auto* r : runs) x.push_back(f(*r));
+    return demo::stat(x);
+  }
+  demo::Stat acc() const { return over([](const demo::RunResult& r) { return r.test.accuracy; }); }
+  demo::Stat pos() const { return over([](const demo::RunResult& r) { return r.test.pos_logp; }); }
+  demo::Stat neg() const { return over([](const demo::RunResult& r) { return r.test.neg_logp; }); }
+  demo::Stat val() const { return over([](const demo::RunResult& r) { return r.validation.accuracy; }); }
+  demo::Stat val_pos() const { return over([](const demo::RunResult& r) { return r.validation.pos_logp; }); }
+  demo::Stat ms() const { return over([](const demo::RunResult& r) { return r.ms_per_step; }); }
+};
+
+void print_header(std::FILE* f) {
+  std::fprintf(f, "%-8s %8s  %-15s %-17s %-17s %-15s %s\n", "method", "lr", "test accuracy", "test log π(pos)", "test log π(neg)",
+               "val accuracy", "ms/step");
+}
+void print_row(std::FILE* f, const Row& r, bool selected) {
+  std::fprintf(f, "%-8s %7.0e%s  %-15s %-17s %-17s %-15s %s\n", label(r.obj), r.lr, selected ? "*" : " ", demo::pm(r.acc(), 3).c_str(),
+               demo::pm(r.pos(), 3).c_str(), demo::pm(r.neg(), 2).c_str(), demo::pm(r.val(), 3).c_str(), demo::pm(r.ms(), 1).c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  const Cli cli = parse(argc, argv);
+  const demo::Settings& s = cli.settings;
+  const demo::Progress progress;
+  std::filesystem::create_directories(cli.out);
+
+  // The demo's base model (also π_ref), splits, evaluation sets and per-seed negatives.
+  demo::Model base = demo::pretrain(s, progress);
+  const auto train = demo::draw(demo::Split::finetune, s.train_prompts, s.base_seed + 101);
+  demo::EvalSet validation = demo::make_eval_set(base, demo::draw(demo::Split::validation, s.eval_prompts, s.base_seed + 202), s, 7001);
+  demo::EvalSet test = demo::make_eval_set(base, demo::draw(demo::Split::test, s.eval_prompts, s.base_seed + 303), s, 7002);
+  const demo::Metrics base_test = demo::evaluate(base, test);
+  std::vector<std::uint64_t> seeds;
+  std::vector<SeedData> data;
+  for (std::size_t k = 0; k < cli.seeds; ++k) {
+    seeds.push_back(k + 1);
+    SeedData d{.train = demo::make_train_data(base, train, s, 9000 + k + 1), .ref_pos_logp = {}};
+    d.ref_pos_logp.resize(d.train.positives.size());
+    base.sequence_logp(d.train.positives.view(), d.ref_pos_logp);
+    data.push_back(std::move(d));
+  }
+
+  // Every (method, lr, seed); on-policy methods first (the longest), the two cores shared.
+  struct Job {
+    std::size_t seed_index;
+    Obj obj;
+    double lr;
+  };
+  std::vector<Job> jobs;
+  for (int pass = 0; pass < 2; ++pass)
+    for (Obj o : cli.methods)
+      if (on_policy(o) == (pass == 0))
+        for (double lr : cli.lr_grid)
+          for (std::size_t k = 0; k < seeds.size(); ++k) jobs.push_back({k, o, lr});
+  std::vector<demo::RunResult> runs(jobs.size());
+  const auto nj = static_cast<std::ptrdiff_t>(jobs.size());
+  DFTUNE_OMP(parallel for schedule(dynamic, 1))
+  for (std::ptrdiff_t j = 0; j < nj; ++j) {
+    const Job& job = jobs[static_cast<std::size_t>(j)];
+    runs[static_cast<std::size_t>(j)] =
+        run(base, job.obj, job.lr, data[job.seed_index], validation, test, cli, seeds[job.seed_index], progress);
+  }
+
+  // Cells and the validation-selected lr per method (best mean val accuracy; ties: val log π(pos)).
+  std::vector<Row> rows;
+  for (std::size_t j = 0; j < jobs.size(); ++j) {
+    auto it = std::find_if(rows.begin(), rows.end(), [&](const Row& r) { return r.obj == jobs[j].obj && r.lr == jobs[j].lr; });
+    if (it == rows.end()) {
+      rows.push_back({jobs[j].obj, jobs[j].lr, {}});
+      it = rows.end() - 1;
+    }
+    it->runs.push_back(&runs[j]);
+  }
+  std::map<Obj, const Row*> chosen;
+  for (const Row& r : rows) {
+    const Row*& b = chosen[r.obj];
+    if (!b || r.val().mean > b->val().mean || (r.val().mean == b->val().mean && r.val_pos().mean > b->val_pos().mean)) b = &r;
+  }
+
+  std::printf("Every objective from the same base — tiny causal LM, three-digit addition (examples/demo's task)\n");
+  std::printf("%zu seeds (mean ± std), %zu steps x %zu prompts, AdamW + cosine (10%% warm-up), lr grid", seeds.size(), s.steps, s.batch);
+  for (double lr : cli.lr_grid) std::printf(" %.0e", lr);
+  std::printf(" (picked on validation)\noffline: m = %zu base negatives per prompt (T %.1f, right answers redrawn); on-policy: k = %zu "
+              "samples per prompt per step from the current model, reward = exact match\n",
+              s.negatives, s.sampling.temperature, cli.k);
+  std::printf("base model: test accuracy %.3f, log π(pos) %.3f, log π(neg) %.2f\n\n", base_test.accuracy, base_test.pos_logp,
+              base_test.neg_logp);
+  std::printf("Each method at its validation-selected lr (neg = the base model's wrong samples on test; ms/step: %s):\n",
+              "training step incl. on-policy sampling, runs sharing the cores");
+  print_header(stdout);
+  for (Obj o : cli.methods) print_row(stdout, *chosen.at(o), true);
+  if (cli.lr_grid.size() > 1) {
+    std::printf("\nEvery learning rate of the grid (same-lr rows, a diagnostic; * = selected):\n");
+    print_header(stdout);
+    for (double lr : cli.lr_grid)
+      for (const Row& r : rows)
+        if (r.lr == lr) print_row(stdout, r, chosen.at(r.obj) == &r);
+  }
+
+  // CSV, JSON, the accuracy curves (means over seeds at the selected lr) and the plot.
+  const std::filesystem::path out(cli.out);
+  {
+    std::ofstream f(out / "results.csv");
+    f << "method,lr,selected,seeds,test_acc_mean,test_acc_std,test_pos_logp_mean,test_pos_logp_std,test_neg_logp_mean,"
+         "test_neg_logp_std,val_acc_mean,val_acc_std,ms_per_step_mean,ms_per_step_std\n";
+    for (const Row& r : rows)
+      f << label(r.obj) << ',' << r.lr << ',' << (chosen.at(r.obj) == &r) << ',' << r.runs.size() << ',' << r.acc().mean << ','
+        << r.acc().std << ',' << r.pos().mean << ',' << r.pos().std << ',' << r.neg().mean << ',' << r.neg().std << ','
+        << r.val().mean << ',' << r.val().std << ',' << r.ms().mean << ',' << r.ms().std << '\n';
+  }
+  {
+    std::ofstream f(out / "results.json");
+    f << "{\n  \"settings\": {\"steps\": " << s.steps << ", \"batch\": " << s.batch << ", \"negatives\": " << s.negatives
+      << ", \"k\": " << cli.k << ", \"train_prompts\": " << s.train_prompts << ", \"eval_prompts\": " << s.eval_prompts
+      << ", \"pretrain_steps\": " << s.pretrain_steps << ", \"dpo_beta\": " << cli.dpo.beta << ", \"ipo_beta\": " << cli.ipo.beta
+      << ", \"simpo_beta\": " << cli.simpo.beta << ", \"simpo_gamma\": " << cli.simpo.gamma << ", \"orpo_lambda\": " << cli.orpo.lambda
+      << ", \"rwr_eta\": " << cli.rwr.eta << "},\n  \"lr_grid\": [";
+    for (std::size_t i = 0; i < cli.lr_grid.size(); ++i) f << (i ? ", " : "") << cli.lr_grid[i];
+    f << "],\n  \"seeds\": " << seeds.size() << ",\n  \"wall_seconds\": " << progress.elapsed() << ",\n  \"base_test\": ";
+    demo::write_metrics_json(f, base_test);
+    f << ",\n  \"summary\": [\n";
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      const Row& r = rows[i];
+      f << "    {\"method\": \"" << label(r.obj) << "\", \"lr\": " << r.lr << ", \"selected\": " << (chosen.at(r.obj) == &r ? "true" : "false")
+        << ", \"test_acc\": [" << r.acc().mean << ", " << r.acc().std << "], \"test_pos_logp\": [" << r.pos().mean << ", " << r.pos().std
+        << "], \"test_neg_logp\": [" << r.neg().mean << ", " << r.neg().std << "], \"val_acc\": [" << r.val().mean << ", " << r.val().std
+        << "], \"ms_per_step\": [" << r.ms().mean << ", " << r.ms().std << "]}" << (i + 1 < rows.size() ? "," : "") << "\n";
+    }
+    f << "  ]\n}\n";
+  }
+  {
+    std::ofstream f(out / "curves.dat");
+    f << "# step, then test accuracy (mean over seeds, selected lr) of:";
+    for (Obj o : cli.methods) f << ' ' << label(o);
+    f << '\n';
+    const std::size_t points = chosen.at(cli.methods.front())->runs.front()->curve.size();
+    for (std::size_t p = 0; p < points; ++p) {
+      f << chosen.at(cli.methods.front())->runs.front()->curve[p].step;
+      for (Obj o : cli.methods) {
+        std::vector<double> x;
+        for (const auto* r : chosen.at(o)->runs) x.push_back(r->curve[p].test.accuracy);
+        f << ' ' << demo::stat(x).mean;
+      }
+      f << '\n';
+    }
+  }
+  std::string titles;
+  for (Obj o : cli.methods) {
+    char t[64];
+    std::snprintf(t, sizeof t, "%s%s (%.0e)", titles.empty() ? "" : " ", label(o), chosen.at(o)->lr);
+    titles += t;
+  }
+  const std::string plot = "gnuplot -e \"datafile='" + (out / "curves.dat").string() + "'; outfile='" + (out / "accuracy.png").string() +
+                           "'; titles='" + titles + "'\" '" + cli.plot_script + "' 2>/dev/null";
+  const bool plotted = std::filesystem::exists(cli.plot_script) && std::system(plot.c_str()) == 0;
+  std::printf("\nwrote %s/{results.csv,results.json,curves.dat%s} in %.1f s\n", cli.out.c_str(), plotted ? ",accuracy.png" : "",
+              progress.elapsed());
+  if (!plotted) progress.note("no plot: gnuplot or " + cli.plot_script + " not found");
+  return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "compare: %s\n", e.what());
+  return 1;
+}
