@@ -358,8 +358,12 @@ int main(int argc, char** argv) try {
   }
   {
     std::ofstream f(out / "curves.dat");
-    f << "# step, then test accuracy (mean over seeds, selected lr) of:";
-    for (Obj o : cli.methods) f << ' ' << label(o);
+    f << "# test accuracy (greedy exact match) vs step, mean over seeds at each method's selected lr\nstep";
+    for (Obj o : cli.methods) {
+      char t[48];
+      std::snprintf(t, sizeof t, " %s(%.0e)", label(o), chosen.at(o)->lr);
+      f << t;
+    }
     f << '\n';
     const std::size_t points = chosen.at(cli.methods.front())->runs.front()->curve.size();
     for (std::size_t p = 0; p < points; ++p) {
@@ -372,14 +376,8 @@ int main(int argc, char** argv) try {
       f << '\n';
     }
   }
-  std::string titles;
-  for (Obj o : cli.methods) {
-    char t[64];
-    std::snprintf(t, sizeof t, "%s%s (%.0e)", titles.empty() ? "" : " ", label(o), chosen.at(o)->lr);
-    titles += t;
-  }
   const std::string plot = "gnuplot -e \"datafile='" + (out / "curves.dat").string() + "'; outfile='" + (out / "accuracy.png").string() +
-                           "'; titles='" + titles + "'\" '" + cli.plot_script + "' 2>/dev/null";
+                           "'\" '" + cli.plot_script + "' 2>/dev/null";
   const bool plotted = std::filesystem::exists(cli.plot_script) && std::system(plot.c_str()) == 0;
   std::printf("\nwrote %s/{results.csv,results.json,curves.dat%s} in %.1f s\n", cli.out.c_str(), plotted ? ",accuracy.png" : "",
               progress.elapsed());
