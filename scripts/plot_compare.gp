@@ -12,4 +12,5 @@ set key outside right
 set xlabel "fine-tuning step"
 set ylabel "test accuracy (greedy exact match)"
 set title "Held-out accuracy by objective (mean over seeds, selected lr)"
-plot for [i=2:*] datafile using 1:i with linespoints lw 2 pt (i - 1) title columnhead(i)
+colors = "#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #7f7f7f #bcbd22 #17becf #000000 #aaaa00"
+plot for [i=2:*] datafile using 1:i with linespoints lw 2 pt (i - 1) lc rgb word(colors, (i - 2) % 12 + 1) title columnhead(i)
