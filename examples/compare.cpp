@@ -5,7 +5,13 @@
 // the same base, on the same batches, with the same steps, AdamW and cosine schedule, each at its
 // own learning rate picked on the validation split from one shared grid; ≥ 3 seeds, mean ± std.
 // The task, base model, negatives, evaluation and the training loop are examples/demo/pipeline.hpp.
-// Run with --help for the flags.
+// On-policy details: RWR, BoN-SFT and RLOO train on the k samples only (the positive is never
+// added); BoN-SFT keeps the library's tie rule, so a prompt with no right sample trains on its first
+// (wrong) sample; RWR uses the library default η = 1 with batch normalisation (not tuned: a right
+// sample weighs e times a wrong one). Objective options are the library defaults, none tuned.
+// ms/step is the wall time of one training step (batching, on-policy sampling, scores, gradients,
+// AdamW), evaluation excluded, measured while two runs share the two cores: it moves with the
+// machine's load, compare it within one run only. Run with --help for the flags.
 #include "demo/pipeline.hpp"
 #include "demo/report.hpp"
 
