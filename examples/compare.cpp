@@ -12,6 +12,7 @@
 // ms/step is the wall time of one training step (batching, on-policy sampling, scores, gradients,
 // AdamW), evaluation excluded, measured while two runs share the two cores: it moves with the
 // machine's load, compare it within one run only. Run with --help for the flags.
+#include "demo/cli.hpp"
 #include "demo/pipeline.hpp"
 #include "demo/report.hpp"
 
@@ -83,28 +84,7 @@ void usage(std::FILE* f) {
                d.ipo.beta, d.simpo.beta, d.simpo.gamma, d.orpo.lambda, d.rwr.eta);
 }
 
-[[noreturn]] void bad(const std::string& flag, const std::string& why) {
-  std::fprintf(stderr, "compare: %s: %s (see --help)\n", flag.c_str(), why.c_str());
-  std::exit(2);
-}
-
-std::size_t to_count(const std::string& flag, const std::string& v) {
-  char* end = nullptr;
-  const long long x = std::strtoll(v.c_str(), &end, 10);
-  if (end == v.c_str() || *end != '\0' || x < 1) bad(flag, "got '" + v + "', expected an integer >= 1");
-  return static_cast<std::size_t>(x);
-}
-
-std::vector<std::string> split(const std::string& v) {
-  std::vector<std::string> out;
-  std::size_t start = 0;
-  while (start <= v.size()) {
-    const std::size_t comma = std::min(v.find(',', start), v.size());
-    out.push_back(v.substr(start, comma - start));
-    start = comma + 1;
-  }
-  return out;
-}
+constexpr demo::Flags flags{"compare"};
 
 Cli parse(int argc, char** argv) {
   Cli c;
@@ -126,36 +106,30 @@ Cli parse(int argc, char** argv) {
       c.lr_grid = {1e-3};
       continue;
     }
-    if (i + 1 >= argc) bad(a, "unknown flag or missing value");
+    if (i + 1 >= argc) flags.bad(a, "unknown flag or missing value");
     const std::string v = argv[++i];
-    if (a == "--seeds") c.seeds = to_count(a, v);
-    else if (a == "--steps") s.steps = to_count(a, v);
-    else if (a == "--batch") s.batch = to_count(a, v);
-    else if (a == "--m") s.negatives = to_count(a, v);
-    else if (a == "--k") c.k = to_count(a, v);
-    else if (a == "--pretrain-steps") s.pretrain_steps = to_count(a, v);
-    else if (a == "--train-prompts") s.train_prompts = to_count(a, v);
-    else if (a == "--eval-prompts") s.eval_prompts = to_count(a, v);
+    if (a == "--seeds") c.seeds = flags.count(a, v);
+    else if (a == "--steps") s.steps = flags.count(a, v);
+    else if (a == "--batch") s.batch = flags.count(a, v);
+    else if (a == "--m") s.negatives = flags.count(a, v);
+    else if (a == "--k") c.k = flags.count(a, v);
+    else if (a == "--pretrain-steps") s.pretrain_steps = flags.count(a, v);
+    else if (a == "--train-prompts") s.train_prompts = flags.count(a, v);
+    else if (a == "--eval-prompts") s.eval_prompts = flags.count(a, v);
     else if (a == "--out") c.out = v;
     else if (a == "--plot-script") c.plot_script = v;
     else if (a == "--lr-grid") {
-      c.lr_grid.clear();
-      for (const std::string& x : split(v)) {
-        char* end = nullptr;
-        const double lr = std::strtod(x.c_str(), &end);
-        if (end == x.c_str() || *end != '\0' || !(lr > 0) || !std::isfinite(lr)) bad(a, "got '" + x + "', expected a rate > 0");
-        c.lr_grid.push_back(lr);
-      }
+      c.lr_grid = flags.rates(a, v);
     } else if (a == "--methods") {
       c.methods.clear();
-      for (const std::string& x : split(v)) {
+      for (const std::string& x : demo::Flags::split(v)) {
         const auto it = std::find_if(std::begin(kAll), std::end(kAll), [&](Obj o) { return x == label(o); });
-        if (it == std::end(kAll)) bad(a, "unknown method '" + x + "'");
+        if (it == std::end(kAll)) flags.bad(a, "unknown method '" + x + "'");
         c.methods.push_back(*it);
       }
-    } else bad(a, "unknown flag");
+    } else flags.bad(a, "unknown flag");
   }
-  if (c.k < 2) bad("--k", "RLOO needs k >= 2");
+  if (c.k < 2) flags.bad("--k", "RLOO needs k >= 2");
   return c;
 }
 

@@ -3,6 +3,7 @@
 // sample negatives from it, fine-tune with each method from the same base under the same budget,
 // pick each method's learning rate on a validation split, and report held-out test results over
 // seeds as a table, CSV, JSON and a learning-curve PNG. Run with --help for the flags.
+#include "demo/cli.hpp"
 #include "demo/pipeline.hpp"
 #include "demo/report.hpp"
 
@@ -56,24 +57,7 @@ void usage(std::FILE* f) {
                s.drop_carry, s.train_prompts, s.eval_prompts);
 }
 
-[[noreturn]] void bad(const std::string& flag, const std::string& why) {
-  std::fprintf(stderr, "demo: %s: %s (see --help)\n", flag.c_str(), why.c_str());
-  std::exit(2);
-}
-
-std::size_t to_count(const std::string& flag, const std::string& v) {
-  char* end = nullptr;
-  const long long x = std::strtoll(v.c_str(), &end, 10);
-  if (end == v.c_str() || *end != '\0' || x < 1) bad(flag, "got '" + v + "', expected an integer >= 1");
-  return static_cast<std::size_t>(x);
-}
-
-double to_real(const std::string& flag, const std::string& v) {
-  char* end = nullptr;
-  const double x = std::strtod(v.c_str(), &end);
-  if (end == v.c_str() || *end != '\0' || !std::isfinite(x)) bad(flag, "got '" + v + "', expected a number");
-  return x;
-}
+constexpr demo::Flags flags{"demo"};
 
 Cli parse(int argc, char** argv) {
   Cli c;
@@ -98,42 +82,34 @@ Cli parse(int argc, char** argv) {
       s.keep_right_negatives = true;
       continue;
     }
-    if (i + 1 >= argc) bad(a, "unknown flag or missing value");
+    if (i + 1 >= argc) flags.bad(a, "unknown flag or missing value");
     const std::string v = argv[++i];
-    if (a == "--seeds") c.seeds = to_count(a, v);
-    else if (a == "--m") s.negatives = to_count(a, v);
-    else if (a == "--tau-dft") s.tau_dft = to_real(a, v);
-    else if (a == "--gamma-dft") s.gamma_dft = to_real(a, v);
-    else if (a == "--tau-dft2") s.tau_dft2 = to_real(a, v);
-    else if (a == "--gamma-dft2") s.gamma_dft2 = to_real(a, v);
-    else if (a == "--steps") s.steps = to_count(a, v);
-    else if (a == "--batch") s.batch = to_count(a, v);
-    else if (a == "--pretrain-steps") s.pretrain_steps = to_count(a, v);
-    else if (a == "--drop-carry") s.drop_carry = to_real(a, v);
-    else if (a == "--train-prompts") s.train_prompts = to_count(a, v);
-    else if (a == "--eval-prompts") s.eval_prompts = to_count(a, v);
+    if (a == "--seeds") c.seeds = flags.count(a, v);
+    else if (a == "--m") s.negatives = flags.count(a, v);
+    else if (a == "--tau-dft") s.tau_dft = flags.real(a, v);
+    else if (a == "--gamma-dft") s.gamma_dft = flags.real(a, v);
+    else if (a == "--tau-dft2") s.tau_dft2 = flags.real(a, v);
+    else if (a == "--gamma-dft2") s.gamma_dft2 = flags.real(a, v);
+    else if (a == "--steps") s.steps = flags.count(a, v);
+    else if (a == "--batch") s.batch = flags.count(a, v);
+    else if (a == "--pretrain-steps") s.pretrain_steps = flags.count(a, v);
+    else if (a == "--drop-carry") s.drop_carry = flags.real(a, v);
+    else if (a == "--train-prompts") s.train_prompts = flags.count(a, v);
+    else if (a == "--eval-prompts") s.eval_prompts = flags.count(a, v);
     else if (a == "--out") c.out = v;
     else if (a == "--base") c.base = v;
     else if (a == "--estimator") {
       if (v == "first_visit") s.estimator = dftune::EstimatorInit::first_visit;
       else if (v == "constant") s.estimator = dftune::EstimatorInit::constant;
       else if (v == "fixed") s.estimator = dftune::EstimatorInit::fixed;
-      else bad(a, "got '" + v + "', expected first_visit, constant or fixed");
+      else flags.bad(a, "got '" + v + "', expected first_visit, constant or fixed");
     }
     else if (a == "--plot-script") c.plot_script = v;
     else if (a == "--lr-grid") {
-      c.lr_grid.clear();
-      std::size_t start = 0;
-      while (start <= v.size()) {
-        const std::size_t comma = std::min(v.find(',', start), v.size());
-        const double lr = to_real(a, v.substr(start, comma - start));
-        if (!(lr > 0)) bad(a, "learning rates must be > 0");
-        c.lr_grid.push_back(lr);
-        start = comma + 1;
-      }
-    } else bad(a, "unknown flag");
+      c.lr_grid = flags.rates(a, v);
+    } else flags.bad(a, "unknown flag");
   }
-  if (!(s.drop_carry >= 0 && s.drop_carry <= 1)) bad("--drop-carry", "expected a share in [0, 1]");
+  if (!(s.drop_carry >= 0 && s.drop_carry <= 1)) flags.bad("--drop-carry", "expected a share in [0, 1]");
   dftune::validate(dftune::DftOptions{.tau = s.tau_dft, .gamma = s.gamma_dft});
   dftune::validate(dftune::DftOptions{.variant = dftune::Variant::dft2, .tau = s.tau_dft2, .gamma = s.gamma_dft2});
   return c;
@@ -149,7 +125,7 @@ int main(int argc, char** argv) try {
 
   // 1–2. The base model, also π_ref; data splits shared by every seed.
   demo::Model base = cli.base.empty() ? demo::pretrain(s, progress) : dftune::load_weights<float>(cli.base);
-  if (!(base.config() == s.model)) bad("--base", "the file's model configuration differs from the demo's");
+  if (!(base.config() == s.model)) flags.bad("--base", "the file's model configuration differs from the demo's");
   dftune::save_weights((std::filesystem::path(cli.out) / "base.bin").string(), base);
   const auto train = demo::draw(demo::Split::finetune, s.train_prompts, s.base_seed + 101);
   demo::EvalSet validation = demo::make_eval_set(base, demo::draw(demo::Split::validation, s.eval_prompts, s.base_seed + 202), s, 7001);
