@@ -410,6 +410,10 @@ TEST_CASE("preference objectives reject bad input and options, naming the argume
   all(with([](Prefs& q) { q.neg.pop_back(); }), "neg_logp: got size 5, expected size 6");
   all(with([](Prefs& q) { q.m = 0; }), "num_negatives: got 0");
   all(with([](Prefs& q) { q.pos.clear(); }), "pos_logp: got size 0, expected at least one prompt");
+  // B·m wraps around size_t to 2 = neg.size() when B = 3: the check must see the true product
+  // (before the fix the wrapped product passed and the pairwise loop read past the buffer).
+  all(with([](Prefs& q) { q.m = std::numeric_limits<std::size_t>::max() / 3 + 1; q.neg.resize(2); }),
+      "num_negatives (B·m): got 3·6148914691236517206, expected a product of sizes that fits in size_t");
 
   // What only some objectives read.
   auto ref_users = [&](const Prefs& q, const char* what) {

@@ -298,6 +298,8 @@ TEST_CASE("every bad input throws dftune::error naming the argument, and the est
   { Case b = c; b.ids[3] = b.ids[0]; expect_error(b, good, "ids"); }
   { Case b = c; b.ids.clear(); b.pos.clear(); b.neg.clear(); b.ref.clear(); expect_error(b, good, "ids"); }
   { Case b = c; b.m = 0; expect_error(b, good, "num_negatives"); }
+  // B = 4, m = 2^62 + 1: B·m wraps to 4 (before the fix: std::length_error, not a named error).
+  { Case b = c; b.m = (std::size_t{1} << 62) + 1; b.neg.resize(4); b.ref.resize(4); expect_error(b, good, "num_negatives (B·m)"); }
   { Case b = c; b.pos[0] = nan; expect_error(b, good, "pos_logp[0]"); }
   { Case b = c; b.neg[5] = -inf; expect_error(b, good, "neg_logp[5]"); }
   { Case b = c; b.ref[2] = inf; expect_error(b, good, "ref_neg_logp[2]"); }

@@ -98,19 +98,20 @@ void check_preferences(const PreferenceScores<T>& b) {
   const std::size_t B = b.batch_size(), m = b.num_negatives;
   if (B == 0) fail("pos_logp", "size 0", "at least one prompt");
   if (m == 0) fail("num_negatives", m, "at least 1");
-  check_size("neg_logp", b.neg_logp.size(), B * m);
+  check_size_product("neg_logp", b.neg_logp.size(), B, m, "num_negatives (B·m)");
   check_finite("pos_logp", b.pos_logp);
   check_finite("neg_logp", b.neg_logp);
 }
 
 template <class T>
 void check_references(const PreferenceScores<T>& b, std::string_view who) {
-  const std::size_t B = b.batch_size(), m = b.num_negatives;
+  const std::size_t B = b.batch_size();
+  const std::size_t Bm = checked_mul("num_negatives (B·m)", B, b.num_negatives);
   const std::string why = std::string(who) + " needs log π_ref";
   if (b.ref_pos_logp.empty()) fail("ref_pos_logp", "size 0", "size B = " + std::to_string(B) + " (" + why + ")");
-  if (b.ref_neg_logp.empty()) fail("ref_neg_logp", "size 0", "size B·m = " + std::to_string(B * m) + " (" + why + ")");
+  if (b.ref_neg_logp.empty()) fail("ref_neg_logp", "size 0", "size B·m = " + std::to_string(Bm) + " (" + why + ")");
   check_size("ref_pos_logp", b.ref_pos_logp.size(), B);
-  check_size("ref_neg_logp", b.ref_neg_logp.size(), B * m);
+  check_size("ref_neg_logp", b.ref_neg_logp.size(), Bm);
   check_finite("ref_pos_logp", b.ref_pos_logp);
   check_finite("ref_neg_logp", b.ref_neg_logp);
 }
@@ -119,7 +120,7 @@ template <class T>
 void check_preference_lengths(const PreferenceScores<T>& b, std::string_view who) {
   const std::string why = std::string(who) + " needs completion lengths";
   check_lengths("pos_len", b.pos_len, b.batch_size(), why);
-  check_lengths("neg_len", b.neg_len, b.batch_size() * b.num_negatives, why);
+  check_lengths("neg_len", b.neg_len, checked_mul("num_negatives (B·m)", b.batch_size(), b.num_negatives), why);
 }
 
 // The common checks of sampled completions: k >= min_group, B >= 1, sizes, finite log-probs and

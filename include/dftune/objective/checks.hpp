@@ -1,6 +1,7 @@
 #pragma once
 // The input checks every sequence-level objective shares (DFT and the baselines): each names the
 // argument, the value and what was expected, and runs before any computation or write.
+#include <dftune/checked_size.hpp>
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
 

@@ -11,6 +11,7 @@
 //
 // dft_loss evaluates L and its gradient wrt the *log-probs* (the 1/(|y|+ε) of DFT2 included), and
 // the log u_i the update would store, without touching the estimator; dft_step also stores them.
+#include <dftune/checked_size.hpp>
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
 #include <dftune/estimator/estimator.hpp>
@@ -41,19 +42,19 @@ void validate_dft(const SequenceScores<T>& b, const Estimator<T>& est, const Dft
   if (B == 0) fail("ids", "size 0", "at least one example");
   if (m == 0) fail("num_negatives", m, "at least 1");
   check_size("pos_logp", b.pos_logp.size(), B);
-  check_size("neg_logp", b.neg_logp.size(), B * m);
+  const std::size_t Bm = check_size_product("neg_logp", b.neg_logp.size(), B, m, "num_negatives (B·m)");
   for (std::size_t i = 0; i < B; ++i) est.check_id(b.ids[i], "ids", i);
   check_unique_ids(b.ids);
   check_finite("pos_logp", b.pos_logp);
   check_finite("neg_logp", b.neg_logp);
   if (opt.variant == Variant::dft) {
     if (b.ref_neg_logp.empty())
-      fail("ref_neg_logp", "size 0", "size B·m = " + std::to_string(B * m) + " (DFT needs log π_ref of the negatives)");
-    check_size("ref_neg_logp", b.ref_neg_logp.size(), B * m);
+      fail("ref_neg_logp", "size 0", "size B·m = " + std::to_string(Bm) + " (DFT needs log π_ref of the negatives)");
+    check_size("ref_neg_logp", b.ref_neg_logp.size(), Bm);
     check_finite("ref_neg_logp", b.ref_neg_logp);
   } else {
     check_lengths("pos_len", b.pos_len, B, "DFT2 needs completion lengths");
-    check_lengths("neg_len", b.neg_len, B * m, "DFT2 needs completion lengths");
+    check_lengths("neg_len", b.neg_len, Bm, "DFT2 needs completion lengths");
   }
 }
 

@@ -77,7 +77,7 @@ class DftOptimizer {
   DftStepInfo<T> evaluate(const DftBatch<T>& batch) {
     const std::size_t B = batch.ids.size(), m = batch.num_negatives;
     detail::check_size("batch.positives", batch.positives.size(), B);
-    detail::check_size("batch.negatives", batch.negatives.size(), B * m);
+    detail::check_size_product("batch.negatives", batch.negatives.size(), B, m, "batch.num_negatives (B·m)");
     pos_.resize(B);
     neg_.resize(B * m);
     model_.sequence_logp(batch.positives, std::span<T>(pos_));
