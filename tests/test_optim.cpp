@@ -2,6 +2,7 @@
 // (in long double, from the papers / PyTorch's algorithm boxes, not from the headers), hand-worked
 // sequences, and every error with parameters and state left bit-identical.
 #include <dftune/optim/adam.hpp>
+#include <dftune/optim/clip.hpp>
 #include <dftune/optim/rule.hpp>
 #include <dftune/optim/schedule.hpp>
 #include <dftune/optim/sgd.hpp>
@@ -424,4 +425,36 @@ TEST_CASE_TEMPLATE("a failing step leaves parameters, state and the step count b
   twin.step(theta_twin, grads[2], 0.1);
   r.step(theta, grads[2], 0.1);
   CHECK(bit_equal<double>(theta, theta_twin));
+}
+
+TEST_CASE("clip_grad_norm: torch.nn.utils.clip_grad_norm_'s rule, g · max/(‖g‖ + 1e-6) above max, in double") {
+  std::vector<double> g{3, -4, 0};
+  CHECK(clip_grad_norm(std::span<double>(g), 10.0) == 5.0);  // below the bound: untouched
+  CHECK(g == std::vector<double>{3, -4, 0});
+  CHECK(clip_grad_norm(std::span<double>(g), 1.0) == 5.0);
+  const double c = 1.0 / (5.0 + 1e-6);
+  CHECK(g == std::vector<double>{3 * c, -4 * c, 0});
+  CHECK(global_grad_norm(std::span<const double>(g)) == doctest::Approx(1.0 - 2e-7).epsilon(1e-12));
+  // An independent long-double norm on values whose plain Σ g² overflows double.
+  std::vector<double> big{1e200, -3e200, 2e199, 5e-300};
+  long double ss = 0;
+  for (double x : big) ss += static_cast<long double>(x / 1e200) * static_cast<long double>(x / 1e200);
+  CHECK(global_grad_norm(std::span<const double>(big)) ==
+        doctest::Approx(static_cast<double>(std::sqrt(ss)) * 1e200).epsilon(1e-15));
+  // float gradients, double norm: no loss of digits over many elements.
+  std::vector<float> f(1 << 20, 1e-3f);
+  CHECK(global_grad_norm(std::span<const float>(f)) ==
+        doctest::Approx(std::sqrt(double(1 << 20)) * double(1e-3f)).epsilon(1e-12));
+  std::vector<double> keep{1, 2};
+  CHECK(clip_grad_norm(std::span<double>(keep), std::numeric_limits<double>::infinity()) == doctest::Approx(std::sqrt(5.0)));
+  CHECK(keep == std::vector<double>{1, 2});
+  // Errors name the argument and write nothing.
+  std::vector<double> bad{1e300, std::nan(""), 2};
+  const std::vector<double> before = {1e300, 0, 2};
+  CHECK_THROWS_WITH_AS(clip_grad_norm(std::span<double>(bad), 1.0), "grads[1]: got nan, expected a finite gradient", error);
+  CHECK(bad[0] == before[0]);
+  CHECK(bad[2] == before[2]);
+  for (double m : {0.0, -1.0, std::nan("")})
+    CHECK_THROWS_WITH_AS(clip_grad_norm(std::span<double>(keep), m), doctest::Contains("max_norm: got"), error);
+  CHECK(keep == std::vector<double>{1, 2});
 }
