@@ -1,0 +1,64 @@
+#pragma once
+// The autograd node of every objective binding. The library returns a loss and its gradient wrt
+// the log-prob tensors in one call (dftune::dft_step, dpo_loss, ...), so the forward of the node
+// only attaches them: backward is grad_output · ∂L/∂input, with no library call and no state
+// touched (the estimator was updated, at most once, when the loss was computed).
+//
+// First derivatives only: the returned gradients are constants with respect to the inputs (the
+// DFT weights are stop-gradients anyway, but DPO's are not). As with @once_differentiable, a
+// backward run under create_graph=True returns gradients whose own backward raises, instead of
+// silently wrong second derivatives.
+#include <torch/csrc/autograd/functions/basic_ops.h>
+#include <torch/extension.h>
+
+#include <string>
+#include <vector>
+
+namespace dftune_torch {
+
+inline const char* const kSecondDerivative =
+    "dftune_torch: second derivatives are not supported (the gradients are computed by the library "
+    "in the forward pass; backward through them again is not defined)";
+
+// Outputs of a backward: wrapped so that differentiating them raises, when the caller asked for a
+// differentiable backward (create_graph=True turns grad mode on during backward).
+inline torch::autograd::variable_list once_differentiable(torch::autograd::variable_list grads) {
+  if (!torch::autograd::GradMode::is_enabled()) return grads;
+  torch::autograd::DelayedError err(kSecondDerivative, static_cast<int>(grads.size()));
+  return err.apply(std::move(grads));
+}
+
+// What the library computed: not a tensor argument of the node (autograd ignores it).
+struct LossAndGrads {
+  at::Tensor loss;                 // 0-dim
+  std::vector<at::Tensor> grads;   // grads[k] = ∂loss/∂inputs[k], same shape, dtype and device
+};
+
+struct PrecomputedGrad : torch::autograd::Function<PrecomputedGrad> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, at::TensorList inputs, LossAndGrads r) {
+    TORCH_INTERNAL_ASSERT(inputs.size() == r.grads.size());
+    ctx->saved_data["grads"] = c10::List<at::Tensor>(r.grads);
+    return r.loss;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_output) {
+    const auto grads = ctx->saved_data["grads"].toTensorList();
+    const at::Tensor& g = grad_output[0];
+    torch::autograd::variable_list out;
+    for (std::size_t k = 0; k < grads.size(); ++k) {
+      const at::Tensor gk = grads.get(k);
+      out.push_back(g.defined() ? gk * g.to(gk.device(), gk.scalar_type()) : at::Tensor());
+    }
+    out = once_differentiable(std::move(out));
+    out.emplace_back();  // LossAndGrads: not a tensor input
+    return out;
+  }
+};
+
+// The scalar `loss` of `inputs` with gradients `grads`, attached to autograd.
+inline at::Tensor attach(const std::vector<at::Tensor>& inputs, LossAndGrads r) {
+  return PrecomputedGrad::apply(at::TensorList(inputs), std::move(r));
+}
+
+}  // namespace dftune_torch

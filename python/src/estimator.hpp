@@ -1,0 +1,118 @@
+#pragma once
+// dftune_torch.Estimator: dftune::Estimator<double> (log u_i per training example, DESIGN of the
+// library: objective/dft.hpp) with torch's state_dict protocol. The state is float64 whatever the
+// log-probs' dtype: B numbers per step, and float32 log u would round every update.
+#include "tensors.hpp"
+
+#include <dftune/estimator/estimator.hpp>
+#include <dftune/objective/dft_options.hpp>
+
+#include <pybind11/pybind11.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace dftune_torch {
+
+namespace py = pybind11;
+
+inline dftune::EstimatorInit parse_init(const std::string& s) {
+  if (s == "first_visit") return dftune::EstimatorInit::first_visit;
+  if (s == "constant") return dftune::EstimatorInit::constant;
+  if (s == "fixed") return dftune::EstimatorInit::fixed;
+  fail("init", "'" + s + "'", "'first_visit', 'constant' or 'fixed'");
+}
+
+// A torch.Tensor argument, or an error naming the argument and the type it got.
+inline at::Tensor tensor_of(std::string_view name, const py::handle& obj) {
+  if (!THPVariable_Check(obj.ptr())) fail(name, std::string(py::str(py::type::handle_of(obj).attr("__name__"))), "a torch.Tensor");
+  return THPVariable_Unpack(obj.ptr());
+}
+
+inline std::string number(double x) {
+  std::ostringstream os;
+  os.precision(17);
+  os << x;
+  return os.str();
+}
+
+inline std::string init_name(dftune::EstimatorInit i) {
+  return i == dftune::EstimatorInit::first_visit ? "first_visit" : i == dftune::EstimatorInit::constant ? "constant" : "fixed";
+}
+
+class PyEstimator {
+ public:
+  PyEstimator(std::int64_t num_examples, const std::string& init, double log_u0)
+      : est_(checked_count(num_examples), dftune::DftOptions{.init = parse_init(init), .log_u0 = log_u0}) {}
+
+  std::size_t size() const { return est_.size(); }
+  std::string init() const { return init_name(est_.init()); }
+  double log_u0() const { return est_.log_u0(); }
+  std::optional<double> log_u(std::int64_t id) const { return est_.log_u(id); }
+  dftune::Estimator<double>& get() { return est_; }
+  const dftune::Estimator<double>& get() const { return est_; }
+
+  // {"init", "log_u0", "log_u": float64 [N] (0 where never updated), "seen": bool [N]}.
+  py::dict state_dict() const {
+    const auto n = static_cast<std::int64_t>(est_.size());
+    at::Tensor log_u = at::empty({n}, at::kDouble);
+    at::Tensor seen = at::empty({n}, at::kBool);
+    std::copy(est_.raw_log_u().begin(), est_.raw_log_u().end(), log_u.data_ptr<double>());
+    std::copy(est_.raw_seen().begin(), est_.raw_seen().end(), seen.data_ptr<bool>());
+    py::dict d;
+    d["init"] = init();
+    d["log_u0"] = log_u0();
+    d["log_u"] = log_u;
+    d["seen"] = seen;
+    return d;
+  }
+
+  // The whole state from a state_dict of an estimator with the same num_examples, init and log_u0;
+  // every check (keys, configuration, shapes, dtypes, values) runs before the state is replaced.
+  void load_state_dict(const py::dict& d) {
+    for (const auto& kv : d) {
+      const std::string key = py::str(kv.first);
+      if (key != "init" && key != "log_u0" && key != "log_u" && key != "seen")
+        fail("state_dict", "unexpected key '" + key + "'", "the keys 'init', 'log_u0', 'log_u' and 'seen'");
+    }
+    for (const char* key : {"init", "log_u0", "log_u", "seen"})
+      if (!d.contains(key)) fail("state_dict", std::string("no key '") + key + "'", "the keys 'init', 'log_u0', 'log_u' and 'seen'");
+    const std::string init = py::str(d["init"]);
+    if (init != this->init()) fail("init", "'" + init + "'", "'" + this->init() + "' (this estimator's)");
+    const double log_u0 = py::cast<double>(py::float_(d["log_u0"]));
+    if (log_u0 != this->log_u0()) fail("log_u0", log_u0, number(this->log_u0()) + " (this estimator's)");
+    const at::Tensor log_u = tensor_of("log_u", d["log_u"]);
+    const at::Tensor seen = tensor_of("seen", d["seen"]);
+    const auto n = static_cast<std::int64_t>(est_.size());
+    check_shape("log_u", log_u, {n}, "num_examples");
+    check_shape("seen", seen, {n}, "num_examples");
+    if (!is_float_dtype(log_u.scalar_type())) fail("log_u", dtype_of(log_u), "a floating tensor");
+    if (seen.scalar_type() != at::kBool && !is_integer_dtype(seen.scalar_type()))
+      fail("seen", dtype_of(seen), "a bool or integer tensor");
+    const at::Tensor lu = log_u.detach().to(at::kCPU, at::kDouble).contiguous();
+    const at::Tensor s64 = seen.detach().to(at::kCPU, at::kLong).contiguous();
+    std::vector<unsigned char> flags(est_.size());
+    for (std::size_t i = 0; i < flags.size(); ++i) {
+      const std::int64_t v = s64.data_ptr<std::int64_t>()[i];
+      if (v != 0 && v != 1) dftune::detail::fail_at("seen", i, v, "0 or 1");
+      flags[i] = static_cast<unsigned char>(v);
+    }
+    std::vector<double> values(lu.data_ptr<double>(), lu.data_ptr<double>() + n);
+    est_.restore(std::move(values), std::move(flags));  // checks, then swaps
+  }
+
+ private:
+  static std::size_t checked_count(std::int64_t n) {
+    if (n < 1) fail("num_examples", n, "at least 1");
+    return static_cast<std::size_t>(n);
+  }
+
+  dftune::Estimator<double> est_;
+};
+
+}  // namespace dftune_torch

@@ -1,0 +1,207 @@
+#pragma once
+// The sequence-level objectives on log-prob tensors: DFT/DFT2 (objective/dft.hpp) and the
+// baselines SFT, DPO, IPO, SimPO, ORPO and RLOO (objective/*.hpp). Each binding converts its
+// tensors (tensors.hpp), calls the library once — loss and gradient together, every check before
+// any computation — stores the estimator's update (DFT, once per call, only after everything
+// succeeded), and attaches the gradient to the log-prob tensors (autograd.hpp).
+//
+// Shapes: positives [B], negatives [B, m] row-major (the library's [i][j] layout), samples [B, k].
+// The differentiable log-probs of one call share one floating dtype, which the loss and the
+// gradients are returned in; the computation runs in float64, as the library's does internally.
+#include "autograd.hpp"
+#include "estimator.hpp"
+#include "tensors.hpp"
+
+#include <dftune/objective/dft.hpp>
+#include <dftune/objective/dpo.hpp>
+#include <dftune/objective/ipo.hpp>
+#include <dftune/objective/orpo.hpp>
+#include <dftune/objective/reinforce.hpp>
+#include <dftune/objective/sft.hpp>
+#include <dftune/objective/simpo.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace dftune_torch {
+
+using OptTensor = std::optional<at::Tensor>;
+
+// A differentiable log-prob tensor: the original (for autograd, dtype and device) and its float64
+// CPU copy (for the library).
+struct LogProbs {
+  at::Tensor input;
+  at::Tensor f64;
+  std::span<const double> span() const { return f64_span(f64); }
+};
+
+inline LogProbs log_probs(std::string_view name, const at::Tensor& t, std::int64_t dim, std::string_view shape) {
+  check_dim(name, t, dim, shape);
+  return {t, as_f64(name, t)};
+}
+
+// b must have a's dtype: one call returns one loss dtype.
+inline void check_same_dtype(std::string_view name, const at::Tensor& b, std::string_view first, const at::Tensor& a) {
+  if (b.scalar_type() != a.scalar_type())
+    fail(name, dtype_of(b), "torch." + std::string(c10::toString(a.scalar_type())) + " (the dtype of " + std::string(first) + ")");
+}
+
+// An optional constant input of the shape of `like` (reference log-probs, lengths); empty if None.
+inline Optional optional_f64(std::string_view name, const OptTensor& t, const at::Tensor& like, std::string_view why) {
+  if (!t) return {};
+  check_shape(name, *t, like.sizes(), why);
+  return {as_f64(name, *t)};
+}
+
+inline Optional optional_i64(std::string_view name, const OptTensor& t, const at::Tensor& like, std::string_view why) {
+  if (!t) return {};
+  check_shape(name, *t, like.sizes(), why);
+  return {as_i64(name, *t)};
+}
+
+// The gradient `g` of input `x` as a tensor of x's shape, dtype and device.
+inline at::Tensor grad_like(std::string_view name, const std::vector<double>& g, const at::Tensor& x) {
+  return narrow_to(name, g, x.scalar_type()).reshape(x.sizes()).to(x.device());
+}
+
+inline at::Tensor loss_like(double loss, const at::Tensor& x) {
+  return narrow_scalar("loss", loss, x.scalar_type()).to(x.device());
+}
+
+// ---- DFT / DFT2 ----------------------------------------------------------------------------------
+
+inline dftune::Variant parse_variant(const std::string& s) {
+  if (s == "dft") return dftune::Variant::dft;
+  if (s == "dft2") return dftune::Variant::dft2;
+  fail("variant", "'" + s + "'", "'dft' or 'dft2'");
+}
+
+inline at::Tensor dft_loss(const at::Tensor& pos_logp, const at::Tensor& neg_logp, const at::Tensor& ids,
+                           PyEstimator& estimator, const std::string& variant, double tau, double gamma,
+                           const OptTensor& ref_neg_logp, const OptTensor& pos_len, const OptTensor& neg_len,
+                           bool update, double eps) {
+  const dftune::DftOptions opt{.variant = parse_variant(variant), .tau = tau, .gamma = gamma,
+                               .init = estimator.get().init(), .log_u0 = estimator.get().log_u0(), .eps = eps};
+  const LogProbs pos = log_probs("pos_logp", pos_logp, 1, "a 1-D tensor [B]");
+  const LogProbs neg = log_probs("neg_logp", neg_logp, 2, "a 2-D tensor [B, m]");
+  check_same_dtype("neg_logp", neg_logp, "pos_logp", pos_logp);
+  check_dim("ids", ids, 1, "a 1-D tensor [B]");
+  const at::Tensor id = as_i64("ids", ids);
+  // Only the inputs the variant reads are converted (the library ignores the others).
+  const bool dft = opt.variant == dftune::Variant::dft;
+  const Optional ref = dft ? optional_f64("ref_neg_logp", ref_neg_logp, neg_logp, "the shape of neg_logp") : Optional{};
+  const Optional plen = dft ? Optional{} : optional_i64("pos_len", pos_len, pos_logp, "the shape of pos_logp");
+  const Optional nlen = dft ? Optional{} : optional_i64("neg_len", neg_len, neg_logp, "the shape of neg_logp");
+
+  const dftune::SequenceScores<double> batch{
+      .ids = i64_span(id), .num_negatives = static_cast<std::size_t>(neg_logp.size(1)), .pos_logp = pos.span(),
+      .neg_logp = neg.span(), .ref_neg_logp = ref.span<double>(), .pos_len = plen.span<std::int64_t>(),
+      .neg_len = nlen.span<std::int64_t>()};
+  const dftune::DftResult<double> r = dftune::dft_loss(batch, estimator.get(), opt);  // never mutates
+  LossAndGrads out{loss_like(r.loss, pos_logp),
+                   {grad_like("grad_pos", r.grad_pos, pos_logp), grad_like("grad_neg", r.grad_neg, neg_logp)}};
+  // Everything succeeded: the one update of this call (dft_step's, which dft_loss computed).
+  if (update && estimator.get().init() != dftune::EstimatorInit::fixed)
+    estimator.get().set(batch.ids, std::span<const double>(r.log_u));
+  return attach({pos_logp, neg_logp}, std::move(out));
+}
+
+// ---- pairwise baselines: DPO, IPO, SimPO, ORPO ---------------------------------------------------
+
+struct PreferenceInputs {
+  LogProbs pos, neg;
+  Optional ref_pos, ref_neg, pos_len, neg_len;
+
+  dftune::PreferenceScores<double> scores() const {
+    return {.num_negatives = static_cast<std::size_t>(neg.input.size(1)), .pos_logp = pos.span(),
+            .neg_logp = neg.span(), .ref_pos_logp = ref_pos.span<double>(), .ref_neg_logp = ref_neg.span<double>(),
+            .pos_len = pos_len.span<std::int64_t>(), .neg_len = neg_len.span<std::int64_t>()};
+  }
+  at::Tensor attach(const dftune::PreferenceResult<double>& r) const {
+    return dftune_torch::attach({pos.input, neg.input},
+                                {loss_like(r.loss, pos.input),
+                                 {grad_like("grad_pos", r.grad_pos, pos.input), grad_like("grad_neg", r.grad_neg, neg.input)}});
+  }
+};
+
+inline PreferenceInputs preference_inputs(const at::Tensor& pos_logp, const at::Tensor& neg_logp) {
+  PreferenceInputs in{log_probs("pos_logp", pos_logp, 1, "a 1-D tensor [B]"),
+                      log_probs("neg_logp", neg_logp, 2, "a 2-D tensor [B, m]"), {}, {}, {}, {}};
+  check_same_dtype("neg_logp", neg_logp, "pos_logp", pos_logp);
+  return in;
+}
+
+// References and lengths are required by the objectives that read them; None reaches the library
+// as an empty span, which it refuses with its own message ("… needs log π_ref").
+inline PreferenceInputs with_references(PreferenceInputs in, const OptTensor& ref_pos, const OptTensor& ref_neg) {
+  in.ref_pos = optional_f64("ref_pos_logp", ref_pos, in.pos.input, "the shape of pos_logp");
+  in.ref_neg = optional_f64("ref_neg_logp", ref_neg, in.neg.input, "the shape of neg_logp");
+  return in;
+}
+
+inline PreferenceInputs with_lengths(PreferenceInputs in, const OptTensor& pos_len, const OptTensor& neg_len) {
+  in.pos_len = optional_i64("pos_len", pos_len, in.pos.input, "the shape of pos_logp");
+  in.neg_len = optional_i64("neg_len", neg_len, in.neg.input, "the shape of neg_logp");
+  return in;
+}
+
+inline at::Tensor dpo_loss(const at::Tensor& pos_logp, const at::Tensor& neg_logp, const OptTensor& ref_pos_logp,
+                           const OptTensor& ref_neg_logp, double beta) {
+  const PreferenceInputs in = with_references(preference_inputs(pos_logp, neg_logp), ref_pos_logp, ref_neg_logp);
+  return in.attach(dftune::dpo_loss(in.scores(), dftune::DpoOptions{.beta = beta}));
+}
+
+inline at::Tensor ipo_loss(const at::Tensor& pos_logp, const at::Tensor& neg_logp, const OptTensor& ref_pos_logp,
+                           const OptTensor& ref_neg_logp, double beta) {
+  const PreferenceInputs in = with_references(preference_inputs(pos_logp, neg_logp), ref_pos_logp, ref_neg_logp);
+  return in.attach(dftune::ipo_loss(in.scores(), dftune::IpoOptions{.beta = beta}));
+}
+
+inline at::Tensor simpo_loss(const at::Tensor& pos_logp, const at::Tensor& neg_logp, const OptTensor& pos_len,
+                             const OptTensor& neg_len, double beta, double gamma) {
+  const PreferenceInputs in = with_lengths(preference_inputs(pos_logp, neg_logp), pos_len, neg_len);
+  return in.attach(dftune::simpo_loss(in.scores(), dftune::SimpoOptions{.beta = beta, .gamma = gamma}));
+}
+
+inline dftune::NllReduction parse_reduction(std::string_view name, const std::string& s) {
+  if (s == "sequence_mean") return dftune::NllReduction::sequence_mean;
+  if (s == "token_mean") return dftune::NllReduction::token_mean;
+  if (s == "length_normalized") return dftune::NllReduction::length_normalized;
+  fail(name, "'" + s + "'", "'sequence_mean', 'token_mean' or 'length_normalized'");
+}
+
+inline at::Tensor orpo_loss(const at::Tensor& pos_logp, const at::Tensor& neg_logp, const OptTensor& pos_len,
+                            const OptTensor& neg_len, double lambda, const std::string& sft_reduction) {
+  const dftune::OrpoOptions opt{.lambda = lambda, .sft_reduction = parse_reduction("sft_reduction", sft_reduction)};
+  const PreferenceInputs in = with_lengths(preference_inputs(pos_logp, neg_logp), pos_len, neg_len);
+  return in.attach(dftune::orpo_loss(in.scores(), opt));
+}
+
+// ---- SFT, RLOO -----------------------------------------------------------------------------------
+
+inline at::Tensor score_result(const LogProbs& lp, const dftune::ScoreResult<double>& r) {
+  return attach({lp.input}, {loss_like(r.loss, lp.input), {grad_like("grad", r.grad, lp.input)}});
+}
+
+inline at::Tensor sft_loss(const at::Tensor& logp, const std::string& reduction, const OptTensor& lengths) {
+  const dftune::SftOptions opt{.reduction = parse_reduction("reduction", reduction)};
+  const LogProbs lp = log_probs("logp", logp, 1, "a 1-D tensor [B]");
+  const Optional len = optional_i64("lengths", lengths, logp, "the shape of logp");
+  return score_result(lp, dftune::sft_loss(lp.span(), opt, len.span<std::int64_t>()));
+}
+
+// Rewards may be of any real dtype (exact-match rewards often come as bool or int).
+inline at::Tensor rloo_loss(const at::Tensor& logp, const at::Tensor& reward) {
+  const LogProbs lp = log_probs("logp", logp, 2, "a 2-D tensor [B, k] (k samples per prompt)");
+  check_shape("reward", reward, logp.sizes(), "the shape of logp");
+  if (reward.is_complex()) fail("reward", dtype_of(reward), "a real tensor");
+  const at::Tensor r = reward.detach().to(at::kCPU, at::kDouble).contiguous();
+  const dftune::SampleScores<double> s{.group_size = static_cast<std::size_t>(logp.size(1)), .logp = lp.span(),
+                                       .reward = f64_span(r)};
+  return score_result(lp, dftune::rloo_loss(s));
+}
+
+}  // namespace dftune_torch
