@@ -9,6 +9,7 @@
 // backward run under create_graph=True returns gradients whose own backward raises, instead of
 // silently wrong second derivatives.
 #include <torch/csrc/autograd/functions/basic_ops.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/extension.h>
 
 #include <string>
@@ -20,12 +21,23 @@ inline const char* const kSecondDerivative =
     "dftune_torch: second derivatives are not supported (the gradients are computed by the library "
     "in the forward pass; backward through them again is not defined)";
 
-// Outputs of a backward: wrapped so that differentiating them raises, when the caller asked for a
-// differentiable backward (create_graph=True turns grad mode on during backward).
-inline torch::autograd::variable_list once_differentiable(torch::autograd::variable_list grads) {
+// Outputs of a backward: when the caller asked for a differentiable backward (create_graph=True
+// turns grad mode on during backward), they get an Error node as their history, whose edges lead
+// to the forward's inputs, so that differentiating through them raises, whichever inputs the
+// second derivative is taken for. Unlike @once_differentiable, this holds even when grad_output
+// does not require grad: the gradient still depends on the inputs (through a log_softmax before
+// this node, say), and a gradient without that history would drop the term silently.
+inline torch::autograd::variable_list once_differentiable(torch::autograd::variable_list grads,
+                                                          const torch::autograd::variable_list& forward_inputs) {
   if (!torch::autograd::GradMode::is_enabled()) return grads;
-  torch::autograd::DelayedError err(kSecondDerivative, static_cast<int>(grads.size()));
-  return err.apply(std::move(grads));
+  auto error = std::make_shared<torch::autograd::Error>(kSecondDerivative,
+                                                         torch::autograd::collect_next_edges(forward_inputs));
+  for (at::Tensor& g : grads) {
+    if (!g.defined()) continue;
+    g = g.detach();  // a fresh tensor whose only history is the Error node
+    torch::autograd::set_history(g, error);
+  }
+  return grads;
 }
 
 // What the library computed: not a tensor argument of the node (autograd ignores it).
@@ -38,6 +50,7 @@ struct PrecomputedGrad : torch::autograd::Function<PrecomputedGrad> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, at::TensorList inputs, LossAndGrads r) {
     TORCH_INTERNAL_ASSERT(inputs.size() == r.grads.size());
     ctx->saved_data["grads"] = c10::List<at::Tensor>(r.grads);
+    ctx->save_for_backward(inputs.vec());  // only for once_differentiable's edges
     return r.loss;
   }
 
@@ -50,7 +63,7 @@ struct PrecomputedGrad : torch::autograd::Function<PrecomputedGrad> {
       const at::Tensor gk = grads.get(k);
       out.push_back(g.defined() ? gk * g.to(gk.device(), gk.scalar_type()) : at::Tensor());
     }
-    out = once_differentiable(std::move(out));
+    out = once_differentiable(std::move(out), ctx->get_saved_variables());
     out.emplace_back();  // LossAndGrads: not a tensor input
     return out;
   }

@@ -46,19 +46,27 @@ inline LogProbs log_probs(std::string_view name, const at::Tensor& t, std::int64
 // b must have a's dtype: one call returns one loss dtype.
 inline void check_same_dtype(std::string_view name, const at::Tensor& b, std::string_view first, const at::Tensor& a) {
   if (b.scalar_type() != a.scalar_type())
-    fail(name, dtype_of(b), "torch." + std::string(c10::toString(a.scalar_type())) + " (the dtype of " + std::string(first) + ")");
+    fail(name, dtype_of(b), dtype_name(a.scalar_type()) + " (the dtype of " + std::string(first) + ")");
 }
 
 // An optional constant input of the shape of `like` (reference log-probs, lengths); empty if None.
+// With as many elements as `like`, any other shape (a transposed [m, B] pairs the wrong log-probs)
+// is refused here; with another count, the library's size check names the mismatch, so that a
+// wrong `like` (neg_logp with the wrong B) is reported as such and not as a wrong reference.
+inline void check_layout(std::string_view name, const at::Tensor& t, const at::Tensor& like, std::string_view why) {
+  check_defined(name, t);
+  if (t.numel() == like.numel()) check_shape(name, t, like.sizes(), why);
+}
+
 inline Optional optional_f64(std::string_view name, const OptTensor& t, const at::Tensor& like, std::string_view why) {
   if (!t) return {};
-  check_shape(name, *t, like.sizes(), why);
+  check_layout(name, *t, like, why);
   return {as_f64(name, *t)};
 }
 
 inline Optional optional_i64(std::string_view name, const OptTensor& t, const at::Tensor& like, std::string_view why) {
   if (!t) return {};
-  check_shape(name, *t, like.sizes(), why);
+  check_layout(name, *t, like, why);
   return {as_i64(name, *t)};
 }
 
@@ -101,8 +109,10 @@ inline at::Tensor dft_loss(const at::Tensor& pos_logp, const at::Tensor& neg_log
       .neg_logp = neg.span(), .ref_neg_logp = ref.span<double>(), .pos_len = plen.span<std::int64_t>(),
       .neg_len = nlen.span<std::int64_t>()};
   const dftune::DftResult<double> r = dftune::dft_loss(batch, estimator.get(), opt);  // never mutates
-  LossAndGrads out{loss_like(r.loss, pos_logp),
-                   {grad_like("grad_pos", r.grad_pos, pos_logp), grad_like("grad_neg", r.grad_neg, neg_logp)}};
+  // Narrowed in the library's order (the weights first), so the first value to overflow is named.
+  at::Tensor grad_neg = grad_like("grad_neg", r.grad_neg, neg_logp);
+  at::Tensor grad_pos = grad_like("grad_pos", r.grad_pos, pos_logp);
+  LossAndGrads out{loss_like(r.loss, pos_logp), {std::move(grad_pos), std::move(grad_neg)}};
   // Everything succeeded: the one update of this call (dft_step's, which dft_loss computed).
   if (update && estimator.get().init() != dftune::EstimatorInit::fixed)
     estimator.get().set(batch.ids, std::span<const double>(r.log_u));

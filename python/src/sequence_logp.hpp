@@ -134,7 +134,8 @@ struct SequenceLogp : torch::autograd::Function<SequenceLogp> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_output) {
-    const at::Tensor z = ctx->get_saved_variables()[0].contiguous();
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const at::Tensor z = saved[0].contiguous();
     const at::Tensor lse = ctx->saved_data["row_lse"].toTensor();
     const TokenInputs in = TokenInputs::load(ctx);
     const auto C = compute_dtype(z.scalar_type());
@@ -148,7 +149,7 @@ struct SequenceLogp : torch::autograd::Function<SequenceLogp> {
                                 std::span<T>(reinterpret_cast<T*>(grad.data_ptr()), static_cast<std::size_t>(grad.numel())),
                                 view(lse));
     });
-    torch::autograd::variable_list out = once_differentiable({grad});
+    torch::autograd::variable_list out = once_differentiable({grad}, saved);
     out.emplace_back();  // TokenInputs: not a tensor input
     return out;
   }

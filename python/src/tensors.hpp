@@ -10,6 +10,7 @@
 //   (any integer dtype; widened to int64 exactly), never bool.
 #include <dftune/error.hpp>
 
+#include <torch/csrc/utils/tensor_dtypes.h>
 #include <torch/extension.h>
 
 #include <cstddef>
@@ -45,7 +46,9 @@ inline std::string shape_of(std::initializer_list<std::int64_t> dims) {
   return os.str();
 }
 
-inline std::string dtype_of(const at::Tensor& t) { return "dtype torch." + std::string(c10::toString(t.scalar_type())); }
+// torch's Python name of a dtype: "torch.float32", as the user wrote it.
+inline std::string dtype_name(at::ScalarType s) { return "torch." + torch::utils::getDtypeNames(s).first; }
+inline std::string dtype_of(const at::Tensor& t) { return "dtype " + dtype_name(t.scalar_type()); }
 
 inline void check_defined(std::string_view name, const at::Tensor& t) {
   if (!t.defined()) fail(name, "None", "a tensor");
@@ -117,8 +120,7 @@ inline at::Tensor narrow_to(std::string_view name, const std::vector<double>& va
     if (!finite.all().item<bool>()) {
       const auto k = static_cast<std::size_t>(finite.logical_not().nonzero()[0][0].item<std::int64_t>());
       dftune::detail::fail_at(name, k, values[k],
-                              "a value torch." + std::string(c10::toString(dtype)) +
-                                  " can hold (inputs too extreme for this precision)");
+                              "a value " + dtype_name(dtype) + " can hold (inputs too extreme for this precision)");
     }
   }
   return out;
@@ -127,7 +129,7 @@ inline at::Tensor narrow_to(std::string_view name, const std::vector<double>& va
 inline at::Tensor narrow_scalar(std::string_view name, double value, at::ScalarType dtype) {
   at::Tensor out = at::scalar_tensor(value, at::kDouble).to(dtype);
   if (dtype != at::kDouble && !std::isfinite(out.item<double>()))
-    fail(name, value, "a value torch." + std::string(c10::toString(dtype)) + " can hold (inputs too extreme for this precision)");
+    fail(name, value, "a value " + dtype_name(dtype) + " can hold (inputs too extreme for this precision)");
   return out;
 }
 
