@@ -1,5 +1,5 @@
 #pragma once
-// The per-example estimator state of DFT (DESIGN.md §1, "the u"): a moving average u_i of the
+// The per-example estimator state of DFT (docs/math.md, "The estimator"): a moving average u_i of the
 // inner mean g_i = (1/m) Σ_j exp(d_ij), kept in the log domain and keyed by a stable example id.
 // dft_loss reads it, dft_step updates it; nothing else changes it but set(), which checkpoint
 // loading and multi-process averaging use.
@@ -54,7 +54,7 @@ class Estimator {
     return log_u_[i];
   }
 
-  // The log u_i that the next update starts from (DESIGN.md §1): the stored value, else log_u0 for
+  // The log u_i that the next update starts from (docs/math.md, "The estimator"): the stored value, else log_u0 for
   // constant and fixed init, else nothing (first visit: the batch itself initialises it).
   std::optional<T> prior(std::int64_t id) const {
     if (auto v = log_u(id)) return v;

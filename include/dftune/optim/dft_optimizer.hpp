@@ -1,5 +1,5 @@
 #pragma once
-// The DFT / DFT2 optimizer (arXiv 2502.18679, Algorithm 1; DESIGN.md §1): one call does a full
+// The DFT / DFT2 optimizer (arXiv 2502.18679, Algorithm 1; docs/math.md): one call does a full
 // step on a batch of prompts with one positive and m negatives each —
 //   1. score:     s_i = log π_θ(y_i|x_i), s'_ij = log π_θ(y'_ij|x_i)          (model)
 //   2. objective: L, ∂L/∂s, ∂L/∂s' and the new log u_i                         (objective/dft.hpp)

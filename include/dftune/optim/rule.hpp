@@ -1,5 +1,5 @@
 #pragma once
-// The inner update rule (DESIGN.md §2, last arrow): θ ← rule(θ, ∇θ L, lr), on flat spans, so any
+// The inner update rule (docs/math.md, "Data flow", last arrow): θ ← rule(θ, ∇θ L, lr), on flat spans, so any
 // model that shows its parameters and gradients as two spans of equal size can use any rule.
 //
 // Contract of an UpdateRule<R, T>:
