@@ -2,12 +2,10 @@
 // Gradient clipping for the examples' fine-tuning loop: an UpdateRule that clips the gradient to a
 // global L2 norm before its inner rule's step (torch's rule, include/dftune/optim/clip.hpp; the
 // reference DFT trainer runs Hugging Face's Trainer with max_grad_norm = 1.0) and keeps the norm
-// before clipping, which trainers log as grad_norm. Every method of the demo and of compare steps
-// through it, SFT and the baselines as well as DFT/DFT2 (it wraps DftOptimizer's inner rule), so
-// all are clipped alike. max_norm = +inf clips nothing: the inner rule then sees the model's own
-// gradient buffer, untouched, and runs bit for bit as without the wrapper.
-// Note for DftOptimizer users: clipping inside the optimizer (an option saved in checkpoints) is
-// the library's way; this wrapper keeps the examples independent of it until then.
+// before clipping, which trainers log as grad_norm. SFT and compare's baselines step through it;
+// DFT/DFT2 clip inside DftOptimizer (StepOptions{.max_grad_norm}) with the same clip_grad_norm, so
+// every method is clipped alike. max_norm = +inf clips nothing: the inner rule then sees the
+// model's own gradient buffer, untouched, and runs bit for bit as without the wrapper.
 #include <dftune/optim/clip.hpp>
 #include <dftune/optim/rule.hpp>
 

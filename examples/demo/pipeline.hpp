@@ -20,6 +20,7 @@
 #include <dftune/optim/adam.hpp>
 #include <dftune/optim/dft_optimizer.hpp>
 #include <dftune/optim/schedule.hpp>
+#include <dftune/optim/step_options.hpp>
 
 #include <chrono>
 #include <cstdio>
@@ -438,7 +439,9 @@ inline RunResult finetune(const Model& base, Method method, double lr, const Tra
   const auto schedule = schedule_for(lr, s.steps);
   const dftune::DftOptions opt = dft_options(s, method == Method::dft2);
   dftune::Estimator<float> estimator(N, opt);
-  dftune::DftOptimizer dft(model, estimator, opt, rule_for(s), schedule);
+  // DFT/DFT2 clip inside the optimizer (StepOptions); SFT through the loop's rule: the same rule.
+  dftune::DftOptimizer dft(model, estimator, opt, dftune::AdamW<float>{}, schedule,
+                           dftune::StepOptions{.max_grad_norm = s.max_grad_norm});
   Rule sft_rule = rule_for(s);
   std::vector<float> scratch;
   RunResult r = finetune_loop(model, name(method), lr, data, validation, test, s, seed, progress,
@@ -455,7 +458,7 @@ inline RunResult finetune(const Model& base, Method method, double lr, const Tra
                                                             .ref_neg_logp = method == Method::dft ? b.ref_neg_logp
                                                                                                   : std::span<const float>()});
                                 log.add("loss", info.result.loss);
-                                log.add("grad_norm", dft.rule().last_grad_norm());
+                                log.add("grad_norm", info.grad_norm);
                                 log.add("logps/chosen", info.mean_pos_logp);
                                 log.add("logps/rejected", info.mean_neg_logp);
                                 log_dft(log, info.result, b, opt);
