@@ -1,11 +1,14 @@
-// SFT vs DFT vs DFT2 on a task with verifiable answers, end to end (DESIGN.md §1, "Fair comparisons"):
+// SFT vs DFT vs DFT2 on a task with verifiable answers, end to end (docs/math.md, "Fair comparisons"):
 // pre-train a tiny causal LM on three-digit additions where part of the corpus drops the carry,
 // sample negatives from it, fine-tune with each method from the same base under the same budget,
 // pick each method's learning rate on a validation split, and report held-out test results over
-// seeds as a table, CSV, JSON and a learning-curve PNG. Run with --help for the flags.
+// seeds as a table, CSV, JSON and a learning-curve PNG, with TRL-named metrics at every step
+// (metrics.jsonl, metrics.dat, metrics.png). `--recipe official` runs the reference trainer's
+// recipe. Run with --help for the flags.
 #include "demo/cli.hpp"
 #include "demo/pipeline.hpp"
 #include "demo/report.hpp"
+#include "demo/metrics_out.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -29,32 +32,21 @@ struct Cli {
 
 void usage(std::FILE* f) {
   const Cli d;
-  const demo::Settings& s = d.settings;
   std::fprintf(f,
                "usage: demo [flags]\n"
                "SFT vs DFT vs DFT2 fine-tuning of a tiny causal LM on three-digit addition.\n"
                "  --seeds N            fine-tuning seeds (negatives, batch order)      [%zu]\n"
-               "  --m N                negatives per training prompt                   [%zu]\n"
-               "  --tau-dft X          DFT temperature τ                               [%g]\n"
-               "  --gamma-dft X        DFT moving-average rate γ                       [%g]\n"
-               "  --tau-dft2 X         DFT2 temperature τ                              [%g]\n"
-               "  --gamma-dft2 X       DFT2 moving-average rate γ                      [%g]\n"
-               "  --steps N            fine-tuning steps (every method)                [%zu]\n"
-               "  --batch N            prompts per fine-tuning step                    [%zu]\n"
-               "  --lr-grid A,B,...    learning rates; each method's is picked on validation [1e-4,3e-4,1e-3,3e-3]\n"
-               "  --pretrain-steps N   pre-training steps of the base model            [%zu]\n"
-               "  --drop-carry P       share of the pre-training corpus without carries [%g]\n"
-               "  --train-prompts N    fine-tuning prompts                             [%zu]\n"
-               "  --eval-prompts N     validation and test prompts (each)              [%zu]\n"
-               "  --estimator E        DFT/DFT2 estimator: first_visit, constant or fixed [first_visit]\n"
-               "  --keep-right-negatives  keep sampled negatives equal to the positive (default: redraw them)\n"
+               "  --lr-grid A,B,...    learning rates; each method's is picked on validation [1e-4,3e-4,1e-3,3e-3]\n",
+               d.seeds);
+  demo::settings_usage(f, d.settings);
+  std::fprintf(f,
                "  --base FILE          load the base model (saved by a previous run as DIR/base.bin)\n"
                "  --out DIR            output directory                                [demo_out]\n"
                "  --plot-script PATH   gnuplot script for the learning curves          [scripts/plot_demo.gp]\n"
                "  --quick              smoke test: tiny budget, a few seconds\n"
-               "  --help               this text\n",
-               d.seeds, s.negatives, s.tau_dft, s.gamma_dft, s.tau_dft2, s.gamma_dft2, s.steps, s.batch, s.pretrain_steps,
-               s.drop_carry, s.train_prompts, s.eval_prompts);
+               "  --help               this text\n"
+               "Writes DIR/{results.csv,results.json,curves.csv,curves.dat,learning_curves.png} and the per-step\n"
+               "metrics DIR/{metrics.jsonl,metrics.dat,metrics.png} (scripts/plot_metrics.gp).\n");
 }
 
 constexpr demo::Flags flags{"demo"};
@@ -62,8 +54,10 @@ constexpr demo::Flags flags{"demo"};
 Cli parse(int argc, char** argv) {
   Cli c;
   demo::Settings& s = c.settings;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
+  const std::vector<std::string> args = flags.expand(argc, argv);
+  demo::apply_recipe(flags, args, s);
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
     if (a == "--help" || a == "-h") {
       usage(stdout);
       std::exit(0);
@@ -78,40 +72,18 @@ Cli parse(int argc, char** argv) {
       c.lr_grid = {1e-3};
       continue;
     }
-    if (a == "--keep-right-negatives") {
-      s.keep_right_negatives = true;
-      continue;
-    }
-    if (i + 1 >= argc) flags.bad(a, "unknown flag or missing value");
-    const std::string v = argv[++i];
+    if (demo::settings_switch(a, s)) continue;
+    if (i + 1 >= args.size()) flags.bad(a, "unknown flag or missing value");
+    const std::string& v = args[++i];
+    if (demo::settings_flag(flags, a, v, s)) continue;
     if (a == "--seeds") c.seeds = flags.count(a, v);
-    else if (a == "--m") s.negatives = flags.count(a, v);
-    else if (a == "--tau-dft") s.tau_dft = flags.real(a, v);
-    else if (a == "--gamma-dft") s.gamma_dft = flags.real(a, v);
-    else if (a == "--tau-dft2") s.tau_dft2 = flags.real(a, v);
-    else if (a == "--gamma-dft2") s.gamma_dft2 = flags.real(a, v);
-    else if (a == "--steps") s.steps = flags.count(a, v);
-    else if (a == "--batch") s.batch = flags.count(a, v);
-    else if (a == "--pretrain-steps") s.pretrain_steps = flags.count(a, v);
-    else if (a == "--drop-carry") s.drop_carry = flags.real(a, v);
-    else if (a == "--train-prompts") s.train_prompts = flags.count(a, v);
-    else if (a == "--eval-prompts") s.eval_prompts = flags.count(a, v);
     else if (a == "--out") c.out = v;
     else if (a == "--base") c.base = v;
-    else if (a == "--estimator") {
-      if (v == "first_visit") s.estimator = dftune::EstimatorInit::first_visit;
-      else if (v == "constant") s.estimator = dftune::EstimatorInit::constant;
-      else if (v == "fixed") s.estimator = dftune::EstimatorInit::fixed;
-      else flags.bad(a, "got '" + v + "', expected first_visit, constant or fixed");
-    }
     else if (a == "--plot-script") c.plot_script = v;
-    else if (a == "--lr-grid") {
-      c.lr_grid = flags.rates(a, v);
-    } else flags.bad(a, "unknown flag");
+    else if (a == "--lr-grid") c.lr_grid = flags.rates(a, v);
+    else flags.bad(a, "unknown flag");
   }
-  if (!(s.drop_carry >= 0 && s.drop_carry <= 1)) flags.bad("--drop-carry", "expected a share in [0, 1]");
-  dftune::validate(dftune::DftOptions{.tau = s.tau_dft, .gamma = s.gamma_dft});
-  dftune::validate(dftune::DftOptions{.variant = dftune::Variant::dft2, .tau = s.tau_dft2, .gamma = s.gamma_dft2});
+  demo::check_settings(flags, s);
   return c;
 }
 
@@ -141,9 +113,10 @@ int main(int argc, char** argv) try {
   for (std::size_t k = 0; k < cli.seeds; ++k) {
     seeds.push_back(k + 1);
     data.push_back(demo::make_train_data(base, train, s, 9000 + k + 1));
-    negatives_correct += data.back().negatives_correct / static_cast<double>(cli.seeds);
-    shared_tokens += data.back().shared_tokens / static_cast<double>(cli.seeds);
-    progress.note("negatives for seed " + std::to_string(k + 1) + ": " + std::to_string(data.back().negatives.size()) + " samples");
+    negatives_correct += data.back().epochs.front().correct / static_cast<double>(cli.seeds);
+    shared_tokens += data.back().epochs.front().shared_tokens / static_cast<double>(cli.seeds);
+    progress.note("negatives for seed " + std::to_string(k + 1) + ": " + std::to_string(data.back().epochs.front().negatives.size()) +
+                  " samples" + (s.fresh_negatives ? " per epoch, " + std::to_string(data.back().epochs.size()) + " epochs" : ""));
   }
 
   // 4. Every (seed, method, lr) from the same base; independent runs share the two cores.
@@ -176,10 +149,11 @@ int main(int argc, char** argv) try {
               "DFT tau %.2g gamma %.2g, DFT2 tau %.2g gamma %.2g, estimator %s\n",
               seeds.size(), s.steps, s.batch, s.negatives, s.sampling.temperature, s.sampling.top_k, s.sampling.top_p,
               s.keep_right_negatives ? "" : ", right answers redrawn", s.tau_dft, s.gamma_dft, s.tau_dft2, s.gamma_dft2, est.str().c_str());
+  demo::print_recipe(stdout, s);
   std::printf("base model: test accuracy %.3f, log π(pos) %.3f, log π(neg) %.2f\n", base_test.accuracy, base_test.pos_logp,
               base_test.neg_logp);
-  std::printf("training negatives: %.0f%% are right answers (no wrong one in %zu draws), %.0f%% of their tokens equal the positive's\n\n",
-              100 * negatives_correct, s.redraws + 1, 100 * shared_tokens);
+  std::printf("training negatives%s: %.0f%% are right answers (no wrong one in %zu draws), %.0f%% of their tokens equal the positive's\n\n",
+              s.fresh_negatives ? " (epoch 0)" : "", 100 * negatives_correct, s.redraws + 1, 100 * shared_tokens);
   std::printf("Each method at its learning rate chosen on validation (* = selected; neg = the base model's wrong samples):\n");
   demo::print_header(stdout);
   for (demo::Method m : {demo::Method::sft, demo::Method::dft, demo::Method::dft2}) demo::print_row(stdout, *chosen.at(m), true);
@@ -217,8 +191,16 @@ int main(int argc, char** argv) try {
                            (out / "learning_curves.png").string() + "'; t_sft='" + title(demo::Method::sft) + "'; t_dft='" +
                            title(demo::Method::dft) + "'; t_dft2='" + title(demo::Method::dft2) + "'\" '" + cli.plot_script + "'";
   const bool plotted = std::filesystem::exists(cli.plot_script) && std::system(plot.c_str()) == 0;
-  std::printf("\nwrote %s/{results.csv,results.json,curves.csv,curves.dat%s} in %.1f s\n", cli.out.c_str(),
-              plotted ? ",learning_curves.png" : "", progress.elapsed());
+  // Per-step metrics: every run (JSONL) and the means over seeds at each selected lr (gnuplot).
+  demo::write_jsonl((out / "metrics.jsonl").string(), runs, [&](std::size_t k) { return std::string(demo::name(runs[k].method)); });
+  std::vector<demo::MetricsBlock> blocks;
+  for (demo::Method m : {demo::Method::sft, demo::Method::dft, demo::Method::dft2})
+    blocks.push_back({.title = title(m), .runs = chosen.at(m)->runs});
+  demo::write_metrics_dat((out / "metrics.dat").string(), blocks);
+  const std::string metrics_script = (std::filesystem::path(cli.plot_script).parent_path() / "plot_metrics.gp").string();
+  const bool plotted_metrics = demo::plot_metrics(metrics_script, out);
+  std::printf("\nwrote %s/{results.csv,results.json,curves.csv,curves.dat%s,metrics.jsonl,metrics.dat%s} in %.1f s\n", cli.out.c_str(),
+              plotted ? ",learning_curves.png" : "", plotted_metrics ? ",metrics.png" : "", progress.elapsed());
   if (!plotted) progress.note("no plot: gnuplot or " + cli.plot_script + " not found");
   return 0;
 } catch (const std::exception& e) {

@@ -1,4 +1,4 @@
-// The DFT / DFT2 objective and its estimator against DESIGN.md §1, evaluated independently here
+// The DFT / DFT2 objective and its estimator against docs/math.md, evaluated independently here
 // in long double from the formulas, against finite differences where L's gradient is an exact
 // gradient (γ = 1), and every error with the estimator left as it was.
 #include <dftune/dftune.hpp>
@@ -59,7 +59,7 @@ Case random_case(std::mt19937_64& rng, std::size_t B, std::size_t m, std::size_t
   return c;
 }
 
-// DESIGN.md §1 written out once more, in long double, with its own u table.
+// docs/math.md written out once more, in long double, with its own u table.
 struct Oracle {
   DftOptions opt;
   std::map<std::int64_t, long double> u;  // log u per seen id
@@ -132,7 +132,7 @@ std::vector<std::optional<T>> snapshot(const Estimator<T>& est) {
 
 }  // namespace
 
-TEST_CASE("dft_step matches DESIGN.md §1 over many steps, both variants, every init") {
+TEST_CASE("dft_step matches docs/math.md over many steps, both variants, every init") {
   std::mt19937_64 rng(20250225);
   for (Variant v : {Variant::dft, Variant::dft2})
     for (EstimatorInit init : {EstimatorInit::first_visit, EstimatorInit::constant, EstimatorInit::fixed})

@@ -2,25 +2,34 @@
 // The phases of the SFT vs DFT vs DFT2 demo, shared by examples/demo.cpp and its quick test:
 //   pretrain   the base model (also π_ref) on a corpus where part of the answers drop the carry
 //   negatives  m samples per training prompt from the base (temperature 0.7, top-k 50, top-p 1),
-//              with log π_ref computed once
+//              with log π_ref computed once; sampled once, or afresh for every epoch (the paper's
+//              recipe, Settings::fresh_negatives)
 //   finetune   SFT, DFT or DFT2 from the same base with the same budget (steps, batch, AdamW,
-//              cosine schedule with 10% warm-up) on the same positives
+//              cosine schedule with 10% warm-up, optional clipping to a global gradient norm) on the
+//              same positives, logging TRL-named metrics at every step (docs/math.md, "Metrics")
 //   evaluate   greedy exact match, mean log π of held-out positives and of the base's wrong samples
 #include "addition.hpp"
+#include "clipped_rule.hpp"
 
 #include <dftune/model/weights_io.hpp>
 
+#include <dftune/callbacks/jsonl.hpp>
+#include <dftune/callbacks/metrics.hpp>
 #include <dftune/dftune.hpp>
 #include <dftune/model/tiny_lm/tiny_lm.hpp>
 #include <dftune/optim/adam.hpp>
 #include <dftune/optim/dft_optimizer.hpp>
 #include <dftune/optim/schedule.hpp>
+#include <dftune/optim/step_options.hpp>
 
 #include <chrono>
 #include <cstdio>
 #include <functional>
+#include <limits>
 #include <numeric>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 namespace demo {
@@ -49,12 +58,44 @@ struct Settings {
   // fine-tuning, the same budget for every method
   std::size_t steps = 60, batch = 32, curve_points = 4;
   double tau_dft = 1.0, gamma_dft = 0.85, tau_dft2 = 0.3, gamma_dft2 = 0.9;
-  // The estimator of DFT and DFT2 (DESIGN.md §1): first_visit (dftune's default) and constant
-  // self-normalise the weights by the moving average u, so they keep summing to about one per
-  // example however dead the negatives are; fixed (log u ≡ 0) weights by π_θ/π_ref (DFT) and the
-  // push-down fades as the negatives die.
+  // The estimator of DFT and DFT2 (docs/math.md, "The estimator"): first_visit (dftune's default)
+  // and constant self-normalise the weights by the moving average u, so they keep summing to about
+  // one per example however dead the negatives are; fixed (log u ≡ log_u0) weights by π_θ/π_ref
+  // (DFT) and the push-down fades as the negatives die.
   dftune::EstimatorInit estimator = dftune::EstimatorInit::first_visit;
+  double log_u0 = 0.0;                 // log u of an unseen example (constant) or always (fixed)
+  double eps_dft2 = 1e-8;              // ε of DFT2's |y| + ε (the reference's 1e-8 is lost in float32: 0)
+  bool fresh_negatives = false;        // new negatives from the base model every epoch (the paper's recipe)
+  double max_grad_norm = std::numeric_limits<double>::infinity();  // clip to this global L2 norm (reference: 1)
 };
+
+// The recipe as the reference trainer runs it (docs/math.md, "Differences from the reference
+// trainer"): constant init log u = 0, DFT2's ε = 0 (its 1e-8 vanishes in float32: |y| + 1e-8
+// rounds to |y|), fresh negatives from the base model every epoch, gradients clipped to global
+// norm 1.0 (the Trainer's default max_grad_norm). dftune: first-visit init, ε = 1e-8 (no effect
+// on these lengths in double), negatives sampled once, no clipping.
+enum class Recipe { dftune, official };
+
+inline void apply(Recipe r, Settings& s) {
+  const Settings d;
+  const bool off = r == Recipe::official;
+  s.estimator = off ? dftune::EstimatorInit::constant : d.estimator;
+  s.log_u0 = 0.0;
+  s.eps_dft2 = off ? 0.0 : d.eps_dft2;
+  s.fresh_negatives = off;
+  s.max_grad_norm = off ? 1.0 : d.max_grad_norm;
+}
+
+// The DFT / DFT2 options of a run.
+inline dftune::DftOptions dft_options(const Settings& s, bool dft2) {
+  return dft2 ? dftune::DftOptions{.variant = dftune::Variant::dft2, .tau = s.tau_dft2, .gamma = s.gamma_dft2,
+                                   .init = s.estimator, .log_u0 = s.log_u0, .eps = s.eps_dft2}
+              : dftune::DftOptions{.variant = dftune::Variant::dft, .tau = s.tau_dft, .gamma = s.gamma_dft,
+                                   .init = s.estimator, .log_u0 = s.log_u0, .eps = s.eps_dft2};
+}
+
+using Rule = ClippedRule<float, dftune::AdamW<float>>;  // every fine-tuning run's update rule
+inline Rule rule_for(const Settings& s) { return Rule(dftune::AdamW<float>{}, s.max_grad_norm); }
 
 // Progress lines on stderr: phase, step/total, loss, elapsed.
 class Progress {
@@ -113,31 +154,37 @@ inline Model pretrain(const Settings& s, const Progress& progress) {
 }
 
 // ---- data -------------------------------------------------------------------------------------
+struct NegativeSet {
+  Sequences negatives;              // m per prompt, row-major [i][j], sampled from the base
+  std::vector<float> ref_neg_logp;  // log π_ref of the negatives, computed once
+  double correct = 0;               // share of sampled negatives that are in fact right answers
+  double shared_tokens = 0;         // share of negative tokens equal to the positive's at that position
+};
+
 struct TrainData {
   std::vector<Problem> problems;
   std::vector<std::int64_t> ids;   // example i has id i (the estimator's key)
   Sequences positives;             // prompt + right answer
-  Sequences negatives;             // m per prompt, row-major [i][j], sampled from the base
-  std::vector<float> ref_neg_logp; // log π_ref of the negatives, computed once
-  double negatives_correct = 0;    // share of sampled negatives that are in fact right answers
-  double shared_tokens = 0;        // share of negative tokens equal to the positive's at that position
+  std::vector<NegativeSet> epochs; // the negatives of epoch e; one set: sampled once and reused
+  const NegativeSet& negatives_of_epoch(std::size_t e) const { return epochs[std::min(e, epochs.size() - 1)]; }
 };
 
+// Epochs a run of `steps` batches of `batch` prompts starts on a training set of n prompts.
+inline std::size_t epochs_needed(std::size_t steps, std::size_t batch, std::size_t n) {
+  return (steps * batch + n - 1) / n;
+}
+
 // A sample equal to the positive is not a negative: with it DFT pushes down the very answer SFT
-// pulls up, and its self-normalised weight drifts onto it as the wrong samples die (DESIGN.md §1).
-// The paper keeps such samples rare by prompting the base as "an unhelpful assistant"; here a slot
-// whose sample equals the positive is redrawn (fresh random stream) up to `redraws` times, unless
-// keep_right_negatives is set (the paper's sampler taken literally).
-inline TrainData make_train_data(Model& base, const std::vector<Problem>& problems, const Settings& s, std::uint64_t seed) {
-  TrainData d;
-  d.problems = problems;
+// pulls up, and its self-normalised weight drifts onto it as the wrong samples die (docs/math.md,
+// "The estimator"). The paper keeps such samples rare by prompting the base as "an unhelpful
+// assistant"; here a slot whose sample equals the positive is redrawn (fresh random stream) up to
+// `redraws` times, unless keep_right_negatives is set (the paper's sampler taken literally).
+inline NegativeSet sample_negatives(Model& base, const std::vector<Problem>& problems, const Settings& s, std::uint64_t seed) {
+  NegativeSet d;
   const std::size_t m = s.negatives;
   std::vector<Problem> repeated;  // the j-th copy of prompt i draws negative (i, j)
-  for (std::size_t i = 0; i < problems.size(); ++i) {
-    d.ids.push_back(static_cast<std::int64_t>(i));
-    d.positives.push(prompt(problems[i]), answer(problems[i]));
+  for (std::size_t i = 0; i < problems.size(); ++i)
     for (std::size_t j = 0; j < m; ++j) repeated.push_back(problems[i]);
-  }
   std::vector<std::array<token_t, kAnswerLen>> drawn(repeated.size());
   std::vector<std::size_t> pending(repeated.size());
   std::iota(pending.begin(), pending.end(), 0);
@@ -164,8 +211,22 @@ inline TrainData make_train_data(Model& base, const std::vector<Problem>& proble
     const auto y = answer(repeated[k]);
     for (std::size_t t = 0; t < kAnswerLen; ++t) shared += drawn[k][t] == y[t];
   }
-  d.negatives_correct = static_cast<double>(right) / static_cast<double>(repeated.size());
+  d.correct = static_cast<double>(right) / static_cast<double>(repeated.size());
   d.shared_tokens = static_cast<double>(shared) / static_cast<double>(repeated.size() * kAnswerLen);
+  return d;
+}
+
+// The positives and the negatives of every epoch: epoch 0's from `seed` (what the demo has always
+// drawn), epoch e's from another stream of the same seed when s.fresh_negatives.
+inline TrainData make_train_data(Model& base, const std::vector<Problem>& problems, const Settings& s, std::uint64_t seed) {
+  TrainData d;
+  d.problems = problems;
+  for (std::size_t i = 0; i < problems.size(); ++i) {
+    d.ids.push_back(static_cast<std::int64_t>(i));
+    d.positives.push(prompt(problems[i]), answer(problems[i]));
+  }
+  const std::size_t epochs = s.fresh_negatives ? epochs_needed(s.steps, s.batch, problems.size()) : 1;
+  for (std::size_t e = 0; e < epochs; ++e) d.epochs.push_back(sample_negatives(base, problems, s, seed + 1000003 * e));
   return d;
 }
 
@@ -224,12 +285,25 @@ struct CurvePoint {
   Metrics test;
 };
 
+// One training step's numbers under TRL's names where it has one (docs/math.md, "Metrics"), in the
+// order they were added; written as one JSON object per step (metrics.jsonl).
+struct StepLog {
+  std::vector<std::pair<std::string, double>> values;
+  void add(std::string name, double v) { values.emplace_back(std::move(name), v); }
+  double get(std::string_view name) const {
+    for (const auto& [k, v] : values)
+      if (k == name) return v;
+    return std::numeric_limits<double>::quiet_NaN();
+  }
+};
+
 struct RunResult {
   Method method = Method::sft;
   double lr = 0;
   std::uint64_t seed = 0;
   Metrics validation, test;
   std::vector<CurvePoint> curve;
+  std::vector<StepLog> log;              // one per training step
   double first_loss = 0, last_loss = 0;  // mean training loss over the first / last tenth of steps
   double ms_per_step = 0;                 // wall time of a training step (batching + gradient + update), evaluation excluded
 };
@@ -243,11 +317,31 @@ struct StepBatch {
   std::span<const float> ref_neg_logp;
 };
 
+// Every completion token of `b` as a one-token completion, for token-level objectives (Dynamic
+// FT) through the Model concept, which scores whole completions: sequence s = (x, y_1..y_L)
+// becomes the L sequences (x y_<t, y_t), whose scores are log π(y_t | x, y_<t) and whose gradient
+// with weights g_t is Σ_t g_t ∇ log π(y_t | x, y_<t). Sequence s owns the split sequences
+// [offsets[s], offsets[s+1]). It costs L forward passes per sequence; a backend that hands out its
+// reduction's token_logp (logprob::forward) needs one.
+inline Sequences split_tokens(const dftune::SequenceBatch& b, std::vector<std::int64_t>& offsets) {
+  Sequences out;
+  offsets.assign(1, 0);
+  for (std::size_t s = 0; s < b.size(); ++s) {
+    const auto seq = b.sequence(s);
+    const auto p = static_cast<std::size_t>(b.prompt_len[s]);
+    for (std::size_t t = p; t < seq.size(); ++t) out.push(seq.first(t), seq.subspan(t, 1));
+    offsets.push_back(static_cast<std::int64_t>(out.size()));
+  }
+  return out;
+}
+
 // The loop every method shares (examples/demo.cpp and examples/compare.cpp): batches drawn from a
 // per-seed shuffle of the training set (epoch by epoch; the same seed gives every method the same
-// batches), the learning curve on test, the final validation and test metrics, and the wall time
-// of the training steps alone (evaluation excluded). `train_step(step, batch)` updates `model`
-// (already a copy of the base) and returns the step's loss; `label` names the run in progress lines.
+// batches, and epoch e the negatives of TrainData::negatives_of_epoch(e)), the learning curve on
+// test, the final validation and test metrics, a StepLog per step, and the wall time of the
+// training steps alone (evaluation excluded). `train_step(step, batch, log)` updates `model`
+// (already a copy of the base), adds its metrics to `log` (which already holds step, epoch and
+// learning_rate) and returns the step's loss; `label` names the run in progress lines.
 template <class TrainStep>
 RunResult finetune_loop(Model& model, const char* label, double lr, const TrainData& data, const EvalSet& validation,
                         const EvalSet& test, const Settings& s, std::uint64_t seed, const Progress& progress,
@@ -256,14 +350,15 @@ RunResult finetune_loop(Model& model, const char* label, double lr, const TrainD
   r.lr = lr;
   r.seed = seed;
   const std::size_t N = data.problems.size(), B = s.batch, m = s.negatives;
+  const auto schedule = schedule_for(lr, s.steps);
   std::mt19937_64 rng(seed * 1000003 + 17);
   std::vector<std::size_t> order(N);
   std::iota(order.begin(), order.end(), 0);
-  std::size_t cursor = N;
+  std::size_t cursor = N, epoch = 0, shuffles = 0;
   Sequences pos, neg;
   std::vector<std::int64_t> ids(B);
   std::vector<float> ref(B * m);
-  const auto data_pos = data.positives.view(), data_neg = data.negatives.view();
+  const auto data_pos = data.positives.view();
   auto push = [](Sequences& dst, const dftune::SequenceBatch& src, std::size_t k) {
     const auto seq = src.sequence(k);
     const auto p = static_cast<std::size_t>(src.prompt_len[k]);
@@ -282,18 +377,27 @@ RunResult finetune_loop(Model& model, const char* label, double lr, const TrainD
       if (cursor == N) {
         std::shuffle(order.begin(), order.end(), rng);
         cursor = 0;
+        epoch = shuffles++;
       }
       const std::size_t i = order[cursor++];
+      const NegativeSet& negs = data.negatives_of_epoch(epoch);
+      const auto data_neg = negs.negatives.view();
       ids[b] = static_cast<std::int64_t>(i);
       push(pos, data_pos, i);
       for (std::size_t j = 0; j < m; ++j) {
         push(neg, data_neg, i * m + j);
-        ref[b * m + j] = data.ref_neg_logp[i * m + j];
+        ref[b * m + j] = negs.ref_neg_logp[i * m + j];
       }
     }
+    StepLog log;
+    log.add("step", static_cast<double>(step + 1));
+    log.add("epoch", static_cast<double>((step + 1) * B) / static_cast<double>(N));
+    log.add("learning_rate", schedule.lr(step));
     const float loss = train_step(step, StepBatch{.ids = ids, .positives = pos.view(), .negatives = neg.view(),
-                                                  .num_negatives = m, .ref_neg_logp = ref});
+                                                  .num_negatives = m, .ref_neg_logp = ref},
+                                  log);
     step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    r.log.push_back(std::move(log));
     if (step < tenth) r.first_loss += loss / static_cast<double>(tenth);
     if (step >= s.steps - tenth) r.last_loss += loss / static_cast<double>(tenth);
     loss_sum += loss;
@@ -313,27 +417,51 @@ RunResult finetune_loop(Model& model, const char* label, double lr, const TrainD
   return r;
 }
 
+// The estimator's numbers of a DFT/DFT2 step (callbacks/metrics.hpp) under the log's names.
+template <class T>
+void log_dft(StepLog& log, const dftune::DftResult<T>& r, const StepBatch& b, const dftune::DftOptions& opt) {
+  std::vector<std::int64_t> neg_len(b.negatives.size());
+  for (std::size_t k = 0; k < neg_len.size(); ++k) neg_len[k] = b.negatives.completion_length(k);
+  const dftune::DftMetrics d = dftune::dft_metrics(r, b.num_negatives, opt, neg_len);
+  log.add("dft/log_u_mean", d.log_u_mean);
+  log.add("dft/log_u_min", d.log_u_min);
+  log.add("dft/log_u_max", d.log_u_max);
+  log.add("dft/ess", d.ess);
+  log.add("dft/max_weight", d.max_weight);
+  log.add("dft/weight_sum", d.weight_sum);
+}
+
 // One SFT, DFT or DFT2 fine-tuning run from a copy of the base.
 inline RunResult finetune(const Model& base, Method method, double lr, const TrainData& data, const EvalSet& validation,
                           const EvalSet& test, const Settings& s, std::uint64_t seed, const Progress& progress) {
   Model model = base;
   const std::size_t N = data.problems.size();
   const auto schedule = schedule_for(lr, s.steps);
-  const dftune::DftOptions opt =
-      method == Method::dft2
-          ? dftune::DftOptions{.variant = dftune::Variant::dft2, .tau = s.tau_dft2, .gamma = s.gamma_dft2, .init = s.estimator}
-          : dftune::DftOptions{.variant = dftune::Variant::dft, .tau = s.tau_dft, .gamma = s.gamma_dft, .init = s.estimator};
+  const dftune::DftOptions opt = dft_options(s, method == Method::dft2);
   dftune::Estimator<float> estimator(N, opt);
-  dftune::DftOptimizer dft(model, estimator, opt, dftune::AdamW<float>{}, schedule);
-  dftune::AdamW<float> sft_rule;
+  // DFT/DFT2 clip inside the optimizer (StepOptions); SFT through the loop's rule: the same rule.
+  dftune::DftOptimizer dft(model, estimator, opt, dftune::AdamW<float>{}, schedule,
+                           dftune::StepOptions{.max_grad_norm = s.max_grad_norm});
+  Rule sft_rule = rule_for(s);
   std::vector<float> scratch;
   RunResult r = finetune_loop(model, name(method), lr, data, validation, test, s, seed, progress,
-                              [&](std::size_t step, const StepBatch& b) -> float {
-                                if (method == Method::sft) return sft_step(model, sft_rule, schedule, step, b.positives, scratch);
+                              [&](std::size_t step, const StepBatch& b, StepLog& log) -> float {
+                                if (method == Method::sft) {
+                                  const float loss = sft_step(model, sft_rule, schedule, step, b.positives, scratch);
+                                  log.add("loss", loss);
+                                  log.add("grad_norm", sft_rule.last_grad_norm());
+                                  log.add("logps/chosen", -loss);
+                                  return loss;
+                                }
                                 const auto info = dft.step({.ids = b.ids, .positives = b.positives, .negatives = b.negatives,
                                                             .num_negatives = b.num_negatives,
                                                             .ref_neg_logp = method == Method::dft ? b.ref_neg_logp
                                                                                                   : std::span<const float>()});
+                                log.add("loss", info.result.loss);
+                                log.add("grad_norm", info.grad_norm);
+                                log.add("logps/chosen", info.mean_pos_logp);
+                                log.add("logps/rejected", info.mean_neg_logp);
+                                log_dft(log, info.result, b, opt);
                                 return info.result.loss;
                               });
   r.method = method;

@@ -3,10 +3,13 @@
 // validation split, the printed table, CSV, JSON and the learning-curve data for gnuplot.
 #include "pipeline.hpp"
 
+#include <dftune/callbacks/jsonl.hpp>
+
 #include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -71,6 +74,29 @@ inline std::map<Method, const Cell*> select(const std::vector<Cell>& all) {
   return best;
 }
 
+// One line naming what differs from dftune's defaults in the recipe's options (nothing when none
+// does, so the default output stays as it was); the estimator is on the settings line already.
+inline void print_recipe(std::FILE* f, const Settings& s) {
+  const Settings d;
+  std::string parts;
+  auto part = [&](const std::string& p) { parts += (parts.empty() ? "" : ", ") + p; };
+  char buf[96];
+  if (s.log_u0 != d.log_u0) {
+    std::snprintf(buf, sizeof buf, "log u0 = %g", s.log_u0);
+    part(buf);
+  }
+  if (s.eps_dft2 != d.eps_dft2) {
+    std::snprintf(buf, sizeof buf, "DFT2 eps = %g", s.eps_dft2);
+    part(buf);
+  }
+  if (s.fresh_negatives) part("fresh negatives from the base model every epoch");
+  if (s.max_grad_norm != d.max_grad_norm) {
+    std::snprintf(buf, sizeof buf, "gradients clipped to global norm %g", s.max_grad_norm);
+    part(buf);
+  }
+  if (!parts.empty()) std::fprintf(f, "recipe: %s\n", parts.c_str());
+}
+
 inline std::string pm(Stat s, int digits) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.*f ± %.*f", digits, s.mean, digits, s.std);
@@ -96,6 +122,21 @@ inline void write_csv(const std::string& path, const std::vector<Cell>& all, con
       << c.test_neg().mean << ',' << c.test_neg().std << ',' << c.val_acc().mean << ',' << c.val_acc().std << '\n';
 }
 
+// Every setting of a run as one JSON object (max_grad_norm: null = no clipping).
+inline dftune::JsonRecord settings_json(const Settings& s) {
+  std::ostringstream est;
+  est << s.estimator;
+  dftune::JsonRecord r;
+  r.add("drop_carry", s.drop_carry).add("pretrain_steps", s.pretrain_steps).add("steps", s.steps).add("batch", s.batch)
+      .add("negatives", s.negatives).add("train_prompts", s.train_prompts).add("eval_prompts", s.eval_prompts)
+      .add("tau_dft", s.tau_dft).add("gamma_dft", s.gamma_dft).add("tau_dft2", s.tau_dft2).add("gamma_dft2", s.gamma_dft2)
+      .add("temperature", s.sampling.temperature).add("top_k", s.sampling.top_k).add("top_p", s.sampling.top_p)
+      .add("d_model", s.model.d_model).add("n_layers", s.model.n_layers).add("estimator", est.str()).add("log_u0", s.log_u0)
+      .add("eps_dft2", s.eps_dft2).add("fresh_negatives", s.fresh_negatives).add("max_grad_norm", s.max_grad_norm)
+      .add("keep_right_negatives", s.keep_right_negatives).add("redraws", s.redraws);
+  return r;
+}
+
 inline void write_metrics_json(std::ostream& f, const Metrics& m) {
   f << "{\"accuracy\": " << m.accuracy << ", \"pos_logp\": " << m.pos_logp << ", \"neg_logp\": " << m.neg_logp << "}";
 }
@@ -105,14 +146,7 @@ inline void write_json(const std::string& path, const Settings& s, const std::ve
                        const std::vector<Cell>& all, const std::map<Method, const Cell*>& chosen, double seconds) {
   std::ofstream f(path);
   f.precision(6);
-  f << "{\n  \"settings\": {\"drop_carry\": " << s.drop_carry << ", \"pretrain_steps\": " << s.pretrain_steps
-    << ", \"steps\": " << s.steps << ", \"batch\": " << s.batch << ", \"negatives\": " << s.negatives
-    << ", \"train_prompts\": " << s.train_prompts << ", \"eval_prompts\": " << s.eval_prompts
-    << ", \"tau_dft\": " << s.tau_dft << ", \"gamma_dft\": " << s.gamma_dft << ", \"tau_dft2\": " << s.tau_dft2
-    << ", \"gamma_dft2\": " << s.gamma_dft2 << ", \"temperature\": " << s.sampling.temperature << ", \"top_k\": " << s.sampling.top_k
-    << ", \"top_p\": " << s.sampling.top_p << ", \"d_model\": " << s.model.d_model << ", \"n_layers\": " << s.model.n_layers
-    << ", \"estimator\": \"" << s.estimator << "\", \"keep_right_negatives\": " << (s.keep_right_negatives ? "true" : "false")
-    << ", \"redraws\": " << s.redraws << "},\n";
+  f << "{\n  \"settings\": " << settings_json(s).str() << ",\n";
   f << "  \"seeds\": [";
   for (std::size_t i = 0; i < seeds.size(); ++i) f << (i ? ", " : "") << seeds[i];
   f << "],\n  \"lr_grid\": [";

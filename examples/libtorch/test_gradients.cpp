@@ -1,6 +1,6 @@
 // The libtorch model's gradients, computed by dftune (fused log-prob backward + DFT objective)
 // and handed to autograd at the logits, against autograd all the way: torch's own log_softmax,
-// gather and per-sequence sums, and the DFT loss of DESIGN.md §1 written in torch with detached
+// gather and per-sequence sums, and the DFT loss of docs/math.md written in torch with detached
 // weights. Exit status 0 when every check passes.
 #include "torch_model.hpp"
 

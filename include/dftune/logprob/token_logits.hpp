@@ -1,5 +1,5 @@
 #pragma once
-// The input of every token log-prob reduction (DESIGN.md §2, arrow "model → per-token log-probs →
+// The input of every token log-prob reduction (docs/math.md, "Data flow", arrow "model → per-token log-probs →
 // per-sequence scores"): a [N, V] block of logits, one target per row, a per-token weight (0 masks
 // prompt and padding) and the sequence boundaries. Views only; the caller owns every buffer.
 #include <dftune/config.hpp>

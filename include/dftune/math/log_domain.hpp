@@ -1,6 +1,6 @@
 #pragma once
 // Stable log-domain reductions. All of them accept -inf (log 0) as a value: log(1 - gamma) is
-// -inf for gamma = 1, and the estimator update (DESIGN.md §1) must then reduce to log u = w.
+// -inf for gamma = 1, and the estimator update (docs/math.md, "The estimator") must then reduce to log u = w.
 #include <dftune/config.hpp>
 
 #include <algorithm>
@@ -30,7 +30,7 @@ T logsumexp(std::span<const T> x) {
   return hi + std::log(sum);
 }
 
-// log((1/n) sum_j exp(x_j)): the log of the inner mean g_i of DESIGN.md §1.
+// log((1/n) sum_j exp(x_j)): the log of the inner mean g_i of docs/math.md, "The estimator".
 template <class T>
 T logmeanexp(std::span<const T> x) {
   return logsumexp(x) - std::log(static_cast<T>(x.size()));

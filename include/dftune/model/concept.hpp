@@ -1,5 +1,5 @@
 #pragma once
-// The Model concept (DESIGN.md §2): the least a backend must give dftune. A model scores the
+// The Model concept (docs/backend.md): the least a backend must give dftune. A model scores the
 // completions of a batch of sequences and, given d loss / d score, accumulates parameter gradients;
 // the inner optimizer then sees parameters and gradients as flat spans of equal size.
 #include <dftune/config.hpp>

@@ -1,5 +1,5 @@
 #pragma once
-// Sampling completions from a model, for on-policy negatives (DESIGN.md §1: y' ~ π_ref at
+// Sampling completions from a model, for on-policy negatives (docs/math.md, "The objective": y' ~ π_ref at
 // temperature 0.7, top-k, top-p) and greedy decoding for evaluation. The filter is the usual one:
 //   p_v ∝ exp(z_v / temperature), then keep the top_k most probable tokens, then the smallest
 //   prefix of those (most probable first) whose mass reaches top_p of the kept mass,
@@ -50,7 +50,7 @@ inline void validate(const Prompts& p, std::size_t vocab) {
       detail::fail_at("prompts.tokens", t, p.tokens[t], "in [0, vocab = " + std::to_string(vocab) + ")");
 }
 
-// Optional part of a model (DESIGN.md §2): complete every prompt with up to max_new tokens
+// Optional part of a model (docs/backend.md): complete every prompt with up to max_new tokens
 // (fewer if `eos` is sampled; it is kept as the last token). The result holds prompt +
 // completion per sequence, the prompt length marking where the completion starts; the same
 // seed gives the same tokens.

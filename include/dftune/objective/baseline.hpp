@@ -1,5 +1,5 @@
 #pragma once
-// What the baseline objectives (DESIGN.md §1, "Related objectives") share: their inputs and results
+// What the baseline objectives (docs/math.md, "Baselines") share: their inputs and results
 // on spans of per-sequence log-probs, their input checks, and the one computation most of them are
 // made of — a stop-gradient-weighted negative log-likelihood L = −Σ_n c_n · s_n, whose gradient
 // wrt the score s_n = log π_θ(y_n|x_n) is −c_n (SFT, RWR, REINFORCE/RLOO, Best-of-N differ only

@@ -1,5 +1,5 @@
 #pragma once
-// The DFT / DFT2 objective (arXiv 2502.18679; DESIGN.md §1) on spans of per-sequence log-probs.
+// The DFT / DFT2 objective (arXiv 2502.18679; docs/math.md) on spans of per-sequence log-probs.
 //
 //   score       s = log π_θ(y|x)                      (DFT)
 //               s = log π_θ(y|x) / (|y| + ε)          (DFT2)

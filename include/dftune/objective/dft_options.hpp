@@ -1,5 +1,5 @@
 #pragma once
-// Options of the DFT / DFT2 objective and of its estimator (DESIGN.md §1).
+// Options of the DFT / DFT2 objective and of its estimator (docs/math.md).
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
 #include <dftune/objective/checks.hpp>

@@ -8,8 +8,10 @@
 //   ∂lo/∂s = 1/(|y|·(1 − e^p)) = −1/(|y|·expm1(p))
 //
 // The odds need P < 1, so every log-prob must be < 0 (an answer of probability 1 has infinite odds).
-// L_SFT defaults to the token mean −Σ_i s_w,i / Σ_i |y_w,i| (the causal-LM loss of the official
-// code and of TRL's ORPOTrainer, on whose scale the paper's λ = 0.1 was tuned); any NllReduction
+// L_SFT defaults to the token mean −Σ_i s_w,i / Σ_i |y_w,i| over the chosen answers' completion
+// tokens. The official code and TRL's ORPOTrainer take the causal-LM loss over the whole chosen
+// sequence, prompt tokens included (only padding is masked), so their L_SFT also fits the prompt
+// and averages over more tokens; dftune averages over completion tokens only. Any NllReduction
 // can be chosen.
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>

@@ -7,6 +7,9 @@
 //   L = −(1/N) Σ_n (r_n − b_n) · s_n,   s_n = log π_θ(y_n|x_n)      ∂L/∂s_n = −(r_n − b_n)/N
 //
 // (r − b) is a constant (stop-gradient); L's value is not an objective, only its gradient is.
+// r is used as given: any KL shaping of the reward is the caller's (TRL's RLOOTrainer subtracts
+// β·(log π_θ(y|x) − log π_ref(y|x)) from each sample's reward, β = 0.05 by default, before its
+// leave-one-out baseline).
 // The baseline b is a policy:
 //   BatchMeanBaseline      b_n = (1/N) Σ_n' r_n'  (default; includes the sample's own reward, so the
 //                          estimate is biased by a factor (1 − 1/N) — RLOO removes that)

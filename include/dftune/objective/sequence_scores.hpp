@@ -1,6 +1,6 @@
 #pragma once
 // Per-sequence inputs of the sequence-level objectives: spans of log-probs, never a framework's
-// tensors, so any backend plugs in (DESIGN.md §2).
+// tensors, so any backend plugs in (docs/math.md, "Data flow").
 #include <dftune/config.hpp>
 
 #include <cstddef>
@@ -25,7 +25,7 @@ struct SequenceScores {
 
 template <class T>
 struct DftResult {
-  T loss = 0;              // L of DESIGN.md §1: its gradient is the DFT step (τ × objective gradient)
+  T loss = 0;              // L of docs/math.md: its gradient is the DFT step (τ × objective gradient)
   T objective = 0;         // (1/B) Σ_i (log u_i − s_i/τ): the estimated −log P_θ(y_i|x_i), for monitoring
   std::vector<T> grad_pos; // [B]   ∂L/∂pos_logp
   std::vector<T> grad_neg; // [B·m] ∂L/∂neg_logp

@@ -1,6 +1,6 @@
 #pragma once
 // Supervised fine-tuning: maximum likelihood of the given answers (the baseline DFT is compared
-// with, arXiv 2502.18679 §2; DESIGN.md §1 "Related objectives"):
+// with, arXiv 2502.18679 §2; docs/math.md, "Baselines"):
 //
 //   L = −(1/B) Σ_i log π_θ(y_i|x_i)         ∂L/∂s_i = −1/B                 (sequence_mean, default)
 //   L = −Σ_i log π_θ(y_i|x_i) / Σ_i |y_i|    ∂L/∂s_i = −1/Σ|y|              (token_mean: HF/TRL's loss)
@@ -8,7 +8,7 @@
 //
 // with s_i = log π_θ(y_i|x_i) summed over completion tokens. The reductions only rescale the
 // per-sequence gradients, but they change what a learning rate means: compare objectives at their
-// own tuned learning rates (DESIGN.md §1, "Fair comparisons").
+// own tuned learning rates (docs/math.md, "Fair comparisons").
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
 #include <dftune/objective/baseline.hpp>
