@@ -85,6 +85,13 @@ here (never in backward), after every check passed; update=False evaluates witho
   m.def("rloo_loss", &dftune_torch::rloo_loss, "logp"_a, "reward"_a,
         "RLOO: -(1/(B k)) sum_ij (r_ij - mean of the other rewards of prompt i) logp_ij. logp, reward [B, k], k >= 2.");
 
+  m.def("dynamic_ft_loss", &dftune_torch::dynamic_ft_loss, "token_logp"_a, "mask"_a, "offsets"_a, py::kw_only(),
+        "reduction"_a = "token_mean",
+        "Dynamic Fine-Tuning (Wu et al. 2025, arXiv 2508.05629; TRL's loss_type='dft', not Discriminative FT): "
+        "sum over completion tokens of -c_n sg(p_n) log p_n, p_n = exp(token_logp[n]); c_n = 1/tokens ('token_mean'), "
+        "1/S ('sequence_mean') or 1/(S |y_s|) ('length_normalized'). token_logp [N] (differentiable), mask [N] 0/1 "
+        "or None (masked rows never read), offsets [S + 1].");
+
   m.def("sequence_logp", &dftune_torch::sequence_logp, "logits"_a, "targets"_a, "weights"_a, "offsets"_a,
         R"doc(Per-sequence log-probs from token logits on the CPU fast path, differentiable wrt logits.
 

@@ -5,7 +5,8 @@
 // any computation — stores the estimator's update (DFT, once per call, only after everything
 // succeeded), and attaches the gradient to the log-prob tensors (autograd.hpp).
 //
-// Shapes: positives [B], negatives [B, m] row-major (the library's [i][j] layout), samples [B, k].
+// Shapes: positives [B], negatives [B, m] row-major (the library's [i][j] layout), samples [B, k],
+// token log-probs [N] with sequence offsets [S + 1] (Dynamic FT).
 // The differentiable log-probs of one call share one floating dtype, which the loss and the
 // gradients are returned in; the computation runs in float64, as the library's does internally.
 #include "autograd.hpp"
@@ -14,6 +15,7 @@
 
 #include <dftune/objective/dft.hpp>
 #include <dftune/objective/dpo.hpp>
+#include <dftune/objective/dynamic_ft.hpp>
 #include <dftune/objective/ipo.hpp>
 #include <dftune/objective/orpo.hpp>
 #include <dftune/objective/reinforce.hpp>
@@ -212,6 +214,27 @@ inline at::Tensor rloo_loss(const at::Tensor& logp, const at::Tensor& reward) {
   const dftune::SampleScores<double> s{.group_size = static_cast<std::size_t>(logp.size(1)), .logp = lp.span(),
                                        .reward = f64_span(r)};
   return score_result(lp, dftune::rloo_loss(s));
+}
+
+// ---- Dynamic Fine-Tuning (objective/dynamic_ft.hpp): per-token log-probs -------------------------
+
+// The mask may be of any real dtype (a bool completion mask works); the library refuses values
+// other than 0 and 1. A masked row's log-prob is never read (it may be NaN).
+inline at::Tensor dynamic_ft_loss(const at::Tensor& token_logp, const OptTensor& mask, const at::Tensor& offsets,
+                                  const std::string& reduction) {
+  const dftune::DynamicFtOptions opt{.reduction = parse_reduction("reduction", reduction)};
+  const LogProbs lp = log_probs("token_logp", token_logp, 1, "a 1-D tensor [N]");
+  Optional w;
+  if (mask) {
+    check_shape("mask", *mask, token_logp.sizes(), "the shape of token_logp");
+    if (mask->is_complex()) fail("mask", dtype_of(*mask), "a real tensor");
+    w.tensor = mask->detach().to(at::kCPU, at::kDouble).contiguous();
+  }
+  check_dim("offsets", offsets, 1, "a 1-D tensor [S + 1]");
+  const at::Tensor off = as_i64("offsets", offsets);
+  const dftune::TokenScores<double> in{.token_logp = lp.span(), .mask = w.span<double>(), .offsets = i64_span(off)};
+  const dftune::TokenResult<double> r = dftune::dynamic_ft_loss(in, opt);
+  return attach({lp.input}, {loss_like(r.loss, lp.input), {grad_like("grad", r.grad, lp.input)}});
 }
 
 }  // namespace dftune_torch

@@ -99,3 +99,20 @@ def sequence_logp(logits, targets, weights, offsets):
     tok = torch.where(w != 0, w * tok, torch.zeros_like(tok))
     seq_of = torch.repeat_interleave(torch.arange(len(offsets) - 1), torch.diff(offsets.long()))
     return torch.zeros(len(offsets) - 1, dtype=torch.float64).index_add(0, seq_of, tok)
+
+
+# ---- Dynamic Fine-Tuning (objective/dynamic_ft.hpp) ---------------------------------------------
+def dynamic_ft(token_logp, mask, offsets, reduction="token_mean"):
+    """sum_n c_n * (-sg(p_n) log p_n) over completion tokens (mask 1), p_n = exp(token_logp[n])."""
+    lengths = torch.diff(offsets.long())
+    seq_of = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+    m = torch.ones_like(token_logp, dtype=torch.float64) if mask is None else mask.double()
+    safe = torch.where(m != 0, token_logp.double(), torch.zeros_like(token_logp, dtype=torch.float64))
+    per_token = -torch.exp(safe).detach() * safe * m
+    S = len(lengths)
+    if reduction == "token_mean":
+        return per_token.sum() / m.sum()
+    if reduction == "sequence_mean":
+        return per_token.sum() / S
+    tokens_of_seq = torch.zeros(S, dtype=torch.float64).index_add(0, seq_of, m)
+    return (per_token / (S * tokens_of_seq[seq_of])).sum()
