@@ -2,6 +2,7 @@
 // PyTorch users, as autograd functions over the same headers. One translation unit on purpose:
 // torch/extension.h costs most of the build, once.
 #include "estimator.hpp"
+#include "linear_logp.hpp"
 #include "objectives.hpp"
 #include "sequence_logp.hpp"
 
@@ -100,4 +101,12 @@ here (never in backward), after every check passed; update=False evaluates witho
 logits [N, V] float32, float64 or bfloat16 (CPU; made contiguous); targets [N] integer; weights [N]
 real (a 0/1 mask; None means all 1; a masked row's target is never read) or None; offsets [S + 1]:
 sequence s is rows [offsets[s], offsets[s + 1]). Returns [S] in float32 (float64 for float64 logits).)doc");
+
+  m.def("linear_sequence_logp", &dftune_torch::linear_sequence_logp, "hidden"_a, "proj"_a, "bias"_a, "targets"_a,
+        "weights"_a, "offsets"_a,
+        R"doc(sequence_logp of the logits hidden @ proj.T + bias, fused: the [N, V] logits are never held beyond one
+chunk of rows, and the backward recomputes them. Differentiable wrt hidden, proj and bias.
+
+hidden [N, d], proj [V, d] (torch.nn.Linear(d, V).weight), bias [V] or None: one dtype, float32,
+float64 or bfloat16, on the CPU (made contiguous). targets, weights, offsets: as sequence_logp.)doc");
 }

@@ -75,17 +75,19 @@ dftune::logprob::TokenLogits<T> token_logits(const at::Tensor& logits, const Tok
 
 inline at::ScalarType compute_dtype(at::ScalarType logits) { return logits == at::kDouble ? at::kDouble : at::kFloat; }
 
-inline TokenInputs token_inputs(const at::Tensor& logits, const at::Tensor& targets, const std::optional<at::Tensor>& weights,
-                                const at::Tensor& offsets) {
-  check_dim("logits", logits, 2, "a 2-D tensor [N, V]");
-  const auto s = logits.scalar_type();
+// A tensor of the CPU fast path's storage types.
+inline void check_storage(std::string_view name, const at::Tensor& t) {
+  const auto s = t.scalar_type();
   if (s != at::kFloat && s != at::kDouble && s != at::kBFloat16)
-    fail("logits", dtype_of(logits), "float32, float64 or bfloat16 (the CPU fast path's storage types)");
-  if (!logits.device().is_cpu())
-    fail("logits", "device " + logits.device().str(), "a CPU tensor (dftune_torch binds the CPU reductions)");
-  const std::int64_t N = logits.size(0);
+    fail(name, dtype_of(t), "float32, float64 or bfloat16 (the CPU fast path's storage types)");
+  if (!t.device().is_cpu()) fail(name, "device " + t.device().str(), "a CPU tensor (dftune_torch binds the CPU reductions)");
+}
+
+// targets, weights and offsets of N rows over a vocabulary of V, for logits stored as `storage`.
+inline TokenInputs row_inputs(std::int64_t N, std::int64_t V, at::ScalarType storage, const at::Tensor& targets,
+                              const std::optional<at::Tensor>& weights, const at::Tensor& offsets) {
   TokenInputs in;
-  in.vocab = logits.size(1);
+  in.vocab = V;
   check_shape("targets", targets, {N}, "[N], one target per row of logits");
   check_dim("offsets", offsets, 1, "a 1-D tensor [S + 1]");
   in.offsets = as_i64("offsets", offsets);
@@ -94,23 +96,30 @@ inline TokenInputs token_inputs(const at::Tensor& logits, const at::Tensor& targ
     if (weights->is_complex()) fail("weights", dtype_of(*weights), "a real tensor");
     if (weights->requires_grad())
       fail("weights", "a tensor that requires grad", "a constant (no gradient flows to the weights; detach them)");
-    in.weights = weights->detach().to(at::kCPU, compute_dtype(s)).contiguous();
+    in.weights = weights->detach().to(at::kCPU, compute_dtype(storage)).contiguous();
   }
   const at::Tensor t = as_i64("targets", targets);
   const std::int64_t* y = t.data_ptr<std::int64_t>();
   in.targets = at::empty({N}, at::kInt);
   dftune::token_t* out = in.targets.data_ptr<dftune::token_t>();
   for (std::int64_t r = 0; r < N; ++r) {
-    const double w = !in.weights.defined() ? 1.0
-                     : s == at::kDouble   ? in.weights.data_ptr<double>()[r]
-                                          : static_cast<double>(in.weights.data_ptr<float>()[r]);
+    const double w = !in.weights.defined()    ? 1.0
+                     : storage == at::kDouble ? in.weights.data_ptr<double>()[r]
+                                              : static_cast<double>(in.weights.data_ptr<float>()[r]);
     const bool fits = y[r] >= std::numeric_limits<dftune::token_t>::min() && y[r] <= std::numeric_limits<dftune::token_t>::max();
     // A masked row's target is never read (it may be -100, torch's ignore_index, or anything).
     if (!fits && w != 0)
-      dftune::detail::fail_at("targets", static_cast<std::size_t>(r), y[r], "in [0, vocab = " + std::to_string(in.vocab) + ")");
+      dftune::detail::fail_at("targets", static_cast<std::size_t>(r), y[r], "in [0, vocab = " + std::to_string(V) + ")");
     out[r] = fits ? static_cast<dftune::token_t>(y[r]) : 0;
   }
   return in;
+}
+
+inline TokenInputs token_inputs(const at::Tensor& logits, const at::Tensor& targets, const std::optional<at::Tensor>& weights,
+                                const at::Tensor& offsets) {
+  check_dim("logits", logits, 2, "a 2-D tensor [N, V]");
+  check_storage("logits", logits);
+  return row_inputs(logits.size(0), logits.size(1), logits.scalar_type(), targets, weights, offsets);
 }
 
 struct SequenceLogp : torch::autograd::Function<SequenceLogp> {
