@@ -13,7 +13,7 @@ rm -rf "$out"
 
 echo "== install dftune into $prefix"
 cmake -S . -B "$out/dftune" -DCMAKE_INSTALL_PREFIX="$prefix" -DDFTUNE_BUILD_TESTS=OFF -DDFTUNE_BUILD_EXAMPLES=OFF \
-  -DDFTUNE_BUILD_BENCH=OFF -DDFTUNE_ENABLE_CUDA=OFF >/dev/null
+  -DDFTUNE_BUILD_BENCH=OFF -DDFTUNE_BUILD_PYTHON=OFF -DDFTUNE_ENABLE_CUDA=OFF >/dev/null
 cmake --build "$out/dftune"
 cmake --install "$out/dftune" >/dev/null
 test -f "$prefix/share/cmake/dftune/dftuneConfig.cmake"

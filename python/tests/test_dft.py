@@ -166,7 +166,21 @@ def test_low_precision_inputs_compute_in_double_and_round_once(dtype, rtol):
         torch.testing.assert_close(est.state_dict()["log_u"], ref_est.log_u, rtol=1e-13, atol=1e-13)
 
 
-def test_float32_gradients_overflowing_float_are_an_error_and_change_nothing():
+def test_float32_loss_overflowing_float_is_an_error_and_changes_nothing():
+    # Finite float32 log-probs whose loss (computed in float64) exceeds float32's range: refused,
+    # and the estimator (first visit: it would be initialised by this batch) is left as it was.
+    est = dt.Estimator(3)
+    pos = torch.tensor([-3.0e38])
+    neg = torch.tensor([[3.0e38]])
+    ref = torch.tensor([[-1.0]])
+    with pytest.raises(dt.Error, match=r"^loss: got 6.*e\+38, expected a value torch.float32 can hold"):
+        dt.dft_loss(pos, neg, torch.tensor([2]), est, ref_neg_logp=ref)
+    assert not est.state_dict()["seen"].any()
+    dt.dft_loss(pos.double(), neg.double(), torch.tensor([2]), est, ref_neg_logp=ref)  # float64 holds it
+    assert est.state_dict()["seen"].tolist() == [False, False, True]
+
+
+def test_float32_gradients_overflowing_float_are_an_error():
     # A fixed normaliser far below the d_ij: the weight exp(d - log u) exceeds float32's range.
     est = dt.Estimator(2, init="fixed", log_u0=-200.0)
     pos = torch.tensor([-1.0])
