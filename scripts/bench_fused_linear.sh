@@ -6,7 +6,7 @@
 # the same library, the materialised path, a Cut Cross-Entropy-style forward and PyTorch, each with
 # its measured peak extra memory, then prints the table; a full run rewrites
 # bench/RESULTS_fused_linear.md.
-#   scripts/bench_fused_linear.sh                 full run (~11 min on 2 cores; ~10 GiB free for PyTorch at N=4096, V=128256)
+#   scripts/bench_fused_linear.sh                 full run (~12 min on 2 cores with the build; ~10 GiB free for PyTorch at N=4096, V=128256)
 #   DFTUNE_BENCH_QUICK=1 scripts/bench_fused_linear.sh   one small shape, one timed call each: checks the plumbing
 #   DFTUNE_BENCH_BUILD=dir               build directory (default build-bench)
 #   DFTUNE_BENCH_THREADS=n               threads (default: all cores)
@@ -59,7 +59,8 @@ for shape in $shapes; do
   for m in fused_fb fused_2p; do run bench_fused_linear --method $m --masked 0.5 "${common[@]}"; done
   for m in gemms fused_fb; do run bench_fused_linear_openblas --method $m "${common[@]}"; done
   run bench_fused_linear_openblas --method fused_fb --masked 0.5 "${common[@]}"
-  for m in gemms fused_fb; do run bench_fused_linear_blis --method $m "${common[@]}"; done
+  # BLIS beside OpenBLAS on all but the largest shape (time)
+  if [ "$N" -le 1024 ]; then for m in gemms fused_fb; do run bench_fused_linear_blis --method $m "${common[@]}"; done; fi
   for masked in 0 0.5; do
     echo "  torch_fused_linear.py masked $masked" >&2
     LD_PRELOAD=$jemalloc MALLOC_CONF=thp:always,dirty_decay_ms:-1,muzzy_decay_ms:-1 \

@@ -322,6 +322,30 @@ TEST_CASE("fused linear head: float against the materialised oracle") { against_
 TEST_CASE("fused linear head: double against the materialised oracle") { against_oracle<double>(2); }
 TEST_CASE("fused linear head: bf16 storage against the materialised oracle") { against_oracle<bf16>(3); }
 
+TEST_CASE("fused linear head: the path of builds without Eigen (plain loops, generic row kernels)") {
+  // What linear.hpp dispatches to without Eigen on the include path, run here explicitly.
+  std::mt19937_64 rng(14);
+  for (auto layout : {linear::Layout::vocab_major, linear::Layout::dim_major}) {
+    const auto p = random_problem<double>(rng, 97, 11, 8, layout, true);
+    const Oracle o = oracle(p);
+    const linear::Options opt{.chunk_rows = 6, .vocab_tile = 40, .dim_tile = 4};
+    Outputs<double> out;
+    out.seq.assign(p.S(), 9.0);
+    out.token.assign(p.N, 9.0);
+    out.lse.assign(p.N, 9.0);
+    out.dH.assign(p.N * p.d, 9.0);
+    out.dW.assign(p.V * p.d, 0.0);
+    out.db.assign(p.V, 0.0);
+    auto ws = workspace_for(p, opt);
+    const dftune::logprob::linear::internal::Call<double> call{
+        .mode = dftune::logprob::linear::internal::Mode::forward_backward, .seq_logp = out.seq, .token_logp = out.token,
+        .row_lse = out.lse, .d_seq = p.d_seq, .grads = {.hidden = out.dH, .proj = out.dW, .bias = out.db}};
+    linear::chunked::execute<linear::gemm::LoopGemm, linear::chunked::GenericRows>(p.view(), call, std::span<std::byte>(ws), opt);
+    check_forward(p, o, out);
+    check_backward(p, o, out, std::vector<double>(p.V * p.d, 0.0), std::vector<double>(p.V, 0.0));
+  }
+}
+
 TEST_CASE("fused linear head: a wrong bias, target or layout is caught by the oracle comparison") {
   // The tolerances above are tight enough to see a mistake of one logit's worth: shifting the bias
   // of the first target by 1e-3 (float) breaks the comparison.
