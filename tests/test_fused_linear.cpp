@@ -409,6 +409,36 @@ TEST_CASE("fused linear head: extreme logits") {
   }
 }
 
+TEST_CASE("fused linear head: a non-finite hidden state shows up in its row only, as in logprob::forward") {
+  // H is not scanned (neither are the logits by logprob::forward): a NaN or an inf in a row of H
+  // makes that row's logits, and so its log-prob and its sequence's score, non-finite, exactly where
+  // logprob::forward on the materialised logits puts them.
+  std::mt19937_64 rng(15);
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    auto p = random_problem<float>(rng, 90, 6, 6, linear::Layout::vocab_major, false);
+    std::size_t row = 0;
+    while (p.weights[row] == 0) ++row;
+    p.H[row * p.d + 2] = bad;
+    std::vector<float> logits(p.N * p.V);
+    for (std::size_t n = 0; n < p.N; ++n)
+      for (std::size_t v = 0; v < p.V; ++v) {
+        float z = 0;
+        for (std::size_t k = 0; k < p.d; ++k) z += p.H[n * p.d + k] * p.W[v * p.d + k];
+        logits[n * p.V + v] = z;
+      }
+    const logprob::TokenLogits<float> tl{.logits = logits, .vocab = p.V, .targets = p.targets, .weights = p.weights, .offsets = p.offsets};
+    std::vector<float> seq(p.S()), token(p.N), lse(p.N);
+    logprob::forward(tl, std::span<float>(seq), std::span<float>(token), std::span<float>(lse));
+    const auto out = run(p, Path::one_pass, {.chunk_rows = 4});
+    for (std::size_t n = 0; n < p.N; ++n) {
+      INFO("row ", n);
+      CHECK(std::isfinite(out.token[n]) == std::isfinite(token[n]));
+      CHECK(std::isfinite(out.token[n]) == (n != row));
+    }
+    for (std::size_t s = 0; s < p.S(); ++s) CHECK(std::isfinite(out.seq[s]) == std::isfinite(seq[s]));
+  }
+}
+
 TEST_CASE("fused linear head: gradients against finite differences") {
   // L = Σ_s d_s seq_logp_s; central differences of the fused forward itself (double).
   std::mt19937_64 rng(7);
