@@ -322,6 +322,30 @@ TEST_CASE("fused linear head: float against the materialised oracle") { against_
 TEST_CASE("fused linear head: double against the materialised oracle") { against_oracle<double>(2); }
 TEST_CASE("fused linear head: bf16 storage against the materialised oracle") { against_oracle<bf16>(3); }
 
+TEST_CASE("fused linear head: the path of builds without Eigen (plain loops, generic row kernels)") {
+  // What linear.hpp dispatches to without Eigen on the include path, run here explicitly.
+  std::mt19937_64 rng(14);
+  for (auto layout : {linear::Layout::vocab_major, linear::Layout::dim_major}) {
+    const auto p = random_problem<double>(rng, 97, 11, 8, layout, true);
+    const Oracle o = oracle(p);
+    const linear::Options opt{.chunk_rows = 6, .vocab_tile = 40, .dim_tile = 4};
+    Outputs<double> out;
+    out.seq.assign(p.S(), 9.0);
+    out.token.assign(p.N, 9.0);
+    out.lse.assign(p.N, 9.0);
+    out.dH.assign(p.N * p.d, 9.0);
+    out.dW.assign(p.V * p.d, 0.0);
+    out.db.assign(p.V, 0.0);
+    auto ws = workspace_for(p, opt);
+    const dftune::logprob::linear::internal::Call<double> call{
+        .mode = dftune::logprob::linear::internal::Mode::forward_backward, .seq_logp = out.seq, .token_logp = out.token,
+        .row_lse = out.lse, .d_seq = p.d_seq, .grads = {.hidden = out.dH, .proj = out.dW, .bias = out.db}};
+    linear::chunked::execute<linear::gemm::LoopGemm, linear::chunked::GenericRows>(p.view(), call, std::span<std::byte>(ws), opt);
+    check_forward(p, o, out);
+    check_backward(p, o, out, std::vector<double>(p.V * p.d, 0.0), std::vector<double>(p.V, 0.0));
+  }
+}
+
 TEST_CASE("fused linear head: a wrong bias, target or layout is caught by the oracle comparison") {
   // The tolerances above are tight enough to see a mistake of one logit's worth: shifting the bias
   // of the first target by 1e-3 (float) breaks the comparison.
@@ -382,6 +406,36 @@ TEST_CASE("fused linear head: extreme logits") {
     const auto outf = run(pf, Path::two_phase, {.chunk_rows = 16, .vocab_tile = 64}, &dW0, &db0);
     check_forward(pf, of, outf);
     check_backward(pf, of, outf, dW0, db0);
+  }
+}
+
+TEST_CASE("fused linear head: a non-finite hidden state shows up in its row only, as in logprob::forward") {
+  // H is not scanned (neither are the logits by logprob::forward): a NaN or an inf in a row of H
+  // makes that row's logits, and so its log-prob and its sequence's score, non-finite, exactly where
+  // logprob::forward on the materialised logits puts them.
+  std::mt19937_64 rng(15);
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    auto p = random_problem<float>(rng, 90, 6, 6, linear::Layout::vocab_major, false);
+    std::size_t row = 0;
+    while (p.weights[row] == 0) ++row;
+    p.H[row * p.d + 2] = bad;
+    std::vector<float> logits(p.N * p.V);
+    for (std::size_t n = 0; n < p.N; ++n)
+      for (std::size_t v = 0; v < p.V; ++v) {
+        float z = 0;
+        for (std::size_t k = 0; k < p.d; ++k) z += p.H[n * p.d + k] * p.W[v * p.d + k];
+        logits[n * p.V + v] = z;
+      }
+    const logprob::TokenLogits<float> tl{.logits = logits, .vocab = p.V, .targets = p.targets, .weights = p.weights, .offsets = p.offsets};
+    std::vector<float> seq(p.S()), token(p.N), lse(p.N);
+    logprob::forward(tl, std::span<float>(seq), std::span<float>(token), std::span<float>(lse));
+    const auto out = run(p, Path::one_pass, {.chunk_rows = 4});
+    for (std::size_t n = 0; n < p.N; ++n) {
+      INFO("row ", n);
+      CHECK(std::isfinite(out.token[n]) == std::isfinite(token[n]));
+      CHECK(std::isfinite(out.token[n]) == (n != row));
+    }
+    for (std::size_t s = 0; s < p.S(); ++s) CHECK(std::isfinite(out.seq[s]) == std::isfinite(seq[s]));
   }
 }
 

@@ -171,6 +171,12 @@ void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p
 
   DFTUNE_OMP(parallel num_threads(static_cast<int>(p.threads)))
   {
+#if defined(_OPENMP)
+    // Every GEMM is one task's (see above): a library that threads by itself (OpenBLAS) must not,
+    // even when this region runs on one thread and so is not "in parallel" to it. This sets the
+    // thread count of this region's tasks only, not the caller's.
+    omp_set_num_threads(1);
+#endif
     C* const stage = staged ? stage_base + dc::thread_id() * p.stage_elems : nullptr;
     for (;;) {
       DFTUNE_OMP(single)

@@ -178,8 +178,9 @@ class TinyLm {
         detail::fail_at("batch.sequence", s, "length " + std::to_string(b.length(s)), "at most max_len = " + std::to_string(cfg_.max_len));
   }
 
-  // Grows every activation buffer to hold n rows in S sequences of at most max_len (never shrinks).
-  void reserve(std::size_t n, std::size_t S) {
+  // Grows every activation buffer to hold n rows in S sequences of at most max_len (never shrinks);
+  // the [n, V] logits only when they are computed (generation), never for scoring.
+  void reserve(std::size_t n, std::size_t S, bool logits = true) {
     auto grow = [](auto& v, std::size_t size) {
       if (v.size() < size) v.resize(size);
     };
@@ -194,7 +195,7 @@ class TinyLm {
     grow(meanf_, n);
     grow(rstdf_, n);
     grow(hf_, n * D);
-    grow(logits_, n * cfg_.vocab);
+    if (logits) grow(logits_, n * cfg_.vocab);
     grow(probs_, L * probs);
     grow(att_off_, S + 1);
   }
@@ -206,7 +207,7 @@ class TinyLm {
   // are computed only when asked (generation); scoring goes through the fused head instead.
   void forward(std::span<const token_t> tokens, std::span<const std::int64_t> offsets, bool logits = true) {
     const std::size_t n = tokens.size(), S = offsets.size() - 1, H = cfg_.n_heads;
-    reserve(n, S);
+    reserve(n, S, logits);
     n_ = n;
     att_off_[0] = 0;
     for (std::size_t s = 0; s < S; ++s) {
