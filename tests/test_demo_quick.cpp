@@ -32,17 +32,15 @@ demo::Settings small_settings() {
   return s;
 }
 
-const demo::Model& small_base() {
-  static const demo::Model base = demo::pretrain(small_settings(), demo::Progress{});
-  return base;
-}
+// An untrained model of the same shape: enough to sample from and to score (no pre-training cost).
+demo::Model untrained() { return demo::Model(small_settings().model, 11); }
 
 }  // namespace
 
 TEST_CASE("demo pipeline: DFT's loss decreases and the likelihood of negatives falls") {
   const demo::Settings s = small_settings();
   const demo::Progress progress;
-  demo::Model base = small_base();
+  demo::Model base = demo::pretrain(s, progress);
   const auto data = demo::make_train_data(base, demo::draw(demo::Split::finetune, s.train_prompts, 1), s, 2);
   REQUIRE(data.epochs.size() == 1);
   REQUIRE(data.epochs[0].negatives.size() == s.train_prompts * s.negatives);
@@ -101,7 +99,7 @@ TEST_CASE("demo recipe: official sets the reference trainer's four choices, dftu
 TEST_CASE("demo fresh negatives: one set per epoch, epoch 0 as before, and the loop reads epoch e's set in epoch e") {
   demo::Settings s = small_settings();
   s.steps = 10;  // 10 × 16 = 160 prompts of a 64-prompt set: epochs 0, 1, 2
-  demo::Model base = small_base();
+  demo::Model base = untrained();
   const auto problems = demo::draw(demo::Split::finetune, s.train_prompts, 1);
   const auto once = demo::make_train_data(base, problems, s, 2);
   s.fresh_negatives = true;
@@ -170,7 +168,7 @@ TEST_CASE("demo ClippedRule: torch's clipping before the inner rule, the pre-cli
 }
 
 TEST_CASE("demo split_tokens: per-token log-probs that sum to the sequence's, and the same gradient") {
-  demo::Model model = small_base();
+  demo::Model model = untrained();
   dftune::Sequences seqs;
   const std::vector<dftune::token_t> p1{1, 2, 3, 10, 4, 5, 6, 11}, c1{5, 7, 9, 0}, p2{9, 9, 9, 10, 9, 9, 9, 11}, c2{8, 9, 9, 1};
   seqs.push(p1, c1);
