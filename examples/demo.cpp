@@ -6,9 +6,9 @@
 // (metrics.jsonl, metrics.dat, metrics.png). `--recipe official` runs the reference trainer's
 // recipe. Run with --help for the flags.
 #include "demo/cli.hpp"
+#include "demo/metrics_out.hpp"
 #include "demo/pipeline.hpp"
 #include "demo/report.hpp"
-#include "demo/metrics_out.hpp"
 
 #include <algorithm>
 #include <cmath>

@@ -4,6 +4,7 @@
 // the pieces of the reference recipe and of the comparison harness: the recipe's settings, fresh
 // negatives per epoch reaching the loop, gradient clipping in the loop's update rule, the per-step
 // metrics, and the one-token split that gives Dynamic FT per-token log-probs through the Model concept.
+#include "../examples/demo/cli.hpp"
 #include "../examples/demo/pipeline.hpp"
 
 #include <dftune/optim/sgd.hpp>
@@ -11,7 +12,10 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <fstream>
 #include <limits>
+#include <string>
 #include <set>
 #include <vector>
 
@@ -199,4 +203,32 @@ TEST_CASE("demo split_tokens: per-token log-probs that sum to the sequence's, an
   }
   CHECK(norm > 0);
   CHECK(diff <= 1e-5 * norm);
+}
+
+TEST_CASE("demo flags: --config FILE stands for its flags, in place; --recipe applies first, other flags override it") {
+  const std::string path = "test_demo_quick_flags.cfg";
+  {
+    std::ofstream f(path);
+    f << "# a comment line\n"
+         "methods = DFT,DPO   # trailing comment\n"
+         "\n"
+         "--m 4\n"
+         "lr-grid DFT=1e-3,3e-3\n"
+         "lr-grid=1e-4\n"
+         "fresh-negatives\n";
+  }
+  const char* argv[] = {"compare", "--seeds", "2", "--config", path.c_str(), "--m", "3"};
+  const demo::Flags flags{"compare"};
+  const std::vector<std::string> args = flags.expand(7, const_cast<char**>(argv));
+  CHECK(args == std::vector<std::string>{"--seeds", "2", "--methods", "DFT,DPO", "--m", "4", "--lr-grid", "DFT=1e-3,3e-3",
+                                          "--lr-grid", "1e-4", "--fresh-negatives", "--m", "3"});
+  std::remove(path.c_str());
+  // The recipe first, wherever it stands; the explicit flag after it wins.
+  demo::Settings s;
+  const std::vector<std::string> r{"--max-grad-norm", "inf", "--recipe", "official"};
+  demo::apply_recipe(flags, r, s);
+  CHECK(s.max_grad_norm == 1.0);
+  CHECK(demo::settings_flag(flags, r[0], r[1], s));
+  CHECK(std::isinf(s.max_grad_norm));
+  CHECK(s.fresh_negatives);
 }

@@ -59,9 +59,11 @@ struct Settings {
   std::size_t steps = 60, batch = 32, curve_points = 4;
   double tau_dft = 1.0, gamma_dft = 0.85, tau_dft2 = 0.3, gamma_dft2 = 0.9;
   // The estimator of DFT and DFT2 (docs/math.md, "The estimator"): first_visit (dftune's default)
-  // and constant self-normalise the weights by the moving average u, so they keep summing to about
-  // one per example however dead the negatives are; fixed (log u ≡ log_u0) weights by π_θ/π_ref
-  // (DFT) and the push-down fades as the negatives die.
+  // starts u at the example's own first inner mean, so its weights sum to 1 on a first visit and
+  // stay near 1 however dead the negatives are (u follows them down); constant (the reference's,
+  // log u0 = 0) starts u at 1, so an example first seen after its negatives died gets weights
+  // summing to less than 1; fixed (log u ≡ log_u0) weights by π_θ/π_ref (DFT), and the push-down
+  // fades as the negatives die.
   dftune::EstimatorInit estimator = dftune::EstimatorInit::first_visit;
   double log_u0 = 0.0;                 // log u of an unseen example (constant) or always (fixed)
   double eps_dft2 = 1e-8;              // ε of DFT2's |y| + ε (the reference's 1e-8 is lost in float32: 0)
