@@ -152,8 +152,9 @@ int main(int argc, char** argv) try {
   demo::print_recipe(stdout, s);
   std::printf("base model: test accuracy %.3f, log π(pos) %.3f, log π(neg) %.2f\n", base_test.accuracy, base_test.pos_logp,
               base_test.neg_logp);
-  std::printf("training negatives%s: %.0f%% are right answers (no wrong one in %zu draws), %.0f%% of their tokens equal the positive's\n\n",
-              s.fresh_negatives ? " (epoch 0)" : "", 100 * negatives_correct, s.redraws + 1, 100 * shared_tokens);
+  const std::string why = s.keep_right_negatives ? "kept as sampled" : "no wrong one in " + std::to_string(s.redraws + 1) + " draws";
+  std::printf("training negatives%s: %.0f%% are right answers (%s), %.0f%% of their tokens equal the positive's\n\n",
+              s.fresh_negatives ? " (epoch 0)" : "", 100 * negatives_correct, why.c_str(), 100 * shared_tokens);
   std::printf("Each method at its learning rate chosen on validation (* = selected; neg = the base model's wrong samples):\n");
   demo::print_header(stdout);
   for (demo::Method m : {demo::Method::sft, demo::Method::dft, demo::Method::dft2}) demo::print_row(stdout, *chosen.at(m), true);
