@@ -126,8 +126,18 @@ class AdamUpdate {
   // ---- checkpointing (io/checkpoint.hpp) ----------------------------------------------------
   // Replaces the state wholesale with what steps(), num_parameters(), first_moment() and
   // second_moment() showed: steps = 0 with num_parameters = 0 and empty moments, or both > 0 with
-  // num_parameters finite m and finite v >= 0. All checks run before the swap.
+  // num_parameters finite m and finite v >= 0. All checks (check_state) run before the swap. A
+  // count near 2^64 is accepted; the step that would wrap it throws.
   void restore(std::size_t steps, std::size_t num_parameters, std::vector<T>&& m, std::vector<T>&& v) {
+    check_state(steps, num_parameters, m, v);
+    m_.swap(m);
+    v_.swap(v);
+    n_ = num_parameters;
+    steps_ = steps;
+  }
+  // Throws what restore would throw for this state, and changes nothing. Saving calls it on the
+  // rule's own state, so that a checkpoint that saves also loads.
+  void check_state(std::size_t steps, std::size_t num_parameters, std::span<const T> m, std::span<const T> v) const {
     if ((steps == 0) != (num_parameters == 0))
       detail::fail("num_parameters", num_parameters,
                    steps == 0 ? "0 before the first step" : "at least 1 after " + std::to_string(steps) + " steps");
@@ -137,10 +147,6 @@ class AdamUpdate {
       if (!std::isfinite(m[k])) detail::fail_at("first_moment", k, m[k], "a finite number");
       if (!std::isfinite(v[k]) || !(v[k] >= 0)) detail::fail_at("second_moment", k, v[k], "a finite number >= 0");
     }
-    m_.swap(m);
-    v_.swap(v);
-    n_ = num_parameters;
-    steps_ = steps;
   }
 
  private:

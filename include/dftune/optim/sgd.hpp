@@ -100,8 +100,17 @@ class Sgd {
   // ---- checkpointing (io/checkpoint.hpp) ----------------------------------------------------
   // Replaces the state wholesale with what steps(), num_parameters() and momentum_buffer() showed:
   // steps = 0 with num_parameters = 0, or both > 0; the buffer holds num_parameters finite numbers
-  // after a first step with momentum, and is empty otherwise. All checks run before the swap.
+  // after a first step with momentum, and is empty otherwise. All checks (check_state) run before
+  // the swap.
   void restore(std::size_t steps, std::size_t num_parameters, std::vector<T>&& momentum_buffer) {
+    check_state(steps, num_parameters, momentum_buffer);
+    buf_.swap(momentum_buffer);
+    n_ = num_parameters;
+    steps_ = steps;
+  }
+  // Throws what restore would throw for this state, and changes nothing. Saving calls it on the
+  // rule's own state, so that a checkpoint that saves also loads.
+  void check_state(std::size_t steps, std::size_t num_parameters, std::span<const T> momentum_buffer) const {
     if ((steps == 0) != (num_parameters == 0))
       detail::fail("num_parameters", num_parameters,
                    steps == 0 ? "0 before the first step" : "at least 1 after " + std::to_string(steps) + " steps");
@@ -109,9 +118,6 @@ class Sgd {
     detail::check_size("momentum_buffer", momentum_buffer.size(), want);
     for (std::size_t k = 0; k < momentum_buffer.size(); ++k)
       if (!std::isfinite(momentum_buffer[k])) detail::fail_at("momentum_buffer", k, momentum_buffer[k], "a finite number");
-    buf_.swap(momentum_buffer);
-    n_ = num_parameters;
-    steps_ = steps;
   }
 
  private:
