@@ -104,16 +104,6 @@ constexpr void check_scalar() {
                 "dftune::io: checkpoints hold float or double state");
 }
 
-// Runs f(); rethrows a dftune::error with `name: ` in front, so every message says which file.
-template <class F>
-decltype(auto) named(std::string_view name, F&& f) {
-  try {
-    return std::forward<F>(f)();
-  } catch (const dftune::error& e) {
-    throw dftune::error(std::string(name) + ": " + e.what());
-  }
-}
-
 inline std::string path_name(const std::filesystem::path& p) { return "checkpoint " + p.string(); }
 
 // ---- estimator section ---------------------------------------------------------------------

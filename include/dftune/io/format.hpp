@@ -333,14 +333,17 @@ class Reader {
                    "the payload to end after its last field");
   }
   // A size check that makes reading on pointless (the payload cannot be what its fields say):
-  // throws, and tells read_checkpoint not to hash the rest before reporting it.
+  // throws, and tells read_checkpoint not to hash the rest before reporting it (give_up).
   void expect_remaining(std::uint64_t n, std::string_view field, std::string_view what) {
     if (remaining() == n) return;
-    size_mismatch_ = true;
+    give_up();
     detail::fail(field, std::to_string(remaining()) + " bytes left in the payload",
                  std::to_string(n) + " (" + std::string(what) + "; the file is corrupted or truncated)");
   }
-  bool size_mismatch() const { return size_mismatch_; }
+  // Marks the error the parser is about to throw as final: read_checkpoint reports it without
+  // hashing the rest of the payload first (which could be large) to check for corruption.
+  void give_up() { gave_up_ = true; }
+  bool gave_up() const { return gave_up_; }
   // Consumes what is left (through a HashingSource: hashes it).
   void skip_rest() {
     pos_ += win_.size();
@@ -400,7 +403,7 @@ class Reader {
   std::uint64_t size_ = 0, pos_ = 0, fetched_ = 0, base_ = 0;
   std::uint64_t limit_ = std::numeric_limits<std::uint64_t>::max();
   std::string limit_reason_;
-  bool size_mismatch_ = false;
+  bool gave_up_ = false;
 };
 
 // ---- the header -----------------------------------------------------------------------------
@@ -512,7 +515,7 @@ auto read_checkpoint(ByteSource& source, std::uint64_t file_size, CheckpointKind
     result.emplace(parse(in));
     in.expect_end();
   } catch (const dftune::error&) {
-    if (in.size_mismatch()) throw;  // the sizes already say the file is broken: do not read on
+    if (in.gave_up()) throw;  // the sizes already say the file is broken: do not read on
     parse_error = std::current_exception();
     in.skip_rest();
   }
@@ -553,6 +556,16 @@ inline std::string errno_text(int e) {
 
 [[noreturn]] inline void fail_file(const std::filesystem::path& path, std::string_view what, int e) {
   dftune::detail::fail("path", path, std::string(what) + " (" + errno_text(e) + ")");
+}
+
+// Runs f(); rethrows a dftune::error with `name: ` in front, so every message says which file.
+template <class F>
+decltype(auto) named(std::string_view name, F&& f) {
+  try {
+    return std::forward<F>(f)();
+  } catch (const dftune::error& e) {
+    throw dftune::error(std::string(name) + ": " + e.what());
+  }
 }
 
 // 8 hex digits naming this machine, so that a temporary left on a shared file system is only ever
