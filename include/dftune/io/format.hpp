@@ -376,7 +376,7 @@ class Reader {
     if (n > remaining()) overrun(field, n);
     if (win_.size() < n) {
       const std::size_t have = win_.size();
-      std::memmove(buf_.data(), win_.data(), have);
+      if (have != 0) std::memmove(buf_.data(), win_.data(), have);
       std::size_t filled = have;
       const std::uint64_t unfetched = size_ - fetched_;
       const std::size_t want = static_cast<std::size_t>(

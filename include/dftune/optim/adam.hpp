@@ -86,7 +86,7 @@ class AdamUpdate {
     struct Next {
       T theta, m, v;
       bool finite() const {
-        return detail::finite_value(theta) & detail::finite_value(m) & detail::finite_value(v);
+        return detail::finite_value(theta) && detail::finite_value(m) && detail::finite_value(v);
       }
     };
     auto next = [&](std::size_t k) {

@@ -65,7 +65,7 @@ class Sgd {
     T* const buf = momentum ? (first ? fresh.data() : buf_.data()) : nullptr;
     struct Next {
       T theta, buf;
-      bool finite() const { return detail::finite_value(theta) & detail::finite_value(buf); }
+      bool finite() const { return detail::finite_value(theta) && detail::finite_value(buf); }
     };
     auto next = [&](std::size_t k) {
       T g = opt_.weight_decay != 0 ? Decay::gradient(grads[k], params[k], lambda) : grads[k];
