@@ -85,16 +85,31 @@ class AdamUpdate {
     const T eps = static_cast<T>(opt_.eps);
     struct Next {
       T theta, m, v;
-      bool finite() const {
-        return detail::finite_value(theta) && detail::finite_value(m) && detail::finite_value(v);
+      int finite() const {
+        return detail::finite_value(theta) & detail::finite_value(m) & detail::finite_value(v);
       }
     };
-    auto next = [&](std::size_t k) {
+    struct Moments {
+      T m, v;
+    };
+    auto moments = [&](std::size_t k) {
       const T g = WeightDecay::gradient(grads[k], params[k], lambda);
-      const T mk = m[k] + one_m_beta1 * (g - m[k]);
-      const T vk = beta2 * v[k] + one_m_beta2 * g * g;
-      const T denom = std::sqrt(vk) / bias2_sqrt + eps;
-      return Next{params[k] * shrink - step_size * (mk / denom), mk, vk};
+      return Moments{m[k] + one_m_beta1 * (g - m[k]), beta2 * v[k] + one_m_beta2 * g * g};
+    };
+    auto next = [&](std::size_t k) {
+      const Moments x = moments(k);
+      const T denom = std::sqrt(x.v) / bias2_sqrt + eps;
+      return Next{params[k] * shrink - step_size * (x.m / denom), x.m, x.v};
+    };
+    // Without the square root (scalar code: it may set errno): the denominator is >= eps, so
+    // |θ'| <= |θ·shrink| + step_size·|m'|/eps, and two terms under max/4 cannot overflow, however
+    // the rounding (or a fused multiply-add) falls.
+    const T quarter = std::numeric_limits<T>::max() / 4;
+    auto screen = [&](std::size_t k) {
+      const Moments x = moments(k);
+      return detail::finite_value(x.m) & detail::finite_value(x.v) &
+             static_cast<int>(std::fabs(params[k] * shrink) <= quarter) &
+             static_cast<int>(step_size * (std::fabs(x.m) / eps) <= quarter);
     };
     auto store = [&](std::size_t k, const Next& x) {
       params[k] = x.theta;
@@ -106,7 +121,7 @@ class AdamUpdate {
       if (!detail::finite_value(x.v)) detail::fail_overflow("second_moment", k, x.v, params[k], grads[k], lr);
       detail::fail_overflow("params", k, x.theta, params[k], grads[k], lr);
     };
-    detail::update_all_or_nothing(n, next, store, fail);
+    detail::update_all_or_nothing<T>(n, screen, next, store, fail);
     if (steps_ == 0) {
       m_.swap(fresh_m);
       v_.swap(fresh_v);
