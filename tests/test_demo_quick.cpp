@@ -205,7 +205,7 @@ TEST_CASE("demo split_tokens: per-token log-probs that sum to the sequence's, an
   CHECK(diff <= 1e-5 * norm);
 }
 
-TEST_CASE("demo flags: --config FILE stands for its flags, in place; --recipe applies first, other flags override it") {
+TEST_CASE("demo flags: --config FILE stands for its flags in place, --recipe applies first, other flags override it") {
   const std::string path = "test_demo_quick_flags.cfg";
   {
     std::ofstream f(path);
