@@ -5,6 +5,8 @@
 //   prefix of those (most probable first) whose mass reaches top_p of the kept mass,
 //   renormalise and draw. temperature = 0 means greedy (argmax, lowest index on ties).
 // Ties in probability are broken by the lower token index, so the kept set is deterministic.
+// Every argument is checked before anything is written: spans of the vocabulary's size, logits
+// that are finite or −inf (a masked token) with at least one finite, u in [0, 1).
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
 #include <dftune/model/concept.hpp>
@@ -15,6 +17,7 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <optional>
 #include <span>
@@ -60,10 +63,33 @@ concept SamplingModel = Model<M> && requires(M& m, const Prompts& p, std::size_t
   { m.generate(p, max_new, o, eos) } -> std::same_as<Sequences>;
 };
 
+// The checks of sampling_distribution: V = logits.size() in [1, 2^31] (token ids and `order` are
+// int32), probs and order of size V, options valid, every logit finite or −inf and one finite
+// (NaN or +inf has no distribution; −inf masks a token). A dftune::error names the argument.
+template <class T>
+void check_sampling_arguments(std::span<const T> logits, const SamplingOptions& o, std::span<const double> probs,
+                              std::span<const std::int32_t> order) {
+  validate(o);
+  const std::size_t V = logits.size();
+  constexpr auto max_vocab = static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()) + 1;
+  if (V == 0) detail::fail("logits", "size 0", "at least one logit (size V >= 1)");
+  if (V > max_vocab) detail::fail("logits", "size " + std::to_string(V), "at most " + std::to_string(max_vocab) + " (token ids are int32)");
+  detail::check_size("probs", probs.size(), V);
+  detail::check_size("order", order.size(), V);
+  bool any_finite = false;
+  for (std::size_t v = 0; v < V; ++v) {
+    const T z = logits[v];
+    if (std::isnan(z) || z == std::numeric_limits<T>::infinity()) detail::fail_at("logits", v, z, "a finite number or -inf");
+    any_finite = any_finite || std::isfinite(z);
+  }
+  if (!any_finite) detail::fail("logits", "every logit -inf", "at least one finite logit");
+}
+
 // The distribution a token is drawn from, written to probs[V]; order[V] is scratch.
 template <class T>
 void sampling_distribution(std::span<const T> logits, const SamplingOptions& o, std::span<double> probs,
                            std::span<std::int32_t> order) {
+  check_sampling_arguments<T>(logits, o, probs, order);
   const std::size_t V = logits.size();
   const auto argmax = static_cast<std::size_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
   if (o.temperature == 0) {
@@ -106,6 +132,7 @@ void sampling_distribution(std::span<const T> logits, const SamplingOptions& o, 
 template <class T>
 token_t sample_token(std::span<const T> logits, const SamplingOptions& o, double u, std::span<double> probs,
                      std::span<std::int32_t> order) {
+  if (!(u >= 0 && u < 1)) detail::fail("u", u, "a number in [0, 1)");
   sampling_distribution(logits, o, probs, order);
   double cum = 0;
   std::size_t last = 0;
