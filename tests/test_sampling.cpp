@@ -137,6 +137,16 @@ TEST_CASE("sampling_distribution: temperature, top-k, top-p and greedy in closed
   sampling_distribution<double>(tie, {.temperature = 1.0, .top_k = 2}, pf, of);
   CHECK(pf == std::vector<double>{0, 0.5, 0.5, 0});
 
+  // Ranked by logit, not by the rounded weights: at the largest temperature both weights round to
+  // 1, yet top-1 keeps the higher logit (ranking by weight kept index 0).
+  const std::vector<double> far{-999.7, 0.1};
+  std::vector<double> p2(2);
+  std::vector<std::int32_t> o2(2);
+  sampling_distribution<double>(far, {.temperature = std::numeric_limits<double>::max(), .top_k = 1}, p2, o2);
+  CHECK(p2 == std::vector<double>{0, 1});
+  sampling_distribution<double>(far, {.temperature = std::numeric_limits<double>::max(), .top_p = 0.3}, p2, o2);
+  CHECK(p2 == std::vector<double>{0, 1});
+
   CHECK_THROWS_WITH_AS(validate(SamplingOptions{.top_p = 0}), doctest::Contains("top_p"), dftune::error);
   CHECK_THROWS_WITH_AS(validate(SamplingOptions{.temperature = -1}), doctest::Contains("temperature"), dftune::error);
 }

@@ -4,7 +4,8 @@
 //   p_v ∝ exp(z_v / temperature), then keep the top_k most probable tokens, then the smallest
 //   prefix of those (most probable first) whose mass reaches top_p of the kept mass,
 //   renormalise and draw. temperature = 0 means greedy (argmax, lowest index on ties).
-// Ties in probability are broken by the lower token index, so the kept set is deterministic.
+// Tokens are ranked by logit (the order of the exact probabilities), the lower index first among
+// equal logits, so the kept set is deterministic and always holds the argmax.
 // Every argument is checked before anything is written: spans of the vocabulary's size, logits
 // that are finite or −inf (a masked token) with at least one finite, u in [0, 1).
 #include <dftune/config.hpp>
@@ -106,9 +107,11 @@ void sampling_distribution(std::span<const T> logits, const SamplingOptions& o, 
     return;
   }
   std::iota(order.begin(), order.end(), 0);
+  // Most probable first, ranked by the logits themselves: the same order as the probabilities,
+  // without the ties exp() rounds distinct logits into (at a huge temperature every weight is 1).
   std::sort(order.begin(), order.end(), [&](std::int32_t a, std::int32_t b) {
-    return probs[static_cast<std::size_t>(a)] > probs[static_cast<std::size_t>(b)] ||
-           (probs[static_cast<std::size_t>(a)] == probs[static_cast<std::size_t>(b)] && a < b);
+    return logits[static_cast<std::size_t>(a)] > logits[static_cast<std::size_t>(b)] ||
+           (logits[static_cast<std::size_t>(a)] == logits[static_cast<std::size_t>(b)] && a < b);
   });
   if (o.top_p < 1) {
     double kept = 0;

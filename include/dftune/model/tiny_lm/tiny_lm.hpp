@@ -7,13 +7,15 @@
 // token reduction (logprob::forward / backward); this file only maps tokens to logits and the
 // logit gradient back to the parameters, with a hand-written backward of every layer.
 // A batch is cut into chunks of whole sequences by a fixed rule (tiny_lm::chunk_count: about 64
-// rows each, at most 16 chunks, a function of the batch alone); threads take chunks, each chunk runs the whole network
-// on its rows (GEMMs over exactly those rows) and the chunks' gradients are added in chunk order.
-// So scores and gradients are bit-identical for any number of OpenMP threads, and a run resumed
-// with another thread count continues bit-exactly. Buffers grow with the batch and are reused:
-// nothing is allocated inside the per-token generation loop. Every buffer size is checked
-// (tiny_lm::buffer_sizes): a config or batch whose sizes would wrap around size_t is a dftune::error
-// before anything is allocated.
+// rows each, at most 16 chunks, a function of the batch alone); threads take chunks, each chunk
+// runs the whole network on its rows (GEMMs over exactly those rows) and the chunks' gradients are
+// added in chunk order. So scores and gradients are bit-identical for any number of OpenMP threads,
+// and a run resumed with another thread count continues bit-exactly. (Called from inside another
+// OpenMP parallel region, Eigen may block the GEMMs of chunks over a few hundred rows differently:
+// results then agree with a top-level call to rounding, not to the bit.) Buffers grow with the
+// batch and are reused: nothing is allocated inside the per-token generation loop. Every buffer
+// size is checked (tiny_lm::buffer_sizes): a config or batch whose sizes would wrap around size_t
+// is a dftune::error before anything is allocated.
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
 #include <dftune/logprob/logprob.hpp>
@@ -182,7 +184,7 @@ class TinyLm {
 
   // Grows every activation buffer to hold n rows in S sequences of at most max_len (never shrinks);
   // the sizes are checked (an error names `what`) before anything grows.
-  const tiny_lm::BufferSizes& reserve(std::size_t n, std::size_t S, std::string_view what) {
+  void reserve(std::size_t n, std::size_t S, std::string_view what) {
     sizes_ = tiny_lm::buffer_sizes(cfg_, n, what);
     const auto& z = sizes_;
     auto grow = [](auto& v, std::size_t size) {
@@ -200,7 +202,6 @@ class TinyLm {
     grow(logits_, z.logits);
     grow(probs_, z.attention);
     grow(att_off_, S + 1);
-    return z;
   }
 
   // All activations of a batch given as tokens + sequence offsets, kept for backward. Rows are
@@ -321,11 +322,14 @@ class TinyLm {
         }
         if (s0 < s1) backward_block(tokens, offsets, s0, s1, g);
       }
-      DFTUNE_OMP(for schedule(static))
-      for (std::size_t k = 0; k < P; ++k) {
-        T g = grad_[k];
-        for (std::size_t c = 1; c < K; ++c) g += chunk_grad_[c - 1][k];
-        grad_[k] = g;
+      // Each thread sums its own slice of the parameters, chunk after chunk (contiguous, so the
+      // adds vectorise); the order per parameter is c = 1, …, K−1 whatever the slices are.
+      const auto [id, count] = tiny_lm::thread_id_and_count();
+      const std::size_t share = P / count, extra = P % count;
+      const std::size_t k0 = share * id + std::min(id, extra), k1 = k0 + share + (id < extra ? 1 : 0);
+      for (std::size_t c = 1; c < K; ++c) {
+        const T* from = chunk_grad_[c - 1].data();
+        for (std::size_t k = k0; k < k1; ++k) grad_[k] += from[k];
       }
     }
   }
