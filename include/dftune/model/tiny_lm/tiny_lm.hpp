@@ -220,6 +220,8 @@ class TinyLm {
     }
     probs_stride_ = att_off_[S];
     const std::size_t K = chunks_ = tiny_lm::chunk_count(n, S);
+    // No `if (K > 1)` clause: in a team of one, Eigen would parallelise the GEMMs itself, with a
+    // blocking that depends on the thread count (in a team of several it runs them serially).
     DFTUNE_OMP(parallel for schedule(dynamic, 1))
     for (std::size_t c = 0; c < K; ++c) {
       const auto [s0, s1] = tiny_lm::sequence_chunk(offsets, c, K);
