@@ -59,7 +59,7 @@ std::size_t checked_elements(std::string_view what, std::string_view name, Sizes
 // (a block: w_qkv 3d², w_o d², w_1 and w_2 d·d_ff each, b_1 d_ff, and 9d of gains and biases).
 // Refuses a config whose count wraps around size_t or exceeds kMaxElements.
 inline std::size_t parameter_count(const Config& c) {
-  const std::string_view what = "config: parameter count";
+  const std::string_view what = "config (parameter count)";
   const std::size_t d = c.d_model, F = c.d_ff;
   auto sum = [&](std::size_t& acc, std::size_t x) { acc = detail::checked_add(what, acc, x); };
   std::size_t block = 0;
@@ -72,7 +72,7 @@ inline std::size_t parameter_count(const Config& c) {
   sum(total, detail::checked_mul(what, c.max_len, d));
   sum(total, detail::checked_mul(what, 2, d));
   sum(total, c.vocab);
-  return checked_elements("config", "parameter count", total);
+  return checked_elements(what, "total", total);
 }
 
 // Element counts of the buffers TinyLm holds for a batch of `rows` tokens in sequences of at most
@@ -157,7 +157,7 @@ inline Layout make_layout(const Config& c) {
   Layout l;
   auto add = [&](std::string name, std::size_t rows, std::size_t cols) {
     l.groups.push_back({std::move(name), l.total, rows, cols});
-    l.total = detail::checked_add("config: parameter count", l.total, detail::checked_mul("config: parameter count", rows, cols));
+    l.total = detail::checked_add("config (parameter count)", l.total, detail::checked_mul("config (parameter count)", rows, cols));
     return l.groups.back().offset;
   };
   const std::size_t d = c.d_model;
