@@ -41,6 +41,8 @@ void validate_dft(const SequenceScores<T>& b, const Estimator<T>& est, const Dft
   const std::size_t m = b.num_negatives;
   if (B == 0) fail("ids", "size 0", "at least one example");
   if (m == 0) fail("num_negatives", m, "at least 1");
+  if (b.global_batch_size != 0 && b.global_batch_size < B)
+    fail("global_batch_size", b.global_batch_size, "0 or at least the batch size B = " + std::to_string(B));
   check_size("pos_logp", b.pos_logp.size(), B);
   const std::size_t Bm = check_size_product("neg_logp", b.neg_logp.size(), B, m, "num_negatives (B·m)");
   for (std::size_t i = 0; i < B; ++i) est.check_id(b.ids[i], "ids", i);
@@ -76,6 +78,8 @@ DftResult<T> dft_loss(const SequenceScores<T>& b, const Estimator<T>& est, const
   detail::validate_dft(b, est, opt);
   const std::size_t B = b.batch_size();
   const std::size_t m = b.num_negatives;
+  // The 1/B of L: the global batch's size when this batch is one rank's share of it.
+  const double Bn = static_cast<double>(b.global_batch_size != 0 ? b.global_batch_size : B);
   const bool dft2 = opt.variant == Variant::dft2;
   // ∂s/∂log π: 1 for DFT, 1/(|y| + ε) for DFT2.
   auto dscore = [&](std::int64_t len) { return dft2 ? 1.0 / (static_cast<double>(len) + opt.eps) : 1.0; };
@@ -114,15 +118,15 @@ DftResult<T> dft_loss(const SequenceScores<T>& b, const Estimator<T>& est, const
                      "a normaliser for which exp(d − log u) is finite (d[" + std::to_string(ij) + "] = " +
                          std::to_string(d[j]) + ")");
       pull += weight * s_neg[j];
-      r.grad_neg[ij] = detail::narrow_checked<T>(weight / static_cast<double>(B) * dscore(dft2 ? b.neg_len[ij] : 1), "grad_neg");
+      r.grad_neg[ij] = detail::narrow_checked<T>(weight / Bn * dscore(dft2 ? b.neg_len[ij] : 1), "grad_neg");
     }
     loss += -s_pos + pull;
     objective += log_u - s_pos / opt.tau;
-    r.grad_pos[i] = detail::narrow_checked<T>(-1.0 / static_cast<double>(B) * dscore(dft2 ? b.pos_len[i] : 1), "grad_pos");
+    r.grad_pos[i] = detail::narrow_checked<T>(-1.0 / Bn * dscore(dft2 ? b.pos_len[i] : 1), "grad_pos");
     r.log_u[i] = detail::narrow_checked<T>(log_u, "log_u");
   }
-  r.loss = detail::narrow_checked<T>(loss / static_cast<double>(B), "loss");
-  r.objective = detail::narrow_checked<T>(objective / static_cast<double>(B), "objective");
+  r.loss = detail::narrow_checked<T>(loss / Bn, "loss");
+  r.objective = detail::narrow_checked<T>(objective / Bn, "objective");
   return r;
 }
 
