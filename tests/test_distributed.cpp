@@ -220,25 +220,18 @@ struct Outcome {
 
 template <class M>
 Outcome train_at(std::size_t P, const scenario::Problem& problem, const M& init, Variant v, std::size_t B, std::size_t steps) {
-  Outcome out;
-  out.params.resize(P);
-  out.u.resize(P);
-  out.loss.resize(P);
-  auto body = [&](auto comm) {
-    scenario::Trainer<M, decltype(comm)> t(problem, init, v, B, comm);
-    double loss = 0;
-    for (std::size_t k = 0; k < steps; ++k) loss = t.opt.step(t.next_batch().view()).result.loss;
-    const std::size_t r = comm.rank();
-    out.params[r] = t.params();
-    for (std::size_t k = 0; k < t.est.size(); ++k)
-      if (t.est.raw_seen()[k]) out.u[r].push_back({t.est.shard().global_id(k), t.est.raw_log_u()[k]});
-    out.loss[r] = loss;
-  };
+  std::vector<scenario::Outcome> per(P);
   if (P == 1) {
-    body(distributed::Single{});
+    per[0] = scenario::run(problem, init, v, B, steps, distributed::Single{});
   } else {
     test::ThreadWorld w(P);
-    w.run([&](test::ThreadWorld::Comm& c) { body(c); });
+    w.run([&](test::ThreadWorld::Comm& c) { per[c.rank()] = scenario::run(problem, init, v, B, steps, c); });
+  }
+  Outcome out;
+  for (auto& o : per) {
+    out.params.push_back(o.params);
+    out.u.push_back(o.u);
+    out.loss.push_back(o.loss);
   }
   return out;
 }

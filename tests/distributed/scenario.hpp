@@ -90,17 +90,17 @@ inline CosineSchedule schedule() { return {.base_lr = 0.05, .min_lr = 0.005, .wa
 
 // Model, this rank's estimator shard, the optimizer and the global batches; not movable (the
 // optimizer holds references to the first two).
-template <class M, class Comm>
+template <class M, class Comm, class Rule = AdamW<double>>
 struct Trainer {
   const Problem& problem;
   M model;
   Estimator<double> est;
-  DftOptimizer<M, AdamW<double>, CosineSchedule, Comm> opt;
+  DftOptimizer<M, Rule, CosineSchedule, Comm> opt;
   distributed::ShardedBatches batches;
 
-  Trainer(const Problem& p, const M& init, Variant v, std::size_t batch_size, Comm comm, std::uint64_t seed = 11)
+  Trainer(const Problem& p, const M& init, Variant v, std::size_t batch_size, Comm comm, Rule rule = {}, std::uint64_t seed = 11)
       : problem(p), model(init), est(p.size(), options(v), distributed::shard_of(comm)),
-        opt(model, est, options(v), AdamW<double>{}, schedule(), comm),
+        opt(model, est, options(v), std::move(rule), schedule(), comm),
         batches(p.size(), batch_size, seed, distributed::shard_of(comm)) {}
   Trainer(const Trainer&) = delete;
 
@@ -111,6 +111,24 @@ struct Trainer {
   }
   std::vector<double> params() { return {model.parameters().begin(), model.parameters().end()}; }
 };
+
+// What a rank holds after a run: its parameters, its (id, log u) pairs, the last reported loss.
+struct Outcome {
+  std::vector<double> params;
+  std::vector<std::pair<std::int64_t, double>> u;
+  double loss = 0;
+};
+
+template <class M, class Comm, class Rule = AdamW<double>>
+Outcome run(const Problem& p, const M& init, Variant v, std::size_t batch_size, std::size_t steps, Comm comm, Rule rule = {}) {
+  Trainer<M, Comm, Rule> t(p, init, v, batch_size, comm, std::move(rule));
+  Outcome o;
+  for (std::size_t k = 0; k < steps; ++k) o.loss = static_cast<double>(t.opt.step(t.next_batch().view()).result.loss);
+  o.params = t.params();
+  for (std::size_t k = 0; k < t.est.size(); ++k)
+    if (t.est.raw_seen()[k]) o.u.push_back({t.est.shard().global_id(k), static_cast<double>(t.est.raw_log_u()[k])});
+  return o;
+}
 
 // max_k |a_k − b_k| / max_k |b_k|: the relative distance of two parameter vectors.
 inline double rel_diff(std::span<const double> a, std::span<const double> b) {
