@@ -272,6 +272,23 @@ TEST_CASE("data-parallel DftOptimizer at P = 2, 3 follows the single-process run
     }
 }
 
+TEST_CASE("gradient clipping in a data-parallel step acts on the all-reduced gradient") {
+  const std::size_t V = 6, B = 8;
+  const CategoricalPolicy<double> init = random_policy(V, 1);
+  CategoricalPolicy<double> ref = init;
+  const scenario::Problem problem = scenario::make_problem(ref, 24, 3, 2);
+  const StepOptions clip{.max_grad_norm = 0.05};
+  const Sgd<double> sgd({.momentum = 0.9});
+  const auto one = scenario::run(problem, init, Variant::dft, B, 10, distributed::Single{}, sgd, clip);
+  REQUIRE(one.grad_norm > 0.05);  // the clip is active
+  test::ThreadWorld w(2);
+  w.run([&](test::ThreadWorld::Comm& c) {
+    const auto dp = scenario::run(problem, init, Variant::dft, B, 10, c, sgd, clip);
+    CHECK(scenario::rel_diff(dp.params, one.params) <= 1e-12);
+    CHECK(dp.grad_norm == doctest::Approx(one.grad_norm).epsilon(1e-12));  // the global norm, on every rank
+  });
+}
+
 TEST_CASE("a bad input on one rank: every rank throws the same named error, nothing changes, training goes on") {
   const std::size_t V = 5, P = 2, B = 6;
   const CategoricalPolicy<double> init = random_policy(V, 4);
@@ -334,7 +351,7 @@ TEST_CASE("DftOptimizer refuses an estimator sharded unlike its communicator") {
   w.run([&](test::ThreadWorld::Comm& comm) {
     CategoricalPolicy<double> model(2, 2);
     Estimator<double> est(4, {});  // not sharded
-    CHECK(error_of([&] { DftOptimizer dft(model, est, {}, Sgd<double>{}, ConstantSchedule{.rate = 0.1}, comm); }) ==
+    CHECK(error_of([&] { DftOptimizer dft(model, est, {}, Sgd<double>{}, ConstantSchedule{.rate = 0.1}, {}, comm); }) ==
           "estimator: got an estimator sharded as rank 0 of 1 (ids with id mod 1 = 0), expected the communicator's shard, "
           "rank " + std::to_string(comm.rank()) + " of 2 (ids with id mod 2 = " + std::to_string(comm.rank()) +
               ") (build it as Estimator<T>(N, options, distributed::shard_of(comm)))");

@@ -5,7 +5,6 @@
 // a Trainer owns model, sharded estimator and DftOptimizer over any Communicator.
 #include <dftune/dftune.hpp>
 #include <dftune/distributed/sampler.hpp>
-#include <dftune/optim/clip.hpp>
 
 #include <algorithm>
 #include <bit>
@@ -98,9 +97,10 @@ struct Trainer {
   DftOptimizer<M, Rule, CosineSchedule, Comm> opt;
   distributed::ShardedBatches batches;
 
-  Trainer(const Problem& p, const M& init, Variant v, std::size_t batch_size, Comm comm, Rule rule = {}, std::uint64_t seed = 11)
+  Trainer(const Problem& p, const M& init, Variant v, std::size_t batch_size, Comm comm, Rule rule = {},
+          StepOptions step = {}, std::uint64_t seed = 11)
       : problem(p), model(init), est(p.size(), options(v), distributed::shard_of(comm)),
-        opt(model, est, options(v), std::move(rule), schedule(), comm),
+        opt(model, est, options(v), std::move(rule), schedule(), step, comm),
         batches(p.size(), batch_size, seed, distributed::shard_of(comm)) {}
   Trainer(const Trainer&) = delete;
 
@@ -117,13 +117,19 @@ struct Outcome {
   std::vector<double> params;
   std::vector<std::pair<std::int64_t, double>> u;
   double loss = 0;
+  double grad_norm = 0;  // of the last step, before clipping
 };
 
 template <class M, class Comm, class Rule = AdamW<double>>
-Outcome run(const Problem& p, const M& init, Variant v, std::size_t batch_size, std::size_t steps, Comm comm, Rule rule = {}) {
-  Trainer<M, Comm, Rule> t(p, init, v, batch_size, comm, std::move(rule));
+Outcome run(const Problem& p, const M& init, Variant v, std::size_t batch_size, std::size_t steps, Comm comm, Rule rule = {},
+            StepOptions step = {}) {
+  Trainer<M, Comm, Rule> t(p, init, v, batch_size, comm, std::move(rule), step);
   Outcome o;
-  for (std::size_t k = 0; k < steps; ++k) o.loss = static_cast<double>(t.opt.step(t.next_batch().view()).result.loss);
+  for (std::size_t k = 0; k < steps; ++k) {
+    const auto info = t.opt.step(t.next_batch().view());
+    o.loss = static_cast<double>(info.result.loss);
+    o.grad_norm = info.grad_norm;
+  }
   o.params = t.params();
   for (std::size_t k = 0; k < t.est.size(); ++k)
     if (t.est.raw_seen()[k]) o.u.push_back({t.est.shard().global_id(k), static_cast<double>(t.est.raw_log_u()[k])});

@@ -6,6 +6,14 @@
 // Sharded (data-parallel training, docs/distributed.md): an estimator built with Shard{r, P} holds
 // u_i only for the ids it owns (i mod P = r), stored at local index i / P, and refuses every other
 // id; ids stay global everywhere in the API. With the default Shard{0, 1} it holds every id.
+//
+// Threads. An Estimator is a plain container with no locks. Calls that only read it (log_u, prior,
+// size, raw_*, check_*, dft_loss, io::save/encode) may run concurrently with each other. A call that
+// writes it (set, restore, dft_step, DftOptimizer::step, io::load/decode) must not overlap any
+// other call on the same Estimator, except that set / dft_step calls whose id sets are disjoint
+// touch disjoint elements and may overlap each other (not a restore or load). Overlapping ids
+// from two threads are a data race (ThreadSanitizer reports it), and the result depends on which
+// write lands last: give each thread its own ids, or serialise the calls.
 #include <dftune/config.hpp>
 #include <dftune/distributed/shard.hpp>
 #include <dftune/error.hpp>
@@ -71,17 +79,22 @@ class Estimator {
     return log_u0_;
   }
 
-  // Stores log u for each id; all checks run before the first write.
+  // Stores log u for each id; all checks (check_set) run before the first write, so a bad id or
+  // value anywhere in the batch stores nothing.
   void set(std::span<const std::int64_t> ids, std::span<const T> log_u) {
-    detail::check_size("log_u", log_u.size(), ids.size());
-    for (std::size_t k = 0; k < ids.size(); ++k) {
-      check_id(ids[k], "ids", k);
-      if (!std::isfinite(log_u[k])) detail::fail_at("log_u", k, log_u[k], "a finite number");
-    }
+    check_set(ids, log_u);
     for (std::size_t k = 0; k < ids.size(); ++k) {
       const std::size_t i = shard_.local_index(ids[k]);
       log_u_[i] = log_u[k];
       seen_[i] = 1;
+    }
+  }
+  // Throws what set(ids, log_u) would throw, and changes nothing.
+  void check_set(std::span<const std::int64_t> ids, std::span<const T> log_u) const {
+    detail::check_size("log_u", log_u.size(), ids.size());
+    for (std::size_t k = 0; k < ids.size(); ++k) {
+      check_id(ids[k], "ids", k);
+      if (!std::isfinite(log_u[k])) detail::fail_at("log_u", k, log_u[k], "a finite number");
     }
   }
 

@@ -16,7 +16,8 @@
 // At t = 1, m̂ = g and v̂ = g², so θ_1 = θ_0 − lr·g/(|g| + ε) ≈ θ_0 − lr·sign(g): the first step
 // moves every coordinate by ~lr whatever the gradient's scale.
 // Scalars that depend only on t (bias corrections, step size, shrink factor) are computed in
-// double once per step; the element loop runs in T. State m, v is sized on the first step.
+// double once per step; the element loop runs in T. State m, v is sized on the first step. A step
+// whose θ, m or v would not be finite throws and changes nothing (rule.hpp, update_all_or_nothing).
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
 #include <dftune/optim/rule.hpp>
@@ -62,12 +63,16 @@ class AdamUpdate {
 
   void step(std::span<T> params, std::span<const T> grads, T lr) {
     detail::check_rule_step(std::span<const T>(params), grads, lr, n_);
+    detail::check_step_count(steps_);
     const std::size_t n = params.size();
-    if (steps_ == 0) {  // may throw bad_alloc: nothing written yet
-      m_.assign(n, T(0));
-      v_.assign(n, T(0));
+    std::vector<T> fresh_m, fresh_v;  // the moments of the first step; may throw bad_alloc: nothing written yet
+    if (steps_ == 0) {
+      fresh_m.assign(n, T(0));
+      fresh_v.assign(n, T(0));
     }
-    const double t = static_cast<double>(steps_ + 1);
+    T* const m = steps_ == 0 ? fresh_m.data() : m_.data();
+    T* const v = steps_ == 0 ? fresh_v.data() : v_.data();
+    const double t = static_cast<double>(steps_) + 1.0;  // not steps_ + 1, which wraps in size_t
     const double bias1 = 1.0 - std::pow(opt_.beta1, t);
     const double bias2 = 1.0 - std::pow(opt_.beta2, t);
     const T step_size = static_cast<T>(static_cast<double>(lr) / bias1);
@@ -78,12 +83,33 @@ class AdamUpdate {
     const T beta2 = static_cast<T>(opt_.beta2);
     const T one_m_beta2 = static_cast<T>(1.0 - opt_.beta2);
     const T eps = static_cast<T>(opt_.eps);
-    for (std::size_t k = 0; k < n; ++k) {
+    struct Next {
+      T theta, m, v;
+      bool finite() const {
+        return detail::finite_value(theta) & detail::finite_value(m) & detail::finite_value(v);
+      }
+    };
+    auto next = [&](std::size_t k) {
       const T g = WeightDecay::gradient(grads[k], params[k], lambda);
-      m_[k] += one_m_beta1 * (g - m_[k]);
-      v_[k] = beta2 * v_[k] + one_m_beta2 * g * g;
-      const T denom = std::sqrt(v_[k]) / bias2_sqrt + eps;
-      params[k] = params[k] * shrink - step_size * (m_[k] / denom);
+      const T mk = m[k] + one_m_beta1 * (g - m[k]);
+      const T vk = beta2 * v[k] + one_m_beta2 * g * g;
+      const T denom = std::sqrt(vk) / bias2_sqrt + eps;
+      return Next{params[k] * shrink - step_size * (mk / denom), mk, vk};
+    };
+    auto store = [&](std::size_t k, const Next& x) {
+      params[k] = x.theta;
+      m[k] = x.m;
+      v[k] = x.v;
+    };
+    auto fail = [&](std::size_t k, const Next& x) {
+      if (!detail::finite_value(x.m)) detail::fail_overflow("first_moment", k, x.m, params[k], grads[k], lr);
+      if (!detail::finite_value(x.v)) detail::fail_overflow("second_moment", k, x.v, params[k], grads[k], lr);
+      detail::fail_overflow("params", k, x.theta, params[k], grads[k], lr);
+    };
+    detail::update_all_or_nothing(n, next, store, fail);
+    if (steps_ == 0) {
+      m_.swap(fresh_m);
+      v_.swap(fresh_v);
     }
     n_ = n;
     ++steps_;

@@ -4,19 +4,26 @@
 //   1. score:     s_i = log π_θ(y_i|x_i), s'_ij = log π_θ(y'_ij|x_i)          (model)
 //   2. objective: L, ∂L/∂s, ∂L/∂s' and the new log u_i                         (objective/dft.hpp)
 //   3. backward:  ∇θ L = Σ_i ∂L/∂s_i ∇s_i + Σ_ij ∂L/∂s'_ij ∇s'_ij            (model)
-//   4. update:    θ ← rule(θ, ∇θ L, lr(t))                                     (inner rule, schedule)
-//   5. commit:    store log u_i of the batch in the estimator
-// The estimator is committed last, so an error anywhere leaves it, the parameters and the step
-// count as they were (the gradient buffer is scratch and may have changed).
+//   4. clip:      ∇θ L ← ∇θ L · c/(‖∇θ L‖₂ + 1e-6) if ‖∇θ L‖₂ > c              (StepOptions, clip.hpp)
+//   5. update:    θ ← rule(θ, ∇θ L, lr(t))                                     (inner rule, schedule)
+//   6. commit:    store log u_i of the batch in the estimator
+// Everything that can fail runs before the update: the schedule's rate, the step count, the
+// gradient's norm, the estimator's checks of the new log u (check_set); the rule's update is all
+// or nothing (rule.hpp); what is left (the estimator's store, the count) cannot fail. So an error
+// anywhere leaves the estimator, the parameters, the rule's moments and the step count as they
+// were (the gradient buffer is scratch and may have changed).
 //
 // Data-parallel (docs/distributed.md): given a Communicator of P > 1 ranks, each rank passes its
 // share of the global batch — the ids it owns, its estimator built with shard_of(comm) — and
 //   1–2. scores its share and runs the objective with the *global* batch size B in the 1/B,
 //   3.   back-propagates its share, then all-reduces (sums) the gradient,
-//   4–5. applies the same inner rule to the same summed gradient on every rank, commits its u_i.
+//   4–6. clips the summed gradient, applies the same inner rule to it on every rank (so the
+//        replicas stay identical), and commits its own u_i.
 // So the update is the single-process update of the global batch (up to the order of the sum).
-// Steps 1–3 run inside distributed::agree: an error on any rank is thrown, the same, on every
-// rank, before anything is written anywhere. step() and evaluate() are then collective calls.
+// Steps 1–3 and every local check run inside distributed::agree: an error on any rank is thrown,
+// the same, on every rank, before anything is written anywhere; what runs after the all-reduce
+// sees the same values on every rank and so fails, if at all, everywhere alike. step() and
+// evaluate() are then collective calls.
 #include <dftune/checked_size.hpp>
 #include <dftune/config.hpp>
 #include <dftune/distributed/collectives.hpp>
@@ -28,11 +35,15 @@
 #include <dftune/model/concept.hpp>
 #include <dftune/model/sequence_batch.hpp>
 #include <dftune/objective/dft.hpp>
+#include <dftune/optim/clip.hpp>
 #include <dftune/optim/rule.hpp>
 #include <dftune/optim/schedule.hpp>
+#include <dftune/optim/step_options.hpp>
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <span>
 #include <string>
 #include <string_view>
@@ -57,6 +68,7 @@ template <class T>
 struct DftStepInfo {
   DftResult<T> result;     // loss, objective, gradients wrt the log-probs, new log u
   double lr = 0;           // the learning rate used for this step
+  double grad_norm = 0;    // global L2 norm of the model's gradient before clipping (TRL's grad_norm)
   std::size_t step = 0;    // index of this step (0-based)
   T mean_pos_logp = 0;     // (1/B) Σ_i log π_θ(y_i|x_i) before the update
   T mean_neg_logp = 0;     // (1/(B·m)) Σ_ij log π_θ(y'_ij|x_i) before the update
@@ -76,10 +88,17 @@ class DftOptimizer {
  public:
   // `comm` (default: a world of one) must be the world the estimator is sharded over:
   // estimator.shard() == distributed::shard_of(comm).
-  DftOptimizer(M& model, Estimator<T>& estimator, const DftOptions& options, Rule rule, Schedule schedule, Comm comm = {})
-      : model_(model), est_(estimator), opt_(options), rule_(std::move(rule)), schedule_(std::move(schedule)),
+  DftOptimizer(M& model, Estimator<T>& estimator, const DftOptions& options, Rule rule, Schedule schedule,
+               const StepOptions& step_options = {}, Comm comm = {})
+      : model_(model),
+        est_(estimator),
+        opt_(options),
+        rule_(std::move(rule)),
+        schedule_(std::move(schedule)),
+        step_opt_(step_options),
         comm_(std::move(comm)) {
     validate(opt_);
+    validate(step_opt_);
     if constexpr (requires { validate(schedule_); }) validate(schedule_);  // fail at construction, not at step t
     if (est_.shard() != distributed::shard_of(comm_))
       detail::fail("estimator", "an estimator sharded as " + est_.shard().describe(),
@@ -90,10 +109,11 @@ class DftOptimizer {
   DftStepInfo<T> step(const DftBatch<T>& batch) {
     DftStepInfo<T> info = run(batch, /*backward=*/true);
     const DftResult<T>& r = info.result;
-    if constexpr (!single_process) comm_.all_reduce_sum(std::span<T>(model_.gradients()));  // Σ over ranks, same bits everywhere
-    info.lr = schedule_.lr(step_);
-    rule_.step(model_.parameters(), std::span<const T>(model_.gradients()), static_cast<T>(info.lr));
-    if (est_.init() != EstimatorInit::fixed) est_.set(batch.ids, std::span<const T>(r.log_u));
+    const std::span<T> grads = model_.gradients();
+    if constexpr (!single_process) comm_.all_reduce_sum(grads);  // Σ over ranks, the same bits on every rank
+    info.grad_norm = clip_grad_norm(grads, step_opt_.max_grad_norm);
+    rule_.step(model_.parameters(), std::span<const T>(grads), static_cast<T>(info.lr));
+    if (est_.init() != EstimatorInit::fixed) est_.set(batch.ids, std::span<const T>(r.log_u));  // checked: cannot fail
     info.step = step_++;
     return info;
   }
@@ -105,6 +125,7 @@ class DftOptimizer {
   const DftOptions& options() const { return opt_; }
   const Rule& rule() const { return rule_; }
   const Schedule& schedule() const { return schedule_; }
+  const StepOptions& step_options() const { return step_opt_; }
   const Comm& communicator() const { return comm_; }
   Comm& communicator() { return comm_; }
 
@@ -139,7 +160,10 @@ class DftOptimizer {
   // error on any rank is the same error on every rank and nothing has been written anywhere.
   DftStepInfo<T> run(const DftBatch<T>& batch, bool backward) {
     const std::size_t B_local = batch.ids.size(), m = batch.num_negatives;
+    double lr = 0;
     const std::vector<Share> shares = distributed::agree<Share>(comm_, [&] {
+      if (backward && step_ == std::numeric_limits<std::size_t>::max())
+        detail::fail("steps", step_, "fewer than 2^64 − 1 steps taken (one more would wrap the step count)");
       detail::check_size("batch.positives", batch.positives.size(), B_local);
       detail::check_size_product("batch.negatives", batch.negatives.size(), B_local, m, "batch.num_negatives (B·m)");
       pos_.resize(B_local);
@@ -152,6 +176,12 @@ class DftOptimizer {
       neg_len_.resize(B_local * m);
       for (std::size_t i = 0; i < B_local; ++i) pos_len_[i] = batch.positives.completion_length(i);
       for (std::size_t k = 0; k < B_local * m; ++k) neg_len_[k] = batch.negatives.completion_length(k);
+      if (backward) {
+        lr = schedule_.lr(step_);
+        if (!(std::fabs(lr) <= static_cast<double>(std::numeric_limits<T>::max())))
+          detail::fail("lr", lr, "a finite learning rate the model's scalar type can hold (from the schedule at step " +
+                                     std::to_string(step_) + ")");
+      }
       return Share{.batch = B_local, .num_negatives = m, .num_parameters = model_.parameters().size(), .step = step_,
                    .sum_pos = sum(pos_), .sum_neg = sum(neg_)};
     });
@@ -182,6 +212,7 @@ class DftOptimizer {
         info.result = dft_loss(scores, est_, opt_);
       }
       if (backward) {
+        if (est_.init() != EstimatorInit::fixed) est_.check_set(batch.ids, std::span<const T>(info.result.log_u));
         model_.zero_gradients();
         if (B_local != 0) {
           model_.accumulate_gradients(batch.positives, std::span<const T>(info.result.grad_pos));
@@ -198,6 +229,7 @@ class DftOptimizer {
     info.result.loss = static_cast<T>(loss);  // a world of one: the same value, unchanged
     info.result.objective = static_cast<T>(objective);
     info.step = step_;
+    info.lr = lr;
     info.mean_pos_logp = static_cast<T>(B == 0 ? 0.0 : sum_pos / static_cast<double>(B));
     info.mean_neg_logp = static_cast<T>(B == 0 ? 0.0 : sum_neg / static_cast<double>(detail::checked_mul("B·m", B, m)));
     return info;
@@ -208,6 +240,7 @@ class DftOptimizer {
   DftOptions opt_;
   Rule rule_;
   Schedule schedule_;
+  StepOptions step_opt_;
   Comm comm_;
   std::size_t step_ = 0;
   std::vector<T> pos_, neg_;

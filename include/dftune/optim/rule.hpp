@@ -8,8 +8,10 @@
 // dftune's rules (Sgd, Adam, AdamW) size their state on the *first* step: DftOptimizer and users
 // construct a rule before they know the model (`AdamW<double>{}`), and a rule needs no count until
 // it sees the span. From then on the parameter count is fixed: a span of another size is an error.
-// A step that throws (sizes, lr, a non-finite gradient) changes neither params nor the state nor
-// steps(): every check runs before the first write.
+// A step that throws (sizes, lr, a non-finite gradient, a step count that would wrap, a result
+// that would not be finite) changes neither params nor the state nor steps(): the checks of the
+// inputs run before the first write, and the results are checked by update_all_or_nothing below
+// before any of them is stored.
 //
 // The weight-decay policies live here because SGD and Adam share them (ensmallen style: the rule is
 // a template over its decay policy, so Adam and AdamW are one class, see adam.hpp).
@@ -19,8 +21,11 @@
 #include <cmath>
 #include <concepts>
 #include <cstddef>
+#include <limits>
 #include <span>
+#include <sstream>
 #include <string>
+#include <string_view>
 
 DFTUNE_NAMESPACE_BEGIN
 
@@ -90,6 +95,54 @@ void check_rule_step(std::span<const T> params, std::span<const T> grads, T lr, 
   check_size("grads", grads.size(), params.size());
   for (std::size_t k = 0; k < grads.size(); ++k)
     if (!std::isfinite(grads[k])) fail_at("grads", k, grads[k], "a finite number");
+}
+
+// A rule counts its steps in size_t; the step after 2^64 − 1 would wrap the count to 0, which
+// Adam reads as "no step yet" (bias corrections 1 − β^0 = 0: every parameter becomes non-finite)
+// and SGD as "restart the momentum". A count loaded from a checkpoint can be that large.
+inline void check_step_count(std::size_t steps) {
+  if (steps == std::numeric_limits<std::size_t>::max())
+    fail("steps", steps, "fewer than 2^64 − 1 steps taken (one more would wrap the step count)");
+}
+
+// |x| <= max: false for ±inf and NaN. A comparison rather than std::isfinite, so that a loop of
+// them vectorises.
+template <class T>
+bool finite_value(T x) {
+  return std::fabs(x) <= std::numeric_limits<T>::max();
+}
+
+// The element loop of every rule, all or nothing without a copy of the parameters:
+//   next(k)      computes element k's new values (a struct with `bool finite() const`) from the
+//                current ones, writing nothing;
+//   pass 1       checks that every element's new values are finite;
+//   on failure   fail(k, next(k)) for the first element that is not, which must throw;
+//   pass 2       store(k, next(k)) — the same function on the same inputs, so the values checked
+//                are the values stored, bit for bit.
+// The price is the element computation twice (bench/bench_optim.cpp measures it); the reward is
+// that an overflowing step (lr 1e10 on a gradient 1e300, g² past the largest float in Adam's v)
+// throws and leaves parameters and moments as they were, instead of leaving ±inf or NaN behind.
+template <class Next, class Store, class Fail>
+void update_all_or_nothing(std::size_t n, Next&& next, Store&& store, Fail&& fail_at_element) {
+  bool ok = true;
+  for (std::size_t k = 0; k < n; ++k) ok &= next(k).finite();
+  if (!ok) {
+    for (std::size_t k = 0; k < n; ++k)
+      if (const auto x = next(k); !x.finite()) fail_at_element(k, x);
+    fail("step", "a non-finite result that a second evaluation did not reproduce",  // unreachable
+         "the same values from the same inputs");
+  }
+  for (std::size_t k = 0; k < n; ++k) store(k, next(k));
+}
+
+// The message of a step whose result at element k is not finite.
+template <class T>
+[[noreturn]] void fail_overflow(std::string_view argument, std::size_t k, T value, T param, T grad, T lr) {
+  std::ostringstream os;
+  os.precision(17);
+  os << "a finite result of the update (from params[" << k << "] = " << param << ", grads[" << k << "] = " << grad
+     << ", lr = " << lr << ": the step overflows the scalar type; nothing was changed)";
+  fail_at(argument, k, value, os.str());
 }
 
 inline void check_weight_decay(double lambda) {

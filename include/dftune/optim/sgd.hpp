@@ -53,20 +53,39 @@ class Sgd {
 
   void step(std::span<T> params, std::span<const T> grads, T lr) {
     detail::check_rule_step(std::span<const T>(params), grads, lr, n_);
+    detail::check_step_count(steps_);
     const std::size_t n = params.size();
     const bool first = steps_ == 0;
+    const bool momentum = opt_.momentum != 0;
     const T lambda = static_cast<T>(opt_.weight_decay);
     const T mu = static_cast<T>(opt_.momentum);
     const T keep = static_cast<T>(1.0 - opt_.dampening);
-    if (opt_.momentum != 0 && first) buf_.assign(n, T(0));  // may throw bad_alloc: nothing written yet
-    for (std::size_t k = 0; k < n; ++k) {
+    std::vector<T> fresh;  // the buffer of the first step; may throw bad_alloc: nothing written yet
+    if (momentum && first) fresh.assign(n, T(0));
+    T* const buf = momentum ? (first ? fresh.data() : buf_.data()) : nullptr;
+    struct Next {
+      T theta, buf;
+      bool finite() const { return detail::finite_value(theta) & detail::finite_value(buf); }
+    };
+    auto next = [&](std::size_t k) {
       T g = opt_.weight_decay != 0 ? Decay::gradient(grads[k], params[k], lambda) : grads[k];
-      if (opt_.momentum != 0) {
-        buf_[k] = first ? g : mu * buf_[k] + keep * g;
-        g = opt_.nesterov ? g + mu * buf_[k] : buf_[k];
+      T b = 0;
+      if (momentum) {
+        b = first ? g : mu * buf[k] + keep * g;
+        g = opt_.nesterov ? g + mu * b : b;
       }
-      params[k] -= lr * g;
-    }
+      return Next{params[k] - lr * g, b};
+    };
+    auto store = [&](std::size_t k, const Next& x) {
+      params[k] = x.theta;
+      if (momentum) buf[k] = x.buf;
+    };
+    auto fail = [&](std::size_t k, const Next& x) {
+      if (!detail::finite_value(x.buf)) detail::fail_overflow("momentum_buffer", k, x.buf, params[k], grads[k], lr);
+      detail::fail_overflow("params", k, x.theta, params[k], grads[k], lr);
+    };
+    detail::update_all_or_nothing(n, next, store, fail);
+    if (momentum && first) buf_.swap(fresh);
     n_ = n;
     ++steps_;
   }
