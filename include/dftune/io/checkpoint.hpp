@@ -103,8 +103,19 @@ decltype(auto) named(std::string_view name, F&& f) {
 inline std::string path_name(const std::filesystem::path& p) { return "checkpoint " + p.string(); }
 
 // ---- estimator section ---------------------------------------------------------------------
+// A single file holds a whole estimator; the shards of a data-parallel run are saved together by
+// io/sharded_checkpoint.hpp.
+template <class T>
+void check_unsharded(const Estimator<T>& est) {
+  if (est.shard().size != 1)
+    dftune::detail::fail("estimator", "an estimator sharded as " + est.shard().describe(),
+                         "an unsharded one (save and load a data-parallel run with io::save_sharded / io::load_sharded, "
+                         "io/sharded_checkpoint.hpp)");
+}
+
 template <class T>
 void write_estimator(Writer& w, const Estimator<T>& est) {
+  check_unsharded(est);
   w.u32(sizeof(T));
   w.u32(static_cast<std::uint32_t>(est.init()));
   w.f64(static_cast<double>(est.log_u0()));
@@ -121,6 +132,7 @@ struct EstimatorState {
 
 template <class T>
 EstimatorState<T> read_estimator(Reader& in, const Estimator<T>& est) {
+  check_unsharded(est);
   expect_same("scalar size", in.u32("scalar size"), static_cast<std::uint32_t>(sizeof(T)));
   expect_same("estimator init", static_cast<std::int64_t>(in.u32("estimator init")),
               static_cast<std::int64_t>(est.init()));
@@ -278,15 +290,17 @@ void load(const std::filesystem::path& path, Estimator<T>& est) {
 }
 
 // ---- training checkpoints ------------------------------------------------------------------
-template <class M, class R, class S>
-std::vector<std::byte> encode(const DftOptimizer<M, R, S>& opt) {
+namespace internal {
+
+// The optimizer's section of a training checkpoint, after the estimator's: DftOptions, step,
+// parameters, rule, schedule. Shared by the single-file checkpoint (kind 2) and the rank-0 file of
+// a sharded one (io/sharded_checkpoint.hpp).
+template <class M, class R, class S, class C>
+void write_optimizer_state(Writer& w, const DftOptimizer<M, R, S, C>& opt) {
   using T = typename M::scalar_type;
-  internal::check_scalar<T>();
   static_assert(CheckpointableRule<R>, "dftune::io: specialise dftune::io::RuleCodec<R> to checkpoint this rule");
   static_assert(CheckpointableSchedule<S>,
                 "dftune::io: specialise dftune::io::ScheduleCodec<S> to checkpoint this schedule");
-  Writer w;
-  internal::write_estimator(w, std::as_const(opt.estimator()));
   const DftOptions& o = opt.options();
   w.u32(static_cast<std::uint32_t>(o.variant));
   w.f64(o.tau);
@@ -301,69 +315,97 @@ std::vector<std::byte> encode(const DftOptimizer<M, R, S>& opt) {
   RuleCodec<R>::write(w, opt.rule());
   w.u32(ScheduleCodec<S>::tag);
   ScheduleCodec<S>::write(w, opt.schedule());
+}
+
+template <class T, class R>
+struct OptimizerState {
+  std::uint64_t step = 0;
+  std::vector<T> params;
+  R rule;
+};
+
+// Reads what write_optimizer_state wrote and checks it against opt's configuration; changes nothing.
+template <class M, class R, class S, class C>
+OptimizerState<typename M::scalar_type, R> read_optimizer_state(Reader& in, const DftOptimizer<M, R, S, C>& opt) {
+  using T = typename M::scalar_type;
+  const std::span<T> params = opt.model().parameters();
+  const DftOptions& o = opt.options();
+  expect_same("variant", static_cast<std::int64_t>(in.u32("variant")), static_cast<std::int64_t>(o.variant));
+  expect_same("tau", in.f64("tau"), o.tau);
+  expect_same("gamma", in.f64("gamma"), o.gamma);
+  expect_same("init", static_cast<std::int64_t>(in.u32("init")), static_cast<std::int64_t>(o.init));
+  expect_same("log_u0", in.f64("log_u0"), o.log_u0);
+  expect_same("eps", in.f64("eps"), o.eps);
+  const std::uint64_t step = in.u64("step");
+  std::vector<T> p = in.array<T>("parameters", params.size());
+  for (std::size_t k = 0; k < p.size(); ++k)
+    if (!std::isfinite(p[k])) dftune::detail::fail_at("parameters", k, p[k], "a finite number");
+  const std::uint32_t rtag = in.u32("rule");
+  if (rtag != RuleCodec<R>::tag)
+    dftune::detail::fail("rule", "tag " + std::to_string(rtag) + " in the file",
+                         "tag " + std::to_string(RuleCodec<R>::tag) + " (" + RuleCodec<R>::name + ")");
+  R rule = RuleCodec<R>::read(in, opt.rule());
+  if (rule.num_parameters() != 0 && rule.num_parameters() != params.size())
+    dftune::detail::fail("rule num_parameters", rule.num_parameters(),
+                         "0 or the model's parameter count " + std::to_string(params.size()));
+  const std::uint32_t stag = in.u32("schedule");
+  if (stag != ScheduleCodec<S>::tag)
+    dftune::detail::fail("schedule", "tag " + std::to_string(stag) + " in the file",
+                         "tag " + std::to_string(ScheduleCodec<S>::tag) + " (" + ScheduleCodec<S>::name + ")");
+  ScheduleCodec<S>::check(in, opt.schedule());
+  return {step, std::move(p), std::move(rule)};
+}
+
+// Moves a checked state in; cannot fail.
+template <class M, class R, class S, class C>
+void commit_optimizer_state(OptimizerState<typename M::scalar_type, R>&& st, DftOptimizer<M, R, S, C>& opt) {
+  const auto params = opt.model().parameters();
+  std::copy(st.params.begin(), st.params.end(), params.begin());
+  opt.restore(static_cast<std::size_t>(st.step), std::move(st.rule));
+}
+
+}  // namespace internal
+
+template <class M, class R, class S, class C>
+std::vector<std::byte> encode(const DftOptimizer<M, R, S, C>& opt) {
+  using T = typename M::scalar_type;
+  internal::check_scalar<T>();
+  Writer w;
+  internal::write_estimator(w, std::as_const(opt.estimator()));
+  internal::write_optimizer_state(w, opt);
   return frame(CheckpointKind::training, w.bytes());
 }
 
 // Loads a file image made by encode(opt) into opt, its model and its estimator; all three are
 // unchanged on any error.
-template <class M, class R, class S>
-void decode(std::span<const std::byte> file, DftOptimizer<M, R, S>& opt, std::string_view name = "checkpoint") {
+template <class M, class R, class S, class C>
+void decode(std::span<const std::byte> file, DftOptimizer<M, R, S, C>& opt, std::string_view name = "checkpoint") {
   using T = typename M::scalar_type;
   internal::check_scalar<T>();
-  static_assert(CheckpointableRule<R>, "dftune::io: specialise dftune::io::RuleCodec<R> to checkpoint this rule");
-  static_assert(CheckpointableSchedule<S>,
-                "dftune::io: specialise dftune::io::ScheduleCodec<S> to checkpoint this schedule");
   struct Loaded {
     internal::EstimatorState<T> est;
-    std::uint64_t step = 0;
-    std::vector<T> params;
-    R rule;
+    internal::OptimizerState<T, R> state;
   };
-  const std::span<T> params = opt.model().parameters();
   Loaded l = internal::named(name, [&] {
     Reader in(unframe(file, CheckpointKind::training), checkpoint_header_size);
     internal::EstimatorState<T> est = internal::read_estimator(in, std::as_const(opt.estimator()));
-    const DftOptions& o = opt.options();
-    internal::expect_same("variant", static_cast<std::int64_t>(in.u32("variant")), static_cast<std::int64_t>(o.variant));
-    internal::expect_same("tau", in.f64("tau"), o.tau);
-    internal::expect_same("gamma", in.f64("gamma"), o.gamma);
-    internal::expect_same("init", static_cast<std::int64_t>(in.u32("init")), static_cast<std::int64_t>(o.init));
-    internal::expect_same("log_u0", in.f64("log_u0"), o.log_u0);
-    internal::expect_same("eps", in.f64("eps"), o.eps);
-    const std::uint64_t step = in.u64("step");
-    std::vector<T> p = in.array<T>("parameters", params.size());
-    for (std::size_t k = 0; k < p.size(); ++k)
-      if (!std::isfinite(p[k])) dftune::detail::fail_at("parameters", k, p[k], "a finite number");
-    const std::uint32_t rtag = in.u32("rule");
-    if (rtag != RuleCodec<R>::tag)
-      dftune::detail::fail("rule", "tag " + std::to_string(rtag) + " in the file",
-                           "tag " + std::to_string(RuleCodec<R>::tag) + " (" + RuleCodec<R>::name + ")");
-    R rule = RuleCodec<R>::read(in, opt.rule());
-    if (rule.num_parameters() != 0 && rule.num_parameters() != params.size())
-      dftune::detail::fail("rule num_parameters", rule.num_parameters(),
-                           "0 or the model's parameter count " + std::to_string(params.size()));
-    const std::uint32_t stag = in.u32("schedule");
-    if (stag != ScheduleCodec<S>::tag)
-      dftune::detail::fail("schedule", "tag " + std::to_string(stag) + " in the file",
-                           "tag " + std::to_string(ScheduleCodec<S>::tag) + " (" + ScheduleCodec<S>::name + ")");
-    ScheduleCodec<S>::check(in, opt.schedule());
+    internal::OptimizerState<T, R> state = internal::read_optimizer_state(in, std::as_const(opt));
     in.expect_end();
-    return Loaded{std::move(est), step, std::move(p), std::move(rule)};
+    return Loaded{std::move(est), std::move(state)};
   });
   // Commit: nothing below can throw (every check passed above).
-  std::copy(l.params.begin(), l.params.end(), params.begin());
   opt.estimator().restore(std::move(l.est.log_u), std::move(l.est.seen));
-  opt.restore(static_cast<std::size_t>(l.step), std::move(l.rule));
+  internal::commit_optimizer_state(std::move(l.state), opt);
 }
 
-template <class M, class R, class S>
-void save(const std::filesystem::path& path, const DftOptimizer<M, R, S>& opt) {
+template <class M, class R, class S, class C>
+void save(const std::filesystem::path& path, const DftOptimizer<M, R, S, C>& opt) {
   const std::vector<std::byte> bytes = encode(opt);
   write_file_atomic(path, bytes);
 }
 
-template <class M, class R, class S>
-void load(const std::filesystem::path& path, DftOptimizer<M, R, S>& opt) {
+template <class M, class R, class S, class C>
+void load(const std::filesystem::path& path, DftOptimizer<M, R, S, C>& opt) {
   const std::vector<std::byte> bytes = internal::named(internal::path_name(path), [&] { return read_file(path); });
   decode(std::span<const std::byte>(bytes), opt, internal::path_name(path));
 }

@@ -55,12 +55,19 @@ inline constexpr std::size_t checkpoint_header_size = 32;
 enum class CheckpointKind : std::uint32_t {
   estimator = 1,  // an Estimator's log u state
   training = 2,   // a DftOptimizer: estimator, model parameters, step, inner rule, schedule
+  // A sharded checkpoint of a data-parallel run (io/sharded_checkpoint.hpp):
+  sharded_optimizer = 16,  // rank 0's file: model parameters, step, inner rule, schedule
+  estimator_shard = 17,    // one rank's estimator shard
+  manifest = 18,           // the list of a set's files, written last: it commits the set
 };
 
 inline const char* kind_name(std::uint32_t kind) {
   switch (kind) {
     case static_cast<std::uint32_t>(CheckpointKind::estimator): return "estimator";
     case static_cast<std::uint32_t>(CheckpointKind::training): return "training";
+    case static_cast<std::uint32_t>(CheckpointKind::sharded_optimizer): return "sharded optimizer";
+    case static_cast<std::uint32_t>(CheckpointKind::estimator_shard): return "estimator shard";
+    case static_cast<std::uint32_t>(CheckpointKind::manifest): return "manifest";
     default: return "unknown";
   }
 }
