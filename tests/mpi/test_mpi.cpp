@@ -13,6 +13,7 @@
 
 #include <dftune/distributed/collectives.hpp>
 #include <dftune/distributed/mpi.hpp>
+#include <dftune/io/sharded_checkpoint.hpp>
 #include <dftune/model/tiny_lm/tiny_lm.hpp>
 
 #include <csignal>
@@ -21,6 +22,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 
 using namespace dftune;
@@ -212,6 +214,121 @@ void bad_input(MpiCommunicator& world) {
   }
 }
 
+// ---- checkpoints: re-sharding and a killed rank --------------------------------------------
+using Lm = TinyLm<double>;
+
+struct State {
+  std::size_t steps = 0;
+  std::vector<double> params, log_u;
+  std::vector<unsigned char> seen;
+  bool operator==(const State& o) const {
+    return steps == o.steps && scenario::bit_equal(params, o.params) && scenario::bit_equal(log_u, o.log_u) && seen == o.seen;
+  }
+};
+
+template <class T>
+State state_of(T& t) {
+  return {t.opt.steps(), t.params(), {t.est.raw_log_u().begin(), t.est.raw_log_u().end()},
+          {t.est.raw_seen().begin(), t.est.raw_seen().end()}};
+}
+
+struct Setup {
+  Lm init{lm_config(), 21};
+  scenario::Problem problem = [this] {
+    Lm ref = init;
+    return scenario::make_problem(ref, 30, 2, 22);
+  }();
+  static constexpr std::size_t B = 8;
+  template <class Comm>
+  std::unique_ptr<scenario::Trainer<Lm, Comm>> trainer(Comm c) const {
+    return std::make_unique<scenario::Trainer<Lm, Comm>>(problem, init, Variant::dft, B, c);
+  }
+};
+
+// Runs f on rank 0 alone (a world of one inside the job); an error there is every rank's error.
+void on_rank0(MpiCommunicator& world, const std::function<void()>& f) {
+  distributed::agree(world, [&] {
+    if (world.rank() == 0) f();
+  });
+}
+
+void fresh(MpiCommunicator& world, const std::filesystem::path& dir) {
+  on_rank0(world, [&] {
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+  });
+}
+
+void reshard(MpiCommunicator& world, const std::filesystem::path& work) {
+  const Setup s;
+  const auto a = work / "p2", b = work / "p1";
+  fresh(world, a);
+  fresh(world, b);
+  auto straight = s.trainer(world);
+  straight->train(10);
+  {
+    auto t = s.trainer(world);
+    t->train(4);
+    io::save_sharded(a, t->opt);  // P = 2
+  }
+  on_rank0(world, [&] {  // P = 1: load both shards, save one
+    auto t = s.trainer(distributed::Single{});
+    io::load_sharded(a, t->opt);
+    EXPECT(t->opt.steps() == 4);
+    io::save_sharded(b, t->opt);
+  });
+  for (const auto& dir : {b, a}) {  // P = 2 again, from the P = 1 set and from the original one
+    auto t = s.trainer(world);
+    io::load_sharded(dir, t->opt);
+    t->train(6);
+    EXPECT(state_of(*t) == state_of(*straight));
+    if (world.rank() == 0)
+      std::printf("reshard: P=2 -> save%s -> load at P=2 -> 6 more steps %s the uninterrupted run\n",
+                  dir == b ? " -> load at P=1 -> save" : "", state_of(*t) == state_of(*straight) ? "equals, bit for bit," : "DIFFERS from");
+  }
+}
+
+// Checkpoints after steps 2, 4, 6; rank 1 SIGKILLs itself during step 7. mpirun must end the job.
+void kill_run(MpiCommunicator& world, const std::filesystem::path& dir) {
+  const Setup s;
+  fresh(world, dir);
+  auto t = s.trainer(world);
+  for (std::size_t step = 1; step <= 10; ++step) {
+    if (step == 7 && world.rank() == 1) {
+      std::printf("kill_run: rank 1 raises SIGKILL in step 7 (last committed checkpoint: step 6)\n");
+      std::fflush(stdout);
+      std::raise(SIGKILL);
+    }
+    t->train(1);
+    if (step % 2 == 0) io::save_sharded(dir, t->opt);
+  }
+  std::printf("kill_run: rank %zu finished, which it must not\n", world.rank());
+  ++failures;
+}
+
+// The set kill_run left: it is the step-6 state of an uninterrupted run, at P = 2 and at P = 1.
+void kill_verify(MpiCommunicator& world, const std::filesystem::path& dir) {
+  const Setup s;
+  auto straight = s.trainer(world);
+  straight->train(6);
+  const State at6 = state_of(*straight);
+  straight->train(4);
+  auto t = s.trainer(world);
+  io::load_sharded(dir, t->opt);
+  EXPECT(state_of(*t) == at6);
+  t->train(4);
+  EXPECT(state_of(*t) == state_of(*straight));
+  on_rank0(world, [&] {
+    auto one = s.trainer(distributed::Single{});
+    io::load_sharded(dir, one->opt);
+    EXPECT(one->opt.steps() == 6);
+    EXPECT(scenario::bit_equal(one->params(), at6.params));
+  });
+  if (world.rank() == 0)
+    std::printf("kill_verify: the committed set holds step %zu and resumes to the uninterrupted run%s\n", t->opt.steps() - 4,
+                failures == 0 ? ", bit for bit" : " — NOT equal");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -228,6 +345,9 @@ int main(int argc, char** argv) {
     if (name == "collectives") collectives(world);
     else if (name == "equality") equality(world);
     else if (name == "bad_input") bad_input(world);
+    else if (name == "reshard") reshard(world, work);
+    else if (name == "kill_run") kill_run(world, work);
+    else if (name == "kill_verify") kill_verify(world, work);
     else {
       std::fprintf(stderr, "test_mpi: unknown case '%s'\n", name.c_str());
       return 2;
