@@ -153,7 +153,9 @@ TEST_CASE("the manifest commits a set: a failed save leaves the previous set; st
     errors[t.opt.communicator().rank()] = error_of([&] { io::save_sharded(d, t.opt); });
   });
   CHECK(errors[0] == errors[1]);
-  CHECK(errors[0].starts_with("rank 1 of 2: path: got \"" + (d / "g2-shard-1-of-2.ckpt").string() + "\""));
+  CHECK(errors[0] == "rank 1 of 2: checkpoint " + (d / "g2-shard-1-of-2.ckpt").string() + ": path: got \"" +
+                         (d / "g2-shard-1-of-2.ckpt").string() +
+                         "\", expected a location the temporary file can be renamed to (Is a directory)");
   const auto loaded = on_world(2, f, [&](auto& t) { io::load_sharded(d, t.opt); });
   CHECK(loaded == after2);  // generation 1 is still the committed set
   // Stale files of a save that never committed (a crash): ignored by load, removed by the next save.
@@ -193,14 +195,29 @@ TEST_CASE("a damaged or mismatched set: the same named error on every rank, noth
     return errors[0];
   };
   const fs::path shard1 = d / "g1-shard-1-of-2.ckpt";
+  {  // a valid shard of another run in its place: refused by the manifest's entry
+    const fs::path other = fresh_dir("other");
+    on_world(2, f, [&](auto& t) {
+      t.train(2);
+      io::save_sharded(other, t.opt);
+    });
+    const fs::path kept = d / "kept";
+    fs::copy_file(shard1, kept);
+    fs::copy_file(other / "g1-shard-1-of-2.ckpt", shard1, fs::copy_options::overwrite_existing);
+    const std::string e = attempt(2);
+    CHECK(e.starts_with("rank 1 of 2: checkpoint " + shard1.string() + ": checksum: got "));
+    CHECK(e.ends_with(", the manifest's (the set is damaged or mixed with another)"));
+    fs::rename(kept, shard1);
+    fs::remove_all(other);
+  }
   {  // one flipped byte in rank 1's shard
     std::fstream io(shard1, std::ios::in | std::ios::out | std::ios::binary);
     io.seekp(40);
     io.put('\x7f');
   }
   const std::string e = attempt(2);
-  CHECK(e.starts_with("rank 1 of 2: checkpoint " + shard1.string() + ": checksum: got "));
-  CHECK(e.ends_with(", the manifest's (the set is damaged or mixed with another)"));
+  CHECK(e.starts_with("rank 1 of 2: checkpoint " + shard1.string() + ": checksum: got 0x"));
+  CHECK(e.ends_with(", the FNV-1a-64 of the contents (the file is corrupted)"));
   // At P = 3, gcd(2, 3) = 1: every rank reads both old shards, and all three fail.
   CHECK(attempt(3).starts_with("rank 0 of 3 (and 2 more): checkpoint " + shard1.string() + ": checksum: got "));
   fs::remove(shard1);

@@ -11,10 +11,12 @@
 //
 // The directory (on a file system every rank sees) holds, for generation g of the set:
 //   manifest.ckpt                 kind 18: u64 g · u64 step · u64 P · u64 N · u32 sizeof(T) ·
-//                                 [u64 P + 1, sizes] · [u64 P + 1, FNV-1a-64 of each whole file]
-//                                 (file 0: the optimizer's, file 1 + r: rank r's shard)
+//                                 [u64 P + 1, payload sizes] · [u64 P + 1, header checksums]
+//                                 (file 0: the optimizer's, file 1 + r: rank r's shard; a file's
+//                                 header checksum is the FNV-1a-64 over its header and payload)
 //   g<g>-optimizer.ckpt           kind 16: the optimizer section of a training checkpoint
-//                                 (DftOptions, step, parameters, rule, schedule; checkpoint.hpp)
+//                                 (DftOptions, StepOptions, step, parameters, rule, schedule;
+//                                 checkpoint.hpp)
 //   g<g>-shard-<r>-of-<P>.ckpt    kind 17: u32 sizeof(T) · u32 init · f64 log_u0 · u64 N · u64 P ·
 //                                 u64 r · [u64 n, n × u8 seen] · [u64 n, n × T log u], by local index
 // File names follow from (g, P) alone, so a forged manifest cannot point outside the directory.
@@ -24,8 +26,8 @@
 // does rank 0 replace manifest.ckpt (atomically), then remove the files of other generations.
 // A crash or an error before that replacement leaves the previous manifest — and the previous
 // set, whose files are untouched — committed; an error on any rank is the same error on every
-// rank (distributed::agree). A load reads only what the manifest names, checks each file's size
-// and checksum against it, checks everything against the objects being loaded into, and only then
+// rank (distributed::agree). A load reads only what the manifest names, checks each file's header
+// (payload size, checksum) against it and the contents against the header as they stream, checks everything against the objects being loaded into, and only then
 // moves the state in, on every rank, by operations that cannot fail.
 #include <dftune/config.hpp>
 #include <dftune/distributed/collectives.hpp>
@@ -85,7 +87,7 @@ inline void remove_other_generations(const std::filesystem::path& dir, std::uint
   for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
     const std::string name = e.path().filename().string();
     const std::uint64_t g = generation_of(name);
-    if ((g != 0 && g != keep) || name.starts_with(std::string(manifest_name) + ".tmp-")) old.push_back(e.path());
+    if (g != 0 && g != keep) old.push_back(e.path());  // with their temporaries, g<k>-….ckpt.tmp-…
   }
   for (const auto& p : old) std::filesystem::remove(p, ec);
 }
@@ -93,11 +95,16 @@ inline void remove_other_generations(const std::filesystem::path& dir, std::uint
 struct Manifest {
   std::uint64_t generation = 0, step = 0, world = 0, num_examples = 0;
   std::uint32_t scalar_size = 0;
-  std::vector<std::uint64_t> sizes, checksums;  // [1 + world]: the optimizer's file, then each shard
+  // [1 + world]: the optimizer's file, then each rank's shard: payload size and header checksum
+  // (the FNV-1a-64 each file's own header holds, over its header and payload).
+  std::vector<std::uint64_t> sizes, checksums;
 };
 
-inline std::vector<std::byte> encode_manifest(const Manifest& m) {
-  Writer w;
+// The manifest of a world of at most 2^20 ranks: what a load reads at most.
+inline constexpr std::uint64_t max_world = std::uint64_t{1} << 20;
+inline constexpr std::uint64_t manifest_max_payload = 4 * 8 + 4 + 2 * (8 + 8 * (max_world + 1));
+
+inline void write_manifest(Writer& w, const Manifest& m) {
   w.u64(m.generation);
   w.u64(m.step);
   w.u64(m.world);
@@ -105,11 +112,9 @@ inline std::vector<std::byte> encode_manifest(const Manifest& m) {
   w.u32(m.scalar_size);
   w.array(std::span<const std::uint64_t>(m.sizes));
   w.array(std::span<const std::uint64_t>(m.checksums));
-  return frame(CheckpointKind::manifest, w.bytes());
 }
 
-inline Manifest decode_manifest(std::span<const std::byte> file) {
-  Reader in(unframe(file, CheckpointKind::manifest), checkpoint_header_size);
+inline Manifest read_manifest(Reader& in) {
   Manifest m;
   m.generation = in.u64("generation");
   m.step = in.u64("step");
@@ -117,31 +122,34 @@ inline Manifest decode_manifest(std::span<const std::byte> file) {
   m.num_examples = in.u64("num_examples");
   m.scalar_size = in.u32("scalar size");
   if (m.generation == 0) dftune::detail::fail("generation", m.generation, "at least 1");
-  if (m.world == 0 || m.world > in.remaining()) dftune::detail::fail("world size", m.world, "a world size >= 1 the manifest lists files for");
+  if (m.world == 0 || m.world > max_world)
+    dftune::detail::fail("world size", m.world, "a world size in [1, " + std::to_string(max_world) + "]");
   m.sizes = in.array<std::uint64_t>("file sizes", static_cast<std::size_t>(m.world) + 1);
   m.checksums = in.array<std::uint64_t>("file checksums", static_cast<std::size_t>(m.world) + 1);
-  in.expect_end();
   return m;
 }
 
-// Reads a file the manifest names and checks its size and checksum against the manifest's.
-inline std::vector<std::byte> read_listed(const std::filesystem::path& path, std::uint64_t size, std::uint64_t checksum) {
-  return internal::named(internal::path_name(path), [&] {
-    std::vector<std::byte> bytes = read_file(path);
-    if (bytes.size() != size)
-      dftune::detail::fail("size", std::to_string(bytes.size()) + " bytes",
-                           std::to_string(size) + ", the manifest's (the set is damaged or mixed with another)");
-    const std::uint64_t sum = fnv1a64(bytes);
-    if (sum != checksum)
-      dftune::detail::fail("checksum", std::to_string(sum), std::to_string(checksum) +
-                                                              ", the manifest's (the set is damaged or mixed with another)");
-    return bytes;
-  });
+inline Manifest decode_manifest(std::span<const std::byte> file) {
+  return decode_checkpoint(file, CheckpointKind::manifest, manifest_max_payload, [](Reader& in) { return read_manifest(in); });
+}
+
+// Checks the header of a file the manifest names against the manifest's entry, before reading it:
+// a file of another set (another generation, a rank's file from another run) is refused by name.
+inline void check_listed(const std::filesystem::path& path, CheckpointKind kind, std::uint64_t size, std::uint64_t checksum) {
+  FileSource source(path);
+  std::array<std::byte, checkpoint_header_size> hb{};
+  if (source.size() >= checkpoint_header_size) {
+    Reader r(source, checkpoint_header_size);
+    r.bytes(hb, "header");
+  }
+  const CheckpointHeader h = check_header(hb, kind, source.size());
+  const std::string why = ", the manifest's (the set is damaged or mixed with another)";
+  if (h.payload_size != size) dftune::detail::fail("payload size", h.payload_size, std::to_string(size) + why);
+  if (h.checksum != checksum) dftune::detail::fail("checksum", std::to_string(h.checksum), std::to_string(checksum) + why);
 }
 
 template <class T>
-std::vector<std::byte> encode_shard(const Estimator<T>& est) {
-  Writer w;
+void write_shard(Writer& w, const Estimator<T>& est) {
   w.u32(sizeof(T));
   w.u32(static_cast<std::uint32_t>(est.init()));
   w.f64(static_cast<double>(est.log_u0()));
@@ -150,15 +158,25 @@ std::vector<std::byte> encode_shard(const Estimator<T>& est) {
   w.u64(est.shard().rank);
   w.array(est.raw_seen());
   w.array(est.raw_log_u());
-  return frame(CheckpointKind::estimator_shard, w.bytes());
 }
 
-// Copies the entries of shard file `file` (rank q of P) that `est`'s shard owns into (log_u, seen),
-// local to est; checks the configuration against est.
+// The payload of shard q of P for est's configuration, to the byte.
 template <class T>
-void read_shard_into(std::span<const std::byte> file, std::uint64_t q, std::uint64_t P, const Estimator<T>& est,
-                     std::vector<T>& log_u, std::vector<unsigned char>& seen) {
-  Reader in(unframe(file, CheckpointKind::estimator_shard), checkpoint_header_size);
+std::uint64_t shard_payload(const Estimator<T>& est, std::uint64_t q, std::uint64_t P) {
+  const distributed::Shard old{.rank = static_cast<std::size_t>(q), .size = static_cast<std::size_t>(P)};
+  const std::uint64_t n = old.local_count(est.num_examples());
+  return 4 + 4 + 8 + 8 + 8 + 8 + (8 + n) + (8 + n * sizeof(T));
+}
+
+template <class T>
+struct ShardState {
+  std::vector<unsigned char> seen;
+  std::vector<T> log_u;
+};
+
+// Reads shard q of P, checked against est's configuration (nothing of est is touched).
+template <class T>
+ShardState<T> read_shard(Reader& in, std::uint64_t q, std::uint64_t P, const Estimator<T>& est) {
   internal::expect_same("scalar size", in.u32("scalar size"), static_cast<std::uint32_t>(sizeof(T)));
   internal::expect_same("estimator init", static_cast<std::int64_t>(in.u32("estimator init")),
                         static_cast<std::int64_t>(est.init()));
@@ -168,15 +186,23 @@ void read_shard_into(std::span<const std::byte> file, std::uint64_t q, std::uint
   internal::expect_same("shard rank", in.u64("shard rank"), q);
   const distributed::Shard old{.rank = static_cast<std::size_t>(q), .size = static_cast<std::size_t>(P)};
   const std::size_t n = old.local_count(est.num_examples());
-  const std::vector<unsigned char> s = in.array<unsigned char>("seen", n);
-  const std::vector<T> u = in.array<T>("log_u", n);
-  in.expect_end();
-  for (std::size_t k = 0; k < n; ++k) {
+  ShardState<T> st;
+  st.seen = in.array<unsigned char>("seen", n);
+  st.log_u = in.array<T>("log_u", n);
+  return st;
+}
+
+// Copies the entries of shard q of P that est's shard owns into (log_u, seen), local to est.
+template <class T>
+void reshard_into(const ShardState<T>& st, std::uint64_t q, std::uint64_t P, const Estimator<T>& est,
+                  std::vector<T>& log_u, std::vector<unsigned char>& seen) {
+  const distributed::Shard old{.rank = static_cast<std::size_t>(q), .size = static_cast<std::size_t>(P)};
+  for (std::size_t k = 0; k < st.seen.size(); ++k) {
     const std::int64_t id = old.global_id(k);
     if (!est.shard().owns(id)) continue;
     const std::size_t i = est.shard().local_index(id);
-    log_u[i] = u[k];
-    seen[i] = s[k];
+    log_u[i] = st.log_u[k];
+    seen[i] = st.seen[k];
   }
 }
 
@@ -201,23 +227,28 @@ void save_sharded(const std::filesystem::path& dir, const DftOptimizer<M, R, S, 
     });
   });
   const std::uint64_t gen = gens[0];
-  // 2. every rank writes its shard, rank 0 also the optimizer's file.
+  // 2. every rank writes its shard, rank 0 also the optimizer's file (streamed, atomic).
   struct Written {
     std::uint64_t size = 0, checksum = 0, opt_size = 0, opt_checksum = 0;
   };
   const auto written = distributed::agree<Written>(comm, [&] {
     Written out;
-    const std::vector<std::byte> shard = sharded::encode_shard(est);
-    write_file_atomic(dir / sharded::shard_file(gen, rank, P), shard);
-    out.size = shard.size();
-    out.checksum = fnv1a64(shard);
+    const std::filesystem::path spath = dir / sharded::shard_file(gen, rank, P);
+    const CheckpointHeader sh = internal::named(internal::path_name(spath), [&] {
+      internal::check_savable(est);
+      return write_checkpoint(spath, CheckpointKind::estimator_shard, [&](Writer& w) { sharded::write_shard(w, est); });
+    });
+    out.size = sh.payload_size;
+    out.checksum = sh.checksum;
     if (rank == 0) {
-      Writer w;
-      internal::write_optimizer_state(w, opt);
-      const std::vector<std::byte> file = frame(CheckpointKind::sharded_optimizer, w.bytes());
-      write_file_atomic(dir / sharded::optimizer_file(gen), file);
-      out.opt_size = file.size();
-      out.opt_checksum = fnv1a64(file);
+      const std::filesystem::path opath = dir / sharded::optimizer_file(gen);
+      const CheckpointHeader oh = internal::named(internal::path_name(opath), [&] {
+        internal::check_savable_optimizer(opt);
+        return write_checkpoint(opath, CheckpointKind::sharded_optimizer,
+                                [&](Writer& w) { internal::write_optimizer_state(w, opt); });
+      });
+      out.opt_size = oh.payload_size;
+      out.opt_checksum = oh.checksum;
     }
     return out;
   });
@@ -232,7 +263,10 @@ void save_sharded(const std::filesystem::path& dir, const DftOptimizer<M, R, S, 
       m.sizes.push_back(w.size);
       m.checksums.push_back(w.checksum);
     }
-    write_file_atomic(dir / manifest_name, sharded::encode_manifest(m));
+    const std::filesystem::path mpath = dir / manifest_name;
+    internal::named(internal::path_name(mpath), [&] {
+      write_checkpoint(mpath, CheckpointKind::manifest, [&](Writer& w) { sharded::write_manifest(w, m); });
+    });
   });
   if (rank == 0) sharded::remove_other_generations(dir, gen);
 }
@@ -250,11 +284,11 @@ void load_sharded(const std::filesystem::path& dir, DftOptimizer<M, R, S, C>& op
   // 1. rank 0 reads the manifest and hands its bytes to every rank (one view of the set, even if
   //    a save replaces the manifest meanwhile).
   std::vector<std::byte> manifest_bytes;
+  const std::filesystem::path mpath = dir / manifest_name;
   const auto sizes = distributed::agree<std::uint64_t>(comm, [&] {
     if (rank != 0) return std::uint64_t{0};
-    const std::filesystem::path path = dir / manifest_name;
-    manifest_bytes = internal::named(internal::path_name(path), [&] {
-      std::vector<std::byte> b = read_file(path);
+    manifest_bytes = internal::named(internal::path_name(mpath), [&] {
+      std::vector<std::byte> b = read_file(mpath);
       (void)sharded::decode_manifest(b);
       return b;
     });
@@ -270,7 +304,6 @@ void load_sharded(const std::filesystem::path& dir, DftOptimizer<M, R, S, C>& op
   };
   Loaded l;
   distributed::agree(comm, [&] {
-    const std::filesystem::path mpath = dir / manifest_name;
     const sharded::Manifest m = internal::named(internal::path_name(mpath), [&] {
       sharded::Manifest mm = sharded::decode_manifest(manifest_bytes);
       internal::expect_same("scalar size", mm.scalar_size, static_cast<std::uint32_t>(sizeof(T)));
@@ -278,11 +311,11 @@ void load_sharded(const std::filesystem::path& dir, DftOptimizer<M, R, S, C>& op
       return mm;
     });
     const std::filesystem::path opath = dir / sharded::optimizer_file(m.generation);
-    const std::vector<std::byte> ofile = sharded::read_listed(opath, m.sizes[0], m.checksums[0]);
     l.state = internal::named(internal::path_name(opath), [&] {
-      Reader in(unframe(ofile, CheckpointKind::sharded_optimizer), checkpoint_header_size);
-      internal::OptimizerState<T, R> st = internal::read_optimizer_state(in, std::as_const(opt));
-      in.expect_end();
+      sharded::check_listed(opath, CheckpointKind::sharded_optimizer, m.sizes[0], m.checksums[0]);
+      internal::OptimizerState<T, R> st =
+          read_checkpoint(opath, CheckpointKind::sharded_optimizer, internal::training_max_payload(opt, false),
+                          [&](Reader& in) { return internal::read_optimizer_state(in, std::as_const(opt)); });
       internal::expect_same("step", st.step, m.step);
       return st;
     });
@@ -293,14 +326,19 @@ void load_sharded(const std::filesystem::path& dir, DftOptimizer<M, R, S, C>& op
     const std::uint64_t g = std::gcd(m.world, static_cast<std::uint64_t>(P));
     for (std::uint64_t q = rank % g; q < m.world; q += g) {
       const std::filesystem::path spath = dir / sharded::shard_file(m.generation, q, m.world);
-      const std::vector<std::byte> sfile = sharded::read_listed(spath, m.sizes[1 + q], m.checksums[1 + q]);
-      internal::named(internal::path_name(spath), [&] { sharded::read_shard_into(sfile, q, m.world, std::as_const(est), l.log_u, l.seen); });
+      internal::named(internal::path_name(spath), [&] {
+        sharded::check_listed(spath, CheckpointKind::estimator_shard, m.sizes[1 + q], m.checksums[1 + q]);
+        const sharded::ShardState<T> st =
+            read_checkpoint(spath, CheckpointKind::estimator_shard, sharded::shard_payload(std::as_const(est), q, m.world),
+                            [&](Reader& in) { return sharded::read_shard(in, q, m.world, std::as_const(est)); });
+        sharded::reshard_into(st, q, m.world, std::as_const(est), l.log_u, l.seen);
+      });
     }
     internal::named(internal::path_name(dir), [&] { est.check_raw(l.log_u, l.seen); });
   });
   // 3. commit, everywhere: nothing below can throw.
   est.restore(std::move(l.log_u), std::move(l.seen));
-  internal::commit_optimizer_state(std::move(*l.state), opt);
+  internal::commit_optimizer_state(opt, std::move(*l.state));
 }
 
 }  // namespace io
