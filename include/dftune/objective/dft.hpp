@@ -58,16 +58,6 @@ void validate_dft(const SequenceScores<T>& b, const Estimator<T>& est, const Dft
   }
 }
 
-// x stored as T, or an error when T cannot hold it: with float inputs, a result computed in double
-// (a weight exp(d − log u), log u itself, the loss) can exceed float's range, and the conversion
-// would be undefined behaviour (found by tests/fuzz).
-template <class T>
-T narrow_checked(double x, std::string_view what) {
-  if (!(std::fabs(x) <= static_cast<double>(std::numeric_limits<T>::max())))
-    fail(what, x, "a value the scalar type can hold (inputs too extreme for this precision)");
-  return static_cast<T>(x);
-}
-
 }  // namespace detail
 
 // L, ∂L/∂log-probs and the updated log u of the batch; never mutates est.
@@ -93,9 +83,18 @@ DftResult<T> dft_loss(const SequenceScores<T>& b, const Estimator<T>& est, const
     for (std::size_t j = 0; j < m; ++j) {
       const std::size_t ij = i * m + j;
       s_neg[j] = b.neg_logp[ij] * dscore(dft2 ? b.neg_len[ij] : 1);
-      d[j] = s_neg[j] / opt.tau - (dft2 ? 0.0 : static_cast<double>(b.ref_neg_logp[ij]));
-      if (!std::isfinite(d[j]))
+      // Name what overflowed: s/τ (τ too small for these scores), or s/τ − log π_ref (a positive
+      // "log-prob" beside a very negative reference: the log-probs, not τ).
+      const double scaled = s_neg[j] / opt.tau;
+      if (!std::isfinite(scaled))
         detail::fail("tau", opt.tau, "a temperature for which s/τ is finite (d[" + std::to_string(ij) + "] overflowed)");
+      d[j] = scaled - (dft2 ? 0.0 : static_cast<double>(b.ref_neg_logp[ij]));
+      if (!std::isfinite(d[j])) {
+        detail::fail_at("neg_logp", ij, b.neg_logp[ij],
+                        "log-probs for which d = s/τ − log π_ref is finite (ref_neg_logp[" + std::to_string(ij) +
+                            "] = " + detail::to_text(static_cast<double>(b.ref_neg_logp[ij])) + ": d[" +
+                            std::to_string(ij) + "] overflowed)");
+      }
     }
     const double lme = logmeanexp(std::span<const double>(d));
     double log_u = 0;
@@ -116,8 +115,11 @@ DftResult<T> dft_loss(const SequenceScores<T>& b, const Estimator<T>& est, const
       pull += weight * s_neg[j];
       r.grad_neg[ij] = detail::narrow_checked<T>(weight / static_cast<double>(B) * dscore(dft2 ? b.neg_len[ij] : 1), "grad_neg");
     }
+    const double pos_scaled = s_pos / opt.tau;
+    if (!std::isfinite(pos_scaled))
+      detail::fail("tau", opt.tau, "a temperature for which s/τ is finite (pos_logp[" + std::to_string(i) + "]/τ overflowed)");
     loss += -s_pos + pull;
-    objective += log_u - s_pos / opt.tau;
+    objective += log_u - pos_scaled;
     r.grad_pos[i] = detail::narrow_checked<T>(-1.0 / static_cast<double>(B) * dscore(dft2 ? b.pos_len[i] : 1), "grad_pos");
     r.log_u[i] = detail::narrow_checked<T>(log_u, "log_u");
   }
