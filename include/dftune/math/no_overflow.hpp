@@ -11,11 +11,26 @@
 #include <bit>
 #include <cmath>
 #include <cstddef>
+#include <limits>
 #include <span>
 
 DFTUNE_NAMESPACE_BEGIN
 
 namespace detail {
+
+// Whether x, computed in double, rounds to a finite T (float or double): |x| below the largest
+// double that does — for float FLT_MAX + 2^103, exclusive (that midpoint to 2^128 rounds to even,
+// i.e. to inf); for double every finite x. A result that fits converts without overflow.
+template <class T>
+bool fits(double x) {
+  static_assert(std::numeric_limits<T>::is_iec559, "dftune: results are IEEE float or double");
+  if constexpr (sizeof(T) >= sizeof(double)) {
+    return std::isfinite(x);
+  } else {
+    const double half_ulp = std::ldexp(1.0, std::numeric_limits<T>::max_exponent - std::numeric_limits<T>::digits - 1);
+    return std::fabs(x) < static_cast<double>(std::numeric_limits<T>::max()) + half_ulp;
+  }
+}
 
 // (a − b)·s.
 inline double difference_times(double a, double b, double s) {

@@ -4,6 +4,7 @@
 #include <dftune/checked_size.hpp>
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
+#include <dftune/math/no_overflow.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -50,20 +51,6 @@ inline void check_lengths(std::string_view argument, std::span<const std::int64_
   check_size(argument, len.size(), size);
   for (std::size_t k = 0; k < len.size(); ++k)
     if (len[k] <= 0) fail_at(argument, k, len[k], "a completion length >= 1");
-}
-
-// Whether x, computed in double, rounds to a finite T: |x| below the largest double that does (for
-// float FLT_MAX + 2^103, exclusive: that midpoint to 2^128 rounds to even, i.e. to inf; for double
-// every finite x).
-template <class T>
-bool fits(double x) {
-  static_assert(std::numeric_limits<T>::is_iec559, "dftune: results are IEEE float or double");
-  if constexpr (sizeof(T) >= sizeof(double)) {
-    return std::isfinite(x);
-  } else {
-    const double half_ulp = std::ldexp(1.0, std::numeric_limits<T>::max_exponent - std::numeric_limits<T>::digits - 1);
-    return std::fabs(x) < static_cast<double>(std::numeric_limits<T>::max()) + half_ulp;
-  }
 }
 
 inline constexpr std::string_view too_extreme = "a value the scalar type can hold (inputs too extreme for this precision)";
