@@ -33,9 +33,9 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace detail {
 
-// Every check of the objective's input; runs before any computation or write.
+// Every check of the objective's input; runs before any computation or write. Returns B·m.
 template <class T>
-void validate_dft(const SequenceScores<T>& b, const Estimator<T>& est, const DftOptions& opt) {
+std::size_t validate_dft(const SequenceScores<T>& b, const Estimator<T>& est, const DftOptions& opt) {
   validate(opt);
   const std::size_t B = b.batch_size();
   const std::size_t m = b.num_negatives;
@@ -56,6 +56,7 @@ void validate_dft(const SequenceScores<T>& b, const Estimator<T>& est, const Dft
     check_lengths("pos_len", b.pos_len, B, "DFT2 needs completion lengths");
     check_lengths("neg_len", b.neg_len, Bm, "DFT2 needs completion lengths");
   }
+  return Bm;
 }
 
 }  // namespace detail
@@ -63,7 +64,7 @@ void validate_dft(const SequenceScores<T>& b, const Estimator<T>& est, const Dft
 // L, ∂L/∂log-probs and the updated log u of the batch; never mutates est.
 template <class T>
 DftResult<T> dft_loss(const SequenceScores<T>& b, const Estimator<T>& est, const DftOptions& opt) {
-  detail::validate_dft(b, est, opt);
+  const std::size_t Bm = detail::validate_dft(b, est, opt);
   const std::size_t B = b.batch_size();
   const std::size_t m = b.num_negatives;
   const bool dft2 = opt.variant == Variant::dft2;
@@ -74,7 +75,7 @@ DftResult<T> dft_loss(const SequenceScores<T>& b, const Estimator<T>& est, const
 
   DftResult<T> r;
   r.grad_pos.resize(B);
-  r.grad_neg.resize(B * m);
+  r.grad_neg.resize(Bm);
   r.log_u.resize(B);
   std::vector<double> d(m), s_neg(m);
   double loss = 0, objective = 0;
