@@ -3,6 +3,14 @@
 // inner mean g_i = (1/m) Σ_j exp(d_ij), kept in the log domain and keyed by a stable example id.
 // dft_loss reads it, dft_step updates it; nothing else changes it but set(), which checkpoint
 // loading and multi-process averaging use.
+//
+// Threads. An Estimator is a plain container with no locks. Calls that only read it (log_u, prior,
+// size, raw_*, check_*, dft_loss, io::save/encode) may run concurrently with each other. A call that
+// writes it (set, restore, dft_step, DftOptimizer::step, io::load/decode) must not overlap any
+// other call on the same Estimator, except that set / dft_step calls whose id sets are disjoint
+// touch disjoint elements and may overlap each other (not a restore or load). Overlapping ids
+// from two threads are a data race (ThreadSanitizer reports it), and the result depends on which
+// write lands last: give each thread its own ids, or serialise the calls.
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
 #include <dftune/objective/dft_options.hpp>
@@ -62,17 +70,22 @@ class Estimator {
     return log_u0_;
   }
 
-  // Stores log u for each id; all checks run before the first write.
+  // Stores log u for each id; all checks (check_set) run before the first write, so a bad id or
+  // value anywhere in the batch stores nothing.
   void set(std::span<const std::int64_t> ids, std::span<const T> log_u) {
-    detail::check_size("log_u", log_u.size(), ids.size());
-    for (std::size_t k = 0; k < ids.size(); ++k) {
-      check_id(ids[k], "ids", k);
-      if (!std::isfinite(log_u[k])) detail::fail_at("log_u", k, log_u[k], "a finite number");
-    }
+    check_set(ids, log_u);
     for (std::size_t k = 0; k < ids.size(); ++k) {
       const auto i = static_cast<std::size_t>(ids[k]);
       log_u_[i] = log_u[k];
       seen_[i] = 1;
+    }
+  }
+  // Throws what set(ids, log_u) would throw, and changes nothing.
+  void check_set(std::span<const std::int64_t> ids, std::span<const T> log_u) const {
+    detail::check_size("log_u", log_u.size(), ids.size());
+    for (std::size_t k = 0; k < ids.size(); ++k) {
+      check_id(ids[k], "ids", k);
+      if (!std::isfinite(log_u[k])) detail::fail_at("log_u", k, log_u[k], "a finite number");
     }
   }
 

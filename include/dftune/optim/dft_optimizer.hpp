@@ -4,21 +4,29 @@
 //   1. score:     s_i = log π_θ(y_i|x_i), s'_ij = log π_θ(y'_ij|x_i)          (model)
 //   2. objective: L, ∂L/∂s, ∂L/∂s' and the new log u_i                         (objective/dft.hpp)
 //   3. backward:  ∇θ L = Σ_i ∂L/∂s_i ∇s_i + Σ_ij ∂L/∂s'_ij ∇s'_ij            (model)
-//   4. update:    θ ← rule(θ, ∇θ L, lr(t))                                     (inner rule, schedule)
-//   5. commit:    store log u_i of the batch in the estimator
-// The estimator is committed last, so an error anywhere leaves it, the parameters and the step
-// count as they were (the gradient buffer is scratch and may have changed).
+//   4. clip:      ∇θ L ← ∇θ L · c/(‖∇θ L‖₂ + 1e-6) if ‖∇θ L‖₂ > c              (StepOptions, clip.hpp)
+//   5. update:    θ ← rule(θ, ∇θ L, lr(t))                                     (inner rule, schedule)
+//   6. commit:    store log u_i of the batch in the estimator
+// Everything that can fail runs before the update: the schedule's rate, the step count, the
+// gradient's norm, the estimator's checks of the new log u (check_set); the rule's update is all
+// or nothing (rule.hpp); what is left (the estimator's store, the count) cannot fail. So an error
+// anywhere leaves the estimator, the parameters, the rule's moments and the step count as they
+// were (the gradient buffer is scratch and may have changed).
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
 #include <dftune/estimator/estimator.hpp>
 #include <dftune/model/concept.hpp>
 #include <dftune/model/sequence_batch.hpp>
 #include <dftune/objective/dft.hpp>
+#include <dftune/optim/clip.hpp>
 #include <dftune/optim/rule.hpp>
 #include <dftune/optim/schedule.hpp>
+#include <dftune/optim/step_options.hpp>
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -40,6 +48,7 @@ template <class T>
 struct DftStepInfo {
   DftResult<T> result;     // loss, objective, gradients wrt the log-probs, new log u
   double lr = 0;           // the learning rate used for this step
+  double grad_norm = 0;    // global L2 norm of the model's gradient before clipping (TRL's grad_norm)
   std::size_t step = 0;    // index of this step (0-based)
   T mean_pos_logp = 0;     // (1/B) Σ_i log π_θ(y_i|x_i) before the update
   T mean_neg_logp = 0;     // (1/(B·m)) Σ_ij log π_θ(y'_ij|x_i) before the update
@@ -54,21 +63,37 @@ class DftOptimizer {
                 "DftOptimizer<M, Rule, Schedule>: Schedule must satisfy dftune::LearningRateSchedule");
 
  public:
-  DftOptimizer(M& model, Estimator<T>& estimator, const DftOptions& options, Rule rule, Schedule schedule)
-      : model_(model), est_(estimator), opt_(options), rule_(std::move(rule)), schedule_(std::move(schedule)) {
+  DftOptimizer(M& model, Estimator<T>& estimator, const DftOptions& options, Rule rule, Schedule schedule,
+               const StepOptions& step_options = {})
+      : model_(model),
+        est_(estimator),
+        opt_(options),
+        rule_(std::move(rule)),
+        schedule_(std::move(schedule)),
+        step_opt_(step_options) {
     validate(opt_);
+    validate(step_opt_);
     if constexpr (requires { validate(schedule_); }) validate(schedule_);  // fail at construction, not at step t
   }
 
   DftStepInfo<T> step(const DftBatch<T>& batch) {
+    if (step_ == std::numeric_limits<std::size_t>::max())
+      detail::fail("steps", step_, "fewer than 2^64 − 1 steps taken (one more would wrap the step count)");
     DftStepInfo<T> info = evaluate(batch);
     const DftResult<T>& r = info.result;
+    info.lr = schedule_.lr(step_);
+    if (!(std::fabs(info.lr) <= static_cast<double>(std::numeric_limits<T>::max())))
+      detail::fail("lr", info.lr, "a finite learning rate the model's scalar type can hold (from the schedule at step " +
+                                      std::to_string(step_) + ")");
     model_.zero_gradients();
     model_.accumulate_gradients(batch.positives, std::span<const T>(r.grad_pos));
     model_.accumulate_gradients(batch.negatives, std::span<const T>(r.grad_neg));
-    info.lr = schedule_.lr(step_);
-    rule_.step(model_.parameters(), std::span<const T>(model_.gradients()), static_cast<T>(info.lr));
-    if (est_.init() != EstimatorInit::fixed) est_.set(batch.ids, std::span<const T>(r.log_u));
+    const std::span<T> grads = model_.gradients();
+    info.grad_norm = clip_grad_norm(grads, step_opt_.max_grad_norm);
+    const bool update_estimator = est_.init() != EstimatorInit::fixed;
+    if (update_estimator) est_.check_set(batch.ids, std::span<const T>(r.log_u));
+    rule_.step(model_.parameters(), std::span<const T>(grads), static_cast<T>(info.lr));
+    if (update_estimator) est_.set(batch.ids, std::span<const T>(r.log_u));  // checked above: cannot fail
     info.step = step_++;
     return info;
   }
@@ -100,6 +125,7 @@ class DftOptimizer {
   const DftOptions& options() const { return opt_; }
   const Rule& rule() const { return rule_; }
   const Schedule& schedule() const { return schedule_; }
+  const StepOptions& step_options() const { return step_opt_; }
 
   // ---- checkpointing (io/checkpoint.hpp) ----------------------------------------------------
   // The model and estimator this optimizer drives (it holds references, so constness stops here).
@@ -124,6 +150,7 @@ class DftOptimizer {
   DftOptions opt_;
   Rule rule_;
   Schedule schedule_;
+  StepOptions step_opt_;
   std::size_t step_ = 0;
   std::vector<T> pos_, neg_;
   std::vector<std::int64_t> pos_len_, neg_len_;
