@@ -33,9 +33,9 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace detail {
 
-// Every check of the objective's input; runs before any computation or write.
+// Every check of the objective's input; runs before any computation or write. Returns B·m.
 template <class T>
-void validate_dft(const SequenceScores<T>& b, const Estimator<T>& est, const DftOptions& opt) {
+std::size_t validate_dft(const SequenceScores<T>& b, const Estimator<T>& est, const DftOptions& opt) {
   validate(opt);
   const std::size_t B = b.batch_size();
   const std::size_t m = b.num_negatives;
@@ -58,16 +58,7 @@ void validate_dft(const SequenceScores<T>& b, const Estimator<T>& est, const Dft
     check_lengths("pos_len", b.pos_len, B, "DFT2 needs completion lengths");
     check_lengths("neg_len", b.neg_len, Bm, "DFT2 needs completion lengths");
   }
-}
-
-// x stored as T, or an error when T cannot hold it: with float inputs, a result computed in double
-// (a weight exp(d − log u), log u itself, the loss) can exceed float's range, and the conversion
-// would be undefined behaviour (found by tests/fuzz).
-template <class T>
-T narrow_checked(double x, std::string_view what) {
-  if (!(std::fabs(x) <= static_cast<double>(std::numeric_limits<T>::max())))
-    fail(what, x, "a value the scalar type can hold (inputs too extreme for this precision)");
-  return static_cast<T>(x);
+  return Bm;
 }
 
 }  // namespace detail
@@ -75,7 +66,7 @@ T narrow_checked(double x, std::string_view what) {
 // L, ∂L/∂log-probs and the updated log u of the batch; never mutates est.
 template <class T>
 DftResult<T> dft_loss(const SequenceScores<T>& b, const Estimator<T>& est, const DftOptions& opt) {
-  detail::validate_dft(b, est, opt);
+  const std::size_t Bm = detail::validate_dft(b, est, opt);
   const std::size_t B = b.batch_size();
   const std::size_t m = b.num_negatives;
   // The 1/B of L: the global batch's size when this batch is one rank's share of it.
@@ -88,7 +79,7 @@ DftResult<T> dft_loss(const SequenceScores<T>& b, const Estimator<T>& est, const
 
   DftResult<T> r;
   r.grad_pos.resize(B);
-  r.grad_neg.resize(B * m);
+  r.grad_neg.resize(Bm);
   r.log_u.resize(B);
   std::vector<double> d(m), s_neg(m);
   double loss = 0, objective = 0;
@@ -97,9 +88,18 @@ DftResult<T> dft_loss(const SequenceScores<T>& b, const Estimator<T>& est, const
     for (std::size_t j = 0; j < m; ++j) {
       const std::size_t ij = i * m + j;
       s_neg[j] = b.neg_logp[ij] * dscore(dft2 ? b.neg_len[ij] : 1);
-      d[j] = s_neg[j] / opt.tau - (dft2 ? 0.0 : static_cast<double>(b.ref_neg_logp[ij]));
-      if (!std::isfinite(d[j]))
+      // Name what overflowed: s/τ (τ too small for these scores), or s/τ − log π_ref (a positive
+      // "log-prob" beside a very negative reference: the log-probs, not τ).
+      const double scaled = s_neg[j] / opt.tau;
+      if (!std::isfinite(scaled))
         detail::fail("tau", opt.tau, "a temperature for which s/τ is finite (d[" + std::to_string(ij) + "] overflowed)");
+      d[j] = scaled - (dft2 ? 0.0 : static_cast<double>(b.ref_neg_logp[ij]));
+      if (!std::isfinite(d[j])) {
+        detail::fail_at("neg_logp", ij, b.neg_logp[ij],
+                        "log-probs for which d = s/τ − log π_ref is finite (ref_neg_logp[" + std::to_string(ij) +
+                            "] = " + detail::to_text(static_cast<double>(b.ref_neg_logp[ij])) + ": d[" +
+                            std::to_string(ij) + "] overflowed)");
+      }
     }
     const double lme = logmeanexp(std::span<const double>(d));
     double log_u = 0;
@@ -120,8 +120,11 @@ DftResult<T> dft_loss(const SequenceScores<T>& b, const Estimator<T>& est, const
       pull += weight * s_neg[j];
       r.grad_neg[ij] = detail::narrow_checked<T>(weight / Bn * dscore(dft2 ? b.neg_len[ij] : 1), "grad_neg");
     }
+    const double pos_scaled = s_pos / opt.tau;
+    if (!std::isfinite(pos_scaled))
+      detail::fail("tau", opt.tau, "a temperature for which s/τ is finite (pos_logp[" + std::to_string(i) + "]/τ overflowed)");
     loss += -s_pos + pull;
-    objective += log_u - s_pos / opt.tau;
+    objective += log_u - pos_scaled;
     r.grad_pos[i] = detail::narrow_checked<T>(-1.0 / Bn * dscore(dft2 ? b.pos_len[i] : 1), "grad_pos");
     r.log_u[i] = detail::narrow_checked<T>(log_u, "log_u");
   }
