@@ -22,7 +22,8 @@
 // cudaMemsetAsync of the status word, the kernels, all on `stream`); argument errors throw
 // dftune::error before anything is enqueued; launch errors throw cuda_error with the CUDA error
 // string. What the host cannot check without reading device memory (targets in range, valid
-// offsets, finite weights / d_seq / row_lse) the kernels check: the affected outputs become NaN,
+// offsets, finite weights / d_seq / row_lse, weighted rows without a NaN or +inf logit and with
+// one above −inf) the kernels check: the affected outputs become NaN,
 // no access goes out of bounds, and a status bit is set that read_status()/check_status() report.
 // The status word describes the latest call made with that workspace.
 #include <dftune/config.hpp>
@@ -168,6 +169,7 @@ inline std::string describe_status(std::uint32_t bits) {
       {status_bad_weight, "a non-finite weight"},
       {status_bad_d_seq, "a non-finite d_seq"},
       {status_bad_row_lse, "a non-finite row_lse on a weighted row"},
+      {status_nonfinite_logits, "a weighted row with a NaN or +inf logit, or only -inf logits"},
   };
   std::string out;
   for (const auto& n : names)

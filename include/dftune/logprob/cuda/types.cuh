@@ -60,6 +60,9 @@ enum status_bits : std::uint32_t {
   status_bad_weight = 1u << 2,   // a non-finite weight
   status_bad_d_seq = 1u << 3,    // a non-finite d_seq on a sequence with weighted rows
   status_bad_row_lse = 1u << 4,  // a non-finite row_lse on a weighted row (backward)
+  // a weighted row whose logits hold a NaN or +inf, or are all −inf (its lse is not finite): its
+  // token log-prob, row_lse and gradient row are NaN (the forward; the backward without row_lse)
+  status_nonfinite_logits = 1u << 5,
 };
 
 }  // namespace logprob::cuda
