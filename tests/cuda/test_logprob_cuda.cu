@@ -681,6 +681,54 @@ static void device_status_bits() {
   CHECK((lc::read_status(dp.workspace.span(), nullptr) & lc::status_bad_offsets) != 0);
 }
 
+// Non-finite logits (docs/cuda.md): a weighted row with a NaN or +inf logit, or only −inf ones, has
+// NaN token log-prob, row_lse and gradient row, its sequence sum is NaN, status_nonfinite_logits
+// is set and check_status names it; a masked row is never read.
+static void device_nonfinite_logits() {
+  const std::size_t V = 5000;  // one block per row
+  auto p = make_problem<float>(V, 8, 6);
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  p.offsets = {0, 2, 3, 4, 5, 6, 8};
+  for (std::size_t n = 0; n < 8; ++n) {
+    p.weights[n] = 1.0f;
+    p.targets[n] = 3;
+  }
+  p.logits[1 * V + 7] = inf;
+  p.logits[2 * V + 3] = inf;  // at the target
+  p.logits[3 * V + V - 1] = nan;
+  for (std::size_t v = 0; v < V; ++v) p.logits[4 * V + v] = -inf;
+  p.logits[5 * V] = -inf;  // one −inf: a fine row
+  p.logits[6 * V + 1] = nan;
+  p.weights[6] = 0.0f;  // masked: never read
+  p.logits_f = p.logits;
+  DeviceProblem<float> dp(p);
+  DeviceBuffer<float> seq(p.seqs()), tok(p.rows()), lse(p.rows());
+  lc::forward(dp.in, seq.span(), tok.span(), lse.span(), dp.workspace.span(), nullptr);
+  CHECK(lc::read_status(dp.workspace.span(), nullptr) == lc::status_nonfinite_logits);
+  check_throws("check_status", "a weighted row with a NaN or +inf logit, or only -inf logits",
+               [&] { lc::check_status(dp.workspace.span(), nullptr); });
+  const auto t = tok.to_host(), l = lse.to_host(), sq = seq.to_host();
+  for (std::size_t n : {1u, 2u, 3u, 4u}) CHECK(std::isnan(t[n]) && std::isnan(l[n]));
+  for (std::size_t n : {0u, 5u, 7u}) CHECK(std::isfinite(t[n]) && std::isfinite(l[n]));
+  CHECK(t[6] == 0.0f && std::isnan(l[6]));
+  for (std::size_t s = 0; s < 6; ++s) CHECK(std::isnan(sq[s]) == (s <= 3));
+  const std::vector<float> d_host(p.seqs(), 1.0f);
+  auto d_seq = DeviceBuffer<float>::from(d_host);
+  DeviceBuffer<float> g(p.logits.size());
+  lc::backward(dp.in, std::span<const float>(d_seq.ptr, d_seq.n), g.span(), {}, dp.workspace.span(), nullptr);
+  CHECK(lc::read_status(dp.workspace.span(), nullptr) == lc::status_nonfinite_logits);
+  const auto gh = g.to_host();
+  for (std::size_t n = 0; n < 8; ++n) {
+    std::size_t nans = 0, zeros = 0;
+    for (std::size_t v = 0; v < V; ++v) {
+      nans += std::isnan(gh[n * V + v]);
+      zeros += gh[n * V + v] == 0.0f;
+    }
+    CHECK(nans == (n >= 1 && n <= 4 ? V : 0));
+    if (n == 6) CHECK(zeros == V);
+  }
+}
+
 template <class T>
 static void device_large_vocab(std::size_t V, std::size_t N) {
   device_against_oracle<T>(V, N, static_cast<std::uint32_t>(V));
@@ -771,6 +819,7 @@ static int run_device() {
   run_case("finite differences of the GPU forward = GPU backward (float)", device_finite_differences);
   run_case("2^21 rows, short sequences and one long sequence", device_many_rows);
   run_case("bad targets / offsets: NaN, status bits, check_status", device_status_bits);
+  run_case("non-finite logits: NaN rows, status bit, check_status", device_nonfinite_logits);
   run_case("location dispatch: device, host, managed, mixed refused", device_dispatch);
   std::printf("%d checks, %d failed\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;

@@ -5,8 +5,12 @@
 // at a time, each of its threads is a fiber (ucontext) on the calling thread, __syncthreads is a
 // block barrier and warp shuffles go through a per-thread slot array between two warp barriers.
 // Only for tests. What it does to find the bugs a fixed, friendly schedule hides:
-//   - the schedule is random and seeded (emu::seed): whenever a thread reaches a barrier, the next
-//     thread to run is drawn among all runnable ones, and blocks run in a random order;
+//   - the schedule is random and seeded (emu::seed): blocks run in a random order, and whenever a
+//     thread reaches a barrier the next thread to run is either drawn uniformly among the runnable
+//     ones or the runnable one of highest priority (warps in a random order, lanes in a random
+//     order within each), the policy and the priorities drawn afresh at the start of the block and
+//     at every block-wide barrier. Priorities starve the low warps, so that a warp can still be
+//     reading shared memory when the others have gone on to the next row and written it again;
 //   - a barrier that cannot complete (reached by part of a block or warp, the rest exited or
 //     waiting elsewhere) fails the launch instead of hanging, and so do two different barriers
 //     met in the same phase and a shuffle with a partial mask;
@@ -122,6 +126,7 @@ struct Scheduler {
   std::vector<Barrier> warps;
   std::vector<double> slots;  // one per thread, for shuffles
   std::mt19937_64 rng;
+  std::vector<unsigned> priority;  // per thread; empty: uniform draws
   std::string failure;  // why the launch stopped, empty while it runs
   // Shared memory of the running block: an offset per declaration, in a poisoned arena.
   alignas(64) unsigned char arena[shared_bytes];
@@ -147,6 +152,24 @@ inline char* fiber_stack(unsigned t) {
   return stacks[t];
 }
 
+// How the next thread is drawn until the next block-wide barrier: uniformly (priority empty) or,
+// with probability 1/2, by priority (warps in a random order, the lanes of each in a random order).
+inline void draw_policy(Scheduler& s, unsigned threads) {
+  s.priority.clear();
+  if (s.rng() & 1) return;
+  std::vector<unsigned> warp_rank((threads + 31) / 32), lane_rank(32);
+  for (unsigned w = 0; w < warp_rank.size(); ++w) warp_rank[w] = w;
+  std::shuffle(warp_rank.begin(), warp_rank.end(), s.rng);
+  s.priority.resize(threads);
+  for (unsigned t = 0; t < threads; ++t) {
+    if (t % 32 == 0) {
+      for (unsigned l = 0; l < 32; ++l) lane_rank[l] = l;
+      std::shuffle(lane_rank.begin(), lane_rank.end(), s.rng);
+    }
+    s.priority[t] = warp_rank[t / 32] * 32 + lane_rank[t % 32];
+  }
+}
+
 inline void switch_to_main() {
   sched->in_main = true;
   swapcontext(&sched->fibers[sched->current].ctx, &sched->main);
@@ -161,7 +184,13 @@ inline void run_next() {
     if (!s.in_main) switch_to_main();
     return;
   }
-  const std::size_t pick = std::uniform_int_distribution<std::size_t>(0, s.ready.size() - 1)(s.rng);
+  std::size_t pick = 0;
+  if (s.priority.empty()) {
+    pick = std::uniform_int_distribution<std::size_t>(0, s.ready.size() - 1)(s.rng);
+  } else {
+    for (std::size_t i = 1; i < s.ready.size(); ++i)
+      if (s.priority[s.ready[i]] > s.priority[s.ready[pick]]) pick = i;
+  }
   const unsigned t = s.ready[pick];
   s.ready[pick] = s.ready.back();
   s.ready.pop_back();
@@ -201,6 +230,7 @@ inline void arrive_and_wait(Barrier& b, Site site) {
     b.waiting.clear();
     f.state = State::ready;
     sched->ready.push_back(t);
+    if (&b == &sched->block) draw_policy(*sched, b.needed);
   } else {
     b.waiting.push_back(t);
     f.state = State::waiting;
@@ -253,6 +283,7 @@ bool launch(unsigned grid, unsigned threads, F&& kernel) {
     s->shared_offsets.clear();
     s->shared_used = 0;
     s->ready.clear();
+    draw_policy(*s, threads);
     for (unsigned t = 0; t < threads; ++t) {
       Fiber& f = s->fibers[t];
       f.state = State::ready;
