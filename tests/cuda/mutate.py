@@ -4,8 +4,9 @@
 Each mutation is a deliberate bug: an exact piece of text of a header under include/dftune/logprob/cuda/
 replaced by another (the piece must occur exactly once). For each one the script copies include/ to a
 temporary directory, applies the mutation there (the worktree is never touched), builds
-tests/cuda/test_kernels_emulated.cpp against the copy with the host compiler (-O0 and the alignment
-sanitizer: quick to build; the suite stops at its first failing section), runs it, and for the
+tests/cuda/test_kernels_emulated.cpp against the copy with the host compiler (-Og: quick to build, and
+it contracts a·b + c·d into an fma where the test enables FMA; with the alignment sanitizer; the
+suite stops at its first failing section), runs it, and for the
 mutations whose detector is the compiler runs tests/cuda/compile_check.sh instead. A mutation is
 caught when the run fails: a failed check, a launch the emulator refused (deadlock, barrier sites), a
 fault in a guard page, a sanitizer report, or the time limit. A first run without mutation must pass.
@@ -187,7 +188,8 @@ def why(rc, out):
     """What caught the mutation, in a few words."""
     if rc is None:
         return "time limit"
-    for pattern, text in [(r"runtime error: (\S+ of )?misaligned", "alignment sanitizer"),
+    for pattern, text in [(r"runtime error: .*misaligned", "alignment sanitizer"),
+                          (r"emulator: invalid access", "segmentation fault outside the buffers"),
                           (r"emulator: access .*", None), (r"emulator: block .*?: (deadlock|thread)", None)]:
         m = re.search(pattern, out)
         if m:
@@ -228,7 +230,7 @@ def main():
     env = dict(os.environ, DFTUNE_EMU_STOP_AT_FAILURE="1")
 
     def build_and_run(include):
-        cmd = [args.cxx, "-std=gnu++20", "-O0", "-Wall", "-Wextra", "-Werror", "-ffp-contract=fast",
+        cmd = [args.cxx, "-std=gnu++20", "-Og", "-Wall", "-Wextra", "-Werror", "-ffp-contract=fast",
                "-fsanitize=alignment", "-fno-sanitize-recover=alignment", "-I" + include,
                "-I" + os.path.join(work, "tests/emulate"), test, "-o", exe]
         rc, out, t_build = run(cmd, 600)

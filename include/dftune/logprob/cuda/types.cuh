@@ -1,7 +1,7 @@
 #pragma once
 // What every CUDA log-prob header shares: the storage types (float, __half, __nv_bfloat16; all
 // accumulate in float), the CUDA error type, and the status bits the kernels report.
-// Only CUDA translation units include this (DESIGN.md §2: a build without nvcc never sees it).
+// Only CUDA translation units include this: a build without nvcc never sees it.
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
 #include <dftune/logprob/token_logits.hpp>
