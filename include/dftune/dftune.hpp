@@ -25,6 +25,7 @@
 #include <dftune/model/sequence_batch.hpp>
 #include <dftune/model/categorical_policy.hpp>
 
+#include <dftune/logprob/linear/linear.hpp>
 #include <dftune/logprob/logprob.hpp>
 #include <dftune/logprob/token_logits.hpp>
 

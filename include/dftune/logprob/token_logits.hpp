@@ -35,6 +35,29 @@ struct TokenLogits {
   compute_t<T> weight(std::size_t row) const { return weights.empty() ? compute_t<T>(1) : weights[row]; }
 };
 
+// The checks every token reduction shares, on the rows alone (the fused linear head, which has no
+// logits, runs them too): targets [n], weights [n] or empty, offsets [S + 1] from 0 to n, finite
+// weights, and targets in [0, vocab) on weighted rows. Throws dftune::error naming the argument.
+template <class W>
+void validate_rows(std::size_t n, std::size_t vocab, std::span<const token_t> targets, std::span<const W> weights,
+                   std::span<const std::int64_t> offsets) {
+  detail::check_size("targets", targets.size(), n);
+  if (!weights.empty()) detail::check_size("weights", weights.size(), n);
+  if (offsets.empty()) detail::fail("offsets", "size 0", "size S + 1 >= 1");
+  if (offsets.front() != 0) detail::fail_at("offsets", 0, offsets.front(), "0");
+  for (std::size_t s = 1; s < offsets.size(); ++s)
+    if (offsets[s] < offsets[s - 1])
+      detail::fail_at("offsets", s, offsets[s], ">= offsets[" + std::to_string(s - 1) + "] (non-decreasing)");
+  if (offsets.back() != static_cast<std::int64_t>(n))
+    detail::fail_at("offsets", offsets.size() - 1, offsets.back(), "N = " + std::to_string(n));
+  for (std::size_t r = 0; r < n; ++r) {
+    const W w = weights.empty() ? W(1) : weights[r];
+    if (!std::isfinite(w)) detail::fail_at("weights", r, w, "a finite number");
+    if (w != 0 && (targets[r] < 0 || static_cast<std::size_t>(targets[r]) >= vocab))
+      detail::fail_at("targets", r, targets[r], "in [0, vocab = " + std::to_string(vocab) + ")");
+  }
+}
+
 // Checks shapes, offsets, weights and the targets of weighted rows; throws dftune::error naming
 // the argument. Logits are not scanned here (that would double the memory traffic); a non-finite
 // logit shows up as a non-finite log-prob.
@@ -44,22 +67,7 @@ void validate(const TokenLogits<T>& in) {
   if (in.logits.size() % in.vocab != 0)
     detail::fail("logits", "size " + std::to_string(in.logits.size()),
                  "a multiple of vocab = " + std::to_string(in.vocab));
-  const std::size_t n = in.rows();
-  detail::check_size("targets", in.targets.size(), n);
-  if (!in.weights.empty()) detail::check_size("weights", in.weights.size(), n);
-  if (in.offsets.empty()) detail::fail("offsets", "size 0", "size S + 1 >= 1");
-  if (in.offsets.front() != 0) detail::fail_at("offsets", 0, in.offsets.front(), "0");
-  for (std::size_t s = 1; s < in.offsets.size(); ++s)
-    if (in.offsets[s] < in.offsets[s - 1])
-      detail::fail_at("offsets", s, in.offsets[s], ">= offsets[" + std::to_string(s - 1) + "] (non-decreasing)");
-  if (in.offsets.back() != static_cast<std::int64_t>(n))
-    detail::fail_at("offsets", in.offsets.size() - 1, in.offsets.back(), "N = " + std::to_string(n));
-  for (std::size_t r = 0; r < n; ++r) {
-    const auto w = in.weight(r);
-    if (!std::isfinite(w)) detail::fail_at("weights", r, w, "a finite number");
-    if (w != 0 && (in.targets[r] < 0 || static_cast<std::size_t>(in.targets[r]) >= in.vocab))
-      detail::fail_at("targets", r, in.targets[r], "in [0, vocab = " + std::to_string(in.vocab) + ")");
-  }
+  validate_rows(in.rows(), in.vocab, in.targets, in.weights, in.offsets);
 }
 
 }  // namespace logprob

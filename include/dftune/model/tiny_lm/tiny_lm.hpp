@@ -3,14 +3,17 @@
 //   x⁰_t = E[tok_t] + P[t]
 //   per block:  x ← x + Attn(LN₁(x)),  x ← x + W₂ gelu(W₁ LN₂(x))        (causal, multi-head)
 //   z_t = LN_f(x_t) W_out + b_out,   log π(y|x) = Σ_{t ∈ completion} log softmax(z_{t−1})[y_t]
-// It satisfies dftune::Model and SamplingModel. The log-softmax and its backward are the library's
-// token reduction (logprob::forward / backward); this file only maps tokens to logits and the
-// logit gradient back to the parameters, with a hand-written backward of every layer.
+// It satisfies dftune::Model and SamplingModel. The output head (z = LN_f(x) W_out + b_out, the
+// log-softmax, the gather and their backward) is the library's fused linear head
+// (logprob/linear/linear.hpp), which never holds more than a chunk of logits and skips prompt rows;
+// this file maps tokens to the final hidden states and their gradient back to the parameters, with
+// a hand-written backward of every layer.
 // Threads split a batch by sequences and each runs the whole network on its block (GEMMs over the
 // block's rows), with one gradient buffer per thread. Buffers grow with the batch and are reused:
 // nothing is allocated inside the per-token generation loop.
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
+#include <dftune/logprob/linear/linear.hpp>
 #include <dftune/logprob/logprob.hpp>
 #include <dftune/model/concept.hpp>
 #include <dftune/model/sampling.hpp>
@@ -75,20 +78,25 @@ class TinyLm {
   void sequence_logp(const SequenceBatch& batch, std::span<T> scores) {
     check(batch);
     detail::check_size("scores", scores.size(), batch.size());
-    forward(batch.tokens, batch.offsets);
+    forward(batch.tokens, batch.offsets, /*logits=*/false);
     set_targets(batch);
-    logprob::forward(token_view(), scores);
+    logprob::linear::forward(head_view(), scores, {}, {}, head_workspace());
   }
 
   // gradients += Σ_s d_scores[s] ∂scores[s]/∂θ: forward again (the batch may differ from the last
-  // scored one), the reduction's backward gives ∂/∂z = d_s (onehot − softmax) on completion rows,
-  // then every layer backward.
+  // scored one), the fused head's forward_backward (d_scores is known: one pass) gives ∂/∂LN_f(x) on
+  // every row and adds into the gradients of W_out and b_out, then every layer backward.
   void accumulate_gradients(const SequenceBatch& batch, std::span<const T> d_scores) {
     check(batch);
     detail::check_size("d_scores", d_scores.size(), batch.size());
-    forward(batch.tokens, batch.offsets);
+    forward(batch.tokens, batch.offsets, /*logits=*/false);
     set_targets(batch);
-    logprob::backward(token_view(), d_scores, std::span<T>(dlogits_.data(), n_ * cfg_.vocab));
+    if (dh_.size() < n_ * d()) dh_.resize(n_ * d());
+    head_scores_.resize(batch.size());
+    const logprob::linear::LinearGrads<T> head_grads{.hidden = std::span<T>(dh_.data(), n_ * d()),
+                                                     .proj = std::span<T>(grad_.data() + lay_.w_out, d() * cfg_.vocab),
+                                                     .bias = std::span<T>(grad_.data() + lay_.b_out, cfg_.vocab)};
+    logprob::linear::forward_backward(head_view(), d_scores, head_grads, std::span<T>(head_scores_), {}, {}, head_workspace());
     backward(batch.tokens, batch.offsets);
   }
 
@@ -170,8 +178,9 @@ class TinyLm {
         detail::fail_at("batch.sequence", s, "length " + std::to_string(b.length(s)), "at most max_len = " + std::to_string(cfg_.max_len));
   }
 
-  // Grows every activation buffer to hold n rows in S sequences of at most max_len (never shrinks).
-  void reserve(std::size_t n, std::size_t S) {
+  // Grows every activation buffer to hold n rows in S sequences of at most max_len (never shrinks);
+  // the [n, V] logits only when they are computed (generation), never for scoring.
+  void reserve(std::size_t n, std::size_t S, bool logits = true) {
     auto grow = [](auto& v, std::size_t size) {
       if (v.size() < size) v.resize(size);
     };
@@ -186,7 +195,7 @@ class TinyLm {
     grow(meanf_, n);
     grow(rstdf_, n);
     grow(hf_, n * D);
-    grow(logits_, n * cfg_.vocab);
+    if (logits) grow(logits_, n * cfg_.vocab);
     grow(probs_, L * probs);
     grow(att_off_, S + 1);
   }
@@ -194,10 +203,11 @@ class TinyLm {
   // All activations of a batch given as tokens + sequence offsets, kept for backward. Rows are
   // independent through every layer, so each thread runs the whole network on its own block of
   // sequences: one parallel region, no barrier between layers, and the GEMMs inside run
-  // single-threaded on their row block (Eigen does not nest inside an OpenMP region).
-  void forward(std::span<const token_t> tokens, std::span<const std::int64_t> offsets) {
+  // single-threaded on their row block (Eigen does not nest inside an OpenMP region). The logits
+  // are computed only when asked (generation); scoring goes through the fused head instead.
+  void forward(std::span<const token_t> tokens, std::span<const std::int64_t> offsets, bool logits = true) {
     const std::size_t n = tokens.size(), S = offsets.size() - 1, H = cfg_.n_heads;
-    reserve(n, S);
+    reserve(n, S, logits);
     n_ = n;
     att_off_[0] = 0;
     for (std::size_t s = 0; s < S; ++s) {
@@ -209,11 +219,12 @@ class TinyLm {
     {
       const auto [id, count] = tiny_lm::thread_id_and_count();
       const auto [s0, s1] = tiny_lm::sequence_chunk(offsets, id, count);
-      if (s0 < s1) forward_block(tokens, offsets, s0, s1);
+      if (s0 < s1) forward_block(tokens, offsets, s0, s1, logits);
     }
   }
 
-  void forward_block(std::span<const token_t> tokens, std::span<const std::int64_t> offsets, std::size_t s0, std::size_t s1) {
+  void forward_block(std::span<const token_t> tokens, std::span<const std::int64_t> offsets, std::size_t s0, std::size_t s1,
+                     bool logits) {
     const std::size_t n = n_, D = d(), H = cfg_.n_heads, dh = D / H, F = cfg_.d_ff, V = cfg_.vocab;
     const auto r0 = static_cast<std::size_t>(offsets[s0]), rows = static_cast<std::size_t>(offsets[s1]) - r0;
     for (std::size_t s = s0; s < s1; ++s)
@@ -254,6 +265,7 @@ class TinyLm {
     }
     tiny_lm::layer_norm_forward(x_.data() + (cfg_.n_layers * n + r0) * D, param(lay_.lnf_g), param(lay_.lnf_b), hf_.data() + r0 * D,
                                 meanf_.data() + r0, rstdf_.data() + r0, rows, D);
+    if (!logits) return;
     Mat z = act(logits_, r0 * V, rows, V);
     z.noalias() = act(hf_, r0 * D, rows, D) * pmat(lay_.w_out, D, V);
     z.rowwise() += prow(lay_.b_out, V);
@@ -270,17 +282,25 @@ class TinyLm {
         weights_[static_cast<std::size_t>(r)] = C(1);
       }
     offsets_.assign(b.offsets.begin(), b.offsets.end());
-    if (dlogits_.size() < n_ * cfg_.vocab) dlogits_.resize(n_ * cfg_.vocab);
   }
 
-  logprob::TokenLogits<T> token_view() const {
-    return {.logits = std::span<const T>(logits_.data(), n_ * cfg_.vocab), .vocab = cfg_.vocab, .targets = targets_,
-            .weights = weights_, .offsets = offsets_};
+  // The output head on the last forward's hidden states: W_out is [d, V] (z = h W_out + b_out).
+  logprob::linear::LinearLogits<T> head_view() const {
+    const std::size_t D = d(), V = cfg_.vocab;
+    return {.hidden = std::span<const T>(hf_.data(), n_ * D), .proj = std::span<const T>(theta_.data() + lay_.w_out, D * V),
+            .bias = std::span<const T>(theta_.data() + lay_.b_out, V), .dim = D, .vocab = V,
+            .layout = logprob::linear::Layout::dim_major, .targets = targets_, .weights = weights_, .offsets = offsets_};
   }
 
-  // Backward of forward() from dlogits_, accumulating into grad_. Each thread backpropagates its
-  // own block of sequences into its own gradient buffer (thread 0 straight into grad_); the
-  // buffers are summed at the end.
+  std::span<std::byte> head_workspace() {
+    const std::size_t need = logprob::linear::workspace_size(head_view());
+    if (head_ws_.size() < need) head_ws_.resize(need);
+    return head_ws_;
+  }
+
+  // Backward of forward() from dh_ (∂/∂LN_f(x), from the fused head), accumulating into grad_.
+  // Each thread backpropagates its own block of sequences into its own gradient buffer (thread 0
+  // straight into grad_); the buffers are summed at the end.
   void backward(std::span<const token_t> tokens, std::span<const std::int64_t> offsets) {
     const std::size_t n = n_, D = d(), F = cfg_.d_ff;
     auto grow = [](std::vector<T>& v, std::size_t size) {
@@ -309,18 +329,14 @@ class TinyLm {
 
   void backward_block(std::span<const token_t> tokens, std::span<const std::int64_t> offsets, std::size_t s0, std::size_t s1,
                       T* gbase) {
-    const std::size_t n = n_, D = d(), H = cfg_.n_heads, dh = D / H, F = cfg_.d_ff, V = cfg_.vocab;
+    const std::size_t n = n_, D = d(), H = cfg_.n_heads, dh = D / H, F = cfg_.d_ff;
     const auto r0 = static_cast<std::size_t>(offsets[s0]), rows = static_cast<std::size_t>(offsets[s1]) - r0;
     auto gmat = [&](std::size_t off, std::size_t r, std::size_t c) {
       return Mat(gbase + off, static_cast<Eigen::Index>(r), static_cast<Eigen::Index>(c));
     };
     auto grad_row = [&](std::size_t off, std::size_t c) { return Row(gbase + off, static_cast<Eigen::Index>(c)); };
-    CMat dz(dlogits_.data() + r0 * V, static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(V));
+    // dh_ holds ∂/∂hf from the fused head (z = hf W_out + b_out, whose gradients it has added).
     Mat dx = act(dx_, r0 * D, rows, D), dhid = act(dh_, r0 * D, rows, D);
-    // z = hf W_out + b_out
-    gmat(lay_.w_out, D, V).noalias() += act(hf_, r0 * D, rows, D).transpose() * dz;
-    grad_row(lay_.b_out, V) += dz.colwise().sum();
-    dhid.noalias() = dz * pmat(lay_.w_out, D, V).transpose();
     dx.setZero();
     tiny_lm::layer_norm_backward(dh_.data() + r0 * D, x_.data() + (cfg_.n_layers * n + r0) * D, param(lay_.lnf_g), meanf_.data() + r0,
                                  rstdf_.data() + r0, dx_.data() + r0 * D, gbase + lay_.lnf_g, gbase + lay_.lnf_b, rows, D);
@@ -379,11 +395,13 @@ class TinyLm {
   std::vector<T> x_, h1_, qkv_, att_, xmid_, h2_, u_, a_, hf_, logits_, probs_;
   std::vector<T> mean1_, rstd1_, mean2_, rstd2_, meanf_, rstdf_;
   std::vector<std::size_t> att_off_;
-  std::vector<T> dlogits_, dx_, dh_, datt_, dqkv_, du_, dprobs_;
+  std::vector<T> dx_, dh_, datt_, dqkv_, du_, dprobs_;
   std::vector<std::vector<T>> thread_grad_;  // one gradient buffer per thread after the first
   std::vector<token_t> targets_;
   std::vector<C> weights_;
   std::vector<std::int64_t> offsets_;
+  std::vector<T> head_scores_;      // forward_backward's scores, not needed by accumulate_gradients
+  std::vector<std::byte> head_ws_;  // the fused head's workspace (grows, never shrinks)
 };
 
 DFTUNE_NAMESPACE_END

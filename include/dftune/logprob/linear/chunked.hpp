@@ -1,0 +1,360 @@
+#pragma once
+// The fused linear + log-prob head on the CPU: token chunks × the full vocabulary (the scheme of
+// Liger-Kernel's fused linear cross-entropy; why not Cut Cross-Entropy's tiles: docs/fused_linear.md).
+// The rows that take part — weight ≠ 0 in the forward, d_seq·weight ≠ 0 in the backward — are cut
+// into chunks of at most chunk_rows, in row order; masked rows never enter a GEMM. Per chunk:
+//   1. Hc = the chunk's rows of H, in compute_t<T>
+//   2. Z = Hc Wᵀ + b                                        one GEMM task per vocab tile
+//   3. per row: lse and the weighted token log-prob; backward: G = c·(onehot − softmax) in place of
+//      Z, c = d_seq·weight. These are cpu/fast.hpp's row kernels (generic.hpp's without Eigen), so a
+//      row's values are the reduction's on the same logits.
+//   4. dW[tile] += G[:, tile]ᵀ Hc and db[tile] += Σ_rows G[:, tile]     one task per vocab tile
+//      dHc[:, cols] = Σ_tiles G[:, tile] W[tile, cols]                 one task per dim tile
+//   5. dH's rows of the chunk = dHc (rows without gradient get 0)
+// The workspace holds one chunk of logits, [chunk_rows, V], and O(chunk_rows · d) more (plan.hpp).
+//
+// Thread-count independence: every GEMM is single-threaded and has a shape fixed by the plan (the
+// chunk, the vocab tile, the dim tile), each output element is written by one task, dW and db add
+// the chunks in row order, dH sums the vocab tiles in order, and a row's kernels run in one thread.
+// So which thread runs which task, and how many threads there are, changes no bit of any output.
+// The order of the sums does depend on the plan (Options pins it).
+//
+// Storage types other than compute_t<T> (bf16): H's rows are widened when gathered, W's tiles into
+// a per-thread stage before each GEMM, dH narrowed once at the end; all arithmetic is compute_t<T>.
+#include <dftune/config.hpp>
+#include <dftune/error.hpp>
+#include <dftune/logprob/linear/checks.hpp>
+#include <dftune/logprob/linear/gemm.hpp>
+#include <dftune/logprob/linear/linear_logits.hpp>
+#include <dftune/logprob/linear/plan.hpp>
+#include <dftune/logprob/token_logits.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <span>
+#include <string>
+#include <type_traits>
+
+#include <dftune/logprob/generic.hpp>
+#if !defined(DFTUNE_LOGPROB_GENERIC_ONLY) && __has_include(<Eigen/Core>)
+#include <dftune/logprob/cpu/bf16.hpp>
+#include <dftune/logprob/cpu/fast.hpp>
+#define DFTUNE_LINEAR_HAS_FAST_ROWS 1
+#else
+#define DFTUNE_LINEAR_HAS_FAST_ROWS 0
+#endif
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+DFTUNE_NAMESPACE_BEGIN
+
+namespace logprob::linear::chunked {
+
+// The row kernels: log-sum-exp of a row of logits, and the gradient c·(onehot(y) − exp(z − lse))
+// written over the row.
+struct GenericRows {
+  template <class C>
+  static double lse(const C* z, std::size_t V) {
+    return generic::row_logsumexp(z, V);
+  }
+  template <class C>
+  static void grad(C* z, std::size_t V, std::size_t y, double lse, double c) {
+    for (std::size_t v = 0; v < V; ++v)
+      z[v] = static_cast<C>(c * ((v == y ? 1.0 : 0.0) - std::exp(static_cast<double>(z[v]) - lse)));
+  }
+};
+
+#if DFTUNE_LINEAR_HAS_FAST_ROWS
+struct FastRows {
+  template <class C>
+  static double lse(const C* z, std::size_t V) {
+    return cpu::kernel::row_logsumexp(z, V);
+  }
+  template <class C>
+  static void grad(C* z, std::size_t V, std::size_t y, double lse, double c) {
+    cpu::kernel::row_grad(z, z, V, y, lse, c);
+  }
+};
+#endif
+
+namespace detail_chunked {
+
+template <class T>
+inline constexpr bool is_bf16 =
+#if DFTUNE_LINEAR_HAS_FAST_ROWS
+    std::is_same_v<T, cpu::bf16>;
+#else
+    false;
+#endif
+
+template <class T, class C>
+void widen(const T* src, C* dst, std::size_t n) {
+#if DFTUNE_LINEAR_HAS_FAST_ROWS
+  if constexpr (is_bf16<T>) {
+    cpu::widen(src, dst, n);
+    return;
+  }
+#endif
+  for (std::size_t i = 0; i < n; ++i) dst[i] = static_cast<C>(src[i]);
+}
+
+template <class C, class T>
+void narrow(const C* src, T* dst, std::size_t n) {
+#if DFTUNE_LINEAR_HAS_FAST_ROWS
+  if constexpr (is_bf16<T>) {
+    cpu::narrow(src, dst, n);
+    return;
+  }
+#endif
+  for (std::size_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);
+}
+
+inline std::size_t thread_id() {
+#if defined(_OPENMP)
+  return static_cast<std::size_t>(omp_get_thread_num());
+#else
+  return 0;
+#endif
+}
+
+inline std::byte* align(std::byte* p) {
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  return p + ((workspace_alignment - a % workspace_alignment) % workspace_alignment);
+}
+
+}  // namespace detail_chunked
+
+// Runs a checked call (see execute()).
+template <class Gemm, class Rows, class T>
+void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p, std::byte* base) {
+  using C = compute_t<T>;
+  namespace dc = detail_chunked;
+  constexpr bool staged = !std::is_same_v<T, C>;
+  const std::size_t N = in.rows(), V = in.vocab, d = in.dim, S = in.sequences();
+  const std::size_t R = p.chunk_rows, Vt = p.vocab_tile, Dt = p.dim_tile;
+  const bool vocab_major = in.layout == Layout::vocab_major;
+  const T* H = in.hidden.data();
+  const T* W = in.proj.data();
+  std::byte* ws = dc::align(base);
+  C* const Z = reinterpret_cast<C*>(ws + p.logits_at);
+  C* const Hc = reinterpret_cast<C*>(ws + p.hidden_at);
+  C* const dHc = reinterpret_cast<C*>(ws + p.dhidden_at);
+  std::size_t* const idx = reinterpret_cast<std::size_t*>(ws + p.rows_at);
+  double* const coef = reinterpret_cast<double*>(ws + p.coef_at);
+  C* const tok = reinterpret_cast<C*>(ws + p.token_at);
+  C* const stage_base = reinterpret_cast<C*>(ws + p.stage_at);
+
+  const auto& g = call.grads;
+  const bool want_dh = call.backward() && !g.hidden.empty();
+  const bool want_dw = call.backward() && !g.proj.empty();
+  const bool want_db = call.backward() && !g.bias.empty();
+  const bool any_grad = want_dh || want_dw || want_db;
+  const std::size_t vocab_tiles = Vt == 0 ? 0 : (V + Vt - 1) / Vt;  // Vt = 0: no rows, no plan
+  const std::size_t dim_tiles = want_dh && Dt != 0 ? (d + Dt - 1) / Dt : 0;
+  const std::size_t dw_tiles = (want_dw || want_db) ? vocab_tiles : 0;
+
+  // The chunk walker, touched by one thread at a time (omp single).
+  std::size_t cursor = 0, count = 0, seq_sel = 0, seq_acc = 0;
+  double acc = 0;
+  bool done = false;
+  auto flush_to = [&](std::size_t row) {  // sequences that end at or before `row` are complete
+    while (seq_acc < S && static_cast<std::size_t>(in.offsets[seq_acc + 1]) <= row) {
+      call.seq_logp[seq_acc++] = static_cast<C>(acc);
+      acc = 0;
+    }
+  };
+
+  DFTUNE_OMP(parallel num_threads(static_cast<int>(p.threads)))
+  {
+#if defined(_OPENMP)
+    // Every GEMM is one task's (see above): a library that threads by itself (OpenBLAS) must not,
+    // even when this region runs on one thread and so is not "in parallel" to it. This sets the
+    // thread count of this region's tasks only, not the caller's.
+    omp_set_num_threads(1);
+#endif
+    C* const stage = staged ? stage_base + dc::thread_id() * p.stage_elems : nullptr;
+    for (;;) {
+      DFTUNE_OMP(single)
+      {
+        // The last chunk's weighted log-probs into their sequences, in row order (double, as the
+        // reduction sums them).
+        if (call.forward())
+          for (std::size_t i = 0; i < count; ++i) {
+            flush_to(idx[i]);
+            acc += static_cast<double>(tok[i]);
+          }
+        count = 0;
+        while (cursor < N && count < R) {
+          const std::size_t r = cursor++;
+          while (static_cast<std::size_t>(in.offsets[seq_sel + 1]) <= r) ++seq_sel;
+          const double w = in.weight(r);
+          const double c = call.backward() ? static_cast<double>(call.d_seq[seq_sel]) * w : 0.0;
+          if (call.forward() ? w != 0 : c != 0) {
+            idx[count] = r;
+            coef[count++] = c;
+            continue;
+          }
+          if (!call.token_logp.empty()) call.token_logp[r] = 0;
+          if (!call.row_lse.empty()) call.row_lse[r] = std::numeric_limits<C>::quiet_NaN();
+          if (want_dh) std::fill(g.hidden.begin() + static_cast<std::ptrdiff_t>(r * d),
+                                 g.hidden.begin() + static_cast<std::ptrdiff_t>((r + 1) * d), T(0.0f));
+        }
+        if (count == 0) {
+          if (call.forward()) flush_to(N);
+          done = true;
+        }
+      }
+      if (done) break;
+      const std::size_t k = count;
+
+      // 1. The chunk's rows of H.
+      DFTUNE_OMP(for schedule(static))
+      for (std::ptrdiff_t i = 0; i < static_cast<std::ptrdiff_t>(k); ++i) {
+        const auto u = static_cast<std::size_t>(i);
+        dc::widen(H + idx[u] * d, Hc + u * d, d);
+      }
+
+      // 2. Z[:, tile] = Hc W[tile]ᵀ + b[tile].
+      DFTUNE_OMP(for schedule(dynamic, 1))
+      for (std::ptrdiff_t t = 0; t < static_cast<std::ptrdiff_t>(vocab_tiles); ++t) {
+        const std::size_t v0 = static_cast<std::size_t>(t) * Vt, n = std::min(Vt, V - v0);
+        if (vocab_major) {  // W[v0 : v0+n, :] is Bᵀ: column-major [d, n], leading dimension d
+          const C* b = nullptr;
+          if constexpr (staged) {
+            dc::widen(W + v0 * d, stage, n * d);
+            b = stage;
+          } else {
+            b = W + v0 * d;
+          }
+          Gemm::template run<true, false>(k, n, d, Hc, d, b, d, Z + v0, V, false);
+        } else {  // W[:, v0 : v0+n]: row-major [d, n], leading dimension V
+          const C* b = nullptr;
+          std::size_t ldb = V;
+          if constexpr (staged) {
+            for (std::size_t j = 0; j < d; ++j) dc::widen(W + j * V + v0, stage + j * n, n);
+            b = stage;
+            ldb = n;
+          } else {
+            b = W + v0;
+          }
+          Gemm::template run<true, true>(k, n, d, Hc, d, b, ldb, Z + v0, V, false);
+        }
+        if (!in.bias.empty())
+          for (std::size_t i = 0; i < k; ++i) {
+            C* z = Z + i * V + v0;
+            for (std::size_t v = 0; v < n; ++v) z[v] += static_cast<C>(in.bias[v0 + v]);
+          }
+      }
+
+      // 3. Per row: log-sum-exp, weighted token log-prob; the gradient in place.
+      DFTUNE_OMP(for schedule(dynamic, 1))
+      for (std::ptrdiff_t i = 0; i < static_cast<std::ptrdiff_t>(k); ++i) {
+        const auto u = static_cast<std::size_t>(i);
+        const std::size_t r = idx[u];
+        C* z = Z + u * V;
+        const auto y = static_cast<std::size_t>(in.targets[r]);
+        double lse = 0;
+        if (call.forward()) {
+          lse = Rows::lse(z, V);
+          tok[u] = static_cast<C>(static_cast<double>(in.weight(r)) * (static_cast<double>(z[y]) - lse));
+          if (!call.token_logp.empty()) call.token_logp[r] = tok[u];
+          if (!call.row_lse.empty()) call.row_lse[r] = static_cast<C>(lse);
+        } else {
+          lse = call.lse_in.empty() ? Rows::lse(z, V) : static_cast<double>(call.lse_in[r]);
+        }
+        if (!any_grad) continue;
+        if (coef[u] == 0)
+          std::fill(z, z + V, C(0));
+        else
+          Rows::grad(z, V, y, lse, coef[u]);
+      }
+      if (!any_grad) continue;
+
+      // 4. dH tasks first (each is a 1/dim_tiles share of a GEMM), then the vocab tiles of dW, db.
+      DFTUNE_OMP(for schedule(dynamic, 1))
+      for (std::ptrdiff_t t = 0; t < static_cast<std::ptrdiff_t>(dim_tiles + dw_tiles); ++t) {
+        const auto task = static_cast<std::size_t>(t);
+        if (task < dim_tiles) {  // dHc[:, c0 : c0+m] = Σ_tiles G[:, tile] W[tile, c0 : c0+m]
+          const std::size_t c0 = task * Dt, m = std::min(Dt, d - c0);
+          for (std::size_t vt = 0; vt < vocab_tiles; ++vt) {
+            const std::size_t v0 = vt * Vt, n = std::min(Vt, V - v0);
+            if (vocab_major) {  // row-major [n, m], leading dimension d
+              const C* b = nullptr;
+              std::size_t ldb = d;
+              if constexpr (staged) {
+                for (std::size_t v = 0; v < n; ++v) dc::widen(W + (v0 + v) * d + c0, stage + v * m, m);
+                b = stage;
+                ldb = m;
+              } else {
+                b = W + v0 * d + c0;
+              }
+              Gemm::template run<true, true>(k, m, n, Z + v0, V, b, ldb, dHc + c0, d, vt > 0);
+            } else {  // W[c0 : c0+m, v0 : v0+n] is Bᵀ: column-major [n, m], leading dimension V
+              const C* b = nullptr;
+              std::size_t ldb = V;
+              if constexpr (staged) {
+                for (std::size_t j = 0; j < m; ++j) dc::widen(W + (c0 + j) * V + v0, stage + j * n, n);
+                b = stage;
+                ldb = n;
+              } else {
+                b = W + c0 * V + v0;
+              }
+              Gemm::template run<true, false>(k, m, n, Z + v0, V, b, ldb, dHc + c0, d, vt > 0);
+            }
+          }
+        } else {  // dW and db of one vocab tile
+          const std::size_t v0 = (task - dim_tiles) * Vt, n = std::min(Vt, V - v0);
+          if (want_dw) {
+            C* dw = g.proj.data();
+            if (vocab_major)  // dW[v0 : v0+n, :] += G[:, tile]ᵀ Hc (Gᵀ: column-major, leading dimension V)
+              Gemm::template run<false, true>(n, d, k, Z + v0, V, Hc, d, dw + v0 * d, d, true);
+            else  // dW[:, v0 : v0+n] += Hcᵀ G[:, tile]
+              Gemm::template run<false, true>(d, n, k, Hc, d, Z + v0, V, dw + v0, V, true);
+          }
+          if (want_db) {
+            C* db = g.bias.data() + v0;
+            for (std::size_t i = 0; i < k; ++i) {
+              const C* gi = Z + i * V + v0;
+              for (std::size_t v = 0; v < n; ++v) db[v] += gi[v];
+            }
+          }
+        }
+      }
+
+      // 5. The chunk's rows of dH.
+      if (want_dh) {
+        DFTUNE_OMP(for schedule(static))
+        for (std::ptrdiff_t i = 0; i < static_cast<std::ptrdiff_t>(k); ++i) {
+          const auto u = static_cast<std::size_t>(i);
+          T* out = g.hidden.data() + idx[u] * d;
+          if (coef[u] == 0)
+            std::fill(out, out + d, T(0.0f));
+          else
+            dc::narrow(dHc + u * d, out, d);
+        }
+      }
+    }
+  }
+}
+
+// Plans, checks (nothing is written when a check fails) and runs one call with the given GEMM
+// and row kernels; linear.hpp picks them.
+template <class Gemm, class Rows, class T>
+void execute(const LinearLogits<T>& in, const internal::Call<T>& call, std::span<std::byte> workspace, const Options& opt) {
+  const Plan plan = make_plan(in, opt);
+  internal::check_call(in, call, plan, workspace);
+  if constexpr (requires { Gemm::max_dim; }) {
+    if (in.vocab > Gemm::max_dim) detail::fail("vocab", in.vocab, std::string("at most ") + Gemm::name + "'s limit " + std::to_string(Gemm::max_dim));
+    if (in.dim > Gemm::max_dim) detail::fail("dim", in.dim, std::string("at most ") + Gemm::name + "'s limit " + std::to_string(Gemm::max_dim));
+  }
+  run<Gemm, Rows>(in, call, plan, workspace.data());
+}
+
+}  // namespace logprob::linear::chunked
+
+DFTUNE_NAMESPACE_END

@@ -1,0 +1,105 @@
+#pragma once
+// The one entry point of the fused linear + log-prob head: the outputs of logprob::forward /
+// backward on the logits z = H Wᵀ + b (linear_logits.hpp), carried to H, W and b, without ever
+// holding more than one chunk of logits (docs/fused_linear.md). CUB-style: ask workspace_size(in,
+// options), hand that many bytes to the call; the call never allocates.
+//
+//   forward(in, seq_logp [S], token_logp [N] or {}, row_lse [N] or {}, workspace)
+//   backward(in, d_seq [S], grads, row_lse from forward [N] or {}, workspace)
+//       recomputes each chunk's logits; dH written, dW and db accumulated (+=)
+//   forward_backward(in, d_seq [S], grads, seq_logp [S], token_logp, row_lse, workspace)
+//       when d_seq is known before the scores (the Model concept's accumulate_gradients, SFT):
+//       the gradient is taken from the forward's logits, three GEMMs instead of four
+//
+// Dispatch: GEMMs through a BLAS when the build selected one (CMake DFTUNE_GEMM=openblas|blis),
+// else Eigen's kernel when Eigen is on the include path, else plain loops; row kernels from the
+// CPU fast path (cpu/fast.hpp) when Eigen is there and DFTUNE_LOGPROB_GENERIC_ONLY is not defined,
+// else the generic oracle's. chunked::execute<Gemm, Rows> runs any other pair.
+#include <dftune/config.hpp>
+#include <dftune/logprob/linear/checks.hpp>
+#include <dftune/logprob/linear/chunked.hpp>
+#include <dftune/logprob/linear/gemm.hpp>
+#include <dftune/logprob/linear/linear_logits.hpp>
+#include <dftune/logprob/linear/plan.hpp>
+#include <dftune/logprob/token_logits.hpp>
+
+#include <cstddef>
+#include <span>
+
+DFTUNE_NAMESPACE_BEGIN
+
+namespace logprob::linear {
+
+// The dispatch differs with the build's choices; a namespace per variant keeps translation units
+// built with different choices from violating the one-definition rule.
+#if defined(DFTUNE_LINEAR_GEMM_CBLAS) && DFTUNE_LINEAR_HAS_FAST_ROWS
+inline namespace dispatch_cblas_fast {
+using DefaultGemm = gemm::CblasGemm;
+#elif defined(DFTUNE_LINEAR_GEMM_CBLAS)
+inline namespace dispatch_cblas_generic {
+using DefaultGemm = gemm::CblasGemm;
+#elif defined(DFTUNE_LINEAR_GEMM_BLIS) && DFTUNE_LINEAR_HAS_FAST_ROWS
+inline namespace dispatch_blis_fast {
+using DefaultGemm = gemm::BlisGemm;
+#elif defined(DFTUNE_LINEAR_GEMM_BLIS)
+inline namespace dispatch_blis_generic {
+using DefaultGemm = gemm::BlisGemm;
+#elif DFTUNE_LINEAR_HAS_EIGEN_GEMM && DFTUNE_LINEAR_HAS_FAST_ROWS
+inline namespace dispatch_eigen_fast {
+using DefaultGemm = gemm::EigenGemm;
+#elif DFTUNE_LINEAR_HAS_EIGEN_GEMM
+inline namespace dispatch_eigen_generic {
+using DefaultGemm = gemm::EigenGemm;
+#else
+inline namespace dispatch_loops_generic {
+using DefaultGemm = gemm::LoopGemm;
+#endif
+
+#if DFTUNE_LINEAR_HAS_FAST_ROWS
+using DefaultRows = chunked::FastRows;
+#else
+using DefaultRows = chunked::GenericRows;
+#endif
+
+// Bytes of workspace every call on `in` with `options` needs (forward, backward and
+// forward_backward alike). It depends on the shapes, the plan and, for storage types other than
+// compute_t<T> (bf16), options.threads (0: omp_get_max_threads() at the time of the call).
+template <class T>
+std::size_t workspace_size(const LinearLogits<T>& in, const Options& options = {}) {
+  return make_plan(in, options).bytes;
+}
+
+// seq_logp[s] = Σ_{n in s} token_logp[n], token_logp[n] = w_n (z_n[y_n] − row_lse[n]) (0 where
+// w_n = 0), row_lse[n] = log Σ_v exp(z_n[v]) (NaN where w_n = 0): logprob::forward's outputs.
+template <class T>
+void forward(const LinearLogits<T>& in, std::span<compute_t<T>> seq_logp, std::span<compute_t<T>> token_logp,
+             std::span<compute_t<T>> row_lse, std::span<std::byte> workspace, const Options& options = {}) {
+  internal::Call<T> call{.mode = internal::Mode::forward, .seq_logp = seq_logp, .token_logp = token_logp, .row_lse = row_lse};
+  chunked::execute<DefaultGemm, DefaultRows>(in, call, workspace, options);
+}
+
+// With G_n = d_seq[s(n)] w_n (onehot(y_n) − softmax(z_n)) (logprob::backward's gradient):
+// grads.hidden[n] = G_n W (written), grads.proj += Σ_n G_nᵀ h_n, grads.bias += Σ_n G_n.
+// row_lse from forward() saves one pass over each row of logits; it may be empty.
+template <class T>
+void backward(const LinearLogits<T>& in, std::span<const compute_t<T>> d_seq, const LinearGrads<T>& grads,
+              std::span<const compute_t<T>> row_lse, std::span<std::byte> workspace, const Options& options = {}) {
+  internal::Call<T> call{.mode = internal::Mode::backward, .d_seq = d_seq, .lse_in = row_lse, .grads = grads};
+  chunked::execute<DefaultGemm, DefaultRows>(in, call, workspace, options);
+}
+
+// forward() and backward() in one pass, for a d_seq that does not depend on this call's scores.
+template <class T>
+void forward_backward(const LinearLogits<T>& in, std::span<const compute_t<T>> d_seq, const LinearGrads<T>& grads,
+                      std::span<compute_t<T>> seq_logp, std::span<compute_t<T>> token_logp,
+                      std::span<compute_t<T>> row_lse, std::span<std::byte> workspace, const Options& options = {}) {
+  internal::Call<T> call{.mode = internal::Mode::forward_backward, .seq_logp = seq_logp, .token_logp = token_logp,
+                         .row_lse = row_lse, .d_seq = d_seq, .grads = grads};
+  chunked::execute<DefaultGemm, DefaultRows>(in, call, workspace, options);
+}
+
+}  // inline namespace dispatch_*
+
+}  // namespace logprob::linear
+
+DFTUNE_NAMESPACE_END

@@ -1,0 +1,81 @@
+#pragma once
+// The input and outputs of the fused linear + log-prob head (docs/fused_linear.md): hidden states
+// H [N, d], the output projection W and an optional bias b define the logits of row n,
+//   z_n = W h_n + b                                   (never stored beyond one chunk of rows)
+// and targets, per-token weights and sequence offsets mean exactly what they mean for TokenLogits
+// (token_logits.hpp): the outputs are those of logprob::forward / backward on the logits H·Wᵀ + b,
+// carried on to H, W and b by the chain rule. Views only; the caller owns every buffer.
+#include <dftune/checked_size.hpp>
+#include <dftune/config.hpp>
+#include <dftune/error.hpp>
+#include <dftune/logprob/token_logits.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+
+DFTUNE_NAMESPACE_BEGIN
+
+namespace logprob::linear {
+
+// How W is stored, row-major either way.
+enum class Layout {
+  vocab_major,  // W [V, d]: torch.nn.Linear(d, V).weight, z = H Wᵀ + b
+  dim_major,    // W [d, V]: z = H W + b (the tiny LM's w_out)
+};
+
+template <class T>
+struct LinearLogits {
+  std::span<const T> hidden = {};               // H [N, d] row-major
+  std::span<const T> proj = {};                 // W: [V, d] or [d, V] (layout), row-major
+  std::span<const T> bias = {};                 // b [V]; empty: no bias
+  std::size_t dim = 0;                          // d
+  std::size_t vocab = 0;                        // V
+  Layout layout = Layout::vocab_major;
+  std::span<const token_t> targets = {};        // [N]; read only where the weight is non-zero
+  std::span<const compute_t<T>> weights = {};   // [N]; empty means every token has weight 1
+  std::span<const std::int64_t> offsets = {};   // [S + 1]: sequence s is rows [offsets[s], offsets[s+1])
+
+  std::size_t rows() const { return dim == 0 ? 0 : hidden.size() / dim; }
+  std::size_t sequences() const { return offsets.empty() ? 0 : offsets.size() - 1; }
+  compute_t<T> weight(std::size_t row) const { return weights.empty() ? compute_t<T>(1) : weights[row]; }
+};
+
+// The gradients backward() produces; an empty span is not computed. W's and b's gradients are
+// accumulated (+=, in compute_t<T>: float for bf16 storage, so that summing many chunks and
+// micro-batches does not round to bf16 each time); H's gradient is written, 0 on the rows that
+// carry no gradient (weight 0 or d_seq 0), in T.
+template <class T>
+struct LinearGrads {
+  std::span<T> hidden = {};               // dH [N, d]
+  std::span<compute_t<T>> proj = {};      // dW, W's shape and layout
+  std::span<compute_t<T>> bias = {};      // db [V]
+};
+
+// Tiling. Every zero picks the value plan.hpp derives from the machine's caches and cores. The
+// results depend on these sizes (they fix the order of every sum) and never on the thread count.
+struct Options {
+  std::size_t chunk_rows = 0;   // rows whose logits are held at once (the workspace is chunk_rows × V)
+  std::size_t vocab_tile = 0;   // columns of W per GEMM task (logits, dW, and the dH sum over V)
+  std::size_t dim_tile = 0;     // columns of dH per GEMM task
+  std::size_t threads = 0;      // 0: omp_get_max_threads(), or 1 for a small chunk; bf16 stages W per thread
+};
+
+// Shapes, offsets, weights and the targets of weighted rows; dftune::error naming the argument.
+// H, W and b are not scanned (a non-finite value shows up as a non-finite log-prob, as it does for
+// logprob::forward).
+template <class T>
+void validate(const LinearLogits<T>& in) {
+  if (in.dim == 0) detail::fail("dim", in.dim, "at least 1");
+  if (in.vocab == 0) detail::fail("vocab", in.vocab, "at least 1");
+  if (in.hidden.size() % in.dim != 0)
+    detail::fail("hidden", "size " + std::to_string(in.hidden.size()), "a multiple of dim = " + std::to_string(in.dim));
+  detail::check_size_product("proj", in.proj.size(), in.vocab, in.dim, "proj (vocab·dim)");
+  if (!in.bias.empty()) detail::check_size("bias", in.bias.size(), in.vocab);
+  validate_rows(in.rows(), in.vocab, in.targets, in.weights, in.offsets);
+}
+
+}  // namespace logprob::linear
+
+DFTUNE_NAMESPACE_END
