@@ -542,12 +542,13 @@ void offsets_64bit() {
 // ---- the emulator itself -------------------------------------------------------------------------
 
 // lse_merge(a, b) and lse_merge(b, a) to the bit, compiled with FMA contraction (as nvcc compiles
-// it: a.s·ea + b.s·eb as one multiply and one fma). Run only where the CPU has FMA.
-__attribute__((target("fma"), flatten)) lc::detail::lse_state merge_fma(lc::detail::lse_state a, lc::detail::lse_state b) {
+// it: a.s·ea + b.s·eb as one multiply and one fma). Run only where the CPU has FMA. GCC forms the
+// fma at -O2 and above only, hence optimize("O2") (the mutation run builds the test at -Og).
+__attribute__((target("fma"), flatten, optimize("O2"))) lc::detail::lse_state merge_fma(lc::detail::lse_state a, lc::detail::lse_state b) {
   return lc::detail::lse_merge(a, b);
 }
 
-__attribute__((target("fma"), flatten)) void warp_merge_fma(lc::detail::lse_state* st) {
+__attribute__((target("fma"), flatten, optimize("O2"))) void warp_merge_fma(lc::detail::lse_state* st) {
   st[threadIdx.x] = kn::warp_merge(st[threadIdx.x]);
 }
 
