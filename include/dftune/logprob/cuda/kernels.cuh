@@ -11,9 +11,9 @@
 //                                when grad is the logits); recomputes the row's lse when none is given
 //
 // A row is handled by a group of G threads: one warp (G = 32) for small vocabularies, the whole
-// block for large ones. Loads are 16-byte vectors (4 floats, 8 halves or bf16) after a scalar head
-// that reaches 16-byte alignment, so any V and any row start work; UNROLL vectors are in flight
-// per thread per step. Indexing is 64-bit (N·V passes 2^32 at 16384 × 256000).
+// block for large ones. Loads and stores are 16-byte vectors (4 floats, 8 halves or bf16) after a
+// scalar head that reaches 16-byte alignment, so any V and any row start work; UNROLL vectors are
+// in flight per thread per step. Row offsets are 64-bit (N·V passes 2^32 at 16384 × 256000).
 //
 // Data the host cannot check without a synchronisation (targets, offsets, weights, d_seq, row_lse,
 // non-finite logits) is checked here: a bad value never causes an out-of-bounds access, makes the

@@ -13,6 +13,7 @@
 //     so no −inf − (−inf));
 //   - a row holding +inf has lse = +inf (s is NaN there; finish() returns m). A row holding both
 //     +inf and NaN also gives +inf, where the oracle gives NaN.
+// The kernels make every non-finite lse of a weighted row NaN and report it (kernels.cuh).
 #include <dftune/config.hpp>
 
 #include <math.h>
