@@ -6,7 +6,10 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 using namespace dftune;
@@ -221,4 +224,168 @@ TEST_CASE("DftOptimizer refuses bad options and a bad schedule at construction")
                        doctest::Contains("warmup_steps: got 5"), error);
   CHECK_THROWS_WITH_AS(DftOptimizer(model, est, {}, Sgd<double>{}, ConstantSchedule{.rate = -1}),
                        doctest::Contains("rate: got -1"), error);
+}
+
+namespace {
+
+// A schedule whose rate at one step is whatever the test wants (NaN, huge) or an exception.
+struct TrapSchedule {
+  std::size_t at = 1;
+  double rate = 0.1, trap = std::nan("");
+  bool throws = false;
+  double lr(std::size_t step) const {
+    if (step != at) return rate;
+    if (throws) throw error("schedule: refused step " + std::to_string(step));
+    return trap;
+  }
+};
+
+// Everything a failed step must leave alone.
+template <class Opt, class T>
+struct State {
+  std::vector<T> theta, log_u, m, v;
+  std::vector<unsigned char> seen;
+  std::size_t steps, rule_steps;
+  State(const Opt& o)
+      : theta(o.model().parameters().begin(), o.model().parameters().end()),
+        log_u(o.estimator().raw_log_u().begin(), o.estimator().raw_log_u().end()),
+        m(o.rule().first_moment().begin(), o.rule().first_moment().end()),
+        v(o.rule().second_moment().begin(), o.rule().second_moment().end()),
+        seen(o.estimator().raw_seen().begin(), o.estimator().raw_seen().end()),
+        steps(o.steps()),
+        rule_steps(o.rule().steps()) {}
+  bool operator==(const State& b) const {
+    auto same = [](const std::vector<T>& x, const std::vector<T>& y) {
+      return x.size() == y.size() && (x.empty() || std::memcmp(x.data(), y.data(), x.size() * sizeof(T)) == 0);
+    };
+    return same(theta, b.theta) && same(log_u, b.log_u) && same(m, b.m) && same(v, b.v) && seen == b.seen &&
+           steps == b.steps && rule_steps == b.rule_steps;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("an error raised after evaluate() (schedule, inner rule) leaves estimator, parameters, moments and count") {
+  std::mt19937_64 rng(17);
+  CategoricalPolicy<double> ref(2, 5);
+  randomize(ref, rng);
+  const Data d = make_data(ref, 4, 2, rng);
+  const DftOptions opt{.variant = Variant::dft, .tau = 1.0, .gamma = 0.85};
+  const DftBatch<double> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(),
+                               .num_negatives = 2, .ref_neg_logp = d.ref};
+  auto run = [&](TrapSchedule s, const char* message) {
+    CAPTURE(message);
+    CategoricalPolicy<double> model(2, 5);
+    std::copy(ref.parameters().begin(), ref.parameters().end(), model.parameters().begin());
+    Estimator<double> est(4, opt);
+    DftOptimizer optimizer(model, est, opt, AdamW<double>{}, s);
+    optimizer.step(batch);  // step 0 succeeds: the state is not trivial
+    using S = State<decltype(optimizer), double>;
+    const S before(optimizer);
+    CHECK_THROWS_WITH_AS(optimizer.step(batch), doctest::Contains(message), error);
+    CHECK(S(optimizer) == before);
+    return S(optimizer);
+  };
+  run({.trap = std::nan("")}, "lr: got nan");
+  run({.trap = -1.0}, "lr: got -1");
+  run({.throws = true}, "schedule: refused step 1");
+  // The inner rule refuses a result that overflows (θ − lr·g with lr = 1e308): after the backward,
+  // before the estimator is committed.
+  run({.trap = 1e308}, "params[");
+}
+
+TEST_CASE("a float model refuses a rate its scalar type cannot hold, and the issue's AdamW<float> overflow") {
+  std::mt19937_64 rng(19);
+  CategoricalPolicy<double> ref64(2, 5);
+  randomize(ref64, rng);
+  const Data d = make_data(ref64, 4, 2, rng);
+  const std::vector<float> ref(d.ref.begin(), d.ref.end());
+  const DftBatch<float> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(),
+                              .num_negatives = 2, .ref_neg_logp = ref};
+  {
+    CategoricalPolicy<float> model(2, 5);
+    const DftOptions opt{};
+    Estimator<float> est(4, opt);
+    DftOptimizer optimizer(model, est, opt, Sgd<float>{}, TrapSchedule{.at = 0, .trap = 1e300});
+    const std::vector<float> theta(model.parameters().begin(), model.parameters().end());
+    CHECK_THROWS_WITH_AS(optimizer.step(batch), doctest::Contains("lr: got 1.0000000000000001e+300"), error);
+    CHECK(std::equal(theta.begin(), theta.end(), model.parameters().begin()));
+    CHECK(optimizer.steps() == 0);
+    CHECK(optimizer.rule().steps() == 0);
+    for (std::int64_t i = 0; i < 4; ++i) CHECK(!est.log_u(i));
+  }
+  {  // DFT with a fixed log u0 = −80: the weights exp(d + 80) make gradients ~1e34, whose squares pass
+     // float's range in Adam's second moment. Before: the step returned and left v = +inf (a state
+     // io::save wrote and io::load refused). Now: a named error, nothing changed.
+    CategoricalPolicy<float> model(2, 5);
+    const DftOptions opt{.variant = Variant::dft, .tau = 1.0, .gamma = 0.85, .init = EstimatorInit::fixed, .log_u0 = -80};
+    Estimator<float> est(4, opt);
+    DftOptimizer optimizer(model, est, opt, AdamW<float>{}, ConstantSchedule{.rate = 1e-3});
+    using S = State<decltype(optimizer), float>;
+    const S before(optimizer);
+    CHECK_THROWS_WITH_AS(optimizer.step(batch), doctest::Contains("second_moment["), error);
+    CHECK(S(optimizer) == before);
+    // With the reference recipe's clipping the same step is fine, and reports the unclipped norm.
+    Estimator<float> est2(4, opt);
+    DftOptimizer clipped(model, est2, opt, AdamW<float>{}, ConstantSchedule{.rate = 1e-3}, {.max_grad_norm = 1.0});
+    const auto info = clipped.step(batch);
+    CHECK(info.grad_norm > 1e30);
+    for (float x : model.parameters()) CHECK(std::isfinite(x));
+  }
+}
+
+TEST_CASE("gradient clipping by global L2 norm: torch's rule on the model's gradient, grad_norm before clipping") {
+  std::mt19937_64 rng(23);
+  CategoricalPolicy<double> ref(2, 5);
+  randomize(ref, rng);
+  const Data d = make_data(ref, 4, 3, rng);
+  const DftOptions opt{.variant = Variant::dft, .tau = 1.0, .gamma = 0.85};
+  const DftBatch<double> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(),
+                               .num_negatives = 3, .ref_neg_logp = d.ref};
+  const double lr = 0.05;
+  // The unclipped gradient, computed apart: evaluate, then the model's backward.
+  CategoricalPolicy<double> probe(2, 5);
+  std::copy(ref.parameters().begin(), ref.parameters().end(), probe.parameters().begin());
+  Estimator<double> probe_est(4, opt);
+  DftOptimizer probe_opt(probe, probe_est, opt, Sgd<double>{}, ConstantSchedule{.rate = lr});
+  const auto r = probe_opt.evaluate(batch).result;
+  probe.zero_gradients();
+  probe.accumulate_gradients(d.pos.view(), r.grad_pos);
+  probe.accumulate_gradients(d.neg.view(), r.grad_neg);
+  const std::vector<double> g(probe.gradients().begin(), probe.gradients().end());
+  long double ss = 0;
+  for (double x : g) ss += static_cast<long double>(x) * x;
+  const double norm = static_cast<double>(std::sqrt(ss));
+  REQUIRE(norm > 0.2);
+
+  for (double max_norm : {std::numeric_limits<double>::infinity(), 10 * norm, norm / 4}) {
+    CAPTURE(max_norm);
+    CategoricalPolicy<double> model(2, 5);
+    std::copy(ref.parameters().begin(), ref.parameters().end(), model.parameters().begin());
+    Estimator<double> est(4, opt);
+    DftOptimizer optimizer(model, est, opt, Sgd<double>{}, ConstantSchedule{.rate = lr}, {.max_grad_norm = max_norm});
+    CHECK(optimizer.step_options().max_grad_norm == max_norm);
+    const auto info = optimizer.step(batch);
+    CHECK(info.grad_norm == doctest::Approx(norm).epsilon(1e-15));
+    const double c = norm > max_norm ? max_norm / (info.grad_norm + 1e-6) : 1.0;
+    for (std::size_t k = 0; k < g.size(); ++k) {
+      const double want = ref.parameters()[k] - lr * (c == 1.0 ? g[k] : g[k] * c);
+      if (c == 1.0) CHECK(model.parameters()[k] == want);  // no clipping: the unclipped step, bit for bit
+      else CHECK(model.parameters()[k] == doctest::Approx(want).epsilon(1e-15));
+    }
+    if (c != 1.0) {  // the step taken has norm max_norm (a hair below, by torch's + 1e-6)
+      long double moved = 0;
+      for (std::size_t k = 0; k < g.size(); ++k) {
+        const long double dk = (static_cast<long double>(ref.parameters()[k]) - model.parameters()[k]) / lr;
+        moved += dk * dk;
+      }
+      CHECK(static_cast<double>(std::sqrt(moved)) == doctest::Approx(max_norm * norm / (norm + 1e-6)).epsilon(1e-12));
+      CHECK(static_cast<double>(std::sqrt(moved)) < max_norm);
+    }
+  }
+  CategoricalPolicy<double> model(2, 3);
+  Estimator<double> est(2);
+  for (double bad : {0.0, -1.0, std::nan("")})
+    CHECK_THROWS_WITH_AS(DftOptimizer(model, est, {}, Sgd<double>{}, ConstantSchedule{.rate = 0.1}, {.max_grad_norm = bad}),
+                         doctest::Contains("max_grad_norm: got"), error);
 }

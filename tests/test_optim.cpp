@@ -458,3 +458,144 @@ TEST_CASE("clip_grad_norm: torch.nn.utils.clip_grad_norm_'s rule, g · max/(‖g
     CHECK_THROWS_WITH_AS(clip_grad_norm(std::span<double>(keep), m), doctest::Contains("max_norm: got"), error);
   CHECK(keep == std::vector<double>{1, 2});
 }
+
+// ---- results that would not be finite (issue: a step that overflows must change nothing) ------
+
+namespace {
+
+// Every piece of state a rule shows, for bit comparisons.
+template <class Rule>
+auto rule_state(const Rule& r) {
+  using T = typename Rule::scalar_type;
+  std::vector<std::vector<T>> s;
+  if constexpr (requires { r.momentum_buffer(); }) {
+    s.emplace_back(r.momentum_buffer().begin(), r.momentum_buffer().end());
+  } else {
+    s.emplace_back(r.first_moment().begin(), r.first_moment().end());
+    s.emplace_back(r.second_moment().begin(), r.second_moment().end());
+  }
+  return s;
+}
+
+// Runs r.step(theta, g, lr), which must throw an error containing `message`, and checks that
+// theta, the rule's state and its step count are bit-identical afterwards.
+template <class Rule, class T = typename Rule::scalar_type>
+void refuses(Rule& r, std::vector<T>& theta, const std::vector<T>& g, T lr, const char* message) {
+  const std::vector<T> theta_before = theta;
+  const auto state_before = rule_state(r);
+  const std::size_t steps_before = r.steps(), n_before = r.num_parameters();
+  CHECK_THROWS_WITH_AS(r.step(theta, g, lr), doctest::Contains(message), error);
+  CHECK(bit_equal<T>(theta, theta_before));
+  CHECK(r.steps() == steps_before);
+  CHECK(r.num_parameters() == n_before);
+  const auto now = rule_state(r);
+  REQUIRE(now.size() == state_before.size());
+  for (std::size_t i = 0; i < now.size(); ++i) CHECK(bit_equal<T>(now[i], state_before[i]));
+}
+
+}  // namespace
+
+TEST_CASE("SGD: a step whose parameters or momentum would overflow throws and changes nothing") {
+  const double big = 1e300;
+  {  // the issue's case: lr 1e10 on a gradient 1e300; the overflow sits in the last element, after
+     // elements that a one-pass update would already have written
+    Sgd<double> r;
+    std::vector<double> theta{1.0, 2.0, 3.0};
+    r.step(theta, std::vector<double>{0.1, 0.2, 0.3}, 0.5);
+    refuses(r, theta, {1.0, 1.0, big}, 1e10, "params[2]: got -inf");
+    r.step(theta, std::vector<double>{1.0, 1.0, 1.0}, 0.5);  // and it goes on
+    CHECK(r.steps() == 2);
+  }
+  {  // on the very first step too: the rule stays unsized
+    Sgd<double> r(SgdOptions{.momentum = 0.9});
+    std::vector<double> theta{1.0, 2.0};
+    refuses(r, theta, {1.0, big}, 1e10, "params[1]");
+    CHECK(r.momentum_buffer().empty());
+  }
+  {  // the momentum buffer overflows (b = μ·b + g past the largest double) while θ would not see it yet
+    Sgd<double> r(SgdOptions{.momentum = 0.9});
+    std::vector<double> theta{0.0, 0.0};
+    r.step(theta, std::vector<double>{1.0, 1.7e308}, 0.0);  // lr 0: θ stays, the buffer holds g
+    refuses(r, theta, {1.0, 1.7e308}, 0.0, "momentum_buffer[1]: got inf");
+  }
+  {  // coupled weight decay overflows the gradient it forms, in float
+    Sgd<float> r(SgdOptions{.weight_decay = 1e30});
+    std::vector<float> theta{1.0f, 1e10f};
+    refuses(r, theta, {0.0f, 0.0f}, 1.0f, "params[1]");
+  }
+}
+
+TEST_CASE("Adam/AdamW: a step whose parameters or moments would not be finite throws and changes nothing") {
+  {  // g² past the largest double: v = +inf (θ itself would stay finite: m/√v → 0)
+    Adam<double> r;
+    std::vector<double> theta{0.5, -0.5, 1.0};
+    r.step(theta, std::vector<double>{0.1, 0.2, 0.3}, 1e-3);
+    refuses(r, theta, {0.1, 0.2, 1e160}, 1e-3, "second_moment[2]: got inf");
+  }
+  {  // the same in float at 1e22 (the second moment of the issue's AdamW<float> checkpoint)
+    AdamW<float> r;
+    std::vector<float> theta{0.5f, -0.5f};
+    r.step(theta, std::vector<float>{1.0f, 1.0f}, 1e-3f);
+    refuses(r, theta, {1.0f, 1e22f}, 1e-3f, "second_moment[1]: got inf");
+  }
+  {  // AdamW with an extreme decoupled λ: 1 − lr·λ ≈ −1e308 scales θ = 2 to −inf (θ = 0.5 stays finite)
+    AdamW<double> r(AdamOptions{.weight_decay = 1e307});
+    std::vector<double> theta{0.5, 2.0};
+    refuses(r, theta, {0.1, 0.1}, 10.0, "params[1]: got -inf");
+    CHECK(r.first_moment().empty());  // a failed first step leaves the rule unsized
+  }
+  {  // Adam with an extreme coupled λ: g + λθ overflows the first moment's input
+    Adam<double> r(AdamOptions{.weight_decay = 1e308});
+    std::vector<double> theta{0.0, 10.0};
+    refuses(r, theta, {0.1, 0.1}, 1e-3, "[1]: got");
+  }
+  {  // a step size lr/(1 − β1^t) past float's range: θ' = θ − inf·(m/denom)
+    Adam<float> r(AdamOptions{.beta1 = 0.999999});
+    std::vector<float> theta{1.0f};
+    refuses(r, theta, {1.0f}, 1e33f, "params[0]");
+  }
+}
+
+TEST_CASE("Adam at a step count near 2^64 (from a checkpoint): finite steps, then a named error, never garbage") {
+  constexpr std::size_t max = std::numeric_limits<std::size_t>::max();
+  AdamW<double> r(AdamOptions{.weight_decay = 0.01});
+  std::vector<double> m{0.1, -0.2}, v{0.04, 0.09};
+  r.restore(max - 1, 2, std::vector<double>(m), std::vector<double>(v));
+  std::vector<double> theta{1.0, -1.0};
+  const std::vector<double> g{0.3, 0.4};
+  const double lr = 1e-3;
+  r.step(theta, g, lr);
+  CHECK(r.steps() == max);
+  // At t = 2^64 both bias corrections are 1 − β^t = 1: the plain update, written out.
+  for (std::size_t k = 0; k < 2; ++k) {
+    const double mk = m[k] + (1 - 0.9) * (g[k] - m[k]);
+    const double vk = 0.999 * v[k] + (1 - 0.999) * g[k] * g[k];
+    const double want = (k == 0 ? 1.0 : -1.0) * (1 - lr * 0.01) - lr * (mk / (std::sqrt(vk) + 1e-8));
+    CHECK(std::isfinite(theta[k]));
+    CHECK(theta[k] == doctest::Approx(want).epsilon(1e-15));
+    CHECK(r.first_moment()[k] == mk);
+  }
+  // One more step would wrap the count to 0 ("no step yet": bias corrections 0, θ non-finite).
+  refuses(r, theta, g, lr, "steps: got 18446744073709551615");
+  Sgd<double> s(SgdOptions{.momentum = 0.5});
+  s.restore(max, 2, std::vector<double>{0.1, 0.1});
+  refuses(s, theta, g, lr, "steps: got 18446744073709551615");
+}
+
+TEST_CASE("a step the cheap screen cannot clear but whose exact result is finite goes through, exactly") {
+  // ε = 1e-300 makes the screen's bound lr·|m'|/ε overflow; the exact step at t = 1 is
+  // θ − lr·g/(|g| + ε) = θ − lr·sign(g), far from any overflow.
+  Adam<double> r(AdamOptions{.eps = 1e-300});
+  std::vector<double> theta{0.5, -0.25, 2.0};
+  const std::vector<double> g{1e150, -3e149, 1.0};
+  r.step(theta, g, 0.5);  // (bias corrections 1 − β: m̂ = g and v̂ = g² up to rounding)
+  CHECK(std::abs(theta[0]) < 1e-15);
+  CHECK(theta[1] == doctest::Approx(0.25).epsilon(1e-15));
+  CHECK(theta[2] == doctest::Approx(1.5).epsilon(1e-15));
+  CHECK(r.steps() == 1);
+  AdamW<float> f(AdamOptions{.eps = 1e-40});  // a subnormal ε in float
+  std::vector<float> tf{1.0f, 1.0f};
+  f.step(tf, std::vector<float>{1e18f, -1e18f}, 0.25f);
+  CHECK(tf[0] == doctest::Approx(0.75).epsilon(1e-6));
+  CHECK(tf[1] == doctest::Approx(1.25).epsilon(1e-6));
+}

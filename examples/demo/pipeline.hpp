@@ -6,10 +6,13 @@
 //   finetune   SFT, DFT or DFT2 from the same base with the same budget (steps, batch, AdamW,
 //              cosine schedule with 10% warm-up) on the same positives
 //   evaluate   greedy exact match, mean log π of held-out positives and of the base's wrong samples
+// Fine-tuning runs data-parallel when given a communicator of P > 1 ranks (examples/demo.cpp under
+// mpirun, docs/distributed.md): every rank draws the same batches and keeps the ids it owns.
 #include "addition.hpp"
 
 #include <dftune/model/weights_io.hpp>
 
+#include <dftune/distributed/collectives.hpp>
 #include <dftune/dftune.hpp>
 #include <dftune/model/tiny_lm/tiny_lm.hpp>
 #include <dftune/optim/adam.hpp>
@@ -56,32 +59,44 @@ struct Settings {
   dftune::EstimatorInit estimator = dftune::EstimatorInit::first_visit;
 };
 
-// Progress lines on stderr: phase, step/total, loss, elapsed.
+// Progress lines on stderr: phase, step/total, loss, elapsed (quiet: none, as on ranks other than 0).
 class Progress {
  public:
+  bool quiet = false;
   double elapsed() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count(); }
   void line(const std::string& phase, std::size_t step, std::size_t total, double loss) const {
-    std::fprintf(stderr, "[%7.1fs] %-28s step %5zu/%zu  loss %8.4f\n", elapsed(), phase.c_str(), step, total, loss);
+    if (!quiet) std::fprintf(stderr, "[%7.1fs] %-28s step %5zu/%zu  loss %8.4f\n", elapsed(), phase.c_str(), step, total, loss);
   }
-  void note(const std::string& text) const { std::fprintf(stderr, "[%7.1fs] %s\n", elapsed(), text.c_str()); }
+  void note(const std::string& text) const {
+    if (!quiet) std::fprintf(stderr, "[%7.1fs] %s\n", elapsed(), text.c_str());
+  }
 
  private:
   std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
 };
 
 // ---- SFT: d loss / d score = −1/B for each positive --------------------------------------------
-template <class Rule, class Schedule>
+// Data-parallel: `pos` is this rank's share, B the global batch's size, and the gradient and the
+// loss are summed over ranks before the update (as DftOptimizer does).
+template <class Rule, class Schedule, class Comm = dftune::distributed::Single>
 float sft_step(Model& model, Rule& rule, const Schedule& schedule, std::size_t step, const dftune::SequenceBatch& pos,
-               std::vector<float>& scratch) {
-  const std::size_t B = pos.size();
-  scratch.resize(2 * B);
-  std::span<float> scores(scratch.data(), B), d(scratch.data() + B, B);
-  model.sequence_logp(pos, scores);
-  std::fill(d.begin(), d.end(), -1.0f / static_cast<float>(B));
+               std::vector<float>& scratch, Comm comm = {}) {
+  const std::size_t B_local = pos.size();
+  std::size_t B = 0;
+  for (std::uint64_t b : dftune::distributed::all_gather_values(comm, static_cast<std::uint64_t>(B_local))) B += b;
+  scratch.resize(2 * B_local);
+  std::span<float> scores(scratch.data(), B_local), d(scratch.data() + B_local, B_local);
   model.zero_gradients();
-  model.accumulate_gradients(pos, d);
+  if (B_local != 0) {
+    model.sequence_logp(pos, scores);
+    std::fill(d.begin(), d.end(), -1.0f / static_cast<float>(B));
+    model.accumulate_gradients(pos, d);
+  }
+  comm.all_reduce_sum(std::span<float>(model.gradients()));
   rule.step(model.parameters(), std::span<const float>(model.gradients()), static_cast<float>(schedule.lr(step)));
-  return -std::accumulate(scores.begin(), scores.end(), 0.0f) / static_cast<float>(B);
+  float loss = -std::accumulate(scores.begin(), scores.end(), 0.0f) / static_cast<float>(B);
+  comm.all_reduce_sum(std::span<float>(&loss, 1));
+  return loss;
 }
 
 inline dftune::CosineSchedule schedule_for(double lr, std::size_t steps) {
@@ -248,10 +263,11 @@ struct StepBatch {
 // batches), the learning curve on test, the final validation and test metrics, and the wall time
 // of the training steps alone (evaluation excluded). `train_step(step, batch)` updates `model`
 // (already a copy of the base) and returns the step's loss; `label` names the run in progress lines.
+// Data-parallel, `shard` is this rank's: it draws the same batches and passes on the ids it owns.
 template <class TrainStep>
 RunResult finetune_loop(Model& model, const char* label, double lr, const TrainData& data, const EvalSet& validation,
                         const EvalSet& test, const Settings& s, std::uint64_t seed, const Progress& progress,
-                        TrainStep&& train_step) {
+                        TrainStep&& train_step, dftune::distributed::Shard shard = {}) {
   RunResult r;
   r.lr = lr;
   r.seed = seed;
@@ -261,8 +277,8 @@ RunResult finetune_loop(Model& model, const char* label, double lr, const TrainD
   std::iota(order.begin(), order.end(), 0);
   std::size_t cursor = N;
   Sequences pos, neg;
-  std::vector<std::int64_t> ids(B);
-  std::vector<float> ref(B * m);
+  std::vector<std::int64_t> ids;
+  std::vector<float> ref;
   const auto data_pos = data.positives.view(), data_neg = data.negatives.view();
   auto push = [](Sequences& dst, const dftune::SequenceBatch& src, std::size_t k) {
     const auto seq = src.sequence(k);
@@ -278,17 +294,20 @@ RunResult finetune_loop(Model& model, const char* label, double lr, const TrainD
     const auto t0 = std::chrono::steady_clock::now();
     pos = Sequences{};
     neg = Sequences{};
+    ids.clear();
+    ref.clear();
     for (std::size_t b = 0; b < B; ++b) {
       if (cursor == N) {
         std::shuffle(order.begin(), order.end(), rng);
         cursor = 0;
       }
       const std::size_t i = order[cursor++];
-      ids[b] = static_cast<std::int64_t>(i);
+      if (!shard.owns(static_cast<std::int64_t>(i))) continue;  // another rank's example
+      ids.push_back(static_cast<std::int64_t>(i));
       push(pos, data_pos, i);
       for (std::size_t j = 0; j < m; ++j) {
         push(neg, data_neg, i * m + j);
-        ref[b * m + j] = data.ref_neg_logp[i * m + j];
+        ref.push_back(data.ref_neg_logp[i * m + j]);
       }
     }
     const float loss = train_step(step, StepBatch{.ids = ids, .positives = pos.view(), .negatives = neg.view(),
@@ -313,9 +332,10 @@ RunResult finetune_loop(Model& model, const char* label, double lr, const TrainD
   return r;
 }
 
-// One SFT, DFT or DFT2 fine-tuning run from a copy of the base.
-inline RunResult finetune(const Model& base, Method method, double lr, const TrainData& data, const EvalSet& validation,
-                          const EvalSet& test, const Settings& s, std::uint64_t seed, const Progress& progress) {
+// One SFT, DFT or DFT2 fine-tuning run from a copy of the base; data-parallel over `comm`.
+template <class Comm = dftune::distributed::Single>
+RunResult finetune(const Model& base, Method method, double lr, const TrainData& data, const EvalSet& validation,
+                   const EvalSet& test, const Settings& s, std::uint64_t seed, const Progress& progress, Comm comm = {}) {
   Model model = base;
   const std::size_t N = data.problems.size();
   const auto schedule = schedule_for(lr, s.steps);
@@ -323,19 +343,20 @@ inline RunResult finetune(const Model& base, Method method, double lr, const Tra
       method == Method::dft2
           ? dftune::DftOptions{.variant = dftune::Variant::dft2, .tau = s.tau_dft2, .gamma = s.gamma_dft2, .init = s.estimator}
           : dftune::DftOptions{.variant = dftune::Variant::dft, .tau = s.tau_dft, .gamma = s.gamma_dft, .init = s.estimator};
-  dftune::Estimator<float> estimator(N, opt);
-  dftune::DftOptimizer dft(model, estimator, opt, dftune::AdamW<float>{}, schedule);
+  dftune::Estimator<float> estimator(N, opt, dftune::distributed::shard_of(comm));
+  dftune::DftOptimizer dft(model, estimator, opt, dftune::AdamW<float>{}, schedule, {}, comm);
   dftune::AdamW<float> sft_rule;
   std::vector<float> scratch;
   RunResult r = finetune_loop(model, name(method), lr, data, validation, test, s, seed, progress,
                               [&](std::size_t step, const StepBatch& b) -> float {
-                                if (method == Method::sft) return sft_step(model, sft_rule, schedule, step, b.positives, scratch);
+                                if (method == Method::sft) return sft_step(model, sft_rule, schedule, step, b.positives, scratch, comm);
                                 const auto info = dft.step({.ids = b.ids, .positives = b.positives, .negatives = b.negatives,
                                                             .num_negatives = b.num_negatives,
                                                             .ref_neg_logp = method == Method::dft ? b.ref_neg_logp
                                                                                                   : std::span<const float>()});
                                 return info.result.loss;
-                              });
+                              },
+                              dftune::distributed::shard_of(comm));
   r.method = method;
   return r;
 }

@@ -16,7 +16,8 @@
 // At t = 1, m̂ = g and v̂ = g², so θ_1 = θ_0 − lr·g/(|g| + ε) ≈ θ_0 − lr·sign(g): the first step
 // moves every coordinate by ~lr whatever the gradient's scale.
 // Scalars that depend only on t (bias corrections, step size, shrink factor) are computed in
-// double once per step; the element loop runs in T. State m, v is sized on the first step.
+// double once per step; the element loop runs in T. State m, v is sized on the first step. A step
+// whose θ, m or v would not be finite throws and changes nothing (rule.hpp, update_all_or_nothing).
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
 #include <dftune/optim/rule.hpp>
@@ -62,12 +63,16 @@ class AdamUpdate {
 
   void step(std::span<T> params, std::span<const T> grads, T lr) {
     detail::check_rule_step(std::span<const T>(params), grads, lr, n_);
+    detail::check_step_count(steps_);
     const std::size_t n = params.size();
-    if (steps_ == 0) {  // may throw bad_alloc: nothing written yet
-      m_.assign(n, T(0));
-      v_.assign(n, T(0));
+    std::vector<T> fresh_m, fresh_v;  // the moments of the first step; may throw bad_alloc: nothing written yet
+    if (steps_ == 0) {
+      fresh_m.assign(n, T(0));
+      fresh_v.assign(n, T(0));
     }
-    const double t = static_cast<double>(steps_ + 1);
+    T* const m = steps_ == 0 ? fresh_m.data() : m_.data();
+    T* const v = steps_ == 0 ? fresh_v.data() : v_.data();
+    const double t = static_cast<double>(steps_) + 1.0;  // not steps_ + 1, which wraps in size_t
     const double bias1 = 1.0 - std::pow(opt_.beta1, t);
     const double bias2 = 1.0 - std::pow(opt_.beta2, t);
     const T step_size = static_cast<T>(static_cast<double>(lr) / bias1);
@@ -78,12 +83,48 @@ class AdamUpdate {
     const T beta2 = static_cast<T>(opt_.beta2);
     const T one_m_beta2 = static_cast<T>(1.0 - opt_.beta2);
     const T eps = static_cast<T>(opt_.eps);
-    for (std::size_t k = 0; k < n; ++k) {
+    struct Next {
+      T theta, m, v;
+      int finite() const {
+        return detail::finite_value(theta) & detail::finite_value(m) & detail::finite_value(v);
+      }
+    };
+    struct Moments {
+      T m, v;
+    };
+    auto moments = [&](std::size_t k) {
       const T g = WeightDecay::gradient(grads[k], params[k], lambda);
-      m_[k] += one_m_beta1 * (g - m_[k]);
-      v_[k] = beta2 * v_[k] + one_m_beta2 * g * g;
-      const T denom = std::sqrt(v_[k]) / bias2_sqrt + eps;
-      params[k] = params[k] * shrink - step_size * (m_[k] / denom);
+      return Moments{m[k] + one_m_beta1 * (g - m[k]), beta2 * v[k] + one_m_beta2 * g * g};
+    };
+    auto next = [&](std::size_t k) {
+      const Moments x = moments(k);
+      const T denom = std::sqrt(x.v) / bias2_sqrt + eps;
+      return Next{params[k] * shrink - step_size * (x.m / denom), x.m, x.v};
+    };
+    // Without the square root (scalar code: it may set errno): the denominator is >= eps, so
+    // |θ'| <= |θ·shrink| + step_size·|m'|/eps, and two terms under max/4 cannot overflow, however
+    // the rounding (or a fused multiply-add) falls.
+    const T quarter = std::numeric_limits<T>::max() / 4;
+    auto screen = [&](std::size_t k) {
+      const Moments x = moments(k);
+      return detail::finite_value(x.m) & detail::finite_value(x.v) &
+             static_cast<int>(std::fabs(params[k] * shrink) <= quarter) &
+             static_cast<int>(step_size * (std::fabs(x.m) / eps) <= quarter);
+    };
+    auto store = [&](std::size_t k, const Next& x) {
+      params[k] = x.theta;
+      m[k] = x.m;
+      v[k] = x.v;
+    };
+    auto fail = [&](std::size_t k, const Next& x) {
+      if (!detail::finite_value(x.m)) detail::fail_overflow("first_moment", k, x.m, params[k], grads[k], lr);
+      if (!detail::finite_value(x.v)) detail::fail_overflow("second_moment", k, x.v, params[k], grads[k], lr);
+      detail::fail_overflow("params", k, x.theta, params[k], grads[k], lr);
+    };
+    detail::update_all_or_nothing<T>(n, screen, next, store, fail);
+    if (steps_ == 0) {
+      m_.swap(fresh_m);
+      v_.swap(fresh_v);
     }
     n_ = n;
     ++steps_;
@@ -100,8 +141,18 @@ class AdamUpdate {
   // ---- checkpointing (io/checkpoint.hpp) ----------------------------------------------------
   // Replaces the state wholesale with what steps(), num_parameters(), first_moment() and
   // second_moment() showed: steps = 0 with num_parameters = 0 and empty moments, or both > 0 with
-  // num_parameters finite m and finite v >= 0. All checks run before the swap.
+  // num_parameters finite m and finite v >= 0. All checks (check_state) run before the swap. A
+  // count near 2^64 is accepted; the step that would wrap it throws.
   void restore(std::size_t steps, std::size_t num_parameters, std::vector<T>&& m, std::vector<T>&& v) {
+    check_state(steps, num_parameters, m, v);
+    m_.swap(m);
+    v_.swap(v);
+    n_ = num_parameters;
+    steps_ = steps;
+  }
+  // Throws what restore would throw for this state, and changes nothing. Saving calls it on the
+  // rule's own state, so that a checkpoint that saves also loads.
+  void check_state(std::size_t steps, std::size_t num_parameters, std::span<const T> m, std::span<const T> v) const {
     if ((steps == 0) != (num_parameters == 0))
       detail::fail("num_parameters", num_parameters,
                    steps == 0 ? "0 before the first step" : "at least 1 after " + std::to_string(steps) + " steps");
@@ -111,10 +162,6 @@ class AdamUpdate {
       if (!std::isfinite(m[k])) detail::fail_at("first_moment", k, m[k], "a finite number");
       if (!std::isfinite(v[k]) || !(v[k] >= 0)) detail::fail_at("second_moment", k, v[k], "a finite number >= 0");
     }
-    m_.swap(m);
-    v_.swap(v);
-    n_ = num_parameters;
-    steps_ = steps;
   }
 
  private:
