@@ -6,13 +6,14 @@
 namespace ds = dftune::logprob::cuda::dispatch;
 using dftune::logprob::cuda::bf16;
 using dftune::logprob::cuda::fp16;
+using dftune::logprob::cuda::status_area;
 
-#define DFTUNE_COMPILE_CHECK_INSTANCES(T)                                                                           \
-  template cudaError_t ds::row_logsumexp_gather<T>(const T*, int, long long, const std::int32_t*, const float*,     \
-                                                   float*, float*, std::uint32_t*, cudaStream_t);                   \
-  template cudaError_t ds::softmax_grad<T>(const T*, T*, int, long long, const std::int32_t*, const float*,          \
-                                           const std::int64_t*, long long, const float*, const float*, std::uint32_t*, \
-                                           cudaStream_t);
+#define DFTUNE_COMPILE_CHECK_INSTANCES(T)                                                                       \
+  template cudaError_t ds::row_logsumexp_gather<T>(const T*, int, long long, const std::int32_t*, const float*, \
+                                                   float*, float*, status_area*, cudaStream_t);                 \
+  template cudaError_t ds::softmax_grad<T>(const T*, T*, int, long long, const std::int32_t*, const float*,      \
+                                           const std::int64_t*, long long, const float*, const float*,           \
+                                           status_area*, cudaStream_t);
 
 DFTUNE_COMPILE_CHECK_INSTANCES(float)
 DFTUNE_COMPILE_CHECK_INSTANCES(bf16)

@@ -7,7 +7,7 @@
 // alignment, predicated last steps, warp and block groups, grid-stride loops, masked rows and
 // sequences, empty sequences, sequences of 500–4000 rows, the segmented sums, the backward in place
 // and into a separate buffer (vector and scalar paths), with and without row_lse, status bits on
-// bad data and non-finite logits, row offsets past 2^31 elements — on any machine, GPU or not.
+// bad data, bad logits and extreme scales, row offsets past 2^31 elements — on any machine.
 // Device arithmetic (exp2f, conversions) is the host's here; the real kernels are checked on a GPU
 // by test_logprob_cuda device. DFTUNE_EMU_SEED=<n> picks another schedule (default 1).
 #include "emulate/cuda_runtime.h"  // first: defines the CUDA keywords the kernels use
@@ -163,6 +163,7 @@ inline constexpr float unwritten = 1e30f;  // what output buffers hold before a 
 struct Forward {
   std::vector<float> seq, tok, lse;
   std::uint32_t status = 0;
+  unsigned long long first_bad_row_not = 0;
   bool launched = true;
 };
 
@@ -172,7 +173,7 @@ Forward run_forward(const Problem<T>& p, unsigned grid) {
   device_buffer<float> tok("token_logp", std::vector<float>(static_cast<std::size_t>(p.N), unwritten));
   device_buffer<float> lse("row_lse", std::vector<float>(static_cast<std::size_t>(p.N), unwritten));
   device_buffer<float> seq("seq_logp", std::vector<float>(static_cast<std::size_t>(S), unwritten));
-  device_buffer<std::uint32_t> status("status", 1);
+  device_buffer<lc::status_area> status("status", 1);
   Forward f;
   f.launched = emu::launch(grid, kn::block_threads, [&] {
     kn::row_logsumexp_gather_kernel<T, G, 4>(p.logits.data(), p.V, p.N, p.y.data(), p.w.data(), tok.data(), lse.data(),
@@ -184,7 +185,8 @@ Forward run_forward(const Problem<T>& p, unsigned grid) {
   f.seq = seq.to_vector();
   f.tok = tok.to_vector();
   f.lse = lse.to_vector();
-  f.status = status[0];
+  f.status = status[0].bits;
+  f.first_bad_row_not = status[0].first_bad_row_not;
   return f;
 }
 
@@ -253,7 +255,7 @@ void check_backward(const Problem<T>& p, const Forward& f, bool in_place, bool w
   if (!in_place) std::memset(static_cast<void*>(separate.data()), 0xff, separate.size() * sizeof(T));
   const T* z = in_place ? own.data() : p.logits.data();
   T* g = in_place ? own.data() : separate.data();
-  device_buffer<std::uint32_t> status("status", 1);
+  device_buffer<lc::status_area> status("status", 1);
   const bool launched = emu::launch(3, kn::block_threads, [&] {
     kn::softmax_grad_kernel<T, G, 4, VECTOR>(z, g, p.V, p.N, p.y.data(), p.w.data(), p.off.data(), S, d.data(),
                                              with_lse ? lse.data() : nullptr, status.data());
@@ -272,10 +274,10 @@ void check_backward(const Problem<T>& p, const Forward& f, bool in_place, bool w
         worst = std::max(worst, err);
       }
     }
-  CHECK_MSG(launched && bad == 0 && status[0] == 0,
+  CHECK_MSG(launched && bad == 0 && status[0].bits == 0,
             "%s %s G=%d vector=%d V=%d N=%lld logits at %s, grad at %s: %d mismatches (worst %.3g), status %u", label,
             tname<T>(), G, VECTOR, p.V, p.N, p.layout.str().c_str(), in_place ? "logits" : gl.str().c_str(), bad, worst,
-            status[0]);
+            status[0].bits);
 }
 
 template <class T, int G>
@@ -323,15 +325,15 @@ void long_sequences() {
   const long long S = 100, N = off_host.back();
   for (int gs : {32, kn::block_threads}) {
     device_buffer<float> seq("seq_logp", std::vector<float>(static_cast<std::size_t>(S), unwritten));
-    device_buffer<std::uint32_t> status("status", 1);
+    device_buffer<lc::status_area> status("status", 1);
     const bool launched = emu::launch(2, kn::block_threads, [&] {
       if (gs == 32) kn::segment_sum_kernel<32>(tok.data(), off.data(), S, N, seq.data(), status.data());
       else kn::segment_sum_kernel<kn::block_threads>(tok.data(), off.data(), S, N, seq.data(), status.data());
     });
     int ulps = 0;
     const bool exact = sums_exact(tok_host, off_host, seq.to_vector(), &ulps);
-    CHECK_MSG(launched && exact && status[0] == 0, "%s long sequences, group %d: sums %d ulps off, status %u",
-              tname<T>(), gs, ulps, status[0]);
+    CHECK_MSG(launched && exact && status[0].bits == 0, "%s long sequences, group %d: sums %d ulps off, status %u",
+              tname<T>(), gs, ulps, status[0].bits);
   }
   // The backward, with the oracle's row_lse (a forward over 9000 rows costs the emulator seconds).
   Forward f;
@@ -363,7 +365,7 @@ void bad_data() {
   const auto S = p.S();
   device_buffer<float> d("d_seq", std::vector<float>(static_cast<std::size_t>(S), 1.0f));
   device_buffer<float> g("grad", p.zf.size());
-  device_buffer<std::uint32_t> status("status", 1);
+  device_buffer<lc::status_area> status("status", 1);
   emu::launch(1, kn::block_threads, [&] {
     kn::softmax_grad_kernel<float, 32, 4, true>(p.logits.data(), g.data(), p.V, p.N, p.y.data(), p.w.data(),
                                                 p.off.data(), S, d.data(), nullptr, status.data());
@@ -375,21 +377,22 @@ void bad_data() {
     for (std::size_t v = 0; v < 40; ++v) nans += std::isnan(g[n * 40 + v]);
     wrong_rows += nans != (n == 2 || n == 5 || n == 8 ? 40 : 0);
   }
-  CHECK_MSG(status[0] == (lc::status_bad_offsets | lc::status_bad_target) && wrong_rows == 0,
-            "status %u, %d rows wrong", status[0], wrong_rows);
+  CHECK_MSG(status[0].bits == (lc::status_bad_offsets | lc::status_bad_target) && wrong_rows == 0,
+            "status %u, %d rows wrong", status[0].bits, wrong_rows);
 }
 
-// Non-finite logits (docs/cuda.md): a weighted row with a NaN or +inf logit, or only −inf ones,
-// has NaN token log-prob, row_lse and gradient, and sets status_nonfinite_logits; its sequence
-// sum is NaN; other rows are untouched; a masked row is never read, so its logits may be anything.
+// Bad logits (docs/cuda.md), judged as the CPU paths judge them: a weighted row whose log-sum-exp
+// or log-prob is not finite (a NaN or +inf logit, only −inf logits, a −inf target logit) has NaN
+// token log-prob, row_lse and gradient, sets status_bad_logits and the smallest such row is kept;
+// its sequence sum is NaN; other rows are untouched; a masked row is never read.
 template <class T, int G>
-void nonfinite_logits() {
+void bad_logits() {
   const int V = G == 32 ? 45 : 5000;
-  auto p = make<T>(V, 8, {flush::end, 0}, 11);
+  auto p = make<T>(V, 9, {flush::end, 0}, 11);
   const float inf = INFINITY, nan = NAN;
-  std::vector<std::int64_t> off = {0, 2, 3, 4, 5, 6, 8};  // row 0 and 1: one sequence
+  std::vector<std::int64_t> off = {0, 2, 3, 4, 5, 6, 8, 9};  // rows 0 and 1, 6 and 7: one sequence each
   p.off = device_buffer<std::int64_t>("offsets", std::span<const std::int64_t>(off));
-  for (std::size_t n = 0; n < 8; ++n) {
+  for (std::size_t n = 0; n < 9; ++n) {
     p.w[n] = 1.0f;
     p.y[n] = 3;
   }
@@ -404,30 +407,32 @@ void nonfinite_logits() {
   set(5, 0, -inf);                              // one −inf: a fine row
   set(6, 1, nan);                               // masked: never read
   p.w[6] = 0.0f;
-  const std::vector<bool> bad = {false, true, true, true, true, false, false, false};
+  set(7, 3, -inf);  // the target's logit −inf: log-prob −inf
+  const std::vector<bool> bad = {false, true, true, true, true, false, false, true, false};
   const auto f = run_forward<T, G, 32>(p, 2);
   int wrong = 0;
-  for (std::size_t n = 0; n < 8; ++n) {
+  for (std::size_t n = 0; n < 9; ++n) {
     if (bad[n]) wrong += !(std::isnan(f.tok[n]) && std::isnan(f.lse[n]));
     else if (n == 6) wrong += !(f.tok[n] == 0.0f && std::isnan(f.lse[n]));
     else wrong += !(std::isfinite(f.tok[n]) && std::isfinite(f.lse[n]));
   }
-  const bool nan_seq[6] = {true, true, true, true, false, false};  // sequence 0: rows 0 (fine) and 1 (+inf)
-  for (std::size_t s = 0; s < 6; ++s) wrong += std::isnan(f.seq[s]) != nan_seq[s];
-  CHECK_MSG(wrong == 0 && f.status == lc::status_nonfinite_logits, "%s G=%d forward: %d wrong, status %u", tname<T>(),
-            G, wrong, f.status);
-  // Backward, without row_lse (recomputed: the same status) and with the forward's (NaN: bad row_lse).
+  const bool nan_seq[7] = {true, true, true, true, false, true, false};
+  for (std::size_t s = 0; s < 7; ++s) wrong += std::isnan(f.seq[s]) != nan_seq[s];
+  CHECK_MSG(wrong == 0 && f.status == lc::status_bad_logits && f.first_bad_row_not == ~1ull,
+            "%s G=%d forward: %d wrong, status %u, first bad row %lld", tname<T>(), G, wrong, f.status,
+            static_cast<long long>(~f.first_bad_row_not));
+  // Backward, without row_lse (recomputed and judged alike) and with the forward's (NaN: bad row_lse).
   for (bool with_lse : {false, true}) {
-    device_buffer<float> d("d_seq", std::vector<float>(6, 1.0f));
+    device_buffer<float> d("d_seq", std::vector<float>(7, 1.0f));
     device_buffer<float> lse("row_lse", std::span<const float>(f.lse));
     device_buffer<T> g("grad", p.zf.size());
-    device_buffer<std::uint32_t> status("status", 1);
+    device_buffer<lc::status_area> status("status", 1);
     emu::launch(2, kn::block_threads, [&] {
       kn::softmax_grad_kernel<T, G, 4, true>(p.logits.data(), g.data(), V, p.N, p.y.data(), p.w.data(), p.off.data(),
-                                             6, d.data(), with_lse ? lse.data() : nullptr, status.data());
+                                             7, d.data(), with_lse ? lse.data() : nullptr, status.data());
     });
     int wrong_rows = 0;
-    for (std::size_t n = 0; n < 8; ++n) {
+    for (std::size_t n = 0; n < 9; ++n) {
       int nans = 0, zeros = 0;
       for (int v = 0; v < V; ++v) {
         const float x = to_f(g[n * static_cast<std::size_t>(V) + static_cast<std::size_t>(v)]);
@@ -438,10 +443,54 @@ void nonfinite_logits() {
       else if (n == 6) wrong_rows += zeros != V;
       else wrong_rows += nans != 0;
     }
-    const std::uint32_t want = with_lse ? lc::status_bad_row_lse : lc::status_nonfinite_logits;
-    CHECK_MSG(wrong_rows == 0 && status[0] == want, "%s G=%d backward (row_lse %d): %d wrong rows, status %u",
-              tname<T>(), G, with_lse, wrong_rows, status[0]);
+    const std::uint32_t want = with_lse ? lc::status_bad_row_lse : lc::status_bad_logits;
+    const unsigned long long want_row = with_lse ? 0 : ~1ull;
+    CHECK_MSG(wrong_rows == 0 && status[0].bits == want && status[0].first_bad_row_not == want_row,
+              "%s G=%d backward (row_lse %d): %d wrong rows, status %u", tname<T>(), G, with_lse, wrong_rows,
+              status[0].bits);
   }
+}
+
+// Values the storage and compute types cannot hold: a gradient scale |d_seq·w| above half of the
+// gradient type's largest value (fp16: 32752) or not finite makes its sequence's gradient rows NaN
+// and sets status_bad_d_seq; a sequence sum of finite token log-probs beyond float is NaN with
+// status_bad_seq_sum (a NaN token log-prob only makes its sum NaN).
+void extreme_scales() {
+  auto p = make<lc::fp16>(40, 6, {flush::end, 0}, 21);
+  const std::vector<std::int64_t> off = {0, 2, 4, 6};
+  p.off = device_buffer<std::int64_t>("offsets", std::span<const std::int64_t>(off));
+  for (std::size_t n = 0; n < 6; ++n) {
+    p.w[n] = 1.0f;
+    p.y[n] = static_cast<std::int32_t>(n);
+  }
+  device_buffer<float> d("d_seq", std::vector<float>{30000.0f, 40000.0f, NAN});
+  device_buffer<lc::fp16> g("grad", p.zf.size());
+  device_buffer<lc::status_area> status("status", 1);
+  emu::launch(1, kn::block_threads, [&] {
+    kn::softmax_grad_kernel<lc::fp16, 32, 4, true>(p.logits.data(), g.data(), p.V, p.N, p.y.data(), p.w.data(),
+                                                   p.off.data(), 3, d.data(), nullptr, status.data());
+  });
+  int wrong_rows = 0;
+  for (std::size_t n = 0; n < 6; ++n) {
+    int nans = 0, finite = 0;
+    for (std::size_t v = 0; v < 40; ++v) {
+      nans += std::isnan(to_f(g[n * 40 + v]));
+      finite += std::isfinite(to_f(g[n * 40 + v]));
+    }
+    wrong_rows += n < 2 ? finite != 40 : nans != 40;
+  }
+  CHECK_MSG(wrong_rows == 0 && status[0].bits == lc::status_bad_d_seq, "d_seq scale: %d wrong rows, status %u",
+            wrong_rows, status[0].bits);
+
+  const std::vector<float> tok_host = {-3e38f, -3e38f, 1.0f, NAN, 2.0f};
+  const std::vector<std::int64_t> seq_off = {0, 2, 3, 5};
+  device_buffer<float> tok("token_logp", std::span<const float>(tok_host));
+  device_buffer<std::int64_t> so("offsets", std::span<const std::int64_t>(seq_off));
+  device_buffer<float> seq("seq_logp", std::vector<float>(3, unwritten));
+  device_buffer<lc::status_area> st("status", 1);
+  emu::launch(1, kn::block_threads, [&] { kn::segment_sum_kernel<32>(tok.data(), so.data(), 3, 5, seq.data(), st.data()); });
+  CHECK_MSG(std::isnan(seq[0]) && seq[1] == 1.0f && std::isnan(seq[2]) && st[0].bits == lc::status_bad_seq_sum,
+            "sums beyond float: %g %g %g, status %u", seq[0], seq[1], seq[2], st[0].bits);
 }
 
 // Row offsets past 2^31 elements (N·V > 2^31): a 32-bit row offset would wrap. Almost every row
@@ -482,7 +531,7 @@ void offsets_64bit() {
   device_buffer<float> tok("token_logp", static_cast<std::size_t>(N));
   device_buffer<float> lse("row_lse", static_cast<std::size_t>(N));
   device_buffer<float> seq("seq_logp", static_cast<std::size_t>(S));
-  device_buffer<std::uint32_t> status("status", 1);
+  device_buffer<lc::status_area> status("status", 1);
   bool launched = emu::launch(2, kn::block_threads, [&] {
     kn::row_logsumexp_gather_kernel<T, G, 4>(logits.data(), V, N, y.data(), w.data(), tok.data(), lse.data(),
                                              status.data());
@@ -499,8 +548,8 @@ void offsets_64bit() {
   for (long long r : {2LL, N / 2, N - 4}) bad += !(tok[static_cast<std::size_t>(r)] == 0.0f && std::isnan(lse[static_cast<std::size_t>(r)]));
   const double seq_ref[4] = {tok_ref[0] + tok_ref[1], 0.0, tok_ref[2] + tok_ref[3], tok_ref[4] + tok_ref[5]};
   for (std::size_t s = 0; s < 4; ++s) bad += !(std::fabs(seq[s] - seq_ref[s]) <= 1e-4 * (1 + std::fabs(seq_ref[s])));
-  CHECK_MSG(launched && bad == 0 && status[0] == 0, "G=%d V=%d N=%lld forward: %d mismatches, status %u", G, V, N, bad,
-            status[0]);
+  CHECK_MSG(launched && bad == 0 && status[0].bits == 0, "G=%d V=%d N=%lld forward: %d mismatches, status %u", G, V, N, bad,
+            status[0].bits);
 
   // Backward into a separate gradient: only the weighted rows are kept, every masked row is written
   // (zeros) into the aliased chunk. 2^31 elements written cost the emulator ~2 s: one group size
@@ -517,7 +566,7 @@ void offsets_64bit() {
   std::memset(static_cast<void*>(grad.data() + probe), 0xff, 4096 * sizeof(T));
   const std::vector<float> d_host = {0.5f, 1.0f, -0.25f, 2.0f};
   device_buffer<float> d("d_seq", std::span<const float>(d_host));
-  status[0] = 0;
+  status[0] = {};
   launched = emu::launch(2, kn::block_threads, [&] {
     kn::softmax_grad_kernel<T, G, 4, true>(logits.data(), grad.data(), V, N, y.data(), w.data(), off.data(), S,
                                            d.data(), lse.data(), status.data());
@@ -535,8 +584,8 @@ void offsets_64bit() {
   }
   // The masked rows wrote zeros over the aliased chunk, poisoned here (through a masked row) first.
   for (std::size_t i = 0; i < 4096; ++i) bad += to_f(grad[probe + i]) != 0.0f;
-  CHECK_MSG(launched && bad == 0 && status[0] == 0, "G=%d V=%d N=%lld backward: %d mismatches, status %u", G, V, N, bad,
-            status[0]);
+  CHECK_MSG(launched && bad == 0 && status[0].bits == 0, "G=%d V=%d N=%lld backward: %d mismatches, status %u", G, V, N, bad,
+            status[0].bits);
 }
 
 // ---- the emulator itself -------------------------------------------------------------------------
@@ -660,10 +709,11 @@ int main() {
     long_sequences<lc::fp16>();
   });
   section("bad targets / offsets", bad_data);
-  section("non-finite logits", [] {
-    nonfinite_logits<float, 32>();
-    nonfinite_logits<lc::bf16, kn::block_threads>();
-    nonfinite_logits<lc::fp16, 32>();
+  section("bad logits (non-finite lse or log-prob), extreme scales", [] {
+    bad_logits<float, 32>();
+    bad_logits<lc::bf16, kn::block_threads>();
+    bad_logits<lc::fp16, 32>();
+    extreme_scales();
   });
   section("row offsets past 2^31 elements", [] {
     offsets_64bit<32>();

@@ -357,6 +357,11 @@ V __shfl_xor_sync(unsigned mask, V v, int lane_mask, int width = 32,
 }
 
 inline unsigned atomicOr(std::uint32_t* p, std::uint32_t v) { return std::atomic_ref<std::uint32_t>(*p).fetch_or(v); }
+inline unsigned long long atomicMax(unsigned long long* p, unsigned long long v) {
+  const unsigned long long old = *p;  // one OS thread: no other thread can run in between
+  if (v > old) *p = v;
+  return old;
+}
 inline float __uint_as_float(std::uint32_t u) { return std::bit_cast<float>(u); }
 inline std::uint32_t __float_as_uint(float f) { return std::bit_cast<std::uint32_t>(f); }
 inline void __stwb(uint4* p, uint4 v) { *p = v; }

@@ -247,6 +247,30 @@ DFTUNE_CUDA_UNROLL
   return st;
 }
 
+// ---- reports into the status area (types.cuh) --------------------------------------------------
+
+__device__ __forceinline__ void report(status_area* status, std::uint32_t bit) { atomicOr(&status->bits, bit); }
+
+__device__ __forceinline__ void report_bad_logits(status_area* status, long long row) {
+  report(status, status_bad_logits);
+  atomicMax(&status->first_bad_row_not, ~static_cast<unsigned long long>(row));
+}
+
+// A weighted row is judged as the CPU paths judge it (logprob/checks.hpp, internal::row_ok): its
+// log-sum-exp and its log-prob w·(z[y] − lse) must be finite. That catches a NaN or +inf logit
+// (lse NaN or +inf), a row of −inf (lse −inf), a −inf target logit and a log-prob beyond float,
+// from values the pass computes anyway: no extra pass over the logits.
+__device__ __forceinline__ bool row_ok(float lse, float lp) { return isfinite(lse) && isfinite(lp); }
+
+// The largest gradient scale |c| = |d_seq·w| the backward takes: half of T's largest value, so
+// that |c · (onehot − p)| <= |c| stays finite (as the CPU paths' check_backward).
+template <class T>
+__device__ __forceinline__ float max_grad_scale() {
+  if constexpr (std::is_same_v<T, fp16>) return 0x1.ffcp+14f;      // 65504 / 2
+  else if constexpr (std::is_same_v<T, bf16>) return 0x1.fep+126f;  // (2 − 2^-7) · 2^127 / 2
+  else return 0x1.fffffep+126f;                                     // FLT_MAX / 2
+}
+
 // ---- forward: per-row log-sum-exp and weighted target log-prob -------------------------------
 
 template <class T, int G, int UNROLL>
@@ -254,7 +278,7 @@ __global__ void __launch_bounds__(block_threads, min_blocks_per_sm)
     row_logsumexp_gather_kernel(const T* __restrict__ logits, int V, long long N,
                                 const std::int32_t* __restrict__ targets, const float* __restrict__ weights,
                                 float* __restrict__ token_logp, float* __restrict__ row_lse,
-                                std::uint32_t* __restrict__ status) {
+                                status_area* __restrict__ status) {
   static_assert(G == 32 || G == block_threads, "a row is one warp or one block");
   constexpr int R = block_threads / G;  // rows per block
   DFTUNE_CUDA_SHARED(group_smem<G>, sm);
@@ -279,15 +303,16 @@ __global__ void __launch_bounds__(block_threads, min_blocks_per_sm)
     if (lane == 0) {
       float lse = detail::lse_finish(st);
       float lp = w * (zy - lse);
-      if (!isfinite(lse)) {  // a NaN or +inf logit, or none above −inf: no distribution
-        lse = lp = detail::quiet_nan();
-        atomicOr(status, status_nonfinite_logits);
-      }
       if (bad_target) {
         lp = detail::quiet_nan();
-        atomicOr(status, status_bad_target);
+        report(status, status_bad_target);
+      } else if (!isfinite(w)) {
+        lp = detail::quiet_nan();
+        report(status, status_bad_weight);
+      } else if (!row_ok(lse, lp)) {
+        lse = lp = detail::quiet_nan();
+        report_bad_logits(status, row);
       }
-      if (!isfinite(w)) atomicOr(status, status_bad_weight);
       token_logp[row] = lp;
       if (row_lse) row_lse[row] = lse;
     }
@@ -299,7 +324,7 @@ __global__ void __launch_bounds__(block_threads, min_blocks_per_sm)
 template <int G>
 __global__ void __launch_bounds__(block_threads, min_blocks_per_sm)
     segment_sum_kernel(const float* __restrict__ token_logp, const std::int64_t* __restrict__ offsets,
-                       long long S, long long N, float* __restrict__ seq_logp, std::uint32_t* __restrict__ status) {
+                       long long S, long long N, float* __restrict__ seq_logp, status_area* __restrict__ status) {
   constexpr int R = block_threads / G;
   DFTUNE_CUDA_SHARED(group_smem<G>, sm);
   const int lane = static_cast<int>(threadIdx.x) % G;
@@ -311,14 +336,21 @@ __global__ void __launch_bounds__(block_threads, min_blocks_per_sm)
     if (bad) {  // uniform across the group
       if (lane == 0) {
         seq_logp[s] = detail::quiet_nan();
-        atomicOr(status, status_bad_offsets);
+        report(status, status_bad_offsets);
       }
       continue;
     }
     double acc = 0.0;
     for (long long r = b + lane; r < e; r += G) acc += static_cast<double>(token_logp[r]);
     acc = group_sum<G>(acc, sm);
-    if (lane == 0) seq_logp[s] = static_cast<float>(acc);
+    if (lane == 0) {
+      float sum = static_cast<float>(acc);
+      if (isfinite(acc) && !isfinite(sum)) {  // finite token log-probs whose sum float cannot hold
+        sum = detail::quiet_nan();
+        report(status, status_bad_seq_sum);
+      }
+      seq_logp[s] = sum;
+    }
   }
 }
 
@@ -353,7 +385,7 @@ __global__ void __launch_bounds__(block_threads, min_blocks_per_sm)
     softmax_grad_kernel(const T* logits, T* grad, int V, long long N, const std::int32_t* __restrict__ targets,
                         const float* __restrict__ weights, const std::int64_t* __restrict__ offsets, long long S,
                         const float* __restrict__ d_seq, const float* __restrict__ row_lse,
-                        std::uint32_t* __restrict__ status) {
+                        status_area* __restrict__ status) {
   static_assert(G == 32 || G == block_threads, "a row is one warp or one block");
   constexpr int R = block_threads / G;
   constexpr int K = VECTOR ? vec_elems<T> : 1;
@@ -370,11 +402,16 @@ __global__ void __launch_bounds__(block_threads, min_blocks_per_sm)
       const long long s = sequence_of_row(offsets, S, row);
       if (s < 0) {
         c = detail::quiet_nan();
-        if (lane == 0) atomicOr(status, status_bad_offsets);
+        if (lane == 0) report(status, status_bad_offsets);
+      } else if (!isfinite(w)) {
+        c = detail::quiet_nan();
+        if (lane == 0) report(status, status_bad_weight);
       } else {
         c = d_seq[s] * w;
-        if (lane == 0 && !isfinite(d_seq[s])) atomicOr(status, status_bad_d_seq);
-        if (lane == 0 && !isfinite(w)) atomicOr(status, status_bad_weight);
+        if (!(fabsf(c) <= max_grad_scale<T>())) {  // also NaN
+          c = detail::quiet_nan();
+          if (lane == 0) report(status, status_bad_d_seq);
+        }
       }
     }
     const int head = VECTOR ? head_elems(z, V) : 0;
@@ -387,17 +424,27 @@ __global__ void __launch_bounds__(block_threads, min_blocks_per_sm)
       continue;
     }
     int y = targets[row];
+    const bool bad_target = y < 0 || y >= V;
     float lse;
-    if (row_lse) {
+    if (row_lse) {  // forward()'s, trusted to belong to these logits (as on the CPU paths)
       lse = row_lse[row];
-      if (lane == 0 && !isfinite(lse)) atomicOr(status, status_bad_row_lse);
+      if (!isfinite(lse)) {
+        if (lane == 0) report(status, status_bad_row_lse);
+        c = detail::quiet_nan();
+      }
     } else {
+      // Every lane reads the target logit (one broadcast load) before the group's barrier, so
+      // that none reads it after another lane overwrote it in place, and every lane judges the
+      // row alike: the merged lse has the same bits on every lane.
+      const float zy = bad_target ? 0.0f : to_float(z[y]);
       lse = detail::lse_finish(group_merge<G>(row_lse_partial<T, G, UNROLL>(z, V, lane), sm));
-      if (lane == 0 && !isfinite(lse)) atomicOr(status, status_nonfinite_logits);
+      if (!bad_target && !row_ok(lse, w * (zy - lse))) {  // the whole row NaN, as in the forward
+        if (lane == 0) report_bad_logits(status, row);
+        c = detail::quiet_nan();
+      }
     }
-    if (!isfinite(lse)) c = detail::quiet_nan();  // the whole row NaN, as in the forward
-    if (y < 0 || y >= V) {
-      if (lane == 0) atomicOr(status, status_bad_target);
+    if (bad_target) {
+      if (lane == 0) report(status, status_bad_target);
       c = detail::quiet_nan();
       y = -1;
     }
