@@ -184,6 +184,8 @@ MUTATIONS = [
      "return 0x1.ffcp+14f;", "return 0x1.ffcp+15f;"),
     ("N8", "segment sum: a sum beyond float not flagged", K,
      "      if (isfinite(acc) && !isfinite(sum)) {", "      if (false) {"),
+    ("N9", "backward: no __syncwarp between the target logit's read and the warp's writes", K,
+     "      if constexpr (G == 32) __syncwarp();\n", ""),
     # --- 128-bit stores (issue item 1): the values are the same, only the compiler check sees it
     ("V1", "vector stores as a plain 16-byte assignment", K,
      "  else __stwb(reinterpret_cast<uint4*>(g), p);", "  else *reinterpret_cast<uint4*>(g) = p;", "compiler"),

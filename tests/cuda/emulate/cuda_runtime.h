@@ -3,8 +3,9 @@
 // predication, reductions and in-place handling can be tested against the CPU oracle on a machine
 // without a GPU (tests/cuda/test_kernels_emulated.cpp). Not a CUDA implementation: one block runs
 // at a time, each of its threads is a fiber (ucontext) on the calling thread, __syncthreads is a
-// block barrier and warp shuffles go through a per-thread slot array between two warp barriers.
-// Only for tests. What it does to find the bugs a fixed, friendly schedule hides:
+// block barrier, __syncwarp a warp barrier and warp shuffles go through a per-thread slot array
+// between two warp barriers. Only for tests. What it does to find the bugs a fixed, friendly
+// schedule hides:
 //   - the schedule is random and seeded (emu::seed): blocks run in a random order, and whenever a
 //     thread reaches a barrier the next thread to run is either drawn uniformly among the runnable
 //     ones or the runnable one of highest priority (warps in a random order, lanes in a random
@@ -336,6 +337,11 @@ T& shared_object(const void* site) {
 
 inline void __syncthreads(std::source_location loc = std::source_location::current()) {
   emu::arrive_and_wait(emu::sched->block, emu::site_of(loc));
+}
+
+inline void __syncwarp(unsigned mask = 0xffffffffu, std::source_location loc = std::source_location::current()) {
+  if (mask != 0xffffffffu) emu::fail("a __syncwarp without the full warp");
+  emu::arrive_and_wait(emu::sched->warps[threadIdx.x / 32], emu::site_of(loc));
 }
 
 template <class V>

@@ -433,10 +433,12 @@ __global__ void __launch_bounds__(block_threads, min_blocks_per_sm)
         c = detail::quiet_nan();
       }
     } else {
-      // Every lane reads the target logit (one broadcast load) before the group's barrier, so
-      // that none reads it after another lane overwrote it in place, and every lane judges the
-      // row alike: the merged lse has the same bits on every lane.
+      // Every lane reads the target logit (one broadcast load) and judges the row alike (the
+      // merged lse has the same bits on every lane). The read comes before a barrier that every
+      // lane passes before it writes (a warp's __syncwarp, a block's first __syncthreads in
+      // group_merge), so that none reads it after another lane overwrote it in place.
       const float zy = bad_target ? 0.0f : to_float(z[y]);
+      if constexpr (G == 32) __syncwarp();
       lse = detail::lse_finish(group_merge<G>(row_lse_partial<T, G, UNROLL>(z, V, lane), sm));
       if (!bad_target && !row_ok(lse, w * (zy - lse))) {  // the whole row NaN, as in the forward
         if (lane == 0) report_bad_logits(status, row);
