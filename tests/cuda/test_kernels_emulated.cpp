@@ -130,7 +130,8 @@ Problem<T> make(int V, long long N, Layout layout, std::uint32_t seed, std::vect
     y.push_back(static_cast<std::int32_t>(rng() % static_cast<unsigned>(V)));
     w.push_back(unit(rng) < 0.25f ? 0.0f : 0.5f + unit(rng));
     if (n % 4 == 3) {  // a confident row: p(target) near 1, so its gradient c · (1 − p) is small
-      const std::size_t i = static_cast<std::size_t>(n) * static_cast<std::size_t>(V) + static_cast<std::size_t>(y.back());
+      const std::size_t i =
+          static_cast<std::size_t>(n) * static_cast<std::size_t>(V) + static_cast<std::size_t>(y.back());
       z[i] = to_storage<T>(zf[i] + 20.0f);
       zf[i] = to_f(z[i]);
     }
@@ -488,7 +489,8 @@ void extreme_scales() {
   device_buffer<std::int64_t> so("offsets", std::span<const std::int64_t>(seq_off));
   device_buffer<float> seq("seq_logp", std::vector<float>(3, unwritten));
   device_buffer<lc::status_area> st("status", 1);
-  emu::launch(1, kn::block_threads, [&] { kn::segment_sum_kernel<32>(tok.data(), so.data(), 3, 5, seq.data(), st.data()); });
+  emu::launch(1, kn::block_threads,
+              [&] { kn::segment_sum_kernel<32>(tok.data(), so.data(), 3, 5, seq.data(), st.data()); });
   CHECK_MSG(std::isnan(seq[0]) && seq[1] == 1.0f && std::isnan(seq[2]) && st[0].bits == lc::status_bad_seq_sum,
             "sums beyond float: %g %g %g, status %u", seq[0], seq[1], seq[2], st[0].bits);
 }
@@ -545,11 +547,12 @@ void offsets_64bit() {
     bad += !(std::fabs(lse[r] - lse_ref[k]) <= 2e-5 * (1 + std::fabs(lse_ref[k])));
     bad += !(std::fabs(tok[r] - tok_ref[k]) <= 2e-5 * (1 + std::fabs(lse_ref[k])));
   }
-  for (long long r : {2LL, N / 2, N - 4}) bad += !(tok[static_cast<std::size_t>(r)] == 0.0f && std::isnan(lse[static_cast<std::size_t>(r)]));
+  for (long long r : {2LL, N / 2, N - 4})
+    bad += !(tok[static_cast<std::size_t>(r)] == 0.0f && std::isnan(lse[static_cast<std::size_t>(r)]));
   const double seq_ref[4] = {tok_ref[0] + tok_ref[1], 0.0, tok_ref[2] + tok_ref[3], tok_ref[4] + tok_ref[5]};
   for (std::size_t s = 0; s < 4; ++s) bad += !(std::fabs(seq[s] - seq_ref[s]) <= 1e-4 * (1 + std::fabs(seq_ref[s])));
-  CHECK_MSG(launched && bad == 0 && status[0].bits == 0, "G=%d V=%d N=%lld forward: %d mismatches, status %u", G, V, N, bad,
-            status[0].bits);
+  CHECK_MSG(launched && bad == 0 && status[0].bits == 0, "G=%d V=%d N=%lld forward: %d mismatches, status %u", G, V,
+            N, bad, status[0].bits);
 
   // Backward into a separate gradient: only the weighted rows are kept, every masked row is written
   // (zeros) into the aliased chunk. 2^31 elements written cost the emulator ~2 s: one group size
@@ -584,8 +587,8 @@ void offsets_64bit() {
   }
   // The masked rows wrote zeros over the aliased chunk, poisoned here (through a masked row) first.
   for (std::size_t i = 0; i < 4096; ++i) bad += to_f(grad[probe + i]) != 0.0f;
-  CHECK_MSG(launched && bad == 0 && status[0].bits == 0, "G=%d V=%d N=%lld backward: %d mismatches, status %u", G, V, N, bad,
-            status[0].bits);
+  CHECK_MSG(launched && bad == 0 && status[0].bits == 0, "G=%d V=%d N=%lld backward: %d mismatches, status %u", G, V,
+            N, bad, status[0].bits);
 }
 
 // ---- the emulator itself -------------------------------------------------------------------------
@@ -593,7 +596,8 @@ void offsets_64bit() {
 // lse_merge(a, b) and lse_merge(b, a) to the bit, compiled with FMA contraction (as nvcc compiles
 // it: a.s·ea + b.s·eb as one multiply and one fma). Run only where the CPU has FMA. GCC forms the
 // fma at -O2 and above only, hence optimize("O2") (the mutation run builds the test at -Og).
-__attribute__((target("fma"), flatten, optimize("O2"))) lc::detail::lse_state merge_fma(lc::detail::lse_state a, lc::detail::lse_state b) {
+__attribute__((target("fma"), flatten, optimize("O2"))) lc::detail::lse_state merge_fma(lc::detail::lse_state a,
+                                                                                         lc::detail::lse_state b) {
   return lc::detail::lse_merge(a, b);
 }
 
@@ -623,7 +627,8 @@ void merge_symmetry() {
     emu::launch(1, 32, [&] { warp_merge_fma(st.data()); });
     for (const auto& s : st) differ += std::bit_cast<std::uint64_t>(s) != std::bit_cast<std::uint64_t>(st[0]);
   }
-  CHECK_MSG(asym == 0 && differ == 0, "merge(a, b) != merge(b, a) in %d of 100000 pairs; %d lanes differ", asym, differ);
+  CHECK_MSG(asym == 0 && differ == 0, "merge(a, b) != merge(b, a) in %d of 100000 pairs; %d lanes differ", asym,
+            differ);
 }
 
 // The emulator finds what it claims to find: a barrier reached by part of a block, two different

@@ -12,6 +12,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -47,7 +48,8 @@ inline void on_segv(int, siginfo_t* info, void*) {
       n = std::snprintf(msg, sizeof msg, "  emulator: access %zu bytes before the start of device buffer '%s'",
                         static_cast<std::size_t>(g.data_begin - a), g.name.c_str());
   }
-  if (n > 0) (void)!write(1, msg, static_cast<std::size_t>(n) < sizeof msg ? static_cast<std::size_t>(n) : sizeof msg - 1);
+  const std::size_t len = n < 0 ? 0 : std::min(static_cast<std::size_t>(n), sizeof msg - 1);
+  (void)!write(1, msg, len);
   (void)!write(1, "\n", 1);
   _exit(3);
 }
