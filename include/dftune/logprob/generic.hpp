@@ -61,27 +61,32 @@ double row_logsumexp(const T* z, std::size_t vocab) {
   return hi + std::log(sum);
 }
 
-// Throws the error of weighted row r, one that internal::row_ok refused (or, in backward, whose
-// log-sum-exp or target logit is not finite): the first NaN or +inf logit, else the target's −inf
-// logit, else the weighted log-prob compute_t<T> cannot hold. Every backend reports through this.
+// Throws the error of weighted row r, whose logits are z[0, V), target y and weight w: a row that
+// internal::row_ok refused (or, in backward, whose log-sum-exp or target logit is not finite). It
+// names the first NaN or +inf logit, else the target's −inf logit, else the weighted log-prob
+// compute_t<T> cannot hold, as "logits[r·V + v]" / "token_logp[r]". Every backend reports through
+// this (the fused linear head too, from its chunk of logits).
 template <class T>
-[[noreturn]] void fail_row(const TokenLogits<T>& in, std::size_t r) {
-  const std::size_t V = in.vocab;
-  const T* z = in.logits.data() + r * V;
+[[noreturn]] void fail_logits_row(const T* z, std::size_t V, std::size_t y, double w, std::size_t r) {
   const std::string row = " on a weighted row (row " + std::to_string(r) + ")";
   for (std::size_t v = 0; v < V; ++v) {
     const double x = to_double(z[v]);
     if (std::isnan(x) || x == std::numeric_limits<double>::infinity())
       detail::fail_at("logits", r * V + v, x, "a finite number or −inf" + row);
   }
-  const auto y = static_cast<std::size_t>(in.targets[r]);
   if (!std::isfinite(to_double(z[y])))
     detail::fail_at("logits", r * V + y, to_double(z[y]),
                     "a finite logit for the target y = " + std::to_string(y) + row + " (its log-prob would be −inf)");
-  const double token = static_cast<double>(in.weight(r)) * (to_double(z[y]) - row_logsumexp(z, V));
+  const double token = w * (to_double(z[y]) - row_logsumexp(z, V));
   detail::fail_at("token_logp", r, token,
                   "a weighted log-prob w·(z[y] − lse) that compute_t<T> can hold (logits or weights[" +
                       std::to_string(r) + "] too extreme for this precision)");
+}
+
+template <class T>
+[[noreturn]] void fail_row(const TokenLogits<T>& in, std::size_t r) {
+  fail_logits_row(in.logits.data() + r * in.vocab, in.vocab, static_cast<std::size_t>(in.targets[r]),
+                  static_cast<double>(in.weight(r)), r);
 }
 
 // seq_logp[s] = sum_of(s) for every sequence, once each sum is known to fit compute_t<T>: writes
