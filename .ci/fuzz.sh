@@ -27,7 +27,7 @@ export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 mkdir -p build-fuzz/artifacts
 status=0
-for t in fuzz_checkpoint fuzz_objectives fuzz_weights; do
+for t in fuzz_checkpoint fuzz_objectives fuzz_weights fuzz_model; do
   corpus=build-fuzz/corpus/$t
   mkdir -p "$corpus"
   mapfile -t saved < <(find tests/fuzz/regressions/$t -maxdepth 1 -type f ! -name '.*' 2>/dev/null | sort)
@@ -37,6 +37,7 @@ for t in fuzz_checkpoint fuzz_objectives fuzz_weights; do
   fi
   t_seconds=$seconds
   [ "$t" = fuzz_weights ] && t_seconds=$(( (seconds + 2) / 3 ))
+  [ "$t" = fuzz_model ] && t_seconds=$(( seconds < 15 ? seconds : 15 ))  # sampling + TinyLm config: a small surface
   echo "== $t: fuzzing for ${t_seconds}s"
   DFTUNE_FUZZ_WRITE_SEEDS=$corpus build-fuzz/$t -runs=0 "$corpus" >/dev/null 2>&1 || true
   build-fuzz/$t -max_total_time="$t_seconds" -max_len=4096 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs, from Debian's packages, what a dftune job needs and the machine lacks; idempotent.
-#   cmake/install_deps.sh test    compiler toolchain + doctest (+ Eigen, xtensor, benchmark)
+#   cmake/install_deps.sh test    compiler toolchain + doctest (+ Eigen, xtensor, benchmark, Open MPI for the mpirun tests)
 #   cmake/install_deps.sh demo    what the demo needs (+ gnuplot for its plot)
 set -euo pipefail
 job=${1:-test}
 pkgs=(cmake g++ make libeigen3-dev libxtensor-dev doctest-dev libbenchmark-dev)
 case "$job" in
-  test) ;;
+  test) pkgs+=(libopenmpi-dev openmpi-bin) ;;
   demo) pkgs+=(gnuplot-nox) ;;
   *) echo "install_deps.sh: job '$job' is not known; expected 'test' or 'demo'" >&2; exit 2 ;;
 esac

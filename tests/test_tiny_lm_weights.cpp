@@ -171,10 +171,13 @@ TEST_CASE("a forged configuration is bounded against the file before TinyLm is b
     return error_of(b);
   };
   // The issue's crafted file: a vocab whose layout size wraps size_t (it wrote past the buffer).
-  CHECK(forged(0, (std::uint64_t{1} << 63) / 4).find("config (parameter count)") != std::string::npos);
-  CHECK(forged(0, std::numeric_limits<std::uint64_t>::max()).find("config (parameter count)") != std::string::npos);
+  // tiny_lm::validate refuses a vocab beyond int32 token ids before any product is formed...
+  CHECK(forged(0, (std::uint64_t{1} << 63) / 4).find("config.vocab") != std::string::npos);
+  CHECK(forged(0, std::numeric_limits<std::uint64_t>::max()).find("config.vocab") != std::string::npos);
+  // ... and a layout size that wraps with a valid vocab (d_model² = 2^64) is the checked product's error.
+  CHECK(forged(2, std::uint64_t{1} << 32).find("config (parameter count)") != std::string::npos);
   // Sizes that fit size_t but not the file: named, and nothing allocated for them.
-  CHECK(forged(0, std::uint64_t{1} << 40).find("parameters: got") != std::string::npos);
+  CHECK(forged(0, std::uint64_t{1} << 31).find("parameters: got") != std::string::npos);
   CHECK(forged(4, std::uint64_t{1} << 40).find("parameters: got") != std::string::npos);  // n_layers
   CHECK(forged(1, 1000000).find("parameters: got") != std::string::npos);                 // max_len
   CHECK(forged(3, 3).find("config.n_heads: got 3") != std::string::npos);

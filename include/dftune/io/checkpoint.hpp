@@ -107,8 +107,19 @@ constexpr void check_scalar() {
 inline std::string path_name(const std::filesystem::path& p) { return "checkpoint " + p.string(); }
 
 // ---- estimator section ---------------------------------------------------------------------
+// A single file holds a whole estimator; the shards of a data-parallel run are saved together by
+// io/sharded_checkpoint.hpp.
+template <class T>
+void check_unsharded(const Estimator<T>& est) {
+  if (est.shard().size != 1)
+    dftune::detail::fail("estimator", "an estimator sharded as " + est.shard().describe(),
+                         "an unsharded one (save and load a data-parallel run with io::save_sharded / io::load_sharded, "
+                         "io/sharded_checkpoint.hpp)");
+}
+
 template <class T>
 void write_estimator(Writer& w, const Estimator<T>& est) {
+  check_unsharded(est);
   w.u32(sizeof(T));
   w.u32(static_cast<std::uint32_t>(est.init()));
   w.f64(static_cast<double>(est.log_u0()));
@@ -125,6 +136,7 @@ struct EstimatorState {
 
 template <class T>
 EstimatorState<T> read_estimator(Reader& in, const Estimator<T>& est) {
+  check_unsharded(est);
   expect_same("scalar size", in.u32("scalar size"), static_cast<std::uint32_t>(sizeof(T)));
   expect_same("estimator init", static_cast<std::int64_t>(in.u32("estimator init")),
               static_cast<std::int64_t>(est.init()));
@@ -277,10 +289,12 @@ constexpr void check_checkpointable() {
                 "dftune::io: specialise dftune::io::ScheduleCodec<S> to checkpoint this schedule");
 }
 
-template <class M, class R, class S>
-void write_training(Writer& w, const DftOptimizer<M, R, S>& opt) {
+// The optimizer's section of a training checkpoint, after the estimator's: DftOptions,
+// StepOptions, step, parameters, rule, schedule. Also the rank-0 file of a sharded checkpoint
+// (io/sharded_checkpoint.hpp).
+template <class M, class R, class S, class C>
+void write_optimizer_state(Writer& w, const DftOptimizer<M, R, S, C>& opt) {
   using T = typename M::scalar_type;
-  write_estimator(w, std::as_const(opt.estimator()));
   const DftOptions& o = opt.options();
   w.u32(static_cast<std::uint32_t>(o.variant));
   w.f64(o.tau);
@@ -298,14 +312,22 @@ void write_training(Writer& w, const DftOptimizer<M, R, S>& opt) {
   ScheduleCodec<S>::write(w, opt.schedule());
 }
 
+template <class M, class R, class S, class C>
+void write_training(Writer& w, const DftOptimizer<M, R, S, C>& opt) {
+  write_estimator(w, std::as_const(opt.estimator()));
+  write_optimizer_state(w, opt);
+}
+
 // The most a training checkpoint for `opt` can hold: its own payload, plus the model's parameter
 // count for every array of the rule's section (an array read there holds at most that many).
-template <class M, class R, class S>
-std::uint64_t training_max_payload(const DftOptimizer<M, R, S>& opt) {
+// Without the estimator: the most the optimizer's section alone can hold.
+template <class M, class R, class S, class C>
+std::uint64_t training_max_payload(const DftOptimizer<M, R, S, C>& opt, bool with_estimator = true) {
   using T = typename M::scalar_type;
   CountingSink all, rule;
   Writer w(all), r(rule);
-  write_training(w, opt);
+  if (with_estimator) write_training(w, opt);
+  else write_optimizer_state(w, opt);
   w.flush();
   RuleCodec<R>::write(r, opt.rule());
   const std::uint64_t per_array = static_cast<std::uint64_t>(opt.model().parameters().size()) * sizeof(T);
@@ -316,11 +338,10 @@ std::uint64_t training_max_payload(const DftOptimizer<M, R, S>& opt) {
   return bound;
 }
 
-// Load's checks of opt's own state.
-template <class M, class R, class S>
-void check_savable(const DftOptimizer<M, R, S>& opt) {
+// Load's checks of opt's own state (without its estimator's).
+template <class M, class R, class S, class C>
+void check_savable_optimizer(const DftOptimizer<M, R, S, C>& opt) {
   using T = typename M::scalar_type;
-  check_savable(std::as_const(opt.estimator()));
   const std::span<T> params = opt.model().parameters();
   for (std::size_t k = 0; k < params.size(); ++k)
     if (!std::isfinite(params[k])) dftune::detail::fail_at("parameters", k, params[k], "a finite number");
@@ -331,19 +352,30 @@ void check_savable(const DftOptimizer<M, R, S>& opt) {
                            "0 or the model's parameter count " + std::to_string(params.size()));
 }
 
+template <class M, class R, class S, class C>
+void check_savable(const DftOptimizer<M, R, S, C>& opt) {
+  check_savable(std::as_const(opt.estimator()));
+  check_savable_optimizer(opt);
+}
+
 template <class T, class R>
-struct TrainingState {
-  EstimatorState<T> est;
+struct OptimizerState {
   std::uint64_t step = 0;
   std::vector<T> params;
   R rule;
 };
 
-template <class M, class R, class S>
-TrainingState<typename M::scalar_type, R> read_training(Reader& in, const DftOptimizer<M, R, S>& opt) {
+template <class T, class R>
+struct TrainingState {
+  EstimatorState<T> est;
+  OptimizerState<T, R> opt;
+};
+
+// Reads what write_optimizer_state wrote, checked against opt's configuration; changes nothing.
+template <class M, class R, class S, class C>
+OptimizerState<typename M::scalar_type, R> read_optimizer_state(Reader& in, const DftOptimizer<M, R, S, C>& opt) {
   using T = typename M::scalar_type;
   const std::span<T> params = opt.model().parameters();
-  EstimatorState<T> est = read_estimator(in, std::as_const(opt.estimator()));
   const DftOptions& o = opt.options();
   expect_same("variant", static_cast<std::int64_t>(in.u32("variant")), static_cast<std::int64_t>(o.variant));
   expect_same("tau", in.f64("tau"), o.tau);
@@ -372,16 +404,27 @@ TrainingState<typename M::scalar_type, R> read_training(Reader& in, const DftOpt
     dftune::detail::fail("schedule", "tag " + std::to_string(stag) + " in the file",
                          "tag " + std::to_string(ScheduleCodec<S>::tag) + " (" + ScheduleCodec<S>::name + ")");
   ScheduleCodec<S>::check(in, opt.schedule());
-  return {std::move(est), step, std::move(p), std::move(rule)};
+  return {step, std::move(p), std::move(rule)};
 }
 
-// Moves a checked state in; nothing here can throw.
-template <class M, class R, class S>
-void commit(DftOptimizer<M, R, S>& opt, TrainingState<typename M::scalar_type, R>&& l) {
+template <class M, class R, class S, class C>
+TrainingState<typename M::scalar_type, R> read_training(Reader& in, const DftOptimizer<M, R, S, C>& opt) {
+  EstimatorState<typename M::scalar_type> est = read_estimator(in, std::as_const(opt.estimator()));
+  return {std::move(est), read_optimizer_state(in, opt)};
+}
+
+// Move a checked state in; nothing here can throw.
+template <class M, class R, class S, class C>
+void commit_optimizer_state(DftOptimizer<M, R, S, C>& opt, OptimizerState<typename M::scalar_type, R>&& l) {
   const auto params = opt.model().parameters();
   std::copy(l.params.begin(), l.params.end(), params.begin());
-  opt.estimator().restore(std::move(l.est.log_u), std::move(l.est.seen));
   opt.restore(static_cast<std::size_t>(l.step), std::move(l.rule));
+}
+
+template <class M, class R, class S, class C>
+void commit(DftOptimizer<M, R, S, C>& opt, TrainingState<typename M::scalar_type, R>&& l) {
+  opt.estimator().restore(std::move(l.est.log_u), std::move(l.est.seen));
+  commit_optimizer_state(opt, std::move(l.opt));
 }
 
 }  // namespace internal
@@ -425,8 +468,8 @@ void load(const std::filesystem::path& path, Estimator<T>& est) {
 }
 
 // ---- training checkpoints ------------------------------------------------------------------
-template <class M, class R, class S>
-std::vector<std::byte> encode(const DftOptimizer<M, R, S>& opt) {
+template <class M, class R, class S, class C>
+std::vector<std::byte> encode(const DftOptimizer<M, R, S, C>& opt) {
   internal::check_checkpointable<M, R, S>();
   internal::named("checkpoint", [&] { internal::check_savable(opt); });
   return encode_checkpoint(CheckpointKind::training, [&](Writer& w) { internal::write_training(w, opt); });
@@ -434,8 +477,8 @@ std::vector<std::byte> encode(const DftOptimizer<M, R, S>& opt) {
 
 // Loads a file image made by encode(opt) into opt, its model and its estimator; all three are
 // unchanged on any error.
-template <class M, class R, class S>
-void decode(std::span<const std::byte> file, DftOptimizer<M, R, S>& opt, std::string_view name = "checkpoint") {
+template <class M, class R, class S, class C>
+void decode(std::span<const std::byte> file, DftOptimizer<M, R, S, C>& opt, std::string_view name = "checkpoint") {
   internal::check_checkpointable<M, R, S>();
   auto l = internal::named(name, [&] {
     return decode_checkpoint(file, CheckpointKind::training, internal::training_max_payload(opt),
@@ -444,8 +487,8 @@ void decode(std::span<const std::byte> file, DftOptimizer<M, R, S>& opt, std::st
   internal::commit(opt, std::move(l));
 }
 
-template <class M, class R, class S>
-void save(const std::filesystem::path& path, const DftOptimizer<M, R, S>& opt) {
+template <class M, class R, class S, class C>
+void save(const std::filesystem::path& path, const DftOptimizer<M, R, S, C>& opt) {
   internal::check_checkpointable<M, R, S>();
   internal::named(internal::path_name(path), [&] {
     internal::check_savable(opt);
@@ -453,8 +496,8 @@ void save(const std::filesystem::path& path, const DftOptimizer<M, R, S>& opt) {
   });
 }
 
-template <class M, class R, class S>
-void load(const std::filesystem::path& path, DftOptimizer<M, R, S>& opt) {
+template <class M, class R, class S, class C>
+void load(const std::filesystem::path& path, DftOptimizer<M, R, S, C>& opt) {
   internal::check_checkpointable<M, R, S>();
   auto l = internal::named(internal::path_name(path), [&] {
     return read_checkpoint(path, CheckpointKind::training, internal::training_max_payload(opt),

@@ -75,6 +75,10 @@ enum class CheckpointKind : std::uint32_t {
   estimator = 1,  // an Estimator's log u state
   training = 2,   // a DftOptimizer: estimator, model parameters, step, inner rule, schedule
   weights = 3,    // a model's configuration and parameters (model/weights_io.hpp)
+  // A sharded checkpoint of a data-parallel run (io/sharded_checkpoint.hpp):
+  sharded_optimizer = 16,  // rank 0's file: model parameters, step, inner rule, schedule
+  estimator_shard = 17,    // one rank's estimator shard
+  manifest = 18,           // the list of a set's files, written last: it commits the set
 };
 
 inline const char* kind_name(std::uint32_t kind) {
@@ -82,6 +86,9 @@ inline const char* kind_name(std::uint32_t kind) {
     case static_cast<std::uint32_t>(CheckpointKind::estimator): return "estimator";
     case static_cast<std::uint32_t>(CheckpointKind::training): return "training";
     case static_cast<std::uint32_t>(CheckpointKind::weights): return "weights";
+    case static_cast<std::uint32_t>(CheckpointKind::sharded_optimizer): return "sharded optimizer";
+    case static_cast<std::uint32_t>(CheckpointKind::estimator_shard): return "estimator shard";
+    case static_cast<std::uint32_t>(CheckpointKind::manifest): return "manifest";
     default: return "unknown";
   }
 }
@@ -830,9 +837,9 @@ class FileSource final : public ByteSource {
 
 // Streams a checkpoint of `kind` to `path` atomically; payload(Writer&) is called twice (count,
 // then write) and must write the same bytes both times. An exception from it, or any write error,
-// leaves `path` as it was.
+// leaves `path` as it was. Returns the header written (a sharded checkpoint's manifest lists it).
 template <class Payload>
-void write_checkpoint(const std::filesystem::path& path, CheckpointKind kind, Payload&& payload) {
+CheckpointHeader write_checkpoint(const std::filesystem::path& path, CheckpointKind kind, Payload&& payload) {
   CountingSink counter;
   {
     Writer w(counter);
@@ -856,6 +863,7 @@ void write_checkpoint(const std::filesystem::path& path, CheckpointKind kind, Pa
   const auto header = encode_header(h);
   file.write_at(24, std::span<const std::byte>(header).subspan(24));
   file.commit();
+  return h;
 }
 
 // Opens `path` (removing the stale temporaries of earlier saves beside it) and reads it as

@@ -41,27 +41,10 @@ DFTUNE_NAMESPACE_BEGIN
 namespace weights_io {
 
 // make_layout(c).total in closed form, every product and sum checked (checked_size.hpp), so that
-// a configuration read from a file can be held against the file's size before anything is built:
-//   V·d + L·d + n_layers·(4d² + 9d + 2·d·d_ff + d_ff) + 2d + d·V + V
-// (per block: ln1 2d, w_qkv 3d², b_qkv 3d, w_o d², b_o d, ln2 2d, w_1 d·d_ff, b_1 d_ff, w_2 d_ff·d,
-// b_2 d; then ln_f 2d, w_out d·V, b_out V). tests/test_tiny_lm_weights.cpp holds it against
-// make_layout.
-inline std::size_t parameter_count(const tiny_lm::Config& c) {
-  using detail::checked_add;
-  using detail::checked_mul;
-  const std::string_view a = "config (parameter count)";
-  const std::size_t d = c.d_model, V = c.vocab, ff = c.d_ff;
-  std::size_t block = checked_mul(a, 4, checked_mul(a, d, d));
-  block = checked_add(a, block, checked_mul(a, 9, d));
-  block = checked_add(a, block, checked_mul(a, 2, checked_mul(a, d, ff)));
-  block = checked_add(a, block, ff);
-  std::size_t total = checked_mul(a, V, d);
-  total = checked_add(a, total, checked_mul(a, c.max_len, d));
-  total = checked_add(a, total, checked_mul(a, c.n_layers, block));
-  total = checked_add(a, total, checked_mul(a, 2, d));
-  total = checked_add(a, total, checked_mul(a, d, V));
-  return checked_add(a, total, V);
-}
+// a configuration read from a file can be held against the file's size before anything is built.
+// The one definition is tiny_lm::parameter_count (tiny_lm/config.hpp), which validate() also uses;
+// tests/test_tiny_lm_weights.cpp holds it against make_layout.
+using tiny_lm::parameter_count;
 
 template <class T>
 void check_scalar() {
