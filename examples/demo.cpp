@@ -5,10 +5,16 @@
 // seeds as a table, CSV, JSON and a learning-curve PNG, with TRL-named metrics at every step
 // (metrics.jsonl, metrics.dat, metrics.png). `--recipe official` runs the reference trainer's
 // recipe. Run with --help for the flags.
+// Built with MPI (target dftune::mpi), `mpirun -np P demo …` runs every fine-tuning step
+// data-parallel over P ranks (docs/distributed.md); rank 0 prints and writes the results.
 #include "demo/cli.hpp"
+#include "demo/metrics_out.hpp"
 #include "demo/pipeline.hpp"
 #include "demo/report.hpp"
-#include "demo/metrics_out.hpp"
+
+#if defined(DFTUNE_DEMO_MPI)
+#include <dftune/distributed/mpi.hpp>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -20,6 +26,19 @@
 #include <vector>
 
 namespace {
+
+#if defined(DFTUNE_DEMO_MPI)
+struct World {
+  World(int& argc, char**& argv) : session(argc, argv) {}
+  dftune::distributed::MpiSession session;
+  dftune::distributed::MpiCommunicator comm;
+};
+#else
+struct World {
+  World(int&, char**&) {}
+  dftune::distributed::Single comm;
+};
+#endif
 
 struct Cli {
   demo::Settings settings;
@@ -90,15 +109,19 @@ Cli parse(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) try {
+  World world(argc, argv);
+  const bool root = world.comm.rank() == 0;
   const Cli cli = parse(argc, argv);
   const demo::Settings& s = cli.settings;
-  const demo::Progress progress;
-  std::filesystem::create_directories(cli.out);
+  demo::Progress progress;
+  progress.quiet = !root;
+  if (root) std::filesystem::create_directories(cli.out);
 
-  // 1–2. The base model, also π_ref; data splits shared by every seed.
-  demo::Model base = cli.base.empty() ? demo::pretrain(s, progress) : dftune::load_weights<float>(cli.base);
+  // 1–2. The base model, also π_ref (made on rank 0 and sent to every rank); data splits shared by every seed.
+  demo::Model base = !root ? demo::Model(s.model) : cli.base.empty() ? demo::pretrain(s, progress) : dftune::load_weights<float>(cli.base);
   if (!(base.config() == s.model)) flags.bad("--base", "the file's model configuration differs from the demo's");
-  dftune::save_weights((std::filesystem::path(cli.out) / "base.bin").string(), base);
+  dftune::distributed::broadcast_values(world.comm, base.parameters(), 0);
+  if (root) dftune::save_weights((std::filesystem::path(cli.out) / "base.bin").string(), base);
   const auto train = demo::draw(demo::Split::finetune, s.train_prompts, s.base_seed + 101);
   demo::EvalSet validation = demo::make_eval_set(base, demo::draw(demo::Split::validation, s.eval_prompts, s.base_seed + 202), s, 7001);
   demo::EvalSet test = demo::make_eval_set(base, demo::draw(demo::Split::test, s.eval_prompts, s.base_seed + 303), s, 7002);
@@ -119,7 +142,8 @@ int main(int argc, char** argv) try {
                   " samples" + (s.fresh_negatives ? " per epoch, " + std::to_string(data.back().epochs.size()) + " epochs" : ""));
   }
 
-  // 4. Every (seed, method, lr) from the same base; independent runs share the two cores.
+  // 4. Every (seed, method, lr) from the same base; independent runs share the two cores, or, under
+  //    mpirun, run one after the other, each data-parallel over the ranks.
   struct Job {
     std::size_t seed_index;
     demo::Method method;
@@ -131,12 +155,13 @@ int main(int argc, char** argv) try {
       for (std::size_t k = 0; k < seeds.size(); ++k) jobs.push_back({k, m, lr});
   std::vector<demo::RunResult> runs(jobs.size());
   const auto nj = static_cast<std::ptrdiff_t>(jobs.size());
-  DFTUNE_OMP(parallel for schedule(dynamic, 1))
+  DFTUNE_OMP(parallel for schedule(dynamic, 1) if(world.comm.size() == 1))
   for (std::ptrdiff_t j = 0; j < nj; ++j) {
     const Job& job = jobs[static_cast<std::size_t>(j)];
-    runs[static_cast<std::size_t>(j)] =
-        demo::finetune(base, job.method, job.lr, data[job.seed_index], validation, test, s, seeds[job.seed_index], progress);
+    runs[static_cast<std::size_t>(j)] = demo::finetune(base, job.method, job.lr, data[job.seed_index], validation, test, s,
+                                                       seeds[job.seed_index], progress, world.comm);
   }
+  if (!root) return 0;  // every rank holds the same results; rank 0 reports them
 
   // 5–6. Learning rate per method on validation; the table, CSV, JSON and curves.
   const auto all = demo::cells(runs);
@@ -152,8 +177,9 @@ int main(int argc, char** argv) try {
   demo::print_recipe(stdout, s);
   std::printf("base model: test accuracy %.3f, log π(pos) %.3f, log π(neg) %.2f\n", base_test.accuracy, base_test.pos_logp,
               base_test.neg_logp);
-  std::printf("training negatives%s: %.0f%% are right answers (no wrong one in %zu draws), %.0f%% of their tokens equal the positive's\n\n",
-              s.fresh_negatives ? " (epoch 0)" : "", 100 * negatives_correct, s.redraws + 1, 100 * shared_tokens);
+  const std::string why = s.keep_right_negatives ? "kept as sampled" : "no wrong one in " + std::to_string(s.redraws + 1) + " draws";
+  std::printf("training negatives%s: %.0f%% are right answers (%s), %.0f%% of their tokens equal the positive's\n\n",
+              s.fresh_negatives ? " (epoch 0)" : "", 100 * negatives_correct, why.c_str(), 100 * shared_tokens);
   std::printf("Each method at its learning rate chosen on validation (* = selected; neg = the base model's wrong samples):\n");
   demo::print_header(stdout);
   for (demo::Method m : {demo::Method::sft, demo::Method::dft, demo::Method::dft2}) demo::print_row(stdout, *chosen.at(m), true);

@@ -516,3 +516,240 @@ TEST_CASE("every objective instantiates for float and agrees with double") {
   CHECK(best_of_n_loss(fs).loss == doctest::Approx(best_of_n_loss(s.view()).loss).epsilon(1e-6));
   CHECK(sft_loss<float>(lp).loss == doctest::Approx(sft_loss<double>(s.logp).loss).epsilon(1e-6));
 }
+
+// ---- Extreme finite inputs (issue #12, item 5): a finite result, equal to the closed form where it
+// fits, or a dftune::error naming what T cannot hold — never inf or NaN.
+
+TEST_CASE("IPO: the mean of squares fits where one pair's square overflows; a subnormal β is a named error") {
+  // B = 1, m = 2, β = 0.5 (target 1): pair 0 has e = h − 1 ≈ 1.5e154, e² ≈ 2.25e308 > max; pair 1
+  // sits at the target. L = e²/2 ≈ 1.125e308 fits (before the fix: (Σ e²)/2 = inf/2 = inf).
+  Prefs p;
+  p.m = 2;
+  p.pos = {0.0};
+  p.ref_pos = {0.0};
+  p.neg = {-1.5e154, -1.0};
+  p.ref_neg = {0.0, 0.0};
+  p.pos_len = {1};
+  p.neg_len = {1, 1};
+  const auto r = ipo_loss(p.view(), {.beta = 0.5});
+  const L e = L(1.5e154) - 1;
+  CHECK(r.loss == doctest::Approx(double(e * e / 2)).epsilon(1e-15));
+  CHECK(r.grad_pos[0] == doctest::Approx(double(e)).epsilon(1e-15));  // 2e/2 + 2·0/2
+  CHECK(r.grad_neg[0] == doctest::Approx(double(-e)).epsilon(1e-15));
+  CHECK(r.grad_neg[1] == 0.0);
+  // One pair whose square does not fit: the loss is an error naming it, not inf.
+  p.m = 1;
+  p.neg = {-1.5e154};
+  p.ref_neg = {0.0};
+  p.neg_len = {1};
+  CHECK_THROWS_WITH_AS(ipo_loss(p.view(), {.beta = 0.5}), doctest::Contains("loss: got inf, expected a value the scalar type can hold"),
+                       error);
+  // β = 5e-324: 1/(2β) is inf (before the fix: loss inf, gradient -inf).
+  const Prefs q;
+  CHECK_THROWS_WITH_AS(ipo_loss(q.view(), {.beta = 5e-324}),
+                       doctest::Contains("beta: got 4.9406564584124654e-324, expected a number > 0 whose target margin 1/(2β) is finite"),
+                       error);
+  CHECK_NOTHROW(ipo_loss(q.view(), {.beta = 1e-150}));  // target 5e149: its square fits
+}
+
+TEST_CASE("float baselines whose double result float cannot hold are errors, not inf") {
+  const Prefs p;
+  const std::vector<float> pos(p.pos.begin(), p.pos.end()), neg(p.neg.begin(), p.neg.end());
+  const std::vector<float> rpos(p.ref_pos.begin(), p.ref_pos.end()), rneg(p.ref_neg.begin(), p.ref_neg.end());
+  const PreferenceScores<float> f{.num_negatives = 2, .pos_logp = pos, .neg_logp = neg, .ref_pos_logp = rpos,
+                                  .ref_neg_logp = rneg, .pos_len = p.pos_len, .neg_len = p.neg_len};
+  // DPO β = 1e300: pair (2, 0) has the log-ratio margin −4, so its loss is 4e300/6 (before the fix: inf).
+  CHECK_THROWS_WITH_AS(dpo_loss(f, {.beta = 1e300}), doctest::Contains("loss: got 6.666666666666667e+299, expected a value the scalar type can hold"), error);
+  // SimPO γ = 1e39: the loss ≈ 1e39 exceeds FLT_MAX.
+  CHECK_THROWS_WITH_AS(simpo_loss(f, {.gamma = 1e39}), doctest::Contains("loss: got 9.9999999999999994e+38"), error);
+  // ORPO λ = 1e300.
+  CHECK_THROWS_WITH_AS(orpo_loss(f, {.lambda = 1e300}), doctest::Contains("loss: got "), error);
+  // The same in double fits, and equals the closed form.
+  const auto d = orpo_loss(p.view(), {.lambda = 1e300});
+  const auto base = orpo_loss(p.view(), {.lambda = 1.0});
+  const auto sft_only = orpo_loss(p.view(), {.lambda = 0.0});
+  CHECK(d.loss == doctest::Approx(1e300 * (base.loss - sft_only.loss)).epsilon(1e-13));
+  // SFT at FLT_MAX-sized log-probs: the mean still fits float.
+  const std::vector<float> big{-3.0e38f, -3.4e38f, -3.4e38f};
+  CHECK(sft_loss<float>(big).loss == doctest::Approx(3.2666667e38).epsilon(1e-6));
+  // A REINFORCE gradient −(r − b)/N beyond FLT_MAX: a named error for the gradient entry.
+  const std::vector<float> lp{0.f}, rw{3e38f};
+  CHECK_THROWS_WITH_AS(reinforce_loss(SampleScores<float>{.group_size = 1, .logp = lp, .reward = rw}, ConstantBaseline{.value = -1e39}),
+                       doctest::Contains("grad[0]: got -1.3000000"), error);
+}
+
+TEST_CASE("REINFORCE and RLOO: rewards near ±1e308 give the closed-form advantages (no overflow in sums)") {
+  // B = 1, k = 3: Σ r = 2e308 overflows, the mean 6.67e307 does not (before the fix: loss −inf / NaN).
+  Samples s;
+  s.k = 3;
+  s.reward = {1.5e308, 1.5e308, -1e308};
+  s.logp = {-0.5, -0.25, -1.0};
+  s.len = {1, 1, 1};
+  const L mean = (L(1.5e308) + L(1.5e308) - L(1e308)) / 3;
+  const auto bm = reinforce_loss(s.view());
+  L loss = 0;
+  for (std::size_t n = 0; n < 3; ++n) {
+    const L c = (L(s.reward[n]) - mean) / 3;
+    CHECK(bm.grad[n] == doctest::Approx(double(-c)).epsilon(1e-15));
+    loss -= c * s.logp[n];
+  }
+  CHECK(bm.loss == doctest::Approx(double(loss)).epsilon(1e-15));
+  const auto loo = rloo_loss(s.view());
+  loss = 0;
+  for (std::size_t n = 0; n < 3; ++n) {
+    const L b = (3 * mean - s.reward[n]) / 2;
+    const L c = (L(s.reward[n]) - b) / 3;
+    CHECK(loo.grad[n] == doctest::Approx(double(-c)).epsilon(1e-15));
+    loss -= c * s.logp[n];
+  }
+  CHECK(loo.loss == doctest::Approx(double(loss)).epsilon(1e-15));
+  // r − b overflows (1.7e308 + 1.7e308) but (r − b)/N fits.
+  Samples two = s;
+  two.k = 2;
+  two.reward = {1.7e308, 0.0};
+  two.logp = {-0.5, 0.5};
+  two.len = {1, 1};
+  const auto cb = reinforce_loss(two.view(), ConstantBaseline{.value = -1.7e308});
+  CHECK(cb.grad[0] == doctest::Approx(-1.7e308).epsilon(1e-15));
+  CHECK(cb.grad[1] == doctest::Approx(-0.85e308).epsilon(1e-15));
+  // Ordinary rewards: exactly the plain formula's bits (the fallback only runs on overflow).
+  const Samples o;
+  const auto plain = reinforce_loss(o.view());
+  double sum = 0;
+  for (double r : o.reward) sum += r;
+  for (std::size_t n = 0; n < 6; ++n) CHECK(plain.grad[n] == -((o.reward[n] - sum / 6) * (1.0 / 6)));
+}
+
+TEST_CASE("RWR: a subnormal η or rewards of −1e308 give the softmax's limit, not NaN") {
+  Samples s;
+  s.k = 2;
+  s.logp = {-1.0, -2.0, -3.0, -4.0};
+  s.reward = {1.0, 2.0, 3.0, 4.0};
+  // η = 5e-324: all the weight on the best reward (batch: sample 3; group: samples 1 and 3).
+  const auto b = rwr_loss(s.view(), {.eta = 5e-324});
+  CHECK(b.loss == 4.0);
+  CHECK(b.grad == std::vector<double>{-0.0, -0.0, -0.0, -1.0});
+  const auto g = rwr_loss(s.view(), {.eta = 5e-324, .normalization = RwrNormalization::group});
+  CHECK(g.loss == 3.0);
+  CHECK(g.grad == std::vector<double>{-0.0, -0.5, -0.0, -0.5});
+  // Equal rewards of −1e308 at η = 1e-10: r/η is −inf for all, the weights are uniform.
+  s.reward = {-1e308, -1e308, -1e308, -1e308};
+  const auto u = rwr_loss(s.view(), {.eta = 1e-10});
+  CHECK(u.loss == 2.5);
+  for (double x : u.grad) CHECK(x == -0.25);
+  // r − r_max overflows (−1e308 − 1e308) while (r − r_max)/η = −2 does not: weights e^−2 : 1.
+  s.reward = {-1e308, 1e308, 1e308, 1e308};
+  const auto w = rwr_loss(s.view(), {.eta = 1e308, .normalization = RwrNormalization::group});
+  const L e2 = std::exp(L(-2));
+  CHECK(w.grad[0] == doctest::Approx(double(-e2 / (1 + e2) / 2)).epsilon(1e-15));
+  CHECK(w.grad[1] == doctest::Approx(double(-1 / (1 + e2) / 2)).epsilon(1e-15));
+  CHECK(w.grad[2] == -0.25);
+}
+
+namespace {
+
+// Every baseline objective on one batch; `check` gets each result (loss and gradients as doubles).
+template <class T>
+void every_baseline(const PreferenceScores<T>& p, const SampleScores<T>& s, double a, double b, std::size_t& results,
+                    std::size_t& errors) {
+  auto run = [&](auto&& f) {
+    try {
+      const auto r = f();
+      bool finite = std::isfinite(static_cast<double>(r.loss));
+      if constexpr (requires { r.grad; }) {
+        for (T g : r.grad) finite = finite && std::isfinite(g);
+      } else {
+        for (T g : r.grad_pos) finite = finite && std::isfinite(g);
+        for (T g : r.grad_neg) finite = finite && std::isfinite(g);
+      }
+      CHECK(finite);
+      ++results;
+    } catch (const dftune::error&) {
+      ++errors;
+    }
+  };
+  run([&] { return dpo_loss(p, {.beta = a}); });
+  run([&] { return ipo_loss(p, {.beta = a}); });
+  run([&] { return simpo_loss(p, {.beta = a, .gamma = b}); });
+  run([&] { return orpo_loss(p, {.lambda = b}); });
+  run([&] { return orpo_loss(p, {.lambda = b, .sft_reduction = NllReduction::sequence_mean}); });
+  for (auto red : {NllReduction::sequence_mean, NllReduction::token_mean, NllReduction::length_normalized}) {
+    run([&] { return sft_loss(s.logp, {.reduction = red}, s.len); });
+    run([&] { return best_of_n_loss(s, {.reduction = red}); });
+  }
+  run([&] { return rwr_loss(s, {.eta = a}); });
+  run([&] { return rwr_loss(s, {.eta = a, .normalization = RwrNormalization::group}); });
+  run([&] { return reinforce_loss(s); });
+  run([&] { return reinforce_loss(s, ConstantBaseline{.value = b}); });
+  run([&] { return reinforce_loss(s, SampleBaseline<T>{.values = s.reward}); });
+  run([&] { return rloo_loss(s); });
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("every baseline: finite inputs give a finite result or a dftune::error (extreme-value sweep)", T, float, double) {
+  // Scores, rewards and options drawn from the edges of T's range; each call must return finite
+  // values or throw dftune::error (CHECK(finite) fails on any inf/NaN; another exception escapes).
+  const T mx = std::numeric_limits<T>::max();
+  const std::vector<double> values{0.0, -0.0, static_cast<double>(std::numeric_limits<T>::denorm_min()), -1.0, -0.5, 1.0,
+                                   -1e10, 1e10, -1e30, -1e38, 3e38, -1e154, 1e154, -1e300, 1e300,
+                                   -static_cast<double>(mx), static_cast<double>(mx), -1.7e308, 1.7e308};
+  const std::vector<double> options{5e-324, 1e-300, 1e-10, 0.1, 1.0, 1e39, 1e154, 1e300, 1.7e308};
+  std::mt19937_64 rng(12);
+  auto pick = [&](const std::vector<double>& from) { return from[rng() % from.size()]; };
+  auto value = [&] {
+    T x = static_cast<T>(pick(values));
+    while (!std::isfinite(x)) x = static_cast<T>(pick(values));
+    return x;
+  };
+  std::size_t results = 0, errors = 0;
+  for (int trial = 0; trial < 3000; ++trial) {
+    std::vector<T> pos{value(), value()}, neg{value(), value(), value(), value()};
+    std::vector<T> rpos{value(), value()}, rneg{value(), value(), value(), value()};
+    const std::vector<std::int64_t> pl{1, 7}, nl{3, 1, 1, 100000};
+    const PreferenceScores<T> p{.num_negatives = 2, .pos_logp = pos, .neg_logp = neg, .ref_pos_logp = rpos,
+                                .ref_neg_logp = rneg, .pos_len = pl, .neg_len = nl};
+    std::vector<T> lp{value(), value(), value(), value()}, rw{value(), value(), value(), value()};
+    const std::vector<std::int64_t> len{1, 2, 5, 1};
+    const SampleScores<T> s{.group_size = 2, .logp = lp, .reward = rw, .len = len};
+    every_baseline(p, s, pick(options), (trial % 3 == 0) ? -pick(values) : pick(options), results, errors);
+  }
+  MESSAGE(results << " finite results, " << errors << " named errors");
+  CHECK(results > 1000);
+}
+
+TEST_CASE("preference objectives name what overflowed: a log-ratio, β·margin, a reward, γ, the odds") {
+  Prefs p;
+  p.m = 1;
+  p.pos = {-1.0};
+  p.ref_pos = {-1.0};
+  p.neg = {-1.0};
+  p.ref_neg = {-1.0};
+  p.pos_len = {1};
+  p.neg_len = {1};
+  auto with = [&](auto edit) {
+    Prefs q = p;
+    edit(q);
+    return q;
+  };
+  // s_w − r_w overflows: the positive's log-prob, not the negative (before: "neg_logp[0]: got -1").
+  CHECK_THROWS_WITH_AS(dpo_loss(with([](Prefs& q) { q.pos = {-1e308}; q.ref_pos = {1e308}; }).view()),
+                       "pos_logp[0]: got -1e+308, expected log-probs for which s_w − log π_ref(y_w) is finite (ref_pos_logp[0] = 1e+308)",
+                       error);
+  CHECK_THROWS_WITH_AS(ipo_loss(with([](Prefs& q) { q.neg = {1e308}; q.ref_neg = {-1e308}; }).view()),
+                       "neg_logp[0]: got 1e+308, expected log-probs for which s_l − log π_ref(y_l) is finite (ref_neg_logp[0] = -1e+308)",
+                       error);
+  // β times a finite margin.
+  CHECK_THROWS_WITH_AS(dpo_loss(with([](Prefs& q) { q.neg = {-1e10}; }).view(), {.beta = 1e300}),
+                       "beta: got 1.0000000000000001e+300, expected a value for which beta·margin is finite (the pair of "
+                       "neg_logp[0]: margin = 9999999999)",
+                       error);
+  // SimPO: a reward β·s/|y|, then γ.
+  CHECK_THROWS_WITH_AS(simpo_loss(with([](Prefs& q) { q.neg = {-1e300}; }).view(), {.beta = 1e10}),
+                       doctest::Contains("beta: got 10000000000, expected a value for which the rewards β·s/|y| are finite"), error);
+  CHECK_THROWS_WITH_AS(simpo_loss(with([](Prefs& q) { q.pos = {-1e308}; }).view(), {.beta = 1.0, .gamma = 1e308}),
+                       doctest::Contains("gamma: got 1e+308, expected a value for which the margin"), error);
+  // ORPO: a log-prob so close to 0 that s/|y| rounds to −0 makes the positive's odds infinite.
+  CHECK_THROWS_WITH_AS(orpo_loss(with([](Prefs& q) { q.pos = {-5e-324}; q.pos_len = {2}; }).view()),
+                       doctest::Contains("pos_logp[0]: got -4.9406564584124654e-324, expected scores whose pair margin"), error);
+}

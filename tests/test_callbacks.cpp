@@ -121,7 +121,7 @@ TEST_CASE("dft_metrics: DFT and DFT2 with every estimator init, against the weig
     }
 }
 
-TEST_CASE("dft_metrics: float results; weights that all underflow give NaN, not a division by zero") {
+TEST_CASE("dft_metrics: float results, and weights that all underflow give NaN, not a division by zero") {
   const std::vector<std::int64_t> ids{0};
   const std::vector<float> pos{-1}, neg{-200, -210}, ref{0, 0};
   const DftOptions opt{.init = EstimatorInit::fixed, .log_u0 = 0};

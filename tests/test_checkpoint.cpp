@@ -7,13 +7,20 @@
 
 #include <doctest/doctest.h>
 
+#include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 using namespace dftune;
 namespace fs = std::filesystem;
@@ -219,7 +226,7 @@ TEST_CASE("estimator checkpoints round-trip, including unseen examples, and over
   CHECK(files == 1);
 }
 
-TEST_CASE("the header: magic, version 1, kind, payload size and the FNV-1a-64 checksum") {
+TEST_CASE("the header: magic, version 2, kind, payload size and the FNV-1a-64 checksum") {
   CHECK(io::fnv1a64({}) == 14695981039346656037ull);
   const char a = 'a';
   CHECK(io::fnv1a64(std::as_bytes(std::span<const char>(&a, 1))) == 0xaf63dc4c8601ec8cull);  // published test vector
@@ -227,7 +234,7 @@ TEST_CASE("the header: magic, version 1, kind, payload size and the FNV-1a-64 ch
   const auto b = io::encode(r.est);
   REQUIRE(b.size() >= 32);
   CHECK(std::memcmp(b.data(), "DFTUNECK", 8) == 0);
-  CHECK(std::to_integer<int>(b[8]) == 1);
+  CHECK(std::to_integer<int>(b[8]) == 2);
   CHECK(std::to_integer<int>(b[12]) == 1);
   CHECK(std::to_integer<int>(io::encode(r.opt)[12]) == 2);
 }
@@ -258,12 +265,15 @@ TEST_CASE("a broken training checkpoint is refused with a clear error and loads 
     b[0] = std::byte{'X'};
     refuse(b, "magic");
   }
-  {  // a future format
-    auto b = bytes;
-    b[8] = std::byte{2};
-    refuse(b, "version: got 2, expected 1");
-    fix_checksum(b);
-    refuse(b, "version: got 2, expected 1");
+  {  // a future format, and the format before StepOptions
+    for (int v : {3, 1}) {
+      auto b = bytes;
+      b[8] = std::byte(v);
+      const std::string message = "version: got " + std::to_string(v) + ", expected 2";
+      refuse(b, message);
+      fix_checksum(b);
+      refuse(b, message);
+    }
   }
   {  // an estimator checkpoint where a training one is expected
     refuse(io::encode(saved.est), "kind: got 1 (estimator), expected 2 (training)");
@@ -415,4 +425,440 @@ TEST_CASE("fuzz regression: an Estimator<float> refuses a log_u0 that float cann
   CHECK_THROWS_WITH_AS(Estimator<float>(3, o), doctest::Contains("log_u0: got 1.0000000000000001e+300"), error);
   CHECK(Estimator<double>(3, o).log_u0() == 1e300);
   CHECK(Estimator<float>(3, DftOptions{.init = EstimatorInit::fixed, .log_u0 = -1e30}).log_u0() == -1e30f);
+}
+
+// ---- whatever save accepts, load accepts ---------------------------------------------------------
+
+TEST_CASE("the issue's unloadable checkpoint: DFT, fixed log u0 = -80, AdamW<float> now saves and loads bit for bit") {
+  TempDir tmp("savable");
+  const DftOptions o{.variant = Variant::dft, .tau = 1.0, .gamma = 0.85, .init = EstimatorInit::fixed, .log_u0 = -80};
+  CategoricalPolicy<double> ref = make_ref();
+  auto make_run = [&](CategoricalPolicy<float>& model, Estimator<float>& est) {
+    return DftOptimizer(model, est, o, AdamW<float>(kAdam), ConstantSchedule{.rate = 1e-3});
+  };
+  CategoricalPolicy<float> m1(kContexts, kVocab), m2(kContexts, kVocab);
+  Estimator<float> e1(kExamples, o), e2(kExamples, o);
+  auto a = make_run(m1, e1);
+  auto b = make_run(m2, e2);
+  std::size_t refused = 0;
+  for (std::size_t t = 0; t < 6; ++t) {  // weights exp(d + 80) ~ 1e34: g² passes float's range
+    const Batch batch = make_batch(ref, t);
+    const std::vector<float> r(batch.ref.begin(), batch.ref.end());
+    try {
+      a.step({.ids = batch.ids, .positives = batch.pos.view(), .negatives = batch.neg.view(), .num_negatives = kNeg,
+              .ref_neg_logp = r});
+    } catch (const error& e) {
+      CHECK(std::string(e.what()).find("second_moment[") != std::string::npos);
+      ++refused;
+    }
+    // Every state reached saves, and what saved loads back, bit for bit.
+    io::save(tmp / "f.ckpt", a);
+    io::load(tmp / "f.ckpt", b);
+    CHECK(io::encode(b) == io::encode(a));
+    CHECK(io::read_file(tmp / "f.ckpt") == io::encode(a));
+  }
+  CHECK(refused > 0);  // before: the step returned with v = +inf, save wrote it, load refused it
+  for (float v : a.rule().second_moment()) CHECK(std::isfinite(v));
+}
+
+TEST_CASE("save refuses, writing nothing, a state that load would refuse") {
+  TempDir tmp("unsavable");
+  Run r;
+  r.step(0);
+  io::save(tmp / "a.ckpt", r.opt);
+  io::save(tmp / "u.ckpt", r.est);
+  const auto before = read_bytes(tmp / "a.ckpt");
+  r.model.parameters()[7] = std::nan("");  // the model is the caller's: it can hold anything
+  CHECK_THROWS_WITH_AS(io::save(tmp / "a.ckpt", r.opt), doctest::Contains("parameters[7]: got nan"), error);
+  CHECK_THROWS_WITH_AS(io::save(tmp / "a.ckpt", r.opt), doctest::Contains("a.ckpt"), error);
+  CHECK_THROWS_WITH_AS(io::encode(r.opt), doctest::Contains("parameters[7]: got nan"), error);
+  CHECK_THROWS_WITH_AS(io::save(tmp / "b.ckpt", r.opt), doctest::Contains("parameters[7]"), error);
+  CHECK(read_bytes(tmp / "a.ckpt") == before);
+  CHECK_FALSE(fs::exists(tmp / "b.ckpt"));
+  std::size_t files = 0;
+  for (const auto& e : fs::directory_iterator(tmp.dir)) files += e.is_regular_file();
+  CHECK(files == 2);  // a.ckpt, u.ckpt: no temporary left
+  // And the broken object still loads a good file (the bound on what it can take ignores its state).
+  io::load(tmp / "a.ckpt", r.opt);
+  CHECK(std::isfinite(r.model.parameters()[7]));
+}
+
+// ---- every configuration field is compared --------------------------------------------------------
+
+TEST_CASE("every configuration field of a training checkpoint is compared on load, each with its own error") {
+  TempDir tmp("fields");
+  using Opt = DftOptimizer<CategoricalPolicy<double>, AdamW<double>, CosineSchedule>;
+  struct Config {
+    DftOptions o = kOpt;
+    AdamOptions a = kAdam;
+    CosineSchedule s = kSchedule;
+    StepOptions step{.max_grad_norm = 5.0};
+    std::size_t examples = kExamples;
+  };
+  auto saved_with = [&](const Config& c) {
+    CategoricalPolicy<double> model(kContexts, kVocab);
+    Estimator<double> est(c.examples, c.o);
+    Opt opt(model, est, c.o, AdamW<double>(c.a), c.s, c.step);
+    CategoricalPolicy<double> ref = make_ref();
+    const Batch b = make_batch(ref, 0);
+    opt.step({.ids = b.ids, .positives = b.pos.view(), .negatives = b.neg.view(), .num_negatives = kNeg, .ref_neg_logp = b.ref});
+    return io::encode(opt);
+  };
+  const Config base;
+  const auto file = saved_with(base);
+  auto refused_by = [&](const Config& c, const std::string& message) {
+    CAPTURE(message);
+    CategoricalPolicy<double> model(kContexts, kVocab);
+    Estimator<double> est(c.examples, c.o);
+    Opt opt(model, est, c.o, AdamW<double>(c.a), c.s, c.step);
+    const auto before = io::encode(opt);
+    CHECK_THROWS_WITH_AS(io::decode(file, opt), doctest::Contains(message.c_str()), error);
+    CHECK(io::encode(opt) == before);
+  };
+  auto with = [&](auto edit) {
+    Config c = base;
+    edit(c);
+    return c;
+  };
+  refused_by(with([](Config& c) { c.o.variant = Variant::dft2; }), "variant: got 0 in the file, expected 1");
+  refused_by(with([](Config& c) { c.o.tau = 0.5; }), "tau: got 1 in the file, expected 0.5");
+  refused_by(with([](Config& c) { c.o.gamma = 0.9; }), "gamma: got 0.84999999999999998 in the file");
+  refused_by(with([](Config& c) { c.o.init = EstimatorInit::constant; }), "estimator init: got 0 in the file, expected 1");
+  refused_by(with([](Config& c) { c.o.log_u0 = -1; }), "estimator log_u0: got 0 in the file, expected -1");
+  refused_by(with([](Config& c) { c.o.eps = 0; }), "eps: got 1e-08 in the file, expected 0");
+  refused_by(with([](Config& c) { c.step.max_grad_norm = 1.0; }), "max_grad_norm: got 5 in the file, expected 1");
+  refused_by(with([](Config& c) { c.step.max_grad_norm = INFINITY; }), "max_grad_norm: got 5 in the file, expected inf");
+  refused_by(with([](Config& c) { c.a.beta1 = 0.8; }), "adam beta1: got 0.90000000000000002 in the file, expected 0.80000000000000004");
+  refused_by(with([](Config& c) { c.a.beta2 = 0.999; }), "adam beta2: got 0.98999999999999999 in the file");
+  refused_by(with([](Config& c) { c.a.eps = 1e-6; }), "adam eps: got 1e-08 in the file, expected 9.9999999999999995e-07");
+  refused_by(with([](Config& c) { c.a.weight_decay = 0; }), "adam weight_decay: got 0.01 in the file, expected 0");
+  refused_by(with([](Config& c) { c.s.base_lr = 0.1; }), "schedule base_lr: got 0.050000000000000003 in the file");
+  refused_by(with([](Config& c) { c.s.min_lr = 0; }), "schedule min_lr: got 0.001 in the file, expected 0");
+  refused_by(with([](Config& c) { c.s.warmup_steps = 4; }), "schedule warmup_steps: got 3 in the file, expected 4");
+  refused_by(with([](Config& c) { c.s.total_steps = 40; }), "schedule total_steps: got 20 in the file, expected 40");
+  refused_by(with([](Config& c) { c.examples = 9; }), "num_examples: got 10 in the file, expected 9");
+  refused_by(with([](Config& c) { c.examples = 11; }), "num_examples: got 10 in the file, expected 11");
+  // The estimator's own log_u0 is compared apart from DftOptions' (an Estimator can be built with
+  // other options than the optimizer's): the file holds both.
+  {
+    CategoricalPolicy<double> model(kContexts, kVocab);
+    Estimator<double> est(kExamples, {.log_u0 = -2});
+    Opt opt(model, est, kOpt, AdamW<double>(kAdam), kSchedule, base.step);
+    CHECK_THROWS_WITH_AS(io::decode(file, opt), doctest::Contains("estimator log_u0: got 0 in the file, expected -2"), error);
+  }
+  // SGD's four options and a constant schedule's rate.
+  using SgdOpt = DftOptimizer<CategoricalPolicy<double>, Sgd<double>, ConstantSchedule>;
+  const SgdOptions sgd{.momentum = 0.9, .dampening = 0, .weight_decay = 0.01, .nesterov = true};
+  auto sgd_file = [&] {
+    CategoricalPolicy<double> model(kContexts, kVocab);
+    Estimator<double> est(kExamples, kOpt);
+    SgdOpt opt(model, est, kOpt, Sgd<double>(sgd), ConstantSchedule{.rate = 0.1});
+    return io::encode(opt);
+  }();
+  auto sgd_refused_by = [&](const SgdOptions& so, double rate, const char* message) {
+    CAPTURE(message);
+    CategoricalPolicy<double> model(kContexts, kVocab);
+    Estimator<double> est(kExamples, kOpt);
+    SgdOpt opt(model, est, kOpt, Sgd<double>(so), ConstantSchedule{.rate = rate});
+    CHECK_THROWS_WITH_AS(io::decode(sgd_file, opt), doctest::Contains(message), error);
+  };
+  sgd_refused_by({.momentum = 0.5, .weight_decay = 0.01, .nesterov = true}, 0.1, "sgd momentum: got 0.90000000000000002 in the file, expected 0.5");
+  sgd_refused_by({.momentum = 0.9, .dampening = 0.1, .weight_decay = 0.01}, 0.1, "sgd dampening: got 0 in the file, expected 0.10000000000000001");
+  sgd_refused_by({.momentum = 0.9, .weight_decay = 0, .nesterov = true}, 0.1, "sgd weight_decay: got 0.01 in the file, expected 0");
+  sgd_refused_by({.momentum = 0.9, .weight_decay = 0.01, .nesterov = false}, 0.1, "sgd nesterov: got true in the file, expected false");
+  sgd_refused_by(sgd, 0.2, "schedule rate: got 0.10000000000000001 in the file, expected 0.20000000000000001");
+  {
+    CategoricalPolicy<double> model(kContexts, kVocab);
+    Estimator<double> est(kExamples, kOpt);
+    SgdOpt opt(model, est, kOpt, Sgd<double>(sgd), ConstantSchedule{.rate = 0.1});
+    io::decode(sgd_file, opt);  // and the same configuration loads
+  }
+}
+
+// ---- the estimator's set is all or nothing --------------------------------------------------------
+
+TEST_CASE("Estimator::set with a bad id or value part-way stores nothing") {
+  Estimator<double> est(5, kOpt);
+  est.set(std::vector<std::int64_t>{1, 3}, std::vector<double>{-0.5, -1.5});
+  const std::vector<double> u(est.raw_log_u().begin(), est.raw_log_u().end());
+  const std::vector<unsigned char> seen(est.raw_seen().begin(), est.raw_seen().end());
+  auto unchanged = [&] {
+    CHECK(bit_equal<double>(est.raw_log_u(), u));
+    CHECK(std::equal(seen.begin(), seen.end(), est.raw_seen().begin()));
+  };
+  // The bad entry comes last: a set that wrote while checking would have stored the first ones.
+  CHECK_THROWS_WITH_AS(est.set(std::vector<std::int64_t>{0, 2, 3, 5}, std::vector<double>{1, 2, 3, 4}),
+                       doctest::Contains("ids[3]: got 5"), error);
+  unchanged();
+  CHECK_THROWS_WITH_AS(est.set(std::vector<std::int64_t>{0, 2, -1}, std::vector<double>{1, 2, 3}),
+                       doctest::Contains("ids[2]: got -1"), error);
+  unchanged();
+  CHECK_THROWS_WITH_AS(est.set(std::vector<std::int64_t>{0, 2, 4}, std::vector<double>{1, 2, INFINITY}),
+                       doctest::Contains("log_u[2]: got inf"), error);
+  unchanged();
+  CHECK_THROWS_WITH_AS(est.set(std::vector<std::int64_t>{0, 2, 4}, std::vector<double>{1, 2}),
+                       doctest::Contains("log_u: got size 2, expected size 3"), error);
+  unchanged();
+  est.set(std::vector<std::int64_t>{0, 4}, std::vector<double>{1, 2});
+  CHECK(est.log_u(0) == 1.0);
+  CHECK(est.log_u(4) == 2.0);
+  CHECK(est.log_u(1) == -0.5);
+}
+
+// ---- huge and sparse files fail fast, in bounded memory ------------------------------------------
+
+namespace {
+
+// A source that claims `size` bytes: the first ones from `head`, then zeros, and counts what is read.
+struct FakeHugeFile final : io::ByteSource {
+  std::vector<std::byte> head;
+  std::uint64_t size = 0, pos = 0, read_bytes = 0;
+  std::size_t read(std::span<std::byte> out) override {
+    const std::uint64_t n = std::min<std::uint64_t>(out.size(), size - pos);
+    std::memset(out.data(), 0, static_cast<std::size_t>(n));
+    for (std::uint64_t k = 0; k < n && pos + k < head.size(); ++k) out[k] = head[pos + k];
+    pos += n;
+    read_bytes += n;
+    return static_cast<std::size_t>(n);
+  }
+};
+
+void set_u64(std::vector<std::byte>& b, std::size_t at, std::uint64_t v) {
+  for (std::size_t k = 0; k < 8; ++k) b[at + k] = static_cast<std::byte>((v >> (8 * k)) & 0xFF);
+}
+
+long max_rss_kib() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_maxrss;
+}
+
+}  // namespace
+
+TEST_CASE("a payload larger than the object can take is refused after reading at most what the object can take") {
+  Run r;
+  r.step(0);
+  const auto good = io::encode(r.opt);
+  const std::uint64_t most = io::internal::training_max_payload(r.opt);
+  CHECK(most >= good.size() - 32);
+  for (std::uint64_t total : {std::uint64_t{2} << 30, std::uint64_t{40} << 30}) {
+    CAPTURE(total);
+    {  // a valid checkpoint whose header declares the whole (huge) file as payload: its fields
+       // parse, so the size is the error
+      FakeHugeFile f;
+      f.head = good;
+      set_u64(f.head, 16, total - 32);
+      f.size = total;
+      Run target;
+      target.step(3);
+      const Snapshot before(target);
+      auto l = [&] {
+        return io::read_checkpoint(f, f.size, io::CheckpointKind::training, most,
+                                   [&](io::Reader& in) { return io::internal::read_training(in, target.opt); });
+      };
+      CHECK_THROWS_WITH_AS(l(), doctest::Contains(("payload size: got " + std::to_string(total - 32)).c_str()), error);
+      CHECK(f.read_bytes <= most + 32);
+      CHECK(Snapshot(target) == before);
+    }
+    {  // a header over zeros: the first field tells
+      FakeHugeFile f;
+      f.head = std::vector<std::byte>(good.begin(), good.begin() + 32);
+      set_u64(f.head, 16, total - 32);
+      f.size = total;
+      Estimator<double> est(kExamples, kOpt);
+      CHECK_THROWS_WITH_AS(io::read_checkpoint(f, f.size, io::CheckpointKind::training, most,
+                                               [&](io::Reader& in) { return io::internal::read_training(in, r.opt); }),
+                           doctest::Contains("scalar size: got 0 in the file, expected 8"), error);
+      CHECK(f.read_bytes <= most + 32);
+    }
+  }
+  {  // the estimator: another number of examples is named even when the file is the larger one
+    Estimator<double> small(kExamples - 1, kOpt);
+    CHECK_THROWS_WITH_AS(io::decode(io::encode(r.est), small), doctest::Contains("num_examples: got 10 in the file, expected 9"), error);
+  }
+}
+
+TEST_CASE("2 GiB and 40 GiB sparse files on disk: a named error at once, in bounded memory") {
+  TempDir tmp("sparse");
+  Run r;
+  r.step(0);
+  io::save(tmp / "good.ckpt", r.opt);
+  const auto good = read_bytes(tmp / "good.ckpt");
+  const long rss_before = max_rss_kib();
+  for (std::uint64_t total : {std::uint64_t{2} << 30, std::uint64_t{40} << 30}) {
+    CAPTURE(total);
+    const fs::path p = tmp / "huge.ckpt";
+    auto timed_refusal = [&](const char* message) {
+      Run target;
+      target.step(2);
+      const Snapshot before(target);
+      const auto t0 = std::chrono::steady_clock::now();
+      CHECK_THROWS_WITH_AS(io::load(p, target.opt), doctest::Contains(message), error);
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      CHECK(s < 2.0);  // hashing 2 GiB took 10–12 s before; reading 40 GiB would take minutes
+      CHECK(Snapshot(target) == before);
+    };
+    {  // only zeros
+      fs::remove(p);
+      std::ofstream(p).close();
+      fs::resize_file(p, total);
+      timed_refusal("magic");
+    }
+    {  // the good checkpoint, then zeros: trailing bytes, seen from the header alone
+      write_bytes(p, good);
+      fs::resize_file(p, total);
+      timed_refusal("trailing bytes");
+    }
+    {  // ... with a header that declares them all
+      auto b = good;
+      set_u64(b, 16, total - 32);
+      write_bytes(p, b);
+      fs::resize_file(p, total);
+      timed_refusal("payload size: got");
+    }
+    fs::remove(p);
+  }
+  // Before: 2.3 GiB for the 2 GiB file and std::bad_alloc for the 40 GiB one.
+  CHECK(max_rss_kib() - rss_before < 64 * 1024);
+}
+
+// ---- atomic replacement, temporaries, symlinks ---------------------------------------------------
+
+TEST_CASE("a save that fails part-way leaves the old file's bytes intact (seen through a hard link)") {
+  TempDir tmp("partway");
+  Run r;
+  for (std::size_t t = 0; t < 3; ++t) r.step(t);
+  const fs::path p = tmp / "run.ckpt";
+  io::save(p, r.opt);
+  const auto old_bytes = read_bytes(p);
+  fs::create_hard_link(p, tmp / "link.ckpt");  // an in-place write would show through it
+  r.step(3);
+  const auto new_bytes = io::encode(r.opt);
+  REQUIRE(new_bytes != old_bytes);
+  auto only_the_two_files = [&] {
+    std::size_t files = 0;
+    for (const auto& e : fs::directory_iterator(tmp.dir)) {
+      ++files;
+      CAPTURE(e.path());
+      CHECK((e.path().filename() == "run.ckpt" || e.path().filename() == "link.ckpt"));
+    }
+    CHECK(files == 2);
+  };
+  {  // the file system refuses the write half-way (RLIMIT_FSIZE: write() fails with EFBIG)
+    rlimit old{};
+    getrlimit(RLIMIT_FSIZE, &old);
+    const auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
+    rlimit half = old;
+    half.rlim_cur = new_bytes.size() / 2;
+    setrlimit(RLIMIT_FSIZE, &half);
+    CHECK_THROWS_WITH_AS(io::save(p, r.opt), doctest::Contains("writing its temporary file failed"), error);
+    setrlimit(RLIMIT_FSIZE, &old);
+    std::signal(SIGXFSZ, old_handler);
+  }
+  CHECK(read_bytes(tmp / "link.ckpt") == old_bytes);
+  CHECK(read_bytes(p) == old_bytes);
+  only_the_two_files();
+  {  // an exception from the payload writer after half of the payload is on disk
+    int pass = 0;
+    CHECK_THROWS_WITH_AS(io::write_checkpoint(p, io::CheckpointKind::training,
+                                              [&](io::Writer& w) {
+                                                io::internal::write_training(w, r.opt);
+                                                if (++pass == 2) throw error("payload: interrupted");
+                                              }),
+                         doctest::Contains("interrupted"), error);
+    CHECK(pass == 2);
+  }
+  CHECK(read_bytes(tmp / "link.ckpt") == old_bytes);
+  CHECK(read_bytes(p) == old_bytes);
+  only_the_two_files();
+  io::save(p, r.opt);  // and a save that succeeds replaces the file, not its bytes in place
+  CHECK(read_bytes(p) == new_bytes);
+  CHECK(read_bytes(tmp / "link.ckpt") == old_bytes);
+}
+
+TEST_CASE("saving through a symlink replaces the file it points to and keeps the link") {
+  TempDir tmp("symlink");
+  fs::create_directories(tmp / "runs");
+  Run r;
+  r.step(0);
+  io::save(tmp / "runs" / "step1.ckpt", r.opt);
+  const auto old_bytes = read_bytes(tmp / "runs" / "step1.ckpt");
+  fs::create_hard_link(tmp / "runs" / "step1.ckpt", tmp / "old.ckpt");
+  fs::create_symlink("runs/step1.ckpt", tmp / "latest.ckpt");  // relative, as `ln -s` makes them
+  fs::create_symlink(tmp / "latest.ckpt", tmp / "latest2.ckpt");  // a chain
+  r.step(1);
+  io::save(tmp / "latest2.ckpt", r.opt);
+  CHECK(fs::is_symlink(tmp / "latest.ckpt"));
+  CHECK(fs::is_symlink(tmp / "latest2.ckpt"));
+  CHECK(read_bytes(tmp / "runs" / "step1.ckpt") == io::encode(r.opt));
+  CHECK(read_bytes(tmp / "old.ckpt") == old_bytes);  // replaced atomically, not rewritten in place
+  Run back;
+  io::load(tmp / "latest.ckpt", back.opt);
+  CHECK(Snapshot(back) == Snapshot(r));
+  // A dangling link names the file to create; a loop is an error.
+  fs::create_symlink("runs/new.ckpt", tmp / "dangling.ckpt");
+  io::save(tmp / "dangling.ckpt", r.est);
+  CHECK(fs::is_regular_file(tmp / "runs" / "new.ckpt"));
+  CHECK(fs::is_symlink(tmp / "dangling.ckpt"));
+  fs::create_symlink("loop_b", tmp / "loop_a");
+  fs::create_symlink("loop_a", tmp / "loop_b");
+  CHECK_THROWS_WITH_AS(io::save(tmp / "loop_a", r.est), doctest::Contains("symlinks"), error);
+  for (const auto& e : fs::directory_iterator(tmp / "runs"))
+    CHECK(e.path().filename().string().find(".tmp-") == std::string::npos);
+}
+
+TEST_CASE("temporaries of a save killed with kill -9 are removed by the next save or load of the same path") {
+  TempDir tmp("killed");
+  const fs::path p = tmp / "big.ckpt";
+  constexpr std::size_t N = 4'000'000;  // 36 MB: the write takes long enough to be caught
+  const DftOptions o{.init = EstimatorInit::constant};
+  Estimator<double> est(N, o);
+  io::save(p, est);
+  const auto temporaries = [&] {
+    std::vector<fs::path> t;
+    for (const auto& e : fs::directory_iterator(tmp.dir))
+      if (e.path().filename().string().starts_with("big.ckpt.tmp-")) t.push_back(e.path());
+    return t;
+  };
+  for (const bool then_load : {true, false}) {
+    CAPTURE(then_load);
+    // A child saves in a loop and is killed as soon as its temporary shows; a kill that lands
+    // between a rename and the next save's temporary leaves none, so try again.
+    pid_t child = -1;
+    for (int attempt = 0; attempt < 20 && temporaries().empty(); ++attempt) {
+      child = fork();
+      REQUIRE(child >= 0);
+      if (child == 0) {  // never returns into the test runner
+        try {
+          for (;;) io::save(p, est);
+        } catch (...) {
+        }
+        _exit(1);
+      }
+      const auto t0 = std::chrono::steady_clock::now();
+      while (temporaries().empty() && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(20))
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      kill(child, SIGKILL);
+      waitpid(child, nullptr, 0);
+    }
+    const auto left = temporaries();
+    REQUIRE(left.size() == 1);  // caught mid-save
+    CHECK(left[0].filename().string().find("-" + std::to_string(child) + "-") != std::string::npos);
+    // A temporary of a live process (ours: another thread may be saving) and files that only look
+    // alike are kept.
+    const std::string ours = "big.ckpt.tmp-" + io::internal::host_tag() + "-" + std::to_string(getpid()) + "-abc";
+    const std::string other_host = "big.ckpt.tmp-zzzzzzzz-" + std::to_string(child) + "-abc";
+    for (const std::string& keep : {ours, other_host, std::string("big.ckpt.tmp-notes.txt"), std::string("other.ckpt.tmp-x")})
+      std::ofstream(tmp / keep) << "x";
+    Estimator<double> back(N, o);
+    if (then_load) io::load(p, back);
+    else io::save(p, est);
+    CHECK(temporaries().size() == 3);  // ours, other_host, notes
+    CHECK_FALSE(fs::exists(left[0]));
+    for (const std::string& keep : {ours, other_host, std::string("big.ckpt.tmp-notes.txt"), std::string("other.ckpt.tmp-x")}) {
+      CHECK(fs::exists(tmp / keep));
+      fs::remove(tmp / keep);
+    }
+    io::load(p, back);  // the target itself was never touched by the killed save
+  }
 }

@@ -4,6 +4,7 @@
 // the pieces of the reference recipe and of the comparison harness: the recipe's settings, fresh
 // negatives per epoch reaching the loop, gradient clipping in the loop's update rule, the per-step
 // metrics, and the one-token split that gives Dynamic FT per-token log-probs through the Model concept.
+#include "../examples/demo/cli.hpp"
 #include "../examples/demo/pipeline.hpp"
 
 #include <dftune/optim/sgd.hpp>
@@ -11,7 +12,10 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <fstream>
 #include <limits>
+#include <string>
 #include <set>
 #include <vector>
 
@@ -32,17 +36,15 @@ demo::Settings small_settings() {
   return s;
 }
 
-const demo::Model& small_base() {
-  static const demo::Model base = demo::pretrain(small_settings(), demo::Progress{});
-  return base;
-}
+// An untrained model of the same shape: enough to sample from and to score (no pre-training cost).
+demo::Model untrained() { return demo::Model(small_settings().model, 11); }
 
 }  // namespace
 
 TEST_CASE("demo pipeline: DFT's loss decreases and the likelihood of negatives falls") {
   const demo::Settings s = small_settings();
   const demo::Progress progress;
-  demo::Model base = small_base();
+  demo::Model base = demo::pretrain(s, progress);
   const auto data = demo::make_train_data(base, demo::draw(demo::Split::finetune, s.train_prompts, 1), s, 2);
   REQUIRE(data.epochs.size() == 1);
   REQUIRE(data.epochs[0].negatives.size() == s.train_prompts * s.negatives);
@@ -101,7 +103,7 @@ TEST_CASE("demo recipe: official sets the reference trainer's four choices, dftu
 TEST_CASE("demo fresh negatives: one set per epoch, epoch 0 as before, and the loop reads epoch e's set in epoch e") {
   demo::Settings s = small_settings();
   s.steps = 10;  // 10 × 16 = 160 prompts of a 64-prompt set: epochs 0, 1, 2
-  demo::Model base = small_base();
+  demo::Model base = untrained();
   const auto problems = demo::draw(demo::Split::finetune, s.train_prompts, 1);
   const auto once = demo::make_train_data(base, problems, s, 2);
   s.fresh_negatives = true;
@@ -170,7 +172,7 @@ TEST_CASE("demo ClippedRule: torch's clipping before the inner rule, the pre-cli
 }
 
 TEST_CASE("demo split_tokens: per-token log-probs that sum to the sequence's, and the same gradient") {
-  demo::Model model = small_base();
+  demo::Model model = untrained();
   dftune::Sequences seqs;
   const std::vector<dftune::token_t> p1{1, 2, 3, 10, 4, 5, 6, 11}, c1{5, 7, 9, 0}, p2{9, 9, 9, 10, 9, 9, 9, 11}, c2{8, 9, 9, 1};
   seqs.push(p1, c1);
@@ -201,4 +203,32 @@ TEST_CASE("demo split_tokens: per-token log-probs that sum to the sequence's, an
   }
   CHECK(norm > 0);
   CHECK(diff <= 1e-5 * norm);
+}
+
+TEST_CASE("demo flags: --config FILE stands for its flags in place, --recipe applies first, other flags override it") {
+  const std::string path = "test_demo_quick_flags.cfg";
+  {
+    std::ofstream f(path);
+    f << "# a comment line\n"
+         "methods = DFT,DPO   # trailing comment\n"
+         "\n"
+         "--m 4\n"
+         "lr-grid DFT=1e-3,3e-3\n"
+         "lr-grid=1e-4\n"
+         "fresh-negatives\n";
+  }
+  const char* argv[] = {"compare", "--seeds", "2", "--config", path.c_str(), "--m", "3"};
+  const demo::Flags flags{"compare"};
+  const std::vector<std::string> args = flags.expand(7, const_cast<char**>(argv));
+  CHECK(args == std::vector<std::string>{"--seeds", "2", "--methods", "DFT,DPO", "--m", "4", "--lr-grid", "DFT=1e-3,3e-3",
+                                          "--lr-grid", "1e-4", "--fresh-negatives", "--m", "3"});
+  std::remove(path.c_str());
+  // The recipe first, wherever it stands; the explicit flag after it wins.
+  demo::Settings s;
+  const std::vector<std::string> r{"--max-grad-norm", "inf", "--recipe", "official"};
+  demo::apply_recipe(flags, r, s);
+  CHECK(s.max_grad_norm == 1.0);
+  CHECK(demo::settings_flag(flags, r[0], r[1], s));
+  CHECK(std::isinf(s.max_grad_norm));
+  CHECK(s.fresh_negatives);
 }

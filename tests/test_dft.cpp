@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <random>
 #include <string>
@@ -352,4 +353,54 @@ TEST_CASE("float results that float cannot hold are errors, not inf (fuzz findin
                                                est, opt),
                        doctest::Contains("grad_neg"), dftune::error);
   CHECK_FALSE(est.log_u(1).has_value());
+}
+
+TEST_CASE("an overflow names what overflowed: the log-probs, or τ (issue #12, item 11)") {
+  Estimator<double> est(2);
+  const std::vector<std::int64_t> ids{0};
+  const std::vector<double> pos{-1.0}, neg{1e308}, ref{-1e308};
+  // d = 1e308/1 − (−1e308) overflows: a positive "log-prob" beside a very negative reference, not τ
+  // (before the fix: "tau: got 1, ...").
+  try {
+    dftune::dft_step<double>({.ids = ids, .num_negatives = 1, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = ref}, est, {});
+    FAIL("no exception");
+  } catch (const dftune::error& e) {
+    CHECK(std::string(e.what()) ==
+          "neg_logp[0]: got 1e+308, expected log-probs for which d = s/τ − log π_ref is finite "
+          "(ref_neg_logp[0] = -1e+308: d[0] overflowed)");
+  }
+  // s/τ itself overflows, for a negative or for the positive: τ is named.
+  const std::vector<double> small{-1.0}, huge{-1e308};
+  CHECK_THROWS_WITH_AS(dftune::dft_step<double>({.ids = ids, .num_negatives = 1, .pos_logp = pos, .neg_logp = huge,
+                                                 .ref_neg_logp = small},
+                                                est, {.tau = 0.1}),
+                       "tau: got 0.10000000000000001, expected a temperature for which s/τ is finite (d[0] overflowed)",
+                       dftune::error);
+  CHECK_THROWS_WITH_AS(dftune::dft_step<double>({.ids = ids, .num_negatives = 1, .pos_logp = huge, .neg_logp = small,
+                                                 .ref_neg_logp = small},
+                                                est, {.tau = 0.1}),
+                       "tau: got 0.10000000000000001, expected a temperature for which s/τ is finite (pos_logp[0]/τ overflowed)",
+                       dftune::error);
+  CHECK_FALSE(est.log_u(0).has_value());
+}
+
+TEST_CASE("the finite-result guard accepts exactly the doubles that round to a finite T") {
+  using dftune::detail::narrow_checked;
+  const double fmax = std::numeric_limits<float>::max();
+  // FLT_MAX + 2^103 is the midpoint to 2^128 and rounds (to even) to inf; anything below rounds to FLT_MAX.
+  CHECK(narrow_checked<float>(fmax + std::ldexp(1.0, 102), "x") == std::numeric_limits<float>::max());
+  CHECK(narrow_checked<float>(std::nextafter(fmax + std::ldexp(1.0, 103), 0.0), "x") == std::numeric_limits<float>::max());
+  CHECK(narrow_checked<float>(-std::nextafter(fmax + std::ldexp(1.0, 103), 0.0), "x") == -std::numeric_limits<float>::max());
+  CHECK_THROWS_WITH_AS(narrow_checked<float>(fmax + std::ldexp(1.0, 103), "loss"),
+                       doctest::Contains("loss: got 3.4028235677973366e+38, expected a value the scalar type can hold"),
+                       dftune::error);
+  CHECK_THROWS_AS(narrow_checked<float>(-(fmax + std::ldexp(1.0, 103)), "x"), dftune::error);
+  CHECK(narrow_checked<float>(std::numeric_limits<double>::denorm_min(), "x") == 0.0f);  // underflow is fine
+  CHECK(narrow_checked<double>(std::numeric_limits<double>::max(), "x") == std::numeric_limits<double>::max());
+  for (double bad : {INFINITY, -INFINITY, NAN}) {
+    CHECK_THROWS_AS(narrow_checked<double>(bad, "x"), dftune::error);
+    CHECK_THROWS_AS(narrow_checked<float>(bad, "x"), dftune::error);
+  }
+  CHECK_THROWS_WITH_AS(dftune::detail::narrow_checked_at<float>(1e39, "grad", 7), doctest::Contains("grad[7]: got 9.9999999999999994e+38"),
+                       dftune::error);
 }

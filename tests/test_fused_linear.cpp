@@ -409,34 +409,109 @@ TEST_CASE("fused linear head: extreme logits") {
   }
 }
 
-TEST_CASE("fused linear head: a non-finite hidden state shows up in its row only, as in logprob::forward") {
-  // H is not scanned (neither are the logits by logprob::forward): a NaN or an inf in a row of H
-  // makes that row's logits, and so its log-prob and its sequence's score, non-finite, exactly where
-  // logprob::forward on the materialised logits puts them.
+namespace {
+
+template <class F>
+std::string message_of(F&& f) {
+  try {
+    f();
+  } catch (const dftune::error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+}  // namespace
+
+// The reductions' rule for logits they refuse (logprob/generic.hpp, "Non-finite logits"): the head
+// judges the logits H·Wᵀ + b it computes as logprob::forward / backward judge materialised ones, and
+// throws their error, word for word; forward leaves seq_logp untouched.
+namespace {
+
+// The materialised logits of p in float, summed in k order as the test's own reference.
+std::vector<float> materialise(const Problem<float>& p) {
+  std::vector<float> logits(p.N * p.V);
+  for (std::size_t n = 0; n < p.N; ++n)
+    for (std::size_t v = 0; v < p.V; ++v) {
+      float z = p.b.empty() ? 0.0f : p.b[v];
+      for (std::size_t k = 0; k < p.d; ++k) z += p.H[n * p.d + k] * p.W[v * p.d + k];
+      logits[n * p.V + v] = z;
+    }
+  return logits;
+}
+
+// Every path of the head on p throws what logprob::forward (backward, recomputing row_lse) throws on
+// the materialised logits; seq_logp keeps its sentinel; the DFT path (forward, then backward given
+// forward's row_lse) throws in the forward, before any gradient is written. Returns the message.
+std::string refused_as_materialised(const Problem<float>& p, const linear::Options& opt) {
+  auto logits = materialise(p);
+  const logprob::TokenLogits<float> tl{.logits = logits, .vocab = p.V, .targets = p.targets, .weights = p.weights, .offsets = p.offsets};
+  std::vector<float> seq_ref(p.S()), seq(p.S(), 7.0f), token(p.N), lse(p.N), dH(p.N * p.d), dW(p.V * p.d, 7.0f), db(p.V, 7.0f);
+  const std::string expected = message_of([&] { logprob::forward(tl, std::span<float>(seq_ref)); });
+  auto ws = workspace_for(p, opt);
+  const linear::LinearGrads<float> grads{.hidden = dH, .proj = dW, .bias = db};
+  CHECK(message_of([&] {
+          linear::forward(p.view(), std::span<float>(seq), std::span<float>(token), std::span<float>(lse), std::span<std::byte>(ws), opt);
+        }) == expected);
+  CHECK(std::all_of(seq.begin(), seq.end(), [](float x) { return x == 7.0f; }));
+  CHECK(std::all_of(dW.begin(), dW.end(), [](float x) { return x == 7.0f; }));
+  CHECK(message_of([&] {
+          linear::forward_backward(p.view(), std::span<const float>(p.d_seq), grads, std::span<float>(seq), std::span<float>(token),
+                                   std::span<float>(lse), std::span<std::byte>(ws), opt);
+        }) == expected);
+  CHECK(std::all_of(seq.begin(), seq.end(), [](float x) { return x == 7.0f; }));
+  // Backward alone, recomputing row_lse, refuses what logprob::backward refuses (the rows of d_seq ≠ 0).
+  std::vector<float> g(p.N * p.V);
+  const std::string expected_bwd = message_of([&] {
+    logprob::backward(tl, std::span<const float>(p.d_seq), std::span<float>(g));
+  });
+  CHECK(message_of([&] {
+          linear::backward(p.view(), std::span<const float>(p.d_seq), grads, {}, std::span<std::byte>(ws), opt);
+        }) == expected_bwd);
+  return expected;
+}
+
+}  // namespace
+
+TEST_CASE("fused linear head: logits the reductions refuse are refused with their error, seq_logp untouched") {
   std::mt19937_64 rng(15);
+  const linear::Options opt{.chunk_rows = 4, .vocab_tile = 32};
+  // A NaN or an inf in a weighted row of H (the row's logits NaN or ±inf), in a later chunk.
   for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
     auto p = random_problem<float>(rng, 90, 6, 6, linear::Layout::vocab_major, false);
-    std::size_t row = 0;
+    for (auto& c : p.d_seq) c = 1.0f;
+    std::size_t row = 5;
     while (p.weights[row] == 0) ++row;
     p.H[row * p.d + 2] = bad;
-    std::vector<float> logits(p.N * p.V);
-    for (std::size_t n = 0; n < p.N; ++n)
-      for (std::size_t v = 0; v < p.V; ++v) {
-        float z = 0;
-        for (std::size_t k = 0; k < p.d; ++k) z += p.H[n * p.d + k] * p.W[v * p.d + k];
-        logits[n * p.V + v] = z;
-      }
-    const logprob::TokenLogits<float> tl{.logits = logits, .vocab = p.V, .targets = p.targets, .weights = p.weights, .offsets = p.offsets};
-    std::vector<float> seq(p.S()), token(p.N), lse(p.N);
-    logprob::forward(tl, std::span<float>(seq), std::span<float>(token), std::span<float>(lse));
-    const auto out = run(p, Path::one_pass, {.chunk_rows = 4});
-    for (std::size_t n = 0; n < p.N; ++n) {
-      INFO("row ", n);
-      CHECK(std::isfinite(out.token[n]) == std::isfinite(token[n]));
-      CHECK(std::isfinite(out.token[n]) == (n != row));
-    }
-    for (std::size_t s = 0; s < p.S(); ++s) CHECK(std::isfinite(out.seq[s]) == std::isfinite(seq[s]));
+    const std::string msg = refused_as_materialised(p, opt);
+    INFO(msg);
+    CHECK(msg.find("logits[" + std::to_string(row * p.V)) == 0);
+    CHECK(msg.find("on a weighted row (row " + std::to_string(row) + ")") != std::string::npos);
+    // The same row masked: nothing is refused, and the other rows' values are the reduction's.
+    p.weights[row] = 0;
+    const auto out = run(p, Path::one_pass, opt);
+    for (double x : out.seq) CHECK(std::isfinite(x));
   }
+  // H = 0 makes the logits the bias exactly: a −inf target logit, a log-prob float cannot hold, and
+  // a sequence sum float cannot hold, each named as the reduction names it.
+  Problem<float> p;
+  p.V = 3;
+  p.d = 2;
+  p.N = 4;
+  p.H.assign(p.N * p.d, 0.0f);
+  p.W = {1, 2, 3, 4, 5, 6};
+  p.targets = {0, 1, 1, 2};
+  p.weights = {1, 1, 1, 1};
+  p.offsets = {0, 2, 4};
+  p.d_seq = {1, -1};
+  const float inf = std::numeric_limits<float>::infinity();
+  p.b = {0.0f, 1.0f, -inf};
+  CHECK(refused_as_materialised(p, opt).find("logits[11]: got -inf") == 0);
+  p.b = {3e38f, -3e38f, 0.0f};  // w·(z[y] − lse) = −6e38 for rows 1 and 2
+  CHECK(refused_as_materialised(p, opt).find("token_logp[1]") == 0);
+  p.b = {1e38f, -1e38f, 0.0f};  // −2e38 per row fits, the sum of sequence 0's two rows does not
+  p.targets = {1, 1, 0, 0};
+  CHECK(refused_as_materialised(p, opt).find("seq_logp[0]") == 0);
 }
 
 TEST_CASE("fused linear head: gradients against finite differences") {
@@ -588,27 +663,13 @@ TEST_CASE("fused linear head: workspace is one chunk of logits, whatever N") {
   Problem<float> bigger = big;
   bigger.H.assign(50000 * 8, 1.0f);
   CHECK(linear::workspace_size(bigger.view(), opt) == linear::workspace_size(big.view(), opt));
-  // The derived plan: at least 64 rows and about one last-level cache of logits.
+  // The derived plan: at least 256 rows and about one last-level cache of logits.
   const auto derived = linear::make_plan(bigger.view());
-  CHECK(derived.chunk_rows >= 64);
-  CHECK((derived.chunk_rows == 64 || derived.chunk_rows * 1000 * sizeof(float) <= linear::machine().llc_bytes));
+  CHECK(derived.chunk_rows >= 256);
+  CHECK((derived.chunk_rows == 256 || derived.chunk_rows * 1000 * sizeof(float) <= linear::machine().llc_bytes));
 }
 
 // ---- errors: the names logprob::forward uses, nothing written -------------------------------
-
-namespace {
-
-template <class F>
-std::string message_of(F&& f) {
-  try {
-    f();
-  } catch (const dftune::error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-}  // namespace
 
 TEST_CASE("fused linear head: bad input gets the reduction's named errors and writes nothing") {
   std::mt19937_64 rng(12);

@@ -10,6 +10,11 @@
 #define LLVMFuzzerTestOneInput dftune_fuzz_objectives_one
 #include "fuzz/fuzz_objectives.cpp"
 #undef LLVMFuzzerTestOneInput
+#define LLVMFuzzerTestOneInput dftune_fuzz_weights_one
+#define LLVMFuzzerInitialize dftune_fuzz_weights_init
+#include "fuzz/fuzz_weights.cpp"
+#undef LLVMFuzzerTestOneInput
+#undef LLVMFuzzerInitialize
 
 #include <doctest/doctest.h>
 
@@ -52,6 +57,12 @@ TEST_CASE("fuzz inputs of the checkpoint loader replay cleanly") {
 
 TEST_CASE("fuzz inputs of the objectives and reductions replay cleanly") {
   const std::size_t n = replay("fuzz_objectives", [](const std::uint8_t* d, std::size_t s) { dftune_fuzz_objectives_one(d, s); });
+  MESSAGE(n << " inputs");
+  CHECK(n > 0);
+}
+
+TEST_CASE("fuzz inputs of the weights loader replay cleanly") {
+  const std::size_t n = replay("fuzz_weights", [](const std::uint8_t* d, std::size_t s) { dftune_fuzz_weights_one(d, s); });
   MESSAGE(n << " inputs");
   CHECK(n > 0);
 }

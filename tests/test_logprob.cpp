@@ -458,3 +458,57 @@ TEST_CASE("every error throws dftune::error naming the argument, and nothing is 
     CHECK_NOTHROW(logprob::backward(in, std::span<const double>(d), std::span<double>(storage.data() + NV, NV)));
   }
 }
+
+TEST_CASE("−inf logits are log 0; NaN, +inf, a −inf target or a row of −inf are errors; masked rows are never read") {
+  // Row 0: {0, −inf, ln 3} → log softmax at y = 2 is ln 3 − ln 4 exactly (the −inf term is 0).
+  // Row 1 is masked and holds NaN and +inf. Row 2: a −inf beside the target only.
+  const double inf = std::numeric_limits<double>::infinity(), nan = std::numeric_limits<double>::quiet_NaN();
+  Problem p{.V = 3, .logits = {0.0, -inf, std::log(3.0), nan, inf, -inf, -inf, 1.0, 1.0}, .targets = {2, 77, 1},
+            .weights = {1.0, 0.0, 0.5}, .offsets = {0, 2, 3}};
+  for (int storage = 0; storage < 2; ++storage) {
+    std::vector<double> seq(2), tok(3), lse(3);
+    std::vector<float> seqf(2), tokf(3);
+    const auto t = p.typed<double>();
+    const auto tf = p.typed<float>();
+    if (storage == 0) {
+      generic::forward(t.view(), std::span<double>(seq), std::span<double>(tok), std::span<double>(lse));
+      generic::forward(tf.view(), std::span<float>(seqf), std::span<float>(tokf));
+    } else {
+      logprob::forward(t.view(), std::span<double>(seq), std::span<double>(tok), std::span<double>(lse));
+      logprob::forward(tf.view(), std::span<float>(seqf), std::span<float>(tokf));
+    }
+    CAPTURE(storage);
+    CHECK(tok[0] == doctest::Approx(std::log(3.0) - std::log(4.0)).epsilon(1e-15));
+    CHECK(tok[1] == 0.0);
+    CHECK(std::isnan(lse[1]));
+    CHECK(tok[2] == doctest::Approx(0.5 * -std::log(2.0)).epsilon(1e-15));
+    CHECK(seq[0] == tok[0]);
+    CHECK(tokf[0] == doctest::Approx(std::log(3.0) - std::log(4.0)).epsilon(1e-6));
+  }
+  const double sentinel = 99.0;
+  auto refused = [&](Problem q, const std::string& want) {
+    const auto t = q.typed<double>();
+    for (int path = 0; path < 2; ++path) {
+      std::vector<double> seq(2, sentinel);
+      std::string got;
+      try {
+        if (path == 0) generic::forward(t.view(), std::span<double>(seq));
+        else logprob::forward(t.view(), std::span<double>(seq));
+      } catch (const dftune::error& e) {
+        got = e.what();
+      }
+      CAPTURE(path);
+      CHECK(got == want);
+      CHECK(seq == std::vector<double>(2, sentinel));
+    }
+  };
+  { Problem q = p; q.logits[6] = nan; refused(q, "logits[6]: got nan, expected a finite number or −inf on a weighted row (row 2)"); }
+  { Problem q = p; q.logits[1] = inf; refused(q, "logits[1]: got inf, expected a finite number or −inf on a weighted row (row 0)"); }
+  {
+    Problem q = p;
+    q.logits[2] = -inf;
+    refused(q, "logits[2]: got -inf, expected a finite logit for the target y = 2 on a weighted row (row 0) (its log-prob would be −inf)");
+    q.logits[0] = -inf;  // the whole row
+    refused(q, "logits[2]: got -inf, expected a finite logit for the target y = 2 on a weighted row (row 0) (its log-prob would be −inf)");
+  }
+}

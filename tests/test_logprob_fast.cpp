@@ -1,7 +1,8 @@
 // The CPU fast path (logprob/cpu/fast.hpp) against the generic oracle on the same storage type,
 // across packet and block boundaries, for float, double and bf16: the documented tolerance, in
 // place = out of place, results independent of the thread count, extreme and non-finite logits,
-// the workspace contract and the shared error checks.
+// the workspace contract and the shared error checks; non-finite logits and results refused alike
+// (the same error from both paths, no extra pass), and forward with row_lse but no token_logp.
 #include <dftune/logprob/cpu/fast.hpp>
 #include <dftune/logprob/generic.hpp>
 #include <dftune/logprob/logprob.hpp>
@@ -10,6 +11,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <random>
 #include <string>
@@ -185,7 +187,8 @@ TEST_CASE_TEMPLATE("logits of magnitude 1e4, -inf and NaN", T, float, double, bf
   cpu::forward(b.view(), std::span<C>(seq), {}, {}, std::span<std::byte>(ws));
   for (C s : seq) CHECK(std::isfinite(s));
 
-  // One row: −inf entries have probability ~0; a NaN logit makes the row's log-prob NaN.
+  // One row: −inf entries have probability ~0; a NaN logit is an error (issue #12: it was a NaN
+  // log-prob), as in the oracle.
   Batch<T> r;
   r.V = 40;
   r.logits.assign(40, static_cast<T>(0.0f));
@@ -202,8 +205,10 @@ TEST_CASE_TEMPLATE("logits of magnitude 1e4, -inf and NaN", T, float, double, bf
   CHECK(std::fabs(as_double(grad[3])) <= 1e-30);  // Eigen's exp clamps −inf to about the smallest normal
   CHECK(as_double(grad[5]) == doctest::Approx(1 - 1 / 38.0).epsilon(1e-2));
   r.logits[20] = static_cast<T>(std::numeric_limits<float>::quiet_NaN());
-  cpu::forward(r.view(), std::span<C>(one), {}, {}, std::span<std::byte>(ws));
-  CHECK(std::isnan(one[0]));
+  one[0] = C(7);
+  CHECK_THROWS_WITH_AS(cpu::forward(r.view(), std::span<C>(one), {}, {}, std::span<std::byte>(ws)),
+                       "logits[20]: got nan, expected a finite number or −inf on a weighted row (row 0)", dftune::error);
+  CHECK(one[0] == C(7));
 }
 
 TEST_CASE("workspace: size query, errors, and the dispatch point") {
@@ -266,4 +271,214 @@ TEST_CASE_TEMPLATE("the fast path shares the generic checks, and writes nothing 
   CHECK_THROWS_AS(cpu::backward(in, std::span<const C>(b.d_seq), std::span<T>(storage.data() + 3, b.logits.size())),
                   dftune::error);
   for (const auto& x : storage) CHECK(as_double(x) == 1.0);
+}
+
+namespace {
+
+// The error message of f, or "" when it returns.
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const dftune::error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// Every forward and backward entry point on b: each must throw the same dftune::error (`want`, or
+// none when want is empty), and a throwing forward leaves seq_logp untouched.
+template <class T>
+void same_verdict(const Batch<T>& b, const std::string& want) {
+  using C = compute_t<T>;
+  const auto in = b.view();
+  const std::size_t N = b.rows(), S = b.sequences();
+  const C sentinel = C(-12345);
+  std::vector<C> seq(S, sentinel), tok(N), lse(N);
+  std::vector<std::byte> ws(cpu::workspace_size(in));
+  const std::vector<std::string> got{
+      error_of([&] { generic::forward(in, std::span<C>(seq), std::span<C>(tok), std::span<C>(lse)); }),
+      error_of([&] { generic::forward(in, std::span<C>(seq)); }),
+      error_of([&] { cpu::forward(in, std::span<C>(seq), std::span<C>(tok), std::span<C>(lse), {}); }),
+      error_of([&] { cpu::forward(in, std::span<C>(seq), {}, {}, std::span<std::byte>(ws)); }),
+      error_of([&] { logprob::forward(in, std::span<C>(seq)); }),
+      error_of([&] { logprob::forward(in, std::span<C>(seq), {}, std::span<C>(lse)); }),
+  };
+  for (const auto& g : got) CHECK(g == want);
+  if (!want.empty())
+    for (C x : seq) CHECK(x == sentinel);
+  // Backward recomputing row_lse refuses the logits forward refuses (a token_logp or seq_logp
+  // overflow is forward's alone: the gradient is finite there).
+  if (want.rfind("logits", 0) == 0 || want.empty()) {
+    std::vector<T> g1(b.logits.size()), g2(b.logits.size());
+    CHECK(error_of([&] { generic::backward(in, std::span<const C>(b.d_seq), std::span<T>(g1)); }) == want);
+    CHECK(error_of([&] { cpu::backward(in, std::span<const C>(b.d_seq), std::span<T>(g2)); }) == want);
+  }
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("non-finite logits: the fast path and the oracle refuse the same rows with the same error", T, float, double, bf16) {
+  // Rows of V logits across packet and block boundaries; bad values at the start, inside and at
+  // the end of a row, in several rows (the smallest is named), and on masked rows (never read).
+  // Before the fix: a +inf logit gave NaN (fast) against −inf (oracle), a NaN gave NaN — no error.
+  const T inf = static_cast<T>(std::numeric_limits<float>::infinity()), nan = static_cast<T>(std::numeric_limits<float>::quiet_NaN());
+  std::mt19937_64 rng(21);
+  for (std::size_t V : {1u, 7u, 40u, 2047u, 2048u, 2049u, 5000u}) {
+    CAPTURE(V);
+    Batch<T> b = random_batch<T>(rng, V, 5, 2.0);
+    const std::size_t N = b.rows();
+    REQUIRE(N >= 3);
+    std::size_t w0 = 0;
+    while (b.weights[w0] == 0) ++w0;  // a weighted row
+    std::size_t masked = 1;           // random_batch masks every fourth row from row 1
+    REQUIRE(b.weights[masked] == 0);
+    same_verdict(b, "");
+    const auto y = static_cast<std::size_t>(b.targets[w0]);
+    for (std::size_t v : {std::size_t{0}, V / 2, V - 1}) {
+      for (T bad : {nan, inf}) {
+        Batch<T> c = b;
+        c.logits[w0 * V + v] = bad;
+        c.logits[masked * V + v] = nan;  // masked: ignored
+        const std::string value = std::isnan(as_double(bad)) ? "nan" : "inf";
+        same_verdict(c, "logits[" + std::to_string(w0 * V + v) + "]: got " + value +
+                            ", expected a finite number or −inf on a weighted row (row " + std::to_string(w0) + ")");
+        // A later bad row does not change which is named; an earlier one does.
+        c.logits[(N - 1) * V] = nan;
+        c.weights[N - 1] = 1;
+        c.targets[N - 1] = 0;
+        same_verdict(c, "logits[" + std::to_string(w0 * V + v) + "]: got " + value +
+                            ", expected a finite number or −inf on a weighted row (row " + std::to_string(w0) + ")");
+      }
+    }
+    // A −inf target: log 0.
+    if (V > 1) {
+      Batch<T> c = b;
+      c.logits[w0 * V + y] = -inf;
+      same_verdict(c, "logits[" + std::to_string(w0 * V + y) + "]: got -inf, expected a finite logit for the target y = " +
+                          std::to_string(y) + " on a weighted row (row " + std::to_string(w0) + ") (its log-prob would be −inf)");
+      // −inf elsewhere is fine (probability 0).
+      Batch<T> d = b;
+      d.logits[w0 * V + (y + 1) % V] = -inf;
+      same_verdict(d, "");
+    }
+    // A row of −inf.
+    {
+      Batch<T> c = b;
+      for (std::size_t v = 0; v < V; ++v) c.logits[w0 * V + v] = -inf;
+      same_verdict(c, "logits[" + std::to_string(w0 * V + y) + "]: got -inf, expected a finite logit for the target y = " +
+                          std::to_string(y) + " on a weighted row (row " + std::to_string(w0) + ") (its log-prob would be −inf)");
+    }
+    // A NaN among −inf before any finite logit (in the fast path's first block of −inf, where the
+    // max ignores it and the sum was skipped), with finite logits after it.
+    if (V > 2) {
+      Batch<T> c = b;
+      const std::size_t lead = std::min<std::size_t>(V - 1, 2048);
+      for (std::size_t v = 0; v < lead; ++v) c.logits[w0 * V + v] = -inf;
+      c.logits[w0 * V + lead / 2] = nan;
+      c.targets[w0] = static_cast<token_t>(V - 1);
+      same_verdict(c, "logits[" + std::to_string(w0 * V + lead / 2) +
+                          "]: got nan, expected a finite number or −inf on a weighted row (row " + std::to_string(w0) + ")");
+    }
+  }
+}
+
+TEST_CASE_TEMPLATE("finite logits whose log-probs compute_t cannot hold are named errors in both paths", T, float, double) {
+  using C = compute_t<T>;
+  const double big = static_cast<double>(std::numeric_limits<T>::max());
+  // A token log-prob z[y] − lse ≈ −2·max: overflows compute_t (float: before the fix −inf, no error).
+  Batch<T> b;
+  b.V = 2;
+  b.logits = {static_cast<T>(big), static_cast<T>(-big)};
+  b.targets = {1};
+  b.weights = {C(1)};
+  b.offsets = {0, 1};
+  b.d_seq = {C(1)};
+  std::vector<C> seq(1);
+  const std::string msg = error_of([&] { generic::forward(b.view(), std::span<C>(seq)); });
+  CHECK(msg.rfind("token_logp[0]: got -", 0) == 0);
+  CHECK(msg.find("expected a weighted log-prob w·(z[y] − lse) that compute_t<T> can hold") != std::string::npos);
+  same_verdict(b, msg);
+  // Each token fits, their sum does not: seq_logp is named and left untouched.
+  Batch<T> s;
+  s.V = 2;
+  s.logits = {T(0), static_cast<T>(-0.75 * big), T(0), static_cast<T>(-0.75 * big)};
+  s.targets = {1, 1};
+  s.weights = {C(1), C(1)};
+  s.offsets = {0, 2};
+  s.d_seq = {C(1)};
+  const std::string smsg = error_of([&] { generic::forward(s.view(), std::span<C>(seq)); });
+  CHECK(smsg.rfind("seq_logp[0]: got -", 0) == 0);
+  same_verdict(s, smsg);
+  // Half of it fits.
+  s.offsets = {0, 1, 2};
+  s.d_seq = {C(1), C(1)};
+  same_verdict(s, "");
+}
+
+TEST_CASE_TEMPLATE("backward: a gradient scale |d_seq·w| beyond half of T's largest value is a named error", T, float, double, bf16) {
+  using C = compute_t<T>;
+  std::mt19937_64 rng(22);
+  Batch<T> b = random_batch<T>(rng, 33, 3, 1.0);
+  std::size_t r = 0;
+  while (b.weights[r] == 0) ++r;
+  const std::size_t s = b.seq_of(r);
+  const double tmax = static_cast<double>(static_cast<C>(std::numeric_limits<T>::max()));
+  b.weights[r] = C(2);
+  b.d_seq[s] = static_cast<C>(0.26 * tmax);  // |c| = 0.52·max: before the fix some gradients were inf
+  std::vector<T> g(b.logits.size(), T(7.0f));
+  const std::string want = "d_seq[" + std::to_string(s) + "]: got ";
+  for (auto* f : {+[](const Batch<T>& x, std::span<T> gr) { generic::backward(x.view(), std::span<const C>(x.d_seq), gr); },
+                  +[](const Batch<T>& x, std::span<T> gr) { cpu::backward(x.view(), std::span<const C>(x.d_seq), gr); }}) {
+    const std::string m = error_of([&] { f(b, std::span<T>(g)); });
+    CHECK(m.rfind(want, 0) == 0);
+    CHECK(m.find("is at most half the largest gradient value (row " + std::to_string(r) + ")") != std::string::npos);
+    for (const T& x : g) CHECK(as_double(x) == 7.0);
+  }
+  b.d_seq[s] = static_cast<C>(0.24 * tmax);  // 0.48·max: every entry finite
+  cpu::backward(b.view(), std::span<const C>(b.d_seq), std::span<T>(g));
+  for (const T& x : g) CHECK(std::isfinite(as_double(x)));
+}
+
+TEST_CASE_TEMPLATE("forward with row_lse but no token_logp (workspace and allocating branches) equals the oracle", T, float, double, bf16) {
+  using C = compute_t<T>;
+  std::mt19937_64 rng(23);
+  for (std::size_t V : {3u, 2049u}) {
+    const auto b = random_batch<T>(rng, V, 6, 3.0);
+    const auto in = b.view();
+    const std::size_t N = b.rows(), S = b.sequences();
+    std::vector<C> seq_g(S), lse_g(N);
+    generic::forward(in, std::span<C>(seq_g), {}, std::span<C>(lse_g));
+    std::vector<std::byte> ws(logprob::workspace_size(in));
+    std::vector<C> seq_w(S, C(-1)), lse_w(N, C(-1)), seq_a(S, C(-1)), lse_a(N, C(-1));
+    logprob::forward(in, std::span<C>(seq_w), {}, std::span<C>(lse_w), std::span<std::byte>(ws));  // workspace
+    logprob::forward(in, std::span<C>(seq_a), {}, std::span<C>(lse_a));                           // allocates
+    for (std::size_t n = 0; n < N; ++n) {
+      CAPTURE(n);
+      if (b.weights[n] == 0) {
+        CHECK(std::isnan(lse_w[n]));
+        CHECK(std::isnan(lse_a[n]));
+        CHECK(std::isnan(lse_g[n]));
+        continue;
+      }
+      CHECK(std::fabs(lse_w[n] - lse_g[n]) <= rel_tol<T> * (1 + std::fabs(lse_g[n])));
+      CHECK(lse_a[n] == lse_w[n]);
+    }
+    for (std::size_t s = 0; s < S; ++s) {
+      double scale = 0;
+      for (std::size_t n = static_cast<std::size_t>(b.offsets[s]); n < static_cast<std::size_t>(b.offsets[s + 1]); ++n)
+        scale += std::fabs(b.weights[n]) * (1 + std::fabs(b.weights[n] == 0 ? 0.0 : static_cast<double>(lse_g[n])));
+      CHECK(std::fabs(seq_w[s] - seq_g[s]) <= rel_tol<T> * scale + 1e-30);
+      CHECK(seq_a[s] == seq_w[s]);
+    }
+  }
+}
+
+TEST_CASE("workspace_size is overflow-safe (a wrapped rows·sizeof would under-size the workspace)") {
+  // A bf16 span of 2^62 + 1 elements, never read: rows·sizeof(float) = 2^64 + 4 wraps to 4.
+  const std::size_t n = (std::size_t{1} << 62) + 1;
+  static const bf16 one{1.0f};
+  const TokenLogits<bf16> in{.logits = std::span<const bf16>(&one, n), .vocab = 1};
+  CHECK_THROWS_WITH_AS(cpu::workspace_size(in), doctest::Contains("workspace_size (rows·sizeof(compute_t<T>)): got 4611686018427387905·4"),
+                       dftune::error);
+  CHECK_THROWS_AS(logprob::workspace_size(in), dftune::error);
 }

@@ -581,3 +581,21 @@ TEST_CASE("Adam at a step count near 2^64 (from a checkpoint): finite steps, the
   s.restore(max, 2, std::vector<double>{0.1, 0.1});
   refuses(s, theta, g, lr, "steps: got 18446744073709551615");
 }
+
+TEST_CASE("a step the cheap screen cannot clear but whose exact result is finite goes through, exactly") {
+  // ε = 1e-300 makes the screen's bound lr·|m'|/ε overflow; the exact step at t = 1 is
+  // θ − lr·g/(|g| + ε) = θ − lr·sign(g), far from any overflow.
+  Adam<double> r(AdamOptions{.eps = 1e-300});
+  std::vector<double> theta{0.5, -0.25, 2.0};
+  const std::vector<double> g{1e150, -3e149, 1.0};
+  r.step(theta, g, 0.5);  // (bias corrections 1 − β: m̂ = g and v̂ = g² up to rounding)
+  CHECK(std::abs(theta[0]) < 1e-15);
+  CHECK(theta[1] == doctest::Approx(0.25).epsilon(1e-15));
+  CHECK(theta[2] == doctest::Approx(1.5).epsilon(1e-15));
+  CHECK(r.steps() == 1);
+  AdamW<float> f(AdamOptions{.eps = 1e-40});  // a subnormal ε in float
+  std::vector<float> tf{1.0f, 1.0f};
+  f.step(tf, std::vector<float>{1e18f, -1e18f}, 0.25f);
+  CHECK(tf[0] == doctest::Approx(0.75).epsilon(1e-6));
+  CHECK(tf[1] == doctest::Approx(1.25).epsilon(1e-6));
+}

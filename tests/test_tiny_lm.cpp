@@ -1,12 +1,20 @@
-// The tiny causal LM: Model concept, log-probs against a direct evaluation, causality, and the
-// hand-written backward against central finite differences for every parameter group.
+// The tiny causal LM: Model concept, log-probs against a direct evaluation, causality, the
+// hand-written backward against central finite differences for every parameter group, results
+// bit-identical for any thread count, and configs whose sizes wrap refused before allocating.
 #include <dftune/model/tiny_lm/tiny_lm.hpp>
 
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
 #include <random>
 #include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 using namespace dftune;
 
@@ -142,4 +150,153 @@ TEST_CASE("TinyLm: errors name the argument") {
   ok.push(std::vector<token_t>{1}, std::vector<token_t>{2});
   CHECK_THROWS_WITH_AS(m.sequence_logp(ok.view(), wrong), doctest::Contains("scores"), dftune::error);
   CHECK_THROWS_WITH_AS(TinyLm<double>(tiny_lm::Config{.d_model = 10, .n_heads = 4}), doctest::Contains("n_heads"), dftune::error);
+}
+
+namespace {
+
+// A batch of `S` sequences of 3..8 tokens (max_len 8), enough rows for several chunks.
+Sequences long_batch(std::size_t S, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  Sequences b;
+  for (std::size_t s = 0; s < S; ++s) {
+    const std::size_t len = 3 + rng() % 6, p = 1 + rng() % (len - 1);
+    std::vector<token_t> t(len);
+    for (auto& x : t) x = static_cast<token_t>(rng() % 7);
+    b.push(std::span<const token_t>(t).first(p), std::span<const token_t>(t).subspan(p));
+  }
+  return b;
+}
+
+template <class T>
+bool same_bits(std::span<const T> a, std::span<const T> b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size_bytes()) == 0;
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("TinyLm: scores and gradients are bit-identical for 1, 2 and 3 threads", T, float, double) {
+#if defined(_OPENMP)
+  const Sequences b = long_batch(60, 5);
+  const std::size_t n = b.tokens.size();
+  REQUIRE(tiny_lm::chunk_count(n, b.size()) > 2);  // several chunks: the partition matters
+  std::vector<T> d(b.size());
+  for (std::size_t s = 0; s < d.size(); ++s) d[s] = static_cast<T>(0.1 * static_cast<double>(s % 7) - 0.3);
+  auto run = [&](int threads) {
+    omp_set_num_threads(threads);
+    TinyLm<T> m(small_config(), 21);
+    std::mt19937_64 rng(22);
+    std::normal_distribution<double> nd(0, 0.4);
+    for (T& p : m.parameters()) p += static_cast<T>(nd(rng));
+    std::vector<T> scores(b.size());
+    m.sequence_logp(b.view(), scores);
+    m.zero_gradients();
+    m.accumulate_gradients(b.view(), d);
+    m.accumulate_gradients(b.view(), d);  // accumulating onto a non-zero gradient too
+    std::vector<T> g(m.gradients().begin(), m.gradients().end());
+    return std::pair{scores, g};
+  };
+  const int before = omp_get_max_threads();
+  const auto one = run(1), two = run(2), three = run(3);
+  omp_set_num_threads(before);
+  CHECK(same_bits<T>(one.first, two.first));
+  CHECK(same_bits<T>(one.first, three.first));
+  CHECK(same_bits<T>(one.second, two.second));
+  CHECK(same_bits<T>(one.second, three.second));
+  double worst = 0;
+  for (std::size_t k = 0; k < one.second.size(); ++k)
+    worst = std::max(worst, std::abs(static_cast<double>(one.second[k]) - static_cast<double>(two.second[k])));
+  INFO("max |grad(1 thread) − grad(2 threads)| = ", worst);
+  CHECK(worst == 0);
+#else
+  MESSAGE("built without OpenMP: one thread only");
+#endif
+}
+
+TEST_CASE("tiny_lm::parameter_count is make_layout's total; buffer_sizes are the closed forms") {
+  for (const tiny_lm::Config c : {small_config(), tiny_lm::Config{}, tiny_lm::Config{.vocab = 1, .max_len = 2, .d_model = 1, .n_heads = 1, .n_layers = 1, .d_ff = 1},
+                                  tiny_lm::Config{.vocab = 300, .max_len = 33, .d_model = 24, .n_heads = 3, .n_layers = 5, .d_ff = 7}}) {
+    const auto lay = tiny_lm::make_layout(c);
+    std::size_t sum = 0;
+    for (const auto& g : lay.groups) {
+      CHECK(g.offset == sum);
+      sum += g.size();
+    }
+    CHECK(lay.total == sum);
+    CHECK(tiny_lm::parameter_count(c) == lay.total);
+    CHECK(TinyLm<float>(c).parameters().size() == lay.total);
+    const std::size_t n = 13, L = c.n_layers, d = c.d_model;
+    const auto z = tiny_lm::buffer_sizes(c, n, "batch");
+    CHECK(z.layer_rows_d == L * n * d);
+    CHECK(z.residual == (L + 1) * n * d);
+    CHECK(z.qkv == L * n * 3 * d);
+    CHECK(z.hidden == L * n * c.d_ff);
+    CHECK(z.layer_rows == L * n);
+    CHECK(z.rows_d == n * d);
+    CHECK(z.rows_qkv == n * 3 * d);
+    CHECK(z.rows_ff == n * c.d_ff);
+    CHECK(z.logits == n * c.vocab);
+    CHECK(z.attention == L * n * c.max_len * c.n_heads);
+  }
+}
+
+TEST_CASE("TinyLm: a config whose sizes wrap around size_t is a named error before any allocation") {
+  constexpr std::size_t big = std::size_t{1} << 32, max = std::numeric_limits<std::size_t>::max();
+  struct Case {
+    tiny_lm::Config c;
+    const char* names;
+  };
+  const Case cases[] = {
+      // d² = 2^64 wraps to 0: the layout would be a few elements long.
+      {{.vocab = 4, .max_len = 4, .d_model = big, .n_heads = 1, .n_layers = 1, .d_ff = 1}, "parameter count"},
+      // V·d = 2^31·2^33 = 2^64.
+      {{.vocab = std::size_t{1} << 31, .max_len = 4, .d_model = std::size_t{1} << 33, .n_heads = 1, .n_layers = 1, .d_ff = 1}, "parameter count"},
+      // n_layers · block wraps.
+      {{.vocab = 4, .max_len = 4, .d_model = 2, .n_heads = 1, .n_layers = max / 8, .d_ff = 1}, "parameter count"},
+      {{.vocab = 4, .max_len = 4, .d_model = 2, .n_heads = 1, .n_layers = 1, .d_ff = max / 3}, "parameter count"},
+      // max_len·d for the position table.
+      {{.vocab = 4, .max_len = max / 2, .d_model = 4, .n_heads = 1, .n_layers = 1, .d_ff = 1}, "parameter count"},
+      // Parameters fit, the attention probabilities of one max_len sequence (max_len² = 2^64) do not.
+      {{.vocab = 4, .max_len = big, .d_model = 1, .n_heads = 1, .n_layers = 1, .d_ff = 1}, "attention"},
+      // Parameters fit (2^62 < 2^64), but exceed kMaxElements (2^60).
+      {{.vocab = 4, .max_len = 4, .d_model = 1, .n_heads = 1, .n_layers = 1, .d_ff = std::size_t{1} << 62}, "parameter count"},
+      // A vocabulary beyond what an int32 token id can name.
+      {{.vocab = (std::size_t{1} << 31) + 1, .max_len = 4, .d_model = 1, .n_heads = 1, .n_layers = 1, .d_ff = 1}, "config.vocab"},
+      {{.vocab = 4, .max_len = 4, .d_model = 4, .n_heads = 1, .n_layers = 1, .d_ff = 1, .init_std = std::numeric_limits<double>::infinity()},
+       "config.init_std"},
+  };
+  for (const Case& k : cases) {
+    CAPTURE(k.names);
+    CHECK_THROWS_WITH_AS(tiny_lm::validate(k.c), doctest::Contains(k.names), dftune::error);
+    CHECK_THROWS_WITH_AS(TinyLm<float>(k.c), doctest::Contains(k.names), dftune::error);
+    CHECK_THROWS_WITH_AS(TinyLm<double>(k.c), doctest::Contains(k.names), dftune::error);
+  }
+  // A batch whose buffers would wrap: checked the same way (here by buffer_sizes directly: no batch
+  // that large fits in memory).
+  const tiny_lm::Config c = small_config();
+  CHECK_THROWS_WITH_AS(tiny_lm::buffer_sizes(c, max / 4, "batch"), doctest::Contains("batch: "), dftune::error);
+  CHECK_THROWS_WITH_AS(tiny_lm::buffer_sizes(c, tiny_lm::kMaxElements / 8 + 1, "batch"), doctest::Contains("at most"), dftune::error);
+}
+
+TEST_CASE("TinyLm::generate: max_new near SIZE_MAX is a named error, the model unchanged") {
+  TinyLm<float> m(small_config(), 2);
+  const std::vector<token_t> tokens{1, 2, 3, 4, 0};
+  const std::vector<std::int64_t> offsets{0, 2, 5};
+  const Prompts prompts{.tokens = tokens, .offsets = offsets};
+  const SamplingOptions o{.temperature = 0.9, .top_k = 4, .seed = 5};
+  const std::vector<float> theta(m.parameters().begin(), m.parameters().end());
+  const Sequences ref = m.generate(prompts, 3, o);
+  constexpr std::size_t max = std::numeric_limits<std::size_t>::max();
+  // 2 + (SIZE_MAX − 1) wraps to 0 and 5 + 2·(SIZE_MAX − 2) to 1: both passed the old length check.
+  for (const std::size_t max_new : {max, max - 1, max - 2, max / 2 + 1, small_config().max_len - 1, small_config().max_len}) {
+    CAPTURE(max_new);
+    CHECK_THROWS_WITH_AS(m.generate(prompts, max_new, o), doctest::Contains("max_new"), dftune::error);
+  }
+  CHECK(same_bits<float>(m.parameters(), theta));
+  const Sequences again = m.generate(prompts, 3, o);
+  CHECK(again.tokens == ref.tokens);
+  CHECK(again.offsets == ref.offsets);
+  // Without prompts there is nothing to extend: any max_new gives an empty result.
+  const std::vector<token_t> none;
+  const std::vector<std::int64_t> zero{0};
+  CHECK(m.generate(Prompts{.tokens = none, .offsets = zero}, max, o).size() == 0);
 }

@@ -16,13 +16,16 @@ TEST_CASE("xtensor backend (skipped: xtensor headers not found; Debian: libxtens
 #include <doctest/doctest.h>
 
 #include <xtensor/xadapt.hpp>
+#include <xtensor/xbroadcast.hpp>
 #include <xtensor/xarray.hpp>
 #include <xtensor/xmanipulation.hpp>
 #include <xtensor/xtensor.hpp>
 #include <xtensor/xview.hpp>
 
+#include <array>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <functional>
 #include <random>
 #include <string>
@@ -218,6 +221,29 @@ TEST_CASE("xtensor reductions throw dftune::error naming the argument, as the sp
   xt::xtensor<double, 1> nan_d = d;
   nan_d(0) = std::nan("");
   expect_error([&] { xb::backward(p.logits, p.targets, p.offsets, nan_d, p.weights); }, "d_seq[0]");
+}
+
+TEST_CASE("xtensor: a shape whose element count wraps size_t is a named error before anything is evaluated") {
+  // [2^33, 2^31] logits of a broadcast scalar: 2^64 elements wrap to 0 (before the fix: an empty
+  // span of logits was passed on, and the call failed later with a wrong "targets" size error).
+  const auto huge = xt::broadcast(xt::xscalar<double>(0.0), std::array<std::size_t, 2>{std::size_t{1} << 33, std::size_t{1} << 31});
+  const xt::xtensor<token_t, 1> targets = xt::zeros<token_t>({1});
+  const xt::xtensor<std::int64_t, 1> offsets{0, 1};
+  CHECK_THROWS_WITH_AS(xb::forward(huge, targets, offsets), doctest::Contains("logits: got 8589934592·2147483648, expected a product of sizes that fits in size_t"),
+                       dftune::error);
+}
+
+TEST_CASE("xtensor reductions refuse non-finite logits as the span API does (one semantics for every backend)") {
+  xt::xtensor<float, 2> z{{0.0f, 1.0f, 2.0f}, {0.5f, -1.0f, 3.0f}};
+  const xt::xtensor<token_t, 1> y{2, 0};
+  const xt::xtensor<std::int64_t, 1> o{0, 2};
+  const xt::xtensor<float, 1> d{1.0f};
+  CHECK(std::isfinite(xb::forward(z, y, o)(0)));
+  z(1, 1) = std::numeric_limits<float>::infinity();
+  CHECK_THROWS_WITH_AS(xb::forward(z, y, o), "logits[4]: got inf, expected a finite number or −inf on a weighted row (row 1)", dftune::error);
+  CHECK_THROWS_WITH_AS(xb::backward(z, y, o, d), "logits[4]: got inf, expected a finite number or −inf on a weighted row (row 1)", dftune::error);
+  z(1, 1) = -std::numeric_limits<float>::infinity();  // log 0: fine
+  CHECK(std::isfinite(xb::forward(z, y, o)(0)));
 }
 
 // ---- the Model adapter ------------------------------------------------------------------------

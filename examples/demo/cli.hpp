@@ -16,7 +16,6 @@
 #include <cstdlib>
 #include <fstream>
 #include <limits>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -76,16 +75,24 @@ struct Flags {
       std::ifstream f(path);
       if (!f) bad(a, "cannot read '" + path + "'");
       std::string line;
+      const char* blank = " \t\r";
+      auto trim = [&](const std::string& x) {
+        const std::size_t b = x.find_first_not_of(blank);
+        return b == std::string::npos ? std::string() : x.substr(b, x.find_last_not_of(blank) - b + 1);
+      };
       for (std::size_t n = 1; std::getline(f, line); ++n) {
-        line = line.substr(0, line.find('#'));
-        std::replace(line.begin(), line.end(), '=', ' ');
-        std::istringstream words(line);
-        std::string name, value, extra;
-        if (!(words >> name)) continue;
+        line = trim(line.substr(0, line.find('#')));
+        if (line.empty()) continue;
+        // name, then an optional '=', then the value (which may itself hold '=': "lr-grid DFT=1e-4")
+        const std::size_t end = std::min(line.find_first_of(blank), line.find('='));
+        std::string name = line.substr(0, end), value = trim(end == std::string::npos ? "" : line.substr(end));
+        if (value.starts_with("=")) value = trim(value.substr(1));
         if (name.starts_with("--")) name = name.substr(2);
+        if (name.empty()) bad(a, path + ":" + std::to_string(n) + ": expected 'name value', got no name");
+        if (value.find_first_of(blank) != std::string::npos)
+          bad(a, path + ":" + std::to_string(n) + ": expected 'name value', got more words");
         out.push_back("--" + name);
-        if (words >> value) out.push_back(value);
-        if (words >> extra) bad(a, path + ":" + std::to_string(n) + ": expected 'name value', got more words");
+        if (!value.empty()) out.push_back(value);
       }
     }
     return out;

@@ -8,6 +8,8 @@
 //              cosine schedule with 10% warm-up, optional clipping to a global gradient norm) on the
 //              same positives, logging TRL-named metrics at every step (docs/math.md, "Metrics")
 //   evaluate   greedy exact match, mean log π of held-out positives and of the base's wrong samples
+// Fine-tuning runs data-parallel when given a communicator of P > 1 ranks (examples/demo.cpp under
+// mpirun, docs/distributed.md): every rank draws the same batches and keeps the ids it owns.
 #include "addition.hpp"
 #include "clipped_rule.hpp"
 
@@ -15,6 +17,7 @@
 
 #include <dftune/callbacks/jsonl.hpp>
 #include <dftune/callbacks/metrics.hpp>
+#include <dftune/distributed/collectives.hpp>
 #include <dftune/dftune.hpp>
 #include <dftune/model/tiny_lm/tiny_lm.hpp>
 #include <dftune/optim/adam.hpp>
@@ -59,9 +62,11 @@ struct Settings {
   std::size_t steps = 60, batch = 32, curve_points = 4;
   double tau_dft = 1.0, gamma_dft = 0.85, tau_dft2 = 0.3, gamma_dft2 = 0.9;
   // The estimator of DFT and DFT2 (docs/math.md, "The estimator"): first_visit (dftune's default)
-  // and constant self-normalise the weights by the moving average u, so they keep summing to about
-  // one per example however dead the negatives are; fixed (log u ≡ log_u0) weights by π_θ/π_ref
-  // (DFT) and the push-down fades as the negatives die.
+  // starts u at the example's own first inner mean, so its weights sum to 1 on a first visit and
+  // stay near 1 however dead the negatives are (u follows them down); constant (the reference's,
+  // log u0 = 0) starts u at 1, so an example first seen after its negatives died gets weights
+  // summing to less than 1; fixed (log u ≡ log_u0) weights by π_θ/π_ref (DFT), and the push-down
+  // fades as the negatives die.
   dftune::EstimatorInit estimator = dftune::EstimatorInit::first_visit;
   double log_u0 = 0.0;                 // log u of an unseen example (constant) or always (fixed)
   double eps_dft2 = 1e-8;              // ε of DFT2's |y| + ε (the reference's 1e-8 is lost in float32: 0)
@@ -97,32 +102,44 @@ inline dftune::DftOptions dft_options(const Settings& s, bool dft2) {
 using Rule = ClippedRule<float, dftune::AdamW<float>>;  // every fine-tuning run's update rule
 inline Rule rule_for(const Settings& s) { return Rule(dftune::AdamW<float>{}, s.max_grad_norm); }
 
-// Progress lines on stderr: phase, step/total, loss, elapsed.
+// Progress lines on stderr: phase, step/total, loss, elapsed (quiet: none, as on ranks other than 0).
 class Progress {
  public:
+  bool quiet = false;
   double elapsed() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count(); }
   void line(const std::string& phase, std::size_t step, std::size_t total, double loss) const {
-    std::fprintf(stderr, "[%7.1fs] %-28s step %5zu/%zu  loss %8.4f\n", elapsed(), phase.c_str(), step, total, loss);
+    if (!quiet) std::fprintf(stderr, "[%7.1fs] %-28s step %5zu/%zu  loss %8.4f\n", elapsed(), phase.c_str(), step, total, loss);
   }
-  void note(const std::string& text) const { std::fprintf(stderr, "[%7.1fs] %s\n", elapsed(), text.c_str()); }
+  void note(const std::string& text) const {
+    if (!quiet) std::fprintf(stderr, "[%7.1fs] %s\n", elapsed(), text.c_str());
+  }
 
  private:
   std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
 };
 
 // ---- SFT: d loss / d score = −1/B for each positive --------------------------------------------
-template <class Rule, class Schedule>
+// Data-parallel: `pos` is this rank's share, B the global batch's size, and the gradient and the
+// loss are summed over ranks before the update (as DftOptimizer does).
+template <class Rule, class Schedule, class Comm = dftune::distributed::Single>
 float sft_step(Model& model, Rule& rule, const Schedule& schedule, std::size_t step, const dftune::SequenceBatch& pos,
-               std::vector<float>& scratch) {
-  const std::size_t B = pos.size();
-  scratch.resize(2 * B);
-  std::span<float> scores(scratch.data(), B), d(scratch.data() + B, B);
-  model.sequence_logp(pos, scores);
-  std::fill(d.begin(), d.end(), -1.0f / static_cast<float>(B));
+               std::vector<float>& scratch, Comm comm = {}) {
+  const std::size_t B_local = pos.size();
+  std::size_t B = 0;
+  for (std::uint64_t b : dftune::distributed::all_gather_values(comm, static_cast<std::uint64_t>(B_local))) B += b;
+  scratch.resize(2 * B_local);
+  std::span<float> scores(scratch.data(), B_local), d(scratch.data() + B_local, B_local);
   model.zero_gradients();
-  model.accumulate_gradients(pos, d);
+  if (B_local != 0) {
+    model.sequence_logp(pos, scores);
+    std::fill(d.begin(), d.end(), -1.0f / static_cast<float>(B));
+    model.accumulate_gradients(pos, d);
+  }
+  comm.all_reduce_sum(std::span<float>(model.gradients()));
   rule.step(model.parameters(), std::span<const float>(model.gradients()), static_cast<float>(schedule.lr(step)));
-  return -std::accumulate(scores.begin(), scores.end(), 0.0f) / static_cast<float>(B);
+  float loss = -std::accumulate(scores.begin(), scores.end(), 0.0f) / static_cast<float>(B);
+  comm.all_reduce_sum(std::span<float>(&loss, 1));
+  return loss;
 }
 
 inline dftune::CosineSchedule schedule_for(double lr, std::size_t steps) {
@@ -342,10 +359,11 @@ inline Sequences split_tokens(const dftune::SequenceBatch& b, std::vector<std::i
 // training steps alone (evaluation excluded). `train_step(step, batch, log)` updates `model`
 // (already a copy of the base), adds its metrics to `log` (which already holds step, epoch and
 // learning_rate) and returns the step's loss; `label` names the run in progress lines.
+// Data-parallel, `shard` is this rank's: it draws the same batches and passes on the ids it owns.
 template <class TrainStep>
 RunResult finetune_loop(Model& model, const char* label, double lr, const TrainData& data, const EvalSet& validation,
                         const EvalSet& test, const Settings& s, std::uint64_t seed, const Progress& progress,
-                        TrainStep&& train_step) {
+                        TrainStep&& train_step, dftune::distributed::Shard shard = {}) {
   RunResult r;
   r.lr = lr;
   r.seed = seed;
@@ -356,8 +374,8 @@ RunResult finetune_loop(Model& model, const char* label, double lr, const TrainD
   std::iota(order.begin(), order.end(), 0);
   std::size_t cursor = N, epoch = 0, shuffles = 0;
   Sequences pos, neg;
-  std::vector<std::int64_t> ids(B);
-  std::vector<float> ref(B * m);
+  std::vector<std::int64_t> ids;
+  std::vector<float> ref;
   const auto data_pos = data.positives.view();
   auto push = [](Sequences& dst, const dftune::SequenceBatch& src, std::size_t k) {
     const auto seq = src.sequence(k);
@@ -373,6 +391,8 @@ RunResult finetune_loop(Model& model, const char* label, double lr, const TrainD
     const auto t0 = std::chrono::steady_clock::now();
     pos = Sequences{};
     neg = Sequences{};
+    ids.clear();
+    ref.clear();
     for (std::size_t b = 0; b < B; ++b) {
       if (cursor == N) {
         std::shuffle(order.begin(), order.end(), rng);
@@ -380,13 +400,14 @@ RunResult finetune_loop(Model& model, const char* label, double lr, const TrainD
         epoch = shuffles++;
       }
       const std::size_t i = order[cursor++];
+      if (!shard.owns(static_cast<std::int64_t>(i))) continue;  // another rank's example
       const NegativeSet& negs = data.negatives_of_epoch(epoch);
       const auto data_neg = negs.negatives.view();
-      ids[b] = static_cast<std::int64_t>(i);
+      ids.push_back(static_cast<std::int64_t>(i));
       push(pos, data_pos, i);
       for (std::size_t j = 0; j < m; ++j) {
         push(neg, data_neg, i * m + j);
-        ref[b * m + j] = negs.ref_neg_logp[i * m + j];
+        ref.push_back(negs.ref_neg_logp[i * m + j]);
       }
     }
     StepLog log;
@@ -418,6 +439,7 @@ RunResult finetune_loop(Model& model, const char* label, double lr, const TrainD
 }
 
 // The estimator's numbers of a DFT/DFT2 step (callbacks/metrics.hpp) under the log's names.
+// Data-parallel, they are this rank's shard's (rank 0 writes the log).
 template <class T>
 void log_dft(StepLog& log, const dftune::DftResult<T>& r, const StepBatch& b, const dftune::DftOptions& opt) {
   std::vector<std::int64_t> neg_len(b.negatives.size());
@@ -431,23 +453,25 @@ void log_dft(StepLog& log, const dftune::DftResult<T>& r, const StepBatch& b, co
   log.add("dft/weight_sum", d.weight_sum);
 }
 
-// One SFT, DFT or DFT2 fine-tuning run from a copy of the base.
-inline RunResult finetune(const Model& base, Method method, double lr, const TrainData& data, const EvalSet& validation,
-                          const EvalSet& test, const Settings& s, std::uint64_t seed, const Progress& progress) {
+// One SFT, DFT or DFT2 fine-tuning run from a copy of the base; data-parallel over `comm`.
+template <class Comm = dftune::distributed::Single>
+RunResult finetune(const Model& base, Method method, double lr, const TrainData& data, const EvalSet& validation,
+                   const EvalSet& test, const Settings& s, std::uint64_t seed, const Progress& progress, Comm comm = {}) {
   Model model = base;
   const std::size_t N = data.problems.size();
   const auto schedule = schedule_for(lr, s.steps);
   const dftune::DftOptions opt = dft_options(s, method == Method::dft2);
-  dftune::Estimator<float> estimator(N, opt);
-  // DFT/DFT2 clip inside the optimizer (StepOptions); SFT through the loop's rule: the same rule.
+  dftune::Estimator<float> estimator(N, opt, dftune::distributed::shard_of(comm));
+  // DFT/DFT2 clip inside the optimizer (StepOptions); SFT through the loop's rule: the same rule,
+  // applied after the gradient's all-reduce, so both clip the global gradient.
   dftune::DftOptimizer dft(model, estimator, opt, dftune::AdamW<float>{}, schedule,
-                           dftune::StepOptions{.max_grad_norm = s.max_grad_norm});
+                           dftune::StepOptions{.max_grad_norm = s.max_grad_norm}, comm);
   Rule sft_rule = rule_for(s);
   std::vector<float> scratch;
   RunResult r = finetune_loop(model, name(method), lr, data, validation, test, s, seed, progress,
                               [&](std::size_t step, const StepBatch& b, StepLog& log) -> float {
                                 if (method == Method::sft) {
-                                  const float loss = sft_step(model, sft_rule, schedule, step, b.positives, scratch);
+                                  const float loss = sft_step(model, sft_rule, schedule, step, b.positives, scratch, comm);
                                   log.add("loss", loss);
                                   log.add("grad_norm", sft_rule.last_grad_norm());
                                   log.add("logps/chosen", -loss);
@@ -463,7 +487,8 @@ inline RunResult finetune(const Model& base, Method method, double lr, const Tra
                                 log.add("logps/rejected", info.mean_neg_logp);
                                 log_dft(log, info.result, b, opt);
                                 return info.result.loss;
-                              });
+                              },
+                              dftune::distributed::shard_of(comm));
   r.method = method;
   return r;
 }

@@ -34,3 +34,11 @@
 #include <dftune/optim/rule.hpp>
 #include <dftune/optim/schedule.hpp>
 #include <dftune/optim/sgd.hpp>
+
+// Data-parallel training (docs/distributed.md); the MPI communicator, distributed/mpi.hpp, is
+// included only explicitly (it needs MPI).
+#include <dftune/distributed/collectives.hpp>
+#include <dftune/distributed/communicator.hpp>
+#include <dftune/distributed/sampler.hpp>
+#include <dftune/distributed/shard.hpp>
+#include <dftune/distributed/single.hpp>

@@ -681,6 +681,77 @@ static void device_status_bits() {
   CHECK((lc::read_status(dp.workspace.span(), nullptr) & lc::status_bad_offsets) != 0);
 }
 
+// Bad logits (docs/cuda.md), judged as the CPU paths judge them: a weighted row whose log-sum-exp
+// or log-prob is not finite (a NaN or +inf logit, only −inf logits, a −inf target logit) has NaN
+// token log-prob, row_lse and gradient row, its sequence sum is NaN, status_bad_logits is set with
+// the smallest such row, and check_status names it; a masked row is never read. A gradient scale
+// above half of fp16's range is refused the same way (status_bad_d_seq).
+static void device_bad_logits() {
+  const std::size_t V = 5000;  // one block per row
+  auto p = make_problem<float>(V, 9, 6);
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  p.offsets = {0, 2, 3, 4, 5, 6, 8, 9};
+  for (std::size_t n = 0; n < 9; ++n) {
+    p.weights[n] = 1.0f;
+    p.targets[n] = 3;
+  }
+  p.logits[1 * V + 7] = inf;
+  p.logits[2 * V + 3] = inf;  // at the target
+  p.logits[3 * V + V - 1] = nan;
+  for (std::size_t v = 0; v < V; ++v) p.logits[4 * V + v] = -inf;
+  p.logits[5 * V] = -inf;  // one −inf: a fine row
+  p.logits[6 * V + 1] = nan;
+  p.weights[6] = 0.0f;         // masked: never read
+  p.logits[7 * V + 3] = -inf;  // the target's logit −inf
+  p.logits_f = p.logits;
+  const std::vector<bool> bad = {false, true, true, true, true, false, false, true, false};
+  DeviceProblem<float> dp(p);
+  DeviceBuffer<float> seq(p.seqs()), tok(p.rows()), lse(p.rows());
+  lc::forward(dp.in, seq.span(), tok.span(), lse.span(), dp.workspace.span(), nullptr);
+  const auto report = lc::read_status_report(dp.workspace.span(), nullptr);
+  CHECK(report.bits == lc::status_bad_logits && report.first_bad_row == 1);
+  check_throws("check_status", "log-prob float cannot hold) (first at row 1)",
+               [&] { lc::check_status(dp.workspace.span(), nullptr); });
+  const auto t = tok.to_host(), l = lse.to_host(), sq = seq.to_host();
+  for (std::size_t n = 0; n < 9; ++n) {
+    if (bad[n]) CHECK(std::isnan(t[n]) && std::isnan(l[n]));
+    else if (n == 6) CHECK(t[n] == 0.0f && std::isnan(l[n]));
+    else CHECK(std::isfinite(t[n]) && std::isfinite(l[n]));
+  }
+  const bool nan_seq[7] = {true, true, true, true, false, true, false};
+  for (std::size_t s = 0; s < 7; ++s) CHECK(std::isnan(sq[s]) == nan_seq[s]);
+  const std::vector<float> d_host(p.seqs(), 1.0f);
+  auto d_seq = DeviceBuffer<float>::from(d_host);
+  DeviceBuffer<float> g(p.logits.size());
+  lc::backward(dp.in, std::span<const float>(d_seq.ptr, d_seq.n), g.span(), {}, dp.workspace.span(), nullptr);
+  CHECK(lc::read_status_report(dp.workspace.span(), nullptr).first_bad_row == 1);
+  const auto gh = g.to_host();
+  for (std::size_t n = 0; n < 9; ++n) {
+    std::size_t nans = 0, zeros = 0;
+    for (std::size_t v = 0; v < V; ++v) {
+      nans += std::isnan(gh[n * V + v]);
+      zeros += gh[n * V + v] == 0.0f;
+    }
+    CHECK(nans == (bad[n] ? V : 0));
+    if (n == 6) CHECK(zeros == V);
+  }
+
+  // fp16 gradients: |d_seq·w| = 30000 is taken, 40000 (above 65504 / 2) is refused.
+  auto h = make_problem<lc::fp16>(40, 4, 7);
+  h.offsets = {0, 2, 4};
+  for (std::size_t n = 0; n < 4; ++n) {
+    h.weights[n] = 1.0f;
+    h.targets[n] = static_cast<std::int32_t>(n);
+  }
+  DeviceProblem<lc::fp16> dh(h);
+  auto d_big = DeviceBuffer<float>::from(std::vector<float>{30000.0f, 40000.0f});
+  DeviceBuffer<lc::fp16> gh16(h.logits.size());
+  lc::backward(dh.in, std::span<const float>(d_big.ptr, d_big.n), gh16.span(), {}, dh.workspace.span(), nullptr);
+  CHECK(lc::read_status(dh.workspace.span(), nullptr) == lc::status_bad_d_seq);
+  const auto g16 = gh16.to_host();
+  for (std::size_t i = 0; i < g16.size(); ++i) CHECK(std::isfinite(to_f(g16[i])) == (i < 80));
+}
+
 template <class T>
 static void device_large_vocab(std::size_t V, std::size_t N) {
   device_against_oracle<T>(V, N, static_cast<std::uint32_t>(V));
@@ -771,6 +842,7 @@ static int run_device() {
   run_case("finite differences of the GPU forward = GPU backward (float)", device_finite_differences);
   run_case("2^21 rows, short sequences and one long sequence", device_many_rows);
   run_case("bad targets / offsets: NaN, status bits, check_status", device_status_bits);
+  run_case("bad logits and extreme scales: NaN rows, status bits, first bad row, check_status", device_bad_logits);
   run_case("location dispatch: device, host, managed, mixed refused", device_dispatch);
   std::printf("%d checks, %d failed\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;

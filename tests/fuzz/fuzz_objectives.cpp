@@ -5,23 +5,49 @@
 //   - no crash, no sanitizer report, no exception other than dftune::error;
 //   - dft_step that throws leaves the estimator bit-identical; one that returns stores finite
 //     log u and returns finite gradients, and dft_loss (which never writes) agrees with it;
-//   - the baseline objectives (DPO, IPO, SimPO, ORPO, SFT, RWR, REINFORCE, RLOO, Best-of-N)
-//     return or throw dftune::error, with no sanitizer report;
-//   - the fast CPU reduction accepts and rejects exactly the calls the generic oracle does, and a
-//     throwing call writes none of its outputs.
+//   - every baseline objective (DPO, IPO, SimPO, ORPO, SFT, RWR, REINFORCE with each baseline,
+//     RLOO, Best-of-N), in float and double, returns finite results or throws dftune::error:
+//     finite inputs give a finite loss and gradient or a named error, never inf or NaN;
+//   - the fast CPU reduction accepts and rejects exactly the calls the generic oracle does, with an
+//     error naming the same argument, and a throwing forward leaves seq_logp untouched; logits
+//     include NaN, ±inf and ±max, and a forward or backward that returns has finite results
+//     (exactly 0 and NaN on masked rows).
 #include <dftune/dftune.hpp>
 #include <dftune/logprob/generic.hpp>
 
 #include "fuzz_input.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <optional>
+#include <string>
 #include <vector>
 
 using namespace dftune;
 
 namespace {
+
+// "argument[index]" of a dftune::error message ("argument[index]: got ..."); "" for no error.
+std::string argument_of(const std::string& what) { return what.substr(0, what.find(": got ")); }
+
+// f() returns a ScoreResult or PreferenceResult: every number in it finite — or f throws
+// dftune::error. Every input an objective reads is checked to be finite, so a normal return means
+// finite inputs, and must give finite outputs.
+template <class F>
+void finite_or_error(F&& f) {
+  try {
+    const auto r = f();
+    FUZZ_CHECK(std::isfinite(static_cast<double>(r.loss)));
+    if constexpr (requires { r.grad; }) {
+      for (auto g : r.grad) FUZZ_CHECK(std::isfinite(static_cast<double>(g)));
+    } else {
+      for (auto g : r.grad_pos) FUZZ_CHECK(std::isfinite(static_cast<double>(g)));
+      for (auto g : r.grad_neg) FUZZ_CHECK(std::isfinite(static_cast<double>(g)));
+    }
+  } catch (const dftune::error&) {
+  }
+}
 
 template <class T>
 void objective(fuzz::Input& in) {
@@ -88,12 +114,30 @@ void objective(fuzz::Input& in) {
 template <class T>
 void reduction(fuzz::Input& in) {
   using C = logprob::compute_t<T>;
-  const std::size_t vocab = in.count(0, 9);
-  const std::size_t rows = in.count(0, 6);
+  // Now and then rows across the fast path's 2048-logit blocks, filled with one value plus a few
+  // placed values or runs (a NaN in a block of −inf before the finite logits, +inf in the second
+  // block, ...), which a byte per logit could not reach.
+  const std::uint8_t shape = in.byte();
+  const bool wide = shape % 4 == 3;
+  const std::size_t vocab = wide ? 2040 + in.count(0, 16) + ((shape & 4) ? 2048 : 0) : in.count(0, 9);
+  const std::size_t rows = wide ? in.count(0, 3) : in.count(0, 6);
   std::vector<T> logits(rows * vocab + (in.byte() % 8 == 0 ? 1 : 0));
-  for (auto& z : logits) z = in.number<T>(30.0);
+  if (wide) {
+    std::fill(logits.begin(), logits.end(), in.number<T>(30.0));
+    for (std::size_t k = 0, n = in.count(0, 8); k < n && !logits.empty(); ++k) {
+      const std::size_t at = (in.byte() | std::size_t{in.byte()} << 8 | std::size_t{in.byte()} << 16) % logits.size();
+      const T v = in.number<T>(30.0);
+      const std::size_t run = in.byte() % 2 == 0 ? 1 : 2048;
+      std::fill(logits.begin() + static_cast<std::ptrdiff_t>(at),
+                logits.begin() + static_cast<std::ptrdiff_t>(std::min(logits.size(), at + run)), v);
+    }
+  } else {
+    for (auto& z : logits) z = in.number<T>(30.0);
+  }
   std::vector<token_t> targets(rows + (in.byte() % 8 == 0 ? 1 : 0));
-  for (auto& t : targets) t = static_cast<token_t>(static_cast<int>(in.byte() % 12) - 1);
+  for (auto& t : targets)
+    t = wide ? static_cast<token_t>(static_cast<int>((in.byte() | in.byte() << 8) % (vocab + 2)) - 1)
+             : static_cast<token_t>(static_cast<int>(in.byte() % 12) - 1);
   std::vector<C> weights;
   if (in.byte() & 1) {
     weights.resize(rows);
@@ -112,19 +156,32 @@ void reduction(fuzz::Input& in) {
   std::vector<C> seq_fast(want_seq, sentinel), seq_gen(want_seq, sentinel);
   std::vector<C> tok_fast(rows, sentinel), tok_gen(rows, sentinel), lse(rows, sentinel);
   bool fast_ok = true, gen_ok = true;
+  std::string fast_what, gen_what;
   try {
     logprob::forward(x, std::span<C>(seq_fast), std::span<C>(tok_fast), std::span<C>(lse));
-  } catch (const dftune::error&) {
+  } catch (const dftune::error& e) {
     fast_ok = false;
+    fast_what = e.what();
   }
   try {
     logprob::generic::forward(x, std::span<C>(seq_gen), std::span<C>(tok_gen));
-  } catch (const dftune::error&) {
+  } catch (const dftune::error& e) {
     gen_ok = false;
+    gen_what = e.what();
   }
   FUZZ_CHECK(fast_ok == gen_ok);
+  FUZZ_CHECK(argument_of(fast_what) == argument_of(gen_what));  // the same argument (and index)
   if (!fast_ok)
     for (C v : seq_fast) FUZZ_CHECK(v == sentinel);
+  if (fast_ok) {  // finite results; masked rows 0 (log-prob) and NaN (lse)
+    for (C v : seq_fast) FUZZ_CHECK(std::isfinite(v));
+    for (C v : seq_gen) FUZZ_CHECK(std::isfinite(v));
+    for (std::size_t r = 0; r < rows; ++r) {
+      const bool masked = !weights.empty() && weights[r] == 0;
+      FUZZ_CHECK(masked ? tok_fast[r] == 0 && std::isnan(lse[r]) : std::isfinite(tok_fast[r]) && std::isfinite(lse[r]));
+      FUZZ_CHECK(masked ? tok_gen[r] == 0 : std::isfinite(tok_gen[r]));
+    }
+  }
 
   std::vector<C> d(want_seq);
   for (auto& v : d) v = in.number<C>(3.0);
@@ -133,22 +190,33 @@ void reduction(fuzz::Input& in) {
   std::vector<T> g_gen(in_place ? logits.size() : g_fast.size(), T(7));
   std::vector<T> z_fast = logits;
   fast_ok = gen_ok = true;
+  fast_what.clear();
+  gen_what.clear();
   try {
     logprob::backward(x, std::span<const C>(d), in_place ? std::span<T>(logits) : std::span<T>(g_fast),
                       use_lse ? std::span<const C>(lse) : std::span<const C>());
-  } catch (const dftune::error&) {
+  } catch (const dftune::error& e) {
     fast_ok = false;
-    FUZZ_CHECK(fuzz::bit_equal<T>(logits, z_fast));
-    for (T v : g_fast) FUZZ_CHECK(v == T(7));
+    fast_what = e.what();
+    // Argument checks write nothing; a bad logit is found during the pass (grad unspecified).
+    if (argument_of(fast_what).rfind("logits[", 0) != 0) {
+      FUZZ_CHECK(fuzz::bit_equal<T>(logits, z_fast));
+      for (T v : g_fast) FUZZ_CHECK(v == T(7));
+    }
   }
+  const std::vector<T> g_out = in_place ? logits : g_fast;
   if (in_place) logits = z_fast;  // the oracle reads the original logits
   try {
     logprob::generic::backward(x, std::span<const C>(d), std::span<T>(g_gen),
                                use_lse ? std::span<const C>(lse) : std::span<const C>());
-  } catch (const dftune::error&) {
+  } catch (const dftune::error& e) {
     gen_ok = false;
+    gen_what = e.what();
   }
   FUZZ_CHECK(fast_ok == gen_ok);
+  FUZZ_CHECK(argument_of(fast_what) == argument_of(gen_what));
+  if (fast_ok)
+    for (std::size_t k = 0; k < rows * vocab; ++k) FUZZ_CHECK(std::isfinite(static_cast<double>(static_cast<C>(g_out[k]))));
 }
 
 // The baselines (objective/*.hpp): DPO, IPO, SimPO, ORPO on preference pairs; SFT, RWR,
@@ -171,25 +239,27 @@ void baselines(fuzz::Input& in) {
                         .neg_len = (drop & 8) ? std::span<const std::int64_t>() : std::span<const std::int64_t>(nl)};
   const double a = in.number<double>(5.0), b = in.number<double>(2.0);
   const auto reduction = static_cast<NllReduction>(in.byte() % 4);
-  try { dpo_loss(p, DpoOptions{.beta = a}); } catch (const dftune::error&) {}
-  try { ipo_loss(p, IpoOptions{.beta = a}); } catch (const dftune::error&) {}
-  try { simpo_loss(p, SimpoOptions{.beta = a, .gamma = b}); } catch (const dftune::error&) {}
-  try { orpo_loss(p, OrpoOptions{.lambda = b, .sft_reduction = reduction}); } catch (const dftune::error&) {}
+  finite_or_error([&] { return dpo_loss(p, DpoOptions{.beta = a}); });
+  finite_or_error([&] { return ipo_loss(p, IpoOptions{.beta = a}); });
+  finite_or_error([&] { return simpo_loss(p, SimpoOptions{.beta = a, .gamma = b}); });
+  finite_or_error([&] { return orpo_loss(p, OrpoOptions{.lambda = b, .sft_reduction = reduction}); });
 
   const std::size_t k = in.count(0, 4);
-  std::vector<T> logp(sized(B * k)), reward(sized(B * k));
+  std::vector<T> logp(sized(B * k)), reward(sized(B * k)), values(sized(B * k));
   std::vector<std::int64_t> len(sized(B * k));
   for (auto& x : logp) x = in.number<T>(30.0);
   for (auto& x : reward) x = in.number<T>(3.0);
+  for (auto& x : values) x = in.number<T>(3.0);
   for (auto& l : len) l = static_cast<std::int64_t>(in.count(0, 6));
   const SampleScores<T> smp{.group_size = k, .logp = logp, .reward = reward,
                             .len = (drop & 16) ? std::span<const std::int64_t>() : std::span<const std::int64_t>(len)};
-  try { sft_loss(std::span<const T>(logp), SftOptions{.reduction = reduction}, smp.len); } catch (const dftune::error&) {}
-  try { rwr_loss(smp, RwrOptions{.eta = a, .normalization = static_cast<RwrNormalization>(in.byte() % 3)}); } catch (const dftune::error&) {}
-  try { reinforce_loss(smp); } catch (const dftune::error&) {}
-  try { reinforce_loss(smp, ConstantBaseline{.value = b}); } catch (const dftune::error&) {}
-  try { rloo_loss(smp); } catch (const dftune::error&) {}
-  try { best_of_n_loss(smp, BestOfNOptions{.reduction = reduction}); } catch (const dftune::error&) {}
+  finite_or_error([&] { return sft_loss(std::span<const T>(logp), SftOptions{.reduction = reduction}, smp.len); });
+  finite_or_error([&] { return rwr_loss(smp, RwrOptions{.eta = a, .normalization = static_cast<RwrNormalization>(in.byte() % 3)}); });
+  finite_or_error([&] { return reinforce_loss(smp); });
+  finite_or_error([&] { return reinforce_loss(smp, ConstantBaseline{.value = b}); });
+  finite_or_error([&] { return reinforce_loss(smp, SampleBaseline<T>{.values = values}); });
+  finite_or_error([&] { return rloo_loss(smp); });
+  finite_or_error([&] { return best_of_n_loss(smp, BestOfNOptions{.reduction = reduction}); });
 }
 
 }  // namespace

@@ -1,8 +1,11 @@
 #pragma once
 // The per-example estimator state of DFT (docs/math.md, "The estimator"): a moving average u_i of the
 // inner mean g_i = (1/m) Σ_j exp(d_ij), kept in the log domain and keyed by a stable example id.
-// dft_loss reads it, dft_step updates it; nothing else changes it but set(), which checkpoint
-// loading and multi-process averaging use.
+// dft_loss reads it, dft_step updates it; nothing else changes it but set() and checkpoint loading.
+//
+// Sharded (data-parallel training, docs/distributed.md): an estimator built with Shard{r, P} holds
+// u_i only for the ids it owns (i mod P = r), stored at local index i / P, and refuses every other
+// id; ids stay global everywhere in the API. With the default Shard{0, 1} it holds every id.
 //
 // Threads. An Estimator is a plain container with no locks. Calls that only read it (log_u, prior,
 // size, raw_*, check_*, dft_loss, io::save/encode) may run concurrently with each other. A call that
@@ -12,6 +15,7 @@
 // from two threads are a data race (ThreadSanitizer reports it), and the result depends on which
 // write lands last: give each thread its own ids, or serialise the calls.
 #include <dftune/config.hpp>
+#include <dftune/distributed/shard.hpp>
 #include <dftune/error.hpp>
 #include <dftune/objective/dft_options.hpp>
 
@@ -32,13 +36,15 @@ class Estimator {
   static_assert(std::is_floating_point_v<T>, "dftune::Estimator<T>: T must be float or double");
 
  public:
-  // opt.init and opt.log_u0 define the state of an example before its first update.
-  explicit Estimator(std::size_t num_examples, const DftOptions& opt = {})
-      : init_(opt.init), log_u0_(checked_log_u0(opt)) {
+  // opt.init and opt.log_u0 define the state of an example before its first update; `shard` says
+  // which of the ids [0, num_examples) this estimator holds.
+  explicit Estimator(std::size_t num_examples, const DftOptions& opt = {}, distributed::Shard shard = {})
+      : init_(opt.init), log_u0_(checked_log_u0(opt)), num_examples_(num_examples), shard_(shard) {
     validate(opt);
+    distributed::validate(shard);
     if (num_examples == 0) detail::fail("num_examples", num_examples, "at least 1");
-    log_u_.assign(num_examples, T(0));
-    seen_.assign(num_examples, 0);
+    log_u_.assign(shard.local_count(num_examples), T(0));
+    seen_.assign(log_u_.size(), 0);
   }
 
   // opt validated, and log_u0 refused when T cannot hold it (found by tests/fuzz: 1e300 became
@@ -50,14 +56,17 @@ class Estimator {
     return static_cast<T>(opt.log_u0);
   }
 
+  // The number of examples this estimator holds: num_examples() unless it is sharded.
   std::size_t size() const { return log_u_.size(); }
+  std::size_t num_examples() const { return num_examples_; }
+  const distributed::Shard& shard() const { return shard_; }
   EstimatorInit init() const { return init_; }
   T log_u0() const { return log_u0_; }
 
   // log u_id, or nothing until example id has been updated once.
   std::optional<T> log_u(std::int64_t id) const {
     check_id(id);
-    const auto i = static_cast<std::size_t>(id);
+    const std::size_t i = shard_.local_index(id);
     if (!seen_[i]) return std::nullopt;
     return log_u_[i];
   }
@@ -75,7 +84,7 @@ class Estimator {
   void set(std::span<const std::int64_t> ids, std::span<const T> log_u) {
     check_set(ids, log_u);
     for (std::size_t k = 0; k < ids.size(); ++k) {
-      const auto i = static_cast<std::size_t>(ids[k]);
+      const std::size_t i = shard_.local_index(ids[k]);
       log_u_[i] = log_u[k];
       seen_[i] = 1;
     }
@@ -90,7 +99,8 @@ class Estimator {
   }
 
   // ---- checkpointing (io/checkpoint.hpp) ----------------------------------------------------
-  // The raw state: log u_i for every example (meaningful where seen[i] = 1, else 0) and the flags.
+  // The raw state: log u_i for every example held (meaningful where seen[i] = 1, else 0) and the
+  // flags, by local index (the id itself unless sharded; shard().global_id(k) otherwise).
   std::span<const T> raw_log_u() const { return log_u_; }
   std::span<const unsigned char> raw_seen() const { return seen_; }
   // Checks a raw state as restore() would; throws dftune::error, changes nothing.
@@ -110,10 +120,14 @@ class Estimator {
     seen_.swap(seen);
   }
 
-  // Throws unless id is in [0, num_examples); `index` names the element of an id array.
+  // Throws unless id is in [0, num_examples) and held here; `index` names the element of an id array.
   void check_id(std::int64_t id, std::string_view argument = "id", std::optional<std::size_t> index = {}) const {
-    if (id >= 0 && static_cast<std::size_t>(id) < size()) return;
-    const std::string expected = "an example id in [0, num_examples = " + std::to_string(size()) + ")";
+    const bool in_range = id >= 0 && static_cast<std::size_t>(id) < num_examples_;
+    if (in_range && (shard_.size == 1 || shard_.owns(id))) return;
+    std::string expected = "an example id in [0, num_examples = " + std::to_string(num_examples_) + ")";
+    if (in_range)
+      expected = "an id this estimator's shard owns, " + shard_.describe() +
+                 " (a rank samples only its own examples; this id belongs to rank " + std::to_string(shard_.owner(id)) + ")";
     if (index) detail::fail_at(argument, *index, id, expected);
     detail::fail(argument, id, expected);
   }
@@ -122,6 +136,8 @@ class Estimator {
  private:
   EstimatorInit init_;
   T log_u0_;
+  std::size_t num_examples_;
+  distributed::Shard shard_;
   std::vector<T> log_u_;
   std::vector<unsigned char> seen_;
 };

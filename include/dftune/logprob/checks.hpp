@@ -1,13 +1,16 @@
 #pragma once
 // The argument checks shared by every log-prob backend, so that the generic oracle and the fast
-// paths accept and reject exactly the same calls. Each runs before any output is written.
+// paths accept and reject exactly the same calls. Each runs before any output is written — except
+// the logits' own check (row_ok), which the reductions fold into the pass that reads them.
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
 #include <dftune/logprob/token_logits.hpp>
+#include <dftune/math/no_overflow.hpp>
 
 #include <cmath>
 #include <cstddef>
 #include <functional>
+#include <limits>
 #include <span>
 #include <string>
 
@@ -41,6 +44,18 @@ void check_backward(const TokenLogits<T>& in, std::span<const compute_t<T>> d_se
   if (g0 != z0 && before(g0, z1) && before(z0, g1))
     detail::fail("grad", "a buffer overlapping the logits without starting at logits.data()",
                  "the logits themselves (in place) or a buffer disjoint from them");
+  // |grad[n, v]| <= |c_n|·p with p = exp(z − lse) <= 1 (up to the rounding of a vectorised exp), so
+  // a scale c_n = d_seq[s]·w_n of at most half of T's largest value keeps every entry finite.
+  using C = compute_t<T>;
+  const double c_max = 0.5 * (std::numeric_limits<T>::is_specialized
+                                  ? static_cast<double>(static_cast<C>(std::numeric_limits<T>::max()))
+                                  : static_cast<double>(std::numeric_limits<C>::max()));
+  for (std::size_t s = 0; s < d_seq.size(); ++s)
+    for (auto r = static_cast<std::size_t>(in.offsets[s]); r < static_cast<std::size_t>(in.offsets[s + 1]); ++r)
+      if (!(std::fabs(static_cast<double>(d_seq[s]) * static_cast<double>(in.weight(r))) <= c_max))
+        detail::fail_at("d_seq", s, d_seq[s],
+                        "a value for which |d_seq[s]·weights[r]| is at most half the largest gradient value (row " +
+                            std::to_string(r) + ")");
   if (!row_lse.empty()) {
     detail::check_size("row_lse", row_lse.size(), in.rows());
     // Masked rows carry NaN from forward() and are never read.
@@ -48,6 +63,15 @@ void check_backward(const TokenLogits<T>& in, std::span<const compute_t<T>> d_se
       if (in.weight(r) != 0 && !std::isfinite(row_lse[r]))
         detail::fail_at("row_lse", r, row_lse[r], "a finite number on a weighted row");
   }
+}
+
+// The logits' check, on a weighted row, once a reduction has its log-sum-exp and weighted log-prob:
+// both must be finite, the log-prob in compute_t<T>. It fails for a NaN or +inf logit (lse NaN or
+// +inf), a row of −inf or a −inf target logit (lse or log-prob −inf: log 0), and a log-prob too
+// large for compute_t<T> (e.g. float logits ±3e38). generic::fail_row names the culprit.
+template <class C>
+bool row_ok(double lse, double token) {
+  return std::isfinite(lse) && detail::fits<C>(token);
 }
 
 }  // namespace logprob::internal

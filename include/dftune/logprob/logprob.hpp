@@ -6,6 +6,7 @@
 // Dispatch: float, double and bf16 logits in host memory go to the CPU fast path (cpu/fast.hpp)
 // when Eigen is on the include path, unless DFTUNE_LOGPROB_GENERIC_ONLY is defined; anything else
 // goes to the generic path, which stays as the oracle (generic::forward / generic::backward).
+#include <dftune/checked_size.hpp>
 #include <dftune/config.hpp>
 #include <dftune/logprob/generic.hpp>
 #include <dftune/logprob/token_logits.hpp>
@@ -36,7 +37,7 @@ inline namespace dispatch_generic {
 // Bytes of `workspace` forward() needs to run without allocating when token_logp is empty.
 template <class T>
 std::size_t workspace_size(const TokenLogits<T>& in) {
-  return in.rows() * sizeof(compute_t<T>);
+  return detail::checked_mul("workspace_size (rows·sizeof(compute_t<T>))", in.rows(), sizeof(compute_t<T>));
 }
 
 // seq_logp [S] is required; token_logp [N] and row_lse [N] are written when non-empty. Without

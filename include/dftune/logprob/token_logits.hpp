@@ -59,8 +59,8 @@ void validate_rows(std::size_t n, std::size_t vocab, std::span<const token_t> ta
 }
 
 // Checks shapes, offsets, weights and the targets of weighted rows; throws dftune::error naming
-// the argument. Logits are not scanned here (that would double the memory traffic); a non-finite
-// logit shows up as a non-finite log-prob.
+// the argument. Logits are not scanned here (that would double the memory traffic): the reductions
+// refuse non-finite logits from the pass that reads them (logprob/generic.hpp).
 template <class T>
 void validate(const TokenLogits<T>& in) {
   if (in.vocab == 0) detail::fail("vocab", in.vocab, "at least 1");

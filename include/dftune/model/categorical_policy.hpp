@@ -4,6 +4,7 @@
 //   log π(y|x) = Σ_t log softmax(θ_c)[y_t].
 // It satisfies the Model concept with one logit row per context and runs the whole DFT loop
 // without any neural network; its log-probs go through the library's token reductions.
+#include <dftune/checked_size.hpp>
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
 #include <dftune/logprob/logprob.hpp>
@@ -15,6 +16,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <random>
 #include <span>
 #include <string>
@@ -27,11 +29,16 @@ class CategoricalPolicy {
  public:
   using scalar_type = T;
 
-  // θ = 0: every context starts uniform over the vocabulary.
+  // θ = 0: every context starts uniform over the vocabulary. num_contexts·vocab is checked before
+  // it sizes θ (a wrapped product would size it too small for the rows it indexes).
   CategoricalPolicy(std::size_t num_contexts, std::size_t vocab) : contexts_(num_contexts), vocab_(vocab) {
-    if (num_contexts == 0) detail::fail("num_contexts", num_contexts, "at least 1");
-    if (vocab == 0) detail::fail("vocab", vocab, "at least 1");
-    theta_.assign(num_contexts * vocab, T(0));
+    constexpr auto max_ids = static_cast<std::size_t>(std::numeric_limits<token_t>::max()) + 1;
+    if (num_contexts == 0 || num_contexts > max_ids)
+      detail::fail("num_contexts", num_contexts, "in [1, " + std::to_string(max_ids) + "] (context ids are int32 tokens)");
+    if (vocab == 0 || vocab > max_ids) detail::fail("vocab", vocab, "in [1, " + std::to_string(max_ids) + "] (token ids are int32)");
+    const std::size_t size = detail::checked_mul("num_contexts·vocab", num_contexts, vocab);
+    if (size > theta_.max_size()) detail::fail("num_contexts·vocab", size, "at most " + std::to_string(theta_.max_size()) + " parameters");
+    theta_.assign(size, T(0));
     grad_.assign(theta_.size(), T(0));
   }
 
@@ -85,7 +92,12 @@ class CategoricalPolicy {
   // One logits row (a copy of θ_c) and one target per completion token; the prompt is not scored.
   void gather(const SequenceBatch& batch) {
     validate(batch, std::max(vocab_, contexts_));
+    std::size_t completion_tokens = 0;  // <= batch.tokens.size(): no overflow
+    for (std::size_t s = 0; s < batch.size(); ++s) completion_tokens += static_cast<std::size_t>(batch.completion_length(s));
+    const std::size_t n_logits = detail::checked_mul("batch completion tokens·vocab", completion_tokens, vocab_);
+    if (n_logits > rows_.max_size()) detail::fail("batch completion tokens·vocab", n_logits, "at most " + std::to_string(rows_.max_size()) + " logits");
     rows_.clear();
+    rows_.reserve(n_logits);
     targets_.clear();
     row_context_.clear();
     offsets_.assign(1, 0);

@@ -4,7 +4,10 @@
 //   p_v ∝ exp(z_v / temperature), then keep the top_k most probable tokens, then the smallest
 //   prefix of those (most probable first) whose mass reaches top_p of the kept mass,
 //   renormalise and draw. temperature = 0 means greedy (argmax, lowest index on ties).
-// Ties in probability are broken by the lower token index, so the kept set is deterministic.
+// Tokens are ranked by logit (the order of the exact probabilities), the lower index first among
+// equal logits, so the kept set is deterministic and always holds the argmax.
+// Every argument is checked before anything is written: spans of the vocabulary's size, logits
+// that are finite or −inf (a masked token) with at least one finite, u in [0, 1).
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
 #include <dftune/model/concept.hpp>
@@ -15,6 +18,7 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <optional>
 #include <span>
@@ -60,10 +64,33 @@ concept SamplingModel = Model<M> && requires(M& m, const Prompts& p, std::size_t
   { m.generate(p, max_new, o, eos) } -> std::same_as<Sequences>;
 };
 
+// The checks of sampling_distribution: V = logits.size() in [1, 2^31] (token ids and `order` are
+// int32), probs and order of size V, options valid, every logit finite or −inf and one finite
+// (NaN or +inf has no distribution; −inf masks a token). A dftune::error names the argument.
+template <class T>
+void check_sampling_arguments(std::span<const T> logits, const SamplingOptions& o, std::span<const double> probs,
+                              std::span<const std::int32_t> order) {
+  validate(o);
+  const std::size_t V = logits.size();
+  constexpr auto max_vocab = static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()) + 1;
+  if (V == 0) detail::fail("logits", "size 0", "at least one logit (size V >= 1)");
+  if (V > max_vocab) detail::fail("logits", "size " + std::to_string(V), "at most " + std::to_string(max_vocab) + " (token ids are int32)");
+  detail::check_size("probs", probs.size(), V);
+  detail::check_size("order", order.size(), V);
+  bool any_finite = false;
+  for (std::size_t v = 0; v < V; ++v) {
+    const T z = logits[v];
+    if (std::isnan(z) || z == std::numeric_limits<T>::infinity()) detail::fail_at("logits", v, z, "a finite number or -inf");
+    any_finite = any_finite || std::isfinite(z);
+  }
+  if (!any_finite) detail::fail("logits", "every logit -inf", "at least one finite logit");
+}
+
 // The distribution a token is drawn from, written to probs[V]; order[V] is scratch.
 template <class T>
 void sampling_distribution(std::span<const T> logits, const SamplingOptions& o, std::span<double> probs,
                            std::span<std::int32_t> order) {
+  check_sampling_arguments<T>(logits, o, probs, order);
   const std::size_t V = logits.size();
   const auto argmax = static_cast<std::size_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
   if (o.temperature == 0) {
@@ -80,9 +107,11 @@ void sampling_distribution(std::span<const T> logits, const SamplingOptions& o, 
     return;
   }
   std::iota(order.begin(), order.end(), 0);
+  // Most probable first, ranked by the logits themselves: the same order as the probabilities,
+  // without the ties exp() rounds distinct logits into (at a huge temperature every weight is 1).
   std::sort(order.begin(), order.end(), [&](std::int32_t a, std::int32_t b) {
-    return probs[static_cast<std::size_t>(a)] > probs[static_cast<std::size_t>(b)] ||
-           (probs[static_cast<std::size_t>(a)] == probs[static_cast<std::size_t>(b)] && a < b);
+    return logits[static_cast<std::size_t>(a)] > logits[static_cast<std::size_t>(b)] ||
+           (logits[static_cast<std::size_t>(a)] == logits[static_cast<std::size_t>(b)] && a < b);
   });
   if (o.top_p < 1) {
     double kept = 0;
@@ -106,6 +135,7 @@ void sampling_distribution(std::span<const T> logits, const SamplingOptions& o, 
 template <class T>
 token_t sample_token(std::span<const T> logits, const SamplingOptions& o, double u, std::span<double> probs,
                      std::span<std::int32_t> order) {
+  if (!(u >= 0 && u < 1)) detail::fail("u", u, "a number in [0, 1)");
   sampling_distribution(logits, o, probs, order);
   double cum = 0;
   std::size_t last = 0;

@@ -12,7 +12,10 @@
 //   SampleScores      B prompts with k scored samples each (rewards r_ij), row-major [i][j].
 // Every function checks all its input before computing (sizes, NaN/Inf, lengths, options) and
 // throws dftune::error naming the argument; none keeps state. Arithmetic runs in double, results
-// are stored as T.
+// are stored as T through detail::narrow_checked: finite inputs give a finite result or a
+// dftune::error naming the result that T cannot hold (loss, grad[n], ...), never inf or NaN; where
+// a naive formula would overflow although the result does not (a sum of rewards near 1e308, an
+// IPO square, r/η for a tiny η) the objectives use one that does not (math/no_overflow.hpp).
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
 #include <dftune/objective/checks.hpp>
@@ -93,14 +96,16 @@ inline void check_reduction(NllReduction r) {
 
 // The common checks of a preference batch: B >= 1, m >= 1, sizes and finiteness of the policy's
 // log-probs. Reference log-probs and lengths are checked by the objectives that read them.
+// Returns B·m.
 template <class T>
-void check_preferences(const PreferenceScores<T>& b) {
+std::size_t check_preferences(const PreferenceScores<T>& b) {
   const std::size_t B = b.batch_size(), m = b.num_negatives;
   if (B == 0) fail("pos_logp", "size 0", "at least one prompt");
   if (m == 0) fail("num_negatives", m, "at least 1");
-  check_size_product("neg_logp", b.neg_logp.size(), B, m, "num_negatives (B·m)");
+  const std::size_t Bm = check_size_product("neg_logp", b.neg_logp.size(), B, m, "num_negatives (B·m)");
   check_finite("pos_logp", b.pos_logp);
   check_finite("neg_logp", b.neg_logp);
+  return Bm;
 }
 
 template <class T>
@@ -163,18 +168,23 @@ inline void add_nll_coefficients(NllReduction r, std::span<const std::size_t> ro
   }
 }
 
-// L = −Σ_n c_n · s_n and ∂L/∂s_n = −c_n: the shared tail of every NLL-shaped objective. The c_n are
-// constants (stop-gradient): rewards and weights never depend on θ through the scores.
+// L = −Σ_n c_n · s_n in double: the shared tail of every NLL-shaped objective, whose gradient is
+// ∂L/∂s_n = −c_n. The c_n are constants (stop-gradient): rewards and weights never depend on θ
+// through the scores.
+template <class T>
+double nll_loss(std::span<const T> logp, const std::vector<double>& c) {
+  double loss = 0;
+  for (std::size_t n = 0; n < logp.size(); ++n) loss -= c[n] * static_cast<double>(logp[n]);
+  return loss;
+}
+
+// The NLL with coefficients c stored as T, through the finite-result guard.
 template <class T>
 ScoreResult<T> weighted_nll(std::span<const T> logp, const std::vector<double>& c) {
   ScoreResult<T> r;
+  r.loss = narrow_checked<T>(nll_loss(logp, c), "loss");
   r.grad.resize(logp.size());
-  double loss = 0;
-  for (std::size_t n = 0; n < logp.size(); ++n) {
-    loss -= c[n] * static_cast<double>(logp[n]);
-    r.grad[n] = static_cast<T>(-c[n]);
-  }
-  r.loss = static_cast<T>(loss);
+  for (std::size_t n = 0; n < logp.size(); ++n) r.grad[n] = narrow_checked_at<T>(-c[n], "grad", n);
   return r;
 }
 

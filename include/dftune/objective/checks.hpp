@@ -4,12 +4,15 @@
 #include <dftune/checked_size.hpp>
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
+#include <dftune/math/no_overflow.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <span>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -17,6 +20,15 @@
 DFTUNE_NAMESPACE_BEGIN
 
 namespace detail {
+
+// A number as error messages print it (17 significant digits, like fail's value; std::to_string
+// would print 1e300 with 300 digits).
+inline std::string to_text(double x) {
+  std::ostringstream os;
+  os.precision(17);
+  os << x;
+  return os.str();
+}
 
 template <class T>
 void check_finite(std::string_view argument, std::span<const T> x) {
@@ -39,6 +51,25 @@ inline void check_lengths(std::string_view argument, std::span<const std::int64_
   check_size(argument, len.size(), size);
   for (std::size_t k = 0; k < len.size(); ++k)
     if (len[k] <= 0) fail_at(argument, k, len[k], "a completion length >= 1");
+}
+
+inline constexpr std::string_view too_extreme = "a value the scalar type can hold (inputs too extreme for this precision)";
+
+// x stored as T, or a dftune::error naming `what` (a result: "loss", "grad_neg", "log_u", ...).
+// Every result an objective returns goes through this guard, so finite inputs give a finite result
+// or a named error, never inf or NaN: a result computed in double can overflow (an intermediate, a
+// sum) and can exceed float's range.
+template <class T>
+T narrow_checked(double x, std::string_view what) {
+  if (!fits<T>(x)) fail(what, x, too_extreme);
+  return static_cast<T>(x);
+}
+
+// The same for element `index` of an array result: "what[index]: got …".
+template <class T>
+T narrow_checked_at(double x, std::string_view what, std::size_t index) {
+  if (!fits<T>(x)) fail_at(what, index, x, too_extreme);
+  return static_cast<T>(x);
 }
 
 inline void check_unique_ids(std::span<const std::int64_t> ids) {

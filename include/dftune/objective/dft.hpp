@@ -33,14 +33,16 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace detail {
 
-// Every check of the objective's input; runs before any computation or write.
+// Every check of the objective's input; runs before any computation or write. Returns B·m.
 template <class T>
-void validate_dft(const SequenceScores<T>& b, const Estimator<T>& est, const DftOptions& opt) {
+std::size_t validate_dft(const SequenceScores<T>& b, const Estimator<T>& est, const DftOptions& opt) {
   validate(opt);
   const std::size_t B = b.batch_size();
   const std::size_t m = b.num_negatives;
   if (B == 0) fail("ids", "size 0", "at least one example");
   if (m == 0) fail("num_negatives", m, "at least 1");
+  if (b.global_batch_size != 0 && b.global_batch_size < B)
+    fail("global_batch_size", b.global_batch_size, "0 or at least the batch size B = " + std::to_string(B));
   check_size("pos_logp", b.pos_logp.size(), B);
   const std::size_t Bm = check_size_product("neg_logp", b.neg_logp.size(), B, m, "num_negatives (B·m)");
   for (std::size_t i = 0; i < B; ++i) est.check_id(b.ids[i], "ids", i);
@@ -56,16 +58,7 @@ void validate_dft(const SequenceScores<T>& b, const Estimator<T>& est, const Dft
     check_lengths("pos_len", b.pos_len, B, "DFT2 needs completion lengths");
     check_lengths("neg_len", b.neg_len, Bm, "DFT2 needs completion lengths");
   }
-}
-
-// x stored as T, or an error when T cannot hold it: with float inputs, a result computed in double
-// (a weight exp(d − log u), log u itself, the loss) can exceed float's range, and the conversion
-// would be undefined behaviour (found by tests/fuzz).
-template <class T>
-T narrow_checked(double x, std::string_view what) {
-  if (!(std::fabs(x) <= static_cast<double>(std::numeric_limits<T>::max())))
-    fail(what, x, "a value the scalar type can hold (inputs too extreme for this precision)");
-  return static_cast<T>(x);
+  return Bm;
 }
 
 }  // namespace detail
@@ -73,9 +66,11 @@ T narrow_checked(double x, std::string_view what) {
 // L, ∂L/∂log-probs and the updated log u of the batch; never mutates est.
 template <class T>
 DftResult<T> dft_loss(const SequenceScores<T>& b, const Estimator<T>& est, const DftOptions& opt) {
-  detail::validate_dft(b, est, opt);
+  const std::size_t Bm = detail::validate_dft(b, est, opt);
   const std::size_t B = b.batch_size();
   const std::size_t m = b.num_negatives;
+  // The 1/B of L: the global batch's size when this batch is one rank's share of it.
+  const double Bn = static_cast<double>(b.global_batch_size != 0 ? b.global_batch_size : B);
   const bool dft2 = opt.variant == Variant::dft2;
   // ∂s/∂log π: 1 for DFT, 1/(|y| + ε) for DFT2.
   auto dscore = [&](std::int64_t len) { return dft2 ? 1.0 / (static_cast<double>(len) + opt.eps) : 1.0; };
@@ -84,7 +79,7 @@ DftResult<T> dft_loss(const SequenceScores<T>& b, const Estimator<T>& est, const
 
   DftResult<T> r;
   r.grad_pos.resize(B);
-  r.grad_neg.resize(B * m);
+  r.grad_neg.resize(Bm);
   r.log_u.resize(B);
   std::vector<double> d(m), s_neg(m);
   double loss = 0, objective = 0;
@@ -93,9 +88,18 @@ DftResult<T> dft_loss(const SequenceScores<T>& b, const Estimator<T>& est, const
     for (std::size_t j = 0; j < m; ++j) {
       const std::size_t ij = i * m + j;
       s_neg[j] = b.neg_logp[ij] * dscore(dft2 ? b.neg_len[ij] : 1);
-      d[j] = s_neg[j] / opt.tau - (dft2 ? 0.0 : static_cast<double>(b.ref_neg_logp[ij]));
-      if (!std::isfinite(d[j]))
+      // Name what overflowed: s/τ (τ too small for these scores), or s/τ − log π_ref (a positive
+      // "log-prob" beside a very negative reference: the log-probs, not τ).
+      const double scaled = s_neg[j] / opt.tau;
+      if (!std::isfinite(scaled))
         detail::fail("tau", opt.tau, "a temperature for which s/τ is finite (d[" + std::to_string(ij) + "] overflowed)");
+      d[j] = scaled - (dft2 ? 0.0 : static_cast<double>(b.ref_neg_logp[ij]));
+      if (!std::isfinite(d[j])) {
+        detail::fail_at("neg_logp", ij, b.neg_logp[ij],
+                        "log-probs for which d = s/τ − log π_ref is finite (ref_neg_logp[" + std::to_string(ij) +
+                            "] = " + detail::to_text(static_cast<double>(b.ref_neg_logp[ij])) + ": d[" +
+                            std::to_string(ij) + "] overflowed)");
+      }
     }
     const double lme = logmeanexp(std::span<const double>(d));
     double log_u = 0;
@@ -114,15 +118,18 @@ DftResult<T> dft_loss(const SequenceScores<T>& b, const Estimator<T>& est, const
                      "a normaliser for which exp(d − log u) is finite (d[" + std::to_string(ij) + "] = " +
                          std::to_string(d[j]) + ")");
       pull += weight * s_neg[j];
-      r.grad_neg[ij] = detail::narrow_checked<T>(weight / static_cast<double>(B) * dscore(dft2 ? b.neg_len[ij] : 1), "grad_neg");
+      r.grad_neg[ij] = detail::narrow_checked<T>(weight / Bn * dscore(dft2 ? b.neg_len[ij] : 1), "grad_neg");
     }
+    const double pos_scaled = s_pos / opt.tau;
+    if (!std::isfinite(pos_scaled))
+      detail::fail("tau", opt.tau, "a temperature for which s/τ is finite (pos_logp[" + std::to_string(i) + "]/τ overflowed)");
     loss += -s_pos + pull;
-    objective += log_u - s_pos / opt.tau;
-    r.grad_pos[i] = detail::narrow_checked<T>(-1.0 / static_cast<double>(B) * dscore(dft2 ? b.pos_len[i] : 1), "grad_pos");
+    objective += log_u - pos_scaled;
+    r.grad_pos[i] = detail::narrow_checked<T>(-1.0 / Bn * dscore(dft2 ? b.pos_len[i] : 1), "grad_pos");
     r.log_u[i] = detail::narrow_checked<T>(log_u, "log_u");
   }
-  r.loss = detail::narrow_checked<T>(loss / static_cast<double>(B), "loss");
-  r.objective = detail::narrow_checked<T>(objective / static_cast<double>(B), "objective");
+  r.loss = detail::narrow_checked<T>(loss / Bn, "loss");
+  r.objective = detail::narrow_checked<T>(objective / Bn, "objective");
   return r;
 }
 

@@ -12,19 +12,35 @@
 #include <dftune/objective/baseline.hpp>
 #include <dftune/objective/pairwise.hpp>
 
+#include <cmath>
+
 DFTUNE_NAMESPACE_BEGIN
 
 struct IpoOptions {
   double beta = 0.1;  // β = τ > 0: the regression target of the margin is 1/(2β)
 };
 
-inline void validate(const IpoOptions& o) { detail::check_positive("beta", o.beta); }
+inline void validate(const IpoOptions& o) {
+  detail::check_positive("beta", o.beta);
+  if (!std::isfinite(1 / (2 * o.beta)))  // a subnormal β: the target margin overflows
+    detail::fail("beta", o.beta, "a number > 0 whose target margin 1/(2β) is finite (β >= 2.8e-309)");
+}
 
-// ℓ(h) = (h − target)², ℓ'(h) = 2(h − target).
+// ℓ(h) = (h − target)², ℓ'(h) = 2(h − target), weighted by w without an intermediate overflow:
+// e·(e·w) for |e| >= 1 (e·w <= |e|·w is at most the result's size), (e·e)·w for |e| < 1 (e² < 1),
+// so w·e² overflows only when it is larger than the largest double; likewise 2·e·w.
 struct SquaredLink {
   double target = 0;
   double value(double h) const { return (h - target) * (h - target); }
   double derivative(double h) const { return 2 * (h - target); }
+  double value(double h, double w) const {
+    const double e = h - target;
+    return std::fabs(e) >= 1 ? e * (e * w) : (e * e) * w;
+  }
+  double derivative(double h, double w) const {
+    const double e = h - target;
+    return std::fabs(e) >= 1 ? (e * w) * 2 : (2 * e) * w;
+  }
 };
 
 template <class T>

@@ -71,19 +71,17 @@ struct LogOddsMargin {
 template <class T>
 PreferenceResult<T> orpo_loss(const PreferenceScores<T>& b, const OrpoOptions& opt = {}) {
   validate(opt);
-  // The odds-ratio term checks the whole batch (sizes, NaN/Inf, lengths, P < 1) before any SFT work.
-  PreferenceResult<T> r = pairwise_loss(b, LogOddsMargin{}, LogSigmoidLink{});
+  // The odds-ratio term checks the whole batch (sizes, NaN/Inf, lengths, P < 1) before any SFT work;
+  // it comes weighted by λ, and the SFT term is added in double, so the result is narrowed once.
+  detail::baselines::PairwiseTerms t = detail::baselines::pairwise_terms(b, LogOddsMargin{}, LogSigmoidLink{}, opt.lambda);
   const std::size_t B = b.batch_size();
   std::vector<std::size_t> rows(B);
   std::iota(rows.begin(), rows.end(), std::size_t{0});
   std::vector<double> c(B, 0.0);
   detail::baselines::add_nll_coefficients(opt.sft_reduction, rows, b.pos_len, 1.0, c);
-  const ScoreResult<T> sft = detail::baselines::weighted_nll(b.pos_logp, c);
-  r.loss = static_cast<T>(static_cast<double>(sft.loss) + opt.lambda * static_cast<double>(r.loss));
-  for (std::size_t i = 0; i < B; ++i)
-    r.grad_pos[i] = static_cast<T>(static_cast<double>(sft.grad[i]) + opt.lambda * static_cast<double>(r.grad_pos[i]));
-  for (T& g : r.grad_neg) g = static_cast<T>(opt.lambda * static_cast<double>(g));
-  return r;
+  t.loss = detail::baselines::nll_loss(b.pos_logp, c) + t.loss;
+  for (std::size_t i = 0; i < B; ++i) t.grad_pos[i] = -c[i] + t.grad_pos[i];
+  return detail::baselines::narrow_preferences<T>(t);
 }
 
 DFTUNE_NAMESPACE_END

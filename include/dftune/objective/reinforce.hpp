@@ -10,6 +10,8 @@
 // r is used as given: any KL shaping of the reward is the caller's (TRL's RLOOTrainer subtracts
 // β·(log π_θ(y|x) − log π_ref(y|x)) from each sample's reward, β = 0.05 by default, before its
 // leave-one-out baseline).
+// Sums and differences of rewards are computed without intermediate overflow (math/no_overflow.hpp):
+// rewards near ±1e308 give finite advantages; a loss or gradient T cannot hold is a dftune::error.
 // The baseline b is a policy:
 //   BatchMeanBaseline      b_n = (1/N) Σ_n' r_n'  (default; includes the sample's own reward, so the
 //                          estimate is biased by a factor (1 − 1/N) — RLOO removes that)
@@ -24,6 +26,7 @@
 // static constexpr std::size_t min_group_size.
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
+#include <dftune/math/no_overflow.hpp>
 #include <dftune/objective/baseline.hpp>
 
 #include <cmath>
@@ -40,10 +43,8 @@ struct BatchMeanBaseline {
   void validate(const SampleScores<T>&) const {}
   template <class T>
   void compute(const SampleScores<T>& s, std::vector<double>& b) const {
-    double mean = 0;
-    for (T r : s.reward) mean += static_cast<double>(r);
-    mean /= static_cast<double>(s.reward.size());
-    b.assign(s.reward.size(), mean);
+    const detail::ScaledSum sum = detail::scaled_sum(s.reward);  // no overflow for rewards near 1e308
+    b.assign(s.reward.size(), sum.sum / static_cast<double>(s.reward.size()) * sum.unscale);
   }
 };
 
@@ -80,10 +81,10 @@ struct LeaveOneOutBaseline {
     const std::size_t k = s.group_size;
     b.resize(s.reward.size());
     for (std::size_t start = 0; start < s.reward.size(); start += k) {
-      double sum = 0;
-      for (std::size_t n = start; n < start + k; ++n) sum += static_cast<double>(s.reward[n]);
+      // The group's sum, scaled by an exact power of two if it would overflow.
+      const detail::ScaledSum sum = detail::scaled_sum(s.reward.subspan(start, k));
       for (std::size_t n = start; n < start + k; ++n)
-        b[n] = (sum - static_cast<double>(s.reward[n])) / static_cast<double>(k - 1);
+        b[n] = (sum.sum - static_cast<double>(s.reward[n]) * sum.scale) / static_cast<double>(k - 1) * sum.unscale;
     }
   }
 };
@@ -108,7 +109,8 @@ ScoreResult<T> reinforce_loss(const SampleScores<T>& s, const Baseline& baseline
   std::vector<double> c;
   baseline.compute(s, c);
   const double inv_n = 1.0 / static_cast<double>(s.logp.size());
-  for (std::size_t n = 0; n < c.size(); ++n) c[n] = (static_cast<double>(s.reward[n]) - c[n]) * inv_n;
+  // (r − b)/N; r − b may overflow where (r − b)/N does not (rewards of both signs near 1e308).
+  for (std::size_t n = 0; n < c.size(); ++n) c[n] = detail::difference_times(static_cast<double>(s.reward[n]), c[n], inv_n);
   return detail::baselines::weighted_nll(s.logp, c);
 }
 

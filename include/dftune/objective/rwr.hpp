@@ -9,11 +9,14 @@
 //   group            w_ij = exp(r_ij/η) / Σ_{j'} exp(r_ij'/η)  over the k samples of prompt i
 //                    L    = −(1/B) Σ_i Σ_j w_ij · s_ij              ∂L/∂s_ij = −w_ij/B
 //
-// The weights are constants (stop-gradient) computed with the max subtracted, so no r/η overflows.
+// The weights are constants (stop-gradient): w_n ∝ exp((r_n − r_max)/η), the max subtracted
+// *before* dividing by η, so no r/η overflows — a tiny η (down to the smallest subnormal) or rewards
+// near ±1e308 give the limit of the softmax (all the weight on the best rewards), not NaN.
 // Batch normalisation lets prompts with better samples weigh more; group normalisation gives every
 // prompt the same total weight 1/B (a soft Best-of-N: η → 0 is Best-of-N, η → ∞ is SFT on all).
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
+#include <dftune/math/no_overflow.hpp>
 #include <dftune/objective/baseline.hpp>
 
 #include <algorithm>
@@ -50,9 +53,10 @@ ScoreResult<T> rwr_loss(const SampleScores<T>& s, const RwrOptions& opt = {}) {
   std::vector<double> c(N);
   for (std::size_t start = 0; start < N; start += block) {
     double hi = -INFINITY;
-    for (std::size_t n = start; n < start + block; ++n) hi = std::max(hi, static_cast<double>(s.reward[n]) / opt.eta);
-    double z = 0;
-    for (std::size_t n = start; n < start + block; ++n) z += c[n] = std::exp(static_cast<double>(s.reward[n]) / opt.eta - hi);
+    for (std::size_t n = start; n < start + block; ++n) hi = std::max(hi, static_cast<double>(s.reward[n]));
+    double z = 0;  // >= 1: the best reward's term is exp(0)
+    for (std::size_t n = start; n < start + block; ++n)
+      z += c[n] = std::exp(detail::difference_over(static_cast<double>(s.reward[n]), hi, opt.eta));
     for (std::size_t n = start; n < start + block; ++n) c[n] *= share / z;
   }
   return detail::baselines::weighted_nll(s.logp, c);

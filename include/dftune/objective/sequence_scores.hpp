@@ -19,6 +19,11 @@ struct SequenceScores {
   std::span<const T> ref_neg_logp = {};          // [B·m]  log π_ref(y'_ij|x_i); DFT only (ignored by DFT2)
   std::span<const std::int64_t> pos_len = {};    // [B]    |y_i|; DFT2 only (ignored by DFT)
   std::span<const std::int64_t> neg_len = {};    // [B·m]  |y'_ij|; DFT2 only (ignored by DFT)
+  // The B of the objective's 1/B: 0 for this batch's size; in a data-parallel step, where this
+  // batch is one rank's share, the size of the global batch (>= B), so that the ranks' gradients
+  // sum to the single-process gradient of the global batch (DftResult then holds this share's
+  // terms of L: they too sum over ranks to L).
+  std::size_t global_batch_size = 0;
 
   std::size_t batch_size() const { return ids.size(); }
 };

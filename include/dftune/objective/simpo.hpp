@@ -9,7 +9,9 @@
 #include <dftune/objective/baseline.hpp>
 #include <dftune/objective/pairwise.hpp>
 
+#include <cmath>
 #include <cstddef>
+#include <string>
 
 DFTUNE_NAMESPACE_BEGIN
 
@@ -36,9 +38,16 @@ struct LengthNormalizedMargin {
   PairMargin operator()(const PreferenceScores<T>& b, std::size_t i, std::size_t ij) const {
     const double aw = beta / static_cast<double>(b.pos_len[i]);
     const double al = beta / static_cast<double>(b.neg_len[ij]);
-    return {.h = aw * static_cast<double>(b.pos_logp[i]) - al * static_cast<double>(b.neg_logp[ij]) - gamma,
-            .dh_dpos = aw,
-            .dh_dneg = -al};
+    const double rw = aw * static_cast<double>(b.pos_logp[i]), rl = al * static_cast<double>(b.neg_logp[ij]);
+    // Name what overflowed: a reward β·s/|y|, or the margin of two finite rewards less γ.
+    if (!std::isfinite(rw) || !std::isfinite(rl))
+      detail::fail("beta", beta,
+                   "a value for which the rewards β·s/|y| are finite (the pair of neg_logp[" + std::to_string(ij) + "])");
+    if (std::isfinite(rw - rl) && !std::isfinite(rw - rl - gamma))
+      detail::fail("gamma", gamma,
+                   "a value for which the margin β·s_w/|y_w| − β·s_l/|y_l| − γ is finite (the pair of neg_logp[" +
+                       std::to_string(ij) + "]: reward margin = " + detail::to_text(rw - rl) + ")");
+    return {.h = rw - rl - gamma, .dh_dpos = aw, .dh_dneg = -al};
   }
 };
 

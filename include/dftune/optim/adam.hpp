@@ -85,16 +85,31 @@ class AdamUpdate {
     const T eps = static_cast<T>(opt_.eps);
     struct Next {
       T theta, m, v;
-      bool finite() const {
+      int finite() const {
         return detail::finite_value(theta) & detail::finite_value(m) & detail::finite_value(v);
       }
     };
-    auto next = [&](std::size_t k) {
+    struct Moments {
+      T m, v;
+    };
+    auto moments = [&](std::size_t k) {
       const T g = WeightDecay::gradient(grads[k], params[k], lambda);
-      const T mk = m[k] + one_m_beta1 * (g - m[k]);
-      const T vk = beta2 * v[k] + one_m_beta2 * g * g;
-      const T denom = std::sqrt(vk) / bias2_sqrt + eps;
-      return Next{params[k] * shrink - step_size * (mk / denom), mk, vk};
+      return Moments{m[k] + one_m_beta1 * (g - m[k]), beta2 * v[k] + one_m_beta2 * g * g};
+    };
+    auto next = [&](std::size_t k) {
+      const Moments x = moments(k);
+      const T denom = std::sqrt(x.v) / bias2_sqrt + eps;
+      return Next{params[k] * shrink - step_size * (x.m / denom), x.m, x.v};
+    };
+    // Without the square root (scalar code: it may set errno): the denominator is >= eps, so
+    // |θ'| <= |θ·shrink| + step_size·|m'|/eps, and two terms under max/4 cannot overflow, however
+    // the rounding (or a fused multiply-add) falls.
+    const T quarter = std::numeric_limits<T>::max() / 4;
+    auto screen = [&](std::size_t k) {
+      const Moments x = moments(k);
+      return detail::finite_value(x.m) & detail::finite_value(x.v) &
+             static_cast<int>(std::fabs(params[k] * shrink) <= quarter) &
+             static_cast<int>(step_size * (std::fabs(x.m) / eps) <= quarter);
     };
     auto store = [&](std::size_t k, const Next& x) {
       params[k] = x.theta;
@@ -106,7 +121,7 @@ class AdamUpdate {
       if (!detail::finite_value(x.v)) detail::fail_overflow("second_moment", k, x.v, params[k], grads[k], lr);
       detail::fail_overflow("params", k, x.theta, params[k], grads[k], lr);
     };
-    detail::update_all_or_nothing(n, next, store, fail);
+    detail::update_all_or_nothing<T>(n, screen, next, store, fail);
     if (steps_ == 0) {
       m_.swap(fresh_m);
       v_.swap(fresh_v);
@@ -126,8 +141,18 @@ class AdamUpdate {
   // ---- checkpointing (io/checkpoint.hpp) ----------------------------------------------------
   // Replaces the state wholesale with what steps(), num_parameters(), first_moment() and
   // second_moment() showed: steps = 0 with num_parameters = 0 and empty moments, or both > 0 with
-  // num_parameters finite m and finite v >= 0. All checks run before the swap.
+  // num_parameters finite m and finite v >= 0. All checks (check_state) run before the swap. A
+  // count near 2^64 is accepted; the step that would wrap it throws.
   void restore(std::size_t steps, std::size_t num_parameters, std::vector<T>&& m, std::vector<T>&& v) {
+    check_state(steps, num_parameters, m, v);
+    m_.swap(m);
+    v_.swap(v);
+    n_ = num_parameters;
+    steps_ = steps;
+  }
+  // Throws what restore would throw for this state, and changes nothing. Saving calls it on the
+  // rule's own state, so that a checkpoint that saves also loads.
+  void check_state(std::size_t steps, std::size_t num_parameters, std::span<const T> m, std::span<const T> v) const {
     if ((steps == 0) != (num_parameters == 0))
       detail::fail("num_parameters", num_parameters,
                    steps == 0 ? "0 before the first step" : "at least 1 after " + std::to_string(steps) + " steps");
@@ -137,10 +162,6 @@ class AdamUpdate {
       if (!std::isfinite(m[k])) detail::fail_at("first_moment", k, m[k], "a finite number");
       if (!std::isfinite(v[k]) || !(v[k] >= 0)) detail::fail_at("second_moment", k, v[k], "a finite number >= 0");
     }
-    m_.swap(m);
-    v_.swap(v);
-    n_ = num_parameters;
-    steps_ = steps;
   }
 
  private:

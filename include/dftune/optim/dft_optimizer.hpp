@@ -12,7 +12,24 @@
 // or nothing (rule.hpp); what is left (the estimator's store, the count) cannot fail. So an error
 // anywhere leaves the estimator, the parameters, the rule's moments and the step count as they
 // were (the gradient buffer is scratch and may have changed).
+//
+// Data-parallel (docs/distributed.md): given a Communicator of P > 1 ranks, each rank passes its
+// share of the global batch — the ids it owns, its estimator built with shard_of(comm) — and
+//   1–2. scores its share and runs the objective with the *global* batch size B in the 1/B,
+//   3.   back-propagates its share, then all-reduces (sums) the gradient,
+//   4–6. clips the summed gradient, applies the same inner rule to it on every rank (so the
+//        replicas stay identical), and commits its own u_i.
+// So the update is the single-process update of the global batch (up to the order of the sum).
+// Steps 1–3 and every local check run inside distributed::agree: an error on any rank is thrown,
+// the same, on every rank, before anything is written anywhere; what runs after the all-reduce
+// sees the same values on every rank and so fails, if at all, everywhere alike. step() and
+// evaluate() are then collective calls.
+#include <dftune/checked_size.hpp>
 #include <dftune/config.hpp>
+#include <dftune/distributed/collectives.hpp>
+#include <dftune/distributed/communicator.hpp>
+#include <dftune/distributed/shard.hpp>
+#include <dftune/distributed/single.hpp>
 #include <dftune/error.hpp>
 #include <dftune/estimator/estimator.hpp>
 #include <dftune/model/concept.hpp>
@@ -29,6 +46,7 @@
 #include <limits>
 #include <span>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -44,6 +62,8 @@ struct DftBatch {
   std::span<const T> ref_neg_logp = {};    // [B·m] log π_ref(y'_ij|x_i), computed once (DFT only)
 };
 
+// In a data-parallel step, loss, objective and the means are the global batch's (the ranks' terms
+// summed in rank order); the gradients and log u in `result` are this rank's share.
 template <class T>
 struct DftStepInfo {
   DftResult<T> result;     // loss, objective, gradients wrt the log-probs, new log u
@@ -54,78 +74,60 @@ struct DftStepInfo {
   T mean_neg_logp = 0;     // (1/(B·m)) Σ_ij log π_θ(y'_ij|x_i) before the update
 };
 
-template <class M, class Rule, class Schedule>
+template <class M, class Rule, class Schedule, class Comm = distributed::Single>
 class DftOptimizer {
   static_assert(check_model<M>(), "DftOptimizer<M, ...>: M must satisfy dftune::Model");
   using T = typename M::scalar_type;
   static_assert(UpdateRule<Rule, T>, "DftOptimizer<M, Rule, ...>: Rule must satisfy dftune::UpdateRule");
   static_assert(LearningRateSchedule<Schedule>,
                 "DftOptimizer<M, Rule, Schedule>: Schedule must satisfy dftune::LearningRateSchedule");
+  static_assert(distributed::check_communicator<Comm>(),
+                "DftOptimizer<M, Rule, Schedule, Comm>: Comm must satisfy dftune::distributed::Communicator");
+  static constexpr bool single_process = std::is_same_v<Comm, distributed::Single>;
 
  public:
+  // `comm` (default: a world of one) must be the world the estimator is sharded over:
+  // estimator.shard() == distributed::shard_of(comm).
   DftOptimizer(M& model, Estimator<T>& estimator, const DftOptions& options, Rule rule, Schedule schedule,
-               const StepOptions& step_options = {})
+               const StepOptions& step_options = {}, Comm comm = {})
       : model_(model),
         est_(estimator),
         opt_(options),
         rule_(std::move(rule)),
         schedule_(std::move(schedule)),
-        step_opt_(step_options) {
+        step_opt_(step_options),
+        comm_(std::move(comm)) {
     validate(opt_);
     validate(step_opt_);
     if constexpr (requires { validate(schedule_); }) validate(schedule_);  // fail at construction, not at step t
+    if (est_.shard() != distributed::shard_of(comm_))
+      detail::fail("estimator", "an estimator sharded as " + est_.shard().describe(),
+                   "the communicator's shard, " + distributed::shard_of(comm_).describe() +
+                       " (build it as Estimator<T>(N, options, distributed::shard_of(comm)))");
   }
 
   DftStepInfo<T> step(const DftBatch<T>& batch) {
-    if (step_ == std::numeric_limits<std::size_t>::max())
-      detail::fail("steps", step_, "fewer than 2^64 − 1 steps taken (one more would wrap the step count)");
-    DftStepInfo<T> info = evaluate(batch);
+    DftStepInfo<T> info = run(batch, /*backward=*/true);
     const DftResult<T>& r = info.result;
-    info.lr = schedule_.lr(step_);
-    if (!(std::fabs(info.lr) <= static_cast<double>(std::numeric_limits<T>::max())))
-      detail::fail("lr", info.lr, "a finite learning rate the model's scalar type can hold (from the schedule at step " +
-                                      std::to_string(step_) + ")");
-    model_.zero_gradients();
-    model_.accumulate_gradients(batch.positives, std::span<const T>(r.grad_pos));
-    model_.accumulate_gradients(batch.negatives, std::span<const T>(r.grad_neg));
     const std::span<T> grads = model_.gradients();
+    if constexpr (!single_process) comm_.all_reduce_sum(grads);  // Σ over ranks, the same bits on every rank
     info.grad_norm = clip_grad_norm(grads, step_opt_.max_grad_norm);
-    const bool update_estimator = est_.init() != EstimatorInit::fixed;
-    if (update_estimator) est_.check_set(batch.ids, std::span<const T>(r.log_u));
     rule_.step(model_.parameters(), std::span<const T>(grads), static_cast<T>(info.lr));
-    if (update_estimator) est_.set(batch.ids, std::span<const T>(r.log_u));  // checked above: cannot fail
+    if (est_.init() != EstimatorInit::fixed) est_.set(batch.ids, std::span<const T>(r.log_u));  // checked: cannot fail
     info.step = step_++;
     return info;
   }
 
   // Steps 1–2 only: the loss the next step would take; changes neither model nor estimator.
-  DftStepInfo<T> evaluate(const DftBatch<T>& batch) {
-    const std::size_t B = batch.ids.size(), m = batch.num_negatives;
-    detail::check_size("batch.positives", batch.positives.size(), B);
-    detail::check_size_product("batch.negatives", batch.negatives.size(), B, m, "batch.num_negatives (B·m)");
-    pos_.resize(B);
-    neg_.resize(B * m);
-    model_.sequence_logp(batch.positives, std::span<T>(pos_));
-    model_.sequence_logp(batch.negatives, std::span<T>(neg_));
-    pos_len_.resize(B);
-    neg_len_.resize(B * m);
-    for (std::size_t i = 0; i < B; ++i) pos_len_[i] = batch.positives.completion_length(i);
-    for (std::size_t k = 0; k < B * m; ++k) neg_len_[k] = batch.negatives.completion_length(k);
-    const SequenceScores<T> scores{.ids = batch.ids, .num_negatives = m, .pos_logp = pos_, .neg_logp = neg_,
-                                   .ref_neg_logp = batch.ref_neg_logp, .pos_len = pos_len_, .neg_len = neg_len_};
-    DftStepInfo<T> info;
-    info.result = dft_loss(scores, est_, opt_);
-    info.step = step_;
-    info.mean_pos_logp = mean(pos_);
-    info.mean_neg_logp = mean(neg_);
-    return info;
-  }
+  DftStepInfo<T> evaluate(const DftBatch<T>& batch) { return run(batch, /*backward=*/false); }
 
   std::size_t steps() const { return step_; }
   const DftOptions& options() const { return opt_; }
   const Rule& rule() const { return rule_; }
   const Schedule& schedule() const { return schedule_; }
   const StepOptions& step_options() const { return step_opt_; }
+  const Comm& communicator() const { return comm_; }
+  Comm& communicator() { return comm_; }
 
   // ---- checkpointing (io/checkpoint.hpp) ----------------------------------------------------
   // The model and estimator this optimizer drives (it holds references, so constness stops here).
@@ -139,10 +141,98 @@ class DftOptimizer {
   }
 
  private:
-  static T mean(const std::vector<T>& x) {
+  static double sum(const std::vector<T>& x) {
     double s = 0;
     for (T v : x) s += static_cast<double>(v);
-    return static_cast<T>(x.empty() ? 0.0 : s / static_cast<double>(x.size()));
+    return s;
+  }
+
+  // What each rank reports after scoring its share (one all-gather; distributed::agree).
+  struct Share {
+    std::uint64_t batch = 0, num_negatives = 0, num_parameters = 0, step = 0;
+    double sum_pos = 0, sum_neg = 0;
+  };
+  struct Loss {
+    double loss = 0, objective = 0;
+  };
+
+  // Steps 1–2 (and 3 if backward): the local work of every rank inside two agreements, so that an
+  // error on any rank is the same error on every rank and nothing has been written anywhere.
+  DftStepInfo<T> run(const DftBatch<T>& batch, bool backward) {
+    const std::size_t B_local = batch.ids.size(), m = batch.num_negatives;
+    double lr = 0;
+    const std::vector<Share> shares = distributed::agree<Share>(comm_, [&] {
+      if (backward && step_ == std::numeric_limits<std::size_t>::max())
+        detail::fail("steps", step_, "fewer than 2^64 − 1 steps taken (one more would wrap the step count)");
+      detail::check_size("batch.positives", batch.positives.size(), B_local);
+      detail::check_size_product("batch.negatives", batch.negatives.size(), B_local, m, "batch.num_negatives (B·m)");
+      pos_.resize(B_local);
+      neg_.resize(B_local * m);
+      if (B_local != 0) {  // a rank may own no id of a batch; it still takes part
+        model_.sequence_logp(batch.positives, std::span<T>(pos_));
+        model_.sequence_logp(batch.negatives, std::span<T>(neg_));
+      }
+      pos_len_.resize(B_local);
+      neg_len_.resize(B_local * m);
+      for (std::size_t i = 0; i < B_local; ++i) pos_len_[i] = batch.positives.completion_length(i);
+      for (std::size_t k = 0; k < B_local * m; ++k) neg_len_[k] = batch.negatives.completion_length(k);
+      if (backward) {
+        lr = schedule_.lr(step_);
+        if (!(std::fabs(lr) <= static_cast<double>(std::numeric_limits<T>::max())))
+          detail::fail("lr", lr, "a finite learning rate the model's scalar type can hold (from the schedule at step " +
+                                     std::to_string(step_) + ")");
+      }
+      return Share{.batch = B_local, .num_negatives = m, .num_parameters = model_.parameters().size(), .step = step_,
+                   .sum_pos = sum(pos_), .sum_neg = sum(neg_)};
+    });
+    // The global batch; every rank computes the same from the same records, so a mismatch is the
+    // same error everywhere.
+    std::size_t B = 0;
+    double sum_pos = 0, sum_neg = 0;
+    for (std::size_t r = 0; r < shares.size(); ++r) {
+      const Share& s = shares[r];
+      auto same = [&](std::string_view what, std::uint64_t got, std::uint64_t want) {
+        if (got != want)
+          detail::fail(what, std::to_string(got) + " on rank " + std::to_string(r),
+                       std::to_string(want) + " as on rank 0 (every rank of a step must agree)");
+      };
+      same("batch.num_negatives", s.num_negatives, shares[0].num_negatives);
+      same("model parameter count", s.num_parameters, shares[0].num_parameters);
+      same("optimizer step", s.step, shares[0].step);
+      B = detail::checked_add("global batch size", B, static_cast<std::size_t>(s.batch));
+      sum_pos += s.sum_pos;
+      sum_neg += s.sum_neg;
+    }
+    DftStepInfo<T> info;
+    const std::vector<Loss> losses = distributed::agree<Loss>(comm_, [&] {
+      if (B_local != 0 || B == 0) {  // B == 0: dft_loss names the empty batch
+        const SequenceScores<T> scores{.ids = batch.ids, .num_negatives = m, .pos_logp = pos_, .neg_logp = neg_,
+                                       .ref_neg_logp = batch.ref_neg_logp, .pos_len = pos_len_, .neg_len = neg_len_,
+                                       .global_batch_size = B};
+        info.result = dft_loss(scores, est_, opt_);
+      }
+      if (backward) {
+        if (est_.init() != EstimatorInit::fixed) est_.check_set(batch.ids, std::span<const T>(info.result.log_u));
+        model_.zero_gradients();
+        if (B_local != 0) {
+          model_.accumulate_gradients(batch.positives, std::span<const T>(info.result.grad_pos));
+          model_.accumulate_gradients(batch.negatives, std::span<const T>(info.result.grad_neg));
+        }
+      }
+      return Loss{static_cast<double>(info.result.loss), static_cast<double>(info.result.objective)};
+    });
+    double loss = 0, objective = 0;
+    for (const Loss& l : losses) {
+      loss += l.loss;
+      objective += l.objective;
+    }
+    info.result.loss = static_cast<T>(loss);  // a world of one: the same value, unchanged
+    info.result.objective = static_cast<T>(objective);
+    info.step = step_;
+    info.lr = lr;
+    info.mean_pos_logp = static_cast<T>(B == 0 ? 0.0 : sum_pos / static_cast<double>(B));
+    info.mean_neg_logp = static_cast<T>(B == 0 ? 0.0 : sum_neg / static_cast<double>(detail::checked_mul("B·m", B, m)));
+    return info;
   }
 
   M& model_;
@@ -151,6 +241,7 @@ class DftOptimizer {
   Rule rule_;
   Schedule schedule_;
   StepOptions step_opt_;
+  Comm comm_;
   std::size_t step_ = 0;
   std::vector<T> pos_, neg_;
   std::vector<std::int64_t> pos_len_, neg_len_;

@@ -105,33 +105,33 @@ inline void check_step_count(std::size_t steps) {
     fail("steps", steps, "fewer than 2^64 − 1 steps taken (one more would wrap the step count)");
 }
 
-// |x| <= max: false for ±inf and NaN. A comparison rather than std::isfinite, so that a loop of
-// them vectorises.
+// 1 when |x| <= max, 0 for ±inf and NaN. A comparison rather than std::isfinite, and an int
+// rather than a bool (combined with &, not &&), so that a loop of them vectorises without branches.
 template <class T>
-bool finite_value(T x) {
-  return std::fabs(x) <= std::numeric_limits<T>::max();
+int finite_value(T x) {
+  return static_cast<int>(std::fabs(x) <= std::numeric_limits<T>::max());
 }
 
 // The element loop of every rule, all or nothing without a copy of the parameters:
-//   next(k)      computes element k's new values (a struct with `bool finite() const`) from the
+//   next(k)      computes element k's new values (a struct with `int finite() const`) from the
 //                current ones, writing nothing;
-//   pass 1       checks that every element's new values are finite;
-//   on failure   fail(k, next(k)) for the first element that is not, which must throw;
-//   pass 2       store(k, next(k)) — the same function on the same inputs, so the values checked
-//                are the values stored, bit for bit.
-// The price is the element computation twice (bench/bench_optim.cpp measures it); the reward is
-// that an overflowing step (lr 1e10 on a gradient 1e300, g² past the largest float in Adam's v)
-// throws and leaves parameters and moments as they were, instead of leaving ±inf or NaN behind.
-template <class Next, class Store, class Fail>
-void update_all_or_nothing(std::size_t n, Next&& next, Store&& store, Fail&& fail_at_element) {
-  bool ok = true;
-  for (std::size_t k = 0; k < n; ++k) ok &= next(k).finite();
-  if (!ok) {
+//   screen(k)    a cheap test (an int) that, when it is 1, guarantees next(k) is finite (it may be
+//                0 for a finite result: it is a sufficient condition, not an exact one);
+//   pass 1       screens every element (vectorised: no branch, no sqrt) and, only where the screen
+//                is unsure, computes next(k) and checks it;
+//   on failure   fail(k, next(k)) for the first element whose result is not finite; must throw;
+//   pass 2       store(k, next(k)), the loop the rule would run anyway.
+// So the values stored are those next() computes, and a step that would overflow (lr 1e10 on a
+// gradient 1e300, g² past the largest float in Adam's v) throws and leaves parameters and moments
+// as they were instead of leaving ±inf or NaN behind. bench/bench_optim.cpp measures the cost.
+template <class T, class Screen, class Next, class Store, class Fail>
+void update_all_or_nothing(std::size_t n, Screen&& screen, Next&& next, Store&& store, Fail&& fail_at_element) {
+  T unsure = 0;  // a select in T, not an integer and-reduction: GCC vectorises this form
+  for (std::size_t k = 0; k < n; ++k) unsure = screen(k) ? unsure : T(1);
+  if (unsure != 0)
     for (std::size_t k = 0; k < n; ++k)
-      if (const auto x = next(k); !x.finite()) fail_at_element(k, x);
-    fail("step", "a non-finite result that a second evaluation did not reproduce",  // unreachable
-         "the same values from the same inputs");
-  }
+      if (!screen(k))
+        if (const auto x = next(k); !x.finite()) fail_at_element(k, x);
   for (std::size_t k = 0; k < n; ++k) store(k, next(k));
 }
 

@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 DFTUNE_NAMESPACE_BEGIN
@@ -43,7 +44,6 @@ inline void validate(const SgdOptions& o) {
 template <class T>
 class Sgd {
   static_assert(std::floating_point<T>, "dftune::Sgd<T>: T must be float, double or long double");
-  using Decay = CoupledWeightDecay;
 
  public:
   using scalar_type = T;
@@ -57,34 +57,21 @@ class Sgd {
     const std::size_t n = params.size();
     const bool first = steps_ == 0;
     const bool momentum = opt_.momentum != 0;
-    const T lambda = static_cast<T>(opt_.weight_decay);
-    const T mu = static_cast<T>(opt_.momentum);
-    const T keep = static_cast<T>(1.0 - opt_.dampening);
     std::vector<T> fresh;  // the buffer of the first step; may throw bad_alloc: nothing written yet
     if (momentum && first) fresh.assign(n, T(0));
     T* const buf = momentum ? (first ? fresh.data() : buf_.data()) : nullptr;
-    struct Next {
-      T theta, buf;
-      bool finite() const { return detail::finite_value(theta) & detail::finite_value(buf); }
-    };
-    auto next = [&](std::size_t k) {
-      T g = opt_.weight_decay != 0 ? Decay::gradient(grads[k], params[k], lambda) : grads[k];
-      T b = 0;
-      if (momentum) {
-        b = first ? g : mu * buf[k] + keep * g;
-        g = opt_.nesterov ? g + mu * b : b;
-      }
-      return Next{params[k] - lr * g, b};
-    };
-    auto store = [&](std::size_t k, const Next& x) {
-      params[k] = x.theta;
-      if (momentum) buf[k] = x.buf;
-    };
-    auto fail = [&](std::size_t k, const Next& x) {
-      if (!detail::finite_value(x.buf)) detail::fail_overflow("momentum_buffer", k, x.buf, params[k], grads[k], lr);
-      detail::fail_overflow("params", k, x.theta, params[k], grads[k], lr);
-    };
-    detail::update_all_or_nothing(n, next, store, fail);
+    // The four switches of the update are constants of the step: each combination gets its own
+    // branch-free loops (compile-time flags), which vectorise.
+    auto flag = [](bool b, auto f) { return b ? f(std::true_type{}) : f(std::false_type{}); };
+    flag(opt_.weight_decay != 0, [&](auto decay) {
+      flag(momentum, [&](auto with_momentum) {
+        flag(momentum && first, [&](auto first_step) {
+          flag(momentum && opt_.nesterov, [&](auto nesterov) {
+            update<decay, with_momentum, first_step, nesterov>(params, grads, lr, buf);
+          });
+        });
+      });
+    });
     if (momentum && first) buf_.swap(fresh);
     n_ = n;
     ++steps_;
@@ -100,8 +87,17 @@ class Sgd {
   // ---- checkpointing (io/checkpoint.hpp) ----------------------------------------------------
   // Replaces the state wholesale with what steps(), num_parameters() and momentum_buffer() showed:
   // steps = 0 with num_parameters = 0, or both > 0; the buffer holds num_parameters finite numbers
-  // after a first step with momentum, and is empty otherwise. All checks run before the swap.
+  // after a first step with momentum, and is empty otherwise. All checks (check_state) run before
+  // the swap.
   void restore(std::size_t steps, std::size_t num_parameters, std::vector<T>&& momentum_buffer) {
+    check_state(steps, num_parameters, momentum_buffer);
+    buf_.swap(momentum_buffer);
+    n_ = num_parameters;
+    steps_ = steps;
+  }
+  // Throws what restore would throw for this state, and changes nothing. Saving calls it on the
+  // rule's own state, so that a checkpoint that saves also loads.
+  void check_state(std::size_t steps, std::size_t num_parameters, std::span<const T> momentum_buffer) const {
     if ((steps == 0) != (num_parameters == 0))
       detail::fail("num_parameters", num_parameters,
                    steps == 0 ? "0 before the first step" : "at least 1 after " + std::to_string(steps) + " steps");
@@ -109,12 +105,42 @@ class Sgd {
     detail::check_size("momentum_buffer", momentum_buffer.size(), want);
     for (std::size_t k = 0; k < momentum_buffer.size(); ++k)
       if (!std::isfinite(momentum_buffer[k])) detail::fail_at("momentum_buffer", k, momentum_buffer[k], "a finite number");
-    buf_.swap(momentum_buffer);
-    n_ = num_parameters;
-    steps_ = steps;
   }
 
  private:
+  template <bool Decay, bool Momentum, bool First, bool Nesterov>
+  void update(std::span<T> params, std::span<const T> grads, T lr, T* buf) const {
+    const T lambda = static_cast<T>(opt_.weight_decay);
+    const T mu = static_cast<T>(opt_.momentum);
+    const T keep = static_cast<T>(1.0 - opt_.dampening);
+    struct Next {
+      T theta, buf;
+      int finite() const { return detail::finite_value(theta) & detail::finite_value(buf); }
+    };
+    auto next = [&](std::size_t k) {
+      T g = grads[k];
+      if constexpr (Decay) g = CoupledWeightDecay::gradient(g, params[k], lambda);
+      T b = 0;
+      if constexpr (Momentum) {
+        if constexpr (First) b = g;
+        else b = mu * buf[k] + keep * g;
+        if constexpr (Nesterov) g = g + mu * b;
+        else g = b;
+      }
+      return Next{params[k] - lr * g, b};
+    };
+    auto store = [&](std::size_t k, const Next& x) {
+      params[k] = x.theta;
+      if constexpr (Momentum) buf[k] = x.buf;
+    };
+    auto fail = [&](std::size_t k, const Next& x) {
+      if (!detail::finite_value(x.buf)) detail::fail_overflow("momentum_buffer", k, x.buf, params[k], grads[k], lr);
+      detail::fail_overflow("params", k, x.theta, params[k], grads[k], lr);
+    };
+    auto screen = [&](std::size_t k) { return next(k).finite(); };  // as cheap as the step itself
+    detail::update_all_or_nothing<T>(params.size(), screen, next, store, fail);
+  }
+
   SgdOptions opt_{};
   std::vector<T> buf_;
   std::size_t n_ = 0;

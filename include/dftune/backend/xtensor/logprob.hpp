@@ -12,6 +12,7 @@
 // is read in place; anything else (an expression, a transposed or column-sliced view, another
 // value type) is evaluated into one row-major temporary first. No expression escapes the API:
 // outputs are plain xt::xtensor containers.
+#include <dftune/checked_size.hpp>
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
 #include <dftune/logprob/logprob.hpp>
@@ -47,6 +48,10 @@ class Contiguous {
       detail::fail(argument, std::to_string(e.dimension()) + " dimensions",
                    Dim == 1 ? std::string("a 1-d expression") : std::string("a 2-d [N, V] expression"));
     for (std::size_t d = 0; d < Dim; ++d) shape_[d] = static_cast<std::size_t>(e.shape()[d]);
+    // The element count, before anything is read or evaluated: an expression's shape is not backed
+    // by memory (xt::broadcast), and a wrapped product would size the copy below too small.
+    if constexpr (Dim == 1) size_ = shape_[0];
+    else size_ = detail::checked_product(argument, shape_[0], shape_[1]);
     using V = std::decay_t<typename E::value_type>;
     if constexpr (::xt::has_data_interface<E>::value && std::is_same_v<V, T>) {
       if (row_major(e)) {
@@ -63,11 +68,7 @@ class Contiguous {
 
   std::span<const T> span() const { return data_; }
   std::size_t extent(std::size_t d) const { return shape_[d]; }
-  std::size_t size() const {
-    std::size_t n = 1;
-    for (std::size_t s : shape_) n *= s;
-    return n;
-  }
+  std::size_t size() const { return size_; }
   // Whether the expression was read in place (no copy).
   bool in_place() const { return in_place_; }
 
@@ -85,6 +86,7 @@ class Contiguous {
   }
 
   std::size_t shape_[Dim] = {};
+  std::size_t size_ = 0;
   ::xt::xtensor<T, Dim> own_;
   std::span<const T> data_;
   bool in_place_ = false;

@@ -22,14 +22,20 @@
 // - No allocation: per-token log-probs go to token_logp, or to the caller's workspace
 //   (workspace_size()) when token_logp is not wanted, and are summed per sequence afterwards.
 //
+// - Non-finite logits (generic.hpp's rules) cost no extra pass: a weighted row is checked from its
+//   log-sum-exp and log-prob (internal::row_ok), one test per row; the smallest refused row is
+//   found with an OpenMP min-reduction and reported through generic::fail_row after the pass.
+//
 // Tolerance against the generic path on the same storage type (tests/test_logprob_fast.cpp):
 // float/bf16 per-token log-probs within 2e-6·|w|·(1 + |lse|), lse within 2e-6·(1 + |lse|),
 // gradients within 4e-6·|c|·(1 + |lse|) with c = d_seq·w (+ one bf16 rounding of the gradient,
 // 2^-8 relative); double within 1e-12 relative in the same forms.
+#include <dftune/checked_size.hpp>
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
 #include <dftune/logprob/checks.hpp>
 #include <dftune/logprob/cpu/bf16.hpp>
+#include <dftune/logprob/generic.hpp>
 #include <dftune/logprob/token_logits.hpp>
 
 #include <Eigen/Core>
@@ -52,7 +58,7 @@ inline constexpr bool supported = std::is_same_v<T, float> || std::is_same_v<T, 
 // Bytes forward() needs in `workspace` when token_logp is empty (none otherwise); backward needs none.
 template <class T>
 std::size_t workspace_size(const TokenLogits<T>& in) {
-  return in.rows() * sizeof(compute_t<T>);
+  return detail::checked_mul("workspace_size (rows·sizeof(compute_t<T>))", in.rows(), sizeof(compute_t<T>));
 }
 
 namespace kernel {
@@ -155,7 +161,13 @@ double row_logsumexp(const T* z, std::size_t vocab) {
       s *= std::exp(m - bm);  // rare after the first blocks
       m = bm;
     }
-    if (m == -std::numeric_limits<double>::infinity()) continue;  // all −inf so far
+    if (m == -std::numeric_limits<double>::infinity()) {
+      // All −inf so far — or NaN, which block_max drops: a NaN must still make the row NaN. Only
+      // blocks of nothing but −inf and NaN get here, so this scan costs nothing on real logits.
+      for (std::size_t i = 0; i < n; ++i)
+        if (std::isnan(x[i])) return std::numeric_limits<double>::quiet_NaN();
+      continue;
+    }
     const std::size_t next = std::min(block, vocab - std::min(vocab, b + block));
     s += block_sum_exp(x, n, static_cast<C>(m), reinterpret_cast<const char*>(z + b + n), next * sizeof(T));
   }
@@ -202,7 +214,8 @@ void forward(const TokenLogits<T>& in, std::span<compute_t<T>> seq_logp, std::sp
   const auto N = static_cast<std::ptrdiff_t>(in.rows());
   const bool threaded = in.logits.size() >= kernel::parallel_min;
   (void)threaded;
-  DFTUNE_OMP(parallel for schedule(dynamic, 1) if (threaded))
+  std::size_t bad = std::numeric_limits<std::size_t>::max();  // the smallest refused row
+  DFTUNE_OMP(parallel for schedule(dynamic, 1) if (threaded) reduction(min : bad))
   for (std::ptrdiff_t n = 0; n < N; ++n) {
     const auto r = static_cast<std::size_t>(n);
     const double w = in.weight(r);
@@ -214,15 +227,19 @@ void forward(const TokenLogits<T>& in, std::span<compute_t<T>> seq_logp, std::sp
     const T* z = in.logits.data() + r * V;
     const double lse = kernel::row_logsumexp(z, V);
     const auto y = static_cast<std::size_t>(in.targets[r]);
-    token[r] = static_cast<C>(w * (static_cast<double>(kernel::to_compute(z[y])) - lse));
-    if (!row_lse.empty()) row_lse[r] = static_cast<C>(lse);
+    const double lp = w * (static_cast<double>(kernel::to_compute(z[y])) - lse);
+    const bool ok = internal::row_ok<C>(lse, lp);
+    if (!ok) bad = std::min(bad, r);
+    token[r] = ok ? static_cast<C>(lp) : std::numeric_limits<C>::quiet_NaN();
+    if (!row_lse.empty()) row_lse[r] = ok ? static_cast<C>(lse) : std::numeric_limits<C>::quiet_NaN();
   }
-  for (std::size_t s = 0; s < in.sequences(); ++s) {
+  if (bad != std::numeric_limits<std::size_t>::max()) generic::fail_row(in, bad);
+  generic::store_sequences<T>(seq_logp, [&](std::size_t s) {
     double acc = 0;
     for (auto r = static_cast<std::size_t>(in.offsets[s]); r < static_cast<std::size_t>(in.offsets[s + 1]); ++r)
       acc += token[r];
-    seq_logp[s] = static_cast<C>(acc);
-  }
+    return acc;
+  });
 }
 
 template <class T>
@@ -234,7 +251,8 @@ void backward(const TokenLogits<T>& in, std::span<const compute_t<T>> d_seq, std
   const auto N = static_cast<std::ptrdiff_t>(in.rows());
   const bool threaded = in.logits.size() >= kernel::parallel_min;
   (void)threaded;
-  DFTUNE_OMP(parallel for schedule(dynamic, 1) if (threaded))
+  std::size_t bad = std::numeric_limits<std::size_t>::max();  // the smallest refused row (row_lse recomputed)
+  DFTUNE_OMP(parallel for schedule(dynamic, 1) if (threaded) reduction(min : bad))
   for (std::ptrdiff_t n = 0; n < N; ++n) {
     const auto r = static_cast<std::size_t>(n);
     // The sequence of row r: the last s with offsets[s] <= r (empty sequences are skipped over).
@@ -247,9 +265,15 @@ void backward(const TokenLogits<T>& in, std::span<const compute_t<T>> d_seq, std
       std::fill(g, g + V, T(0.0f));
       continue;
     }
+    const auto y = static_cast<std::size_t>(in.targets[r]);
     const double lse = row_lse.empty() ? kernel::row_logsumexp(z, V) : static_cast<double>(row_lse[r]);
-    kernel::row_grad(z, g, V, static_cast<std::size_t>(in.targets[r]), lse, c);
+    if (row_lse.empty() && !(std::isfinite(lse) && std::isfinite(static_cast<double>(kernel::to_compute(z[y]))))) {
+      bad = std::min(bad, r);
+      continue;  // the row is left as it is; the call throws below
+    }
+    kernel::row_grad(z, g, V, y, lse, c);
   }
+  if (bad != std::numeric_limits<std::size_t>::max()) generic::fail_row(in, bad);
 }
 
 }  // namespace logprob::cpu

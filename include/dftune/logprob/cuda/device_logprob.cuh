@@ -19,12 +19,14 @@
 //   dftune::logprob::cuda::check_status(w, stream);   // optional: synchronises, throws on bad data
 //
 // Guarantees: no allocation and no synchronisation inside forward()/backward() (one
-// cudaMemsetAsync of the status word, the kernels, all on `stream`); argument errors throw
+// cudaMemsetAsync of the status area, the kernels, all on `stream`); argument errors throw
 // dftune::error before anything is enqueued; launch errors throw cuda_error with the CUDA error
 // string. What the host cannot check without reading device memory (targets in range, valid
-// offsets, finite weights / d_seq / row_lse) the kernels check: the affected outputs become NaN,
-// no access goes out of bounds, and a status bit is set that read_status()/check_status() report.
-// The status word describes the latest call made with that workspace.
+// offsets, finite weights / row_lse, gradient scales |d_seq·w| the gradient type can hold, weighted
+// rows with a finite log-sum-exp and log-prob, sums float can hold) the kernels check: the
+// affected outputs become NaN, no access goes out of bounds, and a status bit is set that
+// read_status()/check_status() report (check_status with the first bad row of logits).
+// The status area describes the latest call made with that workspace.
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
 #include <dftune/logprob/cuda/dispatch.cuh>
@@ -42,7 +44,7 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace logprob::cuda {
 
-// Workspace layout: [status word, padded to 256 B][token log-prob scratch: N floats, padded].
+// Workspace layout: [status area (types.cuh), padded to 256 B][token log-prob scratch: N floats, padded].
 inline constexpr std::size_t status_bytes = 256;
 inline constexpr std::size_t workspace_alignment = 16;
 // The largest vocabulary: a row is indexed in 32 bits, with room for a step past its end.
@@ -78,13 +80,13 @@ void check_shapes(const TokenLogits<T>& in) {
          "size S + 1 with S >= 1 sequences covering the rows");
 }
 
-inline std::uint32_t* check_workspace(std::span<std::byte> workspace, std::size_t needed, const char* what) {
+inline status_area* check_workspace(std::span<std::byte> workspace, std::size_t needed, const char* what) {
   if (workspace.size() < needed)
     fail("workspace", "size " + std::to_string(workspace.size()),
          std::string("at least ") + what + " = " + std::to_string(needed) + " bytes");
   if (reinterpret_cast<std::uintptr_t>(workspace.data()) % workspace_alignment != 0)
     fail("workspace", "a misaligned buffer", "alignment " + std::to_string(workspace_alignment));
-  return reinterpret_cast<std::uint32_t*>(workspace.data());
+  return reinterpret_cast<status_area*>(workspace.data());
 }
 
 }  // namespace detail
@@ -99,13 +101,13 @@ void forward(const TokenLogits<T>& in, std::span<float> seq_logp, std::span<floa
   dftune::detail::check_size("seq_logp", seq_logp.size(), in.sequences());
   if (!token_logp.empty()) dftune::detail::check_size("token_logp", token_logp.size(), in.rows());
   if (!row_lse.empty()) dftune::detail::check_size("row_lse", row_lse.size(), in.rows());
-  std::uint32_t* status = detail::check_workspace(workspace, get_workspace_size(in), "get_workspace_size(in)");
+  status_area* status = detail::check_workspace(workspace, get_workspace_size(in), "get_workspace_size(in)");
   float* token = token_logp.empty() ? reinterpret_cast<float*>(workspace.data() + status_bytes) : token_logp.data();
   const auto V = static_cast<int>(in.vocab);
   const auto N = static_cast<long long>(in.rows());
   const auto S = static_cast<long long>(in.sequences());
   using cuda::detail::check_cuda;
-  check_cuda(cudaMemsetAsync(status, 0, sizeof(std::uint32_t), stream), "cudaMemsetAsync(status word)");
+  check_cuda(cudaMemsetAsync(status, 0, sizeof(status_area), stream), "cudaMemsetAsync(status area)");
   check_cuda(dispatch::row_logsumexp_gather(in.logits.data(), V, N, in.targets.data(),
                                             in.weights.empty() ? nullptr : in.weights.data(), token,
                                             row_lse.empty() ? nullptr : row_lse.data(), status, stream),
@@ -132,32 +134,43 @@ void backward(const TokenLogits<T>& in, std::span<const float> d_seq, std::span<
   if (g0 != z0 && before(g0, z1) && before(z0, g1))
     dftune::detail::fail("grad", "a buffer overlapping the logits without starting at logits.data()",
                          "the logits themselves (in place) or a buffer disjoint from them");
-  std::uint32_t* status = detail::check_workspace(workspace, status_bytes, "status_bytes");
+  status_area* status = detail::check_workspace(workspace, status_bytes, "status_bytes");
   const auto V = static_cast<int>(in.vocab);
   const auto N = static_cast<long long>(in.rows());
   const auto S = static_cast<long long>(in.sequences());
   using cuda::detail::check_cuda;
-  check_cuda(cudaMemsetAsync(status, 0, sizeof(std::uint32_t), stream), "cudaMemsetAsync(status word)");
+  check_cuda(cudaMemsetAsync(status, 0, sizeof(status_area), stream), "cudaMemsetAsync(status area)");
   check_cuda(dispatch::softmax_grad(in.logits.data(), grad.data(), V, N, in.targets.data(),
                                     in.weights.empty() ? nullptr : in.weights.data(), in.offsets.data(), S,
                                     d_seq.data(), row_lse.empty() ? nullptr : row_lse.data(), status, stream),
              "softmax_grad_kernel");
 }
 
-// The status bits of the latest forward()/backward() on `workspace`. Synchronises `stream` (this
-// is the one call here that waits; make it when you want to know).
-inline std::uint32_t read_status(std::span<const std::byte> workspace, cudaStream_t stream) {
-  if (workspace.size() < sizeof(std::uint32_t))
+// What the kernels reported in the latest forward()/backward() on `workspace`: the status bits and
+// the smallest row with status_bad_logits (−1 if none). Synchronises `stream` (this and the two
+// below are the calls here that wait; make them when you want to know).
+struct status_report {
+  std::uint32_t bits = status_ok;
+  long long first_bad_row = -1;
+};
+
+inline status_report read_status_report(std::span<const std::byte> workspace, cudaStream_t stream) {
+  if (workspace.size() < sizeof(status_area))
     dftune::detail::fail("workspace", "size " + std::to_string(workspace.size()), "the workspace of a call");
-  std::uint32_t host = 0;
+  status_area host{};
   using cuda::detail::check_cuda;
   check_cuda(cudaMemcpyAsync(&host, workspace.data(), sizeof host, cudaMemcpyDeviceToHost, stream),
-             "cudaMemcpyAsync(status word)");
+             "cudaMemcpyAsync(status area)");
   check_cuda(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-  return host;
+  return {host.bits, host.first_bad_row_not == 0 ? -1 : static_cast<long long>(~host.first_bad_row_not)};
 }
 
-// "bad target | bad offsets ..." for a status word.
+// The status bits alone.
+inline std::uint32_t read_status(std::span<const std::byte> workspace, cudaStream_t stream) {
+  return read_status_report(workspace, stream).bits;
+}
+
+// "a weighted row's target outside [0, vocab); offsets not ..." for a status word.
 inline std::string describe_status(std::uint32_t bits) {
   static constexpr struct {
     std::uint32_t bit;
@@ -166,8 +179,12 @@ inline std::string describe_status(std::uint32_t bits) {
       {status_bad_target, "a weighted row's target outside [0, vocab)"},
       {status_bad_offsets, "offsets not 0 = o_0 <= ... <= o_S = N"},
       {status_bad_weight, "a non-finite weight"},
-      {status_bad_d_seq, "a non-finite d_seq"},
+      {status_bad_d_seq, "a gradient scale |d_seq[s]·w| that is not finite or above half the gradient type's largest value"},
       {status_bad_row_lse, "a non-finite row_lse on a weighted row"},
+      {status_bad_logits,
+       "a weighted row whose log-sum-exp or log-prob is not finite (a NaN or +inf logit, only -inf logits, a -inf "
+       "target logit, or a log-prob float cannot hold)"},
+      {status_bad_seq_sum, "a sequence sum float cannot hold"},
   };
   std::string out;
   for (const auto& n : names)
@@ -175,10 +192,14 @@ inline std::string describe_status(std::uint32_t bits) {
   return out.empty() ? "ok" : out;
 }
 
-// Synchronises `stream` and throws dftune::error naming what the kernels found, if anything.
+// Synchronises `stream` and throws dftune::error naming what the kernels found, if anything (with
+// the first bad row for status_bad_logits).
 inline void check_status(std::span<const std::byte> workspace, cudaStream_t stream) {
-  const std::uint32_t bits = read_status(workspace, stream);
-  if (bits != status_ok) dftune::detail::fail("device data", describe_status(bits), "valid inputs (status 0)");
+  const status_report r = read_status_report(workspace, stream);
+  if (r.bits == status_ok) return;
+  std::string what = describe_status(r.bits);
+  if (r.first_bad_row >= 0) what += " (first at row " + std::to_string(r.first_bad_row) + ")";
+  dftune::detail::fail("device data", what, "valid inputs (status 0)");
 }
 
 }  // namespace logprob::cuda

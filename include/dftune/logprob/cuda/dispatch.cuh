@@ -37,7 +37,7 @@ inline unsigned grid_for(long long items, int per_block) {
 
 template <class T>
 cudaError_t row_logsumexp_gather(const T* logits, int V, long long N, const std::int32_t* targets,
-                                 const float* weights, float* token_logp, float* row_lse, std::uint32_t* status,
+                                 const float* weights, float* token_logp, float* row_lse, status_area* status,
                                  cudaStream_t stream) {
   using namespace kernels;
   if (N == 0) return cudaSuccess;
@@ -52,7 +52,7 @@ cudaError_t row_logsumexp_gather(const T* logits, int V, long long N, const std:
 }
 
 inline cudaError_t segment_sum(const float* token_logp, const std::int64_t* offsets, long long S, long long N,
-                               float* seq_logp, std::uint32_t* status, cudaStream_t stream) {
+                               float* seq_logp, status_area* status, cudaStream_t stream) {
   using namespace kernels;
   if (S == 0) return cudaSuccess;
   if (N / S < warp_segment_max_mean) {
@@ -68,7 +68,7 @@ inline cudaError_t segment_sum(const float* token_logp, const std::int64_t* offs
 template <class T, int G>
 cudaError_t softmax_grad_g(const T* logits, T* grad, int V, long long N, const std::int32_t* targets,
                            const float* weights, const std::int64_t* offsets, long long S, const float* d_seq,
-                           const float* row_lse, std::uint32_t* status, cudaStream_t stream) {
+                           const float* row_lse, status_area* status, cudaStream_t stream) {
   using namespace kernels;
   const unsigned grid = grid_for(N, block_threads / G);
   const auto gap = reinterpret_cast<std::uintptr_t>(grad) - reinterpret_cast<std::uintptr_t>(logits);
@@ -85,7 +85,7 @@ cudaError_t softmax_grad_g(const T* logits, T* grad, int V, long long N, const s
 template <class T>
 cudaError_t softmax_grad(const T* logits, T* grad, int V, long long N, const std::int32_t* targets,
                          const float* weights, const std::int64_t* offsets, long long S, const float* d_seq,
-                         const float* row_lse, std::uint32_t* status, cudaStream_t stream) {
+                         const float* row_lse, status_area* status, cudaStream_t stream) {
   if (N == 0) return cudaSuccess;
   if (V <= warp_row_max_vocab)
     return softmax_grad_g<T, 32>(logits, grad, V, N, targets, weights, offsets, S, d_seq, row_lse, status, stream);

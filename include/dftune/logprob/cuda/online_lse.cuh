@@ -13,9 +13,13 @@
 //     so no −inf − (−inf));
 //   - a row holding +inf has lse = +inf (s is NaN there; finish() returns m). A row holding both
 //     +inf and NaN also gives +inf, where the oracle gives NaN.
+// The kernels make every non-finite lse of a weighted row NaN and report it (kernels.cuh).
 #include <dftune/config.hpp>
 
 #include <math.h>
+
+#include <cstdint>
+#include <cstring>
 
 // `#pragma unroll` for the device pass only (the host compiler warns about it under -Wall).
 #if defined(__CUDA_ARCH__)
@@ -59,8 +63,29 @@ DFTUNE_CUDA_UNROLL
   st = {m, s};
 }
 
-// Merges two partial states (commutative, so a butterfly gives every lane the same bits).
+// The bits of a state, as one number that orders states totally (any fixed order would do).
+DFTUNE_HOST_DEVICE inline std::uint64_t lse_key(lse_state st) {
+  std::uint32_t m, s;
+#if defined(__CUDA_ARCH__)
+  m = __float_as_uint(st.m);
+  s = __float_as_uint(st.s);
+#else
+  std::memcpy(&m, &st.m, sizeof m);
+  std::memcpy(&s, &st.s, sizeof s);
+#endif
+  return (static_cast<std::uint64_t>(m) << 32) | s;
+}
+
+// Merges two partial states; merge(a, b) and merge(b, a) have the same bits, so a butterfly gives
+// every lane the same state. That takes the fixed operand order: compilers contract
+// a.s·ea + b.s·eb into one multiply and one fma (nvcc does by default), which rounds the two
+// products differently, so the swapped call would round differently without it.
 DFTUNE_HOST_DEVICE inline lse_state lse_merge(lse_state a, lse_state b) {
+  if (lse_key(b) < lse_key(a)) {
+    const lse_state t = a;
+    a = b;
+    b = t;
+  }
   const float m = fmaxf(a.m, b.m);
   const float k = lse_shift(m);
   return {m, a.s * exp_shifted(a.m, k) + b.s * exp_shifted(b.m, k)};

@@ -58,8 +58,24 @@ enum status_bits : std::uint32_t {
   status_bad_target = 1u << 0,   // a weighted row's target outside [0, vocab): its outputs are NaN
   status_bad_offsets = 1u << 1,  // offsets not 0 = o_0 <= o_1 <= ... <= o_S = N: those outputs are NaN
   status_bad_weight = 1u << 2,   // a non-finite weight
-  status_bad_d_seq = 1u << 3,    // a non-finite d_seq on a sequence with weighted rows
+  // backward: a gradient scale |d_seq[s]·w_n| that is not finite or above half of the gradient
+  // type's largest value (its rows' gradients are NaN)
+  status_bad_d_seq = 1u << 3,
   status_bad_row_lse = 1u << 4,  // a non-finite row_lse on a weighted row (backward)
+  // a weighted row whose log-sum-exp or log-prob w·(z[y] − lse) is not finite: a NaN or +inf
+  // logit, only −inf logits, a −inf target logit, or a log-prob float cannot hold. Its token
+  // log-prob, row_lse and gradient row are NaN; the smallest such row is kept (status_area).
+  status_bad_logits = 1u << 5,
+  status_bad_seq_sum = 1u << 6,  // a sequence sum float cannot hold: that seq_logp is NaN
+};
+
+// The status area at the start of the workspace, zeroed before each call: the status bits, and the
+// bitwise NOT of the smallest row with status_bad_logits (0: none), so that atomicMax keeps the
+// smallest row and a zeroed area says none.
+struct status_area {
+  std::uint32_t bits;
+  std::uint32_t unused;
+  unsigned long long first_bad_row_not;
 };
 
 }  // namespace logprob::cuda

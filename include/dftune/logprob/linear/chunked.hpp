@@ -147,6 +147,7 @@ void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p
   std::size_t* const idx = reinterpret_cast<std::size_t*>(ws + p.rows_at);
   double* const coef = reinterpret_cast<double*>(ws + p.coef_at);
   C* const tok = reinterpret_cast<C*>(ws + p.token_at);
+  double* const seq = reinterpret_cast<double*>(ws + p.seq_at);
   C* const stage_base = reinterpret_cast<C*>(ws + p.stage_at);
 
   const auto& g = call.grads;
@@ -158,16 +159,26 @@ void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p
   const std::size_t dim_tiles = want_dh && Dt != 0 ? (d + Dt - 1) / Dt : 0;
   const std::size_t dw_tiles = (want_dw || want_db) ? vocab_tiles : 0;
 
+  if (N == 0) {  // only empty sequences (and no plan, no workspace)
+    if (call.forward()) std::fill(call.seq_logp.begin(), call.seq_logp.end(), C(0));
+    return;
+  }
+
   // The chunk walker, touched by one thread at a time (omp single).
   std::size_t cursor = 0, count = 0, seq_sel = 0, seq_acc = 0;
   double acc = 0;
   bool done = false;
   auto flush_to = [&](std::size_t row) {  // sequences that end at or before `row` are complete
     while (seq_acc < S && static_cast<std::size_t>(in.offsets[seq_acc + 1]) <= row) {
-      call.seq_logp[seq_acc++] = static_cast<C>(acc);
+      seq[seq_acc++] = acc;
       acc = 0;
     }
   };
+  // The smallest weighted row whose logits the reductions refuse (generic.hpp, "Non-finite logits"):
+  // rows are judged in step 3 from the values it computes anyway, and the call stops after the chunk
+  // that holds one, its logits still in the workspace for the error.
+  constexpr std::size_t none = std::numeric_limits<std::size_t>::max();
+  std::size_t bad = none;
 
   DFTUNE_OMP(parallel num_threads(static_cast<int>(p.threads)))
   {
@@ -251,8 +262,9 @@ void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p
           }
       }
 
-      // 3. Per row: log-sum-exp, weighted token log-prob; the gradient in place.
-      DFTUNE_OMP(for schedule(dynamic, 1))
+      // 3. Per row: log-sum-exp, weighted token log-prob; the gradient in place. A refused row is
+      //    left as the GEMM wrote it.
+      DFTUNE_OMP(for schedule(dynamic, 1) reduction(min : bad))
       for (std::ptrdiff_t i = 0; i < static_cast<std::ptrdiff_t>(k); ++i) {
         const auto u = static_cast<std::size_t>(i);
         const std::size_t r = idx[u];
@@ -261,11 +273,22 @@ void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p
         double lse = 0;
         if (call.forward()) {
           lse = Rows::lse(z, V);
-          tok[u] = static_cast<C>(static_cast<double>(in.weight(r)) * (static_cast<double>(z[y]) - lse));
+          const double lp = static_cast<double>(in.weight(r)) * (static_cast<double>(z[y]) - lse);
+          if (!logprob::internal::row_ok<C>(lse, lp)) {
+            bad = std::min(bad, r);
+            continue;
+          }
+          tok[u] = static_cast<C>(lp);
           if (!call.token_logp.empty()) call.token_logp[r] = tok[u];
           if (!call.row_lse.empty()) call.row_lse[r] = static_cast<C>(lse);
+        } else if (call.lse_in.empty()) {  // given row_lse is forward()'s, which only returns valid rows
+          lse = Rows::lse(z, V);
+          if (!(std::isfinite(lse) && std::isfinite(static_cast<double>(z[y])))) {
+            bad = std::min(bad, r);
+            continue;
+          }
         } else {
-          lse = call.lse_in.empty() ? Rows::lse(z, V) : static_cast<double>(call.lse_in[r]);
+          lse = static_cast<double>(call.lse_in[r]);
         }
         if (!any_grad) continue;
         if (coef[u] == 0)
@@ -273,6 +296,7 @@ void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p
         else
           Rows::grad(z, V, y, lse, coef[u]);
       }
+      if (bad != none) break;  // every thread: the loop's barrier published the reduction
       if (!any_grad) continue;
 
       // 4. dH tasks first (each is a 1/dim_tiles share of a GEMM), then the vocab tiles of dW, db.
@@ -340,10 +364,16 @@ void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p
       }
     }
   }
+  if (bad != none) {  // named from the chunk's logits, as the reductions name it from theirs
+    const std::size_t u = static_cast<std::size_t>(std::find(idx, idx + count, bad) - idx);
+    generic::fail_logits_row(Z + u * V, V, static_cast<std::size_t>(in.targets[bad]), static_cast<double>(in.weight(bad)), bad);
+  }
+  if (call.forward()) generic::store_sequences<T>(call.seq_logp, [&](std::size_t s) { return seq[s]; });
 }
 
 // Plans, checks (nothing is written when a check fails) and runs one call with the given GEMM
-// and row kernels; linear.hpp picks them.
+// and row kernels; linear.hpp picks them. Logits the reductions refuse are found during the run
+// (linear_logits.hpp says what is left written then).
 template <class Gemm, class Rows, class T>
 void execute(const LinearLogits<T>& in, const internal::Call<T>& call, std::span<std::byte> workspace, const Options& opt) {
   const Plan plan = make_plan(in, opt);

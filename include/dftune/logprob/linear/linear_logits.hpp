@@ -63,8 +63,13 @@ struct Options {
 };
 
 // Shapes, offsets, weights and the targets of weighted rows; dftune::error naming the argument.
-// H, W and b are not scanned (a non-finite value shows up as a non-finite log-prob, as it does for
-// logprob::forward).
+// H, W and b are not scanned: the logits they make are judged, during the call, by the reductions'
+// rule (logprob/generic.hpp, "Non-finite logits"): a weighted row with a NaN or +inf logit, a −inf
+// target logit or a log-prob compute_t<T> cannot hold, or a sequence sum it cannot hold, is the
+// error logprob::forward would throw on the materialised logits, named "logits[n·V + v]",
+// "token_logp[n]" or "seq_logp[s]". Then seq_logp is untouched; token_logp, row_lse and the
+// gradients hold unspecified values (dW and db may hold some chunks' sums: forward first, as the
+// DFT step does, keeps them intact, since backward given forward's row_lse trusts it).
 template <class T>
 void validate(const LinearLogits<T>& in) {
   if (in.dim == 0) detail::fail("dim", in.dim, "at least 1");

@@ -1,11 +1,12 @@
 #pragma once
 // The tiling of the fused linear head and the layout of its workspace, derived from the shapes, the
 // machine's caches and its core count (docs/fused_linear.md, "Chunk size"):
-//   chunk_rows = LLC / (V · sizeof(compute)), rounded down to 16, within [64, 4096] and at most N:
+//   chunk_rows = LLC / (V · sizeof(compute)), rounded down to 16, within [256, 4096] and at most N:
 //                the chunk's logits stay in the last-level cache between the GEMM that writes them,
-//                the log-sum-exp, the in-place gradient and the two GEMMs that read them back; 64
-//                rows keep the dW and W traffic per chunk (2·V·d each) small beside its 6·rows·V·d
-//                flops;
+//                the log-sum-exp, the in-place gradient and the two GEMMs that read them back; the
+//                floor is measured: dW += Gᵀ Hc is a GEMM whose inner dimension is the chunk, and
+//                below 256 rows its read and write of dW per chunk costs more than logits that
+//                spill the cache (V = 128256: 64 rows 3.73 s, 256 rows 2.86 s, docs/fused_linear.md);
 //   vocab_tile = V / (4 · cores) (at least 4 GEMM tasks per core), at most what keeps a tile of W in
 //                L2, rounded up to 64, within [256, 2048];
 //   dim_tile   = d / (2 · cores) rounded up to 16, within [64, d].
@@ -117,6 +118,7 @@ struct Plan {
   std::size_t rows_at = 0;     // [chunk_rows] std::size_t: which rows of H the chunk holds
   std::size_t coef_at = 0;     // [chunk_rows] double: d_seq · weight of each
   std::size_t token_at = 0;    // [chunk_rows] compute_t: their weighted log-probs
+  std::size_t seq_at = 0;      // [S] double: the sequence sums, stored once every row is known valid
   std::size_t stage_at = 0;    // [threads, vocab_tile · d] compute_t: W widened (storage ≠ compute only)
   std::size_t stage_elems = 0; // per thread
   std::size_t bytes = 0;       // what workspace_size() asks for (64 bytes of slack for the alignment)
@@ -139,7 +141,7 @@ Plan make_plan(const LinearLogits<T>& in, const Options& opt = {}) {
     p.chunk_rows = opt.chunk_rows;
   } else {
     const std::size_t fit = m.llc_bytes / detail::checked_mul("vocab (V·sizeof)", V, sizeof(C)) / 16 * 16;
-    p.chunk_rows = std::clamp<std::size_t>(fit, 64, 4096);
+    p.chunk_rows = std::clamp<std::size_t>(fit, 256, 4096);
   }
   p.chunk_rows = std::min(p.chunk_rows, N);
   if (opt.vocab_tile != 0) {
@@ -174,6 +176,7 @@ Plan make_plan(const LinearLogits<T>& in, const Options& opt = {}) {
   place(p.rows_at, detail::checked_product("workspace", R, sizeof(std::size_t)));
   place(p.coef_at, detail::checked_product("workspace", R, sizeof(double)));
   place(p.token_at, detail::checked_product("workspace", R, sizeof(C)));
+  place(p.seq_at, detail::checked_product("workspace (sequences)", in.sequences(), sizeof(double)));
   place(p.stage_at, detail::checked_product("workspace (threads·vocab_tile·dim)", p.threads, p.stage_elems, sizeof(C)));
   p.bytes = detail::checked_add("workspace", p.bytes, workspace_alignment);
   return p;

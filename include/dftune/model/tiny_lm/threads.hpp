@@ -1,6 +1,7 @@
 #pragma once
-// The thread id and team size of the enclosing OpenMP region, or (0, 1) in a build without OpenMP,
-// so a header can split its work per thread and still compile warning-free without -fopenmp.
+// How TinyLm splits a batch: the thread id and team size of the enclosing OpenMP region, or (0, 1)
+// in a build without OpenMP (so a header still compiles warning-free without -fopenmp), and the
+// fixed partition of a batch into chunks of sequences that keeps results independent of both.
 #include <dftune/config.hpp>
 
 #include <algorithm>
@@ -33,7 +34,7 @@ inline std::pair<std::size_t, std::size_t> thread_id_and_count() {
 #endif
 }
 
-// Sequences [s0, s1) of thread `id` out of `count`: contiguous, with about n/count rows each
+// Sequences [s0, s1) of part `id` out of `count`: contiguous, with about n/count rows each
 // (offsets are the S + 1 row boundaries of the sequences).
 inline std::pair<std::size_t, std::size_t> sequence_chunk(std::span<const std::int64_t> offsets, std::size_t id,
                                                           std::size_t count) {
@@ -44,6 +45,20 @@ inline std::pair<std::size_t, std::size_t> sequence_chunk(std::span<const std::i
     return std::min<std::size_t>(S, static_cast<std::size_t>(std::lower_bound(offsets.begin(), offsets.end() - 1, target) - offsets.begin()));
   };
   return {id == 0 ? 0 : first_at(id), id + 1 == count ? S : first_at(id + 1)};
+}
+
+// Rows per chunk of the fixed partition below (a chunk's GEMMs stay large enough to be efficient,
+// and a batch of a few hundred rows still splits across threads), and at most kMaxChunks chunks
+// (each chunk after the first holds a gradient buffer while the chunks are summed).
+inline constexpr std::size_t kChunkRows = 64, kMaxChunks = 16;
+
+// The number of chunks a batch of `rows` tokens in `seqs` sequences is cut into: a function of
+// the batch alone, never of the thread count. The model runs each chunk (sequence_chunk(offsets,
+// c, count)) as one unit — the same GEMMs over the same rows, whichever thread takes it — and adds
+// the chunks' gradients in chunk order, so its results are bit-identical for any number of threads
+// (threads beyond the number of chunks stay idle).
+inline std::size_t chunk_count(std::size_t rows, std::size_t seqs) {
+  return std::max<std::size_t>(1, std::min({seqs, rows / kChunkRows, kMaxChunks}));
 }
 
 }  // namespace tiny_lm

@@ -8,9 +8,16 @@
 // (logprob/linear/linear.hpp), which never holds more than a chunk of logits and skips prompt rows;
 // this file maps tokens to the final hidden states and their gradient back to the parameters, with
 // a hand-written backward of every layer.
-// Threads split a batch by sequences and each runs the whole network on its block (GEMMs over the
-// block's rows), with one gradient buffer per thread. Buffers grow with the batch and are reused:
-// nothing is allocated inside the per-token generation loop.
+// A batch is cut into chunks of whole sequences by a fixed rule (tiny_lm::chunk_count: about 64
+// rows each, at most 16 chunks, a function of the batch alone); threads take chunks, each chunk
+// runs the whole network on its rows (GEMMs over exactly those rows) and the chunks' gradients are
+// added in chunk order. So scores and gradients are bit-identical for any number of OpenMP threads,
+// and a run resumed with another thread count continues bit-exactly. (Called from inside another
+// OpenMP parallel region, Eigen may block the GEMMs of chunks over a few hundred rows differently:
+// results then agree with a top-level call to rounding, not to the bit.) Buffers grow with the
+// batch and are reused: nothing is allocated inside the per-token generation loop. Every buffer
+// size is checked (tiny_lm::buffer_sizes): a config or batch whose sizes would wrap around size_t
+// is a dftune::error before anything is allocated.
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
 #include <dftune/logprob/linear/linear.hpp>
@@ -32,6 +39,7 @@
 #include <random>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 DFTUNE_NAMESPACE_BEGIN
@@ -51,6 +59,7 @@ class TinyLm {
 
   // Weights ~ N(0, 1/fan_in) (residual outputs w_o, w_2 further scaled by 1/sqrt(2·n_layers) so the
   // residual stream keeps its scale), embeddings ~ N(0, init_std²), gains 1, biases 0.
+  // make_layout validates the config (tiny_lm::validate) before any parameter is allocated.
   explicit TinyLm(const tiny_lm::Config& config, std::uint64_t seed = 0)
       : cfg_(config), lay_(tiny_lm::make_layout(config)), theta_(lay_.total, T(0)), grad_(lay_.total, T(0)) {
     std::mt19937_64 rng(seed);
@@ -91,7 +100,7 @@ class TinyLm {
     detail::check_size("d_scores", d_scores.size(), batch.size());
     forward(batch.tokens, batch.offsets, /*logits=*/false);
     set_targets(batch);
-    if (dh_.size() < n_ * d()) dh_.resize(n_ * d());
+    if (dh_.size() < sizes_.rows_d) dh_.resize(sizes_.rows_d);
     head_scores_.resize(batch.size());
     const logprob::linear::LinearGrads<T> head_grads{.hidden = std::span<T>(dh_.data(), n_ * d()),
                                                      .proj = std::span<T>(grad_.data() + lay_.w_out, d() * cfg_.vocab),
@@ -107,12 +116,16 @@ class TinyLm {
     validate(prompts, cfg_.vocab);
     validate(opt);
     const std::size_t P = prompts.size();
+    // length + max_new <= max_len, written so that no sum can wrap (max_new may be SIZE_MAX).
     for (std::size_t p = 0; p < P; ++p)
-      if (prompts.prompt(p).size() + max_new > cfg_.max_len)
-        detail::fail_at("prompts", p, "length " + std::to_string(prompts.prompt(p).size()) + " + max_new " + std::to_string(max_new),
+      if (const std::size_t len = prompts.prompt(p).size(); len > cfg_.max_len || max_new > cfg_.max_len - len)
+        detail::fail_at("prompts", p, "length " + std::to_string(len) + " + max_new " + std::to_string(max_new),
                         "at most max_len = " + std::to_string(cfg_.max_len));
+    const std::size_t total = detail::checked_add("generate: prompt tokens + prompts·max_new", prompts.tokens.size(),
+                                                  detail::checked_mul("generate: prompts·max_new", P, max_new));
     // Every buffer at its final size before the token loop.
-    std::vector<token_t> out(prompts.tokens.size() + P * max_new);
+    reserve(total, P, "generate: prompts + completions");
+    std::vector<token_t> out(total);
     std::vector<std::int64_t> len(P), start(P), cur_offsets(P + 1);
     std::vector<std::size_t> active(P);
     std::vector<token_t> cur(out.size());
@@ -127,7 +140,6 @@ class TinyLm {
       len[p] = static_cast<std::int64_t>(pr.size());
       rng.emplace_back(opt.seed, p);
     }
-    reserve(out.size(), P);
     std::size_t n_active = P;
     for (std::size_t p = 0; p < P; ++p) active[p] = p;
     for (std::size_t step = 0; step < max_new && n_active > 0; ++step) {
@@ -179,46 +191,50 @@ class TinyLm {
   }
 
   // Grows every activation buffer to hold n rows in S sequences of at most max_len (never shrinks);
-  // the [n, V] logits only when they are computed (generation), never for scoring.
-  void reserve(std::size_t n, std::size_t S, bool logits = true) {
+  // the sizes are checked (an error names `what`) before anything grows; the [n, V] logits only
+  // when they are computed (generation), never for scoring.
+  void reserve(std::size_t n, std::size_t S, std::string_view what, bool logits = true) {
+    sizes_ = tiny_lm::buffer_sizes(cfg_, n, what);
+    const auto& z = sizes_;
     auto grow = [](auto& v, std::size_t size) {
       if (v.size() < size) v.resize(size);
     };
-    const std::size_t L = cfg_.n_layers, D = d();
-    const std::size_t probs = std::min(n, S * cfg_.max_len) * cfg_.max_len * cfg_.n_heads;
-    for (auto* v : {&h1_, &att_, &xmid_, &h2_}) grow(*v, L * n * D);
-    grow(x_, (L + 1) * n * D);
-    grow(qkv_, L * n * 3 * D);
-    grow(u_, L * n * cfg_.d_ff);
-    grow(a_, L * n * cfg_.d_ff);
-    for (auto* v : {&mean1_, &rstd1_, &mean2_, &rstd2_}) grow(*v, L * n);
+    for (auto* v : {&h1_, &att_, &xmid_, &h2_}) grow(*v, z.layer_rows_d);
+    grow(x_, z.residual);
+    grow(qkv_, z.qkv);
+    grow(u_, z.hidden);
+    grow(a_, z.hidden);
+    for (auto* v : {&mean1_, &rstd1_, &mean2_, &rstd2_}) grow(*v, z.layer_rows);
     grow(meanf_, n);
     grow(rstdf_, n);
-    grow(hf_, n * D);
-    if (logits) grow(logits_, n * cfg_.vocab);
-    grow(probs_, L * probs);
+    grow(hf_, z.rows_d);
+    if (logits) grow(logits_, z.logits);
+    grow(probs_, z.attention);
     grow(att_off_, S + 1);
   }
 
   // All activations of a batch given as tokens + sequence offsets, kept for backward. Rows are
-  // independent through every layer, so each thread runs the whole network on its own block of
-  // sequences: one parallel region, no barrier between layers, and the GEMMs inside run
-  // single-threaded on their row block (Eigen does not nest inside an OpenMP region). The logits
-  // are computed only when asked (generation); scoring goes through the fused head instead.
+  // independent through every layer, so each chunk of sequences (the fixed partition of
+  // tiny_lm::chunk_count) runs the whole network on its rows: one parallel loop, no barrier between
+  // layers, and the GEMMs inside run single-threaded on the chunk's rows (Eigen does not nest
+  // inside an OpenMP region), the same ones whichever thread takes the chunk. The logits are
+  // computed only when asked (generation); scoring goes through the fused head instead.
   void forward(std::span<const token_t> tokens, std::span<const std::int64_t> offsets, bool logits = true) {
     const std::size_t n = tokens.size(), S = offsets.size() - 1, H = cfg_.n_heads;
-    reserve(n, S, logits);
+    reserve(n, S, "batch", logits);
     n_ = n;
     att_off_[0] = 0;
     for (std::size_t s = 0; s < S; ++s) {
       const auto Ls = static_cast<std::size_t>(offsets[s + 1] - offsets[s]);
-      att_off_[s + 1] = att_off_[s] + H * Ls * Ls;
+      att_off_[s + 1] = att_off_[s] + H * Ls * Ls;  // <= H·max_len·n: within sizes_.attention
     }
     probs_stride_ = att_off_[S];
-    DFTUNE_OMP(parallel)
-    {
-      const auto [id, count] = tiny_lm::thread_id_and_count();
-      const auto [s0, s1] = tiny_lm::sequence_chunk(offsets, id, count);
+    const std::size_t K = chunks_ = tiny_lm::chunk_count(n, S);
+    // No `if (K > 1)` clause: in a team of one, Eigen would parallelise the GEMMs itself, with a
+    // blocking that depends on the thread count (in a team of several it runs them serially).
+    DFTUNE_OMP(parallel for schedule(dynamic, 1))
+    for (std::size_t c = 0; c < K; ++c) {
+      const auto [s0, s1] = tiny_lm::sequence_chunk(offsets, c, K);
       if (s0 < s1) forward_block(tokens, offsets, s0, s1, logits);
     }
   }
@@ -298,33 +314,47 @@ class TinyLm {
     return head_ws_;
   }
 
-  // Backward of forward() from dh_ (∂/∂LN_f(x), from the fused head), accumulating into grad_.
-  // Each thread backpropagates its own block of sequences into its own gradient buffer (thread 0
-  // straight into grad_); the buffers are summed at the end.
+  // Backward of forward() from dh_ (∂/∂LN_f(x), from the fused head, which has added the gradients
+  // of W_out and b_out), accumulating into grad_, chunk by chunk of the same fixed partition:
+  // chunk 0 straight into grad_, chunk c > 0 into its own zeroed buffer, then every gradient
+  // summed over the chunks in chunk order,
+  //   grad ← ((grad + chunk 0) + chunk 1) + … + chunk K−1,
+  // the same sum in the same order for any number of threads (threads split the parameters for
+  // the sum, never a sum itself). Memory: K − 1 <= 15 gradient buffers (chunk_count caps K).
   void backward(std::span<const token_t> tokens, std::span<const std::int64_t> offsets) {
-    const std::size_t n = n_, D = d(), F = cfg_.d_ff;
     auto grow = [](std::vector<T>& v, std::size_t size) {
       if (v.size() < size) v.resize(size);
     };
-    grow(dx_, n * D);
-    grow(dh_, n * D);
-    grow(datt_, n * D);
-    grow(dqkv_, n * 3 * D);
-    grow(du_, n * F);
+    grow(dx_, sizes_.rows_d);
+    grow(dh_, sizes_.rows_d);
+    grow(datt_, sizes_.rows_d);
+    grow(dqkv_, sizes_.rows_qkv);
+    grow(du_, sizes_.rows_ff);
     grow(dprobs_, probs_stride_);
-    const std::size_t threads = tiny_lm::max_threads();
-    thread_grad_.resize(threads - 1);
-    for (auto& g : thread_grad_) g.assign(theta_.size(), T(0));
-    std::size_t used = 1;
+    const std::size_t K = chunks_, P = grad_.size();
+    if (chunk_grad_.size() < K - 1) chunk_grad_.resize(K - 1);
     DFTUNE_OMP(parallel)
     {
+      DFTUNE_OMP(for schedule(dynamic, 1))
+      for (std::size_t c = 0; c < K; ++c) {
+        const auto [s0, s1] = tiny_lm::sequence_chunk(offsets, c, K);
+        T* g = grad_.data();
+        if (c > 0) {
+          chunk_grad_[c - 1].assign(P, T(0));
+          g = chunk_grad_[c - 1].data();
+        }
+        if (s0 < s1) backward_block(tokens, offsets, s0, s1, g);
+      }
+      // Each thread sums its own slice of the parameters, chunk after chunk (contiguous, so the
+      // adds vectorise); the order per parameter is c = 1, …, K−1 whatever the slices are.
       const auto [id, count] = tiny_lm::thread_id_and_count();
-      const auto [s0, s1] = tiny_lm::sequence_chunk(offsets, id, count);
-      if (id == 0) used = count;
-      if (s0 < s1) backward_block(tokens, offsets, s0, s1, id == 0 ? grad_.data() : thread_grad_[id - 1].data());
+      const std::size_t share = P / count, extra = P % count;
+      const std::size_t k0 = share * id + std::min(id, extra), k1 = k0 + share + (id < extra ? 1 : 0);
+      for (std::size_t c = 1; c < K; ++c) {
+        const T* from = chunk_grad_[c - 1].data();
+        for (std::size_t k = k0; k < k1; ++k) grad_[k] += from[k];
+      }
     }
-    for (std::size_t t = 0; t + 1 < used; ++t)
-      for (std::size_t k = 0; k < grad_.size(); ++k) grad_[k] += thread_grad_[t][k];
   }
 
   void backward_block(std::span<const token_t> tokens, std::span<const std::int64_t> offsets, std::size_t s0, std::size_t s1,
@@ -391,12 +421,13 @@ class TinyLm {
   tiny_lm::Layout lay_;
   std::vector<T> theta_, grad_;
   // Activations of the last forward (per layer, n rows each) and backward scratch.
-  std::size_t n_ = 0, probs_stride_ = 0;
+  std::size_t n_ = 0, probs_stride_ = 0, chunks_ = 1;
+  tiny_lm::BufferSizes sizes_;  // of the last reserve(): the n_ rows of the last forward
   std::vector<T> x_, h1_, qkv_, att_, xmid_, h2_, u_, a_, hf_, logits_, probs_;
   std::vector<T> mean1_, rstd1_, mean2_, rstd2_, meanf_, rstdf_;
   std::vector<std::size_t> att_off_;
   std::vector<T> dx_, dh_, datt_, dqkv_, du_, dprobs_;
-  std::vector<std::vector<T>> thread_grad_;  // one gradient buffer per thread after the first
+  std::vector<std::vector<T>> chunk_grad_;  // gradients of chunks 1 … K−1 of the last backward
   std::vector<token_t> targets_;
   std::vector<C> weights_;
   std::vector<std::int64_t> offsets_;

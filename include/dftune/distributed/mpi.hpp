@@ -1,0 +1,210 @@
+#pragma once
+// A Communicator over MPI (docs/distributed.md). Include it explicitly — the umbrella header never
+// does — and link the CMake target dftune::mpi (dftune + MPI::MPI_CXX), defined when MPI is found.
+//
+//   dftune::distributed::MpiSession mpi(argc, argv);        // MPI_Init_thread … MPI_Finalize
+//   dftune::distributed::MpiCommunicator comm;              // MPI_COMM_WORLD
+//   dftune::Estimator<double> est(N, opt, dftune::distributed::shard_of(comm));
+//   dftune::DftOptimizer dft(model, est, opt, dftune::AdamW<double>{}, schedule, comm);
+//
+// all_reduce_sum, by default (MpiReduction::rank_ordered), sums every element in rank order,
+//   x ← ((x_0 + x_1) + x_2) + … + x_{P−1},
+// whatever algorithm Open MPI would have picked: an all-to-all hands chunk c of every rank's vector
+// to rank c, rank c adds the P copies in rank order, and an all-gather returns the chunks. That is
+// a reduce-scatter followed by an all-gather, so each rank sends and receives 2·(P−1)/P of the
+// vector, as a ring all-reduce does; the bits are the same on every rank and depend only on the
+// inputs and P. MpiReduction::native calls MPI_Allreduce instead (its order is Open MPI's; it is
+// the same for the same P and message size, which is all the bitwise-at-fixed-P guarantee needs).
+//
+// Errors: MPI's default handler (MPI_ERRORS_ARE_FATAL) ends the whole job when a call fails — a
+// dead peer ends the job instead of hanging it; if a caller installed MPI_ERRORS_RETURN, a failed
+// call throws dftune::error with MPI's message. Calls are made from one thread at a time
+// (MPI_THREAD_FUNNELED is enough; OpenMP threads inside a rank never call MPI).
+#include <dftune/config.hpp>
+#include <dftune/distributed/communicator.hpp>
+#include <dftune/error.hpp>
+
+// Only MPI's C API is used: keep the deprecated C++ bindings (which do not compile warning-free
+// under -Wextra) out of the translation unit.
+#ifndef OMPI_SKIP_MPICXX
+#define OMPI_SKIP_MPICXX 1
+#endif
+#ifndef MPICH_SKIP_MPICXX
+#define MPICH_SKIP_MPICXX 1
+#endif
+#include <mpi.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <limits>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+DFTUNE_NAMESPACE_BEGIN
+
+namespace distributed {
+
+namespace detail_mpi {
+
+inline void check(int rc, std::string_view call) {
+  if (rc == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS) len = 0;
+  dftune::detail::fail(call, "MPI error " + std::to_string(rc) + " (" + std::string(text, static_cast<std::size_t>(len)) + ")",
+                       "MPI_SUCCESS");
+}
+
+template <class T>
+MPI_Datatype datatype() {
+  if constexpr (std::is_same_v<T, float>) return MPI_FLOAT;
+  else return MPI_DOUBLE;
+}
+
+inline int count(std::size_t n, std::string_view what) {
+  if (n > static_cast<std::size_t>(std::numeric_limits<int>::max()))
+    dftune::detail::fail(what, n, "at most INT_MAX elements per MPI call");
+  return static_cast<int>(n);
+}
+
+}  // namespace detail_mpi
+
+// MPI_Init_thread(MPI_THREAD_FUNNELED) unless MPI is already initialised, and MPI_Finalize at the
+// end of its scope if it initialised MPI.
+class MpiSession {
+ public:
+  MpiSession(int& argc, char**& argv) { init(&argc, &argv); }
+  MpiSession() { init(nullptr, nullptr); }
+  MpiSession(const MpiSession&) = delete;
+  MpiSession& operator=(const MpiSession&) = delete;
+  ~MpiSession() {
+    int finalised = 0;
+    if (owner_ && MPI_Finalized(&finalised) == MPI_SUCCESS && !finalised) MPI_Finalize();
+  }
+
+ private:
+  void init(int* argc, char*** argv) {
+    int initialised = 0;
+    detail_mpi::check(MPI_Initialized(&initialised), "MPI_Initialized");
+    if (initialised) return;
+    int provided = 0;
+    detail_mpi::check(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+    owner_ = true;
+  }
+  bool owner_ = false;
+};
+
+enum class MpiReduction {
+  rank_ordered,  // all-to-all + sum in rank order + all-gather (the default: order documented above)
+  native,        // MPI_Allreduce(MPI_SUM)
+};
+
+struct MpiOptions {
+  MpiReduction reduction = MpiReduction::rank_ordered;
+  // Elements per all-reduce round (at most INT_MAX / 2: MPI counts are int); the rank-ordered
+  // reduction's scratch buffer is one round long.
+  std::size_t max_elements_per_round = std::size_t{1} << 27;
+};
+
+// Does not own the MPI_Comm (MPI_COMM_WORLD, or one the caller made and frees).
+class MpiCommunicator {
+ public:
+  explicit MpiCommunicator(MPI_Comm comm = MPI_COMM_WORLD, MpiOptions options = {}) : comm_(comm), opt_(options) {
+    if (opt_.reduction != MpiReduction::rank_ordered && opt_.reduction != MpiReduction::native)
+      dftune::detail::fail("reduction", static_cast<int>(opt_.reduction), "MpiReduction::rank_ordered or native");
+    if (opt_.max_elements_per_round == 0 ||
+        opt_.max_elements_per_round > static_cast<std::size_t>(std::numeric_limits<int>::max() / 2))
+      dftune::detail::fail("max_elements_per_round", opt_.max_elements_per_round, "a count in [1, INT_MAX / 2]");
+    int r = 0, p = 0;
+    detail_mpi::check(MPI_Comm_rank(comm_, &r), "MPI_Comm_rank");
+    detail_mpi::check(MPI_Comm_size(comm_, &p), "MPI_Comm_size");
+    rank_ = static_cast<std::size_t>(r);
+    size_ = static_cast<std::size_t>(p);
+  }
+
+  std::size_t rank() const { return rank_; }
+  std::size_t size() const { return size_; }
+  MPI_Comm handle() const { return comm_; }
+  const MpiOptions& options() const { return opt_; }
+
+  void all_reduce_sum(std::span<float> x) { reduce(x); }
+  void all_reduce_sum(std::span<double> x) { reduce(x); }
+
+  void all_gather(std::span<const std::byte> in, std::span<std::byte> out) {
+    dftune::detail::check_size("all_gather out", out.size(), in.size() * size_);
+    const int n = detail_mpi::count(in.size(), "all_gather in");
+    detail_mpi::check(MPI_Allgather(in.data(), n, MPI_BYTE, out.data(), n, MPI_BYTE, comm_), "MPI_Allgather");
+  }
+
+  void broadcast(std::span<std::byte> x, std::size_t root) {
+    if (root >= size_) dftune::detail::fail("root", root, "a rank in [0, " + std::to_string(size_) + ")");
+    for (std::size_t done = 0; done < x.size();) {  // in rounds: MPI counts are int
+      const std::size_t n = std::min<std::size_t>(x.size() - done, std::numeric_limits<int>::max());
+      detail_mpi::check(MPI_Bcast(x.data() + done, static_cast<int>(n), MPI_BYTE, static_cast<int>(root), comm_), "MPI_Bcast");
+      done += n;
+    }
+  }
+
+  void barrier() { detail_mpi::check(MPI_Barrier(comm_), "MPI_Barrier"); }
+
+ private:
+  template <class T>
+  void reduce(std::span<T> x) {
+    if (size_ == 1) return;
+    for (std::size_t done = 0; done < x.size();) {
+      const std::size_t n = std::min(x.size() - done, opt_.max_elements_per_round);
+      if (opt_.reduction == MpiReduction::native)
+        detail_mpi::check(MPI_Allreduce(MPI_IN_PLACE, x.data() + done, static_cast<int>(n), detail_mpi::datatype<T>(),
+                                        MPI_SUM, comm_),
+                          "MPI_Allreduce");
+      else reduce_rank_ordered(x.subspan(done, n));
+      done += n;
+    }
+  }
+
+  // Chunk c of the n elements is [start(c), start(c + 1)): ⌊n/P⌋ elements, one more for the first n mod P.
+  template <class T>
+  void reduce_rank_ordered(std::span<T> x) {
+    const std::size_t P = size_, n = x.size();
+    auto start = [&](std::size_t c) { return c * (n / P) + std::min(c, n % P); };
+    counts_.resize(P);
+    displs_.resize(P);
+    rcounts_.resize(P);
+    rdispls_.resize(P);
+    const std::size_t mine = start(rank_ + 1) - start(rank_);
+    for (std::size_t c = 0; c < P; ++c) {
+      counts_[c] = static_cast<int>(start(c + 1) - start(c));
+      displs_[c] = static_cast<int>(start(c));
+      rcounts_[c] = static_cast<int>(mine);
+      rdispls_[c] = static_cast<int>(c * mine);  // P·mine < n + P: fits, n <= INT_MAX / 2 per round
+    }
+    scratch_.resize(P * mine * sizeof(T));
+    T* in = reinterpret_cast<T*>(scratch_.data());
+    const MPI_Datatype t = detail_mpi::datatype<T>();
+    detail_mpi::check(MPI_Alltoallv(x.data(), counts_.data(), displs_.data(), t, in, rcounts_.data(), rdispls_.data(), t, comm_),
+                      "MPI_Alltoallv");
+    T* out = x.data() + start(rank_);
+    for (std::size_t k = 0; k < mine; ++k) {
+      T s = in[k];  // rank 0's element, then ranks 1, …, P−1 in order
+      for (std::size_t q = 1; q < P; ++q) s += in[q * mine + k];
+      out[k] = s;
+    }
+    detail_mpi::check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x.data(), counts_.data(), displs_.data(), t, comm_),
+                      "MPI_Allgatherv");
+  }
+
+  MPI_Comm comm_;
+  MpiOptions opt_;
+  std::size_t rank_ = 0, size_ = 1;
+  std::vector<int> counts_, displs_, rcounts_, rdispls_;
+  std::vector<std::byte> scratch_;
+};
+
+static_assert(check_communicator<MpiCommunicator>());
+
+}  // namespace distributed
+
+DFTUNE_NAMESPACE_END

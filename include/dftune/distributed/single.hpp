@@ -1,0 +1,38 @@
+#pragma once
+// A world of one process: the Communicator every single-process run uses (DftOptimizer's default).
+// Every collective is the identity; sizes are still checked, so code written against a real
+// communicator fails here the same way.
+#include <dftune/config.hpp>
+#include <dftune/distributed/communicator.hpp>
+#include <dftune/error.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <span>
+#include <string>
+
+DFTUNE_NAMESPACE_BEGIN
+
+namespace distributed {
+
+class Single {
+ public:
+  std::size_t rank() const { return 0; }
+  std::size_t size() const { return 1; }
+  void all_reduce_sum(std::span<float>) {}
+  void all_reduce_sum(std::span<double>) {}
+  void all_gather(std::span<const std::byte> in, std::span<std::byte> out) {
+    detail::check_size("all_gather out", out.size(), in.size());
+    std::copy(in.begin(), in.end(), out.begin());
+  }
+  void broadcast(std::span<std::byte>, std::size_t root) {
+    if (root != 0) detail::fail("root", root, "0 (the only rank of a world of one)");
+  }
+  void barrier() {}
+};
+
+static_assert(check_communicator<Single>());
+
+}  // namespace distributed
+
+DFTUNE_NAMESPACE_END
