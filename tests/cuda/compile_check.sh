@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What the compiler makes of the CUDA kernels, checked without a GPU (CTest: cuda_kernels_compiled).
 #   compile_check.sh <nvcc> <include dir> <work dir> <arch>...      e.g. ... 80 90
-# For each arch, compile_check.cu (every kernel dispatch.cuh launches) is compiled to PTX and to a
+# For each arch, compile_check.cu (every kernel dispatch.cuh and linear.cuh launch) is compiled to PTX and to a
 # cubin with `ptxas -v`, and for every kernel:
 #   - no spills and no stack frame (ptxas -v), no local memory in the PTX (.local, ld/st.local);
 #   - the vectorised paths use 128-bit accesses: row_logsumexp_gather_kernel and the vector
@@ -49,7 +49,7 @@ for arch in "$@"; do
   echo "sm_$arch (nvcc $("$nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')): registers, barriers, spills and global accesses per kernel"
   printf "  %-58s %4s %4s %6s %6s %6s %9s\n" kernel regs bars stack spill ld.v4 "st.v4/st"
   join "$dir/ptxas.txt" "$dir/ptx.txt" | while read -r name regs bars stack sst sld ldv stv sts loc; do
-    pretty=$(echo "$name" | c++filt | sed -e 's/dftune::v0::logprob::cuda::kernels:://' -e 's/(.*//' -e 's/__nv_bfloat16/bf16/' -e 's/__half/fp16/')
+    pretty=$(echo "$name" | c++filt | sed -e 's/dftune::v0::logprob::cuda::kernels:://' -e 's/dftune::v0::logprob::cuda::linear::detail:://' -e 's/(.*//' -e 's/__nv_bfloat16/bf16/' -e 's/__half/fp16/')
     problems=()
     [ "$stack" = 0 ] || problems+=("stack frame $stack B")
     [ "$sst" = 0 ] && [ "$sld" = 0 ] || problems+=("spills $sst/$sld B")
@@ -67,8 +67,8 @@ for arch in "$@"; do
     [ ${#problems[@]} -eq 0 ] || echo FAIL >> "$dir/failed"
   done
   kernels=$(wc -l < "$dir/ptx.txt")
-  if [ "$kernels" -ne 20 ] || [ "$(wc -l < "$dir/ptxas.txt")" -ne 20 ]; then
-    echo "compile_check: sm_$arch: expected 20 kernels, found $kernels in the PTX and $(wc -l < "$dir/ptxas.txt") in ptxas -v"
+  if [ "$kernels" -ne 24 ] || [ "$(wc -l < "$dir/ptxas.txt")" -ne 24 ]; then
+    echo "compile_check: sm_$arch: expected 24 kernels, found $kernels in the PTX and $(wc -l < "$dir/ptxas.txt") in ptxas -v"
     status=1
   fi
   [ ! -e "$dir/failed" ] || status=1

@@ -11,10 +11,15 @@
 //                              2^21 rows, and the location dispatch. Without a device it prints
 //                              "SKIPPED: no CUDA device (cudaGetDeviceCount: ...)" and exits 77,
 //                              which CTest reports as skipped (SKIP_RETURN_CODE).
+//   The fused linear head's CUDA path (linear.cuh): its host-side checks in host mode; on a device,
+//   its three calls against the CPU head (logprob/linear/) on random shapes, both layouts, bias,
+//   masked rows, chunks smaller than N, and its status report for bad logits.
 //
 // A tiny harness instead of doctest: one file, nvcc-friendly, with the skip under our control.
+#include <dftune/logprob/cuda/linear.cuh>
 #include <dftune/logprob/cuda/logprob.cuh>
 #include <dftune/logprob/generic.hpp>
+#include <dftune/logprob/linear/linear.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -356,6 +361,55 @@ static void host_dispatch_matches_oracle() {
   for (std::size_t s = 0; s < seqd.size(); ++s) CHECK(std::fabs(seqd[s] - seq_r[s]) <= 1e-4 * (1 + std::fabs(seqd[s])));
 }
 
+
+// ---- the fused linear head (linear.cuh) ------------------------------------------------------
+
+namespace ll = dftune::logprob::cuda::linear;
+namespace cl = dftune::logprob::linear;
+
+// Its host-side checks, before any CUDA or cuBLAS call (host pointers and a null handle are fine).
+static void host_linear_checks() {
+  alignas(256) static std::byte ws_storage[1 << 16];
+  std::span<std::byte> ws(ws_storage, sizeof ws_storage);
+  const std::size_t N = 4, V = 5, d = 3;
+  std::vector<float> H(N * d), W(V * d), b(V), seq(2), tok(N), lse(N), dH(N * d), dW(V * d), db(V), dseq(2, 1.0f);
+  std::vector<std::int32_t> y(N, 0);
+  std::vector<std::int64_t> off{0, 2, 4};
+  cl::LinearLogits<float> ok{.hidden = H, .proj = W, .bias = b, .dim = d, .vocab = V, .targets = y, .offsets = off};
+  const cudaStream_t s = nullptr;
+  auto fwd = [&](const cl::LinearLogits<float>& in, std::span<std::byte> w) { ll::forward(in, seq, tok, lse, w, nullptr, s); };
+  CHECK(ll::workspace_size(ok) >= N * V * sizeof(float));
+  std::vector<float> Wbig(1000 * d);
+  auto wide = ok;
+  wide.proj = Wbig;
+  wide.vocab = 1000;
+  wide.bias = {};
+  CHECK(ll::workspace_size(wide, {.chunk_rows = 2}) + 2 * 1000 * sizeof(float) <= ll::workspace_size(wide) + 256);
+  CHECK(ll::workspace_size(wide) >= N * 1000 * sizeof(float));
+  auto bad = ok;
+  bad.dim = 0;
+  check_throws("linear: dim 0", "dim: got 0", [&] { fwd(bad, ws); });
+  bad = ok;
+  bad.proj = std::span(W).first(14);
+  check_throws("linear: proj size", "proj: got size 14", [&] { fwd(bad, ws); });
+  bad = ok;
+  bad.bias = std::span(b).first(4);
+  check_throws("linear: bias size", "bias: got size 4", [&] { fwd(bad, ws); });
+  bad = ok;
+  bad.targets = std::span(y).first(3);
+  check_throws("linear: targets size", "targets: got size 3", [&] { fwd(bad, ws); });
+  check_throws("linear: seq_logp size", "seq_logp: got size 1",
+               [&] { ll::forward(ok, std::span(seq).first(1), tok, lse, ws, nullptr, s); });
+  check_throws("linear: workspace", "workspace: got size 16",
+               [&] { fwd(ok, ws.first(16)); });
+  check_throws("linear: misaligned workspace", "workspace: got a misaligned buffer", [&] { fwd(ok, ws.subspan(16)); });
+  check_throws("linear: grads.proj size", "grads.proj: got size 3",
+               [&] { ll::backward(ok, dseq, {.proj = std::span(dW).first(3)}, {}, ws, nullptr, s); });
+  check_throws("linear: aliasing", "grads.hidden: got a buffer overlapping hidden",
+               [&] { ll::backward(ok, dseq, {.hidden = std::span(H)}, {}, ws, nullptr, s); });
+  check_throws("linear: null handle", "handle: got null", [&] { fwd(ok, ws); });
+}
+
 static int run_host() {
   std::printf("test_logprob_cuda host: checks that need no GPU\n");
   run_case("online log-sum-exp vs long double, chunked and merged like the kernels; IEEE corners", host_online_lse);
@@ -364,6 +418,7 @@ static int run_host() {
   run_case("dispatch on host data = CPU path (float)", host_dispatch_matches_oracle<float>);
   run_case("dispatch on host data = CPU path (bf16)", host_dispatch_matches_oracle<lc::bf16>);
   run_case("dispatch on host data = CPU path (fp16)", host_dispatch_matches_oracle<lc::fp16>);
+  run_case("fused linear head: host-side argument checks", host_linear_checks);
   std::printf("%d checks, %d failed\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;
 }
@@ -825,6 +880,116 @@ static void device_suite() {
   device_all_masked_and_empty<T>();
 }
 
+
+// The CUDA head's three calls against the CPU head on the same inputs: float GEMMs summed in
+// another order, so to a tolerance scaled by the logits' size (|z| ≲ 6 here), not bit for bit.
+static void device_linear_case(std::size_t V, std::size_t d, std::size_t S, cl::Layout layout, bool bias, std::size_t chunk,
+                               std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::uniform_int_distribution<int> len(0, 9);
+  std::vector<std::int64_t> off{0};
+  for (std::size_t s = 0; s < S; ++s) off.push_back(off.back() + (s == 1 ? 0 : len(rng)));
+  const std::size_t N = static_cast<std::size_t>(off.back());
+  std::vector<float> H(N * d), W(V * d), b(bias ? V : 0), w(N), dseq(S);
+  for (auto& x : H) x = g(rng);
+  for (auto& x : W) x = g(rng) * 2.0f / std::sqrt(static_cast<float>(d));
+  for (auto& x : b) x = g(rng);
+  std::vector<std::int32_t> y(N);
+  for (std::size_t n = 0; n < N; ++n) {
+    const bool masked = n % 4 == 1;
+    y[n] = masked ? -3 : static_cast<std::int32_t>(rng() % V);
+    w[n] = masked ? 0.0f : 0.5f + static_cast<float>(rng() % 3);
+  }
+  for (std::size_t s = 0; s < S; ++s) dseq[s] = s % 5 == 3 ? 0.0f : g(rng);
+  const cl::LinearLogits<float> host{.hidden = H, .proj = W, .bias = b, .dim = d, .vocab = V, .layout = layout, .targets = y,
+                                     .weights = w, .offsets = off};
+  // The CPU head: forward, then forward_backward (dW, db start from a pattern: they accumulate).
+  std::vector<float> seq_c(S), tok_c(N), lse_c(N), dH_c(N * d), dW_c(V * d), db_c(V);
+  for (std::size_t i = 0; i < dW_c.size(); ++i) dW_c[i] = 0.25f * std::sin(static_cast<float>(i));
+  for (std::size_t i = 0; i < db_c.size(); ++i) db_c[i] = 0.5f * std::cos(static_cast<float>(i));
+  const std::vector<float> dW0 = dW_c, db0 = db_c;
+  std::vector<std::byte> cws(cl::workspace_size(host));
+  cl::forward_backward(host, std::span<const float>(dseq), {.hidden = dH_c, .proj = dW_c, .bias = bias ? std::span<float>(db_c) : std::span<float>()},
+                       std::span<float>(seq_c), std::span<float>(tok_c), std::span<float>(lse_c), std::span<std::byte>(cws));
+
+  auto Hd = DeviceBuffer<float>::from(H), Wd = DeviceBuffer<float>::from(W), bd = DeviceBuffer<float>::from(b),
+       wd = DeviceBuffer<float>::from(w), dsd = DeviceBuffer<float>::from(dseq);
+  auto yd = DeviceBuffer<std::int32_t>::from(y);
+  auto od = DeviceBuffer<std::int64_t>::from(off);
+  const cl::LinearLogits<float> dev{.hidden = Hd.span(), .proj = Wd.span(), .bias = bd.span(), .dim = d, .vocab = V,
+                                    .layout = layout, .targets = yd.span(), .weights = wd.span(), .offsets = od.span()};
+  const ll::Options opt{.chunk_rows = chunk};
+  DeviceBuffer<std::byte> ws(ll::workspace_size(dev, opt));
+  cublasHandle_t handle = nullptr;
+  ll::detail::check_cublas(cublasCreate(&handle), "cublasCreate");
+  const double tol = 2e-4;
+  auto close = [&](double a, double r, double scale) { return std::abs(a - r) <= tol * (1.0 + std::abs(r) + scale); };
+  for (int path = 0; path < 3; ++path) {  // forward_backward; forward then backward(row_lse); backward recomputing
+    DeviceBuffer<float> seq(S), tok(N), lse(N), dH(N * d);
+    auto dW = DeviceBuffer<float>::from(dW0);
+    auto db = DeviceBuffer<float>::from(db0);
+    const cl::LinearGrads<float> grads{.hidden = dH.span(), .proj = dW.span(), .bias = bias ? db.span() : std::span<float>()};
+    if (path == 0) {
+      ll::forward_backward(dev, dsd.span(), grads, seq.span(), tok.span(), lse.span(), ws.span(), handle, nullptr, opt);
+    } else {
+      ll::forward(dev, seq.span(), tok.span(), lse.span(), ws.span(), handle, nullptr, opt);
+      ll::backward(dev, dsd.span(), grads, path == 1 ? std::span<const float>(lse.span()) : std::span<const float>(), ws.span(),
+                   handle, nullptr, opt);
+    }
+    CHECK(lc::read_status(ws.span(), nullptr) == lc::status_ok);
+    const auto seq_h = seq.to_host(), tok_h = tok.to_host(), dH_h = dH.to_host(), dW_h = dW.to_host(), db_h = db.to_host();
+    int bad = 0;
+    for (std::size_t s = 0; s < S; ++s) bad += !close(seq_h[s], seq_c[s], 10.0);
+    for (std::size_t n = 0; n < N; ++n) bad += !close(tok_h[n], tok_c[n], 10.0);
+    for (std::size_t i = 0; i < dH_h.size(); ++i) bad += !close(dH_h[i], dH_c[i], 3.0);
+    for (std::size_t i = 0; i < dW_h.size(); ++i) bad += !close(dW_h[i], dW_c[i], 3.0);
+    if (bias)
+      for (std::size_t i = 0; i < V; ++i) bad += !close(db_h[i], db_c[i], 3.0);
+    CHECK_MSG(bad == 0, "V %zu d %zu N %zu %s bias %d chunk %zu path %d: %d values off", V, d, N,
+              layout == cl::Layout::vocab_major ? "vocab_major" : "dim_major", bias, chunk, path, bad);
+  }
+  cublasDestroy(handle);
+}
+
+static void device_linear() {
+  std::uint32_t seed = 1;
+  for (cl::Layout layout : {cl::Layout::vocab_major, cl::Layout::dim_major})
+    for (bool bias : {false, true}) {
+      device_linear_case(257, 19, 9, layout, bias, 8, seed++);      // many chunks, V and d odd
+      device_linear_case(4097, 64, 6, layout, bias, 0, seed++);     // one chunk, the block-per-row kernels
+      device_linear_case(32000, 128, 4, layout, bias, 7, seed++);   // a real vocabulary
+    }
+}
+
+// A NaN hidden state in a weighted row of a later chunk: its outputs are NaN, the status says
+// status_bad_logits with that row (not the chunk's own index), check_status throws.
+static void device_linear_bad_logits() {
+  const std::size_t V = 50, d = 4, N = 12;
+  std::vector<float> H(N * d, 0.5f), W(V * d, 0.1f), w(N, 1.0f);
+  std::vector<std::int32_t> y(N, 3);
+  std::vector<std::int64_t> off{0, 5, 12};
+  H[9 * d + 1] = std::numeric_limits<float>::quiet_NaN();
+  auto Hd = DeviceBuffer<float>::from(H), Wd = DeviceBuffer<float>::from(W), wd = DeviceBuffer<float>::from(w);
+  auto yd = DeviceBuffer<std::int32_t>::from(y);
+  auto od = DeviceBuffer<std::int64_t>::from(off);
+  const cl::LinearLogits<float> dev{.hidden = Hd.span(), .proj = Wd.span(), .dim = d, .vocab = V, .targets = yd.span(),
+                                    .weights = wd.span(), .offsets = od.span()};
+  const ll::Options opt{.chunk_rows = 4};
+  DeviceBuffer<std::byte> ws(ll::workspace_size(dev, opt));
+  DeviceBuffer<float> seq(2);
+  cublasHandle_t handle = nullptr;
+  ll::detail::check_cublas(cublasCreate(&handle), "cublasCreate");
+  ll::forward(dev, seq.span(), {}, {}, ws.span(), handle, nullptr, opt);
+  const auto r = lc::read_status_report(ws.span(), nullptr);
+  CHECK(r.bits & lc::status_bad_logits);
+  CHECK(r.first_bad_row == 9);
+  const auto seq_h = seq.to_host();
+  CHECK(std::isfinite(seq_h[0]) && std::isnan(seq_h[1]));
+  check_throws("linear: check_status", "first at row 9", [&] { lc::check_status(ws.span(), nullptr); });
+  cublasDestroy(handle);
+}
+
 static int run_device() {
   int count = 0;
   const cudaError_t e = cudaGetDeviceCount(&count);
@@ -844,6 +1009,8 @@ static int run_device() {
   run_case("bad targets / offsets: NaN, status bits, check_status", device_status_bits);
   run_case("bad logits and extreme scales: NaN rows, status bits, first bad row, check_status", device_bad_logits);
   run_case("location dispatch: device, host, managed, mixed refused", device_dispatch);
+  run_case("fused linear head: forward_backward, forward + backward (with / without row_lse) = the CPU head", device_linear);
+  run_case("fused linear head: bad logits in a later chunk: NaN, status, the global first bad row", device_linear_bad_logits);
   std::printf("%d checks, %d failed\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;
 }
