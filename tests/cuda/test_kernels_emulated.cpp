@@ -10,11 +10,16 @@
 // bad data, bad logits and extreme scales, row offsets past 2^31 elements — on any machine.
 // Device arithmetic (exp2f, conversions) is the host's here; the real kernels are checked on a GPU
 // by test_logprob_cuda device. DFTUNE_EMU_SEED=<n> picks another schedule (default 1).
+// The fused linear head's CUDA chunk loop (linear_chunks.cuh) runs here too, with its kernels on the
+// emulated device and a host GEMM of cuBLAS' column-major semantics: its GEMM arguments, per-row
+// scales, status folding and sums are checked against the CPU head (logprob/linear/).
 #include "emulate/cuda_runtime.h"  // first: defines the CUDA keywords the kernels use
 #include "emulate/device_buffer.h"
 
 #include <dftune/logprob/cuda/kernels.cuh>
+#include <dftune/logprob/cuda/linear_chunks.cuh>
 #include <dftune/logprob/generic.hpp>
+#include <dftune/logprob/linear/linear.hpp>
 
 #include <fcntl.h>
 #include <sys/wait.h>
@@ -700,6 +705,190 @@ void section(const char* name, F&& f) {
   if (g_failures > before && std::getenv("DFTUNE_EMU_STOP_AT_FAILURE")) std::exit(1);  // (tests/cuda/mutate.py)
 }
 
+
+// ---- the fused linear head's chunk loop (linear_chunks.cuh) -----------------------------------
+
+namespace ll = dftune::logprob::cuda::linear;
+namespace cl = dftune::logprob::linear;
+
+// linear_chunks.cuh's steps: the kernels on the emulated device (two blocks: grid-stride loops
+// wrap), the GEMMs on the host with cuBLAS' meaning of every argument (column-major, op(A) m×k,
+// op(B) k×n, C read only when beta ≠ 0), summed in double.
+struct EmuOps {
+  bool launched = true;
+  void memset(void* p, std::size_t bytes) { std::memset(p, 0, bytes); }
+  void gemm(bool ta, bool tb, int m, int n, int k, const float* A, int lda, const float* B, int ldb, float beta, float* C,
+            int ldc) {
+    for (long long j = 0; j < n; ++j)
+      for (long long i = 0; i < m; ++i) {
+        double acc = 0;
+        for (long long q = 0; q < k; ++q)
+          acc += static_cast<double>(ta ? A[q + i * lda] : A[i + q * lda]) * (tb ? B[j + q * ldb] : B[q + j * ldb]);
+        float& c = C[i + j * ldc];
+        c = static_cast<float>(beta != 0.0f ? acc + static_cast<double>(beta) * c : acc);
+      }
+  }
+  void gemv(int m, int n, const float* A, int lda, const float* x, float* y) {
+    for (long long i = 0; i < m; ++i) {
+      double acc = y[i];
+      for (long long j = 0; j < n; ++j) acc += static_cast<double>(A[i + j * lda]) * x[j];
+      y[i] = static_cast<float>(acc);
+    }
+  }
+  template <class F>
+  void run(unsigned grid, F&& f) { launched = emu::launch(grid, kn::block_threads, f) && launched; }
+  void add_bias(float* z, const float* b, long long k, int V) { run(2, [&] { ll::detail::add_bias_kernel(z, b, k, V); }); }
+  void row_coef(const std::int64_t* off, long long S, const float* d, const float* w, long long N, float* c) {
+    run(2, [&] { ll::detail::row_coef_kernel(off, S, d, w, N, c); });
+  }
+  void constants(float* ones, long long R, float* unit, std::int64_t* off, long long k) {
+    run(2, [&] { ll::detail::constants_kernel(ones, R, unit, off, k); });
+  }
+  void merge_status(lc::status_area* total, lc::status_area* chunk, long long r0) {
+    launched = emu::launch(1, 1, [&] { ll::detail::merge_status_kernel(total, chunk, r0); }) && launched;
+  }
+  void lse_gather(const float* z, int V, long long k, const std::int32_t* y, const float* w, float* tok, float* lse,
+                  lc::status_area* st) {
+    if (V <= 4096)  // dispatch.cuh's choice of group
+      run(2, [&] { kn::row_logsumexp_gather_kernel<float, 32, 4>(z, V, k, y, w, tok, lse, st); });
+    else
+      run(2, [&] { kn::row_logsumexp_gather_kernel<float, kn::block_threads, 4>(z, V, k, y, w, tok, lse, st); });
+  }
+  void softmax_grad(const float* z, float* g, int V, long long k, const std::int32_t* y, const float* w,
+                    const std::int64_t* off, long long S, const float* d, const float* lse, lc::status_area* st) {
+    if (V <= 4096)  // in place: the vector path
+      run(2, [&] { kn::softmax_grad_kernel<float, 32, 4, true>(z, g, V, k, y, w, off, S, d, lse, st); });
+    else
+      run(2, [&] { kn::softmax_grad_kernel<float, kn::block_threads, 4, true>(z, g, V, k, y, w, off, S, d, lse, st); });
+  }
+  void segment_sum(const float* tok, const std::int64_t* off, long long S, long long N, float* seq, lc::status_area* st) {
+    run(2, [&] { kn::segment_sum_kernel<32>(tok, off, S, N, seq, st); });
+  }
+};
+
+struct LinearProblem {
+  std::size_t N = 0, V = 0, d = 0;
+  cl::Layout layout = cl::Layout::vocab_major;
+  std::vector<float> H, W, b, w, dseq;
+  std::vector<std::int32_t> y;
+  std::vector<std::int64_t> off;
+  cl::LinearLogits<float> view() const {
+    return {.hidden = H, .proj = W, .bias = b, .dim = d, .vocab = V, .layout = layout, .targets = y, .weights = w, .offsets = off};
+  }
+};
+
+LinearProblem linear_problem(std::size_t V, std::size_t d, std::size_t S, cl::Layout layout, bool bias, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  LinearProblem p;
+  p.V = V;
+  p.d = d;
+  p.layout = layout;
+  p.off = {0};
+  for (std::size_t s = 0; s < S; ++s) p.off.push_back(p.off.back() + (s == 1 ? 0 : static_cast<std::int64_t>(rng() % 7)));
+  p.N = static_cast<std::size_t>(p.off.back());
+  p.H.resize(p.N * d);
+  p.W.resize(V * d);
+  for (auto& x : p.H) x = g(rng);
+  for (auto& x : p.W) x = g(rng) * 2.0f / std::sqrt(static_cast<float>(d));
+  if (bias) {
+    p.b.resize(V);
+    for (auto& x : p.b) x = g(rng);
+  }
+  for (std::size_t n = 0; n < p.N; ++n) {
+    const bool masked = n % 4 == 1;
+    p.y.push_back(masked ? -3 : static_cast<std::int32_t>(rng() % V));
+    p.w.push_back(masked ? 0.0f : 0.5f + static_cast<float>(rng() % 3));
+  }
+  for (std::size_t s = 0; s < S; ++s) p.dseq.push_back(s % 5 == 3 ? 0.0f : g(rng));
+  return p;
+}
+
+struct LinearOut {
+  std::vector<float> seq, tok, dH, dW, db;
+  std::uint32_t status = 0;
+  long long first_bad_row = -1;
+  bool launched = true;
+};
+
+// One call of the chunk loop on the emulated device; dW and db start from a pattern (they add up).
+LinearOut run_linear(const LinearProblem& p, ll::detail::Mode mode, bool keep_lse, std::size_t chunk) {
+  const auto S = p.off.size() - 1;
+  device_buffer<float> H("H", std::span<const float>(p.H)), W("W", std::span<const float>(p.W)), b("b", std::span<const float>(p.b)),
+      w("w", std::span<const float>(p.w)), dseq("d_seq", std::span<const float>(p.dseq));
+  device_buffer<std::int32_t> y("targets", std::span<const std::int32_t>(p.y));
+  device_buffer<std::int64_t> off("offsets", std::span<const std::int64_t>(p.off));
+  std::vector<float> dW0(p.V * p.d), db0(p.b.size());
+  for (std::size_t i = 0; i < dW0.size(); ++i) dW0[i] = 0.25f * std::sin(static_cast<float>(i));
+  for (std::size_t i = 0; i < db0.size(); ++i) db0[i] = 0.5f * std::cos(static_cast<float>(i));
+  device_buffer<float> seq("seq_logp", std::vector<float>(S, unwritten)), tok("token_logp", std::vector<float>(p.N, unwritten)),
+      lse("row_lse", std::vector<float>(p.N, unwritten)), dH("dH", std::vector<float>(p.N * p.d, unwritten)),
+      dW("dW", std::span<const float>(dW0)), db("db", std::span<const float>(db0));
+  const cl::LinearLogits<float> in{.hidden = H.span(), .proj = W.span(), .bias = b.span(), .dim = p.d, .vocab = p.V,
+                                   .layout = p.layout, .targets = y.span(), .weights = w.span(), .offsets = off.span()};
+  const auto l = ll::detail::layout_of(in, {.chunk_rows = chunk});
+  device_buffer<std::byte> ws("workspace", l.bytes);
+  EmuOps ops;
+  const cl::LinearGrads<float> g{.hidden = dH.span(), .proj = dW.span(), .bias = b.size() ? db.span() : std::span<float>()};
+  using M = ll::detail::Mode;
+  const std::span<float> lse_out = keep_lse ? lse.span() : std::span<float>();
+  if (mode == M::backward) {  // forward first (keeping row_lse or not), as a DFT step runs them
+    ll::detail::run_chunks(in, M::forward, seq.span(), tok.span(), lse_out, {}, {}, {}, ws.data(), l, ops);
+    ll::detail::run_chunks(in, M::backward, {}, {}, {}, dseq.span(), std::span<const float>(lse_out), g, ws.data(), l, ops);
+  } else {
+    ll::detail::run_chunks(in, mode, seq.span(), tok.span(), lse_out, dseq.span(), {}, g, ws.data(), l, ops);
+  }
+  LinearOut o{seq.to_vector(), tok.to_vector(), dH.to_vector(), dW.to_vector(), db.to_vector()};
+  const auto* st = reinterpret_cast<const lc::status_area*>(ws.data() + l.status_at);
+  o.status = st->bits;
+  o.first_bad_row = st->first_bad_row_not == 0 ? -1 : static_cast<long long>(~st->first_bad_row_not);
+  o.launched = ops.launched;
+  return o;
+}
+
+void linear_against_cpu_head() {
+  std::uint32_t seed = 7;
+  for (cl::Layout layout : {cl::Layout::vocab_major, cl::Layout::dim_major})
+    for (bool bias : {false, true})
+      for (std::size_t V : {std::size_t{67}, std::size_t{4500}}) {
+        const auto p = linear_problem(V, 5, 7, layout, bias, seed++);
+        // The CPU head: forward_backward, dW and db from the same pattern.
+        std::vector<float> seq(p.off.size() - 1), tok(p.N), lse(p.N), dH(p.N * p.d), dW(p.V * p.d), db(p.b.size());
+        for (std::size_t i = 0; i < dW.size(); ++i) dW[i] = 0.25f * std::sin(static_cast<float>(i));
+        for (std::size_t i = 0; i < db.size(); ++i) db[i] = 0.5f * std::cos(static_cast<float>(i));
+        std::vector<std::byte> cws(cl::workspace_size(p.view()));
+        cl::forward_backward(p.view(), std::span<const float>(p.dseq), {.hidden = dH, .proj = dW, .bias = db}, std::span<float>(seq),
+                             std::span<float>(tok), std::span<float>(lse), std::span<std::byte>(cws));
+        using M = ll::detail::Mode;
+        for (auto [mode, keep] : {std::pair{M::forward_backward, false}, std::pair{M::forward_backward, true},
+                                  std::pair{M::backward, true}, std::pair{M::backward, false}}) {
+          const auto o = run_linear(p, mode, keep, 3);
+          auto close = [](double a, double r) { return std::fabs(a - r) <= 2e-5 * (1 + std::fabs(r)); };
+          int bad = 0;
+          for (std::size_t s = 0; s < seq.size(); ++s) bad += !close(o.seq[s], seq[s]);
+          for (std::size_t n = 0; n < p.N; ++n) bad += !close(o.tok[n], tok[n]);
+          for (std::size_t i = 0; i < dH.size(); ++i) bad += !close(o.dH[i], dH[i]);
+          for (std::size_t i = 0; i < dW.size(); ++i) bad += !close(o.dW[i], dW[i]);
+          for (std::size_t i = 0; i < db.size(); ++i) bad += !close(o.db[i], db[i]);
+          CHECK_MSG(o.launched && bad == 0 && o.status == 0, "linear V=%zu %s bias %d mode %d row_lse %d: %d values off, status %u",
+                    V, layout == cl::Layout::vocab_major ? "vocab_major" : "dim_major", bias, static_cast<int>(mode), keep, bad,
+                    o.status);
+        }
+      }
+}
+
+// A NaN hidden state in a weighted row of a later chunk: the kernels' rule, with the global row.
+void linear_bad_logits() {
+  auto p = linear_problem(40, 4, 6, cl::Layout::vocab_major, false, 99);
+  std::size_t row = 4;
+  while (p.w[row] == 0) ++row;
+  p.H[row * p.d + 1] = std::numeric_limits<float>::quiet_NaN();
+  const auto o = run_linear(p, ll::detail::Mode::forward_backward, false, 3);
+  CHECK_MSG((o.status & lc::status_bad_logits) && o.first_bad_row == static_cast<long long>(row),
+            "linear bad logits: status %u, first bad row %lld, expected %zu", o.status, o.first_bad_row, row);
+  CHECK_MSG(std::isnan(o.tok[row]), "linear bad logits: token_logp[%zu] = %g, expected NaN", row, o.tok[row]);
+}
+
 int main() {
   std::printf("test_kernels_emulated: the CUDA kernels on an emulated device, against the CPU oracle (seed %llu)\n",
               static_cast<unsigned long long>(emu::seed));
@@ -723,6 +912,10 @@ int main() {
   section("row offsets past 2^31 elements", [] {
     offsets_64bit<32>();
     offsets_64bit<kn::block_threads>();
+  });
+  section("the fused linear head's chunk loop (host GEMM) = the CPU head", [] {
+    linear_against_cpu_head();
+    linear_bad_logits();
   });
   std::printf("%d checks, %d failed\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;

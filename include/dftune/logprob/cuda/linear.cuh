@@ -9,12 +9,8 @@
 //   backward(in, d_seq [S], grads, row_lse from forward [N] or {}, workspace, handle, stream)
 //   forward_backward(in, d_seq [S], grads, seq_logp [S], token_logp, row_lse, workspace, handle, stream)
 //
-// Per chunk of rows [r0, r0 + k), in this order on `stream` (the handle is bound to it):
-//   Z = H_c Wᵀ (+ b)               cublasSgemm into the workspace, then a bias kernel
-//   forward: lse and w·(z[y] − lse) per row            row_logsumexp_gather_kernel on Z
-//   backward: Z ← c_n (onehot − softmax), c_n = d_seq[s(n)]·w_n        softmax_grad_kernel, in place
-//   dW += Gᵀ H_c, db += Gᵀ 1, dH_c = G W                 cublasSgemm / cublasSgemv
-// and after the last chunk the sequence sums (segment_sum_kernel) from the token log-probs.
+// The chunk loop is linear_chunks.cuh's (cublasSgemm / cublasSgemv and this folder's kernels, on
+// `stream`, to which the handle is bound); this file checks the call and supplies the CUDA ops.
 //
 // What differs from the CPU head, by design of a first version:
 //   - float storage only (bf16/fp16 need converted copies of the chunk's gradient or of W's tiles
@@ -34,33 +30,26 @@
 #include <dftune/error.hpp>
 #include <dftune/logprob/cuda/device_logprob.cuh>
 #include <dftune/logprob/cuda/dispatch.cuh>
+#include <dftune/logprob/cuda/linear_chunks.cuh>
 #include <dftune/logprob/cuda/types.cuh>
 #include <dftune/logprob/linear/linear_logits.hpp>
 
 #include <cublas_v2.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <span>
+#include <stdexcept>
 #include <string>
+#include <utility>
 
 DFTUNE_NAMESPACE_BEGIN
 
 namespace logprob::cuda::linear {
-
-using logprob::linear::Layout;
-using logprob::linear::LinearGrads;
-using logprob::linear::LinearLogits;
-
-// chunk_rows: rows whose logits are held at once (0: the default below). The workspace is about
-// chunk_rows · V floats (1024 rows at V = 128256: 525 MB); the chunk is the inner dimension of
-// dW += Gᵀ H_c, and a GPU GEMM wants it near a thousand (docs/cuda.md, "The fused linear head").
-struct Options {
-  std::size_t chunk_rows = 0;
-};
-inline constexpr std::size_t default_chunk_rows = 1024;
 
 class cublas_error : public std::runtime_error {
  public:
@@ -78,87 +67,53 @@ inline void check_cublas(cublasStatus_t s, const char* what) {
   if (s != CUBLAS_STATUS_SUCCESS) throw cublas_error(s, what);
 }
 
-// The workspace: [status area][per-chunk status area][Z: R·V][coef: N][ones: R][lse: R][token: N]
-// [two offsets][one float], each 256-byte aligned.
-struct Layout_ {
-  std::size_t chunk_rows = 0;
-  std::size_t status_at = 0, chunk_status_at = 0, logits_at = 0, coef_at = 0, ones_at = 0, lse_at = 0, token_at = 0,
-              offsets_at = 0, unit_at = 0, bytes = 0;
-};
-
-template <class T>
-Layout_ layout_of(const LinearLogits<T>& in, const Options& opt) {
-  Layout_ l;
-  const std::size_t N = in.rows();
-  l.chunk_rows = std::max<std::size_t>(1, std::min(opt.chunk_rows != 0 ? opt.chunk_rows : default_chunk_rows, N));
-  auto place = [&](std::size_t& at, std::size_t bytes) {
-    at = l.bytes;
-    l.bytes = dftune::detail::checked_add("workspace", l.bytes, (bytes + 255) / 256 * 256);
-  };
-  place(l.status_at, sizeof(status_area));
-  place(l.chunk_status_at, sizeof(status_area));
-  place(l.logits_at, dftune::detail::checked_product("workspace (chunk_rows·vocab)", l.chunk_rows, in.vocab, sizeof(float)));
-  place(l.coef_at, dftune::detail::checked_product("workspace", N, sizeof(float)));
-  place(l.ones_at, dftune::detail::checked_product("workspace", l.chunk_rows, sizeof(float)));
-  place(l.lse_at, dftune::detail::checked_product("workspace", l.chunk_rows, sizeof(float)));
-  place(l.token_at, dftune::detail::checked_product("workspace", N, sizeof(float)));
-  place(l.offsets_at, 2 * sizeof(std::int64_t));
-  place(l.unit_at, sizeof(float));
-  return l;
-}
-
-// z[i, v] += b[v] for the k rows of a chunk.
-__global__ void add_bias_kernel(float* z, const float* b, long long k, int V) {
-  const long long total = k * V;
-  for (long long e = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; e < total;
-       e += static_cast<long long>(gridDim.x) * blockDim.x)
-    z[e] += b[e % V];
-}
-
-// coef[n] = d_seq[s(n)] · w_n (the softmax_grad kernel then runs on one "sequence" per chunk with
-// d_seq = 1 and these as weights: the same products it forms itself, so its checks still apply).
-// Rows of no sequence (bad offsets) get NaN, which the kernel reports as status_bad_weight.
-__global__ void row_coef_kernel(const std::int64_t* offsets, long long S, const float* d_seq, const float* weights,
-                                long long N, float* coef) {
-  for (long long n = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; n < N;
-       n += static_cast<long long>(gridDim.x) * blockDim.x) {
-    long long lo = 0, hi = S;  // the last s with offsets[s] <= n
-    while (hi - lo > 1) {
-      const long long mid = lo + (hi - lo) / 2;
-      (offsets[mid] <= n ? lo : hi) = mid;
-    }
-    const bool in_range = S > 0 && offsets[lo] <= n && n < offsets[lo + 1];
-    const float w = weights ? weights[n] : 1.0f;
-    coef[n] = in_range ? (w == 0.0f ? 0.0f : d_seq[lo] * w) : __int_as_float(0x7fc00000);
-  }
-}
-
-// ones[0..R) = 1, unit = 1, offsets = {0, k}.
-__global__ void constants_kernel(float* ones, long long R, float* unit, std::int64_t* offsets, long long k) {
-  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < R;
-       i += static_cast<long long>(gridDim.x) * blockDim.x)
-    ones[i] = 1.0f;
-  if (blockIdx.x == 0 && threadIdx.x == 0) {
-    *unit = 1.0f;
-    offsets[0] = 0;
-    offsets[1] = k;
-  }
-}
-
-// The chunk's status into the call's: its bits, and its first bad row shifted by r0.
-__global__ void merge_status_kernel(status_area* total, status_area* chunk, long long r0) {
-  if (chunk->bits != 0) atomicOr(&total->bits, chunk->bits);
-  if (chunk->first_bad_row_not != 0) {
-    const unsigned long long row = ~chunk->first_bad_row_not + static_cast<unsigned long long>(r0);
-    atomicMax(&total->first_bad_row_not, ~row);
-  }
-  chunk->bits = 0;
-  chunk->first_bad_row_not = 0;
-}
-
 inline unsigned blocks_for(long long items) { return dispatch::grid_for(items, 256); }
 
-enum class Mode { forward, backward, forward_backward };
+// linear_chunks.cuh's steps on the GPU: cuBLAS (fp32, alpha 1) and kernel launches on `stream`.
+struct CudaOps {
+  cublasHandle_t handle;
+  cudaStream_t stream;
+  void memset(void* p, std::size_t bytes) { cuda::detail::check_cuda(cudaMemsetAsync(p, 0, bytes, stream), "cudaMemsetAsync"); }
+  void gemm(bool ta, bool tb, int m, int n, int k, const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc) {
+    const float one = 1.0f;
+    check_cublas(cublasSgemm(handle, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &one, A, lda, B, ldb,
+                             &beta, C, ldc),
+                 "cublasSgemm");
+  }
+  void gemv(int m, int n, const float* A, int lda, const float* x, float* y) {
+    const float one = 1.0f;
+    check_cublas(cublasSgemv(handle, CUBLAS_OP_N, m, n, &one, A, lda, x, 1, &one, y, 1), "cublasSgemv");
+  }
+  void add_bias(float* z, const float* b, long long k, int V) {
+    add_bias_kernel<<<blocks_for(k * V), 256, 0, stream>>>(z, b, k, V);
+    cuda::detail::check_launch("add_bias_kernel");
+  }
+  void row_coef(const std::int64_t* offsets, long long S, const float* d_seq, const float* weights, long long N, float* coef) {
+    row_coef_kernel<<<blocks_for(N), 256, 0, stream>>>(offsets, S, d_seq, weights, N, coef);
+    cuda::detail::check_launch("row_coef_kernel");
+  }
+  void constants(float* ones, long long R, float* unit, std::int64_t* offsets, long long k) {
+    constants_kernel<<<blocks_for(R), 256, 0, stream>>>(ones, R, unit, offsets, k);
+    cuda::detail::check_launch("constants_kernel");
+  }
+  void merge_status(status_area* total, status_area* chunk, long long r0) {
+    merge_status_kernel<<<1, 1, 0, stream>>>(total, chunk, r0);
+    cuda::detail::check_launch("merge_status_kernel");
+  }
+  void lse_gather(const float* z, int V, long long k, const std::int32_t* targets, const float* weights, float* token, float* lse,
+                  status_area* status) {
+    cuda::detail::check_cuda(dispatch::row_logsumexp_gather(z, V, k, targets, weights, token, lse, status, stream),
+                             "row_logsumexp_gather_kernel");
+  }
+  void softmax_grad(const float* z, float* grad, int V, long long k, const std::int32_t* targets, const float* coef,
+                    const std::int64_t* offsets, long long S, const float* unit, const float* lse, status_area* status) {
+    cuda::detail::check_cuda(dispatch::softmax_grad(z, grad, V, k, targets, coef, offsets, S, unit, lse, status, stream),
+                             "softmax_grad_kernel");
+  }
+  void segment_sum(const float* token, const std::int64_t* offsets, long long S, long long N, float* seq, status_area* status) {
+    cuda::detail::check_cuda(dispatch::segment_sum(token, offsets, S, N, seq, status, stream), "segment_sum_kernel");
+  }
+};
 
 inline void check_disjoint_device(std::initializer_list<std::pair<const char*, std::span<const std::byte>>> outputs,
                                   std::initializer_list<std::pair<const char*, std::span<const std::byte>>> inputs) {
@@ -223,7 +178,7 @@ inline void run(const LinearLogits<float>& in, Mode mode, std::span<float> seq_l
     if (!g.bias.empty()) check_size("grads.bias", g.bias.size(), V);
   }
   if (!lse_in.empty()) check_size("row_lse", lse_in.size(), N);
-  const Layout_ l = layout_of(in, opt);
+  const WorkspaceLayout l = layout_of(in, opt);
   if (workspace.size() < l.bytes)
     fail("workspace", "size " + std::to_string(workspace.size()),
          "at least workspace_size(in, options) = " + std::to_string(l.bytes) + " bytes");
@@ -237,82 +192,9 @@ inline void run(const LinearLogits<float>& in, Mode mode, std::span<float> seq_l
                          {"d_seq", bytes_of(d_seq)}, {"row_lse", bytes_of(lse_in)}});
   if (handle == nullptr) fail("handle", "null", "a cuBLAS handle (cublasCreate)");
 
-  std::byte* ws = workspace.data();
-  auto* status = reinterpret_cast<status_area*>(ws + l.status_at);
-  auto* chunk_status = reinterpret_cast<status_area*>(ws + l.chunk_status_at);
-  float* Z = reinterpret_cast<float*>(ws + l.logits_at);
-  float* coef = reinterpret_cast<float*>(ws + l.coef_at);
-  float* ones = reinterpret_cast<float*>(ws + l.ones_at);
-  float* lse_chunk = reinterpret_cast<float*>(ws + l.lse_at);  // forward_backward without row_lse
-  float* token = token_logp.empty() ? reinterpret_cast<float*>(ws + l.token_at) : token_logp.data();
-  auto* chunk_offsets = reinterpret_cast<std::int64_t*>(ws + l.offsets_at);
-  float* unit = reinterpret_cast<float*>(ws + l.unit_at);
-  const float* weights = in.weights.empty() ? nullptr : in.weights.data();
-  using cuda::detail::check_cuda;
+  CudaOps ops{handle, stream};
   check_cublas(cublasSetStream(handle, stream), "cublasSetStream");
-  check_cuda(cudaMemsetAsync(ws, 0, l.logits_at, stream), "cudaMemsetAsync(status areas)");
-  if (N == 0) {
-    if (fwd && S != 0) check_cuda(cudaMemsetAsync(seq_logp.data(), 0, S * sizeof(float), stream), "cudaMemsetAsync(seq_logp)");
-    return;
-  }
-  const long long R = static_cast<long long>(l.chunk_rows);
-  if (bwd) {
-    row_coef_kernel<<<blocks_for(static_cast<long long>(N)), 256, 0, stream>>>(
-        in.offsets.data(), static_cast<long long>(S), d_seq.data(), weights, static_cast<long long>(N), coef);
-    check_cuda(cudaGetLastError(), "row_coef_kernel");
-  }
-  const int Vi = static_cast<int>(V), di = static_cast<int>(d);
-  const bool vocab_major = in.layout == Layout::vocab_major;
-  const float one = 1.0f, zero = 0.0f;
-  for (std::size_t r0 = 0; r0 < N; r0 += l.chunk_rows) {
-    const long long k = static_cast<long long>(std::min(l.chunk_rows, N - r0));
-    const int ki = static_cast<int>(k);
-    const float* Hc = in.hidden.data() + r0 * d;
-    // Z (row-major [k, V]) is column-major [V, k]: Zᵀ = W Hcᵀ (vocab_major W is column-major [d, V]).
-    check_cublas(cublasSgemm(handle, vocab_major ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, Vi, ki, di, &one, in.proj.data(),
-                             vocab_major ? di : Vi, Hc, di, &zero, Z, Vi),
-                 "cublasSgemm (logits)");
-    if (!in.bias.empty()) {
-      add_bias_kernel<<<blocks_for(k * Vi), 256, 0, stream>>>(Z, in.bias.data(), k, Vi);
-      check_cuda(cudaGetLastError(), "add_bias_kernel");
-    }
-    const std::int32_t* targets = in.targets.data() + r0;
-    if (fwd) {
-      check_cuda(dispatch::row_logsumexp_gather(static_cast<const float*>(Z), Vi, k, targets, weights ? weights + r0 : nullptr,
-                                                token + r0, row_lse.empty() ? lse_chunk : row_lse.data() + r0, chunk_status,
-                                                stream),
-                 "row_logsumexp_gather_kernel");
-    }
-    if (bwd) {
-      constants_kernel<<<blocks_for(k), 256, 0, stream>>>(ones, R, unit, chunk_offsets, k);
-      check_cuda(cudaGetLastError(), "constants_kernel");
-      // The forward's lse of this chunk, or the caller's from forward(), or none: recomputed.
-      const float* lse = fwd ? (row_lse.empty() ? lse_chunk : row_lse.data() + r0) : (lse_in.empty() ? nullptr : lse_in.data() + r0);
-      check_cuda(dispatch::softmax_grad(static_cast<const float*>(Z), Z, Vi, k, targets, coef + r0, chunk_offsets, 1, unit, lse,
-                                        chunk_status, stream),
-                 "softmax_grad_kernel");
-      if (!g.proj.empty()) {  // dW += Gᵀ Hc
-        if (vocab_major)      // dW column-major [d, V] += Hcᵀ (col-major [d, k]) · G (col-major [V, k])ᵀ
-          check_cublas(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_T, di, Vi, ki, &one, Hc, di, Z, Vi, &one, g.proj.data(), di),
-                       "cublasSgemm (dW)");
-        else  // dW column-major [V, d] += G (col-major [V, k]) · Hc (col-major [d, k])ᵀ
-          check_cublas(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_T, Vi, di, ki, &one, Z, Vi, Hc, di, &one, g.proj.data(), Vi),
-                       "cublasSgemm (dW)");
-      }
-      if (!g.bias.empty())  // db += G (col-major [V, k]) · 1
-        check_cublas(cublasSgemv(handle, CUBLAS_OP_N, Vi, ki, &one, Z, Vi, ones, 1, &one, g.bias.data(), 1), "cublasSgemv (db)");
-      if (!g.hidden.empty())  // dHc column-major [d, k] = Wᵀ-as-[d, V] · G (col-major [V, k])
-        check_cublas(cublasSgemm(handle, vocab_major ? CUBLAS_OP_N : CUBLAS_OP_T, CUBLAS_OP_N, di, ki, Vi, &one, in.proj.data(),
-                                 vocab_major ? di : Vi, Z, Vi, &zero, g.hidden.data() + r0 * d, di),
-                     "cublasSgemm (dH)");
-    }
-    merge_status_kernel<<<1, 1, 0, stream>>>(status, chunk_status, static_cast<long long>(r0));
-    check_cuda(cudaGetLastError(), "merge_status_kernel");
-  }
-  if (fwd)
-    check_cuda(dispatch::segment_sum(token, in.offsets.data(), static_cast<long long>(S), static_cast<long long>(N), seq_logp.data(),
-                                     status, stream),
-               "segment_sum_kernel");
+  run_chunks(in, mode, seq_logp, token_logp, row_lse, d_seq, lse_in, g, workspace.data(), l, ops);
 }
 
 }  // namespace detail
