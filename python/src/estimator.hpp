@@ -1,6 +1,6 @@
 #pragma once
-// dftune_torch.Estimator: dftune::Estimator<double> (log u_i per training example, DESIGN of the
-// library: objective/dft.hpp) with torch's state_dict protocol. The state is float64 whatever the
+// dftune_torch.Estimator: dftune::Estimator<double> (log u_i per training example; the estimator of
+// docs/math.md and objective/dft.hpp) with torch's state_dict protocol. The state is float64 whatever the
 // log-probs' dtype: B numbers per step, and float32 log u would round every update.
 #include "tensors.hpp"
 
