@@ -32,6 +32,7 @@
 #include <dftune/logprob/cuda/dispatch.cuh>
 #include <dftune/logprob/cuda/linear_chunks.cuh>
 #include <dftune/logprob/cuda/types.cuh>
+#include <dftune/logprob/linear/checks.hpp>
 #include <dftune/logprob/linear/linear_logits.hpp>
 
 #include <cublas_v2.h>
@@ -40,12 +41,9 @@
 #include <climits>
 #include <cstddef>
 #include <cstdint>
-#include <functional>
-#include <initializer_list>
 #include <span>
 #include <stdexcept>
 #include <string>
-#include <utility>
 
 DFTUNE_NAMESPACE_BEGIN
 
@@ -115,32 +113,6 @@ struct CudaOps {
   }
 };
 
-inline void check_disjoint_device(std::initializer_list<std::pair<const char*, std::span<const std::byte>>> outputs,
-                                  std::initializer_list<std::pair<const char*, std::span<const std::byte>>> inputs) {
-  const std::less<const std::byte*> lt;
-  auto overlap = [&](std::span<const std::byte> a, std::span<const std::byte> b) {
-    return !a.empty() && !b.empty() && lt(a.data(), b.data() + b.size()) && lt(b.data(), a.data() + a.size());
-  };
-  std::size_t i = 0;
-  for (const auto& [name, out] : outputs) {
-    for (const auto& [in_name, in] : inputs)
-      if (overlap(out, in))
-        dftune::detail::fail(name, "a buffer overlapping " + std::string(in_name), "a buffer disjoint from every input and every other output");
-    std::size_t j = 0;
-    for (const auto& [other, o] : outputs) {
-      if (j++ >= i) break;
-      if (overlap(out, o))
-        dftune::detail::fail(name, "a buffer overlapping " + std::string(other), "a buffer disjoint from every input and every other output");
-    }
-    ++i;
-  }
-}
-
-template <class X>
-std::span<const std::byte> bytes_of(std::span<X> s) {
-  return {reinterpret_cast<const std::byte*>(s.data()), s.size_bytes()};
-}
-
 // Host-side checks (everything that needs no device read), then the chunks.
 inline void run(const LinearLogits<float>& in, Mode mode, std::span<float> seq_logp, std::span<float> token_logp,
                 std::span<float> row_lse, std::span<const float> d_seq, std::span<const float> lse_in,
@@ -149,12 +121,7 @@ inline void run(const LinearLogits<float>& in, Mode mode, std::span<float> seq_l
   using dftune::detail::check_size;
   using dftune::detail::fail;
   // Shapes only: targets, weights and offsets are device memory, their values the kernels' to judge.
-  if (in.dim == 0) fail("dim", in.dim, "at least 1");
-  if (in.vocab == 0) fail("vocab", in.vocab, "at least 1");
-  if (in.hidden.size() % in.dim != 0)
-    fail("hidden", "size " + std::to_string(in.hidden.size()), "a multiple of dim = " + std::to_string(in.dim));
-  dftune::detail::check_size_product("proj", in.proj.size(), in.vocab, in.dim, "proj (vocab·dim)");
-  if (!in.bias.empty()) check_size("bias", in.bias.size(), in.vocab);
+  logprob::linear::validate_shapes(in);
   check_size("targets", in.targets.size(), in.rows());
   if (!in.weights.empty()) check_size("weights", in.weights.size(), in.rows());
   if (in.offsets.empty()) fail("offsets", "size 0", "size S + 1 >= 1");
@@ -184,12 +151,15 @@ inline void run(const LinearLogits<float>& in, Mode mode, std::span<float> seq_l
          "at least workspace_size(in, options) = " + std::to_string(l.bytes) + " bytes");
   if (reinterpret_cast<std::uintptr_t>(workspace.data()) % 256 != 0)
     fail("workspace", "a misaligned buffer", "alignment 256 (what cudaMalloc returns)");
-  check_disjoint_device({{"seq_logp", bytes_of(seq_logp)}, {"token_logp", bytes_of(token_logp)}, {"row_lse", bytes_of(row_lse)},
-                         {"grads.hidden", bytes_of(g.hidden)}, {"grads.proj", bytes_of(g.proj)}, {"grads.bias", bytes_of(g.bias)},
-                         {"workspace", std::span<const std::byte>(workspace.first(l.bytes))}},
-                        {{"hidden", bytes_of(in.hidden)}, {"proj", bytes_of(in.proj)}, {"bias", bytes_of(in.bias)},
-                         {"targets", bytes_of(in.targets)}, {"weights", bytes_of(in.weights)}, {"offsets", bytes_of(in.offsets)},
-                         {"d_seq", bytes_of(d_seq)}, {"row_lse", bytes_of(lse_in)}});
+  using logprob::linear::internal::region;
+  const logprob::linear::internal::Region inputs[] = {
+      region("hidden", in.hidden),   region("proj", in.proj), region("bias", in.bias),   region("targets", in.targets),
+      region("weights", in.weights), region("offsets", in.offsets), region("d_seq", d_seq), region("row_lse", lse_in)};
+  const logprob::linear::internal::Region outputs[] = {
+      region("seq_logp", seq_logp),          region("token_logp", token_logp), region("row_lse", row_lse),
+      region("grads.hidden", g.hidden),      region("grads.proj", g.proj),     region("grads.bias", g.bias),
+      region("workspace", workspace.first(l.bytes))};
+  logprob::linear::internal::check_disjoint(outputs, inputs);  // the CPU head's rule, on device addresses
   if (handle == nullptr) fail("handle", "null", "a cuBLAS handle (cublasCreate)");
 
   CudaOps ops{handle, stream};

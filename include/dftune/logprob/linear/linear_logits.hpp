@@ -62,6 +62,17 @@ struct Options {
   std::size_t threads = 0;      // 0: omp_get_max_threads(), or 1 for a small chunk; bf16 stages W per thread
 };
 
+// dim, vocab and the sizes of H, W and b; what a device path can check without reading its buffers.
+template <class T>
+void validate_shapes(const LinearLogits<T>& in) {
+  if (in.dim == 0) detail::fail("dim", in.dim, "at least 1");
+  if (in.vocab == 0) detail::fail("vocab", in.vocab, "at least 1");
+  if (in.hidden.size() % in.dim != 0)
+    detail::fail("hidden", "size " + std::to_string(in.hidden.size()), "a multiple of dim = " + std::to_string(in.dim));
+  detail::check_size_product("proj", in.proj.size(), in.vocab, in.dim, "proj (vocab·dim)");
+  if (!in.bias.empty()) detail::check_size("bias", in.bias.size(), in.vocab);
+}
+
 // Shapes, offsets, weights and the targets of weighted rows; dftune::error naming the argument.
 // H, W and b are not scanned: the logits they make are judged, during the call, by the reductions'
 // rule (logprob/generic.hpp, "Non-finite logits"): a weighted row with a NaN or +inf logit, a −inf
@@ -72,12 +83,7 @@ struct Options {
 // DFT step does, keeps them intact, since backward given forward's row_lse trusts it).
 template <class T>
 void validate(const LinearLogits<T>& in) {
-  if (in.dim == 0) detail::fail("dim", in.dim, "at least 1");
-  if (in.vocab == 0) detail::fail("vocab", in.vocab, "at least 1");
-  if (in.hidden.size() % in.dim != 0)
-    detail::fail("hidden", "size " + std::to_string(in.hidden.size()), "a multiple of dim = " + std::to_string(in.dim));
-  detail::check_size_product("proj", in.proj.size(), in.vocab, in.dim, "proj (vocab·dim)");
-  if (!in.bias.empty()) detail::check_size("bias", in.bias.size(), in.vocab);
+  validate_shapes(in);
   validate_rows(in.rows(), in.vocab, in.targets, in.weights, in.offsets);
 }
 
