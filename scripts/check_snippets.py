@@ -95,9 +95,14 @@ def cpp_source(b):
     if scope not in ("function", "namespace", "class"):
         raise ValueError(f"{b.where()}: in={scope}: expected function, namespace or class")
     prelude = b.marker["prelude"].split("\n")
-    includes = [l for l in prelude + b.code.split("\n") if l.strip().startswith("#include")]
-    decls = "\n".join(l for l in prelude if not l.strip().startswith("#include"))
-    code = "\n".join(("" if l.strip().startswith("#include") else l) for l in b.code.split("\n"))
+    # Hoisted above the wrapper: includes, and in a class body (which cannot hold them) namespace
+    # aliases and using-directives. Hoisted lines become blank so that #line numbers still match.
+    def hoisted(l):
+        l = l.strip()
+        return l.startswith("#include") or (scope == "class" and re.match(r"(namespace \w+ =|using namespace )", l))
+    includes = [l for l in prelude + b.code.split("\n") if hoisted(l)]
+    decls = "\n".join(l for l in prelude if not hoisted(l))
+    code = "\n".join(("" if hoisted(l) else l) for l in b.code.split("\n"))
     opening = {"function": "[[maybe_unused]] static void snippet_fragment() {",
                "namespace": "namespace snippet_fragment {", "class": "struct SnippetFragment {"}[scope]
     closing = {"function": "}", "namespace": "}", "class": "};"}[scope]
