@@ -1,5 +1,13 @@
 #pragma once
 // The DFT / DFT2 objective (arXiv 2502.18679; docs/math.md) on spans of per-sequence log-probs.
+// The paper's equations are cited by section and name (its equation numbers were not at hand):
+//
+//   likelihood  P_θ(y|x) = exp(s_θ(y,x)/τ) / Σ_{y'} exp(s_θ(y',x)/τ)          (§4, discriminative likelihood)
+//   identity    Σ_{y'} exp(s_θ(y',x)/τ) = E_{y'~π_ref}[exp(s_θ(y',x)/τ − log π_ref(y'|x))]
+//                                                                            (§4, importance sampling)
+//   so −log P_θ(y_i|x_i) ≈ log u_i − s_i/τ, u_i a moving average of (1/m) Σ_j exp(d_ij) over the
+//   example's visits (§4, moving-average estimator; DFT2: §5); the step, line by line against the
+//   paper with no checks: examples/dft_reference.hpp.
 //
 //   score       s = log π_θ(y|x)                      (DFT)
 //               s = log π_θ(y|x) / (|y| + ε)          (DFT2)
