@@ -24,8 +24,10 @@
 
 DFTUNE_NAMESPACE_BEGIN
 
+// One JSON object, built key by key, for a JSON Lines log (one object per training step).
 class JsonRecord {
  public:
+  // Adds key: value; a NaN or infinite value is written as null.
   JsonRecord& add(std::string_view key, double value) {
     begin(key);
     if (!std::isfinite(value)) {
@@ -38,6 +40,7 @@ class JsonRecord {
     body_.append(buf, end);
     return *this;
   }
+  // Adds key: an integer value.
   template <std::integral I>
     requires(!std::same_as<I, bool>)
   JsonRecord& add(std::string_view key, I value) {
@@ -45,23 +48,28 @@ class JsonRecord {
     body_ += std::to_string(value);
     return *this;
   }
+  // Adds key: true or false.
   JsonRecord& add(std::string_view key, bool value) {
     begin(key);
     body_ += value ? "true" : "false";
     return *this;
   }
+  // Adds key: a string value, escaped as JSON requires.
   JsonRecord& add(std::string_view key, std::string_view value) {
     begin(key);
     quote(value);
     return *this;
   }
+  // Adds key: a string value, escaped as JSON requires.
   JsonRecord& add(std::string_view key, const char* value) { return add(key, std::string_view(value)); }
 
+  // Whether key has been added.
   bool contains(std::string_view key) const {
     for (const std::string& k : keys_)
       if (k == key) return true;
     return false;
   }
+  // The number of keys added.
   std::size_t size() const { return keys_.size(); }
   // The object on one line, without the newline.
   std::string str() const { return "{" + body_ + "}"; }

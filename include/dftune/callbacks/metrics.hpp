@@ -37,10 +37,12 @@ DFTUNE_NAMESPACE_BEGIN
 
 // The reward of each chosen (B) and rejected (B·m, row-major [i][j]) answer of a preference batch.
 struct PairRewards {
-  std::size_t num_negatives = 1;
-  std::vector<double> chosen, rejected;
+  std::size_t num_negatives = 1;  // m: rejected answers per chosen one
+  std::vector<double> chosen;     // [B] r_w of each chosen answer
+  std::vector<double> rejected;   // [B·m] r_l of each rejected answer, row-major [i][j]
 };
 
+// TRL's rewards/* metrics of a preference batch (DPO, IPO, SimPO, ORPO), from PairRewards.
 struct RewardMetrics {
   double chosen = 0;      // rewards/chosen
   double rejected = 0;    // rewards/rejected
@@ -48,8 +50,11 @@ struct RewardMetrics {
   double accuracies = 0;  // rewards/accuracies: share of pairs with r_w > r_l (strictly, as TRL)
 };
 
+// The estimator's metrics of a DFT / DFT2 step (dft/* in the JSON Lines log; docs/math.md, "Metrics").
 struct DftMetrics {
-  double log_u_mean = 0, log_u_min = 0, log_u_max = 0;  // log u_i after the step's update
+  double log_u_mean = 0;  // dft/log_u_mean: mean of log u_i after the step's update
+  double log_u_min = 0;   // dft/log_u_min
+  double log_u_max = 0;   // dft/log_u_max
   double ess = 0;         // mean over examples of 1/Σ_j w̃_ij², in [1, m]; NaN if every weight underflowed
   double max_weight = 0;  // largest normalised weight w̃_ij of the batch, in [1/m, 1]
   double weight_sum = 0;  // mean over examples of (1/m) Σ_j exp(d_ij − log u_i)
@@ -91,6 +96,8 @@ PairRewards length_normalized_rewards(const PreferenceScores<T>& b, double beta)
   return r;
 }
 
+// Means of the chosen and rejected rewards, of their margins r_w − r_l over the B·m pairs, and the
+// share of pairs with r_w > r_l.
 inline RewardMetrics reward_metrics(const PairRewards& r) {
   const std::size_t B = r.chosen.size(), m = r.num_negatives;
   if (B == 0) detail::fail("chosen", "size 0", "at least one pair");

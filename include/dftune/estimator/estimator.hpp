@@ -31,6 +31,7 @@
 
 DFTUNE_NAMESPACE_BEGIN
 
+// The estimator state u of DFT (see the file's comment): log u_i per example id, T float or double.
 template <class T>
 class Estimator {
   static_assert(std::is_floating_point_v<T>, "dftune::Estimator<T>: T must be float or double");
@@ -58,9 +59,13 @@ class Estimator {
 
   // The number of examples this estimator holds: num_examples() unless it is sharded.
   std::size_t size() const { return log_u_.size(); }
+  // N: ids are in [0, N).
   std::size_t num_examples() const { return num_examples_; }
+  // Which ids this estimator holds (Shard{0, 1}: all of them).
   const distributed::Shard& shard() const { return shard_; }
+  // How an unseen example's log u starts, and whether it is updated (DftOptions::init).
   EstimatorInit init() const { return init_; }
+  // The starting log u of constant and fixed init (DftOptions::log_u0).
   T log_u0() const { return log_u0_; }
 
   // log u_id, or nothing until example id has been updated once.
@@ -101,7 +106,9 @@ class Estimator {
   // ---- checkpointing (io/checkpoint.hpp) ----------------------------------------------------
   // The raw state: log u_i for every example held (meaningful where seen[i] = 1, else 0) and the
   // flags, by local index (the id itself unless sharded; shard().global_id(k) otherwise).
+  // log u by local index (0 where never updated).
   std::span<const T> raw_log_u() const { return log_u_; }
+  // 1 where the example has been updated, by local index.
   std::span<const unsigned char> raw_seen() const { return seen_; }
   // Checks a raw state as restore() would; throws dftune::error, changes nothing.
   void check_raw(std::span<const T> log_u, std::span<const unsigned char> seen) const {

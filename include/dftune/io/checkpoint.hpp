@@ -430,6 +430,8 @@ void commit(DftOptimizer<M, R, S, C>& opt, TrainingState<typename M::scalar_type
 }  // namespace internal
 
 // ---- estimator checkpoints -----------------------------------------------------------------
+// The estimator's checkpoint as a file image in memory (what save writes). Throws dftune::error,
+// writing nothing, for a state load could not read back.
 template <class T>
 std::vector<std::byte> encode(const Estimator<T>& est) {
   internal::check_scalar<T>();
@@ -448,6 +450,8 @@ void decode(std::span<const std::byte> file, Estimator<T>& est, std::string_view
   est.restore(std::move(s.log_u), std::move(s.seen));  // checked above: cannot throw
 }
 
+// Writes the estimator's state to path, atomically (a temporary beside it, flushed, renamed over
+// it): a failed save leaves the old file. Throws dftune::error naming the file.
 template <class T>
 void save(const std::filesystem::path& path, const Estimator<T>& est) {
   internal::check_scalar<T>();
@@ -457,6 +461,8 @@ void save(const std::filesystem::path& path, const Estimator<T>& est) {
   });
 }
 
+// Loads a file written by save(path, est); est is unchanged on any error (a dftune::error naming
+// the file and the field: a wrong version, a corrupted file, a different number of examples or options).
 template <class T>
 void load(const std::filesystem::path& path, Estimator<T>& est) {
   internal::check_scalar<T>();
@@ -468,6 +474,9 @@ void load(const std::filesystem::path& path, Estimator<T>& est) {
 }
 
 // ---- training checkpoints ------------------------------------------------------------------
+// The whole run as a file image in memory (what save writes): estimator, options, step count,
+// parameters, the inner rule's state and the schedule. Throws dftune::error, writing nothing, for a
+// state load could not read back.
 template <class M, class R, class S, class C>
 std::vector<std::byte> encode(const DftOptimizer<M, R, S, C>& opt) {
   internal::check_checkpointable<M, R, S>();
@@ -487,6 +496,8 @@ void decode(std::span<const std::byte> file, DftOptimizer<M, R, S, C>& opt, std:
   internal::commit(opt, std::move(l));
 }
 
+// Writes the whole run to path, atomically; resuming from it continues bit for bit. Throws
+// dftune::error naming the file.
 template <class M, class R, class S, class C>
 void save(const std::filesystem::path& path, const DftOptimizer<M, R, S, C>& opt) {
   internal::check_checkpointable<M, R, S>();
@@ -496,6 +507,8 @@ void save(const std::filesystem::path& path, const DftOptimizer<M, R, S, C>& opt
   });
 }
 
+// Loads a file written by save(path, opt) into opt, its model and its estimator; all three are
+// unchanged on any error (a dftune::error naming the file and the field that differs).
 template <class M, class R, class S, class C>
 void load(const std::filesystem::path& path, DftOptimizer<M, R, S, C>& opt) {
   internal::check_checkpointable<M, R, S>();

@@ -53,6 +53,7 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace io {
 
+// The file, in a sharded checkpoint's directory, whose presence commits the set (written last).
 inline constexpr const char* manifest_name = "manifest.ckpt";
 
 namespace sharded {

@@ -17,8 +17,10 @@
 
 #if !defined(DFTUNE_LOGPROB_GENERIC_ONLY) && __has_include(<Eigen/Core>)
 #include <dftune/logprob/cpu/fast.hpp>
+// 1 when logprob::forward / backward dispatch to the CPU fast path (cpu/fast.hpp), else 0.
 #define DFTUNE_HAS_CPU_FAST_PATH 1
 #else
+// 1 when logprob::forward / backward dispatch to the CPU fast path (cpu/fast.hpp), else 0.
 #define DFTUNE_HAS_CPU_FAST_PATH 0
 #endif
 

@@ -13,6 +13,7 @@
 
 DFTUNE_NAMESPACE_BEGIN
 
+// A token id: an index into the vocabulary (int32, as PyTorch's and tokenizers' ids fit).
 using token_t = std::int32_t;
 
 namespace logprob {
@@ -22,6 +23,8 @@ namespace logprob {
 template <class T>
 using compute_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
+// The input of a token log-prob reduction: N rows of V logits, the target token of each row, an
+// optional weight per row (0 masks prompts and padding) and the rows of each of S sequences.
 template <class T>
 struct TokenLogits {
   std::span<const T> logits = {};               // [N, V] row-major
@@ -30,8 +33,11 @@ struct TokenLogits {
   std::span<const compute_t<T>> weights = {};   // [N]; empty means every token has weight 1
   std::span<const std::int64_t> offsets = {};   // [S + 1]: sequence s is rows [offsets[s], offsets[s+1])
 
+  // N, the number of logit rows.
   std::size_t rows() const { return vocab == 0 ? 0 : logits.size() / vocab; }
+  // S, the number of sequences.
   std::size_t sequences() const { return offsets.empty() ? 0 : offsets.size() - 1; }
+  // The weight of a row: weights[row], or 1 when no weights are given.
   compute_t<T> weight(std::size_t row) const { return weights.empty() ? compute_t<T>(1) : weights[row]; }
 };
 

@@ -24,10 +24,12 @@
 
 DFTUNE_NAMESPACE_BEGIN
 
+// The reference model (see the file's comment): θ holds one row of logits per context; it
+// satisfies the Model concept, and T (float or double) is the type of its scores and parameters.
 template <class T>
 class CategoricalPolicy {
  public:
-  using scalar_type = T;
+  using scalar_type = T;  // the type of scores, parameters and gradients
 
   // θ = 0: every context starts uniform over the vocabulary. num_contexts·vocab is checked before
   // it sizes θ (a wrapped product would size it too small for the rows it indexes).
@@ -42,10 +44,15 @@ class CategoricalPolicy {
     grad_.assign(theta_.size(), T(0));
   }
 
+  // V, the number of tokens a completion may use.
   std::size_t vocab_size() const { return vocab_; }
+  // The number of contexts (rows of θ).
   std::size_t num_contexts() const { return contexts_; }
+  // θ, flat [num_contexts · vocab]: the inner rule updates it in place.
   std::span<T> parameters() { return theta_; }
+  // The gradient buffer, the size of parameters().
   std::span<T> gradients() { return grad_; }
+  // Sets every gradient to 0.
   void zero_gradients() { std::fill(grad_.begin(), grad_.end(), T(0)); }
   // θ_c, e.g. to start from a reference distribution: logits(c)[a] = log π_ref(a|c).
   std::span<T> logits(std::size_t context) {
@@ -53,6 +60,8 @@ class CategoricalPolicy {
     return std::span<T>(theta_).subspan(context * vocab_, vocab_);
   }
 
+  // scores[s] = log π(completion_s | prompt_s) for every sequence of the batch. Throws
+  // dftune::error for a malformed batch, a context or token out of range, or scores of the wrong size.
   void sequence_logp(const SequenceBatch& batch, std::span<T> scores) {
     gather(batch);
     detail::check_size("scores", scores.size(), batch.size());

@@ -14,15 +14,20 @@
 
 DFTUNE_NAMESPACE_BEGIN
 
+// A view of S (prompt, completion) token sequences, as the Model concept scores them; it owns
+// nothing (Sequences builds one). validate() checks it.
 struct SequenceBatch {
-  std::span<const token_t> tokens = {};
+  std::span<const token_t> tokens = {};  // every sequence's tokens, one after the other
   std::span<const std::int64_t> offsets = {};     // [S + 1], offsets[0] = 0, offsets[S] = tokens.size()
   std::span<const std::int64_t> prompt_len = {};  // [S], 1 <= prompt_len[s] < length of sequence s
 
+  // S, the number of sequences.
   std::size_t size() const { return offsets.empty() ? 0 : offsets.size() - 1; }
+  // The number of tokens of sequence s, prompt included.
   std::int64_t length(std::size_t s) const { return offsets[s + 1] - offsets[s]; }
   // |y|: the number of completion tokens of sequence s.
   std::int64_t completion_length(std::size_t s) const { return length(s) - prompt_len[s]; }
+  // The tokens of sequence s, prompt then completion.
   std::span<const token_t> sequence(std::size_t s) const {
     return tokens.subspan(static_cast<std::size_t>(offsets[s]), static_cast<std::size_t>(length(s)));
   }
@@ -30,17 +35,21 @@ struct SequenceBatch {
 
 // An owning batch, for building one sequence at a time; view() gives the SequenceBatch.
 struct Sequences {
-  std::vector<token_t> tokens;
-  std::vector<std::int64_t> offsets{0};
-  std::vector<std::int64_t> prompt_len;
+  std::vector<token_t> tokens;  // every sequence's tokens, one after the other
+  std::vector<std::int64_t> offsets{0};  // [S + 1]: sequence s is tokens[offsets[s], offsets[s+1])
+  std::vector<std::int64_t> prompt_len;  // [S]: the first prompt_len[s] tokens of sequence s are its prompt
 
+  // Appends one sequence: the prompt's tokens, then the completion's (your data's answer, or a
+  // sampled negative). Nothing is checked here; validate(view(), vocab) checks the whole batch.
   void push(std::span<const token_t> prompt, std::span<const token_t> completion) {
     tokens.insert(tokens.end(), prompt.begin(), prompt.end());
     tokens.insert(tokens.end(), completion.begin(), completion.end());
     offsets.push_back(static_cast<std::int64_t>(tokens.size()));
     prompt_len.push_back(static_cast<std::int64_t>(prompt.size()));
   }
+  // The number of sequences pushed.
   std::size_t size() const { return prompt_len.size(); }
+  // The SequenceBatch over these vectors; valid until the next push.
   SequenceBatch view() const { return {.tokens = tokens, .offsets = offsets, .prompt_len = prompt_len}; }
 };
 

@@ -31,6 +31,8 @@
 
 DFTUNE_NAMESPACE_BEGIN
 
+// The input of the pairwise objectives (DPO, IPO, SimPO, ORPO): B prompts, each with one chosen
+// answer and m rejected ones, as per-sequence log-probs; each objective reads the spans it names.
 template <class T>
 struct PreferenceScores {
   std::size_t num_negatives = 1;               // m >= 1 rejected answers per prompt
@@ -41,6 +43,7 @@ struct PreferenceScores {
   std::span<const std::int64_t> pos_len = {};  // [B]   |y_w| completion tokens     (SimPO, ORPO)
   std::span<const std::int64_t> neg_len = {};  // [B·m] |y_l|                       (SimPO, ORPO)
 
+  // B, the number of prompts.
   std::size_t batch_size() const { return pos_logp.size(); }
 };
 
@@ -53,6 +56,7 @@ PreferenceScores<T> as_preferences(const SequenceScores<T>& s, std::span<const T
           .neg_len = s.neg_len};
 }
 
+// The input of the objectives on k samples per prompt (SFT, RWR, REINFORCE / RLOO, Best-of-N).
 template <class T>
 struct SampleScores {
   std::size_t group_size = 1;              // k >= 1 samples per prompt (RLOO: k >= 2; Best-of-N: N)
@@ -60,13 +64,14 @@ struct SampleScores {
   std::span<const T> reward = {};          // [B·k] r_ij
   std::span<const std::int64_t> len = {};  // [B·k] |y_ij|; only for a token-mean reduction
 
+  // B, the number of prompts.
   std::size_t batch_size() const { return group_size == 0 ? 0 : logp.size() / group_size; }
 };
 
 // Loss and ∂L/∂score for objectives on one list of sequences (SFT, RWR, REINFORCE, Best-of-N).
 template <class T>
 struct ScoreResult {
-  T loss = 0;
+  T loss = 0;           // L
   std::vector<T> grad;  // ∂L/∂logp[n], same layout as the input log-probs
 };
 
@@ -74,7 +79,7 @@ struct ScoreResult {
 // harness reads them alike.
 template <class T>
 struct PreferenceResult {
-  T loss = 0;
+  T loss = 0;               // L
   std::vector<T> grad_pos;  // [B]   ∂L/∂pos_logp
   std::vector<T> grad_neg;  // [B·m] ∂L/∂neg_logp
 };

@@ -17,10 +17,12 @@
 
 DFTUNE_NAMESPACE_BEGIN
 
+// Options of best_of_n_loss.
 struct BestOfNOptions {
   NllReduction reduction = NllReduction::sequence_mean;  // token_mean / length_normalized read s.len
 };
 
+// Throws dftune::error for a reduction that is not an NllReduction.
 inline void validate(const BestOfNOptions& o) { detail::baselines::check_reduction(o.reduction); }
 
 // Index into s.logp of the best sample of each prompt.
@@ -39,6 +41,8 @@ std::vector<std::size_t> best_of_n_indices(const SampleScores<T>& s) {
   return best;
 }
 
+// Best-of-N SFT: the negative log-likelihood (reduced as opt says) of the highest-reward sample of
+// each prompt (the first on a tie); the other samples get zero gradient.
 template <class T>
 ScoreResult<T> best_of_n_loss(const SampleScores<T>& s, const BestOfNOptions& opt = {}) {
   validate(opt);

@@ -9,6 +9,7 @@
 
 DFTUNE_NAMESPACE_BEGIN
 
+// Which objective of arXiv 2502.18679: DFT (§4) or the reference-free DFT2 (§5).
 enum class Variant {
   dft,   // score s = log π(y|x); exponent d_ij = s_ij/τ − log π_ref(y'_ij|x_i)
   dft2,  // reference-free: s = log π(y|x) / (|y| + ε); d_ij = s_ij/τ
@@ -21,21 +22,26 @@ enum class EstimatorInit {
   fixed,        // log u_i ≡ log_u0, never updated: weights π_θ/π_ref shrink as negatives die (studies)
 };
 
+// Writes "dft" or "dft2".
 inline std::ostream& operator<<(std::ostream& os, Variant v) { return os << (v == Variant::dft ? "dft" : "dft2"); }
+// Writes "first_visit", "constant" or "fixed".
 inline std::ostream& operator<<(std::ostream& os, EstimatorInit i) {
   return os << (i == EstimatorInit::first_visit ? "first_visit" : i == EstimatorInit::constant ? "constant" : "fixed");
 }
 
+// Options of the DFT / DFT2 objective and of its estimator; validate() checks them, and every
+// function taking them calls it first.
 struct DftOptions {
-  Variant variant = Variant::dft;
+  Variant variant = Variant::dft;  // DFT, or the reference-free DFT2
   double tau = 1.0;    // temperature τ of the discriminative likelihood, > 0
   double gamma = 0.85; // moving-average rate γ of the estimator, in (0, 1]; 1 keeps no memory
   // Read by Estimator's constructor: they define the state of an unseen example.
   EstimatorInit init = EstimatorInit::first_visit;
-  double log_u0 = 0.0;
+  double log_u0 = 0.0;  // log u of an unseen example under constant and fixed init; finite
   double eps = 1e-8;   // ε of the DFT2 length normalisation |y| + ε
 };
 
+// Throws dftune::error naming the first option out of its range.
 inline void validate(const DftOptions& o) {
   detail::check_positive("tau", o.tau);
   if (!(o.gamma > 0 && o.gamma <= 1)) detail::fail("gamma", o.gamma, "a number in (0, 1]");

@@ -13,12 +13,16 @@
 
 DFTUNE_NAMESPACE_BEGIN
 
+// Options of dpo_loss.
 struct DpoOptions {
   double beta = 0.1;  // β > 0: inverse strength of the implicit KL constraint to π_ref (paper's default 0.1)
 };
 
+// Throws dftune::error unless β > 0.
 inline void validate(const DpoOptions& o) { detail::check_positive("beta", o.beta); }
 
+// L and ∂L/∂log-probs of DPO (see the file's comment); reads pos_logp, neg_logp, ref_pos_logp,
+// ref_neg_logp. Throws dftune::error, naming the argument, before computing anything.
 template <class T>
 PreferenceResult<T> dpo_loss(const PreferenceScores<T>& b, const DpoOptions& opt = {}) {
   validate(opt);

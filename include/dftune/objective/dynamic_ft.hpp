@@ -36,6 +36,7 @@
 
 DFTUNE_NAMESPACE_BEGIN
 
+// The input of dynamic_ft_loss: per-token log-probs of S sequences, with a mask.
 template <class T>
 struct TokenScores {
   std::span<const T> token_logp = {};          // [N] log π_θ(y_n|x, y_<n) on completion rows (logprob::forward's token_logp)
@@ -43,16 +44,18 @@ struct TokenScores {
   std::span<const std::int64_t> offsets = {};  // [S + 1] sequence s owns rows [offsets[s], offsets[s+1])
 };
 
+// Options of dynamic_ft_loss.
 struct DynamicFtOptions {
   NllReduction reduction = NllReduction::token_mean;  // TRL's: the mean over the batch's completion tokens
 };
 
+// Throws dftune::error for a reduction that is not an NllReduction.
 inline void validate(const DynamicFtOptions& o) { detail::baselines::check_reduction(o.reduction); }
 
 // Loss and ∂L/∂token_logp, row for row (0 on masked rows).
 template <class T>
 struct TokenResult {
-  T loss = 0;
+  T loss = 0;  // L
   std::vector<T> grad;  // [N]
 };
 
@@ -91,6 +94,8 @@ void validate_token_scores(const TokenScores<T>& in, NllReduction reduction) {
 
 }  // namespace detail
 
+// Dynamic Fine-Tuning's loss −sg(p_t)·log p_t, reduced as opt says, and its gradient per token
+// (see the file's comment). Throws dftune::error, naming the argument, before computing anything.
 template <class T>
 TokenResult<T> dynamic_ft_loss(const TokenScores<T>& in, const DynamicFtOptions& opt = {}) {
   validate(opt);

@@ -16,10 +16,12 @@
 
 DFTUNE_NAMESPACE_BEGIN
 
+// Options of ipo_loss.
 struct IpoOptions {
   double beta = 0.1;  // β = τ > 0: the regression target of the margin is 1/(2β)
 };
 
+// Throws dftune::error unless β > 0 with a finite target margin 1/(2β).
 inline void validate(const IpoOptions& o) {
   detail::check_positive("beta", o.beta);
   if (!std::isfinite(1 / (2 * o.beta)))  // a subnormal β: the target margin overflows
@@ -30,19 +32,25 @@ inline void validate(const IpoOptions& o) {
 // e·(e·w) for |e| >= 1 (e·w <= |e|·w is at most the result's size), (e·e)·w for |e| < 1 (e² < 1),
 // so w·e² overflows only when it is larger than the largest double; likewise 2·e·w.
 struct SquaredLink {
-  double target = 0;
+  double target = 0;  // the margin the loss regresses h to, 1/(2β)
+  // ℓ(h).
   double value(double h) const { return (h - target) * (h - target); }
+  // ℓ'(h).
   double derivative(double h) const { return 2 * (h - target); }
+  // w·ℓ(h), without an intermediate overflow.
   double value(double h, double w) const {
     const double e = h - target;
     return std::fabs(e) >= 1 ? e * (e * w) : (e * e) * w;
   }
+  // w·ℓ'(h), without an intermediate overflow.
   double derivative(double h, double w) const {
     const double e = h - target;
     return std::fabs(e) >= 1 ? (e * w) * 2 : (2 * e) * w;
   }
 };
 
+// L and ∂L/∂log-probs of IPO (see the file's comment); reads pos_logp, neg_logp, ref_pos_logp,
+// ref_neg_logp. Throws dftune::error, naming the argument, before computing anything.
 template <class T>
 PreferenceResult<T> ipo_loss(const PreferenceScores<T>& b, const IpoOptions& opt = {}) {
   validate(opt);

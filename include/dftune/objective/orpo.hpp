@@ -26,11 +26,13 @@
 
 DFTUNE_NAMESPACE_BEGIN
 
+// Options of orpo_loss.
 struct OrpoOptions {
   double lambda = 0.1;                                   // λ >= 0, weight of the odds-ratio term
   NllReduction sft_reduction = NllReduction::token_mean;  // how L_SFT averages over the chosen answers
 };
 
+// Throws dftune::error unless λ >= 0 and the reduction is an NllReduction.
 inline void validate(const OrpoOptions& o) {
   detail::check_nonnegative("lambda", o.lambda);
   detail::baselines::check_reduction(o.sft_reduction);
@@ -51,12 +53,14 @@ void check_below_zero(std::string_view argument, std::span<const T> x) {
 
 // h = lo(y_w) − lo(y_l) with lo of the length-averaged log-prob.
 struct LogOddsMargin {
+  // Throws dftune::error unless the lengths are given and every log-prob is < 0.
   template <class T>
   void validate(const PreferenceScores<T>& b) const {
     detail::baselines::check_preference_lengths(b, "ORPO");
     detail::baselines::check_below_zero("pos_logp", b.pos_logp);
     detail::baselines::check_below_zero("neg_logp", b.neg_logp);
   }
+  // h and its derivatives for the pair (positive i, negative ij).
   template <class T>
   PairMargin operator()(const PreferenceScores<T>& b, std::size_t i, std::size_t ij) const {
     const double nw = static_cast<double>(b.pos_len[i]), nl = static_cast<double>(b.neg_len[ij]);
@@ -68,6 +72,8 @@ struct LogOddsMargin {
   }
 };
 
+// L and ∂L/∂log-probs of ORPO, the SFT term plus λ times the odds-ratio term (see the file's
+// comment); reads pos_logp, neg_logp, pos_len, neg_len. Throws dftune::error before computing anything.
 template <class T>
 PreferenceResult<T> orpo_loss(const PreferenceScores<T>& b, const OrpoOptions& opt = {}) {
   validate(opt);

@@ -38,17 +38,19 @@ DFTUNE_NAMESPACE_BEGIN
 
 // A pair's margin h and its partial derivatives wrt the two policy scores.
 struct PairMargin {
-  double h = 0;
+  double h = 0;  // the margin
   double dh_dpos = 0;  // ∂h/∂s_w
   double dh_dneg = 0;  // ∂h/∂s_l
 };
 
+// What pairwise_loss needs of a Margin policy (see the file's comment).
 template <class M, class T>
 concept PairMarginPolicy = requires(const M& m, const PreferenceScores<T>& b, std::size_t k) {
   m.validate(b);
   { m(b, k, k) } -> std::convertible_to<PairMargin>;
 };
 
+// What pairwise_loss needs of a Link policy (see the file's comment).
 template <class L>
 concept PairLinkPolicy = requires(const L& l, double h, double w) {
   { l.value(h, w) } -> std::convertible_to<double>;
@@ -59,7 +61,9 @@ concept PairLinkPolicy = requires(const L& l, double h, double w) {
 // any finite h (the Bradley–Terry likelihood of DPO, SimPO and ORPO's odds-ratio term). ℓ(h) <=
 // |h| + log 2 and |ℓ'| <= 1, so w·ℓ overflows only when the product does.
 struct LogSigmoidLink {
+  // ℓ(h).
   double value(double h) const { return h >= 0 ? std::log1p(std::exp(-h)) : -h + std::log1p(std::exp(h)); }
+  // ℓ'(h).
   double derivative(double h) const {
     if (h >= 0) {
       const double e = std::exp(-h);
@@ -67,21 +71,25 @@ struct LogSigmoidLink {
     }
     return -1 / (1 + std::exp(h));
   }
+  // w·ℓ(h).
   double value(double h, double w) const { return w * value(h); }
+  // w·ℓ'(h).
   double derivative(double h, double w) const { return w * derivative(h); }
 };
 
 // h = scale · [(s_w − r_w) − (s_l − r_l)]: the reference-anchored log-ratio margin of DPO (scale β)
 // and IPO (scale 1). `who` names the objective in error messages.
 struct ReferenceMargin {
-  double scale = 1;
-  std::string_view who = "this objective";
+  double scale = 1;  // β for DPO, 1 for IPO
+  std::string_view who = "this objective";  // the objective's name, for error messages
   std::string_view scale_name = "beta";  // the option `scale` comes from, for error messages
 
+  // Throws dftune::error unless ref_pos_logp and ref_neg_logp are given, of the right sizes, finite.
   template <class T>
   void validate(const PreferenceScores<T>& b) const {
     detail::baselines::check_references(b, who);
   }
+  // h and its derivatives for the pair (positive i, negative ij).
   template <class T>
   PairMargin operator()(const PreferenceScores<T>& b, std::size_t i, std::size_t ij) const {
     // Name what overflowed: one answer's log-ratio s − r, or β times a finite margin. (Log-probs are
@@ -172,6 +180,8 @@ PreferenceResult<T> narrow_preferences(const PairwiseTerms& t) {
 
 }  // namespace detail::baselines
 
+// L = (1/(B·m)) Σ_ij ℓ(h_ij) and its gradient for any Margin and Link policy (see the file's
+// comment): DPO, IPO, SimPO and ORPO's odds-ratio term are this with their own policies.
 template <class T, class Margin, class Link>
 PreferenceResult<T> pairwise_loss(const PreferenceScores<T>& b, const Margin& margin, const Link& link) {
   return detail::baselines::narrow_preferences<T>(detail::baselines::pairwise_terms(b, margin, link, 1.0));

@@ -37,10 +37,13 @@
 
 DFTUNE_NAMESPACE_BEGIN
 
+// The baseline b = the batch's mean reward (REINFORCE's default).
 struct BatchMeanBaseline {
-  static constexpr std::size_t min_group_size = 1;
+  static constexpr std::size_t min_group_size = 1;  // the fewest samples per prompt it needs
+  // Throws dftune::error for inputs this baseline cannot use.
   template <class T>
   void validate(const SampleScores<T>&) const {}
+  // b[n], the baseline of sample n.
   template <class T>
   void compute(const SampleScores<T>& s, std::vector<double>& b) const {
     const detail::ScaledSum sum = detail::scaled_sum(s.reward);  // no overflow for rewards near 1e308
@@ -48,34 +51,43 @@ struct BatchMeanBaseline {
   }
 };
 
+// A fixed baseline b (0: plain REINFORCE).
 struct ConstantBaseline {
-  double value = 0;
-  static constexpr std::size_t min_group_size = 1;
+  double value = 0;  // b, finite
+  static constexpr std::size_t min_group_size = 1;  // the fewest samples per prompt it needs
+  // Throws dftune::error for inputs this baseline cannot use.
   template <class T>
   void validate(const SampleScores<T>&) const {
     if (!std::isfinite(value)) detail::fail("baseline", value, "a finite number");
   }
+  // b[n], the baseline of sample n.
   template <class T>
   void compute(const SampleScores<T>& s, std::vector<double>& b) const {
     b.assign(s.reward.size(), value);
   }
 };
 
+// One baseline per sample, given by the caller (e.g. a value model's).
 template <class T>
 struct SampleBaseline {
   std::span<const T> values = {};  // [B·k] b_n
-  static constexpr std::size_t min_group_size = 1;
+  static constexpr std::size_t min_group_size = 1;  // the fewest samples per prompt it needs
+  // Throws dftune::error for inputs this baseline cannot use.
   void validate(const SampleScores<T>& s) const {
     detail::check_size("baseline", values.size(), s.logp.size());
     detail::check_finite("baseline", values);
   }
+  // b[n], the baseline of sample n.
   void compute(const SampleScores<T>&, std::vector<double>& b) const { b.assign(values.begin(), values.end()); }
 };
 
+// RLOO: each sample's baseline is the mean reward of the other k − 1 samples of its prompt.
 struct LeaveOneOutBaseline {
-  static constexpr std::size_t min_group_size = 2;
+  static constexpr std::size_t min_group_size = 2;  // the fewest samples per prompt it needs
+  // Throws dftune::error for inputs this baseline cannot use.
   template <class T>
   void validate(const SampleScores<T>&) const {}
+  // b[n], the baseline of sample n.
   template <class T>
   void compute(const SampleScores<T>& s, std::vector<double>& b) const {
     const std::size_t k = s.group_size;
@@ -89,6 +101,7 @@ struct LeaveOneOutBaseline {
   }
 };
 
+// What reinforce_loss needs of a Baseline policy: validate, compute and min_group_size.
 template <class P, class T>
 concept RewardBaseline = requires(const P& p, const SampleScores<T>& s, std::vector<double>& b) {
   p.validate(s);
@@ -96,6 +109,8 @@ concept RewardBaseline = requires(const P& p, const SampleScores<T>& s, std::vec
   { P::min_group_size } -> std::convertible_to<std::size_t>;
 };
 
+// REINFORCE with a baseline: L = −(1/N) Σ_n sg(r_n − b_n)·logp_n over the N = B·k samples (see the
+// file's comment). Throws dftune::error, naming the argument, before computing anything.
 template <class T, class Baseline = BatchMeanBaseline>
 ScoreResult<T> reinforce_loss(const SampleScores<T>& s, const Baseline& baseline = {}) {
   static_assert(RewardBaseline<Baseline, T>,

@@ -26,22 +26,27 @@
 
 DFTUNE_NAMESPACE_BEGIN
 
+// Over what RWR's weights exp(r/η) are normalised.
 enum class RwrNormalization {
   batch,  // weights sum to 1 over the whole batch
   group,  // weights sum to 1 within each prompt's k samples; prompts averaged
 };
 
+// Options of rwr_loss.
 struct RwrOptions {
   double eta = 1.0;  // temperature η > 0 of the weights exp(r/η)
-  RwrNormalization normalization = RwrNormalization::batch;
+  RwrNormalization normalization = RwrNormalization::batch;  // over what the weights sum to 1
 };
 
+// Throws dftune::error unless η > 0 and the normalization is known.
 inline void validate(const RwrOptions& o) {
   detail::check_positive("eta", o.eta);
   if (o.normalization != RwrNormalization::batch && o.normalization != RwrNormalization::group)
     detail::fail("normalization", static_cast<int>(o.normalization), "RwrNormalization::batch or group");
 }
 
+// Reward-weighted regression: the negative log-likelihood of the samples weighted by the softmax
+// of r/η (see the file's comment). Throws dftune::error, naming the argument, before computing anything.
 template <class T>
 ScoreResult<T> rwr_loss(const SampleScores<T>& s, const RwrOptions& opt = {}) {
   validate(opt);

@@ -10,6 +10,8 @@
 
 DFTUNE_NAMESPACE_BEGIN
 
+// The input of dft_loss / dft_step: B prompts, each with one positive and m negatives, as
+// per-sequence log-probs your model computed, and the example ids that key the estimator.
 template <class T>
 struct SequenceScores {
   std::span<const std::int64_t> ids = {};        // [B] stable example ids, each in [0, num_examples)
@@ -25,9 +27,11 @@ struct SequenceScores {
   // terms of L: they too sum over ranks to L).
   std::size_t global_batch_size = 0;
 
+  // B, the number of prompts.
   std::size_t batch_size() const { return ids.size(); }
 };
 
+// What dft_loss / dft_step return: L, its gradient wrt the log-probs, and the batch's new log u.
 template <class T>
 struct DftResult {
   T loss = 0;              // L of docs/math.md: its gradient is the DFT step (τ × objective gradient)

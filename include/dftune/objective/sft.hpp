@@ -21,8 +21,9 @@
 
 DFTUNE_NAMESPACE_BEGIN
 
+// Options of sft_loss.
 struct SftOptions {
-  NllReduction reduction = NllReduction::sequence_mean;
+  NllReduction reduction = NllReduction::sequence_mean;  // how the negative log-likelihood is averaged
 };
 
 // logp[i] = log π_θ(y_i|x_i); len[i] = |y_i|, read (and required) only by token_mean and

@@ -15,11 +15,13 @@
 
 DFTUNE_NAMESPACE_BEGIN
 
+// Options of simpo_loss.
 struct SimpoOptions {
   double beta = 2.0;   // β > 0: reward scale (the paper tunes β in [2, 10])
   double gamma = 0.5;  // γ >= 0: target reward margin (the paper tunes γ in [0.3, 1.6]; TRL's default 0.5)
 };
 
+// Throws dftune::error unless β > 0 and γ >= 0.
 inline void validate(const SimpoOptions& o) {
   detail::check_positive("beta", o.beta);
   detail::check_nonnegative("gamma", o.gamma);
@@ -27,13 +29,15 @@ inline void validate(const SimpoOptions& o) {
 
 // h = β·s_w/|y_w| − β·s_l/|y_l| − γ.
 struct LengthNormalizedMargin {
-  double beta = 1;
-  double gamma = 0;
+  double beta = 1;  // β: reward scale
+  double gamma = 0;  // γ: target reward margin
 
+  // Throws dftune::error unless pos_len and neg_len are given and positive.
   template <class T>
   void validate(const PreferenceScores<T>& b) const {
     detail::baselines::check_preference_lengths(b, "SimPO");
   }
+  // h and its derivatives for the pair (positive i, negative ij).
   template <class T>
   PairMargin operator()(const PreferenceScores<T>& b, std::size_t i, std::size_t ij) const {
     const double aw = beta / static_cast<double>(b.pos_len[i]);
@@ -51,6 +55,8 @@ struct LengthNormalizedMargin {
   }
 };
 
+// L and ∂L/∂log-probs of SimPO (see the file's comment); reads pos_logp, neg_logp, pos_len,
+// neg_len. Throws dftune::error, naming the argument, before computing anything.
 template <class T>
 PreferenceResult<T> simpo_loss(const PreferenceScores<T>& b, const SimpoOptions& opt = {}) {
   validate(opt);

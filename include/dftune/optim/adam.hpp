@@ -40,6 +40,7 @@ struct AdamOptions {
   double weight_decay = 0;    // λ >= 0: coupled (Adam) or decoupled (AdamW), per the policy
 };
 
+// Throws dftune::error naming the first option out of its range.
 inline void validate(const AdamOptions& o) {
   if (!(o.beta1 >= 0 && o.beta1 < 1)) detail::fail("beta1", o.beta1, "a number in [0, 1)");
   if (!(o.beta2 >= 0 && o.beta2 < 1)) detail::fail("beta2", o.beta2, "a number in [0, 1)");
@@ -47,6 +48,8 @@ inline void validate(const AdamOptions& o) {
   detail::check_weight_decay(o.weight_decay);
 }
 
+// Adam and AdamW (see the file's comment), T float, double or long double; WeightDecay is
+// CoupledWeightDecay (Adam) or DecoupledWeightDecay (AdamW). Satisfies UpdateRule.
 template <class T, class WeightDecay>
 class AdamUpdate {
   static_assert(std::floating_point<T>, "dftune::Adam<T>/AdamW<T>: T must be float, double or long double");
@@ -55,12 +58,15 @@ class AdamUpdate {
                 "lambda)` and `static double shrink(double lr, double lambda)` (see optim/rule.hpp)");
 
  public:
-  using scalar_type = T;
-  using weight_decay_policy = WeightDecay;
+  using scalar_type = T;  // the type of parameters and gradients
+  using weight_decay_policy = WeightDecay;  // how weight_decay enters the update
 
   AdamUpdate() = default;
+  // Throws dftune::error for options out of range.
   explicit AdamUpdate(const AdamOptions& options) : opt_(options) { validate(opt_); }
 
+  // One update of params in place from grads at learning rate lr. All or nothing: a bad input, or a
+  // θ, m or v that would not be finite, throws dftune::error and changes nothing.
   void step(std::span<T> params, std::span<const T> grads, T lr) {
     detail::check_rule_step(std::span<const T>(params), grads, lr, n_);
     detail::check_step_count(steps_);
@@ -130,12 +136,15 @@ class AdamUpdate {
     ++steps_;
   }
 
+  // Steps taken.
   std::size_t steps() const { return steps_; }
   // 0 until the first step fixes it.
   std::size_t num_parameters() const { return n_; }
+  // The options it was built with.
   const AdamOptions& options() const { return opt_; }
-  // m and v of the formula above (not bias-corrected); empty before the first step.
+  // m of the formula above (not bias-corrected); empty before the first step.
   std::span<const T> first_moment() const { return m_; }
+  // v of the formula above (not bias-corrected); empty before the first step.
   std::span<const T> second_moment() const { return v_; }
 
   // ---- checkpointing (io/checkpoint.hpp) ----------------------------------------------------
@@ -171,8 +180,10 @@ class AdamUpdate {
   std::size_t steps_ = 0;
 };
 
+// torch.optim.Adam: weight decay added to the gradient.
 template <class T>
 using Adam = AdamUpdate<T, CoupledWeightDecay>;
+// torch.optim.AdamW: weight decay applied to θ, outside the moments.
 template <class T>
 using AdamW = AdamUpdate<T, DecoupledWeightDecay>;
 

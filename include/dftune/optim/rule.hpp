@@ -56,10 +56,12 @@ constexpr bool check_update_rule() {
 
 // Coupled L2 (torch.optim.SGD / torch.optim.Adam `weight_decay`): g ← g + λ·θ.
 struct CoupledWeightDecay {
+  // g + λ·θ.
   template <class T>
   static T gradient(T g, T theta, T lambda) {
     return g + lambda * theta;
   }
+  // 1: θ is not shrunk.
   static double shrink(double /*lr*/, double /*lambda*/) { return 1.0; }
 };
 
@@ -68,10 +70,12 @@ struct CoupledWeightDecay {
 // is scaled by the learning rate lr (the paper scales it by the schedule multiplier η_t only), so a
 // schedule decays it together with the step.
 struct DecoupledWeightDecay {
+  // g: the gradient does not see λ.
   template <class T>
   static T gradient(T g, T /*theta*/, T /*lambda*/) {
     return g;
   }
+  // 1 − lr·λ.
   static double shrink(double lr, double lambda) { return 1.0 - lr * lambda; }
 };
 

@@ -30,12 +30,14 @@ inline void check_rate(std::string_view argument, double lr) {
 struct ConstantSchedule {
   double rate = 0;  // finite, >= 0
 
+  // The rate of any step. Throws dftune::error if rate is not finite and >= 0.
   double lr(std::size_t /*step*/) const {
     detail::check_rate("rate", rate);
     return rate;
   }
 };
 
+// Throws dftune::error unless rate is finite and >= 0.
 inline void validate(const ConstantSchedule& s) { detail::check_rate("rate", s.rate); }
 
 // Linear warm-up, then cosine decay to min_lr (W = warmup_steps, N = total_steps, t 0-based):
@@ -59,9 +61,11 @@ struct CosineSchedule {
   std::size_t warmup_steps = 0;   // W <= N; 0: no warm-up
   std::size_t total_steps = 1;    // N >= 1
 
+  // The rate of step t (0-based), by the formula above.
   double lr(std::size_t step) const;
 };
 
+// Throws dftune::error unless 0 <= min_lr <= base_lr (finite), N >= 1 and W <= N.
 inline void validate(const CosineSchedule& s) {
   detail::check_rate("base_lr", s.base_lr);
   detail::check_rate("min_lr", s.min_lr);

@@ -24,6 +24,7 @@
 
 DFTUNE_NAMESPACE_BEGIN
 
+// Options of Sgd, with torch.optim.SGD's defaults.
 struct SgdOptions {
   double momentum = 0;      // μ in [0, 1); 0: plain SGD, no buffer
   double dampening = 0;     // τ in [0, 1]; scales the new gradient in the buffer after the first step
@@ -31,6 +32,7 @@ struct SgdOptions {
   bool nesterov = false;    // needs μ > 0 and τ = 0 (as PyTorch)
 };
 
+// Throws dftune::error naming the first option out of its range (Nesterov needs μ > 0, τ = 0).
 inline void validate(const SgdOptions& o) {
   if (!(o.momentum >= 0 && o.momentum < 1)) detail::fail("momentum", o.momentum, "a number in [0, 1)");
   if (!(o.dampening >= 0 && o.dampening <= 1)) detail::fail("dampening", o.dampening, "a number in [0, 1]");
@@ -41,16 +43,21 @@ inline void validate(const SgdOptions& o) {
                  "momentum > 0 and dampening = 0 for Nesterov momentum");
 }
 
+// SGD with optional momentum, Nesterov momentum and coupled weight decay (see the file's comment),
+// T float, double or long double. Satisfies UpdateRule.
 template <class T>
 class Sgd {
   static_assert(std::floating_point<T>, "dftune::Sgd<T>: T must be float, double or long double");
 
  public:
-  using scalar_type = T;
+  using scalar_type = T;  // the type of parameters and gradients
 
   Sgd() = default;
+  // Throws dftune::error for options out of range.
   explicit Sgd(const SgdOptions& options) : opt_(options) { validate(opt_); }
 
+  // One update of params in place from grads at learning rate lr. All or nothing: a bad input, or a
+  // θ or buffer that would not be finite, throws dftune::error and changes nothing.
   void step(std::span<T> params, std::span<const T> grads, T lr) {
     detail::check_rule_step(std::span<const T>(params), grads, lr, n_);
     detail::check_step_count(steps_);
@@ -77,9 +84,11 @@ class Sgd {
     ++steps_;
   }
 
+  // Steps taken.
   std::size_t steps() const { return steps_; }
   // 0 until the first step fixes it.
   std::size_t num_parameters() const { return n_; }
+  // The options it was built with.
   const SgdOptions& options() const { return opt_; }
   // b of the formula above; empty before the first step and without momentum.
   std::span<const T> momentum_buffer() const { return buf_; }

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Doxygen INPUT_FILTER: reads dftune's plain `//` comments as documentation.
+
+    scripts/doxygen_filter.py HEADER     (prints the filtered header; Doxygen runs it per file)
+
+dftune's headers document every public name with ordinary comments (a comment says why and cites
+the equation; the code is not restated). This filter turns them into Doxygen comments without
+changing a line's number, so Doxygen's warnings point at the real line:
+
+  - the header's first comment block (after #pragma once)      -> the file's documentation (\\file)
+  - a block of `//` lines right above a declaration, at
+    namespace or class scope                                   -> `///` (documents that declaration)
+  - a trailing `// text` after a member or enumerator, and
+    comment lines continuing it                                -> `///<` (documents that member)
+
+Comments inside function bodies, section rulers (`// ----`) and comments followed by a blank line
+stay plain comments. `///` comments already in a header pass through unchanged.
+"""
+import re
+import sys
+
+SCOPE_WORDS = re.compile(r"\b(namespace|class|struct|union|enum)\b")
+TRAILING = re.compile(r"^(?P<code>.*?\S)(?P<gap>\s+)//(?!/)\s?(?P<text>.*)$")
+
+
+def code_part(line):
+    """The line without comments and string/char literals (for brace tracking)."""
+    out, i, n = [], 0, len(line)
+    while i < n:
+        c = line[i]
+        if line.startswith("//", i):
+            break
+        if c in "\"'":
+            q, i = c, i + 1
+            while i < n and line[i] != q:
+                i += 2 if line[i] == "\\" else 1
+            i += 1
+            out.append(q + q)
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def escape(text):
+    """`<class T>` and `<r>` in prose are not HTML: escape a `<` before a letter, outside `code`."""
+    parts = text.split("`")
+    for k in range(0, len(parts), 2):
+        parts[k] = re.sub(r"<(?=[A-Za-z/])", r"\\<", parts[k])
+    return "`".join(parts)
+
+
+def main(path):
+    lines = open(path, encoding="utf-8").read().split("\n")
+    out = list(lines)
+    stack = []        # per open brace: True for a scope (namespace/class/enum), False for a body
+    statement = ""    # code since the last ; { or }
+    in_enum = []      # per open brace: whether it is an enum body
+    in_block_comment = False
+
+    def at_scope():
+        return all(stack)
+
+    # 1. The file's documentation: the first comment block after #pragma once.
+    k = 0
+    while k < len(lines) and not lines[k].startswith("#pragma once"):
+        k += 1
+    k += 1
+    if k < len(lines) and lines[k].startswith("//") and not lines[k].startswith("///"):
+        out[k] = "///" + escape(lines[k][2:]) + " \\file"  # \file last on its line: no file-name argument
+        j = k + 1
+        while j < len(lines) and lines[j].startswith("//"):
+            out[j] = "///" + escape(lines[j][2:])
+            j += 1
+        first_block_end = j
+    else:
+        first_block_end = k
+
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        stripped = line.strip()
+        if in_block_comment:
+            if "*/" in line:
+                in_block_comment = False
+            i += 1
+            continue
+        if stripped.startswith("/*") and "*/" not in stripped:
+            in_block_comment = True
+            i += 1
+            continue
+        # 2. A block of comment lines above a declaration.
+        if i >= first_block_end and stripped.startswith("//") and not stripped.startswith("///") and at_scope():
+            j = i
+            while j < len(lines) and lines[j].strip().startswith("//") and not lines[j].strip().startswith("///"):
+                j += 1
+            nxt = lines[j].strip() if j < len(lines) else ""
+            # A section ruler (`// ---- name ----`) is not documentation: only the lines after it are.
+            rulers = [t for t in range(i, j) if re.match(r"//\s*-{3,}", lines[t].strip())]
+            first = rulers[-1] + 1 if rulers else i
+            declaration = nxt and (not nxt.startswith("#") or nxt.startswith("#define")) and not nxt.startswith("}")
+            if declaration:
+                for t in range(first, j):
+                    out[t] = escape(re.sub(r"^(\s*)//", r"\1///", lines[t], count=1))
+            i = j
+            continue
+        code = code_part(line)
+        # 3. A trailing comment after a member declaration or an enumerator.
+        m = TRAILING.match(line)
+        if m and at_scope() and not stripped.startswith("#") and code.strip():
+            c = m.group("code").rstrip()
+            enumerator = bool(in_enum and in_enum[-1]) and re.match(r"^\s*\w+\s*(=[^;{}]*)?,?$", c)
+            if c.endswith(";") or c.endswith(",") or enumerator:
+                out[i] = m.group("code") + m.group("gap") + "///< " + escape(m.group("text"))
+                col = len(m.group("code")) + len(m.group("gap"))
+                t = i + 1
+                while t < len(lines) and lines[t].strip().startswith("//") and not lines[t].strip().startswith("///") \
+                        and len(lines[t]) - len(lines[t].lstrip()) >= col - 1:
+                    out[t] = escape(re.sub(r"^(\s*)//", r"\1///<", lines[t], count=1))
+                    t += 1
+        # Brace tracking, on the code alone.
+        for ch in code:
+            if ch == "{":
+                # A scope opens after namespace/class/struct/union/enum; a body after `)` (a
+                # function, lambda, if or loop: `template <class T> T f(T x) {` included).
+                is_scope = bool(SCOPE_WORDS.search(statement)) and \
+                    not re.search(r"\)\s*(const|noexcept|override|mutable|->[^{]*)?\s*$", statement.strip())
+                stack.append(is_scope and at_scope())
+                in_enum.append(bool(re.search(r"\benum\b", statement)))
+                statement = ""
+            elif ch == "}":
+                if stack:
+                    stack.pop()
+                    in_enum.pop()
+                statement = ""
+            elif ch == ";":
+                statement = ""
+            else:
+                statement += ch
+        statement += " "
+        i += 1
+    sys.stdout.write("\n".join(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
