@@ -11,6 +11,7 @@
 
 DFTUNE_NAMESPACE_BEGIN
 
+// What every check of dftune throws: "argument: got VALUE, expected EXPECTED", before any state changes.
 class error : public std::invalid_argument {
  public:
   using std::invalid_argument::invalid_argument;
