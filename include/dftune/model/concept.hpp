@@ -30,9 +30,12 @@ concept Model = requires(M& m, const SequenceBatch& batch, std::span<typename M:
 // Optional: a model that can sample completions (for on-policy negatives). tokens receives, for
 // each prompt, the prompt followed by up to max_new tokens, as a SequenceBatch layout.
 struct SamplingOptions {
+  // T > 0: logits divided by T before the softmax
   double temperature = 1.0;
   std::size_t top_k = 0;  // 0: no top-k cut
+  // in (0, 1]: keep the smallest set of tokens whose probability reaches top_p (1: no cut)
   double top_p = 1.0;
+  // seed of the sampler's random stream
   std::uint64_t seed = 0;
 };
 

@@ -53,6 +53,8 @@
 
 DFTUNE_NAMESPACE_BEGIN
 
+// One step's batch for DftOptimizer: B prompts, each with one positive and m negatives, as token
+// sequences the model scores, and log π_ref of the negatives (DFT).
 template <class T>
 struct DftBatch {
   std::span<const std::int64_t> ids = {};  // [B] example ids, keys of the estimator state
@@ -74,6 +76,9 @@ struct DftStepInfo {
   T mean_neg_logp = 0;     // (1/(B·m)) Σ_ij log π_θ(y'_ij|x_i) before the update
 };
 
+// Runs a whole DFT / DFT2 step (see the file's comment) on model M (the Model concept) with the
+// inner update Rule (Sgd, Adam, AdamW), the learning-rate Schedule and, for data-parallel training,
+// the Communicator Comm. Holds references to the model and the estimator.
 template <class M, class Rule, class Schedule, class Comm = distributed::Single>
 class DftOptimizer {
   static_assert(check_model<M>(), "DftOptimizer<M, ...>: M must satisfy dftune::Model");
@@ -106,6 +111,9 @@ class DftOptimizer {
                        " (build it as Estimator<T>(N, options, distributed::shard_of(comm)))");
   }
 
+  // One training step: score, objective, backward, clip, update, estimator commit. All or nothing: an
+  // error (dftune::error naming the argument) leaves the estimator, the parameters, the rule's state
+  // and the step count as they were.
   DftStepInfo<T> step(const DftBatch<T>& batch) {
     DftStepInfo<T> info = run(batch, /*backward=*/true);
     const DftResult<T>& r = info.result;
@@ -121,17 +129,25 @@ class DftOptimizer {
   // Steps 1–2 only: the loss the next step would take; changes neither model nor estimator.
   DftStepInfo<T> evaluate(const DftBatch<T>& batch) { return run(batch, /*backward=*/false); }
 
+  // Steps taken (restored by io::load).
   std::size_t steps() const { return step_; }
+  // The objective's options.
   const DftOptions& options() const { return opt_; }
+  // The inner update rule, with its state.
   const Rule& rule() const { return rule_; }
+  // The learning-rate schedule.
   const Schedule& schedule() const { return schedule_; }
+  // The step's options (gradient clipping).
   const StepOptions& step_options() const { return step_opt_; }
+  // The communicator (a world of one by default).
   const Comm& communicator() const { return comm_; }
+  // The communicator (a world of one by default).
   Comm& communicator() { return comm_; }
 
   // ---- checkpointing (io/checkpoint.hpp) ----------------------------------------------------
   // The model and estimator this optimizer drives (it holds references, so constness stops here).
   M& model() const { return model_; }
+  // The estimator this optimizer updates.
   Estimator<T>& estimator() const { return est_; }
   // Replaces the step count and the inner rule (with its state) wholesale; cannot fail once the
   // caller has built and checked `rule`.

@@ -25,6 +25,9 @@ enum class Layout {
   dim_major,    // W [d, V]: z = H W + b (the tiny LM's w_out)
 };
 
+// The input of the fused linear + log-prob head: the last hidden states H and the output
+// projection W (and bias b) whose logits H·Wᵀ + b are never held whole, with the targets, weights
+// and sequences of a token reduction (TokenLogits' fields).
 template <class T>
 struct LinearLogits {
   std::span<const T> hidden = {};               // H [N, d] row-major
@@ -32,13 +35,17 @@ struct LinearLogits {
   std::span<const T> bias = {};                 // b [V]; empty: no bias
   std::size_t dim = 0;                          // d
   std::size_t vocab = 0;                        // V
+  // how W is stored: [V, d] (torch.nn.Linear) or [d, V]
   Layout layout = Layout::vocab_major;
   std::span<const token_t> targets = {};        // [N]; read only where the weight is non-zero
   std::span<const compute_t<T>> weights = {};   // [N]; empty means every token has weight 1
   std::span<const std::int64_t> offsets = {};   // [S + 1]: sequence s is rows [offsets[s], offsets[s+1])
 
+  // N, the number of rows (tokens).
   std::size_t rows() const { return dim == 0 ? 0 : hidden.size() / dim; }
+  // S, the number of sequences.
   std::size_t sequences() const { return offsets.empty() ? 0 : offsets.size() - 1; }
+  // The weight of a row: weights[row], or 1 when no weights are given.
   compute_t<T> weight(std::size_t row) const { return weights.empty() ? compute_t<T>(1) : weights[row]; }
 };
 
