@@ -42,7 +42,7 @@ def code_part(line):
     return "".join(out)
 
 
-def escape(text):
+def escape(text, layout=False):
     """`<class T>` and `<r>` in prose are not HTML: escape a `<` before a letter, outside `code`."""
     parts = text.split("`")
     for k in range(0, len(parts), 2):
@@ -102,6 +102,22 @@ def markdown_table(rows):
     return out
 
 
+def doc_block(block):
+    """`//` comment lines -> `///` lines. An indented line (a formula table) after a blank comment
+    line, and the indented lines right after it, keep their layout as a Markdown code block."""
+    out, code = [], False
+    for line in block:
+        m = re.match(r"^(\s*)//(.*)$", line)
+        lead, text = m.group(1), m.group(2)
+        if re.match(r"^\s{2,}\S", text) and (code or (out and not out[-1].strip("/ "))):
+            code = True
+            out.append(lead + "///    " + text)
+        else:
+            code = False
+            out.append(escape(lead + "///" + text))
+    return out
+
+
 def main(path):
     lines = open(path, encoding="utf-8").read().split("\n")
     out = list(lines)
@@ -119,11 +135,11 @@ def main(path):
         k += 1
     k += 1
     if k < len(lines) and lines[k].startswith("//") and not lines[k].startswith("///"):
-        out[k] = "///" + escape(lines[k][2:]) + " \\file"  # \file last on its line: no file-name argument
-        j = k + 1
+        j = k
         while j < len(lines) and lines[j].startswith("//"):
-            out[j] = "///" + escape(lines[j][2:])
             j += 1
+        out[k:j] = doc_block(lines[k:j])
+        out[k] += " \\file"  # \file last on its line: no file-name argument
         first_block_end = j
     else:
         first_block_end = k
@@ -152,8 +168,7 @@ def main(path):
             first = rulers[-1] + 1 if rulers else i
             declaration = nxt and (not nxt.startswith("#") or nxt.startswith("#define")) and not nxt.startswith("}")
             if declaration:
-                for t in range(first, j):
-                    out[t] = escape(re.sub(r"^(\s*)//", r"\1///", lines[t], count=1))
+                out[first:j] = doc_block(lines[first:j])
             i = j
             continue
         code = code_part(line)

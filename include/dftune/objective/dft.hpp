@@ -5,9 +5,10 @@
 //   likelihood  P_θ(y|x) = exp(s_θ(y,x)/τ) / Σ_{y'} exp(s_θ(y',x)/τ)          (§4, discriminative likelihood)
 //   identity    Σ_{y'} exp(s_θ(y',x)/τ) = E_{y'~π_ref}[exp(s_θ(y',x)/τ − log π_ref(y'|x))]
 //                                                                            (§4, importance sampling)
-//   so −log P_θ(y_i|x_i) ≈ log u_i − s_i/τ, u_i a moving average of (1/m) Σ_j exp(d_ij) over the
-//   example's visits (§4, moving-average estimator; DFT2: §5); the step, line by line against the
-//   paper with no checks: examples/dft_reference.hpp.
+//
+// so −log P_θ(y_i|x_i) ≈ log u_i − s_i/τ, with u_i a moving average of (1/m) Σ_j exp(d_ij) over the
+// example's visits (§4, moving-average estimator; DFT2: §5). The step, line by line against the
+// paper with no checks: examples/dft_reference.hpp. As dftune computes it:
 //
 //   score       s = log π_θ(y|x)                      (DFT)
 //               s = log π_θ(y|x) / (|y| + ε)          (DFT2)
