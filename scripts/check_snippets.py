@@ -155,14 +155,76 @@ def check(b, args):
     return None
 
 
+SELF_TEST = """
+<!-- snippet: fragment
+#include <vector>
+std::vector<int> v;
+-->
+```cpp
+v.push_back(1);
+```
+
+```cpp
+int main() { return undeclared; }
+```
+
+```cpp
+v.push_back(1);
+```
+
+<!-- snippet: skip -->
+```cpp
+anything
+```
+
+<!-- snippet: skip needs a GPU -->
+```cpp
+anything
+```
+
+<!-- snippet: run -->
+```cpp
+int main() { return 3; }
+```
+
+```python
+def f(:
+```
+
+```sh
+if then fi
+```
+"""
+
+
+def self_test(args):
+    """The checker catches what it must: each block of SELF_TEST passes or fails as expected."""
+    with tempfile.TemporaryDirectory() as tmp:
+        page = os.path.join(tmp, "page.md")
+        with open(page, "w", encoding="utf-8") as f:
+            f.write(SELF_TEST)
+        blocks = extract(page)
+        got = [check(b, args) is None for b in blocks]
+    want = [True, False, False, False, True, False, False, False]  # fragment ok; undeclared name; unmarked
+    # fragment; skip without reason; skip with one; run exits 3; bad Python; bad shell
+    if got != want:
+        print(f"check_snippets.py self-test: got {got}, expected {want}", file=sys.stderr)
+        return 1
+    print(f"self-test: {len(want)} blocks judged as expected")
+    return 0
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="*")
     p.add_argument("--cxx", default=os.environ.get("CXX", "g++"))
     p.add_argument("-I", "--include", action="append", default=[])
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--self-test", action="store_true", help="check the checker on blocks that must pass or fail")
     args = p.parse_args()
     args.include = [os.path.join(ROOT, "include")] + args.include
+    if args.self_test:
+        return self_test(args)
     files = args.files or ([os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md"))) +
                            [f for f in [os.path.join(ROOT, "python", "README.md")] if os.path.exists(f)])
     blocks = [b for f in files for b in extract(f)]

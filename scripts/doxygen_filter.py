@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Doxygen INPUT_FILTER: reads dftune's plain `//` comments as documentation.
 
-    scripts/doxygen_filter.py HEADER     (prints the filtered header; Doxygen runs it per file)
+    scripts/doxygen_filter.py HEADER             prints the filtered header (Doxygen runs it per file)
+    scripts/doxygen_filter.py --update docs/api.md   rewrites that page's options tables from the headers
+    scripts/doxygen_filter.py --check docs/api.md    fails when they are stale (ctest docs_api_tables)
+    scripts/doxygen_filter.py --self-test            checks the filter on a small header
 
 dftune's headers document every public name with ordinary comments (a comment says why and cites
 the equation; the code is not restated). This filter turns them into Doxygen comments without
@@ -14,7 +17,9 @@ changing a line's number, so Doxygen's warnings point at the real line:
     comment lines continuing it                                -> `///<` (documents that member)
 
 Comments inside function bodies, section rulers (`// ----`) and comments followed by a blank line
-stay plain comments. `///` comments already in a header pass through unchanged.
+stay plain comments. `///` comments already in a header pass through unchanged. Each options struct
+(`…Options`, `…Schedule`, `Config`) also gets a table of its members' defaults (ensmallen-style),
+appended after the header's last line.
 """
 import re
 import sys
@@ -248,7 +253,52 @@ def update(page, check):
     return 0
 
 
+SELF_TEST_HEADER = """#pragma once
+// The file's comment.
+#include <x>
+
+// ---- a section ----
+// Documents f.
+template <class T> T f(T x) {
+  // inside a body: stays a comment
+  return x;
+}
+
+// Not followed by a declaration.
+
+struct S {
+  int a = 1;  // documents a
+  // documents b
+  int b = 2;
+};
+"""
+
+
+def self_test():
+    import tempfile, os
+    with tempfile.TemporaryDirectory() as tmp:
+        h = os.path.join(tmp, "h.hpp")
+        open(h, "w").write(SELF_TEST_HEADER)
+        import io, contextlib
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            main(h)
+    got = buf.getvalue().split("\n")
+    want = {1: "/// The file's comment. \\file", 4: "// ---- a section ----", 5: "/// Documents f.",
+            7: "  // inside a body: stays a comment", 11: "// Not followed by a declaration.",
+            14: "  int a = 1;  ///< documents a", 15: "  /// documents b"}
+    bad = {k: (got[k], v) for k, v in want.items() if got[k] != v}
+    tables = options_tables(SELF_TEST_HEADER.split("\n"))
+    if bad or tables:
+        print(f"doxygen_filter.py self-test: {bad} {tables}", file=sys.stderr)
+        return 1
+    print(f"self-test: {len(want)} lines as expected")
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--self-test":
+        sys.exit(self_test())
     if sys.argv[1] in ("--update", "--check"):  # docs/api.md's tables of every options struct
         sys.exit(update(sys.argv[2], sys.argv[1] == "--check"))
     main(sys.argv[1])
