@@ -7,9 +7,12 @@
 #   dftune::blis       DFTUNE_LINEAR_GEMM_BLIS,  libblis-openmp-dev (or -serial-dev)
 #   dftune::onednn     DFTUNE_LINEAR_GEMM_DNNL,  libdnnl-dev (float GEMMs; doubles stay on Eigen)
 # OpenMP and serial builds run single-threaded inside the head's own parallel region.
-# DFTUNE_GEMM=eigen|openblas|blis|onednn picks the one dftune's own tests, examples and benchmarks use.
-set(DFTUNE_GEMM "eigen" CACHE STRING "GEMM of the fused linear head in dftune's own targets: eigen, openblas, blis or onednn")
-set_property(CACHE DFTUNE_GEMM PROPERTY STRINGS eigen openblas blis onednn)
+# DFTUNE_GEMM=eigen|openblas|blis|onednn picks the one dftune's own tests, examples and benchmarks use;
+# the default, auto, is oneDNN where it is installed (measured fastest at the fused head's GEMM tasks,
+# docs/fused_linear.md; cmake/install_deps.sh installs it) and Eigen elsewhere. A library named
+# explicitly and not found is an error.
+set(DFTUNE_GEMM "auto" CACHE STRING "GEMM of the fused linear head and the tiny LM in dftune's own targets: auto, eigen, openblas, blis or onednn")
+set_property(CACHE DFTUNE_GEMM PROPERTY STRINGS auto eigen openblas blis onednn)
 
 set(_dftune_arch_lib /usr/lib/${CMAKE_LIBRARY_ARCHITECTURE})
 set(_dftune_arch_inc /usr/include/${CMAKE_LIBRARY_ARCHITECTURE})
@@ -56,8 +59,15 @@ endif()
 set(_dftune_gemm_package_openblas "libopenblas-dev (or libopenblas-openmp-dev)")
 set(_dftune_gemm_package_blis "libblis-openmp-dev")
 set(_dftune_gemm_package_onednn "libdnnl-dev (and a compiler with OpenMP)")
+if(DFTUNE_GEMM STREQUAL "auto")
+  if(TARGET dftune_onednn)
+    set(DFTUNE_GEMM onednn)
+  else()
+    set(DFTUNE_GEMM eigen)
+  endif()
+endif()
 if(NOT DFTUNE_GEMM MATCHES "^(eigen|openblas|blis|onednn)$")
-  message(FATAL_ERROR "DFTUNE_GEMM=${DFTUNE_GEMM}: not one of eigen, openblas, blis, onednn")
+  message(FATAL_ERROR "DFTUNE_GEMM=${DFTUNE_GEMM}: not one of auto, eigen, openblas, blis, onednn")
 elseif(NOT DFTUNE_GEMM STREQUAL "eigen" AND NOT TARGET dftune_${DFTUNE_GEMM})
   message(FATAL_ERROR "DFTUNE_GEMM=${DFTUNE_GEMM}: the library was not found "
                       "(Debian: apt-get install ${_dftune_gemm_package_${DFTUNE_GEMM}})")
