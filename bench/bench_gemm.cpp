@@ -7,16 +7,19 @@
 //   dHc[:, c0:c0+m] = Σ_tiles G[:, tile] W[tile, c0:c0+m]   (chunk × dim_tile × vocab_tile, accumulated)
 //   dW[tile]       += G[:, tile]ᵀ Hc               (vocab_tile × d × chunk)
 // over the first `tiles` vocabulary tiles (the tasks are the same shape for every tile). Rounds
-// alternate the libraries; each figure is the median round. Also measures the core clock (a chain
-// of dependent adds, one per cycle) for the peak: FMA units × lanes × 2 flops × clock.
+// alternate the libraries; each figure is the median round. GF/s are per core: the work over the
+// process's CPU time (on a machine shared with other jobs, wall time measures the other jobs too),
+// so the figures on 2 threads say how well each thread runs, not the speed-up. Also measures the
+// clock the same way (a chain of dependent adds, one per cycle, over CPU time) for the peak:
+// FMA units × lanes × 2 flops × clock.
 //   cmake --build build --target bench_gemm && OMP_WAIT_POLICY=passive build/bench/bench_gemm [rounds] [tiles]
 #include <dftune/logprob/linear/gemm.hpp>
 #include <dftune/logprob/linear/linear.hpp>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <random>
 #include <string>
 #include <vector>
@@ -25,15 +28,20 @@
 
 namespace lin = dftune::logprob::linear;
 namespace gm = dftune::logprob::linear::gemm;
-using Clock = std::chrono::steady_clock;
 
 namespace {
 
+double cpu_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
 double measure_ghz(long iters = 400'000'000) {
-  const auto t0 = Clock::now();
+  const double t0 = cpu_seconds();
   long x = 0;
   for (long i = 0; i < iters; ++i) asm volatile("add $1, %0" : "+r"(x));  // one dependent add per cycle
-  const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  const double s = cpu_seconds() - t0;
   return static_cast<double>(iters) / s / 1e9;
 }
 
@@ -51,7 +59,7 @@ double run_chunk(const Bufs& b, Bufs& out, std::size_t d, std::size_t Vs, std::s
   const float* Hc = b.H.data();
   const float* W = b.W.data();
   float* Z = out.Z.data();
-  const auto t0 = Clock::now();
+  const double t0 = cpu_seconds();
 #pragma omp parallel num_threads(threads)
   {
 #pragma omp for schedule(dynamic, 1)
@@ -69,7 +77,7 @@ double run_chunk(const Bufs& b, Bufs& out, std::size_t d, std::size_t Vs, std::s
       }
     }
   }
-  return std::chrono::duration<double>(Clock::now() - t0).count();
+  return cpu_seconds() - t0;
 }
 
 struct Lib {
@@ -102,14 +110,14 @@ int main(int argc, char** argv) {
   const char* build = "x86-64 baseline (SSE2)";
 #endif
   const double ghz0 = measure_ghz();
-  std::printf("# build: %s; OPENBLAS_CORETYPE=%s DNNL_MAX_CPU_ISA=%s OMP_WAIT_POLICY=%s; clock %.2f GHz (dependent adds)\n", build,
+  std::printf("# build: %s; OPENBLAS_CORETYPE=%s DNNL_MAX_CPU_ISA=%s OMP_WAIT_POLICY=%s; clock %.2f GHz (dependent adds per CPU second)\n", build,
               coretype ? coretype : "(unset)", isa ? isa : "(unset)", std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "(unset)",
               ghz0);
   const Shape shapes[] = {{512, 32000, 1024}, {512, 128256, 1024}, {2048, 32000, 1024}, {512, 128256, 4096}};
   std::mt19937 rng(1);
   std::normal_distribution<float> nd(0, 1);
   std::printf("| d | V | N | chunk × vocab_tile × dim_tile | threads | GHz |");
-  for (const Lib& l : libs) std::printf(" %s GF/s |", l.name);
+  for (const Lib& l : libs) std::printf(" %s GF/s per core |", l.name);
   std::printf("\n|---|---|---|---|---|---|");
   for (std::size_t i = 0; i < libs.size(); ++i) std::printf("---|");
   std::printf("\n");
@@ -132,7 +140,7 @@ int main(int argc, char** argv) {
       out.dH.assign(k * sh.d, 0.0f);
       out.dW.assign(Vs * sh.d, 0.0f);
       std::vector<std::vector<double>> t(libs.size());
-      std::vector<double> ghz;  // the clock this process gets, measured in every round (the machine may be shared)
+      std::vector<double> ghz;  // the core's clock, measured in every round
       for (int r = -1; r < rounds; ++r) {  // round -1 warms up (oneDNN's JIT, page faults)
         if (r >= 0) ghz.push_back(measure_ghz(100'000'000));
         for (std::size_t l = 0; l < libs.size(); ++l) {
