@@ -4,7 +4,7 @@
 // call, i.e. measured, workspace, outputs (dH, dW) and any logits included. The first call is that
 // measurement (and the warm-up); the time is the minimum over the calls that follow.
 // scripts/bench_fused_linear.sh runs it beside PyTorch (bench/torch_fused_linear.py) and prints the
-// table. Built once per GEMM library: bench_fused_linear (Eigen), _openblas, _blis.
+// table. Built once per GEMM library: bench_fused_linear (Eigen), _openblas, _blis, _onednn.
 //
 //   bench_fused_linear --method M --d D --V V --N N [--masked F] [--threads T] [--min-time S] [--reps R]
 // methods:
@@ -77,7 +77,12 @@ using CMap = Eigen::Map<const RowMat>;
 // A: [m, k] (or [k, m] when ta), B: [k, n] (or [n, k] when tb), row-major.
 void library_gemm(bool ta, bool tb, std::size_t m, std::size_t n, std::size_t k, const float* a, const float* b, float* c,
                   bool accumulate, int threads) {
-#if defined(DFTUNE_LINEAR_GEMM_CBLAS)
+#if defined(DFTUNE_LINEAR_GEMM_DNNL)
+  (void)threads;  // oneDNN takes OpenMP's threads at the top level
+  dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', static_cast<dnnl_dim_t>(m), static_cast<dnnl_dim_t>(n), static_cast<dnnl_dim_t>(k), 1.0f, a,
+             static_cast<dnnl_dim_t>(ta ? m : k), b, static_cast<dnnl_dim_t>(tb ? k : n), accumulate ? 1.0f : 0.0f, c,
+             static_cast<dnnl_dim_t>(n));
+#elif defined(DFTUNE_LINEAR_GEMM_CBLAS)
   (void)threads;
   cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
               static_cast<int>(k), 1.0f, a, static_cast<int>(ta ? m : k), b, static_cast<int>(tb ? k : n), accumulate ? 1.0f : 0.0f, c,

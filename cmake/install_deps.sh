@@ -6,7 +6,8 @@
 #   cmake/install_deps.sh demo    what the demo needs (+ gnuplot for its plot)
 set -euo pipefail
 job=${1:-test}
-pkgs=(cmake g++ make libeigen3-dev libxtensor-dev doctest-dev libbenchmark-dev)
+# libdnnl-dev: oneDNN, the default GEMM of dftune's own targets (cmake/dftune_gemm.cmake)
+pkgs=(cmake g++ make libeigen3-dev libxtensor-dev doctest-dev libbenchmark-dev libdnnl-dev)
 case "$job" in
   test) pkgs+=(libopenmpi-dev openmpi-bin libtorch-dev pybind11-dev python3-torch python3-pytest doxygen) ;;
   demo) pkgs+=(gnuplot-nox) ;;

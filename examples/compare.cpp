@@ -227,6 +227,7 @@ demo::RunResult run(const demo::Model& base, Obj obj, double lr, const SeedData&
     return demo::finetune(base, m, lr, sd.train, validation, test, s, seed, progress);  // the demo's own runs
   }
   demo::Model model = base;
+  model.set_activation_memory(demo::kActivationMemory);
   demo::Rule rule = demo::rule_for(s);
   const auto schedule = demo::schedule_for(lr, s.steps);
   const std::size_t B = s.batch, m = s.negatives, k = cli.k;
@@ -239,7 +240,7 @@ demo::RunResult run(const demo::Model& base, Obj obj, double lr, const SeedData&
       // weights of the one-token completions.
       const demo::Sequences tokens = demo::split_tokens(b.positives, token_offsets);
       token_lp.resize(tokens.size());
-      model.sequence_logp(tokens.view(), token_lp);
+      dftune::score_for_backward(model, tokens.view(), std::span<float>(token_lp));
       const dftune::TokenResult<float> r =
           dftune::dynamic_ft_loss(dftune::TokenScores<float>{.token_logp = token_lp, .mask = {}, .offsets = token_offsets}, cli.dynft);
       apply(model, rule, schedule, step, tokens.view(), r.grad);
@@ -252,8 +253,8 @@ demo::RunResult run(const demo::Model& base, Obj obj, double lr, const SeedData&
       return r.loss;
     }
     if (!on_policy(obj)) {
-      model.sequence_logp(b.positives, pos_lp);
-      model.sequence_logp(b.negatives, neg_lp);
+      dftune::score_for_backward(model, b.positives, std::span<float>(pos_lp));
+      dftune::score_for_backward(model, b.negatives, std::span<float>(neg_lp));
       for (std::size_t i = 0; i < B; ++i) ref_pos[i] = sd.ref_pos_logp[static_cast<std::size_t>(b.ids[i])];
       const dftune::PreferenceScores<float> p{.num_negatives = m, .pos_logp = pos_lp, .neg_logp = neg_lp,
                                               .ref_pos_logp = ref_pos, .ref_neg_logp = b.ref_neg_logp,
@@ -284,7 +285,7 @@ demo::RunResult run(const demo::Model& base, Obj obj, double lr, const SeedData&
     const demo::Sequences samples = model.generate(demo::PromptSet(ask).view(), demo::kAnswerLen, o);
     for (std::size_t n = 0; n < ask.size(); ++n)
       reward[n] = demo::is_correct(ask[n], samples.view().sequence(n).subspan(demo::kPromptLen)) ? 1.0f : 0.0f;
-    model.sequence_logp(samples.view(), logp);
+    dftune::score_for_backward(model, samples.view(), std::span<float>(logp));
     const dftune::SampleScores<float> ss{.group_size = k, .logp = logp, .reward = reward, .len = len};
     const dftune::ScoreResult<float> r = obj == Obj::rwr         ? dftune::rwr_loss(ss, cli.rwr)
                                          : obj == Obj::best_of_n ? dftune::best_of_n_loss(ss)

@@ -38,6 +38,9 @@
 namespace demo {
 
 using Model = dftune::TinyLm<float>;
+// What a model may keep of a scoring pass for the backward of the same batch (TinyLm::
+// set_activation_memory): a step's batches take well under a MiB at the demo's size.
+inline constexpr std::size_t kActivationMemory = std::size_t{64} << 20;
 using dftune::Sequences;
 
 enum class Method { sft, dft, dft2 };
@@ -131,7 +134,7 @@ float sft_step(Model& model, Rule& rule, const Schedule& schedule, std::size_t s
   std::span<float> scores(scratch.data(), B_local), d(scratch.data() + B_local, B_local);
   model.zero_gradients();
   if (B_local != 0) {
-    model.sequence_logp(pos, scores);
+    dftune::score_for_backward(model, pos, scores);  // the backward below reuses its forward
     std::fill(d.begin(), d.end(), -1.0f / static_cast<float>(B));
     model.accumulate_gradients(pos, d);
   }
@@ -149,6 +152,7 @@ inline dftune::CosineSchedule schedule_for(double lr, std::size_t steps) {
 // ---- pre-training -----------------------------------------------------------------------------
 inline Model pretrain(const Settings& s, const Progress& progress) {
   Model model(s.model, s.base_seed);
+  model.set_activation_memory(kActivationMemory);
   dftune::AdamW<float> rule;
   const auto schedule = dftune::CosineSchedule{.base_lr = s.pretrain_lr, .min_lr = 0.1 * s.pretrain_lr,
                                                .warmup_steps = s.pretrain_steps / 20, .total_steps = s.pretrain_steps};
@@ -458,6 +462,7 @@ template <class Comm = dftune::distributed::Single>
 RunResult finetune(const Model& base, Method method, double lr, const TrainData& data, const EvalSet& validation,
                    const EvalSet& test, const Settings& s, std::uint64_t seed, const Progress& progress, Comm comm = {}) {
   Model model = base;
+  model.set_activation_memory(kActivationMemory);
   const std::size_t N = data.problems.size();
   const auto schedule = schedule_for(lr, s.steps);
   const dftune::DftOptions opt = dft_options(s, method == Method::dft2);

@@ -27,6 +27,32 @@ concept Model = requires(M& m, const SequenceBatch& batch, std::span<typename M:
   { m.vocab_size() } -> std::convertible_to<std::size_t>;
 };
 
+// Optional: a model that can keep, from the scoring pass, what the backward of the same batch
+// needs (docs/backend.md). `m.sequence_logp(batch, scores, keep_for_backward)` writes the same
+// scores as `m.sequence_logp(batch, scores)` and may keep the batch's activations, within a memory
+// bound the model's user sets, so that the next `accumulate_gradients` on an equal batch, with the
+// parameters unchanged, skips its forward; the gradients are the same bits either way. It returns
+// whether it kept them. A trainer that scores a batch and then back-propagates it calls
+// score_for_backward, which uses the member when the model has one.
+struct KeepForBackward {
+  explicit KeepForBackward() = default;
+};
+inline constexpr KeepForBackward keep_for_backward{};
+
+template <class M>
+concept KeepsActivations = Model<M> && requires(M& m, const SequenceBatch& batch, std::span<typename M::scalar_type> scores) {
+  { m.sequence_logp(batch, scores, keep_for_backward) } -> std::same_as<bool>;
+};
+
+// Scores `batch` that the caller will back-propagate next (the same batch, parameters unchanged).
+template <Model M>
+void score_for_backward(M& m, const SequenceBatch& batch, std::span<typename M::scalar_type> scores) {
+  if constexpr (KeepsActivations<M>)
+    (void)m.sequence_logp(batch, scores, keep_for_backward);
+  else
+    m.sequence_logp(batch, scores);
+}
+
 // Optional: a model that can sample completions (for on-policy negatives). tokens receives, for
 // each prompt, the prompt followed by up to max_new tokens, as a SequenceBatch layout.
 struct SamplingOptions {

@@ -1,7 +1,8 @@
 #pragma once
 // The DFT / DFT2 optimizer (arXiv 2502.18679, Algorithm 1; docs/math.md): one call does a full
 // step on a batch of prompts with one positive and m negatives each —
-//   1. score:     s_i = log π_θ(y_i|x_i), s'_ij = log π_θ(y'_ij|x_i)          (model)
+//   1. score:     s_i = log π_θ(y_i|x_i), s'_ij = log π_θ(y'_ij|x_i)          (model; a model that
+//                 KeepsActivations keeps them for step 3, which then runs no forward)
 //   2. objective: L, ∂L/∂s, ∂L/∂s' and the new log u_i                         (objective/dft.hpp)
 //   3. backward:  ∇θ L = Σ_i ∂L/∂s_i ∇s_i + Σ_ij ∂L/∂s'_ij ∇s'_ij            (model)
 //   4. clip:      ∇θ L ← ∇θ L · c/(‖∇θ L‖₂ + 1e-6) if ‖∇θ L‖₂ > c              (StepOptions, clip.hpp)
@@ -184,9 +185,17 @@ class DftOptimizer {
       detail::check_size_product("batch.negatives", batch.negatives.size(), B_local, m, "batch.num_negatives (B·m)");
       pos_.resize(B_local);
       neg_.resize(B_local * m);
+      // Before scoring: a model that keeps activations for the backward forgets them at a
+      // non-const parameters() call.
+      const std::size_t num_parameters = model_.parameters().size();
       if (B_local != 0) {  // a rank may own no id of a batch; it still takes part
-        model_.sequence_logp(batch.positives, std::span<T>(pos_));
-        model_.sequence_logp(batch.negatives, std::span<T>(neg_));
+        if (backward) {    // the backward of these two batches follows: one forward each (KeepsActivations)
+          score_for_backward(model_, batch.positives, std::span<T>(pos_));
+          score_for_backward(model_, batch.negatives, std::span<T>(neg_));
+        } else {
+          model_.sequence_logp(batch.positives, std::span<T>(pos_));
+          model_.sequence_logp(batch.negatives, std::span<T>(neg_));
+        }
       }
       pos_len_.resize(B_local);
       neg_len_.resize(B_local * m);
@@ -198,7 +207,7 @@ class DftOptimizer {
           detail::fail("lr", lr, "a finite learning rate the model's scalar type can hold (from the schedule at step " +
                                      std::to_string(step_) + ")");
       }
-      return Share{.batch = B_local, .num_negatives = m, .num_parameters = model_.parameters().size(), .step = step_,
+      return Share{.batch = B_local, .num_negatives = m, .num_parameters = num_parameters, .step = step_,
                    .sum_pos = sum(pos_), .sum_neg = sum(neg_)};
     });
     // The global batch; every rank computes the same from the same records, so a mismatch is the

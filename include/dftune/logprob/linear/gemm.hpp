@@ -10,8 +10,13 @@
 //   of the enclosing OpenMP region and switches to a coefficient loop below 20 rows + cols + depth;
 //   both would tie the rounding to where and how the head is called.
 // - CblasGemm (DFTUNE_LINEAR_GEMM_CBLAS: the CMake option DFTUNE_GEMM=openblas links Debian's
-//   OpenMP build of OpenBLAS, which runs single-threaded inside a parallel region).
+//   OpenMP build of OpenBLAS, which runs single-threaded inside a parallel region, or else its
+//   default pthread build, which it sets to one thread).
 // - BlisGemm (DFTUNE_LINEAR_GEMM_BLIS: DFTUNE_GEMM=blis), BLIS's typed API with a one-thread runtime.
+// - DnnlGemm (DFTUNE_LINEAR_GEMM_DNNL: DFTUNE_GEMM=onednn), oneDNN's dnnl_sgemm (row-major, picks
+//   its kernel for the CPU at run time). It uses OpenMP's threads outside a parallel region and one
+//   thread inside one; a call at the top level lowers this thread's OpenMP thread count to one for
+//   its duration. oneDNN has no double GEMM: doubles go to Eigen's kernel (or the loops).
 // - LoopGemm: plain loops, for builds without Eigen or a BLAS (correct, slow).
 #include <dftune/config.hpp>
 
@@ -31,6 +36,14 @@
 #endif
 #if defined(DFTUNE_LINEAR_GEMM_BLIS)
 #include <blis.h>
+#endif
+#if defined(DFTUNE_LINEAR_GEMM_DNNL)
+#include <dftune/error.hpp>
+#include <oneapi/dnnl/dnnl.h>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+#include <string>
 #endif
 
 DFTUNE_NAMESPACE_BEGIN
@@ -87,6 +100,14 @@ struct CblasGemm {
   static void run(std::size_t m, std::size_t n, std::size_t k, const S* a, std::size_t lda, const S* b, std::size_t ldb,
                   S* c, std::size_t ldc, bool accumulate) {
     if (m == 0 || n == 0) return;
+    // Debian's default OpenBLAS is the pthread build, whose pool would run beside the caller's
+    // threads (oversubscribing the cores; concurrent callers queue for it): it is set to one
+    // thread, process-wide, at the first call. The OpenMP build is single-threaded inside a
+    // parallel region by itself.
+    [[maybe_unused]] static const bool one_thread = [] {
+      if (openblas_get_parallel() == 1) openblas_set_num_threads(1);
+      return true;
+    }();
     const auto ta = ARow ? CblasNoTrans : CblasTrans, tb = BRow ? CblasNoTrans : CblasTrans;
     const S beta = accumulate ? S(1) : S(0);  // beta 0: C is not read
     if constexpr (std::is_same_v<S, float>)
@@ -120,6 +141,45 @@ struct BlisGemm {
       bli_dgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, static_cast<dim_t>(m), static_cast<dim_t>(n), static_cast<dim_t>(k),
                    &one, const_cast<S*>(a), rsa, csa, const_cast<S*>(b), rsb, csb, &beta, c, static_cast<inc_t>(ldc), 1,
                    nullptr, &rntm);
+  }
+};
+#endif
+
+#if defined(DFTUNE_LINEAR_GEMM_DNNL)
+struct DnnlGemm {
+  static constexpr const char* name = "oneDNN";
+  template <bool ARow, bool BRow, class S>
+  static void run(std::size_t m, std::size_t n, std::size_t k, const S* a, std::size_t lda, const S* b, std::size_t ldb,
+                  S* c, std::size_t ldc, bool accumulate) {
+    if constexpr (!std::is_same_v<S, float>) {
+#if DFTUNE_LINEAR_HAS_EIGEN_GEMM
+      EigenGemm::run<ARow, BRow>(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
+#else
+      LoopGemm::run<ARow, BRow>(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
+#endif
+    } else {
+      if (m == 0 || n == 0) return;
+      if (k == 0) {  // beta 0 with K = 0: C = 0 without asking oneDNN about an empty product
+        if (!accumulate) zero(m, n, c, ldc);
+        return;
+      }
+#if defined(_OPENMP)
+      // One thread per call (the header's contract): oneDNN sizes its team from this thread's
+      // OpenMP thread count, which a top-level caller may have at several.
+      struct OneThread {
+        int saved = omp_get_max_threads();
+        OneThread() { omp_set_num_threads(1); }
+        ~OneThread() { omp_set_num_threads(saved); }
+      } one_thread;
+#endif
+      using D = dnnl_dim_t;
+      const dnnl_status_t st =
+          dnnl_sgemm(ARow ? 'N' : 'T', BRow ? 'N' : 'T', static_cast<D>(m), static_cast<D>(n), static_cast<D>(k), 1.0f, a,
+                     static_cast<D>(lda), b, static_cast<D>(ldb), accumulate ? 1.0f : 0.0f, c, static_cast<D>(ldc));
+      if (st != dnnl_success)
+        detail::fail("gemm", "dnnl_sgemm status " + std::to_string(static_cast<int>(st)),
+                     "dnnl_success (m " + std::to_string(m) + ", n " + std::to_string(n) + ", k " + std::to_string(k) + ")");
+    }
   }
 };
 #endif

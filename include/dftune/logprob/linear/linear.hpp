@@ -11,7 +11,7 @@
 //       when d_seq is known before the scores (the Model concept's accumulate_gradients, SFT):
 //       the gradient is taken from the forward's logits, three GEMMs instead of four
 //
-// Dispatch: GEMMs through a BLAS when the build selected one (CMake DFTUNE_GEMM=openblas|blis),
+// Dispatch: GEMMs through a BLAS when the build selected one (CMake DFTUNE_GEMM=openblas|blis|onednn),
 // else Eigen's kernel when Eigen is on the include path, else plain loops; row kernels from the
 // CPU fast path (cpu/fast.hpp) when Eigen is there and DFTUNE_LOGPROB_GENERIC_ONLY is not defined,
 // else the generic oracle's. chunked::execute<Gemm, Rows> runs any other pair.
@@ -32,7 +32,13 @@ namespace logprob::linear {
 
 // The dispatch differs with the build's choices; a namespace per variant keeps translation units
 // built with different choices from violating the one-definition rule.
-#if defined(DFTUNE_LINEAR_GEMM_CBLAS) && DFTUNE_LINEAR_HAS_FAST_ROWS
+#if defined(DFTUNE_LINEAR_GEMM_DNNL) && DFTUNE_LINEAR_HAS_FAST_ROWS
+inline namespace dispatch_dnnl_fast {
+using DefaultGemm = gemm::DnnlGemm;
+#elif defined(DFTUNE_LINEAR_GEMM_DNNL)
+inline namespace dispatch_dnnl_generic {
+using DefaultGemm = gemm::DnnlGemm;
+#elif defined(DFTUNE_LINEAR_GEMM_CBLAS) && DFTUNE_LINEAR_HAS_FAST_ROWS
 inline namespace dispatch_cblas_fast {
 using DefaultGemm = gemm::CblasGemm;
 #elif defined(DFTUNE_LINEAR_GEMM_CBLAS)

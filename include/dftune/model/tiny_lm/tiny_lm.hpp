@@ -10,11 +10,11 @@
 // a hand-written backward of every layer.
 // A batch is cut into chunks of whole sequences by a fixed rule (tiny_lm::chunk_count: about 64
 // rows each, at most 16 chunks, a function of the batch alone); threads take chunks, each chunk
-// runs the whole network on its rows (GEMMs over exactly those rows) and the chunks' gradients are
-// added in chunk order. So scores and gradients are bit-identical for any number of OpenMP threads,
-// and a run resumed with another thread count continues bit-exactly. (Called from inside another
-// OpenMP parallel region, Eigen may block the GEMMs of chunks over a few hundred rows differently:
-// results then agree with a top-level call to rounding, not to the bit.) Buffers grow with the
+// runs the whole network on its rows (one-thread GEMMs over exactly those rows, through the build's
+// GEMM, logprob::linear::DefaultGemm, as the fused head) and the chunks' gradients are added in
+// chunk order. So scores and gradients are bit-identical for any number of OpenMP threads, also
+// when called from inside another parallel region, and a run resumed with another thread count
+// continues bit-exactly. Buffers grow with the
 // batch and are reused: nothing is allocated inside the per-token generation loop. Every buffer
 // size is checked (tiny_lm::buffer_sizes): a config or batch whose sizes would wrap around size_t
 // is a dftune::error before anything is allocated.
@@ -40,6 +40,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 DFTUNE_NAMESPACE_BEGIN
@@ -78,7 +79,11 @@ class TinyLm {
   const tiny_lm::Config& config() const { return cfg_; }
   const tiny_lm::Layout& layout() const { return lay_; }
   std::size_t vocab_size() const { return cfg_.vocab; }
-  std::span<T> parameters() { return theta_; }
+  // Non-const access may write the parameters: activations kept for a backward are forgotten.
+  std::span<T> parameters() {
+    forget_kept();
+    return theta_;
+  }
   std::span<const T> parameters() const { return theta_; }
   std::span<T> gradients() { return grad_; }
   void zero_gradients() { std::fill(grad_.begin(), grad_.end(), T(0)); }
@@ -92,13 +97,29 @@ class TinyLm {
     logprob::linear::forward(head_view(), scores, {}, {}, head_workspace());
   }
 
-  // gradients += Σ_s d_scores[s] ∂scores[s]/∂θ: forward again (the batch may differ from the last
-  // scored one), the fused head's forward_backward (d_scores is known: one pass) gives ∂/∂LN_f(x) on
-  // every row and adds into the gradients of W_out and b_out, then every layer backward.
+  // The same scores, and the batch's activations kept for the next accumulate_gradients on an equal
+  // batch if they fit the bound of set_activation_memory (KeepsActivations, docs/backend.md).
+  // Returns whether they were kept.
+  bool sequence_logp(const SequenceBatch& batch, std::span<T> scores, KeepForBackward) {
+    sequence_logp(batch, scores);
+    return keep(batch);
+  }
+
+  // gradients += Σ_s d_scores[s] ∂scores[s]/∂θ: the activations kept by the scoring pass of an
+  // equal batch (same tokens, offsets and prompt lengths; parameters not touched since) or else
+  // forward again, the fused head's forward_backward (d_scores is known: one pass) gives ∂/∂LN_f(x)
+  // on every row and adds into the gradients of W_out and b_out, then every layer backward. The
+  // forward is deterministic, so kept or recomputed activations are the same bits.
   void accumulate_gradients(const SequenceBatch& batch, std::span<const T> d_scores) {
     check(batch);
     detail::check_size("d_scores", d_scores.size(), batch.size());
-    forward(batch.tokens, batch.offsets, /*logits=*/false);
+    if (Kept* k = find_kept(batch)) {
+      swap_working(*k);  // the kept activations become the working ones; k keeps the old as spare
+      k->live = false;
+      ++forwards_skipped_;
+    } else {
+      forward(batch.tokens, batch.offsets, /*logits=*/false);
+    }
     set_targets(batch);
     if (dh_.size() < sizes_.rows_d) dh_.resize(sizes_.rows_d);
     head_scores_.resize(batch.size());
@@ -108,6 +129,21 @@ class TinyLm {
     logprob::linear::forward_backward(head_view(), d_scores, head_grads, std::span<T>(head_scores_), {}, {}, head_workspace());
     backward(batch.tokens, batch.offsets);
   }
+
+  // ---- one forward per scored step -----------------------------------------------------------
+  // Bytes of activations the model may keep for backwards beyond its working buffers: kept
+  // batches and the spare buffers they leave (reused by the next forwards). 0, the default, keeps
+  // nothing. A batch's activations take about 4·L·n·(3d + d_ff) + L·H·Σ len² values for n tokens.
+  void set_activation_memory(std::size_t max_bytes) {
+    keep_max_ = max_bytes;
+    if (keep_max_ < kept_bytes(/*live_only=*/true)) forget_kept();
+    trim_spares();
+  }
+  std::size_t activation_memory() const { return keep_max_; }
+  // What the kept activations hold now, spares included (<= activation_memory()).
+  std::size_t kept_bytes() const { return kept_bytes(false); }
+  // accumulate_gradients calls that took kept activations instead of a forward.
+  std::size_t forwards_skipped() const { return forwards_skipped_; }
 
   // Batched generation (SamplingModel). Each prompt draws from its own random stream (seed, p),
   // so results do not depend on threads or on which other prompts are in the batch.
@@ -177,8 +213,15 @@ class TinyLm {
  private:
   std::size_t d() const { return cfg_.d_model; }
   T* param(std::size_t off) { return theta_.data() + off; }
-  Mat pmat(std::size_t off, std::size_t r, std::size_t c) { return Mat(param(off), static_cast<Eigen::Index>(r), static_cast<Eigen::Index>(c)); }
   CRow prow(std::size_t off, std::size_t c) { return CRow(param(off), static_cast<Eigen::Index>(c)); }
+  // C[m, n] (+)= op(A) op(B), row-major C, A and B row-major (ARow, BRow) or read transposed: the
+  // build's GEMM (logprob::linear::DefaultGemm, CMake DFTUNE_GEMM), one thread per call, so a
+  // chunk's products are the same whichever thread runs them.
+  template <bool ARow, bool BRow>
+  static void gemm(std::size_t m, std::size_t n, std::size_t k, const T* a, std::size_t lda, const T* b, std::size_t ldb, T* c,
+                   std::size_t ldc, bool accumulate) {
+    logprob::linear::DefaultGemm::template run<ARow, BRow>(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
+  }
   static Mat act(std::vector<T>& buf, std::size_t at, std::size_t r, std::size_t c) {
     return Mat(buf.data() + at, static_cast<Eigen::Index>(r), static_cast<Eigen::Index>(c));
   }
@@ -216,8 +259,8 @@ class TinyLm {
   // All activations of a batch given as tokens + sequence offsets, kept for backward. Rows are
   // independent through every layer, so each chunk of sequences (the fixed partition of
   // tiny_lm::chunk_count) runs the whole network on its rows: one parallel loop, no barrier between
-  // layers, and the GEMMs inside run single-threaded on the chunk's rows (Eigen does not nest
-  // inside an OpenMP region), the same ones whichever thread takes the chunk. The logits are
+  // layers, and the GEMMs inside run single-threaded on the chunk's rows (gemm() above), the same
+  // ones whichever thread takes the chunk. The logits are
   // computed only when asked (generation); scoring goes through the fused head instead.
   void forward(std::span<const token_t> tokens, std::span<const std::int64_t> offsets, bool logits = true) {
     const std::size_t n = tokens.size(), S = offsets.size() - 1, H = cfg_.n_heads;
@@ -230,8 +273,6 @@ class TinyLm {
     }
     probs_stride_ = att_off_[S];
     const std::size_t K = chunks_ = tiny_lm::chunk_count(n, S);
-    // No `if (K > 1)` clause: in a team of one, Eigen would parallelise the GEMMs itself, with a
-    // blocking that depends on the thread count (in a team of several it runs them serially).
     DFTUNE_OMP(parallel for schedule(dynamic, 1))
     for (std::size_t c = 0; c < K; ++c) {
       const auto [s0, s1] = tiny_lm::sequence_chunk(offsets, c, K);
@@ -256,7 +297,7 @@ class TinyLm {
       tiny_lm::layer_norm_forward(x_.data() + o, param(k.ln1_g), param(k.ln1_b), h1_.data() + o, mean1_.data() + ol,
                                   rstd1_.data() + ol, rows, D);
       Mat qkv = act(qkv_, oq, rows, 3 * D);
-      qkv.noalias() = act(h1_, o, rows, D) * pmat(k.w_qkv, D, 3 * D);
+      gemm<true, true>(rows, 3 * D, D, h1_.data() + o, D, param(k.w_qkv), 3 * D, qkv.data(), 3 * D, false);
       qkv.rowwise() += prow(k.b_qkv, 3 * D);
       for (std::size_t s = s0; s < s1; ++s) {
         const auto rs = static_cast<std::size_t>(offsets[s]), Ls = static_cast<std::size_t>(offsets[s + 1]) - rs;
@@ -265,17 +306,17 @@ class TinyLm {
                                      att_.data() + l * n * D + rs * D, Ls, D, h, dh);
       }
       Mat xmid = act(xmid_, o, rows, D);
-      xmid.noalias() = act(att_, o, rows, D) * pmat(k.w_o, D, D);
+      gemm<true, true>(rows, D, D, att_.data() + o, D, param(k.w_o), D, xmid.data(), D, false);
       xmid.rowwise() += prow(k.b_o, D);
       xmid += act(x_, o, rows, D);
       tiny_lm::layer_norm_forward(xmid_.data() + o, param(k.ln2_g), param(k.ln2_b), h2_.data() + o, mean2_.data() + ol,
                                   rstd2_.data() + ol, rows, D);
       Mat u = act(u_, of, rows, F);
-      u.noalias() = act(h2_, o, rows, D) * pmat(k.w_1, D, F);
+      gemm<true, true>(rows, F, D, h2_.data() + o, D, param(k.w_1), F, u.data(), F, false);
       u.rowwise() += prow(k.b_1, F);
       for (std::size_t i = 0; i < rows * F; ++i) a_[of + i] = tiny_lm::gelu(u_[of + i]);
       Mat xn = act(x_, o + n * D, rows, D);
-      xn.noalias() = act(a_, of, rows, F) * pmat(k.w_2, F, D);
+      gemm<true, true>(rows, D, F, a_.data() + of, F, param(k.w_2), D, xn.data(), D, false);
       xn.rowwise() += prow(k.b_2, D);
       xn += xmid;
     }
@@ -283,7 +324,7 @@ class TinyLm {
                                 meanf_.data() + r0, rstdf_.data() + r0, rows, D);
     if (!logits) return;
     Mat z = act(logits_, r0 * V, rows, V);
-    z.noalias() = act(hf_, r0 * D, rows, D) * pmat(lay_.w_out, D, V);
+    gemm<true, true>(rows, V, D, hf_.data() + r0 * D, D, param(lay_.w_out), V, z.data(), V, false);
     z.rowwise() += prow(lay_.b_out, V);
   }
 
@@ -361,9 +402,6 @@ class TinyLm {
                       T* gbase) {
     const std::size_t n = n_, D = d(), H = cfg_.n_heads, dh = D / H, F = cfg_.d_ff;
     const auto r0 = static_cast<std::size_t>(offsets[s0]), rows = static_cast<std::size_t>(offsets[s1]) - r0;
-    auto gmat = [&](std::size_t off, std::size_t r, std::size_t c) {
-      return Mat(gbase + off, static_cast<Eigen::Index>(r), static_cast<Eigen::Index>(c));
-    };
     auto grad_row = [&](std::size_t off, std::size_t c) { return Row(gbase + off, static_cast<Eigen::Index>(c)); };
     // dh_ holds ∂/∂hf from the fused head (z = hf W_out + b_out, whose gradients it has added).
     Mat dx = act(dx_, r0 * D, rows, D), dhid = act(dh_, r0 * D, rows, D);
@@ -374,21 +412,21 @@ class TinyLm {
       const auto& k = lay_.blocks[l];
       const std::size_t o = l * n * D + r0 * D, ol = l * n + r0, of = (l * n + r0) * F;
       // x_out = x_mid + gelu(h2 W1 + b1) W2 + b2   (dx holds ∂/∂x_out, then ∂/∂x_mid)
-      gmat(k.w_2, F, D).noalias() += act(a_, of, rows, F).transpose() * dx;
+      gemm<false, true>(F, D, rows, a_.data() + of, F, dx.data(), D, gbase + k.w_2, D, true);
       grad_row(k.b_2, D) += dx.colwise().sum();
       Mat du = act(du_, r0 * F, rows, F);
-      du.noalias() = dx * pmat(k.w_2, F, D).transpose();
+      gemm<true, false>(rows, F, D, dx.data(), D, param(k.w_2), D, du.data(), F, false);
       for (std::size_t i = 0; i < rows * F; ++i) du_[r0 * F + i] *= tiny_lm::gelu_grad(u_[of + i]);
-      gmat(k.w_1, D, F).noalias() += act(h2_, o, rows, D).transpose() * du;
+      gemm<false, true>(D, F, rows, h2_.data() + o, D, du.data(), F, gbase + k.w_1, F, true);
       grad_row(k.b_1, F) += du.colwise().sum();
-      dhid.noalias() = du * pmat(k.w_1, D, F).transpose();
+      gemm<true, false>(rows, D, F, du.data(), F, param(k.w_1), F, dhid.data(), D, false);
       tiny_lm::layer_norm_backward(dh_.data() + r0 * D, xmid_.data() + o, param(k.ln2_g), mean2_.data() + ol, rstd2_.data() + ol,
                                    dx_.data() + r0 * D, gbase + k.ln2_g, gbase + k.ln2_b, rows, D);
       // x_mid = x_in + att W_o + b_o   (dx now ∂/∂x_mid, then ∂/∂x_in)
-      gmat(k.w_o, D, D).noalias() += act(att_, o, rows, D).transpose() * dx;
+      gemm<false, true>(D, D, rows, att_.data() + o, D, dx.data(), D, gbase + k.w_o, D, true);
       grad_row(k.b_o, D) += dx.colwise().sum();
       Mat datt = act(datt_, r0 * D, rows, D);
-      datt.noalias() = dx * pmat(k.w_o, D, D).transpose();
+      gemm<true, false>(rows, D, D, dx.data(), D, param(k.w_o), D, datt.data(), D, false);
       Mat dqkv = act(dqkv_, r0 * 3 * D, rows, 3 * D);
       dqkv.setZero();
       for (std::size_t s = s0; s < s1; ++s) {
@@ -398,9 +436,9 @@ class TinyLm {
                                       datt_.data() + rs * D, dqkv_.data() + rs * 3 * D, dprobs_.data() + att_off_[s] + h * Ls * Ls,
                                       Ls, D, h, dh);
       }
-      gmat(k.w_qkv, D, 3 * D).noalias() += act(h1_, o, rows, D).transpose() * dqkv;
+      gemm<false, true>(D, 3 * D, rows, h1_.data() + o, D, dqkv.data(), 3 * D, gbase + k.w_qkv, 3 * D, true);
       grad_row(k.b_qkv, 3 * D) += dqkv.colwise().sum();
-      dhid.noalias() = dqkv * pmat(k.w_qkv, D, 3 * D).transpose();
+      gemm<true, false>(rows, D, 3 * D, dqkv.data(), 3 * D, param(k.w_qkv), 3 * D, dhid.data(), D, false);
       tiny_lm::layer_norm_backward(dh_.data() + r0 * D, x_.data() + o, param(k.ln1_g), mean1_.data() + ol, rstd1_.data() + ol,
                                    dx_.data() + r0 * D, gbase + k.ln1_g, gbase + k.ln1_b, rows, D);
     }
@@ -433,6 +471,91 @@ class TinyLm {
   std::vector<std::int64_t> offsets_;
   std::vector<T> head_scores_;      // forward_backward's scores, not needed by accumulate_gradients
   std::vector<std::byte> head_ws_;  // the fused head's workspace (grows, never shrinks)
+
+  // ---- kept activations ----------------------------------------------------------------------
+  // One forward's activations moved out of the working buffers (or, not live, spare buffers to
+  // lend to the next forward), with the batch they belong to.
+  struct Kept {
+    std::vector<T> x, h1, qkv, att, xmid, h2, u, a, hf, probs, mean1, rstd1, mean2, rstd2, meanf, rstdf;
+    std::vector<std::size_t> att_off;
+    std::size_t n = 0, probs_stride = 0, chunks = 1;
+    tiny_lm::BufferSizes sizes;
+    std::vector<token_t> tokens;
+    std::vector<std::int64_t> offsets, prompt_len;
+    bool live = false;
+
+    std::size_t bytes() const {
+      std::size_t b = att_off.size() * sizeof(std::size_t);
+      for (const auto* v : {&x, &h1, &qkv, &att, &xmid, &h2, &u, &a, &hf, &probs, &mean1, &rstd1, &mean2, &rstd2, &meanf, &rstdf})
+        b += v->size() * sizeof(T);
+      return b;
+    }
+    bool holds(const SequenceBatch& b) const {
+      return live && std::ranges::equal(tokens, b.tokens) && std::ranges::equal(offsets, b.offsets) &&
+             std::ranges::equal(prompt_len, b.prompt_len);
+    }
+  };
+
+  // Exchanges the working activations of the last forward with k's.
+  void swap_working(Kept& k) {
+    using std::swap;
+    swap(x_, k.x), swap(h1_, k.h1), swap(qkv_, k.qkv), swap(att_, k.att), swap(xmid_, k.xmid), swap(h2_, k.h2);
+    swap(u_, k.u), swap(a_, k.a), swap(hf_, k.hf), swap(probs_, k.probs), swap(mean1_, k.mean1), swap(rstd1_, k.rstd1);
+    swap(mean2_, k.mean2), swap(rstd2_, k.rstd2), swap(meanf_, k.meanf), swap(rstdf_, k.rstdf), swap(att_off_, k.att_off);
+    swap(n_, k.n), swap(probs_stride_, k.probs_stride), swap(chunks_, k.chunks), swap(sizes_, k.sizes);
+  }
+
+  std::size_t kept_bytes(bool live_only) const {
+    std::size_t b = 0;
+    for (const Kept& k : kept_)
+      if (k.live || !live_only) b += k.bytes();
+    return b;
+  }
+
+  Kept* find_kept(const SequenceBatch& b) {
+    for (Kept& k : kept_)
+      if (k.holds(b)) return &k;
+    return nullptr;
+  }
+
+  void forget_kept() {
+    for (Kept& k : kept_) k.live = false;
+  }
+
+  // Frees spare buffers, last first, until everything kept fits the bound.
+  void trim_spares() {
+    for (std::size_t i = kept_.size(); i-- > 0 && kept_bytes(false) > keep_max_;)
+      if (!kept_[i].live) kept_.erase(kept_.begin() + static_cast<std::ptrdiff_t>(i));
+  }
+
+  // Moves the last forward's activations (of batch b) into a kept slot if they fit the bound; a
+  // spare slot's buffers become the working ones, so steady-state steps allocate nothing.
+  bool keep(const SequenceBatch& b) {
+    Kept probe;
+    swap_working(probe);  // measure the working buffers without copying them
+    const std::size_t need = probe.bytes();
+    swap_working(probe);
+    if (Kept* old = find_kept(b)) old->live = false;  // scored again: the newer activations replace it
+    const std::size_t live = kept_bytes(true);
+    if (need > keep_max_ || live > keep_max_ - need) return false;
+    // What may throw (allocations) first; then only swaps and moves.
+    std::vector<token_t> tokens(b.tokens.begin(), b.tokens.end());
+    std::vector<std::int64_t> offsets(b.offsets.begin(), b.offsets.end()), prompt_len(b.prompt_len.begin(), b.prompt_len.end());
+    Kept* slot = nullptr;
+    for (Kept& k : kept_)
+      if (!k.live && (slot == nullptr || k.bytes() > slot->bytes())) slot = &k;  // the largest spare
+    if (slot == nullptr) slot = &kept_.emplace_back();
+    swap_working(*slot);
+    slot->tokens = std::move(tokens);
+    slot->offsets = std::move(offsets);
+    slot->prompt_len = std::move(prompt_len);
+    slot->live = true;
+    trim_spares();
+    return true;
+  }
+
+  std::vector<Kept> kept_;
+  std::size_t keep_max_ = 0, forwards_skipped_ = 0;
 };
 
 DFTUNE_NAMESPACE_END
