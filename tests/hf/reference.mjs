@@ -57,13 +57,14 @@ if (cmd === "make-gpt2") {
   const base64 = (await mod("base64-js/index.js")).default;
   const m = bytesToUnicode();
   const vocab = {};
+  const rankOf = new Map();  // not `in vocab`: "hasOwnProperty" is a token
   const byRank = [];
   for (const line of ranks.bpe_ranks.split("\n").filter(Boolean)) {
     const [, offsetStr, ...tokens] = line.split(" ");
     const offset = Number.parseInt(offsetStr, 10);
     tokens.forEach((t, i) => { byRank[offset + i] = toUnicode(base64.toByteArray(t), m); });
   }
-  byRank.forEach((t, r) => { if (t !== undefined) vocab[t] = r; });
+  byRank.forEach((t, r) => { if (t !== undefined) { vocab[t] = r; rankOf.set(t, r); } });
   // Hugging Face's TikTokenConverter: every split of a token into two tokens is a merge, ranked by
   // the token's rank, then by the parts' ranks.
   const merges = [];
@@ -73,9 +74,9 @@ if (cmd === "make-gpt2") {
     const local = [];
     for (let i = 1; i < cps.length; i++) {
       const l = cps.slice(0, i).join(""), rr = cps.slice(i).join("");
-      if (l in vocab && rr in vocab) local.push([l, rr]);
+      if (rankOf.has(l) && rankOf.has(rr)) local.push([l, rr]);
     }
-    local.sort((a, b) => vocab[a[0]] - vocab[b[0]] || vocab[a[1]] - vocab[b[1]]);
+    local.sort((a, b) => rankOf.get(a[0]) - rankOf.get(b[0]) || rankOf.get(a[1]) - rankOf.get(b[1]));
     for (const p of local) merges.push(p);
   });
   const added = Object.entries(ranks.special_tokens).map(([c, id]) => special(id, c));
@@ -106,7 +107,8 @@ if (cmd === "make-gpt2") {
   const t0 = process.hrtime.bigint();
   for (const d of docs) {
     const ids = encode(d);
-    out.push(ids.length, ...ids);
+    out.push(ids.length);
+    for (const id of ids) out.push(id);
     tokens += ids.length;
   }
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
