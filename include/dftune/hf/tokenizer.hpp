@@ -295,18 +295,23 @@ class Tokenizer {
       StringMap raw_vocab;
       raw_vocab.reserve(vocab.size());
       for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-        const std::string field = "model.vocab[" + show(json(it.key())) + "]";
-        if (it.key().size() > limits.token_bytes) fail(field, std::to_string(it.key().size()) + " bytes", "at most " + std::to_string(limits.token_bytes));
-        const token_t id = id_of(it.value(), field, max_id);
+        // Built for every entry only when the entry is refused: 100k dumps would double the load time.
+        const auto field = [&] { return "model.vocab[" + show(json(it.key())) + "]"; };
+        if (it.key().size() > limits.token_bytes) fail(field(), std::to_string(it.key().size()) + " bytes", "at most " + std::to_string(limits.token_bytes));
+        if (!it.value().is_number_integer() || it.value().get<std::int64_t>() < 0 ||
+            static_cast<std::uint64_t>(it.value().get<std::int64_t>()) > max_id)
+          (void)id_of(it.value(), field(), max_id);
+        const auto id = static_cast<token_t>(it.value().get<std::int64_t>());
         auto raw = byte_level::to_bytes(it.key());
         if (!raw) {
           // Only an added token may be written outside the byte-level alphabet (it is never merged).
           bool is_added = false;
           for (const AddedToken& t : added_list) is_added = is_added || (t.content == it.key() && t.id == id);
-          if (!is_added) fail(field, "a token with characters outside the byte-level alphabet", "GPT-2's byte-to-unicode characters");
+          if (!is_added) fail(field(), "a token with characters outside the byte-level alphabet", "GPT-2's byte-to-unicode characters");
           continue;
         }
-        define(id, *raw, field);
+        if (static_cast<std::size_t>(id) < defined.size() && defined[static_cast<std::size_t>(id)]) define(id, *raw, field());
+        define(id, *raw, {});
         raw_vocab.emplace(std::move(*raw), id);
       }
       for (std::size_t k = 0; k < added_list.size(); ++k) {
@@ -332,7 +337,7 @@ class Tokenizer {
       if (merges.size() > limits.merges)
         fail("model.merges", std::to_string(merges.size()) + " entries", "at most " + std::to_string(limits.merges));
       for (std::size_t k = 0; k < merges.size(); ++k) {
-        const std::string f = "model.merges[" + std::to_string(k) + "]";
+        const auto f = "model.merges[" + std::to_string(k) + "]";
         const json& m = merges[k];
         std::string left, right;
         if (m.is_string()) {  // "a b"
