@@ -4,14 +4,15 @@
 //   1. the text must be valid UTF-8 (an error names the offset of the first bad byte: a corpus in
 //      another encoding is a mistake to report, not to tokenise byte by byte);
 //   2. added tokens are cut out (added_tokens.hpp);
-//   3. each stretch in between is split by the pre-tokenizer's regexes (pre_tokenizer.hpp);
+//   3. each stretch in between is normalized (NFC, where the file asks: normalizer.hpp) and split
+//      by the pre-tokenizer's regexes (pre_tokenizer.hpp);
 //   4. each piece, as raw bytes, is encoded by BPE (bpe.hpp); a piece seen before comes from a cache.
 // Decoding concatenates the tokens' bytes; the result is returned as it is, even where the ids cut
 // a multi-byte character (Hugging Face would put U+FFFD there).
 //
 // What a file may hold (anything else is a dftune::error naming the file, the field and what was
 // expected, thrown before a Tokenizer exists): model.type "BPE" without byte fallback, dropout,
-// subword prefix or suffix; normalizer null; a pre-tokenizer that is ByteLevel, or a Sequence of
+// subword prefix or suffix; normalizer null or NFC; a pre-tokenizer that is ByteLevel, or a Sequence of
 // Split (Isolated, not inverted), Digits and one ByteLevel; decoder null or ByteLevel. The
 // post-processor is not applied: encode() adds no BOS/EOS, which a caller adds by id (token_id).
 // Every size read from the file is bounded before it is used (Limits), every id checked.
@@ -20,6 +21,7 @@
 #include <dftune/hf/added_tokens.hpp>
 #include <dftune/hf/bpe.hpp>
 #include <dftune/hf/byte_level.hpp>
+#include <dftune/hf/normalizer.hpp>
 #include <dftune/hf/pre_tokenizer.hpp>
 #include <dftune/hf/regex.hpp>
 #include <dftune/hf/utf8.hpp>
@@ -140,10 +142,11 @@ class Tokenizer {
     std::vector<token_t> ids;
   };
 
-  Tokenizer(Bpe bpe, PreTokenizer pre, AddedTokens added, std::vector<std::string> bytes, std::vector<bool> defined,
+  Tokenizer(Bpe bpe, PreTokenizer pre, bool nfc, AddedTokens added, std::vector<std::string> bytes, std::vector<bool> defined,
             std::vector<bool> special)
       : bpe_(std::move(bpe)),
         pre_(std::move(pre)),
+        nfc_(nfc),
         added_(std::move(added)),
         bytes_(std::move(bytes)),
         defined_(std::move(defined)),
@@ -151,9 +154,20 @@ class Tokenizer {
         cache_(std::make_unique<Cache>()) {}
 
   void encode_plain(std::string_view text, std::vector<token_t>& out) const {
+    if (nfc_)  // between added tokens, as Hugging Face normalizes (their own content is matched as written)
+      if (const std::optional<std::string> normal = nfc(text)) return encode_normalized(*normal, out);
+    encode_normalized(text, out);
+  }
+
+  void encode_normalized(std::string_view text, std::vector<token_t>& out) const {
     const auto word = [&](std::string_view w) { encode_word(w, out); };
-    if (pre_.add_prefix_space() && text.front() != ' ') pre_.split(" " + std::string(text), word);
-    else pre_.split(text, word);
+    if (pre_.add_prefix_space() && text.front() != ' ') {
+      std::string spaced(1, ' ');  // not " " + std::string(text): GCC 12's -Wrestrict misfires on it under -O3
+      spaced.append(text);
+      pre_.split(spaced, word);
+    } else {
+      pre_.split(text, word);
+    }
   }
 
   void encode_word(std::string_view w, std::vector<token_t>& out) const {
@@ -235,9 +249,13 @@ class Tokenizer {
       if (!root.is_object()) fail("file", show(root), "a JSON object (tokenizer.json)");
 
       // ---- the parts that are refused rather than half-applied ----
-      if (const json* n = optional_member(root, "normalizer"))
-        fail("normalizer.type", show(n->is_object() && n->contains("type") ? (*n)["type"] : *n),
-             "null (dftune's tokenizer applies no normalizer)");
+      bool nfc = false;
+      if (const json* n = optional_member(root, "normalizer")) {
+        const std::string t = type_of(*n, "normalizer");
+        if (t != "NFC") fail("normalizer.type", "\"" + t + "\"", "null or \"NFC\" (the normalizers of byte-level BPE tokenizers)");
+        if (!has_nfc) fail("normalizer.type", "\"NFC\"", "null in a build without ICU (dftune::hf links it where libicu-dev is found)");
+        nfc = true;
+      }
       if (const json* d = optional_member(root, "decoder")) {
         const std::string t = type_of(*d, "decoder");
         if (t != "ByteLevel") fail("decoder.type", "\"" + t + "\"", "\"ByteLevel\" or null (a byte-level BPE tokenizer)");
@@ -367,7 +385,7 @@ class Tokenizer {
       }
 
       PreTokenizer pre = pre_tokenizer(member(root, "pre_tokenizer", "root"));
-      return Tokenizer(std::move(bpe), std::move(pre), std::move(added), std::move(bytes), std::move(defined), std::move(special));
+      return Tokenizer(std::move(bpe), std::move(pre), nfc, std::move(added), std::move(bytes), std::move(defined), std::move(special));
     }
 
     std::size_t max_id_for(std::size_t entries) const {
@@ -424,6 +442,7 @@ class Tokenizer {
 
   Bpe bpe_;
   PreTokenizer pre_;
+  bool nfc_ = false;
   AddedTokens added_;
   std::vector<std::string> bytes_;
   std::vector<bool> defined_, special_;
