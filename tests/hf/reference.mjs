@@ -9,7 +9,8 @@
 //   node reference.mjs NPM_DIR encode ENGINE TOKENIZER.json CORPUS OUT.bin
 //       ENGINE: tiktoken-gpt2 | tiktoken-cl100k (js-tiktoken, its own ranks) or hf (tokenizers.js
 //       reading TOKENIZER.json). CORPUS: documents separated by NUL bytes. OUT: per document
-//       int32 count then int32 ids, little-endian. Prints {"bytes":..,"tokens":..,"seconds":..}.
+//       int32 count then int32 ids, little-endian. Prints {"bytes":..,"tokens":..,"seconds":..,
+//       "cpu_seconds":..} of the encoding loop (wall clock, and CPU time of all of node's threads).
 import fs from "node:fs";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
@@ -105,6 +106,7 @@ if (cmd === "make-gpt2") {
   const out = [];
   let tokens = 0;
   const t0 = process.hrtime.bigint();
+  const c0 = process.cpuUsage();
   for (const d of docs) {
     const ids = encode(d);
     out.push(ids.length);
@@ -112,8 +114,10 @@ if (cmd === "make-gpt2") {
     tokens += ids.length;
   }
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  const c1 = process.cpuUsage(c0);
+  const cpu_seconds = (c1.user + c1.system) / 1e6;
   fs.writeFileSync(outPath, Buffer.from(Int32Array.from(out).buffer));
-  console.log(JSON.stringify({ engine, bytes: fs.statSync(corpusPath).size, tokens, seconds }));
+  console.log(JSON.stringify({ engine, bytes: fs.statSync(corpusPath).size, tokens, seconds, cpu_seconds }));
 } else {
   throw new Error(`unknown command ${cmd}`);
 }

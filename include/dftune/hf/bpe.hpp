@@ -53,6 +53,7 @@ class Bpe {
     merges_.insert_or_assign(key(left, right), Merge{rank, merged});
   }
 
+  void reserve_merges(std::size_t n) { merges_.reserve(n); }
   const StringMap& vocab() const { return vocab_; }
   std::size_t merges() const { return merges_.size(); }
   bool ignore_merges() const { return ignore_merges_; }

@@ -310,8 +310,9 @@ class Tokenizer {
         bytes[i] = std::move(b);
         defined[i] = true;
       };
-      StringMap raw_vocab;
+      StringMap raw_vocab, by_text;  // keyed by the raw bytes, and by the byte-level text of tokenizer.json
       raw_vocab.reserve(vocab.size());
+      by_text.reserve(vocab.size());
       for (auto it = vocab.begin(); it != vocab.end(); ++it) {
         // Built for every entry only when the entry is refused: 100k dumps would double the load time.
         const auto field = [&] { return "model.vocab[" + show(json(it.key())) + "]"; };
@@ -331,6 +332,7 @@ class Tokenizer {
         if (static_cast<std::size_t>(id) < defined.size() && defined[static_cast<std::size_t>(id)]) define(id, *raw, field());
         define(id, *raw, {});
         raw_vocab.emplace(std::move(*raw), id);
+        by_text.emplace(it.key(), id);
       }
       for (std::size_t k = 0; k < added_list.size(); ++k) {
         const AddedToken& t = added_list[k];
@@ -354,33 +356,36 @@ class Tokenizer {
       if (!merges.is_array()) fail("model.merges", show(merges), "an array");
       if (merges.size() > limits.merges)
         fail("model.merges", std::to_string(merges.size()) + " entries", "at most " + std::to_string(limits.merges));
+      bpe.reserve_merges(merges.size());
+      // Merges name tokens in the byte-level alphabet, which maps byte by byte: the text of a
+      // concatenation is the concatenation of the texts, so they are looked up as written.
       for (std::size_t k = 0; k < merges.size(); ++k) {
-        const auto f = "model.merges[" + std::to_string(k) + "]";
+        const auto f = [&] { return "model.merges[" + std::to_string(k) + "]"; };
         const json& m = merges[k];
-        std::string left, right;
+        std::string_view left, right;
         if (m.is_string()) {  // "a b"
           const std::string& s = m.get_ref<const std::string&>();
           const std::size_t sp = s.find(' ');
           if (sp == std::string::npos || sp == 0 || sp + 1 == s.size() || s.find(' ', sp + 1) != std::string::npos)
-            fail(f, show(m), "\"LEFT RIGHT\": two tokens separated by one space");
-          left = s.substr(0, sp), right = s.substr(sp + 1);
-        } else if (m.is_array() && m.size() == 2) {  // ["a", "b"]
-          left = string_of(m[0], f + "[0]"), right = string_of(m[1], f + "[1]");
+            fail(f(), show(m), "\"LEFT RIGHT\": two tokens separated by one space");
+          left = std::string_view(s).substr(0, sp), right = std::string_view(s).substr(sp + 1);
+        } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {  // ["a", "b"]
+          left = m[0].get_ref<const std::string&>(), right = m[1].get_ref<const std::string&>();
         } else {
-          fail(f, show(m), "\"LEFT RIGHT\" or [\"LEFT\", \"RIGHT\"]");
+          fail(f(), show(m), "\"LEFT RIGHT\" or [\"LEFT\", \"RIGHT\"]");
         }
-        const auto id = [&](const std::string& byte_level_text, const char* what) {
-          const auto raw = byte_level::to_bytes(byte_level_text);
-          const auto it = raw ? bpe.vocab().find(*raw) : bpe.vocab().end();
-          if (it == bpe.vocab().end())
-            fail(f, show(m), std::string("a merge of two tokens of model.vocab (its ") + what + " \"" + byte_level_text + "\" is not one)");
-          return std::pair{it->second, *raw};
+        const auto id = [&](std::string_view text, const char* what) {
+          const auto it = by_text.find(text);
+          if (it == by_text.end())
+            fail(f(), show(m), std::string("a merge of two tokens of model.vocab (its ") + what + " \"" + std::string(text) + "\" is not one)");
+          return it->second;
         };
-        const auto [l, lb] = id(left, "left part");
-        const auto [r, rb] = id(right, "right part");
-        const auto merged = bpe.vocab().find(lb + rb);
-        if (merged == bpe.vocab().end())
-          fail(f, show(m), "a merge whose result \"" + left + right + "\" is in model.vocab");
+        const token_t l = id(left, "left part"), r = id(right, "right part");
+        std::string joined;
+        joined.reserve(left.size() + right.size());
+        joined.append(left).append(right);
+        const auto merged = by_text.find(joined);
+        if (merged == by_text.end()) fail(f(), show(m), "a merge whose result \"" + joined + "\" is in model.vocab");
         bpe.add_merge(l, r, static_cast<std::uint32_t>(k), merged->second);
       }
 
