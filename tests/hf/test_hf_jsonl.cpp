@@ -110,5 +110,8 @@ TEST_CASE("every unusable line is a FILE:LINE error naming the field") {
   o.prompt_key = "question";
   CHECK(error_of(good, o).find(":1: question: got nothing") != std::string::npos);
   CHECK_THROWS_AS(dftune::hf::read_jsonl("/nonexistent.jsonl", tokenizer()), dftune::error);
+  o = {};
+  o.eos = 260;  // the vocabulary has 260 ids
+  CHECK(error_of(good, o).find("eos: got 260, expected an id in [0, vocab = 260)") != std::string::npos);
   fs::remove_all(fs::temp_directory_path() / ("dftune_jsonl_" + std::to_string(::getpid())));
 }

@@ -60,7 +60,7 @@ class Bpe {
   // The id of the one-byte token for b, or -1 where the vocabulary has none.
   token_t byte_id(unsigned char b) const { return byte_id_[b]; }
 
-  // Appends the tokens of `word` (raw bytes, non-empty) to `out`. A byte without a one-byte token
+  // Appends the tokens of `word` (raw bytes) to `out`. A byte without a one-byte token
   // is a dftune::error: byte-level vocabularies hold all 256.
   void encode_word(std::string_view word, std::vector<token_t>& out) const {
     if (ignore_merges_)  // Llama-3: a word that is a token is that token, whatever the merges say
@@ -69,6 +69,7 @@ class Bpe {
         return;
       }
     const std::size_t n = word.size();
+    if (n == 0) return;
     std::vector<Symbol>& sym = scratch().symbols;
     std::vector<Candidate>& heap = scratch().heap;
     sym.resize(n);

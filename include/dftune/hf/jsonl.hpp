@@ -164,6 +164,9 @@ inline void add_line(std::string_view text, const std::string& where, std::size_
 // usable (the first bad one is the error).
 inline Examples read_jsonl(const std::filesystem::path& path, const Tokenizer& tok, const DataOptions& o = {}) {
   if (o.context < 2) detail::fail("context", o.context, "at least 2 (a prompt token and an answer token)");
+  for (const auto& [name, id] : {std::pair{"bos", o.bos}, std::pair{"eos", o.eos}})
+    if (id && (*id < 0 || static_cast<std::size_t>(*id) >= tok.vocab_size()))
+      detail::fail(name, *id, "an id in [0, vocab = " + std::to_string(tok.vocab_size()) + ")");
   std::ifstream in(path, std::ios::binary);
   if (!in) detail::fail(path.string(), "a file that cannot be opened", "a readable JSON Lines file");
   Examples out;
