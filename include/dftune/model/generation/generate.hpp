@@ -65,6 +65,9 @@ concept CachedDecoder = requires(D& d, const D& cd, KvCache<typename D::scalar_t
   d.extend(cache, slots, tokens, offsets, hidden);
 };
 
+// Logits per step below which the rows are sampled on one thread (a parallel region costs more).
+inline constexpr std::size_t kParallelSamplingLogits = std::size_t{1} << 14;
+
 inline std::size_t max_threads() {
 #if defined(_OPENMP)
   return static_cast<std::size_t>(std::max(1, omp_get_max_threads()));
@@ -147,7 +150,8 @@ Sequences generate(D& decoder, const Prompts& prompts, std::size_t max_new, cons
     logprob::linear::logits(head, std::span<T>(logits.data(), n_active * V));
     // Rows are independent and each prompt's stream is its own: sampled in parallel. An error
     // (a NaN logit) cannot leave an OpenMP region: the first row's is rethrown after it.
-    DFTUNE_OMP(parallel for schedule(dynamic, 1) num_threads(static_cast<int>(std::min(threads, n_active))))
+    const bool parallel = n_active > 1 && n_active * V >= kParallelSamplingLogits;
+    DFTUNE_OMP(parallel for schedule(dynamic, 1) num_threads(static_cast<int>(parallel ? std::min(threads, n_active) : 1)))
     for (std::ptrdiff_t i = 0; i < static_cast<std::ptrdiff_t>(n_active); ++i) {
       const auto a = static_cast<std::size_t>(i), id = thread_id();
       try {
