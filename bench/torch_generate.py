@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch baseline for bench_generate: an eager sampler with its own key/value cache on the tiny
+"""PyTorch baseline for bench_generate (the same flags; --batch and --new take lists): an eager sampler with its own key/value cache on the tiny
 LM's architecture at the same shape (pre-layer-norm GPT: learned positions, fused q|k|v, tanh GELU,
 final layer norm, an untied output head with a bias; GPT-2 124M's shape by default), the same
 sampling (temperature, top-k, top-p, inverse CDF at one uniform per row), the same batch, prompt
@@ -81,27 +81,32 @@ def generate(m, prompts, new, a, L, H, dh):
 
 def main():
     ap = argparse.ArgumentParser()
-    for k, v in dict(layers=12, d=768, heads=12, ff=3072, V=50257, max_len=1024, batch=1, new=64, prompt=16, threads=1,
-                     top_k=50, reps=1).items():
+    for k, v in dict(layers=12, d=768, heads=12, ff=3072, V=50257, max_len=1024, prompt=16, threads=1, top_k=50, reps=1).items():
         ap.add_argument("--" + k.replace("_", "-"), type=int, default=v)
+    ints = lambda v: [int(x) for x in v.split(",")]
+    ap.add_argument("--batch", type=ints, default=[1])
+    ap.add_argument("--new", type=ints, default=[64])
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--top-p", type=float, default=1.0)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(1)
     m = Lm(a.V, a.max_len, a.d, a.heads, a.layers, a.ff).eval()
-    prompts = torch.randint(0, a.V, (a.batch, a.prompt))
-    best = float("inf")
-    with torch.inference_mode():
-        generate(m, prompts, 2, a, a.layers, a.heads, a.d // a.heads)  # warm-up
-        for _ in range(a.reps):
-            t = time.perf_counter()
-            out = generate(m, prompts, a.new, a, a.layers, a.heads, a.d // a.heads)
-            best = min(best, time.perf_counter() - t)
-    print(json.dumps({"impl": "torch", "layers": a.layers, "d": a.d, "V": a.V, "batch": a.batch, "new": a.new, "prompt": a.prompt,
-                      "threads": a.threads, "temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p, "seconds": best,
-                      "tokens_per_s": a.batch * a.new / best, "generated": int(out.numel()), "env": torch_env.env()}))
-
+    for batch in a.batch:
+        for new in a.new:
+            g = torch.Generator().manual_seed(7)
+            prompts = torch.randint(0, a.V, (batch, a.prompt), generator=g)
+            best = float("inf")
+            with torch.inference_mode():
+                generate(m, prompts, 2, a, a.layers, a.heads, a.d // a.heads)  # warm-up
+                for _ in range(a.reps):
+                    t = time.perf_counter()
+                    out = generate(m, prompts, new, a, a.layers, a.heads, a.d // a.heads)
+                    best = min(best, time.perf_counter() - t)
+            print(json.dumps({"impl": "torch", "layers": a.layers, "d": a.d, "V": a.V, "batch": batch, "new": new, "prompt": a.prompt,
+                              "threads": a.threads, "temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p,
+                              "seconds": best, "tokens_per_s": batch * new / best, "generated": int(out.numel()),
+                              "load": " ".join(open("/proc/loadavg").read().split()[:3]), "env": torch_env.env()}), flush=True)
 
 if __name__ == "__main__":
     main()

@@ -25,6 +25,26 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace logprob::linear::chunked {
 
+// Rows up to which few_rows_product replaces the GEMM kernel.
+inline constexpr std::size_t kFewRows = 4;
+
+// C[m, n] = A[m, k] · B[k, n], all row-major with leading dimensions, for a few rows: B is streamed
+// once, row by row, and each row of C accumulates over k in order. A GEMM kernel packs B first,
+// which for one row (a generation step at batch 1) costs as much memory traffic as the product.
+template <class S>
+void few_rows_product(std::size_t m, std::size_t n, std::size_t k, const S* a, std::size_t lda, const S* b, std::size_t ldb, S* c,
+                      std::size_t ldc) {
+  for (std::size_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, S(0));
+  for (std::size_t p = 0; p < k; ++p) {
+    const S* __restrict bp = b + p * ldb;
+    for (std::size_t i = 0; i < m; ++i) {
+      const S x = a[i * lda + p];
+      S* __restrict ci = c + i * ldc;
+      for (std::size_t j = 0; j < n; ++j) ci[j] += x * bp[j];
+    }
+  }
+}
+
 // z [rows, V] row-major. Targets, weights and offsets of `in` are not read. Storage types other
 // than compute_t<T> (bf16) are not supported here (they would need the forward's W staging).
 template <class Gemm, class T>
@@ -57,6 +77,8 @@ void logits(const LinearLogits<T>& in, std::span<T> z, const Options& opt) {
       const std::size_t v0 = static_cast<std::size_t>(t) * Vt, n = std::min(Vt, V - v0);
       if (vocab_major)
         Gemm::template run<true, false>(N, n, d, H, d, W + v0 * d, d, Z + v0, V, false);
+      else if (N <= kFewRows)
+        few_rows_product(N, n, d, H, d, W + v0, V, Z + v0, V);
       else
         Gemm::template run<true, true>(N, n, d, H, d, W + v0, V, Z + v0, V, false);
       if (!in.bias.empty())

@@ -170,7 +170,8 @@ class KvDecoder {
   }
 
   // Y[rows, N] = A[rows, K] · W[K, N] (W the parameter block at w, row-major), then epilogue(Y, j0,
-  // width) on each column tile by the task that computed it.
+  // width) on each column tile by the task that computed it. A few rows (a step at a small batch)
+  // stream W without the GEMM kernel's packing (logits.hpp's few_rows_product).
   template <class Epilogue>
   void linear(const T* A, std::size_t rows, std::size_t K, std::size_t w, std::size_t N, T* Y, Epilogue&& epilogue) {
     using Gemm = logprob::linear::DefaultGemm;
@@ -185,7 +186,10 @@ class KvDecoder {
       DFTUNE_OMP(for schedule(dynamic, 1))
       for (std::ptrdiff_t t = 0; t < static_cast<std::ptrdiff_t>(tiles); ++t) {
         const std::size_t j0 = static_cast<std::size_t>(t) * tile, width = std::min(tile, N - j0);
-        Gemm::template run<true, true>(rows, width, K, A, K, W + j0, N, Y + j0, N, false);
+        if (rows <= logprob::linear::chunked::kFewRows)
+          logprob::linear::chunked::few_rows_product(rows, width, K, A, K, W + j0, N, Y + j0, N);
+        else
+          Gemm::template run<true, true>(rows, width, K, A, K, W + j0, N, Y + j0, N, false);
         epilogue(Y, j0, width);
       }
     }
