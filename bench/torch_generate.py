@@ -96,16 +96,18 @@ def main():
         for new in a.new:
             g = torch.Generator().manual_seed(7)
             prompts = torch.randint(0, a.V, (batch, a.prompt), generator=g)
-            best = float("inf")
+            best = cpu = float("inf")
             with torch.inference_mode():
                 generate(m, prompts, 2, a, a.layers, a.heads, a.d // a.heads)  # warm-up
                 for _ in range(a.reps):
-                    t = time.perf_counter()
+                    t, c = time.perf_counter(), time.process_time()  # process_time: every thread's CPU time
                     out = generate(m, prompts, new, a, a.layers, a.heads, a.d // a.heads)
+                    cpu = min(cpu, time.process_time() - c)
                     best = min(best, time.perf_counter() - t)
             print(json.dumps({"impl": "torch", "layers": a.layers, "d": a.d, "V": a.V, "batch": batch, "new": new, "prompt": a.prompt,
                               "threads": a.threads, "temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p,
                               "seconds": best, "tokens_per_s": batch * new / best, "generated": int(out.numel()),
+                              "cpu_seconds": cpu, "tokens_per_cpu_s": batch * new / cpu,
                               "load": " ".join(open("/proc/loadavg").read().split()[:3]), "env": torch_env.env()}), flush=True)
 
 if __name__ == "__main__":
