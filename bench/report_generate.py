@@ -14,15 +14,19 @@ def main():
     print(f"Shape: {r0['layers']} layers, d {r0['d']}, V {r0['V']}; prompts of {r0['prompt']} tokens; temperature "
           f"{r0['temperature']}, top-k {r0['top_k']}, top-p {r0['top_p']}; no eos (every sequence gets all its new tokens). "
           "Time of one generate call, prefill included (minimum over the timed calls after a warm-up).\n")
-    print("| threads | batch | new tokens | dftune tokens/s | PyTorch tokens/s | dftune ÷ PyTorch | dftune sequences/s | load (dftune / PyTorch) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| threads | batch | new tokens | dftune tokens/s | PyTorch tokens/s | dftune ÷ PyTorch | dftune sequences/s | "
+          "dftune tokens/CPU-s | PyTorch tokens/CPU-s | dftune ÷ PyTorch per CPU-s | load (dftune / PyTorch) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for (t, b, n), v in sorted(by.items()):
         d, p = v.get("dftune"), v.get("torch")
         fmt = lambda r: f"{r['tokens_per_s']:.1f}" if r else "–"
         ratio = f"{d['tokens_per_s'] / p['tokens_per_s']:.2f}" if d and p else "–"
         seqs = f"{d['tokens_per_s'] / n:.2f}" if d else "–"
         load = f"{d['load'] if d else '–'} / {p['load'] if p else '–'}"
-        print(f"| {t} | {b} | {n} | {fmt(d)} | {fmt(p)} | {ratio} | {seqs} | {load} |")
+        cpu = lambda r: f"{r['tokens_per_cpu_s']:.1f}" if r and "tokens_per_cpu_s" in r else "–"
+        cratio = (f"{d['tokens_per_cpu_s'] / p['tokens_per_cpu_s']:.2f}" if d and p and "tokens_per_cpu_s" in d and "tokens_per_cpu_s" in p
+                  else "–")
+        print(f"| {t} | {b} | {n} | {fmt(d)} | {fmt(p)} | {ratio} | {seqs} | {cpu(d)} | {cpu(p)} | {cratio} | {load} |")
     print()
     for impl in ("dftune", "torch"):
         r = next((r for r in rows if r["impl"] == impl), None)
