@@ -6,9 +6,12 @@
 //                identical, bitwise reproducible;
 //   bad_input    a bad input on rank 1 only: the same named error on both ranks, no hang, nothing
 //                changed, training goes on as if the step had not been tried;
+//   accumulate   k ∈ {1, 2, 4} micro-batches per rank at P = 2 against the single big batch at P = 1
+//                (SGD, double): ≤ 1e-15 relative, replicas identical;
 //   reshard      P = 2 → save → load at P = 1 → save → load at P = 2 equals an uninterrupted run;
 //   kill_run / kill_verify   driven by kill_test.cmake: rank 1 SIGKILLs itself mid-run; then the last
 //                committed checkpoint loads and equals the uninterrupted run at its step.
+#include "distributed/accumulate.hpp"
 #include "distributed/scenario.hpp"
 
 #include <dftune/distributed/collectives.hpp>
@@ -170,6 +173,37 @@ void equality(MpiCommunicator& world) {
     worst_adam = std::max(worst_adam, equality_case(world, "TinyLm", lm, v, AdamW<double>{}, 1e-8));
   }
   if (world.rank() == 0) std::printf("equality: worst relative difference SGD %.1e, AdamW %.1e\n", worst_sgd, worst_adam);
+}
+
+// ---- gradient accumulation ------------------------------------------------------------------
+void accumulate(MpiCommunicator& world) {
+  const TinyLm<double> lm(lm_config(), 5);
+  TinyLm<double> ref = lm;
+  const scenario::Problem problem = scenario::make_problem(ref, 30, 2, 3);  // 30 mod 8: a short last batch
+  const Sgd<double> sgd({.momentum = 0.9});
+  for (Variant v : {Variant::dft, Variant::dft2}) {
+    const auto big = scenario::run_accumulated(problem, lm, v, 8, 6, 0, distributed::Single{}, sgd);
+    for (std::size_t k : {1, 2, 4}) {
+      const auto acc = scenario::run_accumulated(problem, lm, v, 8, 6, k, world, sgd);
+      const double d = scenario::rel_diff(acc.params, big.params);
+      if (world.rank() == 0)
+        std::printf("accumulate TinyLm %-4s P=2 k=%zu vs the big batch at P=1 after 6 steps: max|dθ|/max|θ| = %.1e\n",
+                    v == Variant::dft ? "DFT" : "DFT2", k, d);
+      EXPECT(d <= 1e-15);
+      EXPECT(std::fabs(acc.loss - big.loss) <= 1e-14 * std::fabs(big.loss));
+      EXPECT(replicas_identical(world, acc.params));
+    }
+  }
+  // Ranks that disagree on k: the same named error on both, nothing written.
+  scenario::Trainer<TinyLm<double>, MpiCommunicator, Sgd<double>> t(problem, lm, Variant::dft, 8, world);
+  const auto parts = scenario::split(problem, t.batches.local_batch(0), world.rank() == 1 ? 3 : 2);
+  std::vector<DftBatch<double>> views;
+  for (const auto& b : parts) views.push_back(b.view());
+  const std::vector<double> p0 = t.params();
+  const std::string e = error_of([&] { t.opt.step(std::span<const DftBatch<double>>(views)); });
+  EXPECT(e == "micro-batch count: got 3 on rank 1, expected 2 as on rank 0 (every rank of a step must agree)");
+  EXPECT(same_everywhere(world, e));
+  EXPECT(scenario::bit_equal(t.params(), p0) && t.opt.steps() == 0);
 }
 
 // ---- bad input on one rank ------------------------------------------------------------------
@@ -345,6 +379,7 @@ int main(int argc, char** argv) {
     if (name == "collectives") collectives(world);
     else if (name == "equality") equality(world);
     else if (name == "bad_input") bad_input(world);
+    else if (name == "accumulate") accumulate(world);
     else if (name == "reshard") reshard(world, work);
     else if (name == "kill_run") kill_run(world, work);
     else if (name == "kill_verify") kill_verify(world, work);
