@@ -5,7 +5,8 @@
 //                the categorical policy and the tiny LM, DFT and DFT2: ≤ 1e-12 relative, replicas
 //                identical, bitwise reproducible;
 //   bad_input    a bad input on rank 1 only: the same named error on both ranks, no hang, nothing
-//                changed, training goes on as if the step had not been tried;
+//                changed, training goes on as if the step had not been tried; a model seeded per
+//                rank: check_replicas names rank 1 on both ranks;
 //   accumulate   k ∈ {1, 2, 4} micro-batches per rank at P = 2 against the single big batch at P = 1
 //                (SGD, double): ≤ 1e-15 relative, replicas identical;
 //   reshard      P = 2 → save → load at P = 1 → save → load at P = 2 equals an uninterrupted run;
@@ -16,6 +17,7 @@
 
 #include <dftune/distributed/collectives.hpp>
 #include <dftune/distributed/mpi.hpp>
+#include <dftune/distributed/replica_check.hpp>
 #include <dftune/io/sharded_checkpoint.hpp>
 #include <dftune/model/tiny_lm/tiny_lm.hpp>
 
@@ -246,6 +248,15 @@ void bad_input(MpiCommunicator& world) {
     t.train(3);
     EXPECT(scenario::bit_equal(t.params(), clean.params));
   }
+  // Replicas: the same model on both ranks passes; a model seeded per rank is refused on both.
+  scenario::Trainer<TinyLm<double>, MpiCommunicator> same(problem, init, Variant::dft, B, world);
+  EXPECT(error_of([&] { distributed::check_replicas(same.opt); }).empty());
+  scenario::Trainer<TinyLm<double>, MpiCommunicator> seeded(problem, TinyLm<double>(lm_config(), 7 + world.rank()), Variant::dft, B,
+                                                           world);
+  const std::string e = error_of([&] { distributed::check_replicas(seeded.opt); });
+  if (world.rank() == 0) std::printf("bad_input %-26s -> every rank: %s\n", "a model seed per rank", e.c_str());
+  EXPECT(e.starts_with("replicas: got parameters, rule state or options that differ from rank 0's on rank 1 of 2, expected"));
+  EXPECT(same_everywhere(world, e));
 }
 
 // ---- checkpoints: re-sharding and a killed rank --------------------------------------------
