@@ -27,15 +27,14 @@
 
 namespace {
 
+// Under MPI, main runs demo_main inside distributed::run_main (MPI_Init … MPI_Finalize, and an
+// error on one rank ends every rank with its message instead of leaving the others waiting).
 #if defined(DFTUNE_DEMO_MPI)
 struct World {
-  World(int& argc, char**& argv) : session(argc, argv) {}
-  dftune::distributed::MpiSession session;
   dftune::distributed::MpiCommunicator comm;
 };
 #else
 struct World {
-  World(int&, char**&) {}
   dftune::distributed::Single comm;
 };
 #endif
@@ -108,8 +107,8 @@ Cli parse(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) try {
-  World world(argc, argv);
+static int demo_main(int argc, char** argv) {
+  World world;
   const bool root = world.comm.rank() == 0;
   const Cli cli = parse(argc, argv);
   const demo::Settings& s = cli.settings;
@@ -229,7 +228,17 @@ int main(int argc, char** argv) try {
               plotted ? ",learning_curves.png" : "", plotted_metrics ? ",metrics.png" : "", progress.elapsed());
   if (!plotted) progress.note("no plot: gnuplot or " + cli.plot_script + " not found");
   return 0;
-} catch (const std::exception& e) {
-  std::fprintf(stderr, "demo: %s\n", e.what());
-  return 1;
+}
+
+int main(int argc, char** argv) {
+#if defined(DFTUNE_DEMO_MPI)
+  return dftune::distributed::run_main(argc, argv, demo_main);
+#else
+  try {
+    return demo_main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "demo: %s\n", e.what());
+    return 1;
+  }
+#endif
 }

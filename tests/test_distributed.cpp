@@ -81,15 +81,16 @@ TEST_CASE("Shard: ids i mod P, local index i / P, counts") {
 }
 
 TEST_CASE("ShardedBatches: the global batch does not depend on P; ranks partition it; epochs are permutations") {
-  const std::size_t N = 23, B = 5;  // 4 batches per epoch, 3 ids dropped
-  distributed::ShardedBatches one(N, B, 7);
+  const std::size_t N = 23, B = 5;  // drop_last: 4 batches per epoch, 3 ids dropped (tests/test_sampler.cpp: both)
+  const distributed::SamplerOptions drop{.drop_last = true};
+  distributed::ShardedBatches one(N, B, 7, {}, drop);
   for (std::uint64_t t = 0; t < 12; ++t) {
     const std::vector<std::int64_t> g(one.global_batch(t).begin(), one.global_batch(t).end());
     CHECK(std::set<std::int64_t>(g.begin(), g.end()).size() == B);  // distinct
     for (std::size_t P : {2, 3, 4}) {
       std::multiset<std::int64_t> uni;
       for (std::size_t r = 0; r < P; ++r) {
-        distributed::ShardedBatches s(N, B, 7, Shard{.rank = r, .size = P});
+        distributed::ShardedBatches s(N, B, 7, Shard{.rank = r, .size = P}, drop);
         CHECK(std::equal(g.begin(), g.end(), s.global_batch(t).begin(), s.global_batch(t).end()));
         for (std::int64_t id : s.local_batch(t)) {
           CHECK(static_cast<std::size_t>(id) % P == r);
@@ -107,7 +108,7 @@ TEST_CASE("ShardedBatches: the global batch does not depend on P; ranks partitio
   // bounded draw), so these ids are the same with every compiler and standard library.
   const auto first = one.global_batch(0);
   CHECK(std::vector<std::int64_t>(first.begin(), first.end()) == std::vector<std::int64_t>{4, 10, 13, 8, 17});
-  distributed::ShardedBatches seq(N, B, 7);
+  distributed::ShardedBatches seq(N, B, 7, {}, drop);
   seq.next();
   const auto second = seq.next();
   CHECK(std::equal(second.begin(), second.end(), one.global_batch(1).begin(), one.global_batch(1).end()));
@@ -307,7 +308,7 @@ TEST_CASE("a bad input on one rank: every rank throws the same named error, noth
       {"a NaN reference log-prob", [](scenario::Batch& b) { b.ref[1] = std::nan(""); },
        "rank 1 of 2: ref_neg_logp[1]: got nan, expected a finite number"},
       {"a token outside the vocabulary", [](scenario::Batch& b) { b.neg.tokens.back() = 99; },
-       "rank 1 of 2: batch.tokens[16]: got 99, expected in [0, vocab = 5)"},
+       "rank 1 of 2: batch.tokens[12]: got 99, expected in [0, vocab = 5)"},  // step 3: the short batch (20 mod 6 ids)
       {"another m", [](scenario::Batch& b) {
          b.m = 1;
          b.neg = Sequences{};

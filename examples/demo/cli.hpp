@@ -116,6 +116,8 @@ inline void settings_usage(std::FILE* f, const Settings& s) {
                "  --fresh-negatives    new negatives from the base model every epoch (default: sampled once)\n"
                "  --max-grad-norm X    clip gradients to this global L2 norm (inf: no clipping) [inf]\n"
                "  --keep-right-negatives  keep sampled negatives equal to the positive (default: redraw them)\n"
+               "  --balanced-sampler   under mpirun: each rank draws batch/P of its own prompts per step (balanced,\n"
+               "                       but the batches then depend on P; default: the same batches at every P)\n"
                "  --steps N            fine-tuning steps (every method)                [%zu]\n"
                "  --batch N            prompts per fine-tuning step                    [%zu]\n"
                "  --pretrain-steps N   pre-training steps of the base model            [%zu]\n"
@@ -142,6 +144,7 @@ inline void apply_recipe(const Flags& flags, const std::vector<std::string>& arg
 // Switches (flags without a value) among the shared ones.
 inline bool settings_switch(const std::string& a, Settings& s) {
   if (a == "--keep-right-negatives") s.keep_right_negatives = true;
+  else if (a == "--balanced-sampler") s.balanced_sampler = true;
   else if (a == "--fresh-negatives") s.fresh_negatives = true;
   else return false;
   return true;

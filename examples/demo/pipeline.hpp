@@ -18,6 +18,8 @@
 #include <dftune/callbacks/jsonl.hpp>
 #include <dftune/callbacks/metrics.hpp>
 #include <dftune/distributed/collectives.hpp>
+#include <dftune/distributed/replica_check.hpp>
+#include <dftune/distributed/sampler.hpp>
 #include <dftune/dftune.hpp>
 #include <dftune/model/tiny_lm/tiny_lm.hpp>
 #include <dftune/optim/adam.hpp>
@@ -30,6 +32,7 @@
 #include <functional>
 #include <limits>
 #include <numeric>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -74,6 +77,7 @@ struct Settings {
   double log_u0 = 0.0;                 // log u of an unseen example (constant) or always (fixed)
   double eps_dft2 = 1e-8;              // ε of DFT2's |y| + ε (the reference's 1e-8 is lost in float32: 0)
   bool fresh_negatives = false;        // new negatives from the base model every epoch (the paper's recipe)
+  bool balanced_sampler = false;       // data-parallel: B/P of each rank's own prompts per step (distributed/sampler.hpp)
   double max_grad_norm = std::numeric_limits<double>::infinity();  // clip to this global L2 norm (reference: 1)
 };
 
@@ -377,6 +381,9 @@ RunResult finetune_loop(Model& model, const char* label, double lr, const TrainD
   std::vector<std::size_t> order(N);
   std::iota(order.begin(), order.end(), 0);
   std::size_t cursor = N, epoch = 0, shuffles = 0;
+  std::optional<dftune::distributed::ShardedBatches> balanced;
+  if (s.balanced_sampler)
+    balanced.emplace(N, B, seed * 1000003 + 17, shard, dftune::distributed::SamplerOptions{.balance = dftune::distributed::Balance::per_rank});
   Sequences pos, neg;
   std::vector<std::int64_t> ids;
   std::vector<float> ref;
@@ -397,7 +404,21 @@ RunResult finetune_loop(Model& model, const char* label, double lr, const TrainD
     neg = Sequences{};
     ids.clear();
     ref.clear();
-    for (std::size_t b = 0; b < B; ++b) {
+    if (balanced) {  // Balance::per_rank: this rank's B/P ids, epochs of ⌈n_0/(B/P)⌉ steps
+      epoch = step / balanced->batches_per_epoch();
+      const NegativeSet& negs = data.negatives_of_epoch(epoch);
+      const auto data_neg = negs.negatives.view();
+      for (std::int64_t id : balanced->local_batch(step)) {
+        const auto i = static_cast<std::size_t>(id);
+        ids.push_back(id);
+        push(pos, data_pos, i);
+        for (std::size_t j = 0; j < m; ++j) {
+          push(neg, data_neg, i * m + j);
+          ref.push_back(negs.ref_neg_logp[i * m + j]);
+        }
+      }
+    }
+    for (std::size_t b = 0; b < (balanced ? 0 : B); ++b) {
       if (cursor == N) {
         std::shuffle(order.begin(), order.end(), rng);
         cursor = 0;
@@ -471,6 +492,7 @@ RunResult finetune(const Model& base, Method method, double lr, const TrainData&
   // applied after the gradient's all-reduce, so both clip the global gradient.
   dftune::DftOptimizer dft(model, estimator, opt, dftune::AdamW<float>{}, schedule,
                            dftune::StepOptions{.max_grad_norm = s.max_grad_norm}, comm);
+  dftune::distributed::check_replicas(dft);  // collective: every rank starts from the same bits, or every rank says which do not
   Rule sft_rule = rule_for(s);
   std::vector<float> scratch;
   RunResult r = finetune_loop(model, name(method), lr, data, validation, test, s, seed, progress,

@@ -166,7 +166,7 @@ inline void write_json(const std::string& path, const Settings& s, const std::ve
   for (std::size_t i = 0; i < runs.size(); ++i) {
     const RunResult& r = runs[i];
     f << "    {\"method\": \"" << name(r.method) << "\", \"lr\": " << r.lr << ", \"seed\": " << r.seed << ", \"first_loss\": "
-      << r.first_loss << ", \"last_loss\": " << r.last_loss << ", \"validation\": ";
+      << r.first_loss << ", \"last_loss\": " << r.last_loss << ", \"ms_per_step\": " << r.ms_per_step << ", \"validation\": ";
     write_metrics_json(f, r.validation);
     f << ", \"test\": ";
     write_metrics_json(f, r.test);

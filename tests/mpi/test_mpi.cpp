@@ -5,18 +5,31 @@
 //                the categorical policy and the tiny LM, DFT and DFT2: ≤ 1e-12 relative, replicas
 //                identical, bitwise reproducible;
 //   bad_input    a bad input on rank 1 only: the same named error on both ranks, no hang, nothing
-//                changed, training goes on as if the step had not been tried;
+//                changed, training goes on as if the step had not been tried; a model seeded per
+//                rank: check_replicas names rank 1 on both ranks;
+//   accumulate   k ∈ {1, 2, 4} micro-batches per rank at P = 2 against the single big batch at P = 1
+//                (SGD, double): ≤ 1e-15 relative, replicas identical;
 //   reshard      P = 2 → save → load at P = 1 → save → load at P = 2 equals an uninterrupted run;
+//   chaos_run / chaos_verify   driven by chaos_test.cmake and scripts/chaos.sh: a run that resumes from
+//                the last committed checkpoint, saves after every step, and (when told to) SIGKILLs
+//                a random rank at a random time — in a step, a save or the load; at the end the
+//                committed set equals the uninterrupted run bit for bit;
 //   kill_run / kill_verify   driven by kill_test.cmake: rank 1 SIGKILLs itself mid-run; then the last
 //                committed checkpoint loads and equals the uninterrupted run at its step.
+#include "distributed/accumulate.hpp"
 #include "distributed/scenario.hpp"
 
 #include <dftune/distributed/collectives.hpp>
 #include <dftune/distributed/mpi.hpp>
+#include <dftune/distributed/replica_check.hpp>
 #include <dftune/io/sharded_checkpoint.hpp>
 #include <dftune/model/tiny_lm/tiny_lm.hpp>
 
+#include <atomic>
+#include <chrono>
 #include <csignal>
+#include <thread>
+#include <unistd.h>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
@@ -172,6 +185,37 @@ void equality(MpiCommunicator& world) {
   if (world.rank() == 0) std::printf("equality: worst relative difference SGD %.1e, AdamW %.1e\n", worst_sgd, worst_adam);
 }
 
+// ---- gradient accumulation ------------------------------------------------------------------
+void accumulate(MpiCommunicator& world) {
+  const TinyLm<double> lm(lm_config(), 5);
+  TinyLm<double> ref = lm;
+  const scenario::Problem problem = scenario::make_problem(ref, 30, 2, 3);  // 30 mod 8: a short last batch
+  const Sgd<double> sgd({.momentum = 0.9});
+  for (Variant v : {Variant::dft, Variant::dft2}) {
+    const auto big = scenario::run_accumulated(problem, lm, v, 8, 6, 0, distributed::Single{}, sgd);
+    for (std::size_t k : {1, 2, 4}) {
+      const auto acc = scenario::run_accumulated(problem, lm, v, 8, 6, k, world, sgd);
+      const double d = scenario::rel_diff(acc.params, big.params);
+      if (world.rank() == 0)
+        std::printf("accumulate TinyLm %-4s P=2 k=%zu vs the big batch at P=1 after 6 steps: max|dθ|/max|θ| = %.1e\n",
+                    v == Variant::dft ? "DFT" : "DFT2", k, d);
+      EXPECT(d <= 1e-15);
+      EXPECT(std::fabs(acc.loss - big.loss) <= 1e-14 * std::fabs(big.loss));
+      EXPECT(replicas_identical(world, acc.params));
+    }
+  }
+  // Ranks that disagree on k: the same named error on both, nothing written.
+  scenario::Trainer<TinyLm<double>, MpiCommunicator, Sgd<double>> t(problem, lm, Variant::dft, 8, world);
+  const auto parts = scenario::split(problem, t.batches.local_batch(0), world.rank() == 1 ? 3 : 2);
+  std::vector<DftBatch<double>> views;
+  for (const auto& b : parts) views.push_back(b.view());
+  const std::vector<double> p0 = t.params();
+  const std::string e = error_of([&] { t.opt.step(std::span<const DftBatch<double>>(views)); });
+  EXPECT(e == "micro-batch count: got 3 on rank 1, expected 2 as on rank 0 (every rank of a step must agree)");
+  EXPECT(same_everywhere(world, e));
+  EXPECT(scenario::bit_equal(t.params(), p0) && t.opt.steps() == 0);
+}
+
 // ---- bad input on one rank ------------------------------------------------------------------
 void bad_input(MpiCommunicator& world) {
   const TinyLm<double> init(lm_config(), 7);
@@ -212,6 +256,15 @@ void bad_input(MpiCommunicator& world) {
     t.train(3);
     EXPECT(scenario::bit_equal(t.params(), clean.params));
   }
+  // Replicas: the same model on both ranks passes; a model seeded per rank is refused on both.
+  scenario::Trainer<TinyLm<double>, MpiCommunicator> same(problem, init, Variant::dft, B, world);
+  EXPECT(error_of([&] { distributed::check_replicas(same.opt); }).empty());
+  scenario::Trainer<TinyLm<double>, MpiCommunicator> seeded(problem, TinyLm<double>(lm_config(), 7 + world.rank()), Variant::dft, B,
+                                                           world);
+  const std::string e = error_of([&] { distributed::check_replicas(seeded.opt); });
+  if (world.rank() == 0) std::printf("bad_input %-26s -> every rank: %s\n", "a model seed per rank", e.c_str());
+  EXPECT(e.starts_with("replicas: got parameters, rule state or options that differ from rank 0's on rank 1 of 2, expected"));
+  EXPECT(same_everywhere(world, e));
 }
 
 // ---- checkpoints: re-sharding and a killed rank --------------------------------------------
@@ -329,6 +382,73 @@ void kill_verify(MpiCommunicator& world, const std::filesystem::path& dir) {
                 failures == 0 ? ", bit for bit" : " — NOT equal");
 }
 
+// ---- chaos: random SIGKILLs, automatic restarts ----------------------------------------------
+std::atomic<int> chaos_phase{0};  // what the main thread is doing: 0 loading, 1 a step, 2 a save, 3 done
+std::atomic<std::size_t> chaos_step{0};
+
+// Rank `victim` (drawn from (attempt)) starts a thread that SIGKILLs the process after a random
+// delay in [0, max_ms) ms, printing where the main thread was; the other rank is ended by mpirun.
+void chaos_killer(std::size_t rank, std::uint64_t attempt, unsigned max_ms) {
+  std::mt19937_64 rng(0x9e3779b97f4a7c15ull * (attempt + 1));
+  const std::size_t victim = rng() % 2;
+  const auto delay = std::chrono::microseconds(rng() % (1000ull * max_ms));
+  if (rank != victim) return;
+  std::thread([attempt, rank, delay] {
+    std::this_thread::sleep_for(delay);
+    static const char* phases[] = {"the load", "a step", "a save", "the end"};
+    char line[160];
+    const int n = std::snprintf(line, sizeof line, "chaos: attempt %llu: SIGKILL rank %zu after %.1f ms, during %s (step %zu)\n",
+                                static_cast<unsigned long long>(attempt), rank, delay.count() / 1000.0, phases[chaos_phase.load()],
+                                chaos_step.load());
+    if (n > 0) (void)!::write(2, line, static_cast<std::size_t>(n));
+    std::raise(SIGKILL);
+  }).detach();
+}
+
+constexpr std::size_t chaos_steps_default = 40;
+
+// Resume from dir's committed set (if any), train to `steps` saving after every step.
+void chaos_run(MpiCommunicator& world, const std::filesystem::path& dir, std::uint64_t attempt, bool kill, unsigned max_ms,
+               std::size_t steps) {
+  const Setup s;
+  if (kill) chaos_killer(world.rank(), attempt, max_ms);
+  auto t = s.trainer(world);
+  int fresh_start = 0;
+  on_rank0(world, [&] {
+    std::filesystem::create_directories(dir);
+    fresh_start = std::filesystem::exists(dir / "manifest.ckpt") ? 0 : 1;
+  });
+  distributed::broadcast_values(world, std::span<int>(&fresh_start, 1), 0);
+  if (!fresh_start) io::load_sharded(dir, t->opt);
+  const std::size_t from = t->opt.steps();
+  while (t->opt.steps() < steps) {
+    chaos_step = t->opt.steps();
+    chaos_phase = 1;
+    t->train(1);
+    chaos_phase = 2;
+    io::save_sharded(dir, t->opt);
+  }
+  chaos_phase = 3;
+  world.barrier();
+  if (world.rank() == 0)
+    std::printf("chaos: attempt %llu ran steps %zu..%zu and ended normally\n", static_cast<unsigned long long>(attempt), from,
+                t->opt.steps());
+}
+
+void chaos_verify(MpiCommunicator& world, const std::filesystem::path& dir, std::size_t steps) {
+  const Setup s;
+  auto straight = s.trainer(world);
+  straight->train(steps);
+  auto t = s.trainer(world);
+  io::load_sharded(dir, t->opt);
+  const bool same = state_of(*t) == state_of(*straight);
+  EXPECT(t->opt.steps() == steps);
+  EXPECT(same);
+  if (world.rank() == 0)
+    std::printf("chaos_verify: the committed set holds step %zu and %s the uninterrupted run of %zu steps\n", t->opt.steps(),
+                same ? "equals, bit for bit," : "DIFFERS from", steps);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -345,8 +465,16 @@ int main(int argc, char** argv) {
     if (name == "collectives") collectives(world);
     else if (name == "equality") equality(world);
     else if (name == "bad_input") bad_input(world);
+    else if (name == "accumulate") accumulate(world);
     else if (name == "reshard") reshard(world, work);
     else if (name == "kill_run") kill_run(world, work);
+    else if (name == "chaos_run" || name == "chaos_verify") {
+      // chaos_run WORK ATTEMPT KILL(0|1) MAX_MS STEPS; chaos_verify WORK STEPS
+      auto arg = [&](int i, unsigned long long fallback) { return argc > i ? std::stoull(argv[i]) : fallback; };
+      if (name == "chaos_run")
+        chaos_run(world, work, arg(3, 0), arg(4, 1) != 0, static_cast<unsigned>(arg(5, 300)), arg(6, chaos_steps_default));
+      else chaos_verify(world, work, arg(3, chaos_steps_default));
+    }
     else if (name == "kill_verify") kill_verify(world, work);
     else {
       std::fprintf(stderr, "test_mpi: unknown case '%s'\n", name.c_str());

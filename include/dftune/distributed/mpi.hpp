@@ -2,10 +2,13 @@
 // A Communicator over MPI (docs/distributed.md). Include it explicitly — the umbrella header never
 // does — and link the CMake target dftune::mpi (dftune + MPI::MPI_CXX), defined when MPI is found.
 //
-//   dftune::distributed::MpiSession mpi(argc, argv);        // MPI_Init_thread … MPI_Finalize
-//   dftune::distributed::MpiCommunicator comm;              // MPI_COMM_WORLD
-//   dftune::Estimator<double> est(N, opt, dftune::distributed::shard_of(comm));
-//   dftune::DftOptimizer dft(model, est, opt, dftune::AdamW<double>{}, schedule, comm);
+//   int train(int argc, char** argv) {
+//     dftune::distributed::MpiCommunicator comm;            // MPI_COMM_WORLD
+//     dftune::Estimator<double> est(N, opt, dftune::distributed::shard_of(comm));
+//     dftune::DftOptimizer dft(model, est, opt, dftune::AdamW<double>{}, schedule, {}, comm);
+//     …
+//   }
+//   int main(int argc, char** argv) { return dftune::distributed::run_main(argc, argv, train); }
 //
 // all_reduce_sum, by default (MpiReduction::rank_ordered), sums every element in rank order,
 //   x ← ((x_0 + x_1) + x_2) + … + x_{P−1},
@@ -36,11 +39,15 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
 #include <limits>
 #include <span>
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 DFTUNE_NAMESPACE_BEGIN
@@ -74,6 +81,13 @@ inline int count(std::size_t n, std::string_view what) {
 
 // MPI_Init_thread(MPI_THREAD_FUNNELED) unless MPI is already initialised, and MPI_Finalize at the
 // end of its scope if it initialised MPI.
+//
+// An exception that leaves the session's scope (std::uncaught_exceptions() is higher than when the
+// session was made) ends the whole job with MPI_Abort instead: MPI_Finalize is collective, so a
+// rank that finalises while its peers wait in a collective would wait with them forever, and the
+// exception's message would never be printed. The destructor cannot see that exception (it is not
+// caught yet), so it prints only where it happened; run_main (below) prints its message. In a world
+// of one nothing can hang: the session finalises and the exception goes on to the caller's handler.
 class MpiSession {
  public:
   MpiSession(int& argc, char**& argv) { init(&argc, &argv); }
@@ -82,10 +96,29 @@ class MpiSession {
   MpiSession& operator=(const MpiSession&) = delete;
   ~MpiSession() {
     int finalised = 0;
-    if (owner_ && MPI_Finalized(&finalised) == MPI_SUCCESS && !finalised) MPI_Finalize();
+    if (!owner_ || MPI_Finalized(&finalised) != MPI_SUCCESS || finalised) return;
+    if (std::uncaught_exceptions() > uncaught_at_start_ && world_size() > 1)
+      abort_job("an exception left the scope of dftune::distributed::MpiSession (wrap main in "
+                "dftune::distributed::run_main to see its message); MPI_Abort instead of MPI_Finalize, "
+                "which would wait for the other ranks forever");
+    MPI_Finalize();
+  }
+
+  // Prints "rank r of P: <message>" on stderr and ends every rank of MPI_COMM_WORLD (MPI_Abort).
+  [[noreturn]] static void abort_job(std::string_view message, int exit_code = 1) {
+    int r = 0;
+    if (MPI_Comm_rank(MPI_COMM_WORLD, &r) != MPI_SUCCESS) r = -1;
+    std::fprintf(stderr, "rank %d of %d: %.*s\n", r, world_size(), static_cast<int>(message.size()), message.data());
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, exit_code);
+    std::abort();  // MPI_Abort does not return; this is for the compiler
   }
 
  private:
+  static int world_size() {
+    int p = 0;
+    return MPI_Comm_size(MPI_COMM_WORLD, &p) == MPI_SUCCESS ? p : 0;
+  }
   void init(int* argc, char*** argv) {
     int initialised = 0;
     detail_mpi::check(MPI_Initialized(&initialised), "MPI_Initialized");
@@ -95,7 +128,38 @@ class MpiSession {
     owner_ = true;
   }
   bool owner_ = false;
+  int uncaught_at_start_ = std::uncaught_exceptions();
 };
+
+// A main for an MPI program:
+//
+//   int main(int argc, char** argv) {
+//     return dftune::distributed::run_main(argc, argv, [](int argc, char** argv) { … return 0; });
+//   }
+//
+// starts MPI (MpiSession), calls fn(argc, argv) (the arguments MPI_Init left) and returns its
+// status after MPI_Finalize. If fn throws on any rank, that rank prints "rank r of P: <what()>" on
+// stderr and ends the whole job with MPI_Abort(MPI_COMM_WORLD, 1) — the others may be waiting in a
+// collective for it and would otherwise wait forever (mpirun then reports the abort and exits
+// non-zero within seconds). In a world of one the message is printed and run_main returns 1.
+template <class F>
+int run_main(int argc, char** argv, F&& fn) {
+  std::string message;
+  {
+    MpiSession session(argc, argv);
+    try {
+      return std::forward<F>(fn)(argc, argv);
+    } catch (const std::exception& e) {
+      message = e.what();
+    } catch (...) {
+      message = "an exception that is not a std::exception";
+    }
+    int p = 0;
+    if (MPI_Comm_size(MPI_COMM_WORLD, &p) == MPI_SUCCESS && p > 1) MpiSession::abort_job(message);
+  }
+  std::fprintf(stderr, "rank 0 of 1: %s\n", message.c_str());
+  return 1;
+}
 
 enum class MpiReduction {
   rank_ordered,  // all-to-all + sum in rank order + all-gather (the default: order documented above)

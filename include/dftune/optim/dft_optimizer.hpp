@@ -25,6 +25,11 @@
 // the same, on every rank, before anything is written anywhere; what runs after the all-reduce
 // sees the same values on every rank and so fails, if at all, everywhere alike. step() and
 // evaluate() are then collective calls.
+//
+// Gradient accumulation (optim/accumulate.hpp): step(micro_batches) takes a rank's share as k
+// micro-batches and is the step over their union — the objective once over the union's scores,
+// the gradient summed over one backward pass per micro-batch, one all-reduce, clip, update and
+// commit. Every rank must pass the same k.
 #include <dftune/checked_size.hpp>
 #include <dftune/config.hpp>
 #include <dftune/distributed/collectives.hpp>
@@ -36,6 +41,7 @@
 #include <dftune/model/concept.hpp>
 #include <dftune/model/sequence_batch.hpp>
 #include <dftune/objective/dft.hpp>
+#include <dftune/optim/accumulate.hpp>
 #include <dftune/optim/clip.hpp>
 #include <dftune/optim/rule.hpp>
 #include <dftune/optim/schedule.hpp>
@@ -115,20 +121,25 @@ class DftOptimizer {
   // One training step: score, objective, backward, clip, update, estimator commit. All or nothing: an
   // error (dftune::error naming the argument) leaves the estimator, the parameters, the rule's state
   // and the step count as they were.
-  DftStepInfo<T> step(const DftBatch<T>& batch) {
-    DftStepInfo<T> info = run(batch, /*backward=*/true);
+  DftStepInfo<T> step(const DftBatch<T>& batch) { return step(std::span<const DftBatch<T>>(&batch, 1)); }
+
+  // One step over the union of k >= 1 micro-batches (this rank's share of the step, split); the
+  // result's per-example vectors are the union's, in the order of the micro-batches.
+  DftStepInfo<T> step(std::span<const DftBatch<T>> micro_batches) {
+    DftStepInfo<T> info = run(micro_batches, /*backward=*/true);
     const DftResult<T>& r = info.result;
     const std::span<T> grads = model_.gradients();
     if constexpr (!single_process) comm_.all_reduce_sum(grads);  // Σ over ranks, the same bits on every rank
     info.grad_norm = clip_grad_norm(grads, step_opt_.max_grad_norm);
     rule_.step(model_.parameters(), std::span<const T>(grads), static_cast<T>(info.lr));
-    if (est_.init() != EstimatorInit::fixed) est_.set(batch.ids, std::span<const T>(r.log_u));  // checked: cannot fail
+    if (est_.init() != EstimatorInit::fixed) est_.set(union_.ids(), std::span<const T>(r.log_u));  // checked: cannot fail
     info.step = step_++;
     return info;
   }
 
   // Steps 1–2 only: the loss the next step would take; changes neither model nor estimator.
-  DftStepInfo<T> evaluate(const DftBatch<T>& batch) { return run(batch, /*backward=*/false); }
+  DftStepInfo<T> evaluate(const DftBatch<T>& batch) { return evaluate(std::span<const DftBatch<T>>(&batch, 1)); }
+  DftStepInfo<T> evaluate(std::span<const DftBatch<T>> micro_batches) { return run(micro_batches, /*backward=*/false); }
 
   // Steps taken (restored by io::load).
   std::size_t steps() const { return step_; }
@@ -166,7 +177,7 @@ class DftOptimizer {
 
   // What each rank reports after scoring its share (one all-gather; distributed::agree).
   struct Share {
-    std::uint64_t batch = 0, num_negatives = 0, num_parameters = 0, step = 0;
+    std::uint64_t batch = 0, num_negatives = 0, num_parameters = 0, step = 0, micro_batches = 0;
     double sum_pos = 0, sum_neg = 0;
   };
   struct Loss {
@@ -175,32 +186,39 @@ class DftOptimizer {
 
   // Steps 1–2 (and 3 if backward): the local work of every rank inside two agreements, so that an
   // error on any rank is the same error on every rank and nothing has been written anywhere.
-  DftStepInfo<T> run(const DftBatch<T>& batch, bool backward) {
-    const std::size_t B_local = batch.ids.size(), m = batch.num_negatives;
+  DftStepInfo<T> run(std::span<const DftBatch<T>> micro, bool backward) {
+    std::size_t B_local = 0, m = 0;
     double lr = 0;
     const std::vector<Share> shares = distributed::agree<Share>(comm_, [&] {
       if (backward && step_ == std::numeric_limits<std::size_t>::max())
         detail::fail("steps", step_, "fewer than 2^64 − 1 steps taken (one more would wrap the step count)");
-      detail::check_size("batch.positives", batch.positives.size(), B_local);
-      detail::check_size_product("batch.negatives", batch.negatives.size(), B_local, m, "batch.num_negatives (B·m)");
+      union_.assemble(micro);
+      B_local = union_.size();
+      m = union_.num_negatives();
       pos_.resize(B_local);
       neg_.resize(B_local * m);
       // Before scoring: a model that keeps activations for the backward forgets them at a
       // non-const parameters() call.
       const std::size_t num_parameters = model_.parameters().size();
-      if (B_local != 0) {  // a rank may own no id of a batch; it still takes part
-        if (backward) {    // the backward of these two batches follows: one forward each (KeepsActivations)
-          score_for_backward(model_, batch.positives, std::span<T>(pos_));
-          score_for_backward(model_, batch.negatives, std::span<T>(neg_));
-        } else {
-          model_.sequence_logp(batch.positives, std::span<T>(pos_));
-          model_.sequence_logp(batch.negatives, std::span<T>(neg_));
-        }
-      }
       pos_len_.resize(B_local);
       neg_len_.resize(B_local * m);
-      for (std::size_t i = 0; i < B_local; ++i) pos_len_[i] = batch.positives.completion_length(i);
-      for (std::size_t k = 0; k < B_local * m; ++k) neg_len_[k] = batch.negatives.completion_length(k);
+      for (std::size_t q = 0; q < micro.size(); ++q) {
+        const DftBatch<T>& b = micro[q];
+        const std::size_t first = union_.first(q), n = union_.count(q);
+        if (n != 0) {  // a rank may own no id of a batch; it still takes part
+          const std::span<T> pos_out = std::span<T>(pos_).subspan(first, n);
+          const std::span<T> neg_out = std::span<T>(neg_).subspan(first * m, n * m);
+          if (backward) {  // the backward of these batches follows: one forward each (KeepsActivations)
+            score_for_backward(model_, b.positives, pos_out);
+            score_for_backward(model_, b.negatives, neg_out);
+          } else {
+            model_.sequence_logp(b.positives, pos_out);
+            model_.sequence_logp(b.negatives, neg_out);
+          }
+        }
+        for (std::size_t i = 0; i < n; ++i) pos_len_[first + i] = b.positives.completion_length(i);
+        for (std::size_t k = 0; k < n * m; ++k) neg_len_[first * m + k] = b.negatives.completion_length(k);
+      }
       if (backward) {
         lr = schedule_.lr(step_);
         if (!(std::fabs(lr) <= static_cast<double>(std::numeric_limits<T>::max())))
@@ -208,7 +226,7 @@ class DftOptimizer {
                                      std::to_string(step_) + ")");
       }
       return Share{.batch = B_local, .num_negatives = m, .num_parameters = num_parameters, .step = step_,
-                   .sum_pos = sum(pos_), .sum_neg = sum(neg_)};
+                   .micro_batches = micro.size(), .sum_pos = sum(pos_), .sum_neg = sum(neg_)};
     });
     // The global batch; every rank computes the same from the same records, so a mismatch is the
     // same error everywhere.
@@ -224,6 +242,7 @@ class DftOptimizer {
       same("batch.num_negatives", s.num_negatives, shares[0].num_negatives);
       same("model parameter count", s.num_parameters, shares[0].num_parameters);
       same("optimizer step", s.step, shares[0].step);
+      same("micro-batch count", s.micro_batches, shares[0].micro_batches);
       B = detail::checked_add("global batch size", B, static_cast<std::size_t>(s.batch));
       sum_pos += s.sum_pos;
       sum_neg += s.sum_neg;
@@ -231,17 +250,19 @@ class DftOptimizer {
     DftStepInfo<T> info;
     const std::vector<Loss> losses = distributed::agree<Loss>(comm_, [&] {
       if (B_local != 0 || B == 0) {  // B == 0: dft_loss names the empty batch
-        const SequenceScores<T> scores{.ids = batch.ids, .num_negatives = m, .pos_logp = pos_, .neg_logp = neg_,
-                                       .ref_neg_logp = batch.ref_neg_logp, .pos_len = pos_len_, .neg_len = neg_len_,
+        const SequenceScores<T> scores{.ids = union_.ids(), .num_negatives = m, .pos_logp = pos_, .neg_logp = neg_,
+                                       .ref_neg_logp = union_.ref_neg_logp(), .pos_len = pos_len_, .neg_len = neg_len_,
                                        .global_batch_size = B};
         info.result = dft_loss(scores, est_, opt_);
       }
       if (backward) {
-        if (est_.init() != EstimatorInit::fixed) est_.check_set(batch.ids, std::span<const T>(info.result.log_u));
+        if (est_.init() != EstimatorInit::fixed) est_.check_set(union_.ids(), std::span<const T>(info.result.log_u));
         model_.zero_gradients();
-        if (B_local != 0) {
-          model_.accumulate_gradients(batch.positives, std::span<const T>(info.result.grad_pos));
-          model_.accumulate_gradients(batch.negatives, std::span<const T>(info.result.grad_neg));
+        for (std::size_t q = 0; q < micro.size(); ++q) {  // Σ over micro-batches: one's activations at a time
+          const std::size_t first = union_.first(q), n = union_.count(q);
+          if (n == 0) continue;
+          model_.accumulate_gradients(micro[q].positives, std::span<const T>(info.result.grad_pos).subspan(first, n));
+          model_.accumulate_gradients(micro[q].negatives, std::span<const T>(info.result.grad_neg).subspan(first * m, n * m));
         }
       }
       return Loss{static_cast<double>(info.result.loss), static_cast<double>(info.result.objective)};
@@ -268,6 +289,7 @@ class DftOptimizer {
   StepOptions step_opt_;
   Comm comm_;
   std::size_t step_ = 0;
+  detail::MicroBatchUnion<T> union_;  // the step's micro-batches laid out as one batch
   std::vector<T> pos_, neg_;
   std::vector<std::int64_t> pos_len_, neg_len_;
 };
