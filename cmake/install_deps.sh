@@ -8,7 +8,7 @@ set -euo pipefail
 job=${1:-test}
 pkgs=(cmake g++ make libeigen3-dev libxtensor-dev doctest-dev libbenchmark-dev)
 case "$job" in
-  test) pkgs+=(libopenmpi-dev openmpi-bin libtorch-dev pybind11-dev python3-torch python3-pytest) ;;
+  test) pkgs+=(libopenmpi-dev openmpi-bin libtorch-dev pybind11-dev python3-torch python3-pytest nlohmann-json3-dev) ;;
   demo) pkgs+=(gnuplot-nox) ;;
   *) echo "install_deps.sh: job '$job' is not known; expected 'test' or 'demo'" >&2; exit 2 ;;
 esac
