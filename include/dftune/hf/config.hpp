@@ -128,7 +128,7 @@ inline decoder::Config parse_config(const nlohmann::json& j) {
   } else {
     dftune::detail::fail("model_type", "\"" + type + "\"", "\"gpt2\", \"llama\", \"qwen2\" or \"mistral\" (the decoders dftune implements)");
   }
-  io::internal::named("config", [&] { decoder::validate(c); });
+  decoder::validate(c);
   return c;
 }
 

@@ -62,6 +62,8 @@ struct Config {
 // The most elements one buffer may hold (bytes of double and Eigen's signed index must not wrap).
 inline constexpr std::size_t kMaxElements = static_cast<std::size_t>(std::numeric_limits<std::ptrdiff_t>::max()) / sizeof(double);
 
+inline constexpr std::size_t kMaxLayers = 4096;
+
 // Tiny configurations of each family (tests, examples).
 inline Config tiny_gpt2(std::size_t vocab = 32, std::size_t d = 16, std::size_t layers = 2, std::size_t heads = 2,
                         std::size_t max_len = 16) {
@@ -115,6 +117,9 @@ inline void validate(const Config& c) {
   at_least_1("n_heads", c.n_heads);
   at_least_1("head_dim", c.head_dim);
   at_least_1("d_ff", c.d_ff);
+  // A layer count is also a count of tensors (names and offsets are made per layer); no published
+  // decoder has more than a few hundred.
+  if (c.n_layers > kMaxLayers) detail::fail("config.n_layers", c.n_layers, "at most " + std::to_string(kMaxLayers));
   constexpr auto max_vocab = static_cast<std::size_t>(std::numeric_limits<token_t>::max()) + 1;
   if (c.vocab > max_vocab) detail::fail("config.vocab", c.vocab, "at most " + std::to_string(max_vocab) + " (token ids are int32)");
   if (c.max_len < 2) detail::fail("config.max_len", c.max_len, "at least 2 (a prompt and one completion token)");
