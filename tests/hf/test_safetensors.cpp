@@ -142,7 +142,15 @@ TEST_CASE("hostile safetensors headers are named errors, before any tensor data 
   fails(raw_file(ok, 24, ~0ull), "header length");
   fails(raw_file("{not json", 0), "not JSON");
   fails(raw_file(R"([1,2])", 0), "a JSON object");
-  fails(raw_file(R"({"a":{"dtype":"I8","shape":[2],"data_offsets":[0,2]}})", 2), "a floating-point dtype");
+  fails(raw_file(R"({"a":{"dtype":"Q4","shape":[2],"data_offsets":[0,2]}})", 2), "a safetensors dtype");
+  fails(raw_file(R"({"a":{"dtype":"I64","shape":[2],"data_offsets":[0,8]}})", 16), "a range of 16 bytes ([2] I64)");
+  {  // an integer tensor (a mask, say) is a valid entry, but not a weight
+    write_bytes(p, raw_file(R"({"m":{"dtype":"U8","shape":[3],"data_offsets":[0,3]}})", 3));
+    const hf::SafetensorsFile f(p);
+    std::vector<float> out(3);
+    CHECK_THROWS_WITH_AS(f.read(*f.find("m"), std::span<float>(out)), doctest::Contains("dtype: got U8, expected F32, BF16, F16 or F64"),
+                         dftune::error);
+  }
   fails(raw_file(R"({"a":{"dtype":"F32","shape":[2,-3],"data_offsets":[0,24]}})", 24), "shape[1]");
   fails(raw_file(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,24]}})", 24), "shape (element count)");
   fails(raw_file(R"({"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,20]}})", 24), "a range of 24 bytes");

@@ -106,6 +106,9 @@ Decoder<T> load_pretrained(const std::filesystem::path& dir) {
       if (info->shape != t.shape)
         dftune::detail::fail(file->path().filename().string() + ": tensor \"" + stored + "\".shape", shape_string(info->shape),
                              shape_string(t.shape) + ", what config.json implies");
+      if (info->dtype == Dtype::other)
+        dftune::detail::fail(file->path().filename().string() + ": tensor \"" + stored + "\".dtype", info->dtype_text,
+                             "F32, BF16, F16 or F64 (a floating-point weight)");
       source.emplace_back(file, info);
       used.insert(stored);
     }

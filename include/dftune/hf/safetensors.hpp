@@ -7,7 +7,7 @@
 //
 // Reading checks the whole header before a byte of tensor data is read or a buffer sized by it is
 // allocated: N against the file's size (and a 100 MB cap, the reference implementation's), the JSON,
-// every dtype (F32, BF16, F16, F64), every shape's element count (overflow-checked) against
+// every dtype (any of the format's; F32, BF16, F16 and F64 are read as weights), every shape's element count (overflow-checked) against
 // end − begin, every range inside the data buffer, aligned to its element size, and no two ranges
 // overlapping. An error names the file, the tensor and the field, with what was expected.
 // Conversion to float or double happens while reading (bf16 and f16 widen exactly).
@@ -33,13 +33,18 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 DFTUNE_NAMESPACE_BEGIN
 
 namespace hf {
 
-enum class Dtype { f32, bf16, f16, f64 };
+// The floating-point dtypes dftune reads as weights; `other` is any further dtype of the format
+// (BOOL, U8/I8/F8_*, I16/U16, I32/U32, I64/U64: masks, quantisation tables), whose ranges are
+// checked like the rest but which are never read as weights.
+enum class Dtype { f32, bf16, f16, f64, other };
 
 inline std::size_t dtype_size(Dtype d) {
   switch (d) {
@@ -47,6 +52,7 @@ inline std::size_t dtype_size(Dtype d) {
     case Dtype::bf16:
     case Dtype::f16: return 2;
     case Dtype::f64: return 8;
+    case Dtype::other: return 0;
   }
   return 0;
 }
@@ -57,6 +63,7 @@ inline const char* dtype_name(Dtype d) {
     case Dtype::bf16: return "BF16";
     case Dtype::f16: return "F16";
     case Dtype::f64: return "F64";
+    case Dtype::other: return "another dtype";
   }
   return "?";
 }
@@ -84,6 +91,8 @@ inline float f16_to_float(std::uint16_t h) {
 struct TensorInfo {
   std::string name;
   Dtype dtype = Dtype::f32;
+  std::string dtype_text = "F32";  // as the header spells it
+  std::size_t element_size = 4;
   std::vector<std::size_t> shape;
   std::size_t numel = 0;
   std::uint64_t begin = 0, end = 0;  // in the data buffer
@@ -100,14 +109,19 @@ inline constexpr std::uint64_t max_header_bytes = 100'000'000;
 
 namespace detail_st {
 
-inline Dtype parse_dtype(const std::string& field, const nlohmann::json& j) {
-  if (!j.is_string()) dftune::detail::fail(field, j.dump(), "a dtype string (F32, BF16, F16 or F64)");
+// The dtype of a header entry and its element size in bytes.
+inline std::pair<Dtype, std::size_t> parse_dtype(const std::string& field, const nlohmann::json& j) {
+  if (!j.is_string()) dftune::detail::fail(field, j.dump(), "a dtype string");
   const std::string s = j.get<std::string>();
-  if (s == "F32") return Dtype::f32;
-  if (s == "BF16") return Dtype::bf16;
-  if (s == "F16") return Dtype::f16;
-  if (s == "F64") return Dtype::f64;
-  dftune::detail::fail(field, "\"" + s + "\"", "a floating-point dtype dftune reads: F32, BF16, F16 or F64");
+  if (s == "F32") return {Dtype::f32, 4};
+  if (s == "BF16") return {Dtype::bf16, 2};
+  if (s == "F16") return {Dtype::f16, 2};
+  if (s == "F64") return {Dtype::f64, 8};
+  if (s == "BOOL" || s == "U8" || s == "I8" || s == "F8_E5M2" || s == "F8_E4M3") return {Dtype::other, 1};
+  if (s == "I16" || s == "U16") return {Dtype::other, 2};
+  if (s == "I32" || s == "U32") return {Dtype::other, 4};
+  if (s == "I64" || s == "U64") return {Dtype::other, 8};
+  dftune::detail::fail(field, "\"" + s + "\"", "a safetensors dtype (F32, BF16, F16, F64, BOOL, U8, I8, F8_E5M2, F8_E4M3, I16, U16, I32, U32, I64, U64)");
 }
 
 inline std::uint64_t parse_u64(const std::string& field, const nlohmann::json& j) {
@@ -135,7 +149,8 @@ inline std::map<std::string, TensorInfo> parse_header(const nlohmann::json& h, s
       if (!e.contains(k)) dftune::detail::fail(f + "." + k, "nothing", "the field");
     TensorInfo t;
     t.name = name;
-    t.dtype = parse_dtype(f + ".dtype", e["dtype"]);
+    std::tie(t.dtype, t.element_size) = parse_dtype(f + ".dtype", e["dtype"]);
+    t.dtype_text = e["dtype"].get<std::string>();
     const auto& sh = e["shape"];
     if (!sh.is_array() || sh.size() > 8) dftune::detail::fail(f + ".shape", sh.dump(), "an array of at most 8 sizes");
     t.numel = 1;
@@ -149,14 +164,14 @@ inline std::map<std::string, TensorInfo> parse_header(const nlohmann::json& h, s
     if (!off.is_array() || off.size() != 2) dftune::detail::fail(f + ".data_offsets", off.dump(), "[begin, end]");
     t.begin = parse_u64(f + ".data_offsets[0]", off[0]);
     t.end = parse_u64(f + ".data_offsets[1]", off[1]);
-    const std::size_t bytes = dftune::detail::checked_mul(f + ".shape (bytes)", t.numel, dtype_size(t.dtype));
+    const std::size_t bytes = dftune::detail::checked_mul(f + ".shape (bytes)", t.numel, t.element_size);
     if (t.end < t.begin || t.end - t.begin != bytes)
       dftune::detail::fail(f + ".data_offsets", off.dump(),
-                           "a range of " + std::to_string(bytes) + " bytes (" + shape_string(t.shape) + " " + dtype_name(t.dtype) + ")");
+                           "a range of " + std::to_string(bytes) + " bytes (" + shape_string(t.shape) + " " + t.dtype_text + ")");
     if (t.end > buffer)
       dftune::detail::fail(f + ".data_offsets", off.dump(), "a range inside the data buffer of " + std::to_string(buffer) + " bytes");
-    if (t.begin % dtype_size(t.dtype) != 0)
-      dftune::detail::fail(f + ".data_offsets", off.dump(), "a begin aligned to the element size " + std::to_string(dtype_size(t.dtype)));
+    if (t.begin % t.element_size != 0)
+      dftune::detail::fail(f + ".data_offsets", off.dump(), "a begin aligned to the element size " + std::to_string(t.element_size));
     out.emplace(name, std::move(t));
   }
   std::vector<const TensorInfo*> by_begin;
@@ -199,6 +214,7 @@ class SafetensorsFile {
   template <class T>
   void read(const TensorInfo& t, std::span<T> out, bool transpose = false) const {
     io::internal::named("safetensors " + path_.string() + ": tensor \"" + t.name + "\"", [&] {
+      if (t.dtype == Dtype::other) dftune::detail::fail("dtype", t.dtype_text, "F32, BF16, F16 or F64 (a floating-point weight)");
       dftune::detail::check_size("destination", out.size(), t.numel);
       if (transpose && t.shape.size() != 2) dftune::detail::fail("shape", shape_string(t.shape), "a matrix (2 dimensions) to transpose");
       std::ifstream in(path_, std::ios::binary);
@@ -233,6 +249,7 @@ class SafetensorsFile {
       case Dtype::f64: return std::bit_cast<double>(detail_st::read_u64_le(p));
       case Dtype::bf16: return bf16_to_float(static_cast<std::uint16_t>(p[0] | (p[1] << 8)));
       case Dtype::f16: return f16_to_float(static_cast<std::uint16_t>(p[0] | (p[1] << 8)));
+      case Dtype::other: break;
     }
     return 0;
   }
@@ -280,7 +297,8 @@ template <class T>
 void write_safetensors(const std::filesystem::path& path, std::span<const TensorOut<T>> tensors, Dtype dtype,
                        const std::map<std::string, std::string>& metadata = {}) {
   io::internal::named("safetensors " + path.string(), [&] {
-    if (dtype == Dtype::f16) dftune::detail::fail("dtype", "F16", "F32, BF16 or F64 (dftune writes no F16)");
+    if (dtype != Dtype::f32 && dtype != Dtype::bf16 && dtype != Dtype::f64)
+      dftune::detail::fail("dtype", dtype_name(dtype), "F32, BF16 or F64 (dftune writes no F16)");
     nlohmann::ordered_json h;
     if (!metadata.empty()) h["__metadata__"] = metadata;
     const std::size_t es = dtype_size(dtype);
