@@ -121,7 +121,7 @@ Decoder<T> load_pretrained(const std::filesystem::path& dir) {
     }
     std::optional<Decoder<T>> model;
     try {
-      model.emplace(cfg);
+      model.emplace(cfg, decoder::Uninitialized{});
     } catch (const std::bad_alloc&) {
       dftune::detail::fail("config", std::to_string(lay.total) + " parameters", "a model that fits in memory");
     } catch (const std::length_error&) {

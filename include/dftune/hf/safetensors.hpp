@@ -219,19 +219,26 @@ class SafetensorsFile {
       if (transpose && t.shape.size() != 2) dftune::detail::fail("shape", shape_string(t.shape), "a matrix (2 dimensions) to transpose");
       std::ifstream in(path_, std::ios::binary);
       if (!in) dftune::detail::fail("path", path_, "a readable file");
-      const std::size_t es = dtype_size(t.dtype), per = std::size_t{1} << 16;
-      std::vector<unsigned char> buf(std::min(t.numel, per) * es);
       in.seekg(static_cast<std::streamoff>(data_start_ + t.begin));
-      const std::size_t rows = transpose ? t.shape[0] : 1, cols = transpose ? t.shape[1] : 1;
+      // Chunks of whole rows (of the file's [rows, cols] when transposing), converted with one
+      // loop per dtype, then copied, or scattered column by column so that the writes into the
+      // [cols, rows] destination are runs of consecutive rows.
+      const std::size_t es = t.element_size, rows = transpose ? t.shape[0] : t.numel, cols = transpose ? t.shape[1] : 1;
+      const std::size_t per = cols == 0 ? 1 : std::max<std::size_t>(1, (std::size_t{1} << 16) / cols) * cols;
+      std::vector<unsigned char> buf(std::min(t.numel, per) * es);
+      std::vector<T> conv(std::min(t.numel, per));
       for (std::size_t done = 0; done < t.numel;) {
         const std::size_t n = std::min(per, t.numel - done);
         in.read(reinterpret_cast<char*>(buf.data()), static_cast<std::streamsize>(n * es));
         if (static_cast<std::size_t>(in.gcount()) != n * es)
           dftune::detail::fail("data", "a file that ends early", std::to_string(t.end - t.begin) + " bytes of data");
-        for (std::size_t i = 0; i < n; ++i) {
-          const std::size_t k = done + i;
-          const std::size_t at = transpose ? (k % cols) * rows + k / cols : k;
-          out[at] = static_cast<T>(element(buf.data() + i * es, t.dtype));
+        convert(buf.data(), t.dtype, conv.data(), n);
+        if (!transpose) {
+          std::copy(conv.begin(), conv.begin() + static_cast<std::ptrdiff_t>(n), out.begin() + static_cast<std::ptrdiff_t>(done));
+        } else {
+          const std::size_t r0 = done / cols, nr = n / cols;
+          for (std::size_t j = 0; j < cols; ++j)
+            for (std::size_t i = 0; i < nr; ++i) out[j * rows + r0 + i] = conv[i * cols + j];
         }
         done += n;
       }
@@ -239,19 +246,31 @@ class SafetensorsFile {
   }
 
  private:
-  static double element(const unsigned char* p, Dtype d) {
+  // n elements of dtype d (little-endian) to T.
+  template <class T>
+  static void convert(const unsigned char* p, Dtype d, T* out, std::size_t n) {
+    auto u16 = [&](std::size_t i) { return static_cast<std::uint16_t>(p[2 * i] | (p[2 * i + 1] << 8)); };
     switch (d) {
-      case Dtype::f32: {
-        std::uint32_t u = 0;
-        for (int i = 3; i >= 0; --i) u = (u << 8) | p[i];
-        return std::bit_cast<float>(u);
-      }
-      case Dtype::f64: return std::bit_cast<double>(detail_st::read_u64_le(p));
-      case Dtype::bf16: return bf16_to_float(static_cast<std::uint16_t>(p[0] | (p[1] << 8)));
-      case Dtype::f16: return f16_to_float(static_cast<std::uint16_t>(p[0] | (p[1] << 8)));
+      case Dtype::f32:
+        for (std::size_t i = 0; i < n; ++i) {
+          std::uint32_t u = 0;
+          if constexpr (std::endian::native == std::endian::little) std::memcpy(&u, p + 4 * i, 4);
+          else
+            for (int b = 3; b >= 0; --b) u = (u << 8) | p[4 * i + static_cast<std::size_t>(b)];
+          out[i] = static_cast<T>(std::bit_cast<float>(u));
+        }
+        break;
+      case Dtype::f64:
+        for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<T>(std::bit_cast<double>(detail_st::read_u64_le(p + 8 * i)));
+        break;
+      case Dtype::bf16:
+        for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<T>(bf16_to_float(u16(i)));
+        break;
+      case Dtype::f16:
+        for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<T>(f16_to_float(u16(i)));
+        break;
       case Dtype::other: break;
     }
-    return 0;
   }
 
   void open() {

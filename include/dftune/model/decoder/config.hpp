@@ -64,6 +64,9 @@ inline constexpr std::size_t kMaxElements = static_cast<std::size_t>(std::numeri
 
 inline constexpr std::size_t kMaxLayers = 4096;
 
+// Tag of the Decoder constructor that leaves initialisation to the caller.
+struct Uninitialized {};
+
 // Tiny configurations of each family (tests, examples).
 inline Config tiny_gpt2(std::size_t vocab = 32, std::size_t d = 16, std::size_t layers = 2, std::size_t heads = 2,
                         std::size_t max_len = 16) {

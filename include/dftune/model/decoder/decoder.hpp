@@ -68,6 +68,10 @@ class Decoder {
     }
   }
 
+  // Every parameter 0, for a caller that fills them (hf::load_pretrained): no random draws.
+  Decoder(const decoder::Config& config, decoder::Uninitialized)
+      : cfg_(config), lay_(decoder::make_layout(config)), theta_(lay_.total, T(0)), grad_(lay_.total, T(0)) {}
+
   const decoder::Config& config() const { return cfg_; }
   const decoder::Layout& layout() const { return lay_; }
   std::size_t vocab_size() const { return cfg_.vocab; }
