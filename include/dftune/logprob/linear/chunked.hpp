@@ -376,6 +376,9 @@ void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p
 // (linear_logits.hpp says what is left written then).
 template <class Gemm, class Rows, class T>
 void execute(const LinearLogits<T>& in, const internal::Call<T>& call, std::span<std::byte> workspace, const Options& opt) {
+#if DFTUNE_LINEAR_HAS_FAST_ROWS
+  if constexpr (std::is_same_v<Rows, FastRows>) (void)dftune::cpu::active_isa();  // a bad DFTUNE_ISA throws before any write
+#endif
   const Plan plan = make_plan(in, opt);
   internal::check_call(in, call, plan, workspace);
   if constexpr (requires { Gemm::max_dim; }) {
