@@ -16,8 +16,8 @@
 // exp): n = round(x·log2 e) by adding 1.5·2^23 (2^52), whose low mantissa bits then hold n, so 2^n
 // is built from those bits without a float-to-int conversion (none exists for double below
 // AVX-512); r = x − n·ln 2 in two parts; exp r by the same polynomial (float) or rational
-// approximant (double). Arguments are clamped to [log of the smallest normal, about log of the
-// largest], so −inf gives the smallest normal number (not 0) and NaN stays NaN.
+// approximant (double). Arguments are clamped below at the log of the smallest normal number, so
+// −inf gives that number (not 0); NaN stays NaN.
 //
 // Numbers: the versions differ only in the order of the in-block sums (lanes) and, where the
 // compiler contracts a·b + c into an FMA (the avx2 and avx512 wrappers under GCC's default
@@ -70,7 +70,6 @@ struct Simd<float, Bytes> {
   typedef float v __attribute__((vector_size(Bytes)));
   typedef std::int32_t vi __attribute__((vector_size(Bytes)));
   static constexpr float lo = -87.3365447505531f;  // log FLT_MIN: n ≥ −126, 2^n normal
-  static constexpr float hi = 88.3762626647949f;   // n ≤ 127
   static constexpr float shifter = 12582912.0f;    // 1.5·2^23
   static constexpr std::int32_t shifter_bits = 0x4B400000, bias = 127, mantissa = 23;
   static constexpr float log2e = 1.44269504088896341f, ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
@@ -93,7 +92,6 @@ struct Simd<double, Bytes> {
   typedef double v __attribute__((vector_size(Bytes)));
   typedef std::int64_t vi __attribute__((vector_size(Bytes)));
   static constexpr double lo = -708.3964185322641;  // log DBL_MIN: n ≥ −1022
-  static constexpr double hi = 709.0;               // n ≤ 1023
   static constexpr double shifter = 6755399441055744.0;  // 1.5·2^52
   static constexpr std::int64_t shifter_bits = 0x4338000000000000, bias = 1023, mantissa = 52;
   static constexpr double log2e = 1.4426950408889634073599, ln2_hi = 0.693145751953125,
@@ -121,16 +119,23 @@ DFTUNE_ALWAYS_INLINE void store(void* p, const typename S::v& x) {
   __builtin_memcpy(p, &x, sizeof x);
 }
 
-// x ← exp x, lane by lane (see the top of this file).
-template <class S>
+// x ← exp x, lane by lane (see the top of this file). A NaN x stays NaN (the clamp below keeps
+// it; no max/min instruction would). `upper`: saturate at 2^max_exp·exp r (≈ exp(hi)) instead of
+// overflowing the exponent bits, by clamping n as an integer; the forward's x − max never needs it
+// (x ≤ max), the gradient's x − lse does where lse is the caller's (backward's row_lse).
+template <class S, bool upper>
 DFTUNE_ALWAYS_INLINE void vexp(typename S::v& x) {
   using v = typename S::v;
   using vi = typename S::vi;
-  x = x < S::lo ? v{} + S::lo : x;  // a NaN compares false both times and stays
-  x = x > S::hi ? v{} + S::hi : x;
+  const v lo = v{} + S::lo;
+  x = lo > x ? lo : x;
   const v t = x * S::log2e + S::shifter;
   const v n = t - S::shifter;
-  const vi k = __builtin_bit_cast(vi, t) - S::shifter_bits;  // = n, exactly
+  vi k = __builtin_bit_cast(vi, t) - S::shifter_bits;  // = n exactly, and monotonic in t beyond
+  if constexpr (upper) {
+    const vi kmax = vi{} + S::bias;
+    k = k > kmax ? kmax : k;
+  }
   const vi e = (k + S::bias) << S::mantissa;
   v r = x - n * S::ln2_hi;
   r = r - n * S::ln2_lo;
@@ -138,63 +143,72 @@ DFTUNE_ALWAYS_INLINE void vexp(typename S::v& x) {
   x = r * __builtin_bit_cast(v, e);
 }
 
+// s += exp(x[0, L) − m): one vector of block_sum_exp.
+template <class S, class C>
+DFTUNE_ALWAYS_INLINE void add_exp(typename S::v& s, const C* x, C m) {
+  typename S::v a;
+  load<S>(a, x);
+  a -= m;
+  vexp<S, false>(a);
+  s += a;
+}
+
 template <class C, std::size_t Bytes>
 DFTUNE_ALWAYS_INLINE C block_max(const C* x, std::size_t n) {
   using S = Simd<C, Bytes>;
   using v = typename S::v;
   constexpr std::size_t L = Bytes / sizeof(C);
-  v m[4];
-  for (v& mj : m) mj = v{} - std::numeric_limits<C>::infinity();
+  v m0 = v{} - std::numeric_limits<C>::infinity(), m1 = m0, m2 = m0, m3 = m0, a0, a1, a2, a3;
   std::size_t i = 0;
-  for (; i + 4 * L <= n; i += 4 * L)  // four chains hide the max latency
-    for (std::size_t j = 0; j < 4; ++j) {
-      v a;
-      load<S>(a, x + i + j * L);
-      m[j] = a > m[j] ? a : m[j];  // a NaN is dropped (row_logsumexp finds it)
-    }
-  for (; i + L <= n; i += L) {
-    v a;
-    load<S>(a, x + i);
-    m[0] = a > m[0] ? a : m[0];
+  // Four chains hide the max latency; `a > m ? a : m` is one max instruction, which drops a NaN
+  // (row_logsumexp finds it).
+  for (; i + 4 * L <= n; i += 4 * L) {
+    load<S>(a0, x + i);
+    load<S>(a1, x + i + L);
+    load<S>(a2, x + i + 2 * L);
+    load<S>(a3, x + i + 3 * L);
+    m0 = a0 > m0 ? a0 : m0;
+    m1 = a1 > m1 ? a1 : m1;
+    m2 = a2 > m2 ? a2 : m2;
+    m3 = a3 > m3 ? a3 : m3;
   }
+  for (; i + L <= n; i += L) {
+    load<S>(a0, x + i);
+    m0 = a0 > m0 ? a0 : m0;
+  }
+  m0 = m1 > m0 ? m1 : m0;
+  m2 = m3 > m2 ? m3 : m2;
+  m0 = m2 > m0 ? m2 : m0;
   C r = -std::numeric_limits<C>::infinity();
-  for (const v& mj : m)
-    for (std::size_t l = 0; l < L; ++l) r = std::max(r, mj[l]);
+  for (std::size_t l = 0; l < L; ++l) r = std::max(r, m0[l]);
   for (; i < n; ++i) r = std::max(r, x[i]);
   return r;
 }
 
 // Σ exp(x − m). While the exps run from L1, the next block's `ahead_bytes` at `ahead` are
-// prefetched, one cache line per vector of 64 bytes: without it the memory system idles during
-// this pass and the forward runs at half the read bandwidth.
+// prefetched, two cache lines per two lines of x: without it the memory system idles during this
+// pass and the forward runs at half the read bandwidth.
 template <class C, std::size_t Bytes>
 DFTUNE_ALWAYS_INLINE C block_sum_exp(const C* x, std::size_t n, C m, const char* ahead, std::size_t ahead_bytes) {
   using S = Simd<C, Bytes>;
   using v = typename S::v;
   constexpr std::size_t L = Bytes / sizeof(C);
-  constexpr std::size_t line = 64;
+  constexpr std::size_t line = 64, chunk = 2 * line / sizeof(C);  // chunk: a multiple of 2·L
   v s0{}, s1{};
   std::size_t i = 0, pf = 0;
-  for (; i + 2 * L <= n; i += 2 * L) {
-    for (std::size_t b = 0; b < 2 * Bytes && pf < ahead_bytes; b += line, pf += line) __builtin_prefetch(ahead + pf);
-    v a, b;
-    load<S>(a, x + i);
-    load<S>(b, x + i + L);
-    a -= m;
-    b -= m;
-    vexp<S>(a);
-    vexp<S>(b);
-    s0 += a;
-    s1 += b;
+  for (; i + chunk <= n; i += chunk) {
+    if (pf < ahead_bytes) {
+      __builtin_prefetch(ahead + pf);
+      __builtin_prefetch(ahead + pf + line);
+      pf += 2 * line;
+    }
+    for (std::size_t j = 0; j < chunk; j += 2 * L) {  // two chains hide the latency
+      add_exp<S>(s0, x + i + j, m);
+      add_exp<S>(s1, x + i + j + L, m);
+    }
   }
   for (; pf < ahead_bytes; pf += line) __builtin_prefetch(ahead + pf);
-  for (; i + L <= n; i += L) {
-    v a;
-    load<S>(a, x + i);
-    a -= m;
-    vexp<S>(a);
-    s0 += a;
-  }
+  for (; i + L <= n; i += L) add_exp<S>(s0, x + i, m);
   s0 += s1;
   C s = 0;
   for (std::size_t l = 0; l < L; ++l) s += s0[l];
@@ -213,7 +227,7 @@ DFTUNE_ALWAYS_INLINE void block_grad(const C* x, C* g, std::size_t n, C lse, C m
     v a;
     load<S>(a, x + i);
     a -= lse;
-    vexp<S>(a);
+    vexp<S, true>(a);
     a *= minus_c;
     store<S>(g + i, a);
   }
