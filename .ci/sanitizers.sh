@@ -13,6 +13,7 @@ cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug \
   -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" \
   -DDFTUNE_BUILD_TESTS=ON -DDFTUNE_BUILD_EXAMPLES=OFF -DDFTUNE_BUILD_BENCH=OFF -DDFTUNE_ENABLE_CUDA=OFF \
   -DDFTUNE_ENABLE_MPI=OFF \
+  -DDFTUNE_NATIVE=OFF `# the portable build (baseline ISA; the kernels dispatch at run time), .ci/run the native one` \
   -DDFTUNE_BUILD_PYTHON=OFF  # an ASan-built module cannot load into Debian's uninstrumented python3
 # The test executables only (every one ctest will look for): the header check compiles nothing that runs.
 cmake --build build-asan -j2 --target dftune_tests

@@ -28,7 +28,7 @@ fi
 jemalloc=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
 if [ ! -e "$jemalloc" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y libjemalloc2; fi
 
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DDFTUNE_BENCH_NATIVE=ON >/dev/null
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DDFTUNE_NATIVE=ON >/dev/null
 cmake --build "$build" --target bench_logprob -j "$(nproc)" >/dev/null
 out="$build/bench_results"
 mkdir -p "$out"

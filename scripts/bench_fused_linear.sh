@@ -30,7 +30,7 @@ if [ ${#missing[@]} -gt 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install
 # tensor above 32 MiB and the next step faults its pages in again (the C++ paths reuse their buffers).
 jemalloc=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
 
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DDFTUNE_BENCH_NATIVE=ON -DDFTUNE_GEMM=eigen >/dev/null
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DDFTUNE_NATIVE=ON -DDFTUNE_GEMM=eigen >/dev/null
 cmake --build "$build" -j "$(nproc)" --target bench_fused_linear bench_fused_linear_openblas bench_fused_linear_blis >/dev/null
 out="$build/bench_fused_linear"
 mkdir -p "$out"

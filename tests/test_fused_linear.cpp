@@ -3,7 +3,8 @@
 // db = Σ G by plain loops. Random shapes (V not a multiple of the tile, N below one chunk, several
 // chunks), both layouts, with and without bias, float/double/bf16, every row masked, extreme
 // logits; finite differences; results independent of the thread count; the named errors, with
-// nothing written.
+// nothing written. The row work runs in each kernel version this CPU has (cpu/isa.hpp), forced.
+#include <dftune/cpu/isa.hpp>
 #include <dftune/logprob/generic.hpp>
 #include <dftune/logprob/linear/linear.hpp>
 #include <dftune/logprob/logprob.hpp>
@@ -321,6 +322,24 @@ void against_oracle(std::uint64_t seed) {
 TEST_CASE("fused linear head: float against the materialised oracle") { against_oracle<float>(1); }
 TEST_CASE("fused linear head: double against the materialised oracle") { against_oracle<double>(2); }
 TEST_CASE("fused linear head: bf16 storage against the materialised oracle") { against_oracle<bf16>(3); }
+
+TEST_CASE("fused linear head: the row work in every kernel version (baseline, avx2, avx512) against the oracle") {
+  namespace isa = dftune::cpu;
+  for (isa::Isa i : {isa::Isa::baseline, isa::Isa::avx2, isa::Isa::avx512}) {
+    if (static_cast<int>(i) > static_cast<int>(isa::supported_isa())) {
+      MESSAGE("this CPU does not run " << isa::isa_name(i) << ": not tested");
+      continue;
+    }
+    INFO("ISA " << isa::isa_name(i));
+    isa::force_isa(i);
+    against_oracle<float>(11);
+    CHECK(isa::last_isa() == i);
+    against_oracle<double>(12);
+    against_oracle<bf16>(13);
+    CHECK(isa::last_isa() == i);
+  }
+  isa::reset_isa();
+}
 
 TEST_CASE("fused linear head: the path of builds without Eigen (plain loops, generic row kernels)") {
   // What linear.hpp dispatches to without Eigen on the include path, run here explicitly.

@@ -3,6 +3,10 @@
 // place = out of place, results independent of the thread count, extreme and non-finite logits,
 // the workspace contract and the shared error checks; non-finite logits and results refused alike
 // (the same error from both paths, no extra pass), and forward with row_lse but no token_logp.
+// The accuracy cases run once per kernel version this CPU has (cpu/isa.hpp: baseline, avx2,
+// avx512), each forced and checked to be the one that ran; the baseline one is what a CPU without
+// AVX2 runs.
+#include <dftune/cpu/isa.hpp>
 #include <dftune/logprob/cpu/fast.hpp>
 #include <dftune/logprob/generic.hpp>
 #include <dftune/logprob/logprob.hpp>
@@ -11,8 +15,10 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -28,6 +34,7 @@ using dftune::logprob::cpu::bf16;
 namespace cpu = dftune::logprob::cpu;
 namespace generic = dftune::logprob::generic;
 namespace logprob = dftune::logprob;
+namespace isa = dftune::cpu;
 
 namespace {
 
@@ -75,6 +82,22 @@ Batch<T> random_batch(std::mt19937_64& rng, std::size_t V, std::size_t S, double
 template <class T>
 double as_double(const T& x) {
   return static_cast<double>(static_cast<compute_t<T>>(x));
+}
+
+// Runs f() once per kernel version this CPU runs, forced, and checks that the kernels ran it.
+template <class F>
+void for_each_isa(F&& f) {
+  for (isa::Isa i : {isa::Isa::baseline, isa::Isa::avx2, isa::Isa::avx512}) {
+    if (static_cast<int>(i) > static_cast<int>(isa::supported_isa())) {
+      MESSAGE("this CPU does not run " << isa::isa_name(i) << ": not tested");
+      continue;
+    }
+    INFO("ISA " << isa::isa_name(i));
+    isa::force_isa(i);
+    f();
+    CHECK(isa::last_isa() == i);
+  }
+  isa::reset_isa();
 }
 
 // The documented tolerance of the fast path against the generic path (cpu/fast.hpp).
@@ -133,6 +156,7 @@ void check_against_generic(const Batch<T>& b) {
 }  // namespace
 
 TEST_CASE_TEMPLATE("fast path matches the generic oracle across packet and block boundaries", T, float, double, bf16) {
+  for_each_isa([] {
   std::mt19937_64 rng(11);
   for (std::size_t V : {1u, 2u, 3u, 7u, 8u, 15u, 16u, 17u, 31u, 33u, 64u, 100u, 2047u, 2048u, 2049u, 4100u, 40000u}) {
     const auto b = random_batch<T>(rng, V, V > 5000 ? 3 : 6, 3.0);
@@ -144,6 +168,7 @@ TEST_CASE_TEMPLATE("fast path matches the generic oracle across packet and block
   auto b = random_batch<T>(rng, 9000, 3, 1.0);
   for (std::size_t i = 0; i < b.logits.size(); ++i) b.logits[i] = static_cast<T>(static_cast<double>(i % b.V) * 0.01);
   check_against_generic(b);
+  });
 }
 
 TEST_CASE_TEMPLATE("results do not depend on the thread count", T, float, double, bf16) {
@@ -166,17 +191,20 @@ TEST_CASE_TEMPLATE("results do not depend on the thread count", T, float, double
     for (const auto& g : grad) all.push_back(as_double(g));
     return all;
   };
-  const auto one = run(1);
-  const auto two = run(2);
-  const auto four = run(4);
+  for_each_isa([&] {
+    const auto one = run(1);
+    const auto two = run(2);
+    const auto four = run(4);
+    CHECK(one == two);
+    CHECK(one == four);
+  });
 #if defined(_OPENMP)
   omp_set_num_threads(omp_get_num_procs());
 #endif
-  CHECK(one == two);
-  CHECK(one == four);
 }
 
 TEST_CASE_TEMPLATE("logits of magnitude 1e4, -inf and NaN", T, float, double, bf16) {
+  for_each_isa([] {
   using C = compute_t<T>;
   std::mt19937_64 rng(13);
   auto b = random_batch<T>(rng, 5000, 4, 1e4);
@@ -202,13 +230,14 @@ TEST_CASE_TEMPLATE("logits of magnitude 1e4, -inf and NaN", T, float, double, bf
   const std::vector<C> d{1};
   std::vector<T> grad(40);
   cpu::backward(r.view(), std::span<const C>(d), std::span<T>(grad), std::span<const C>(lse));
-  CHECK(std::fabs(as_double(grad[3])) <= 1e-30);  // Eigen's exp clamps −inf to about the smallest normal
+  CHECK(std::fabs(as_double(grad[3])) <= 1e-30);  // the kernels' exp clamps −inf to about the smallest normal
   CHECK(as_double(grad[5]) == doctest::Approx(1 - 1 / 38.0).epsilon(1e-2));
   r.logits[20] = static_cast<T>(std::numeric_limits<float>::quiet_NaN());
   one[0] = C(7);
   CHECK_THROWS_WITH_AS(cpu::forward(r.view(), std::span<C>(one), {}, {}, std::span<std::byte>(ws)),
                        "logits[20]: got nan, expected a finite number or −inf on a weighted row (row 0)", dftune::error);
   CHECK(one[0] == C(7));
+  });
 }
 
 TEST_CASE("workspace: size query, errors, and the dispatch point") {
@@ -481,4 +510,62 @@ TEST_CASE("workspace_size is overflow-safe (a wrapped rows·sizeof would under-s
   CHECK_THROWS_WITH_AS(cpu::workspace_size(in), doctest::Contains("workspace_size (rows·sizeof(compute_t<T>)): got 4611686018427387905·4"),
                        dftune::error);
   CHECK_THROWS_AS(logprob::workspace_size(in), dftune::error);
+}
+
+TEST_CASE("kernel versions: force_isa is checked, last_isa says what ran, reset_isa goes back") {
+  std::mt19937_64 rng(16);
+  const auto b = random_batch<float>(rng, 1000, 3, 2.0);
+  std::vector<float> seq(b.sequences()), tok(b.rows());
+  for (isa::Isa i : {isa::Isa::baseline, isa::Isa::avx2, isa::Isa::avx512}) {
+    if (static_cast<int>(i) <= static_cast<int>(isa::supported_isa())) {
+      isa::force_isa(i);
+      CHECK(isa::active_isa() == i);
+      cpu::forward(b.view(), std::span<float>(seq), std::span<float>(tok), {}, {});
+      CHECK(isa::last_isa() == i);
+    } else {  // a CPU without it: refused up front, the forced choice unchanged
+      const isa::Isa before = isa::active_isa();
+      CHECK_THROWS_WITH_AS(isa::force_isa(i),
+                           (std::string("isa: got ") + isa::isa_name(i) + ", expected an ISA this CPU runs (at most " +
+                            isa::isa_name(isa::supported_isa()) + ")").c_str(),
+                           dftune::error);
+      CHECK(isa::active_isa() == before);
+    }
+  }
+  isa::reset_isa();
+  CHECK(isa::active_isa() == isa::detail::environment_isa());
+#if DFTUNE_CPU_DISPATCH && defined(__x86_64__)
+  // What this machine runs when nothing is forced (a CI host without AVX2 still passes).
+  MESSAGE("this CPU's widest kernel version: " << isa::isa_name(isa::supported_isa()));
+#endif
+}
+
+// ctest runs this case alone with DFTUNE_ISA set (tests/CMakeLists.txt); elsewhere it checks
+// only that an unset variable means the CPU's widest version.
+TEST_CASE("DFTUNE_ISA picks the kernel version, and a bad value is a named error") {
+  const char* env = std::getenv("DFTUNE_ISA");
+  const std::string v = env ? env : "";
+  std::mt19937_64 rng(17);
+  const auto b = random_batch<float>(rng, 500, 3, 2.0);
+  std::vector<float> seq(b.sequences(), 7.0f);
+  std::vector<std::byte> ws(cpu::workspace_size(b.view()));
+  std::optional<isa::Isa> want;
+  for (isa::Isa i : {isa::Isa::baseline, isa::Isa::avx2, isa::Isa::avx512})
+    if (v == isa::isa_name(i)) want = i;
+  if (v.empty()) want = isa::supported_isa();
+  if (want && static_cast<int>(*want) <= static_cast<int>(isa::supported_isa())) {
+    CHECK(isa::active_isa() == *want);
+    cpu::forward(b.view(), std::span<float>(seq), {}, {}, std::span<std::byte>(ws));
+    CHECK(isa::last_isa() == *want);
+  } else {
+    const std::string expected = want ? std::string("an ISA this CPU runs (at most ") + isa::isa_name(isa::supported_isa()) + ")"
+                                      : std::string("baseline, avx2 or avx512");
+    CHECK_THROWS_WITH_AS(isa::active_isa(), ("DFTUNE_ISA: got " + v + ", expected " + expected).c_str(), dftune::error);
+    CHECK_THROWS_WITH_AS(cpu::forward(b.view(), std::span<float>(seq), {}, {}, std::span<std::byte>(ws)),
+                         ("DFTUNE_ISA: got " + v + ", expected " + expected).c_str(), dftune::error);
+    for (float x : seq) CHECK(x == 7.0f);  // thrown before any write
+    isa::force_isa(isa::Isa::baseline);     // force_isa wins over a bad environment
+    cpu::forward(b.view(), std::span<float>(seq), {}, {}, std::span<std::byte>(ws));
+    CHECK(isa::last_isa() == isa::Isa::baseline);
+    isa::reset_isa();
+  }
 }

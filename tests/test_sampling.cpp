@@ -124,9 +124,9 @@ TEST_CASE("sampling_distribution: temperature, top-k, top-p and greedy in closed
   std::vector<double> pf(4);
   std::vector<std::int32_t> of(4);
   sampling_distribution<double>(flat, {.temperature = 1.0, .top_p = 0.5}, pf, of);
-  CHECK(pf == std::vector<double>{0.5, 0.5, 0.0, 0.0});
+  for (std::size_t v = 0; v < 4; ++v) CHECK(pf[v] == (v < 2 ? 0.5 : 0.0));
   sampling_distribution<double>(flat, {.temperature = 1.0, .top_p = 0.75}, pf, of);
-  CHECK(pf == std::vector<double>{1.0 / 3, 1.0 / 3, 1.0 / 3, 0.0});
+  for (std::size_t v = 0; v < 4; ++v) CHECK(pf[v] == (v < 3 ? 1.0 / 3 : 0.0));
 
   sampling_distribution<double>(z, {.temperature = 0.0}, p, order);
   CHECK(p[1] == 1);

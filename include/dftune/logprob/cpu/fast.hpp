@@ -13,9 +13,9 @@
 //   so the memory system never idles (without it the forward ran at half the read bandwidth).
 // - The backward is fused: one read and one write per logit (in place if grad is the logits),
 //   grad = −c·exp(z − lse), then the target entry is set to c·(1 − p_y) from the saved z_y.
-// - SIMD through Eigen's packet math (Eigen::internal: the layer all of Eigen's vectorised
-//   expressions are built on), i.e. the widest packet the build enables (SSE2 by default,
-//   AVX2/AVX-512 with -march) and Eigen's vectorised exp.
+// - SIMD: the row kernels of cpu/rows.hpp, one body built at three vector widths (baseline,
+//   AVX2+FMA, AVX-512) with a vectorised exp; the widest this CPU runs is picked at run time
+//   (cpu/isa.hpp), whatever flags the user compiles with.
 // - bf16 blocks are widened into an fp32 stack buffer and narrowed back; all arithmetic is fp32.
 // - Accumulation: fp32 packets within a block (≤ 2048 terms), then double across blocks and
 //   across the tokens of a sequence.
@@ -34,7 +34,9 @@
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
 #include <dftune/logprob/checks.hpp>
+#include <dftune/cpu/isa.hpp>
 #include <dftune/logprob/cpu/bf16.hpp>
+#include <dftune/logprob/cpu/rows.hpp>
 #include <dftune/logprob/generic.hpp>
 #include <dftune/logprob/token_logits.hpp>
 
@@ -63,135 +65,8 @@ std::size_t workspace_size(const TokenLogits<T>& in) {
 
 namespace kernel {
 
-namespace ei = Eigen::internal;
-
-// Elements per block: 8 KiB (float) or 16 KiB (double) stays in L1 between a block's passes.
-inline constexpr std::size_t block = 2048;
 // Below this many logits a parallel region costs more than it saves.
 inline constexpr std::size_t parallel_min = std::size_t{1} << 16;
-
-template <class T>
-compute_t<T> to_compute(const T& x) {
-  return static_cast<compute_t<T>>(x);
-}
-
-// The block [src, src + n) as compute_t<T>: the storage itself for float and double, a widened
-// copy in `stage` for bf16.
-template <class T>
-const compute_t<T>* staged(const T* src, compute_t<T>* stage, std::size_t n) {
-  if constexpr (std::is_same_v<T, bf16>) {
-    widen(src, stage, n);
-    return stage;
-  } else {
-    (void)stage;
-    (void)n;
-    return src;
-  }
-}
-
-template <class C>
-C block_max(const C* x, std::size_t n) {
-  using P = typename ei::packet_traits<C>::type;
-  constexpr std::size_t L = ei::packet_traits<C>::size;
-  P m0 = ei::pset1<P>(-std::numeric_limits<C>::infinity()), m1 = m0, m2 = m0, m3 = m0;
-  std::size_t i = 0;
-  for (; i + 4 * L <= n; i += 4 * L) {  // four chains hide the max latency
-    m0 = ei::pmax(m0, ei::ploadu<P>(x + i));
-    m1 = ei::pmax(m1, ei::ploadu<P>(x + i + L));
-    m2 = ei::pmax(m2, ei::ploadu<P>(x + i + 2 * L));
-    m3 = ei::pmax(m3, ei::ploadu<P>(x + i + 3 * L));
-  }
-  for (; i + L <= n; i += L) m0 = ei::pmax(m0, ei::ploadu<P>(x + i));
-  C m = ei::predux_max(ei::pmax(ei::pmax(m0, m1), ei::pmax(m2, m3)));
-  for (; i < n; ++i) m = std::max(m, x[i]);
-  return m;
-}
-
-// Σ exp(x − m); a NaN in x gives NaN (Eigen's exp clamps with NaN-propagating min/max), and −inf
-// gives about the smallest normal number instead of 0 (the same clamp). While the exps run from
-// L1, the next block's `ahead_bytes` at `ahead` are prefetched, one cache line per packet: without
-// it the memory system idles during this pass and the forward runs at half the read bandwidth.
-template <class C>
-C block_sum_exp(const C* x, std::size_t n, C m, const char* ahead, std::size_t ahead_bytes) {
-  using P = typename ei::packet_traits<C>::type;
-  constexpr std::size_t L = ei::packet_traits<C>::size;
-  constexpr std::size_t line = 64;
-  const P vm = ei::pset1<P>(m);
-  P s0 = ei::pset1<P>(C(0)), s1 = s0;
-  std::size_t i = 0, pf = 0;
-  for (; i + 2 * L <= n; i += 2 * L, pf += 2 * line) {
-    if (pf < ahead_bytes) {
-      ei::prefetch(ahead + pf);
-      ei::prefetch(ahead + pf + line);
-    }
-    s0 = ei::padd(s0, ei::pexp(ei::psub(ei::ploadu<P>(x + i), vm)));
-    s1 = ei::padd(s1, ei::pexp(ei::psub(ei::ploadu<P>(x + i + L), vm)));
-  }
-  for (; pf < ahead_bytes; pf += line) ei::prefetch(ahead + pf);
-  for (; i + L <= n; i += L) s0 = ei::padd(s0, ei::pexp(ei::psub(ei::ploadu<P>(x + i), vm)));
-  C s = ei::predux(ei::padd(s0, s1));
-  for (; i < n; ++i) s += std::exp(x[i] - m);
-  return s;
-}
-
-// g = minus_c · exp(x − lse); g may be x.
-template <class C>
-void block_grad(const C* x, C* g, std::size_t n, C lse, C minus_c) {
-  using P = typename ei::packet_traits<C>::type;
-  constexpr std::size_t L = ei::packet_traits<C>::size;
-  const P vl = ei::pset1<P>(lse);
-  const P vc = ei::pset1<P>(minus_c);
-  std::size_t i = 0;
-  for (; i + L <= n; i += L) ei::pstoreu(g + i, ei::pmul(vc, ei::pexp(ei::psub(ei::ploadu<P>(x + i), vl))));
-  for (; i < n; ++i) g[i] = minus_c * std::exp(x[i] - lse);
-}
-
-// Online log Σ exp over one row, reading it once.
-template <class T>
-double row_logsumexp(const T* z, std::size_t vocab) {
-  using C = compute_t<T>;
-  alignas(64) C stage[std::is_same_v<T, bf16> ? block : 1];
-  double m = -std::numeric_limits<double>::infinity();
-  double s = 0;
-  for (std::size_t b = 0; b < vocab; b += block) {
-    const std::size_t n = std::min(block, vocab - b);
-    const C* x = staged(z + b, stage, n);
-    const double bm = block_max(x, n);
-    if (bm > m) {
-      s *= std::exp(m - bm);  // rare after the first blocks
-      m = bm;
-    }
-    if (m == -std::numeric_limits<double>::infinity()) {
-      // All −inf so far — or NaN, which block_max drops: a NaN must still make the row NaN. Only
-      // blocks of nothing but −inf and NaN get here, so this scan costs nothing on real logits.
-      for (std::size_t i = 0; i < n; ++i)
-        if (std::isnan(x[i])) return std::numeric_limits<double>::quiet_NaN();
-      continue;
-    }
-    const std::size_t next = std::min(block, vocab - std::min(vocab, b + block));
-    s += block_sum_exp(x, n, static_cast<C>(m), reinterpret_cast<const char*>(z + b + n), next * sizeof(T));
-  }
-  return m + std::log(s);
-}
-
-// grad row = c · (onehot(y) − exp(z − lse)); grad may be z.
-template <class T>
-void row_grad(const T* z, T* grad, std::size_t vocab, std::size_t y, double lse, double c) {
-  using C = compute_t<T>;
-  alignas(64) C stage[std::is_same_v<T, bf16> ? block : 1];
-  const double zy = static_cast<double>(to_compute(z[y]));  // read before an in-place write
-  for (std::size_t b = 0; b < vocab; b += block) {
-    const std::size_t n = std::min(block, vocab - b);
-    if constexpr (std::is_same_v<T, bf16>) {
-      widen(z + b, stage, n);
-      block_grad<C>(stage, stage, n, static_cast<C>(lse), static_cast<C>(-c));
-      narrow(stage, grad + b, n);
-    } else {
-      block_grad<C>(z + b, grad + b, n, static_cast<C>(lse), static_cast<C>(-c));
-    }
-  }
-  grad[y] = static_cast<T>(static_cast<C>(c * (1.0 - std::exp(zy - lse))));
-}
 
 }  // namespace kernel
 
@@ -201,6 +76,7 @@ void forward(const TokenLogits<T>& in, std::span<compute_t<T>> seq_logp, std::sp
   static_assert(supported<T>, "the CPU fast path takes float, double or bf16 logits; use logprob::generic");
   using C = compute_t<T>;
   internal::check_forward(in, seq_logp.size(), token_logp.size(), row_lse.size());
+  (void)dftune::cpu::active_isa();  // a bad DFTUNE_ISA throws here, not inside the parallel loop
   C* token = token_logp.data();
   if (token_logp.empty()) {
     if (workspace.size() < cpu::workspace_size(in))
@@ -247,6 +123,7 @@ void backward(const TokenLogits<T>& in, std::span<const compute_t<T>> d_seq, std
               std::span<const compute_t<T>> row_lse = {}) {
   static_assert(supported<T>, "the CPU fast path takes float, double or bf16 logits; use logprob::generic");
   internal::check_backward(in, d_seq, grad, row_lse);
+  (void)dftune::cpu::active_isa();  // a bad DFTUNE_ISA throws here, not inside the parallel loop
   const std::size_t V = in.vocab;
   const auto N = static_cast<std::ptrdiff_t>(in.rows());
   const bool threaded = in.logits.size() >= kernel::parallel_min;

@@ -6,7 +6,7 @@
 //   1. Hc = the chunk's rows of H, in compute_t<T>
 //   2. Z = Hc Wᵀ + b                                        one GEMM task per vocab tile
 //   3. per row: lse and the weighted token log-prob; backward: G = c·(onehot − softmax) in place of
-//      Z, c = d_seq·weight. These are cpu/fast.hpp's row kernels (generic.hpp's without Eigen), so a
+//      Z, c = d_seq·weight. These are cpu/rows.hpp's kernels, dispatched per CPU (generic.hpp's without Eigen), so a
 //      row's values are the reduction's on the same logits.
 //   4. dW[tile] += G[:, tile]ᵀ Hc and db[tile] += Σ_rows G[:, tile]     one task per vocab tile
 //      dHc[:, cols] = Σ_tiles G[:, tile] W[tile, cols]                 one task per dim tile
@@ -376,6 +376,9 @@ void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p
 // (linear_logits.hpp says what is left written then).
 template <class Gemm, class Rows, class T>
 void execute(const LinearLogits<T>& in, const internal::Call<T>& call, std::span<std::byte> workspace, const Options& opt) {
+#if DFTUNE_LINEAR_HAS_FAST_ROWS
+  if constexpr (std::is_same_v<Rows, FastRows>) (void)dftune::cpu::active_isa();  // a bad DFTUNE_ISA throws before any write
+#endif
   const Plan plan = make_plan(in, opt);
   internal::check_call(in, call, plan, workspace);
   if constexpr (requires { Gemm::max_dim; }) {

@@ -55,6 +55,11 @@ class TinyLm {
   using CMat = Eigen::Map<const RowMat>;
   using CRow = Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>;
   using Row = Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>;
+  // Parameters, gradients and activations start at Eigen's packet alignment (64 bytes with
+  // AVX-512): Eigen's vectorised reductions peel their first elements up to an aligned address, so
+  // with malloc's 16 bytes the sums' order — and results — changed from run to run and with the
+  // thread count in builds with packets wider than 16 bytes (-march=native).
+  using Buffer = std::vector<T, Eigen::aligned_allocator<T>>;
   using C = logprob::compute_t<T>;
 
  public:
@@ -234,7 +239,7 @@ class TinyLm {
                    std::size_t ldc, bool accumulate) {
     logprob::linear::DefaultGemm::template run<ARow, BRow>(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
   }
-  static Mat act(std::vector<T>& buf, std::size_t at, std::size_t r, std::size_t c) {
+  static Mat act(Buffer& buf, std::size_t at, std::size_t r, std::size_t c) {
     return Mat(buf.data() + at, static_cast<Eigen::Index>(r), static_cast<Eigen::Index>(c));
   }
 
@@ -375,7 +380,7 @@ class TinyLm {
   // the same sum in the same order for any number of threads (threads split the parameters for
   // the sum, never a sum itself). Memory: K − 1 <= 15 gradient buffers (chunk_count caps K).
   void backward(std::span<const token_t> tokens, std::span<const std::int64_t> offsets) {
-    auto grow = [](std::vector<T>& v, std::size_t size) {
+    auto grow = [](Buffer& v, std::size_t size) {
       if (v.size() < size) v.resize(size);
     };
     grow(dx_, sizes_.rows_d);
@@ -469,26 +474,26 @@ class TinyLm {
 
   tiny_lm::Config cfg_;
   tiny_lm::Layout lay_;
-  std::vector<T> theta_, grad_;
+  Buffer theta_, grad_;
   // Activations of the last forward (per layer, n rows each) and backward scratch.
   std::size_t n_ = 0, probs_stride_ = 0, chunks_ = 1;
   tiny_lm::BufferSizes sizes_;  // of the last reserve(): the n_ rows of the last forward
-  std::vector<T> x_, h1_, qkv_, att_, xmid_, h2_, u_, a_, hf_, logits_, probs_;
-  std::vector<T> mean1_, rstd1_, mean2_, rstd2_, meanf_, rstdf_;
+  Buffer x_, h1_, qkv_, att_, xmid_, h2_, u_, a_, hf_, logits_, probs_;
+  Buffer mean1_, rstd1_, mean2_, rstd2_, meanf_, rstdf_;
   std::vector<std::size_t> att_off_;
-  std::vector<T> dx_, dh_, datt_, dqkv_, du_, dprobs_;
-  std::vector<std::vector<T>> chunk_grad_;  // gradients of chunks 1 … K−1 of the last backward
+  Buffer dx_, dh_, datt_, dqkv_, du_, dprobs_;
+  std::vector<Buffer> chunk_grad_;  // gradients of chunks 1 … K−1 of the last backward
   std::vector<token_t> targets_;
   std::vector<C> weights_;
   std::vector<std::int64_t> offsets_;
-  std::vector<T> head_scores_;      // forward_backward's scores, not needed by accumulate_gradients
+  Buffer head_scores_;              // forward_backward's scores, not needed by accumulate_gradients
   std::vector<std::byte> head_ws_;  // the fused head's workspace (grows, never shrinks)
 
   // ---- kept activations ----------------------------------------------------------------------
   // One forward's activations moved out of the working buffers (or, not live, spare buffers to
   // lend to the next forward), with the batch they belong to.
   struct Kept {
-    std::vector<T> x, h1, qkv, att, xmid, h2, u, a, hf, probs, mean1, rstd1, mean2, rstd2, meanf, rstdf;
+    Buffer x, h1, qkv, att, xmid, h2, u, a, hf, probs, mean1, rstd1, mean2, rstd2, meanf, rstdf;
     std::vector<std::size_t> att_off;
     std::size_t n = 0, probs_stride = 0, chunks = 1;
     tiny_lm::BufferSizes sizes;
