@@ -499,16 +499,18 @@ auto read_checkpoint(ByteSource& source, std::uint64_t file_size, CheckpointKind
     // is all a valid payload for this object would have, and names the first field that differs
     // (usually more telling: "scalar size", "num_examples"); if none does, the size is the error.
     std::string error_text;
+    error_kind kind = error_kind::argument;
     try {
       Reader in(hashed, max_payload, checkpoint_header_size);
       (void)parse(in);
     } catch (const dftune::error& e) {
       error_text = e.what();
+      kind = e.kind();
     }
     const std::string size = std::to_string(h.payload_size), most = std::to_string(max_payload);
     if (!error_text.empty())
-      throw dftune::error(error_text + " (the payload of " + size + " bytes is larger than the " + most +
-                          " this object can take, so the checksum was not verified)");
+      dftune::detail::throw_error(kind, error_text + " (the payload of " + size + " bytes is larger than the " +
+                                            most + " this object can take, so the checksum was not verified)");
     detail::fail("payload size", h.payload_size,
                  "at most " + most +
                      " bytes, the most the object being loaded into can take (a checkpoint of a larger "
@@ -562,7 +564,7 @@ inline std::string errno_text(int e) {
 }
 
 [[noreturn]] inline void fail_file(const std::filesystem::path& path, std::string_view what, int e) {
-  dftune::detail::fail("path", path, std::string(what) + " (" + errno_text(e) + ")");
+  dftune::detail::fail<io_error>("path", path, std::string(what) + " (" + errno_text(e) + ")");
 }
 
 // Runs f(); rethrows a dftune::error with `name: ` in front, so every message says which file.
@@ -571,7 +573,7 @@ decltype(auto) named(std::string_view name, F&& f) {
   try {
     return std::forward<F>(f)();
   } catch (const dftune::error& e) {
-    throw dftune::error(std::string(name) + ": " + e.what());
+    dftune::detail::throw_error(e.kind(), std::string(name) + ": " + e.what());
   }
 }
 
@@ -621,7 +623,7 @@ inline std::filesystem::path resolve_target(const std::filesystem::path& path) {
     if (ec || !fs::is_symlink(st)) return p;
     if (hops == 40) dftune::detail::fail("path", path, "a chain of at most 40 symlinks (a loop?)");
     const fs::path to = fs::read_symlink(p, ec);
-    if (ec) dftune::detail::fail("path", path, "a readable symlink (" + ec.message() + ")");
+    if (ec) dftune::detail::fail<io_error>("path", path, "a readable symlink (" + ec.message() + ")");
     p = to.is_absolute() ? to : p.parent_path() / to;
   }
 }
@@ -740,7 +742,7 @@ class AtomicFile final : public ByteSink {
 #endif
     std::error_code ec;
     std::filesystem::rename(tmp_, target_, ec);
-    if (ec) dftune::detail::fail("path", path_, "a location the temporary file can be renamed to (" + ec.message() + ")");
+    if (ec) dftune::detail::fail<io_error>("path", path_, "a location the temporary file can be renamed to (" + ec.message() + ")");
     committed_ = true;
 #if DFTUNE_IO_POSIX
     const std::filesystem::path dir = target_.has_parent_path() ? target_.parent_path() : std::filesystem::path(".");
@@ -798,7 +800,7 @@ class FileSource final : public ByteSource {
       dftune::detail::fail("path", path, ec ? "a readable checkpoint file (" + ec.message() + ")"
                                             : std::string("a regular file (a checkpoint)"));
     size_ = std::filesystem::file_size(path, ec);
-    if (ec) dftune::detail::fail("path", path, "a readable checkpoint file (" + ec.message() + ")");
+    if (ec) dftune::detail::fail<io_error>("path", path, "a readable checkpoint file (" + ec.message() + ")");
     in_.open(path, std::ios::binary);
     if (!in_) internal::fail_file(path, "a readable checkpoint file", errno);
 #endif

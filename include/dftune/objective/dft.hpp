@@ -37,6 +37,7 @@ namespace detail {
 template <class T>
 std::size_t validate_dft(const SequenceScores<T>& b, const Estimator<T>& est, const DftOptions& opt) {
   validate(opt);
+  est.check_options(opt);
   const std::size_t B = b.batch_size();
   const std::size_t m = b.num_negatives;
   if (B == 0) fail("ids", "size 0", "at least one example");
