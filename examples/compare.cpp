@@ -269,10 +269,10 @@ demo::RunResult run(const demo::Model& base, Obj obj, double lr, const SeedData&
       log.add("logps/rejected", mean(neg_lp));
       // TRL's rewards: β·log ratio (DPOTrainer: DPO, IPO), β·mean token log-prob (CPOTrainer for
       // SimPO; ORPOTrainer with β = λ).
-      log_rewards(log, obj == Obj::dpo     ? dftune::log_ratio_rewards(p, cli.dpo.beta)
-                       : obj == Obj::ipo   ? dftune::log_ratio_rewards(p, cli.ipo.beta)
-                       : obj == Obj::simpo ? dftune::length_normalized_rewards(p, cli.simpo.beta)
-                                           : dftune::length_normalized_rewards(p, cli.orpo.lambda));
+      log_rewards(log, obj == Obj::dpo     ? dftune::log_ratio_rewards(p, cli.dpo)
+                       : obj == Obj::ipo   ? dftune::log_ratio_rewards(p, cli.ipo)
+                       : obj == Obj::simpo ? dftune::length_normalized_rewards(p, cli.simpo)
+                                           : dftune::length_normalized_rewards(p, cli.orpo));
       return r.loss;
     }
     // On-policy: k samples per prompt from the current model, the demo's sampler (T 0.7, top-k 50).

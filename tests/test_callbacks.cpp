@@ -174,24 +174,27 @@ TEST_CASE("log_ratio_rewards and length_normalized_rewards: TRL's DPO and CPO/OR
   const std::vector<std::int64_t> pos_len{2, 3}, neg_len{3, 1, 4, 5};
   const PreferenceScores<double> b{.num_negatives = 2, .pos_logp = pos, .neg_logp = neg, .ref_pos_logp = ref_pos,
                                    .ref_neg_logp = ref_neg, .pos_len = pos_len, .neg_len = neg_len};
-  const PairRewards dpo = log_ratio_rewards(b, 0.1);
+  const PairRewards dpo = log_ratio_rewards(b, DpoOptions{.beta = 0.1});
   CHECK(dpo.chosen == std::vector<double>{0.1 * 1, 0.1 * 0});
   CHECK(dpo.rejected[0] == doctest::Approx(0.0));
   CHECK(dpo.rejected[1] == doctest::Approx(0.1));
   CHECK(dpo.rejected[2] == doctest::Approx(-0.2));
   CHECK(dpo.rejected[3] == doctest::Approx(0.1));
-  const PairRewards simpo = length_normalized_rewards(b, 2.0);
+  const PairRewards simpo = length_normalized_rewards(b, SimpoOptions{.beta = 2.0});
   CHECK(simpo.chosen[0] == doctest::Approx(-4.0));
   CHECK(simpo.chosen[1] == doctest::Approx(-6.0));
   CHECK(simpo.rejected[0] == doctest::Approx(-4.0));
   CHECK(simpo.rejected[3] == doctest::Approx(-4.0));
-  CHECK(message([&] { (void)log_ratio_rewards(b, std::nan("")); }).starts_with("beta: got nan"));
+  CHECK(message([&] { (void)log_ratio_rewards(b, DpoOptions{.beta = std::nan("")}); }).starts_with("beta: got nan"));
+  // IPO's β and ORPO's λ (TRL's ORPOTrainer uses λ as the reward's β) give the same rewards.
+  CHECK(log_ratio_rewards(b, IpoOptions{.beta = 0.1}).rejected == dpo.rejected);
+  CHECK(length_normalized_rewards(b, OrpoOptions{.lambda = 2.0}).chosen == simpo.chosen);
   PreferenceScores<double> no_ref = b;
   no_ref.ref_pos_logp = {};
-  CHECK(message([&] { (void)log_ratio_rewards(no_ref, 0.1); }).starts_with("ref_pos_logp: got size 0"));
+  CHECK(message([&] { (void)log_ratio_rewards(no_ref, DpoOptions{}); }).starts_with("ref_pos_logp: got size 0"));
   PreferenceScores<double> no_len = b;
   no_len.neg_len = {};
-  CHECK(message([&] { (void)length_normalized_rewards(no_len, 2.0); }).starts_with("neg_len: got size 0"));
+  CHECK(message([&] { (void)length_normalized_rewards(no_len, SimpoOptions{}); }).starts_with("neg_len: got size 0"));
 }
 
 TEST_CASE("JsonRecord: exact text, escaping, null for non-finite numbers") {

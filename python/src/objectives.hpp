@@ -210,7 +210,7 @@ inline at::Tensor sft_loss(const at::Tensor& logp, const std::string& reduction,
   const dftune::SftOptions opt{.reduction = parse_reduction("reduction", reduction)};
   const LogProbs lp = log_probs("logp", logp, 1, "a 1-D tensor [B]");
   const Optional len = optional_i64("lengths", lengths, logp, "the shape of logp");
-  return score_result(lp, dftune::sft_loss(lp.span(), opt, len.span<std::int64_t>()));
+  return score_result(lp, dftune::sft_loss(lp.span(), len.span<std::int64_t>(), opt));
 }
 
 // Rewards may be of any real dtype (exact-match rewards often come as bool or int).

@@ -23,6 +23,10 @@
 #include <dftune/objective/baseline.hpp>
 #include <dftune/objective/checks.hpp>
 #include <dftune/objective/dft_options.hpp>
+#include <dftune/objective/dpo.hpp>
+#include <dftune/objective/ipo.hpp>
+#include <dftune/objective/orpo.hpp>
+#include <dftune/objective/simpo.hpp>
 #include <dftune/objective/sequence_scores.hpp>
 
 #include <algorithm>
@@ -63,9 +67,52 @@ inline void check_beta(double beta) {
 
 }  // namespace detail
 
+namespace detail {
+template <class T>
+PairRewards log_ratio_rewards(const PreferenceScores<T>& b, double beta);
+template <class T>
+PairRewards length_normalized_rewards(const PreferenceScores<T>& b, double beta);
+}  // namespace detail
+
+// r_w,i = β·(s_i − r_i), r_l,ij = β·(s'_ij − r'_ij), with the objective's β (TRL's DPOTrainer).
+template <class T>
+PairRewards log_ratio_rewards(const PreferenceScores<T>& b, const DpoOptions& opt) {
+  validate(opt);
+  return detail::log_ratio_rewards(b, opt.beta);
+}
+template <class T>
+PairRewards log_ratio_rewards(const PreferenceScores<T>& b, const IpoOptions& opt) {
+  validate(opt);
+  return detail::log_ratio_rewards(b, opt.beta);
+}
+
+// r = β·s/|y| for every answer, with SimPO's β (TRL's CPOTrainer), or ORPO's λ as β (TRL's ORPOTrainer).
+template <class T>
+PairRewards length_normalized_rewards(const PreferenceScores<T>& b, const SimpoOptions& opt) {
+  validate(opt);
+  return detail::length_normalized_rewards(b, opt.beta);
+}
+template <class T>
+PairRewards length_normalized_rewards(const PreferenceScores<T>& b, const OrpoOptions& opt) {
+  validate(opt);
+  return detail::length_normalized_rewards(b, opt.lambda);
+}
+
+// The raw-β forms of 0.x; removed in the next release.
+template <class T>
+[[deprecated("pass the objective's options: log_ratio_rewards(b, DpoOptions{.beta = ...})")]]
+PairRewards log_ratio_rewards(const PreferenceScores<T>& b, double beta) {
+  return detail::log_ratio_rewards(b, beta);
+}
+template <class T>
+[[deprecated("pass the objective's options: length_normalized_rewards(b, SimpoOptions{.beta = ...})")]]
+PairRewards length_normalized_rewards(const PreferenceScores<T>& b, double beta) {
+  return detail::length_normalized_rewards(b, beta);
+}
+
 // r_w,i = β·(s_i − r_i), r_l,ij = β·(s'_ij − r'_ij).
 template <class T>
-PairRewards log_ratio_rewards(const PreferenceScores<T>& b, double beta) {
+PairRewards detail::log_ratio_rewards(const PreferenceScores<T>& b, double beta) {
   detail::check_beta(beta);
   detail::baselines::check_preferences(b);
   detail::baselines::check_references(b, "a log-ratio reward");
@@ -79,7 +126,7 @@ PairRewards log_ratio_rewards(const PreferenceScores<T>& b, double beta) {
 
 // r = β·s/|y| for every answer.
 template <class T>
-PairRewards length_normalized_rewards(const PreferenceScores<T>& b, double beta) {
+PairRewards detail::length_normalized_rewards(const PreferenceScores<T>& b, double beta) {
   detail::check_beta(beta);
   detail::baselines::check_preferences(b);
   detail::baselines::check_preference_lengths(b, "a length-normalised reward");
