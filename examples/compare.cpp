@@ -20,8 +20,8 @@
 #include "demo/pipeline.hpp"
 #include "demo/report.hpp"
 
-#include <dftune/callbacks/jsonl.hpp>
-#include <dftune/callbacks/metrics.hpp>
+#include <dftune/metrics/jsonl.hpp>
+#include <dftune/metrics/metrics.hpp>
 #include <dftune/model/weights_io.hpp>
 #include <dftune/objective/best_of_n.hpp>
 #include <dftune/objective/dpo.hpp>

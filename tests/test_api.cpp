@@ -1,7 +1,9 @@
 // The conventions of the public API (CHANGELOG.md): the error taxonomy, one source of truth for
 // the estimator's options, data-before-options argument orders and their deprecated spellings,
 // the options structs taken by the metrics, and what the umbrella header offers.
+#include <dftune/callbacks/jsonl.hpp>  // the deprecated paths still compile
 #include <dftune/callbacks/metrics.hpp>
+#include <dftune/metrics/metrics.hpp>
 #include <dftune/dftune.hpp>
 #include <dftune/io/checkpoint.hpp>
 

@@ -1,8 +1,8 @@
 // The per-step metrics (callbacks/metrics.hpp) against closed forms and against the importance
 // weights recomputed here from the DFT formulas, and the JSON Lines record (callbacks/jsonl.hpp):
 // exact text, escaping, null for non-finite numbers, shortest round-trip numbers, duplicate keys.
-#include <dftune/callbacks/jsonl.hpp>
-#include <dftune/callbacks/metrics.hpp>
+#include <dftune/metrics/jsonl.hpp>
+#include <dftune/metrics/metrics.hpp>
 #include <dftune/estimator/estimator.hpp>
 #include <dftune/objective/dft.hpp>
 
