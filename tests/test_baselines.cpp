@@ -455,12 +455,12 @@ TEST_CASE("SFT and sample objectives reject bad input and options, naming the ar
   CHECK_THROWS_WITH_AS(sft_loss<double>(std::vector<double>{}), doctest::Contains("logp: got size 0"), error);
   CHECK_THROWS_WITH_AS(sft_loss<double>(std::vector<double>{-1.0, nan_v}), doctest::Contains("logp[1]: got nan"), error);
   CHECK_THROWS_WITH_AS(sft_loss<double>(lp, {}, {.reduction = NllReduction::token_mean}), doctest::Contains("len: got size 0"), error);
-  CHECK_THROWS_WITH_AS(sft_loss<double>(lp, {.reduction = NllReduction::length_normalized}, std::vector<std::int64_t>{1, -2}),
+  CHECK_THROWS_WITH_AS(sft_loss<double>(lp, std::vector<std::int64_t>{1, -2}, {.reduction = NllReduction::length_normalized}),
                        doctest::Contains("len[1]: got -2"), error);
-  CHECK_THROWS_WITH_AS(sft_loss<double>(lp, {.reduction = NllReduction::token_mean}, std::vector<std::int64_t>{1}),
+  CHECK_THROWS_WITH_AS(sft_loss<double>(lp, std::vector<std::int64_t>{1}, {.reduction = NllReduction::token_mean}),
                        doctest::Contains("len: got size 1, expected size 2"), error);
-  CHECK_THROWS_WITH_AS(sft_loss<double>(lp, {.reduction = NllReduction(3)}), doctest::Contains("reduction"), error);
-  CHECK_NOTHROW(sft_loss<double>(lp, {}, len));
+  CHECK_THROWS_WITH_AS(sft_loss<double>(lp, {}, {.reduction = NllReduction(3)}), doctest::Contains("reduction"), error);
+  CHECK_NOTHROW(sft_loss<double>(lp, len));
 
   const Samples s;
   auto with = [&](auto edit) {
@@ -674,7 +674,7 @@ void every_baseline(const PreferenceScores<T>& p, const SampleScores<T>& s, doub
   run([&] { return orpo_loss(p, {.lambda = b}); });
   run([&] { return orpo_loss(p, {.lambda = b, .sft_reduction = NllReduction::sequence_mean}); });
   for (auto red : {NllReduction::sequence_mean, NllReduction::token_mean, NllReduction::length_normalized}) {
-    run([&] { return sft_loss(s.logp, {.reduction = red}, s.len); });
+    run([&] { return sft_loss(s.logp, s.len, {.reduction = red}); });
     run([&] { return best_of_n_loss(s, {.reduction = red}); });
   }
   run([&] { return rwr_loss(s, {.eta = a}); });
