@@ -26,13 +26,16 @@
 
 DFTUNE_NAMESPACE_BEGIN
 
+// Which of the three kinds an error is (error::kind()).
 enum class error_kind { argument, io, device };
 
 // The base of every exception dftune throws (abstract: throw one of the three kinds below).
 class error {
  public:
   virtual ~error() = default;
+  // The message: "argument: got VALUE, expected EXPECTED" for a bad argument.
   virtual const char* what() const noexcept = 0;
+  // Which kind this error is.
   virtual error_kind kind() const noexcept = 0;
 
  protected:
@@ -41,6 +44,7 @@ class error {
   error& operator=(const error&) = default;
 };
 
+// A bad argument or input, checked before any state changes.
 class argument_error : public std::invalid_argument, public error {
  public:
   using std::invalid_argument::invalid_argument;
@@ -48,6 +52,7 @@ class argument_error : public std::invalid_argument, public error {
   error_kind kind() const noexcept override { return error_kind::argument; }
 };
 
+// The operating system refused a file operation; the message names the path and the reason.
 class io_error : public std::runtime_error, public error {
  public:
   using std::runtime_error::runtime_error;
@@ -55,6 +60,7 @@ class io_error : public std::runtime_error, public error {
   error_kind kind() const noexcept override { return error_kind::io; }
 };
 
+// A device or communication failure (CUDA, cuBLAS, MPI).
 class device_error : public std::runtime_error, public error {
  public:
   using std::runtime_error::runtime_error;
