@@ -3,7 +3,7 @@
 # target. docs/api.md lists the headers not yet covered.
 set(_dftune_documented_headers
   checked_size.hpp config.hpp dftune.hpp error.hpp version.hpp
-  callbacks/jsonl.hpp callbacks/metrics.hpp
+  metrics/jsonl.hpp metrics/metrics.hpp
   estimator/estimator.hpp
   io/checkpoint.hpp io/sharded_checkpoint.hpp
   logprob/logprob.hpp logprob/token_logits.hpp

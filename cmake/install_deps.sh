@@ -2,15 +2,15 @@
 # Installs, from Debian's packages, what a dftune job needs and the machine lacks; idempotent.
 #   cmake/install_deps.sh test    compiler toolchain + doctest (+ Eigen, xtensor, benchmark, Open MPI for the mpirun
 #                                 tests, and PyTorch for examples/libtorch and the extension python/: libtorch,
-#                                 pybind11, Debian's python3-torch and pytest; doxygen for the API reference;
-#                                 nlohmann-json, PCRE2, ICU, pkg-config for dftune::hf)
+#                                 pybind11, Debian's python3-torch, pytest and pip (its second build route);
+#                                 doxygen for the API reference; nlohmann-json, PCRE2, ICU, pkg-config for dftune::hf)
 #   cmake/install_deps.sh demo    what the demo needs (+ gnuplot for its plot)
 set -euo pipefail
 job=${1:-test}
 # libdnnl-dev: oneDNN, the default GEMM of dftune's own targets (cmake/dftune_gemm.cmake)
 pkgs=(cmake g++ make libeigen3-dev libxtensor-dev doctest-dev libbenchmark-dev libdnnl-dev)
 case "$job" in
-  test) pkgs+=(libopenmpi-dev openmpi-bin libtorch-dev pybind11-dev python3-torch python3-pytest doxygen
+  test) pkgs+=(libopenmpi-dev openmpi-bin libtorch-dev pybind11-dev python3-torch python3-pytest python3-pip doxygen
               nlohmann-json3-dev libpcre2-dev libicu-dev pkg-config) ;;  # the last four: dftune::hf
   demo) pkgs+=(gnuplot-nox) ;;
   *) echo "install_deps.sh: job '$job' is not known; expected 'test' or 'demo'" >&2; exit 2 ;;

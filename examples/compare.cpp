@@ -20,8 +20,8 @@
 #include "demo/pipeline.hpp"
 #include "demo/report.hpp"
 
-#include <dftune/callbacks/jsonl.hpp>
-#include <dftune/callbacks/metrics.hpp>
+#include <dftune/metrics/jsonl.hpp>
+#include <dftune/metrics/metrics.hpp>
 #include <dftune/model/weights_io.hpp>
 #include <dftune/objective/best_of_n.hpp>
 #include <dftune/objective/dpo.hpp>
@@ -270,10 +270,10 @@ demo::RunResult run(const demo::Model& base, Obj obj, double lr, const SeedData&
       log.add("logps/rejected", mean(neg_lp));
       // TRL's rewards: β·log ratio (DPOTrainer: DPO, IPO), β·mean token log-prob (CPOTrainer for
       // SimPO; ORPOTrainer with β = λ).
-      log_rewards(log, obj == Obj::dpo     ? dftune::log_ratio_rewards(p, cli.dpo.beta)
-                       : obj == Obj::ipo   ? dftune::log_ratio_rewards(p, cli.ipo.beta)
-                       : obj == Obj::simpo ? dftune::length_normalized_rewards(p, cli.simpo.beta)
-                                           : dftune::length_normalized_rewards(p, cli.orpo.lambda));
+      log_rewards(log, obj == Obj::dpo     ? dftune::log_ratio_rewards(p, cli.dpo)
+                       : obj == Obj::ipo   ? dftune::log_ratio_rewards(p, cli.ipo)
+                       : obj == Obj::simpo ? dftune::length_normalized_rewards(p, cli.simpo)
+                                           : dftune::length_normalized_rewards(p, cli.orpo));
       return r.loss;
     }
     // On-policy: k samples per prompt from the current model, the demo's sampler (T 0.7, top-k 50).

@@ -96,10 +96,10 @@ TEST_CASE("SFT: −mean log π(y) per sequence, per token and length-normalised,
   const auto seq = sft_loss<double>(lp);
   CHECK(seq.loss == doctest::Approx((2.0 + 6.0 + 1.5) / 3).epsilon(1e-15));
   for (double g : seq.grad) CHECK(g == doctest::Approx(-1.0 / 3).epsilon(1e-15));
-  const auto tok = sft_loss<double>(lp, {.reduction = NllReduction::token_mean}, len);
+  const auto tok = sft_loss<double>(lp, len, {.reduction = NllReduction::token_mean});
   CHECK(tok.loss == doctest::Approx(9.5 / 6).epsilon(1e-15));
   for (double g : tok.grad) CHECK(g == doctest::Approx(-1.0 / 6).epsilon(1e-15));
-  const auto norm = sft_loss<double>(lp, {.reduction = NllReduction::length_normalized}, len);
+  const auto norm = sft_loss<double>(lp, len, {.reduction = NllReduction::length_normalized});
   CHECK(norm.loss == doctest::Approx((1.0 + 2.0 + 1.5) / 3).epsilon(1e-15));
   CHECK(norm.grad[0] == doctest::Approx(-1.0 / 6).epsilon(1e-15));
   CHECK(norm.grad[1] == doctest::Approx(-1.0 / 9).epsilon(1e-15));
@@ -218,7 +218,7 @@ TEST_CASE("ORPO: token-mean SFT + λ·(−log σ(log odds_w − log odds_l)) wit
     const OrpoOptions o2{.lambda = 2.0, .sft_reduction = red};
     check_fd(p, [&](const PreferenceScores<double>& b) { return orpo_loss(b, o2); });
     // λ = 0 is exactly SFT with the same reduction on the chosen answers.
-    const auto sft = sft_loss<double>(p.pos, {.reduction = red}, p.pos_len);
+    const auto sft = sft_loss<double>(p.pos, p.pos_len, {.reduction = red});
     const auto only_sft = orpo_loss(p.view(), {.lambda = 0.0, .sft_reduction = red});
     CHECK(only_sft.loss == doctest::Approx(sft.loss).epsilon(1e-15));
     for (std::size_t i = 0; i < 3; ++i) CHECK(only_sft.grad_pos[i] == doctest::Approx(sft.grad[i]).epsilon(1e-15));
@@ -454,13 +454,13 @@ TEST_CASE("SFT and sample objectives reject bad input and options, naming the ar
   const std::vector<std::int64_t> len{1, 2};
   CHECK_THROWS_WITH_AS(sft_loss<double>(std::vector<double>{}), doctest::Contains("logp: got size 0"), error);
   CHECK_THROWS_WITH_AS(sft_loss<double>(std::vector<double>{-1.0, nan_v}), doctest::Contains("logp[1]: got nan"), error);
-  CHECK_THROWS_WITH_AS(sft_loss<double>(lp, {.reduction = NllReduction::token_mean}), doctest::Contains("len: got size 0"), error);
-  CHECK_THROWS_WITH_AS(sft_loss<double>(lp, {.reduction = NllReduction::length_normalized}, std::vector<std::int64_t>{1, -2}),
+  CHECK_THROWS_WITH_AS(sft_loss<double>(lp, {}, {.reduction = NllReduction::token_mean}), doctest::Contains("len: got size 0"), error);
+  CHECK_THROWS_WITH_AS(sft_loss<double>(lp, std::vector<std::int64_t>{1, -2}, {.reduction = NllReduction::length_normalized}),
                        doctest::Contains("len[1]: got -2"), error);
-  CHECK_THROWS_WITH_AS(sft_loss<double>(lp, {.reduction = NllReduction::token_mean}, std::vector<std::int64_t>{1}),
+  CHECK_THROWS_WITH_AS(sft_loss<double>(lp, std::vector<std::int64_t>{1}, {.reduction = NllReduction::token_mean}),
                        doctest::Contains("len: got size 1, expected size 2"), error);
-  CHECK_THROWS_WITH_AS(sft_loss<double>(lp, {.reduction = NllReduction(3)}), doctest::Contains("reduction"), error);
-  CHECK_NOTHROW(sft_loss<double>(lp, {}, len));
+  CHECK_THROWS_WITH_AS(sft_loss<double>(lp, {}, {.reduction = NllReduction(3)}), doctest::Contains("reduction"), error);
+  CHECK_NOTHROW(sft_loss<double>(lp, len));
 
   const Samples s;
   auto with = [&](auto edit) {
@@ -674,7 +674,7 @@ void every_baseline(const PreferenceScores<T>& p, const SampleScores<T>& s, doub
   run([&] { return orpo_loss(p, {.lambda = b}); });
   run([&] { return orpo_loss(p, {.lambda = b, .sft_reduction = NllReduction::sequence_mean}); });
   for (auto red : {NllReduction::sequence_mean, NllReduction::token_mean, NllReduction::length_normalized}) {
-    run([&] { return sft_loss(s.logp, {.reduction = red}, s.len); });
+    run([&] { return sft_loss(s.logp, s.len, {.reduction = red}); });
     run([&] { return best_of_n_loss(s, {.reduction = red}); });
   }
   run([&] { return rwr_loss(s, {.eta = a}); });

@@ -1,12 +1,14 @@
 // The per-step metrics (callbacks/metrics.hpp) against closed forms and against the importance
 // weights recomputed here from the DFT formulas, and the JSON Lines record (callbacks/jsonl.hpp):
 // exact text, escaping, null for non-finite numbers, shortest round-trip numbers, duplicate keys.
-#include <dftune/callbacks/jsonl.hpp>
-#include <dftune/callbacks/metrics.hpp>
+#include <dftune/metrics/jsonl.hpp>
+#include <dftune/metrics/metrics.hpp>
 #include <dftune/estimator/estimator.hpp>
 #include <dftune/objective/dft.hpp>
 
 #include <doctest/doctest.h>
+
+#include "support/testing.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -20,16 +22,6 @@
 using namespace dftune;
 
 namespace {
-
-template <class F>
-std::string message(const F& f) {
-  try {
-    f();
-  } catch (const dftune::error& e) {
-    return e.what();
-  }
-  return "no error";
-}
 
 // The metrics recomputed from d_ij and log u_i straight from the formulas of objective/dft.hpp.
 struct Expected {
@@ -141,18 +133,18 @@ TEST_CASE("dft_metrics: input errors") {
   r.log_u = {0.1, 0.2};
   r.grad_neg = {0.1, 0.2, 0.3};
   const DftOptions dft{}, dft2{.variant = Variant::dft2, .tau = 0.3};
-  CHECK(message([&] { (void)dft_metrics(r, 2, dft); }).starts_with("grad_neg: got size 3, expected size 4"));
+  CHECK(test::error_of([&] { (void)dft_metrics(r, 2, dft); }).starts_with("grad_neg: got size 3, expected size 4"));
   r.grad_neg = {0.1, 0.2, -0.5, 0.4};
-  CHECK(message([&] { (void)dft_metrics(r, 2, dft); }).starts_with("grad_neg[2]: got -0.5, expected a DFT weight >= 0"));
+  CHECK(test::error_of([&] { (void)dft_metrics(r, 2, dft); }).starts_with("grad_neg[2]: got -0.5, expected a DFT weight >= 0"));
   r.grad_neg[2] = 0.3;
-  CHECK(message([&] { (void)dft_metrics(r, 0, dft); }) == "num_negatives: got 0, expected at least 1");
-  CHECK(message([&] { (void)dft_metrics(r, 2, dft2); }).starts_with("neg_len: got size 0, expected size 4"));
+  CHECK(test::error_of([&] { (void)dft_metrics(r, 0, dft); }) == "num_negatives: got 0, expected at least 1");
+  CHECK(test::error_of([&] { (void)dft_metrics(r, 2, dft2); }).starts_with("neg_len: got size 0, expected size 4"));
   const std::vector<std::int64_t> len{1, 2, 0, 4};
-  CHECK(message([&] { (void)dft_metrics(r, 2, dft2, len); }).starts_with("neg_len[2]: got 0"));
+  CHECK(test::error_of([&] { (void)dft_metrics(r, 2, dft2, len); }).starts_with("neg_len[2]: got 0"));
   r.log_u[1] = std::numeric_limits<double>::quiet_NaN();
-  CHECK(message([&] { (void)dft_metrics(r, 2, dft); }).starts_with("log_u[1]: got nan"));
+  CHECK(test::error_of([&] { (void)dft_metrics(r, 2, dft); }).starts_with("log_u[1]: got nan"));
   r.log_u.clear();
-  CHECK(message([&] { (void)dft_metrics(r, 2, dft); }).starts_with("log_u: got size 0"));
+  CHECK(test::error_of([&] { (void)dft_metrics(r, 2, dft); }).starts_with("log_u: got size 0"));
 }
 
 TEST_CASE("reward_metrics: TRL's rewards/* over B·m pairs, closed form") {
@@ -163,9 +155,9 @@ TEST_CASE("reward_metrics: TRL's rewards/* over B·m pairs, closed form") {
   CHECK(got.rejected == doctest::Approx(-0.375));
   CHECK(got.margins == doctest::Approx((0.5 + 0 + 1 + 0) / 4.0));
   CHECK(got.accuracies == doctest::Approx(0.5));  // 1 > 0.5 and −1 > −2 only; 1 = 1 and −1 = −1 are ties
-  CHECK(message([&] { (void)reward_metrics(PairRewards{.num_negatives = 2, .chosen = {1}, .rejected = {1}}); })
+  CHECK(test::error_of([&] { (void)reward_metrics(PairRewards{.num_negatives = 2, .chosen = {1}, .rejected = {1}}); })
             .starts_with("rejected: got size 1, expected size 2"));
-  CHECK(message([&] { (void)reward_metrics(PairRewards{.num_negatives = 1, .chosen = {}, .rejected = {}}); })
+  CHECK(test::error_of([&] { (void)reward_metrics(PairRewards{.num_negatives = 1, .chosen = {}, .rejected = {}}); })
             .starts_with("chosen: got size 0"));
 }
 
@@ -174,24 +166,27 @@ TEST_CASE("log_ratio_rewards and length_normalized_rewards: TRL's DPO and CPO/OR
   const std::vector<std::int64_t> pos_len{2, 3}, neg_len{3, 1, 4, 5};
   const PreferenceScores<double> b{.num_negatives = 2, .pos_logp = pos, .neg_logp = neg, .ref_pos_logp = ref_pos,
                                    .ref_neg_logp = ref_neg, .pos_len = pos_len, .neg_len = neg_len};
-  const PairRewards dpo = log_ratio_rewards(b, 0.1);
+  const PairRewards dpo = log_ratio_rewards(b, DpoOptions{.beta = 0.1});
   CHECK(dpo.chosen == std::vector<double>{0.1 * 1, 0.1 * 0});
   CHECK(dpo.rejected[0] == doctest::Approx(0.0));
   CHECK(dpo.rejected[1] == doctest::Approx(0.1));
   CHECK(dpo.rejected[2] == doctest::Approx(-0.2));
   CHECK(dpo.rejected[3] == doctest::Approx(0.1));
-  const PairRewards simpo = length_normalized_rewards(b, 2.0);
+  const PairRewards simpo = length_normalized_rewards(b, SimpoOptions{.beta = 2.0});
   CHECK(simpo.chosen[0] == doctest::Approx(-4.0));
   CHECK(simpo.chosen[1] == doctest::Approx(-6.0));
   CHECK(simpo.rejected[0] == doctest::Approx(-4.0));
   CHECK(simpo.rejected[3] == doctest::Approx(-4.0));
-  CHECK(message([&] { (void)log_ratio_rewards(b, std::nan("")); }).starts_with("beta: got nan"));
+  CHECK(test::error_of([&] { (void)log_ratio_rewards(b, DpoOptions{.beta = std::nan("")}); }).starts_with("beta: got nan"));
+  // IPO's β and ORPO's λ (TRL's ORPOTrainer uses λ as the reward's β) give the same rewards.
+  CHECK(log_ratio_rewards(b, IpoOptions{.beta = 0.1}).rejected == dpo.rejected);
+  CHECK(length_normalized_rewards(b, OrpoOptions{.lambda = 2.0}).chosen == simpo.chosen);
   PreferenceScores<double> no_ref = b;
   no_ref.ref_pos_logp = {};
-  CHECK(message([&] { (void)log_ratio_rewards(no_ref, 0.1); }).starts_with("ref_pos_logp: got size 0"));
+  CHECK(test::error_of([&] { (void)log_ratio_rewards(no_ref, DpoOptions{}); }).starts_with("ref_pos_logp: got size 0"));
   PreferenceScores<double> no_len = b;
   no_len.neg_len = {};
-  CHECK(message([&] { (void)length_normalized_rewards(no_len, 2.0); }).starts_with("neg_len: got size 0"));
+  CHECK(test::error_of([&] { (void)length_normalized_rewards(no_len, SimpoOptions{}); }).starts_with("neg_len: got size 0"));
 }
 
 TEST_CASE("JsonRecord: exact text, escaping, null for non-finite numbers") {
@@ -204,7 +199,7 @@ TEST_CASE("JsonRecord: exact text, escaping, null for non-finite numbers") {
   JsonRecord odd;
   odd.add("a\"b\\c", std::string_view("line\nnext\ttab\x01")).add("nan", std::nan("")).add("inf", -std::numeric_limits<double>::infinity());
   CHECK(odd.str() == R"({"a\"b\\c": "line\nnext\ttab\u0001", "nan": null, "inf": null})");
-  CHECK(message([&] { rec.add("loss", 1.0); }) == "key: got loss, expected a key not yet in the record");
+  CHECK(test::error_of([&] { rec.add("loss", 1.0); }) == "key: got loss, expected a key not yet in the record");
   CHECK(rec.size() == 5);
   CHECK(JsonRecord{}.str() == "{}");
 }

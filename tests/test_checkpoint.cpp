@@ -538,13 +538,18 @@ TEST_CASE("every configuration field of a training checkpoint is compared on loa
   refused_by(with([](Config& c) { c.s.total_steps = 40; }), "schedule total_steps: got 20 in the file, expected 40");
   refused_by(with([](Config& c) { c.examples = 9; }), "num_examples: got 10 in the file, expected 9");
   refused_by(with([](Config& c) { c.examples = 11; }), "num_examples: got 10 in the file, expected 11");
-  // The estimator's own log_u0 is compared apart from DftOptions' (an Estimator can be built with
-  // other options than the optimizer's): the file holds both.
+  // The estimator's own log_u0 is compared too (the file holds both); an optimizer whose options
+  // differ from its estimator's is refused at construction.
   {
     CategoricalPolicy<double> model(kContexts, kVocab);
     Estimator<double> est(kExamples, {.log_u0 = -2});
-    Opt opt(model, est, kOpt, AdamW<double>(kAdam), kSchedule, base.step);
-    CHECK_THROWS_WITH_AS(io::decode(file, opt), doctest::Contains("estimator log_u0: got 0 in the file, expected -2"), error);
+    CHECK_THROWS_WITH_AS(Opt(model, est, kOpt, AdamW<double>(kAdam), kSchedule, base.step),
+                         "options.log_u0: got 0, expected -2, the estimator's (build the Estimator with the same DftOptions)",
+                         error);
+    DftOptions o = kOpt;
+    o.log_u0 = -2;
+    Opt opt(model, est, o, AdamW<double>(kAdam), kSchedule, base.step);
+    CHECK_THROWS_WITH_AS(io::decode(file, opt), doctest::Contains("log_u0: got 0 in the file, expected -2"), error);
   }
   // SGD's four options and a constant schedule's rate.
   using SgdOpt = DftOptimizer<CategoricalPolicy<double>, Sgd<double>, ConstantSchedule>;
@@ -763,7 +768,7 @@ TEST_CASE("a save that fails part-way leaves the old file's bytes intact (seen t
     CHECK_THROWS_WITH_AS(io::write_checkpoint(p, io::CheckpointKind::training,
                                               [&](io::Writer& w) {
                                                 io::internal::write_training(w, r.opt);
-                                                if (++pass == 2) throw error("payload: interrupted");
+                                                if (++pass == 2) throw argument_error("payload: interrupted");
                                               }),
                          doctest::Contains("interrupted"), error);
     CHECK(pass == 2);

@@ -337,7 +337,7 @@ TEST_CASE("error messages name the argument, the value and what was expected") {
     dftune::dft_step<double>({.ids = ids, .num_negatives = 1, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = ref},
                              est, {.gamma = 1.5});
     FAIL("no exception");
-  } catch (const std::invalid_argument& e) {  // dftune::error is a std::invalid_argument
+  } catch (const std::invalid_argument& e) {  // a bad argument is a dftune::argument_error, a std::invalid_argument
     CHECK(std::string(e.what()) == "gamma: got 1.5, expected a number in (0, 1]");
   }
 }

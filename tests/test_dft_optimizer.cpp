@@ -235,7 +235,7 @@ struct TrapSchedule {
   bool throws = false;
   double lr(std::size_t step) const {
     if (step != at) return rate;
-    if (throws) throw error("schedule: refused step " + std::to_string(step));
+    if (throws) throw dftune::argument_error("schedule: refused step " + std::to_string(step));
     return trap;
   }
 };

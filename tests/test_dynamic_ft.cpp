@@ -8,6 +8,8 @@
 
 #include <doctest/doctest.h>
 
+#include "support/testing.hpp"
+
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -106,10 +108,7 @@ TEST_CASE("dynamic_ft_loss: through the token reduction, backward with per-token
     };
     const double h = 1e-6;
     for (std::size_t k = 0; k < N * V; ++k) {
-      std::vector<double> up = z, down = z;
-      up[k] += h;
-      down[k] -= h;
-      const double fd = static_cast<double>((F(up) - F(down)) / (2 * h));
+      const double fd = test::central_difference(z, k, h, F);
       CAPTURE(k);
       CHECK(g[k] == doctest::Approx(fd).epsilon(1e-6).scale(1e-3));
       CHECK(g_fast[k] == doctest::Approx(g[k]).epsilon(1e-12).scale(1e-12));

@@ -7,7 +7,7 @@
 //                  scripts/plot_metrics.gp into metrics.png.
 #include "pipeline.hpp"
 
-#include <dftune/callbacks/jsonl.hpp>
+#include <dftune/metrics/jsonl.hpp>
 
 #include <cmath>
 #include <cstdio>

@@ -15,8 +15,8 @@
 
 #include <dftune/model/weights_io.hpp>
 
-#include <dftune/callbacks/jsonl.hpp>
-#include <dftune/callbacks/metrics.hpp>
+#include <dftune/metrics/jsonl.hpp>
+#include <dftune/metrics/metrics.hpp>
 #include <dftune/distributed/collectives.hpp>
 #include <dftune/distributed/replica_check.hpp>
 #include <dftune/distributed/sampler.hpp>
@@ -463,7 +463,7 @@ RunResult finetune_loop(Model& model, const char* label, double lr, const TrainD
   return r;
 }
 
-// The estimator's numbers of a DFT/DFT2 step (callbacks/metrics.hpp) under the log's names.
+// The estimator's numbers of a DFT/DFT2 step (metrics/metrics.hpp) under the log's names.
 // Data-parallel, they are this rank's shard's (rank 0 writes the log).
 template <class T>
 void log_dft(StepLog& log, const dftune::DftResult<T>& r, const StepBatch& b, const dftune::DftOptions& opt) {

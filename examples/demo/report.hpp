@@ -3,7 +3,7 @@
 // validation split, the printed table, CSV, JSON and the learning-curve data for gnuplot.
 #include "pipeline.hpp"
 
-#include <dftune/callbacks/jsonl.hpp>
+#include <dftune/metrics/jsonl.hpp>
 
 #include <cmath>
 #include <cstdio>

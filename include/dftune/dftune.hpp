@@ -14,6 +14,7 @@
 #include <dftune/objective/baseline.hpp>
 #include <dftune/objective/best_of_n.hpp>
 #include <dftune/objective/dpo.hpp>
+#include <dftune/objective/dynamic_ft.hpp>
 #include <dftune/objective/ipo.hpp>
 #include <dftune/objective/orpo.hpp>
 #include <dftune/objective/reinforce.hpp>

@@ -8,11 +8,15 @@
 // DFT weights are stop-gradients anyway, but DPO's are not). As with @once_differentiable, a
 // backward run under create_graph=True returns gradients whose own backward raises, instead of
 // silently wrong second derivatives.
+#include <dftune/error.hpp>
+
+#include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/extension.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace dftune_torch {
@@ -38,6 +42,30 @@ inline torch::autograd::variable_list once_differentiable(torch::autograd::varia
     torch::autograd::set_history(g, error);
   }
   return grads;
+}
+
+// dftune_torch.Error, set when the module is initialised.
+inline PyObject* error_type = nullptr;
+
+// Runs a backward's body so that a dftune::error it throws reaches Python as dftune_torch.Error,
+// as it does from a forward. Backward runs inside torch's autograd engine, which turns every C++
+// exception into RuntimeError except torch's python_error: so the error is raised as a Python
+// exception of our type and carried out as a python_error (persisted here: the engine may
+// rethrow it on another thread).
+template <class F>
+decltype(auto) python_errors(F&& f) {
+  try {
+    return std::forward<F>(f)();
+  } catch (const dftune::error& e) {
+    if (error_type == nullptr) throw;
+    python_error err;
+    {
+      pybind11::gil_scoped_acquire gil;
+      PyErr_SetString(error_type, e.what());
+      err.persist();
+    }
+    throw err;
+  }
 }
 
 // What the library computed: not a tensor argument of the node (autograd ignores it).

@@ -84,14 +84,20 @@ class PyEstimator {
       if (!d.contains(key)) fail("state_dict", std::string("no key '") + key + "'", "the keys 'init', 'log_u0', 'log_u' and 'seen'");
     const std::string init = py::str(d["init"]);
     if (init != this->init()) fail("init", "'" + init + "'", "'" + this->init() + "' (this estimator's)");
-    const double log_u0 = py::cast<double>(py::float_(d["log_u0"]));
+    // A number, as state_dict writes it: a string (or a bool) is refused, not parsed.
+    const py::object log_u0_obj = d["log_u0"];
+    if (py::isinstance<py::bool_>(log_u0_obj) ||
+        !(py::isinstance<py::float_>(log_u0_obj) || py::isinstance<py::int_>(log_u0_obj)))
+      fail("log_u0", std::string(py::str(py::type::handle_of(log_u0_obj).attr("__name__"))), "a float");
+    const double log_u0 = py::cast<double>(py::float_(log_u0_obj));
     if (log_u0 != this->log_u0()) fail("log_u0", log_u0, number(this->log_u0()) + " (this estimator's)");
     const at::Tensor log_u = tensor_of("log_u", d["log_u"]);
     const at::Tensor seen = tensor_of("seen", d["seen"]);
     const auto n = static_cast<std::int64_t>(est_.size());
     check_shape("log_u", log_u, {n}, "num_examples");
     check_shape("seen", seen, {n}, "num_examples");
-    if (!is_float_dtype(log_u.scalar_type())) fail("log_u", dtype_of(log_u), "a floating tensor");
+    // float64 only: the state is float64, and a float16/float32 copy has rounded every log u.
+    if (log_u.scalar_type() != at::kDouble) fail("log_u", dtype_of(log_u), "dtype torch.float64 (the estimator's state)");
     if (seen.scalar_type() != at::kBool && !is_integer_dtype(seen.scalar_type()))
       fail("seen", dtype_of(seen), "a bool or integer tensor");
     const at::Tensor lu = log_u.detach().to(at::kCPU, at::kDouble).contiguous();

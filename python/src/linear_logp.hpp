@@ -72,6 +72,11 @@ struct LinearLogp : torch::autograd::Function<LinearLogp> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_output) {
+    return python_errors([&] { return backward_impl(ctx, grad_output); });
+  }
+
+  static torch::autograd::variable_list backward_impl(torch::autograd::AutogradContext* ctx,
+                                                      const torch::autograd::variable_list& grad_output) {
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
     const at::Tensor h = saved[0].contiguous(), w = saved[1].contiguous();
     const at::Tensor b = saved[2].defined() ? saved[2].contiguous() : at::Tensor();

@@ -1,5 +1,6 @@
-// The Python module dftune_torch: dftune's objectives, estimator and CPU log-prob reductions for
-// PyTorch users, as autograd functions over the same headers. One translation unit on purpose:
+// The compiled module dftune_torch._C: dftune's objectives, estimator and CPU log-prob reductions
+// for PyTorch users, as autograd functions over the same headers. The package dftune_torch
+// (python/dftune_torch/__init__.py) wraps it with Python signatures, pickling and dft_step. One translation unit on purpose:
 // torch/extension.h costs most of the build, once.
 #include "estimator.hpp"
 #include "linear_logp.hpp"
@@ -29,7 +30,7 @@ computed or stored. Gradients are first-order only (a second backward raises).)d
   m.attr("__version__") = std::to_string(DFTUNE_VERSION_MAJOR) + "." + std::to_string(DFTUNE_VERSION_MINOR) + "." +
                           std::to_string(DFTUNE_VERSION_PATCH);
 
-  py::register_exception<dftune::error>(m, "Error", PyExc_ValueError);
+  dftune_torch::error_type = py::register_exception<dftune::error>(m, "Error", PyExc_ValueError).ptr();
 
   using dftune_torch::PyEstimator;
   py::class_<PyEstimator>(m, "Estimator", R"doc(Per-example DFT estimator state log u_i (float64), keyed by example id in [0, num_examples).
@@ -55,15 +56,16 @@ init: 'first_visit' (an example's first batch initialises log u, the default), '
 
   m.def("dft_loss", &dftune_torch::dft_loss, "pos_logp"_a, "neg_logp"_a, "ids"_a, "estimator"_a, py::kw_only(),
         "variant"_a = "dft", "tau"_a = 1.0, "gamma"_a = 0.85, "ref_neg_logp"_a = py::none(), "pos_len"_a = py::none(),
-        "neg_len"_a = py::none(), "update"_a = true, "eps"_a = 1e-8,
+        "neg_len"_a = py::none(), "update"_a = false, "eps"_a = 1e-8,
         R"doc(The DFT (variant='dft') or DFT2 ('dft2') loss of a batch, differentiable wrt pos_logp [B] and neg_logp [B, m].
 
   L = (1/B) sum_i [ -s_i + (1/m) sum_j sg(exp(d_ij - log u_i)) s'_ij ]
   DFT:  s = log pi(y|x),           d_ij = s'_ij / tau - ref_neg_logp[i, j]   (ref_neg_logp required)
   DFT2: s = log pi(y|x)/(|y| + eps), d_ij = s'_ij / tau                       (pos_len, neg_len required)
 
-ids [B]: distinct example ids of the estimator. The estimator's log u of the batch is updated once,
-here (never in backward), after every check passed; update=False evaluates without touching it.)doc");
+ids [B]: distinct example ids of the estimator. With update=True the estimator's log u of the batch
+is updated once, here (never in backward), after every check passed (dftune::dft_step); with
+update=False (the default, as dftune::dft_loss) the estimator is only read.)doc");
 
   m.def("sft_loss", &dftune_torch::sft_loss, "logp"_a, py::kw_only(), "reduction"_a = "sequence_mean",
         "lengths"_a = py::none(),
@@ -93,7 +95,11 @@ here (never in backward), after every check passed; update=False evaluates witho
         "1/S ('sequence_mean') or 1/(S |y_s|) ('length_normalized'). token_logp [N] (differentiable), mask [N] 0/1 "
         "or None (masked rows never read), offsets [S + 1].");
 
+  // The two reductions run without the GIL (the library's loops touch no Python object): other
+  // Python threads (a data loader, a logger) keep running. Arguments are converted before, and
+  // the result after, the GIL is released; an error is translated once it is held again.
   m.def("sequence_logp", &dftune_torch::sequence_logp, "logits"_a, "targets"_a, "weights"_a, "offsets"_a,
+        py::call_guard<py::gil_scoped_release>(),
         R"doc(Per-sequence log-probs from token logits on the CPU fast path, differentiable wrt logits.
 
   seq[s] = sum over rows n of sequence s of weights[n] * log_softmax(logits[n])[targets[n]]
@@ -103,7 +109,7 @@ real (a 0/1 mask; None means all 1; a masked row's target is never read) or None
 sequence s is rows [offsets[s], offsets[s + 1]). Returns [S] in float32 (float64 for float64 logits).)doc");
 
   m.def("linear_sequence_logp", &dftune_torch::linear_sequence_logp, "hidden"_a, "proj"_a, "bias"_a, "targets"_a,
-        "weights"_a, "offsets"_a,
+        "weights"_a, "offsets"_a, py::call_guard<py::gil_scoped_release>(),
         R"doc(sequence_logp of the logits hidden @ proj.T + bias, fused: the [N, V] logits are never held beyond one
 chunk of rows, and the backward recomputes them. Differentiable wrt hidden, proj and bias.
 

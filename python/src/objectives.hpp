@@ -66,6 +66,14 @@ inline Optional optional_f64(std::string_view name, const OptTensor& t, const at
   return {as_f64(name, *t)};
 }
 
+// A reference log-prob is a constant of the objective: one that requires grad is refused (as the
+// weights of sequence_logp are) rather than silently given no gradient.
+inline Optional reference_f64(std::string_view name, const OptTensor& t, const at::Tensor& like, std::string_view why) {
+  if (t && t->defined() && t->requires_grad())
+    fail(name, "a tensor that requires grad", "a constant (no gradient flows to the reference log-probs; detach it)");
+  return optional_f64(name, t, like, why);
+}
+
 inline Optional optional_i64(std::string_view name, const OptTensor& t, const at::Tensor& like, std::string_view why) {
   if (!t) return {};
   check_layout(name, *t, like, why);
@@ -102,7 +110,7 @@ inline at::Tensor dft_loss(const at::Tensor& pos_logp, const at::Tensor& neg_log
   const at::Tensor id = as_i64("ids", ids);
   // Only the inputs the variant reads are converted (the library ignores the others).
   const bool dft = opt.variant == dftune::Variant::dft;
-  const Optional ref = dft ? optional_f64("ref_neg_logp", ref_neg_logp, neg_logp, "the shape of neg_logp") : Optional{};
+  const Optional ref = dft ? reference_f64("ref_neg_logp", ref_neg_logp, neg_logp, "the shape of neg_logp") : Optional{};
   const Optional plen = dft ? Optional{} : optional_i64("pos_len", pos_len, pos_logp, "the shape of pos_logp");
   const Optional nlen = dft ? Optional{} : optional_i64("neg_len", neg_len, neg_logp, "the shape of neg_logp");
 
@@ -149,8 +157,8 @@ inline PreferenceInputs preference_inputs(const at::Tensor& pos_logp, const at::
 // References and lengths are required by the objectives that read them; None reaches the library
 // as an empty span, which it refuses with its own message ("… needs log π_ref").
 inline PreferenceInputs with_references(PreferenceInputs in, const OptTensor& ref_pos, const OptTensor& ref_neg) {
-  in.ref_pos = optional_f64("ref_pos_logp", ref_pos, in.pos.input, "the shape of pos_logp");
-  in.ref_neg = optional_f64("ref_neg_logp", ref_neg, in.neg.input, "the shape of neg_logp");
+  in.ref_pos = reference_f64("ref_pos_logp", ref_pos, in.pos.input, "the shape of pos_logp");
+  in.ref_neg = reference_f64("ref_neg_logp", ref_neg, in.neg.input, "the shape of neg_logp");
   return in;
 }
 
@@ -202,7 +210,7 @@ inline at::Tensor sft_loss(const at::Tensor& logp, const std::string& reduction,
   const dftune::SftOptions opt{.reduction = parse_reduction("reduction", reduction)};
   const LogProbs lp = log_probs("logp", logp, 1, "a 1-D tensor [B]");
   const Optional len = optional_i64("lengths", lengths, logp, "the shape of logp");
-  return score_result(lp, dftune::sft_loss(lp.span(), opt, len.span<std::int64_t>()));
+  return score_result(lp, dftune::sft_loss(lp.span(), len.span<std::int64_t>(), opt));
 }
 
 // Rewards may be of any real dtype (exact-match rewards often come as bool or int).

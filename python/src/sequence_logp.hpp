@@ -143,6 +143,11 @@ struct SequenceLogp : torch::autograd::Function<SequenceLogp> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_output) {
+    return python_errors([&] { return backward_impl(ctx, grad_output); });
+  }
+
+  static torch::autograd::variable_list backward_impl(torch::autograd::AutogradContext* ctx,
+                                                      const torch::autograd::variable_list& grad_output) {
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
     const at::Tensor z = saved[0].contiguous();
     const at::Tensor lse = ctx->saved_data["row_lse"].toTensor();

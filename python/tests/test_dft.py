@@ -33,7 +33,7 @@ def both(variant, init, dtype=torch.float64, steps=4, tau=None, gamma=0.85, log_
     for step in range(steps):
         pos, neg, ref, ids, pos_len, neg_len = batch(step % 2, dtype)  # ids of step 2 = step 0's
         p1, n1 = pos.clone().requires_grad_(), neg.clone().requires_grad_()
-        loss = dt.dft_loss(p1, n1, ids, est, variant=variant, tau=tau, gamma=gamma, ref_neg_logp=ref,
+        loss = dt.dft_step(p1, n1, ids, est, variant=variant, tau=tau, gamma=gamma, ref_neg_logp=ref,
                            pos_len=pos_len, neg_len=neg_len)
         loss.backward()
         p2, n2 = pos.clone().double().requires_grad_(), neg.clone().double().requires_grad_()
@@ -68,7 +68,7 @@ def test_closed_form_first_visit_m1():
     est = dt.Estimator(3)
     pos = torch.tensor([-1.0, -2.0], dtype=torch.float64, requires_grad=True)
     neg = torch.tensor([[-3.0], [-0.5]], dtype=torch.float64, requires_grad=True)
-    loss = dt.dft_loss(pos, neg, torch.tensor([2, 0]), est, ref_neg_logp=torch.tensor([[-7.0], [-1.0]]))
+    loss = dt.dft_step(pos, neg, torch.tensor([2, 0]), est, ref_neg_logp=torch.tensor([[-7.0], [-1.0]]))
     loss.backward()
     assert loss.item() == ((1.0 - 3.0) + (2.0 - 0.5)) / 2
     assert pos.grad.tolist() == [-0.5, -0.5] and neg.grad.tolist() == [[0.5], [0.5]]
@@ -79,20 +79,20 @@ def test_update_once_per_call_never_in_backward():
     pos, neg, ref, ids, _, _ = batch(0)
     est = dt.Estimator(N_EXAMPLES, init="constant")
     p = pos.clone().requires_grad_()
-    loss = dt.dft_loss(p, neg, ids, est, ref_neg_logp=ref)
+    loss = dt.dft_step(p, neg, ids, est, ref_neg_logp=ref)
     after_forward = est.state_dict()
     loss.backward(retain_graph=True)
     loss.backward()
     assert torch.equal(est.state_dict()["log_u"], after_forward["log_u"])
     # A second call on the same batch moves log u again (the moving average), once.
-    dt.dft_loss(pos, neg, ids, est, ref_neg_logp=ref)
+    dt.dft_step(pos, neg, ids, est, ref_neg_logp=ref)
     assert not torch.equal(est.state_dict()["log_u"], after_forward["log_u"])
 
 
 def test_update_false_evaluates_without_touching_the_estimator():
     est, ref_est = dt.Estimator(N_EXAMPLES), DftReference(N_EXAMPLES)
     pos, neg, ref, ids, _, _ = batch(0)
-    dt.dft_loss(pos, neg, ids, est, ref_neg_logp=ref)
+    dt.dft_step(pos, neg, ids, est, ref_neg_logp=ref)
     ref_est.loss(pos, neg, ids, ref=ref)
     before = est.state_dict()
     pos1, neg1, ref1, ids1, _, _ = batch(1)
@@ -106,16 +106,16 @@ def test_update_false_evaluates_without_touching_the_estimator():
 def test_loss_without_grad_and_under_no_grad():
     pos, neg, ref, ids, _, _ = batch(0)
     with torch.no_grad():
-        loss = dt.dft_loss(pos.requires_grad_(), neg, ids, dt.Estimator(N_EXAMPLES), ref_neg_logp=ref)
+        loss = dt.dft_step(pos.requires_grad_(), neg, ids, dt.Estimator(N_EXAMPLES), ref_neg_logp=ref)
     assert not loss.requires_grad
-    loss = dt.dft_loss(pos.detach(), neg, ids, dt.Estimator(N_EXAMPLES), ref_neg_logp=ref)
+    loss = dt.dft_step(pos.detach(), neg, ids, dt.Estimator(N_EXAMPLES), ref_neg_logp=ref)
     assert not loss.requires_grad and loss.grad_fn is None
 
 
 def test_only_neg_requires_grad():
     pos, neg, ref, ids, _, _ = batch(0)
     n = neg.clone().requires_grad_()
-    dt.dft_loss(pos, n, ids, dt.Estimator(N_EXAMPLES), ref_neg_logp=ref).backward()
+    dt.dft_step(pos, n, ids, dt.Estimator(N_EXAMPLES), ref_neg_logp=ref).backward()
     assert n.grad is not None and n.grad.shape == (B, M)
 
 
@@ -124,7 +124,7 @@ def test_gradient_flows_through_a_graph():
     theta = torch.randn(B, M + 1, dtype=torch.float64, requires_grad=True)
     _, _, ref, ids, _, _ = batch(0)
     lp = torch.log_softmax(theta, dim=1)
-    loss = dt.dft_loss(lp[:, 0], lp[:, 1:], ids, dt.Estimator(N_EXAMPLES), ref_neg_logp=ref)
+    loss = dt.dft_step(lp[:, 0], lp[:, 1:], ids, dt.Estimator(N_EXAMPLES), ref_neg_logp=ref)
     (g,) = torch.autograd.grad(loss, theta)
     theta2 = theta.detach().clone().requires_grad_()
     lp2 = torch.log_softmax(theta2, dim=1)
@@ -135,7 +135,7 @@ def test_gradient_flows_through_a_graph():
 def test_second_derivative_raises():
     pos, neg, ref, ids, _, _ = batch(0)
     p = pos.clone().requires_grad_()
-    loss = dt.dft_loss(p, neg, ids, dt.Estimator(N_EXAMPLES), ref_neg_logp=ref)
+    loss = dt.dft_step(p, neg, ids, dt.Estimator(N_EXAMPLES), ref_neg_logp=ref)
     (g,) = torch.autograd.grad(loss, p, create_graph=True)
     with pytest.raises(RuntimeError, match="second derivatives are not supported"):
         g.sum().backward()
@@ -143,12 +143,12 @@ def test_second_derivative_raises():
     # through the binding's; the second must raise, not drop out of the Hessian.
     theta = torch.randn(B, M + 1, dtype=torch.float64, requires_grad=True)
     lp = torch.log_softmax(theta, dim=1)
-    loss = dt.dft_loss(lp[:, 0], lp[:, 1:], ids, dt.Estimator(N_EXAMPLES), ref_neg_logp=ref)
+    loss = dt.dft_step(lp[:, 0], lp[:, 1:], ids, dt.Estimator(N_EXAMPLES), ref_neg_logp=ref)
     (g,) = torch.autograd.grad(loss, theta, create_graph=True)
     with pytest.raises(RuntimeError, match="second derivatives are not supported"):
         torch.autograd.grad(g.pow(2).sum(), theta)
     # Without create_graph the gradient is a plain tensor.
-    loss = dt.dft_loss(pos.clone().requires_grad_(), neg, ids, dt.Estimator(N_EXAMPLES), ref_neg_logp=ref)
+    loss = dt.dft_step(pos.clone().requires_grad_(), neg, ids, dt.Estimator(N_EXAMPLES), ref_neg_logp=ref)
     loss.backward()
 
 
@@ -174,9 +174,9 @@ def test_float32_loss_overflowing_float_is_an_error_and_changes_nothing():
     neg = torch.tensor([[3.0e38]])
     ref = torch.tensor([[-1.0]])
     with pytest.raises(dt.Error, match=r"^loss: got 6.*e\+38, expected a value torch.float32 can hold"):
-        dt.dft_loss(pos, neg, torch.tensor([2]), est, ref_neg_logp=ref)
+        dt.dft_step(pos, neg, torch.tensor([2]), est, ref_neg_logp=ref)
     assert not est.state_dict()["seen"].any()
-    dt.dft_loss(pos.double(), neg.double(), torch.tensor([2]), est, ref_neg_logp=ref)  # float64 holds it
+    dt.dft_step(pos.double(), neg.double(), torch.tensor([2]), est, ref_neg_logp=ref)  # float64 holds it
     assert est.state_dict()["seen"].tolist() == [False, False, True]
 
 
@@ -186,16 +186,16 @@ def test_float32_gradients_overflowing_float_are_an_error():
     pos = torch.tensor([-1.0])
     neg = torch.tensor([[-1.0]])
     with pytest.raises(dt.Error, match=r"^grad_neg\[0\]: got .*, expected a value torch.float32 can hold"):
-        dt.dft_loss(pos, neg, torch.tensor([0]), est, ref_neg_logp=torch.tensor([[-1.0]]))
+        dt.dft_step(pos, neg, torch.tensor([0]), est, ref_neg_logp=torch.tensor([[-1.0]]))
     # float64 holds it.
-    assert dt.dft_loss(pos.double(), neg.double(), torch.tensor([0]), est, ref_neg_logp=torch.tensor([[-1.0]])).abs().item() > 1e80
+    assert dt.dft_step(pos.double(), neg.double(), torch.tensor([0]), est, ref_neg_logp=torch.tensor([[-1.0]])).abs().item() > 1e80
 
 
 def test_ids_and_lengths_of_any_integer_dtype():
     pos, neg, ref, ids, pos_len, neg_len = batch(0)
-    want = dt.dft_loss(pos, neg, ids, dt.Estimator(N_EXAMPLES), variant="dft2", pos_len=pos_len, neg_len=neg_len)
+    want = dt.dft_step(pos, neg, ids, dt.Estimator(N_EXAMPLES), variant="dft2", pos_len=pos_len, neg_len=neg_len)
     for itype in (torch.int32, torch.int16, torch.uint8):
-        got = dt.dft_loss(pos, neg, ids.to(itype), dt.Estimator(N_EXAMPLES), variant="dft2",
+        got = dt.dft_step(pos, neg, ids.to(itype), dt.Estimator(N_EXAMPLES), variant="dft2",
                           pos_len=pos_len.to(itype), neg_len=neg_len.to(itype))
         assert got.item() == want.item()
 
@@ -206,10 +206,10 @@ def test_non_contiguous_inputs_are_copied():
     ref_t = ref.t().contiguous().t()
     pos_s = torch.stack([pos, pos], dim=1)[:, 0].requires_grad_()  # stride 2
     assert not neg_t.is_contiguous() and not ref_t.is_contiguous()
-    loss = dt.dft_loss(pos_s, neg_t, ids.flip(0).flip(0), dt.Estimator(N_EXAMPLES), ref_neg_logp=ref_t)
+    loss = dt.dft_step(pos_s, neg_t, ids.flip(0).flip(0), dt.Estimator(N_EXAMPLES), ref_neg_logp=ref_t)
     loss.backward()
     p, n = pos.clone().requires_grad_(), neg.clone().requires_grad_()
-    want = dt.dft_loss(p, n, ids, dt.Estimator(N_EXAMPLES), ref_neg_logp=ref)
+    want = dt.dft_step(p, n, ids, dt.Estimator(N_EXAMPLES), ref_neg_logp=ref)
     want.backward()
     assert loss.item() == want.item()
     assert torch.equal(neg_t.grad, n.grad) and torch.equal(pos_s.grad, p.grad)
@@ -233,6 +233,8 @@ def bad_calls():
         (dict(neg_logp=neg.float()), r"^neg_logp: got dtype torch.float32, expected torch.float64 \(the dtype of pos_logp\)$"),
         (dict(pos_logp=pos.long()), r"^pos_logp: got dtype torch.int64, expected a floating tensor"),
         (dict(ref_neg_logp=None), r"^ref_neg_logp: got size 0, expected size B·m = 12 \(DFT needs log π_ref of the negatives\)$"),
+        (dict(ref_neg_logp=ref.clone().requires_grad_()),
+         r"^ref_neg_logp: got a tensor that requires grad, expected a constant \(no gradient flows to the reference"),
         (dict(ref_neg_logp=ref.t()), r"^ref_neg_logp: got shape \[3, 4\], expected shape \[4, 3\] \(the shape of neg_logp\)$"),
         (dict(variant="dft2", pos_len=None), r"^pos_len: .*DFT2 needs completion lengths"),
         (dict(variant="dft2", neg_len=neg_len.double()), r"^neg_len: got dtype torch.float64, expected an integer tensor"),
@@ -246,14 +248,14 @@ def bad_calls():
 def test_bad_input_raises_library_message_and_changes_nothing(case):
     pos, neg, ref, ids, pos_len, neg_len = batch(0)
     est = dt.Estimator(N_EXAMPLES, init="constant")
-    dt.dft_loss(pos, neg, ids, est, ref_neg_logp=ref)  # some state to keep
+    dt.dft_step(pos, neg, ids, est, ref_neg_logp=ref)  # some state to keep
     before = est.state_dict()
     args = dict(pos_logp=pos.clone().requires_grad_(), neg_logp=neg.clone().requires_grad_(), ids=ids,
                 ref_neg_logp=ref, pos_len=pos_len, neg_len=neg_len)
     override, message = bad_calls()[case]
     args.update(override)
     with pytest.raises(dt.Error, match=message):
-        dt.dft_loss(args.pop("pos_logp"), args.pop("neg_logp"), args.pop("ids"), est, **args)
+        dt.dft_step(args.pop("pos_logp"), args.pop("neg_logp"), args.pop("ids"), est, **args)
     after = est.state_dict()
     assert torch.equal(after["log_u"], before["log_u"]) and torch.equal(after["seen"], before["seen"])
 
@@ -284,7 +286,7 @@ def trained_estimator():
     est = dt.Estimator(N_EXAMPLES, init="constant", log_u0=0.25)
     for seed in range(3):
         pos, neg, ref, ids, _, _ = batch(seed)
-        dt.dft_loss(pos, neg, ids, est, ref_neg_logp=ref)
+        dt.dft_step(pos, neg, ids, est, ref_neg_logp=ref)
     return est
 
 
@@ -304,20 +306,22 @@ def test_state_dict_round_trip_continues_bit_for_bit():
     assert torch.equal(restored.state_dict()["seen"], sd["seen"])
     # The same next step from both.
     pos, neg, ref, ids, _, _ = batch(7)
-    a = dt.dft_loss(pos, neg, ids, est, ref_neg_logp=ref)
-    b = dt.dft_loss(pos, neg, ids, restored, ref_neg_logp=ref)
+    a = dt.dft_step(pos, neg, ids, est, ref_neg_logp=ref)
+    b = dt.dft_step(pos, neg, ids, restored, ref_neg_logp=ref)
     assert a.item() == b.item()
     assert torch.equal(est.state_dict()["log_u"], restored.state_dict()["log_u"])
     # The state_dict is a copy, not a view of the estimator.
     assert not torch.equal(est.state_dict()["log_u"], sd["log_u"])
 
 
-def test_state_dict_accepts_integer_seen_and_float32_log_u():
+def test_state_dict_accepts_integer_seen_and_an_integer_log_u0():
     est = trained_estimator()
     sd = est.state_dict()
     other = dt.Estimator(N_EXAMPLES, init="constant", log_u0=0.25)
-    other.load_state_dict({**sd, "seen": sd["seen"].to(torch.uint8), "log_u": sd["log_u"].float()})
-    assert torch.equal(other.state_dict()["log_u"], sd["log_u"].float().double())
+    other.load_state_dict({**sd, "seen": sd["seen"].to(torch.uint8)})
+    assert torch.equal(other.state_dict()["log_u"], sd["log_u"])
+    zero = dt.Estimator(N_EXAMPLES, init="constant")
+    zero.load_state_dict({**zero.state_dict(), "log_u0": 0})
 
 
 def bad_state_dicts():
@@ -336,7 +340,11 @@ def bad_state_dicts():
         ({**sd, "log_u0": 0.5}, r"^log_u0: got 0.5, expected 0.25 \(this estimator's\)$"),
         ({**sd, "log_u": sd["log_u"][:5]}, r"^log_u: got shape \[5\], expected shape \[10\] \(num_examples\)$"),
         ({**sd, "log_u": [0.0] * 10}, r"^log_u: got list, expected a torch.Tensor$"),
-        ({**sd, "log_u": sd["log_u"].long()}, r"^log_u: got dtype torch.int64, expected a floating tensor$"),
+        ({**sd, "log_u0": "0.25"}, r"^log_u0: got str, expected a float$"),
+        ({**sd, "log_u0": True}, r"^log_u0: got bool, expected a float$"),
+        ({**sd, "log_u": sd["log_u"].long()}, r"^log_u: got dtype torch.int64, expected dtype torch.float64"),
+        ({**sd, "log_u": sd["log_u"].float()}, r"^log_u: got dtype torch.float32, expected dtype torch.float64 \(the estimator's state\)$"),
+        ({**sd, "log_u": sd["log_u"].half()}, r"^log_u: got dtype torch.float16, expected dtype torch.float64"),
         ({**sd, "seen": sd["seen"].float()}, r"^seen: got dtype torch.float32, expected a bool or integer tensor$"),
         ({**sd, "seen": seen2}, r"^seen\[0\]: got 2, expected 0 or 1$"),
         ({**sd, "log_u": nonzero_unseen}, rf"^log_u\[{unseen}\]: got 1, expected 0 for an example never updated$"),
@@ -348,7 +356,7 @@ def bad_state_dicts():
 def test_bad_state_dict_is_refused_and_changes_nothing(case):
     est = dt.Estimator(N_EXAMPLES, init="constant", log_u0=0.25)
     pos, neg, ref, ids, _, _ = batch(5)
-    dt.dft_loss(pos, neg, ids, est, ref_neg_logp=ref)
+    dt.dft_step(pos, neg, ids, est, ref_neg_logp=ref)
     before = est.state_dict()
     sd, message = bad_state_dicts()[case]
     with pytest.raises(dt.Error, match=message):

@@ -253,7 +253,7 @@ void baselines(fuzz::Input& in) {
   for (auto& l : len) l = static_cast<std::int64_t>(in.count(0, 6));
   const SampleScores<T> smp{.group_size = k, .logp = logp, .reward = reward,
                             .len = (drop & 16) ? std::span<const std::int64_t>() : std::span<const std::int64_t>(len)};
-  finite_or_error([&] { return sft_loss(std::span<const T>(logp), SftOptions{.reduction = reduction}, smp.len); });
+  finite_or_error([&] { return sft_loss(std::span<const T>(logp), smp.len, SftOptions{.reduction = reduction}); });
   finite_or_error([&] { return rwr_loss(smp, RwrOptions{.eta = a, .normalization = static_cast<RwrNormalization>(in.byte() % 3)}); });
   finite_or_error([&] { return reinforce_loss(smp); });
   finite_or_error([&] { return reinforce_loss(smp, ConstantBaseline{.value = b}); });

@@ -6,7 +6,7 @@
 // local part of a distributed step (checks, scoring, objective, backward) runs inside agree(), which
 // catches its exception, and then every rank takes part in one all-gather of (ok, record). If any
 // rank failed, the lowest such rank broadcasts its message and every rank throws
-//   dftune::error("rank r of P: <that rank's message>")
+//   dftune::error("rank r of P: <that rank's message>")   (of that rank's kind, error.hpp)
 // before anything was written anywhere; otherwise every rank gets every rank's record. In a world
 // of one agree() only calls the function, so single-process errors stay exactly as they were.
 #include <dftune/config.hpp>
@@ -65,8 +65,13 @@ std::vector<Record> agree(C& comm, F&& local) {
   Record mine{};
   std::string message;
   bool ok = true;
+  error_kind kind = error_kind::argument;  // of the rank's error, kept on every rank
   try {
     mine = std::forward<F>(local)();
+  } catch (const error& e) {
+    ok = false;
+    message = e.what();
+    kind = e.kind();
   } catch (const std::exception& e) {
     ok = false;
     message = e.what();
@@ -76,13 +81,13 @@ std::vector<Record> agree(C& comm, F&& local) {
   }
   constexpr std::size_t n = 1 + sizeof(Record);
   std::array<std::byte, n> packet{};
-  packet[0] = std::byte{ok ? std::uint8_t{1} : std::uint8_t{0}};
+  packet[0] = std::byte{ok ? std::uint8_t{0xFF} : static_cast<std::uint8_t>(kind)};
   std::memcpy(packet.data() + 1, &mine, sizeof(Record));
   std::vector<std::byte> all(P * n);
   comm.all_gather(std::span<const std::byte>(packet), std::span<std::byte>(all));
   std::size_t first = P, failed = 0;
   for (std::size_t r = 0; r < P; ++r)
-    if (all[r * n] == std::byte{0}) {
+    if (all[r * n] != std::byte{0xFF}) {
       if (first == P) first = r;
       ++failed;
     }
@@ -90,7 +95,7 @@ std::vector<Record> agree(C& comm, F&& local) {
     const std::string what = broadcast_string(comm, std::move(message), first);
     std::string prefix = "rank " + std::to_string(first) + " of " + std::to_string(P);
     if (failed > 1) prefix += " (and " + std::to_string(failed - 1) + " more)";
-    throw error(prefix + ": " + what);
+    detail::throw_error(static_cast<error_kind>(all[first * n]), prefix + ": " + what);
   }
   std::vector<Record> out(P);
   for (std::size_t r = 0; r < P; ++r) std::memcpy(&out[r], all.data() + r * n + 1, sizeof(Record));

@@ -21,7 +21,7 @@
 //
 // Errors: MPI's default handler (MPI_ERRORS_ARE_FATAL) ends the whole job when a call fails — a
 // dead peer ends the job instead of hanging it; if a caller installed MPI_ERRORS_RETURN, a failed
-// call throws dftune::error with MPI's message. Calls are made from one thread at a time
+// call throws dftune::device_error with MPI's message. Calls are made from one thread at a time
 // (MPI_THREAD_FUNNELED is enough; OpenMP threads inside a rank never call MPI).
 #include <dftune/config.hpp>
 #include <dftune/distributed/communicator.hpp>
@@ -61,8 +61,8 @@ inline void check(int rc, std::string_view call) {
   char text[MPI_MAX_ERROR_STRING];
   int len = 0;
   if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS) len = 0;
-  dftune::detail::fail(call, "MPI error " + std::to_string(rc) + " (" + std::string(text, static_cast<std::size_t>(len)) + ")",
-                       "MPI_SUCCESS");
+  dftune::detail::fail<device_error>(call, "MPI error " + std::to_string(rc) + " (" + std::string(text, static_cast<std::size_t>(len)) + ")",
+                                     "MPI_SUCCESS");
 }
 
 template <class T>

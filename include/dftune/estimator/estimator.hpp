@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <limits>
 #include <optional>
+#include <sstream>
 #include <span>
 #include <string>
 #include <string_view>
@@ -125,6 +126,22 @@ class Estimator {
     check_raw(log_u, seen);
     log_u_.swap(log_u);
     seen_.swap(seen);
+  }
+
+  // Throws unless opt.init and opt.log_u0 are this estimator's. They define its state and only its
+  // constructor reads them, so options given later (dft_loss, dft_step, DftOptimizer) that say
+  // otherwise would be silently ignored — and a checkpoint would record the wrong ones.
+  void check_options(const DftOptions& opt) const {
+    if (opt.init != init_) {
+      std::ostringstream got, want;
+      got << opt.init;
+      want << init_;
+      detail::fail("options.init", got.str(),
+                   want.str() + ", the estimator's (build the Estimator with the same DftOptions)");
+    }
+    if (checked_log_u0(opt) != log_u0_)
+      detail::fail("options.log_u0", opt.log_u0,
+                   detail::to_text(static_cast<double>(log_u0_)) + ", the estimator's (build the Estimator with the same DftOptions)");
   }
 
   // Throws unless id is in [0, num_examples) and held here; `index` names the element of an id array.

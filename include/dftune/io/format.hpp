@@ -1,6 +1,6 @@
 #pragma once
-// The binary container of every dftune checkpoint and weights file, and the file operations around
-// it. Everything streams: saving and loading need memory for the state itself, never for a copy of
+// The binary container of every dftune checkpoint and weights file, and the two calls that stream
+// it to and from a path. Everything streams: saving and loading need memory for the state itself, never for a copy of
 // the file.
 //
 // Layout (all integers and floats little-endian, floats as their IEEE-754 bit patterns):
@@ -28,39 +28,28 @@
 // even when the parser stopped first at the damaged field: on a parse error the rest of the
 // payload (at most max_payload bytes) is hashed before the error is chosen. Nothing the parser
 // builds is returned unless the checksum matches.
+//
+// The byte streams are io/bytes.hpp; the atomic file and the file reader, io/atomic_file.hpp.
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
+#include <dftune/io/atomic_file.hpp>
+#include <dftune/io/bytes.hpp>
 
 #include <array>
 #include <bit>
-#include <cerrno>
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <optional>
-#include <random>
 #include <span>
-#include <sstream>
 #include <string>
 #include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
-
-#if __has_include(<unistd.h>) && __has_include(<fcntl.h>) && __has_include(<sys/stat.h>) && __has_include(<signal.h>)
-#include <fcntl.h>
-#include <signal.h>
-#include <sys/stat.h>
-#include <unistd.h>
-#define DFTUNE_IO_POSIX 1
-#else
-#define DFTUNE_IO_POSIX 0
-#endif
 
 DFTUNE_NAMESPACE_BEGIN
 
@@ -94,91 +83,6 @@ inline const char* kind_name(std::uint32_t kind) {
     default: return "unknown";
   }
 }
-
-// FNV-1a, 64-bit (Fowler/Noll/Vo); `h` continues a previous call.
-inline std::uint64_t fnv1a64(std::span<const std::byte> data, std::uint64_t h = 14695981039346656037ull) {
-  for (std::byte b : data) {
-    h ^= static_cast<std::uint64_t>(b);
-    h *= 1099511628211ull;
-  }
-  return h;
-}
-
-// ---- byte sinks and sources ---------------------------------------------------------------------
-// Where a Writer's bytes go, and where a Reader's come from. write() takes every byte or throws;
-// read() returns how many bytes it placed (0: the end), or throws.
-class ByteSink {
- public:
-  virtual void write(std::span<const std::byte> bytes) = 0;
-
- protected:
-  ~ByteSink() = default;
-};
-
-class ByteSource {
- public:
-  virtual std::size_t read(std::span<std::byte> out) = 0;
-
- protected:
-  ~ByteSource() = default;
-};
-
-// Counts what it is given: the first pass of write_checkpoint.
-class CountingSink final : public ByteSink {
- public:
-  void write(std::span<const std::byte> bytes) override { n_ += bytes.size(); }
-  std::uint64_t size() const { return n_; }
-
- private:
-  std::uint64_t n_ = 0;
-};
-
-// Hashes what passes through, then hands it on.
-class HashingSink final : public ByteSink {
- public:
-  HashingSink(ByteSink& next, std::uint64_t hash) : next_(next), hash_(hash) {}
-  void write(std::span<const std::byte> bytes) override {
-    hash_ = fnv1a64(bytes, hash_);
-    n_ += bytes.size();
-    next_.write(bytes);
-  }
-  std::uint64_t hash() const { return hash_; }
-  std::uint64_t size() const { return n_; }
-
- private:
-  ByteSink& next_;
-  std::uint64_t hash_;
-  std::uint64_t n_ = 0;
-};
-
-class HashingSource final : public ByteSource {
- public:
-  HashingSource(ByteSource& from, std::uint64_t hash) : from_(from), hash_(hash) {}
-  std::size_t read(std::span<std::byte> out) override {
-    const std::size_t n = from_.read(out);
-    hash_ = fnv1a64(out.first(n), hash_);
-    return n;
-  }
-  std::uint64_t hash() const { return hash_; }
-
- private:
-  ByteSource& from_;
-  std::uint64_t hash_;
-};
-
-class SpanSource final : public ByteSource {
- public:
-  explicit SpanSource(std::span<const std::byte> data) : data_(data) {}
-  std::size_t read(std::span<std::byte> out) override {
-    const std::size_t n = out.size() < data_.size() ? out.size() : data_.size();
-    if (n != 0) std::memcpy(out.data(), data_.data(), n);
-    data_ = data_.subspan(n);
-    return n;
-  }
-
- private:
-  std::span<const std::byte> data_;
-};
 
 // ---- Writer ---------------------------------------------------------------------------------
 // Serialises little-endian whatever the host. In memory (default constructor: bytes() holds
@@ -501,16 +405,18 @@ auto read_checkpoint(ByteSource& source, std::uint64_t file_size, CheckpointKind
     // is all a valid payload for this object would have, and names the first field that differs
     // (usually more telling: "scalar size", "num_examples"); if none does, the size is the error.
     std::string error_text;
+    error_kind kind = error_kind::argument;
     try {
       Reader in(hashed, max_payload, checkpoint_header_size);
       (void)parse(in);
     } catch (const dftune::error& e) {
       error_text = e.what();
+      kind = e.kind();
     }
     const std::string size = std::to_string(h.payload_size), most = std::to_string(max_payload);
     if (!error_text.empty())
-      throw dftune::error(error_text + " (the payload of " + size + " bytes is larger than the " + most +
-                          " this object can take, so the checksum was not verified)");
+      dftune::detail::throw_error(kind, error_text + " (the payload of " + size + " bytes is larger than the " +
+                                            most + " this object can take, so the checksum was not verified)");
     detail::fail("payload size", h.payload_size,
                  "at most " + most +
                      " bytes, the most the object being loaded into can take (a checkpoint of a larger "
@@ -556,287 +462,7 @@ std::vector<std::byte> encode_checkpoint(CheckpointKind kind, Payload&& payload)
   return out;
 }
 
-// ---- files ------------------------------------------------------------------------------------
-namespace internal {
-
-inline std::string errno_text(int e) {
-  return e == 0 ? std::string("unknown error") : std::string(std::strerror(e));
-}
-
-[[noreturn]] inline void fail_file(const std::filesystem::path& path, std::string_view what, int e) {
-  dftune::detail::fail("path", path, std::string(what) + " (" + errno_text(e) + ")");
-}
-
-// Runs f(); rethrows a dftune::error with `name: ` in front, so every message says which file.
-template <class F>
-decltype(auto) named(std::string_view name, F&& f) {
-  try {
-    return std::forward<F>(f)();
-  } catch (const dftune::error& e) {
-    throw dftune::error(std::string(name) + ": " + e.what());
-  }
-}
-
-// 8 hex digits naming this machine, so that a temporary left on a shared file system is only ever
-// judged (dead or alive) by a process of the machine that wrote it.
-inline std::string host_tag() {
-  char name[256] = {};
-#if DFTUNE_IO_POSIX
-  if (::gethostname(name, sizeof name - 1) != 0) name[0] = '\0';
-#endif
-  const std::uint64_t h = fnv1a64(std::as_bytes(std::span<const char>(name, std::strlen(name))));
-  char out[9];
-  std::snprintf(out, sizeof out, "%08x", static_cast<unsigned>(h & 0xFFFFFFFFu));
-  return out;
-}
-
-inline long process_id() {
-#if DFTUNE_IO_POSIX
-  return static_cast<long>(::getpid());
-#else
-  return 0;
-#endif
-}
-
-// False only when the process is known to be gone.
-inline bool process_alive(long pid) {
-#if DFTUNE_IO_POSIX
-  if (pid <= 0 || pid > std::numeric_limits<::pid_t>::max()) return true;
-  return ::kill(static_cast<::pid_t>(pid), 0) == 0 || errno != ESRCH;
-#else
-  (void)pid;
-  return true;
-#endif
-}
-
-}  // namespace internal
-
-// The file a save to `path` replaces: `path` with every symlink in its last component followed,
-// so that saving through a link rewrites the file it points to (atomically, beside that file) and
-// leaves the link in place. A dangling link names the file to create.
-inline std::filesystem::path resolve_target(const std::filesystem::path& path) {
-  namespace fs = std::filesystem;
-  fs::path p = path;
-  for (int hops = 0;; ++hops) {
-    std::error_code ec;
-    const fs::file_status st = fs::symlink_status(p, ec);
-    if (ec || !fs::is_symlink(st)) return p;
-    if (hops == 40) dftune::detail::fail("path", path, "a chain of at most 40 symlinks (a loop?)");
-    const fs::path to = fs::read_symlink(p, ec);
-    if (ec) dftune::detail::fail("path", path, "a readable symlink (" + ec.message() + ")");
-    p = to.is_absolute() ? to : p.parent_path() / to;
-  }
-}
-
-// Temporaries are named <file>.tmp-<host>-<pid>-<random>: found by their prefix, and removable
-// once their writer is known to be dead.
-inline std::string temporary_prefix(const std::filesystem::path& target) {
-  return target.filename().string() + ".tmp-";
-}
-
-// Removes the temporaries that processes of this machine, now dead (kill -9, a crash), left
-// beside `target` (a resolved path). A live writer's temporary, another machine's, and anything
-// not named like a temporary are left alone; failures are ignored (the next call tries again).
-inline void remove_stale_temporaries(const std::filesystem::path& target) {
-  namespace fs = std::filesystem;
-  const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
-  const std::string prefix = temporary_prefix(target) + internal::host_tag() + "-";
-  std::error_code ec;
-  fs::directory_iterator it(dir, ec), end;
-  std::vector<fs::path> stale;
-  for (; !ec && it != end; it.increment(ec)) {
-    const std::string name = it->path().filename().string();
-    if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) continue;
-    const std::string rest = name.substr(prefix.size());  // <pid>-<random>
-    const std::size_t dash = rest.find('-');
-    if (dash == 0 || dash == std::string::npos || dash > 18) continue;
-    long pid = 0;
-    bool digits = true;
-    for (std::size_t k = 0; k < dash; ++k) {
-      if (rest[k] < '0' || rest[k] > '9') digits = false;
-      else pid = pid * 10 + (rest[k] - '0');
-    }
-    if (!digits || pid == internal::process_id() || internal::process_alive(pid)) continue;
-    stale.push_back(it->path());
-  }
-  for (const fs::path& p : stale) fs::remove(p, ec);
-}
-
-// A file written whole to a temporary beside its target, then renamed over it by commit(). The
-// destructor of an uncommitted AtomicFile removes the temporary, so an error (a full disk, an
-// exception from the code writing it) leaves the target as it was, byte for byte. Creating one
-// first removes the temporaries dead processes left for the same target. Write errors throw
-// dftune::error naming the path and the system's reason.
-class AtomicFile final : public ByteSink {
- public:
-  explicit AtomicFile(const std::filesystem::path& path) : path_(path), target_(resolve_target(path)) {
-    remove_stale_temporaries(target_);
-    std::random_device rd;
-    std::ostringstream name;
-    name << temporary_prefix(target_) << internal::host_tag() << '-' << internal::process_id() << '-' << std::hex
-         << ((static_cast<std::uint64_t>(rd()) << 32) ^ rd());
-    tmp_ = target_.has_parent_path() ? target_.parent_path() / name.str() : std::filesystem::path(name.str());
-#if DFTUNE_IO_POSIX
-    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd_ < 0) internal::fail_file(path_, "a writable location: cannot create its temporary file", errno);
-#else
-    out_.open(tmp_, std::ios::binary | std::ios::in | std::ios::out | std::ios::trunc);
-    if (!out_) internal::fail_file(path_, "a writable location: cannot create its temporary file", errno);
-#endif
-  }
-  AtomicFile(const AtomicFile&) = delete;
-  AtomicFile& operator=(const AtomicFile&) = delete;
-  ~AtomicFile() {
-    if (committed_) return;
-    close_quietly();
-    std::error_code ec;
-    std::filesystem::remove(tmp_, ec);
-  }
-
-  void write(std::span<const std::byte> bytes) override {
-#if DFTUNE_IO_POSIX
-    while (!bytes.empty()) {
-      const ::ssize_t n = ::write(fd_, bytes.data(), bytes.size());
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) internal::fail_file(path_, "a writable location: writing its temporary file failed", errno);
-      bytes = bytes.subspan(static_cast<std::size_t>(n));
-    }
-#else
-    out_.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-    if (!out_) internal::fail_file(path_, "a writable location: writing its temporary file failed", errno);
-#endif
-  }
-  // Overwrites bytes already written (a checksum known only at the end).
-  void write_at(std::uint64_t offset, std::span<const std::byte> bytes) {
-#if DFTUNE_IO_POSIX
-    while (!bytes.empty()) {
-      const ::ssize_t n = ::pwrite(fd_, bytes.data(), bytes.size(), static_cast<::off_t>(offset));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) internal::fail_file(path_, "a writable location: writing its temporary file failed", errno);
-      bytes = bytes.subspan(static_cast<std::size_t>(n));
-      offset += static_cast<std::uint64_t>(n);
-    }
-#else
-    const auto end = out_.tellp();
-    out_.seekp(static_cast<std::streamoff>(offset));
-    out_.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-    out_.seekp(end);
-    if (!out_) internal::fail_file(path_, "a writable location: writing its temporary file failed", errno);
-#endif
-  }
-  // Flushes the temporary to disk and renames it over the target; then the rename itself is made
-  // durable (best effort: some file systems refuse fsync on a directory).
-  void commit() {
-#if DFTUNE_IO_POSIX
-    const int fd = fd_;
-    fd_ = -1;
-    if (::fsync(fd) != 0) {
-      const int e = errno;
-      ::close(fd);
-      internal::fail_file(path_, "a writable location: flushing its temporary file failed", e);
-    }
-    if (::close(fd) != 0) internal::fail_file(path_, "a writable location: closing its temporary file failed", errno);
-#else
-    out_.close();
-    if (!out_) internal::fail_file(path_, "a writable location: flushing its temporary file failed", errno);
-#endif
-    std::error_code ec;
-    std::filesystem::rename(tmp_, target_, ec);
-    if (ec) dftune::detail::fail("path", path_, "a location the temporary file can be renamed to (" + ec.message() + ")");
-    committed_ = true;
-#if DFTUNE_IO_POSIX
-    const std::filesystem::path dir = target_.has_parent_path() ? target_.parent_path() : std::filesystem::path(".");
-    const int dfd = ::open(dir.c_str(), O_RDONLY | O_CLOEXEC);
-    if (dfd >= 0) {
-      (void)::fsync(dfd);
-      ::close(dfd);
-    }
-#endif
-  }
-  // The file commit() replaces (the path with its symlinks followed), and the temporary.
-  const std::filesystem::path& target() const { return target_; }
-  const std::filesystem::path& temporary() const { return tmp_; }
-
- private:
-  void close_quietly() {
-#if DFTUNE_IO_POSIX
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-#else
-    out_.close();
-#endif
-  }
-  std::filesystem::path path_, target_, tmp_;
-  bool committed_ = false;
-#if DFTUNE_IO_POSIX
-  int fd_ = -1;
-#else
-  std::fstream out_;
-#endif
-};
-
-// A regular file opened for reading, with its size.
-class FileSource final : public ByteSource {
- public:
-  explicit FileSource(const std::filesystem::path& path) : path_(path) {
-#if DFTUNE_IO_POSIX
-    // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below.
-    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd_ < 0) internal::fail_file(path, "a readable checkpoint file", errno);
-    struct ::stat st {};
-    if (::fstat(fd_, &st) != 0) {
-      const int e = errno;
-      ::close(fd_);
-      internal::fail_file(path, "a readable checkpoint file: cannot tell its size", e);
-    }
-    if (!S_ISREG(st.st_mode)) {
-      ::close(fd_);
-      dftune::detail::fail("path", path, "a regular file (a checkpoint)");
-    }
-    size_ = static_cast<std::uint64_t>(st.st_size);
-#else
-    std::error_code ec;
-    if (!std::filesystem::is_regular_file(path, ec))
-      dftune::detail::fail("path", path, ec ? "a readable checkpoint file (" + ec.message() + ")"
-                                            : std::string("a regular file (a checkpoint)"));
-    size_ = std::filesystem::file_size(path, ec);
-    if (ec) dftune::detail::fail("path", path, "a readable checkpoint file (" + ec.message() + ")");
-    in_.open(path, std::ios::binary);
-    if (!in_) internal::fail_file(path, "a readable checkpoint file", errno);
-#endif
-  }
-  FileSource(const FileSource&) = delete;
-  FileSource& operator=(const FileSource&) = delete;
-  ~FileSource() {
-#if DFTUNE_IO_POSIX
-    ::close(fd_);
-#endif
-  }
-  std::size_t read(std::span<std::byte> out) override {
-#if DFTUNE_IO_POSIX
-    for (;;) {
-      const ::ssize_t n = ::read(fd_, out.data(), out.size());
-      if (n >= 0) return static_cast<std::size_t>(n);
-      if (errno != EINTR) internal::fail_file(path_, "a readable checkpoint file: reading it failed", errno);
-    }
-#else
-    in_.read(reinterpret_cast<char*>(out.data()), static_cast<std::streamsize>(out.size()));
-    if (in_.bad()) internal::fail_file(path_, "a readable checkpoint file: reading it failed", errno);
-    return static_cast<std::size_t>(in_.gcount());
-#endif
-  }
-  std::uint64_t size() const { return size_; }
-
- private:
-  std::filesystem::path path_;
-  std::uint64_t size_ = 0;
-#if DFTUNE_IO_POSIX
-  int fd_ = -1;
-#else
-  std::ifstream in_;
-#endif
-};
-
+// ---- files (io/atomic_file.hpp) -------------------------------------------------------------
 // Streams a checkpoint of `kind` to `path` atomically; payload(Writer&) is called twice (count,
 // then write) and must write the same bytes both times. An exception from it, or any write error,
 // leaves `path` as it was. Returns the header written (a sharded checkpoint's manifest lists it).
@@ -875,13 +501,6 @@ auto read_checkpoint(const std::filesystem::path& path, CheckpointKind kind, std
   remove_stale_temporaries(resolve_target(path));
   FileSource source(path);
   return read_checkpoint(source, source.size(), kind, max_payload, std::forward<Parse>(parse));
-}
-
-// Writes `bytes` to `path` atomically (an AtomicFile).
-inline void write_file_atomic(const std::filesystem::path& path, std::span<const std::byte> bytes) {
-  AtomicFile file(path);
-  file.write(bytes);
-  file.commit();
 }
 
 // The whole file in memory (tests, tools). Loading never needs it: read_checkpoint streams.

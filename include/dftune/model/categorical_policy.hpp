@@ -9,6 +9,7 @@
 #include <dftune/error.hpp>
 #include <dftune/logprob/logprob.hpp>
 #include <dftune/model/concept.hpp>
+#include <dftune/model/context_tokens.hpp>
 #include <dftune/model/sampling.hpp>
 #include <dftune/model/sequence_batch.hpp>
 
@@ -110,24 +111,15 @@ class CategoricalPolicy {
     targets_.clear();
     row_context_.clear();
     offsets_.assign(1, 0);
-    for (std::size_t s = 0; s < batch.size(); ++s) {
-      const auto seq = batch.sequence(s);
-      const auto p = static_cast<std::size_t>(batch.prompt_len[s]);
-      const token_t c = seq[p - 1];
-      if (static_cast<std::size_t>(c) >= contexts_)
-        detail::fail_at("batch.tokens", static_cast<std::size_t>(batch.offsets[s]) + p - 1, c,
-                        "a context id (last prompt token) in [0, num_contexts = " + std::to_string(contexts_) + ")");
-      for (std::size_t t = p; t < seq.size(); ++t) {
-        if (static_cast<std::size_t>(seq[t]) >= vocab_)
-          detail::fail_at("batch.tokens", static_cast<std::size_t>(batch.offsets[s]) + t, seq[t],
-                          "a completion token in [0, vocab = " + std::to_string(vocab_) + ")");
-        rows_.insert(rows_.end(), theta_.begin() + static_cast<std::ptrdiff_t>(c * vocab_),
-                     theta_.begin() + static_cast<std::ptrdiff_t>((c + 1) * vocab_));
-        targets_.push_back(seq[t]);
-        row_context_.push_back(static_cast<std::size_t>(c));
-      }
-      offsets_.push_back(static_cast<std::int64_t>(targets_.size()));
-    }
+    detail::for_each_context_token(
+        batch, contexts_, vocab_,
+        [&](std::size_t c, token_t y) {
+          rows_.insert(rows_.end(), theta_.begin() + static_cast<std::ptrdiff_t>(c * vocab_),
+                       theta_.begin() + static_cast<std::ptrdiff_t>((c + 1) * vocab_));
+          targets_.push_back(y);
+          row_context_.push_back(c);
+        },
+        [&] { offsets_.push_back(static_cast<std::int64_t>(targets_.size())); });
   }
   logprob::TokenLogits<T> view() const {
     return {.logits = rows_, .vocab = vocab_, .targets = targets_, .weights = {}, .offsets = offsets_};

@@ -46,6 +46,7 @@ namespace detail {
 template <class T>
 std::size_t validate_dft(const SequenceScores<T>& b, const Estimator<T>& est, const DftOptions& opt) {
   validate(opt);
+  est.check_options(opt);
   const std::size_t B = b.batch_size();
   const std::size_t m = b.num_negatives;
   if (B == 0) fail("ids", "size 0", "at least one example");
@@ -142,6 +143,18 @@ DftResult<T> dft_loss(const SequenceScores<T>& b, const Estimator<T>& est, const
   return r;
 }
 
+// The options of an estimator: its init and log_u0, every other option at its default.
+template <class T>
+DftOptions default_options(const Estimator<T>& est) {
+  return DftOptions{.init = est.init(), .log_u0 = static_cast<double>(est.log_u0())};
+}
+
+// dft_loss with default options (DFT, τ = 1, γ = 0.85), as the other objectives default theirs.
+template <class T>
+DftResult<T> dft_loss(const SequenceScores<T>& b, const Estimator<T>& est) {
+  return dft_loss(b, est, default_options(est));
+}
+
 // dft_loss, then stores the batch's log u in est (unless its init is fixed). Throws before any
 // write, so est is unchanged after an error.
 template <class T>
@@ -149,6 +162,11 @@ DftResult<T> dft_step(const SequenceScores<T>& b, Estimator<T>& est, const DftOp
   DftResult<T> r = dft_loss(b, est, opt);
   if (est.init() != EstimatorInit::fixed) est.set(b.ids, r.log_u);
   return r;
+}
+
+template <class T>
+DftResult<T> dft_step(const SequenceScores<T>& b, Estimator<T>& est) {
+  return dft_step(b, est, default_options(est));
 }
 
 DFTUNE_NAMESPACE_END

@@ -27,9 +27,9 @@ struct SftOptions {
 };
 
 // logp[i] = log π_θ(y_i|x_i); len[i] = |y_i|, read (and required) only by token_mean and
-// length_normalized.
+// length_normalized. Data first, options last, as every objective.
 template <class T>
-ScoreResult<T> sft_loss(std::span<const T> logp, const SftOptions& opt = {}, std::span<const std::int64_t> len = {}) {
+ScoreResult<T> sft_loss(std::span<const T> logp, std::span<const std::int64_t> len = {}, const SftOptions& opt = {}) {
   namespace bl = detail::baselines;
   if (logp.empty()) detail::fail("logp", "size 0", "at least one sequence");
   detail::check_finite("logp", logp);
@@ -39,6 +39,13 @@ ScoreResult<T> sft_loss(std::span<const T> logp, const SftOptions& opt = {}, std
   std::vector<double> c(logp.size(), 0.0);
   bl::add_nll_coefficients(opt.reduction, rows, len, 1.0, c);
   return bl::weighted_nll(logp, c);
+}
+
+// The order before 0.x (options before the lengths); removed in the next release.
+template <class T>
+[[deprecated("sft_loss(logp, opt, len) is now sft_loss(logp, len, opt)")]]
+ScoreResult<T> sft_loss(std::span<const T> logp, const SftOptions& opt, std::span<const std::int64_t> len = {}) {
+  return sft_loss(logp, len, opt);
 }
 
 DFTUNE_NAMESPACE_END

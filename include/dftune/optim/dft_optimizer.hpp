@@ -110,6 +110,7 @@ class DftOptimizer {
         step_opt_(step_options),
         comm_(std::move(comm)) {
     validate(opt_);
+    est_.check_options(opt_);  // options.init / log_u0 must be the estimator's (one source of truth)
     validate(step_opt_);
     if constexpr (requires { validate(schedule_); }) validate(schedule_);  // fail at construction, not at step t
     if (est_.shard() != distributed::shard_of(comm_))

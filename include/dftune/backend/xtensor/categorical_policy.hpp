@@ -9,6 +9,7 @@
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
 #include <dftune/model/concept.hpp>
+#include <dftune/model/context_tokens.hpp>
 #include <dftune/model/sequence_batch.hpp>
 
 #include <xtensor/xadapt.hpp>
@@ -74,27 +75,16 @@ class CategoricalPolicy {
   // One target and one context per completion token (the prompt is not scored), with the checks
   // of dftune::CategoricalPolicy.
   void gather(const SequenceBatch& batch) {
-    const std::size_t contexts = num_contexts(), vocab = vocab_size();
-    validate(batch, std::max(vocab, contexts));
     std::vector<token_t> targets;
     std::vector<std::size_t> row_context;
     std::vector<std::int64_t> offsets{0};
-    for (std::size_t s = 0; s < batch.size(); ++s) {
-      const auto seq = batch.sequence(s);
-      const auto p = static_cast<std::size_t>(batch.prompt_len[s]);
-      const token_t c = seq[p - 1];
-      if (static_cast<std::size_t>(c) >= contexts)
-        detail::fail_at("batch.tokens", static_cast<std::size_t>(batch.offsets[s]) + p - 1, c,
-                        "a context id (last prompt token) in [0, num_contexts = " + std::to_string(contexts) + ")");
-      for (std::size_t t = p; t < seq.size(); ++t) {
-        if (static_cast<std::size_t>(seq[t]) >= vocab)
-          detail::fail_at("batch.tokens", static_cast<std::size_t>(batch.offsets[s]) + t, seq[t],
-                          "a completion token in [0, vocab = " + std::to_string(vocab) + ")");
-        targets.push_back(seq[t]);
-        row_context.push_back(static_cast<std::size_t>(c));
-      }
-      offsets.push_back(static_cast<std::int64_t>(targets.size()));
-    }
+    detail::for_each_context_token(
+        batch, num_contexts(), vocab_size(),
+        [&](std::size_t c, token_t y) {
+          targets.push_back(y);
+          row_context.push_back(c);
+        },
+        [&] { offsets.push_back(static_cast<std::int64_t>(targets.size())); });
     targets_ = ::xt::xtensor<token_t, 1>::from_shape({targets.size()});
     std::copy(targets.begin(), targets.end(), targets_.begin());
     offsets_ = ::xt::xtensor<std::int64_t, 1>::from_shape({offsets.size()});

@@ -49,10 +49,10 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace logprob::cuda::linear {
 
-class cublas_error : public std::runtime_error {
+class cublas_error : public device_error {
  public:
   cublas_error(cublasStatus_t code, const std::string& what)
-      : std::runtime_error(what + ": cuBLAS status " + std::to_string(static_cast<int>(code))), code_(code) {}
+      : device_error(what + ": cuBLAS status " + std::to_string(static_cast<int>(code))), code_(code) {}
   cublasStatus_t code() const noexcept { return code_; }
 
  private:

@@ -28,10 +28,10 @@ inline constexpr bool supported =
     std::is_same_v<T, float> || std::is_same_v<T, fp16> || std::is_same_v<T, bf16>;
 
 // A CUDA runtime error: "what: cudaErrorName (the CUDA error string)", with the code kept.
-class cuda_error : public std::runtime_error {
+class cuda_error : public device_error {
  public:
   cuda_error(cudaError_t code, const std::string& what)
-      : std::runtime_error(what + ": " + cudaGetErrorName(code) + " (" + cudaGetErrorString(code) + ")"),
+      : device_error(what + ": " + cudaGetErrorName(code) + " (" + cudaGetErrorString(code) + ")"),
         code_(code) {}
   cudaError_t code() const noexcept { return code_; }
 

@@ -1,0 +1,34 @@
+#pragma once
+// What the test files share instead of copying it: the message of an expected error, and the
+// central difference that checks an analytic gradient.
+#include <dftune/error.hpp>
+
+#include <cstddef>
+#include <string>
+#include <utility>
+
+namespace test {
+
+// The message of the dftune::error f() throws, or "no error" when it throws none (any other
+// exception propagates: the test fails on it).
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    std::forward<F>(f)();
+  } catch (const dftune::error& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+// (f(x + h·e_k) − f(x − h·e_k)) / 2h: the derivative of f at x along coordinate k, to O(h²).
+// x is copied (any container with operator[]); f takes it and returns a number.
+template <class X, class F>
+double central_difference(const X& x, std::size_t k, double h, F&& f) {
+  X up = x, down = x;
+  up[k] += h;
+  down[k] -= h;
+  return static_cast<double>(f(up) - f(down)) / (2 * h);
+}
+
+}  // namespace test
