@@ -32,7 +32,7 @@ dftune::decoder::Config config_for(const std::string& arch) {
     c.qkv_bias = true;
     c.tied_head = true;
   } else {
-    throw dftune::error("--arch: got " + arch + ", expected gpt2, llama or qwen2");
+    throw dftune::argument_error("--arch: got " + arch + ", expected gpt2, llama or qwen2");
   }
   return c;
 }

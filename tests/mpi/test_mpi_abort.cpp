@@ -16,7 +16,7 @@ namespace {
 
 int user_main(int, char**) {
   dftune::distributed::MpiCommunicator world;
-  if (world.rank() == 1) throw dftune::error("user code failed on rank 1");
+  if (world.rank() == 1) throw dftune::argument_error("user code failed on rank 1");
   world.barrier();  // rank 0 waits here for a rank that will never come
   std::printf("rank 0 passed the barrier, which it must not\n");
   return 0;

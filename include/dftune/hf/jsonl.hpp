@@ -146,7 +146,7 @@ inline void add_line(std::string_view text, const std::string& where, std::size_
     tok.encode(prompt_text, prompt);
     tok.encode(answer_text, answer);
   } catch (const dftune::error& e) {
-    throw dftune::error(where + ": " + e.what());
+    throw dftune::argument_error(where + ": " + e.what());
   }
   if (o.eos) answer.push_back(*o.eos);
   if (prompt.empty()) fail(where, "prompt", "0 tokens", "at least one token (an empty prompt without a BOS)");
