@@ -79,6 +79,7 @@ enum class CheckpointKind : std::uint32_t {
   sharded_optimizer = 16,  // rank 0's file: model parameters, step, inner rule, schedule
   estimator_shard = 17,    // one rank's estimator shard
   manifest = 18,           // the list of a set's files, written last: it commits the set
+  negatives = 19,          // sampled negatives and their log π_ref (io/negatives_cache.hpp)
 };
 
 inline const char* kind_name(std::uint32_t kind) {
@@ -89,6 +90,7 @@ inline const char* kind_name(std::uint32_t kind) {
     case static_cast<std::uint32_t>(CheckpointKind::sharded_optimizer): return "sharded optimizer";
     case static_cast<std::uint32_t>(CheckpointKind::estimator_shard): return "estimator shard";
     case static_cast<std::uint32_t>(CheckpointKind::manifest): return "manifest";
+    case static_cast<std::uint32_t>(CheckpointKind::negatives): return "negatives";
     default: return "unknown";
   }
 }
