@@ -21,6 +21,8 @@
 //                 at once to a log-sum-exp partial, merged per row in tile order; no chunk of full
 //                 rows is ever written (scores only, like fused_fwd)
 // Rows: sequences of 64 tokens whose first `masked` share has weight 0 (prompts); W [V, d]; no bias.
+#include "bench_env.hpp"
+
 #include <dftune/logprob/linear/linear.hpp>
 #include <dftune/logprob/cpu/fast.hpp>
 #include <dftune/logprob/logprob.hpp>
@@ -288,11 +290,11 @@ int main(int argc, char** argv) try {
       "{\"gemm\": \"%s\", \"method\": \"%s\", \"d\": %zu, \"V\": %zu, \"N\": %zu, \"masked\": %g, \"threads\": %d, "
       "\"ms\": %.3f, \"ms_median\": %.3f, \"runs\": %zu, \"first_ms\": %.3f, \"peak_extra_bytes\": %ld, \"workspace_bytes\": %zu, "
       "\"chunk_rows\": %zu, \"vocab_tile\": %zu, \"dim_tile\": %zu, \"chunk_sweep\": %s, \"plan_chunk_rows\": %zu, "
-      "\"gemm_gflop\": %.3f, \"seq0\": %.8g}\n",
+      "\"gemm_gflop\": %.3f, \"seq0\": %.8g, \"env\": %s}\n",
       linear::DefaultGemm::name, a.method.c_str(), d, V, N, a.masked, a.threads, 1e3 * times.front(),
       1e3 * times[times.size() / 2], times.size(), 1e3 * first, (peak_kib - base_kib) * 1024L, workspace_bytes, plan.chunk_rows,
       plan.vocab_tile, plan.dim_tile, a.opt.chunk_rows != 0 ? "true" : "false", linear::make_plan(in).chunk_rows, flops_gemm / 1e9,
-      static_cast<double>(st->seq[0]));
+      static_cast<double>(st->seq[0]), bench_env::env_json(linear::DefaultGemm::name).c_str());
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "bench_fused_linear: %s\n", e.what());

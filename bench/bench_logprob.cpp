@@ -2,6 +2,8 @@
 // for the machine's memory bandwidth, and dft_step beside the reductions of the same batch.
 // scripts/bench_cpu.sh runs this with PyTorch's numbers and prints the ratios; the names of the
 // benchmarks are parsed there: <kind>/<path>/<type>/<op>/V:<V>/N:<N>/threads:<t>.
+#include "bench_env.hpp"
+
 #include <dftune/logprob/cpu/fast.hpp>
 #include <dftune/logprob/generic.hpp>
 #include <dftune/logprob/logprob.hpp>
@@ -300,6 +302,8 @@ int main(int argc, char** argv) {
   }
 
   benchmark::Initialize(&argc, argv);
+  // The environment the figures were measured in, in the JSON's "context" (bench_env.hpp).
+  benchmark::AddCustomContext("env", bench_env::env_json("none (reductions; no GEMM)"));
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
 }

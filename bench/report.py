@@ -43,8 +43,16 @@ for path in args.cpp:
         bw_of[name] = bw
 
 torch_rows = []
+envs = {}  # the environment each side ran in (bench_env.hpp, torch_env.py)
+for path in args.cpp:
+    ctx = json.load(open(path)).get("context", {})
+    if "env" in ctx:
+        envs.setdefault("bench_logprob", ctx["env"])
 for path in args.torch:
-    torch_rows += json.load(open(path))["results"]
+    data = json.load(open(path))
+    torch_rows += data["results"]
+    if "env" in data:
+        envs.setdefault("PyTorch", json.dumps(data["env"]))
 tor = {(r["V"], r["N"], r.get("threads")): r for r in torch_rows}
 
 threads = sorted({int(m.group(1)) for n in t for m in [re.search(r"threads:(\d+)$", n)] if m})
@@ -57,6 +65,8 @@ ELEM = {"float": 4, "double": 8, "bf16": 2}
 PASSES = {"forward": 1, "backward": 2, "fused": 3}
 out = list(header)
 out.append("")
+for k, v in envs.items():
+    out.append(f"- environment, {k}: `{v}`")
 out.append("Memory bandwidth, measured before every shape (STREAM-like triad, 24 B/element as STREAM counts; "
            "read-only sum); lowest and highest of the run, which shows how much the load varied:")
 out.append("")

@@ -28,9 +28,18 @@ def main():
     sweep = [r for r in every if r.get("chunk_sweep")]
     print("\n".join(a.header))
     print()
+    envs = {}  # the environment of each GEMM library's runs (bench_env.hpp, torch_env.py)
+    for r in every:
+        if "env" in r:
+            envs.setdefault(r["gemm"], r["env"])
+    for gemm, env in envs.items():
+        print(f"- environment, {gemm}: `{json.dumps(env)}`")
+    if envs:
+        print()
     print("Times are the minimum over the timed calls (the first call, which measures the memory, is not one of them); "
           "peak extra memory is measured (VmHWM after a reset minus the resident set before the first call: workspace, "
-          "outputs dH and dW, logits and anything else the call allocates). `× 3 GEMMs` divides by the three bare GEMMs "
+          "outputs dH and dW, logits and anything else the call allocates; PyTorch's: its peak resident set minus that of a "
+          "baseline process holding only the inputs, torch_fused_linear.py). `× 3 GEMMs` divides by the three bare GEMMs "
           "of the same library and shape; `PyTorch ×` is PyTorch's time at the same masking over this one (> 1: faster "
           "than PyTorch). GF/s counts the useful GEMM work of all N rows (2·N·V·d per GEMM; masked rows included, so a "
           "head that skips them shows more).")

@@ -6,8 +6,11 @@ forward  = no_grad log_softmax + gather + index_add
 backward = autograd.grad of the sequence sums wrt the logits, graph built once (retain_graph)
 fused    = both, as a training step runs them
 """
-import argparse, json, time
+import argparse, json, os, sys, time
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch_env  # noqa: E402
 
 SEQ_LEN = 64  # tokens per sequence, as in bench_logprob.cpp
 
@@ -77,6 +80,7 @@ def main():
                 row["fused"] = timeit(fused, a.min_time)
                 out["results"].append(row)
             del x, xr
+    out["env"] = torch_env.env()
     print(json.dumps(out))
 
 

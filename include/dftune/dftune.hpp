@@ -24,6 +24,7 @@
 #include <dftune/model/concept.hpp>
 #include <dftune/model/sequence_batch.hpp>
 #include <dftune/model/categorical_policy.hpp>
+#include <dftune/model/generation/generate.hpp>
 
 #include <dftune/logprob/linear/linear.hpp>
 #include <dftune/logprob/logprob.hpp>

@@ -10,6 +10,8 @@
 //   forward_backward(in, d_seq [S], grads, seq_logp [S], token_logp, row_lse, workspace)
 //       when d_seq is known before the scores (the Model concept's accumulate_gradients, SFT):
 //       the gradient is taken from the forward's logits, three GEMMs instead of four
+//   logits(in, z [N, V])
+//       the logits themselves, for a sampler's few rows (one per sequence generated: logits.hpp)
 //
 // Dispatch: GEMMs through a BLAS when the build selected one (CMake DFTUNE_GEMM=openblas|blis),
 // else Eigen's kernel when Eigen is on the include path, else plain loops; row kernels from the
@@ -20,11 +22,13 @@
 #include <dftune/logprob/linear/chunked.hpp>
 #include <dftune/logprob/linear/gemm.hpp>
 #include <dftune/logprob/linear/linear_logits.hpp>
+#include <dftune/logprob/linear/logits.hpp>
 #include <dftune/logprob/linear/plan.hpp>
 #include <dftune/logprob/token_logits.hpp>
 
 #include <cstddef>
 #include <span>
+#include <type_traits>
 
 DFTUNE_NAMESPACE_BEGIN
 
@@ -96,6 +100,13 @@ void forward_backward(const LinearLogits<T>& in, std::span<const compute_t<T>> d
   internal::Call<T> call{.mode = internal::Mode::forward_backward, .seq_logp = seq_logp, .token_logp = token_logp,
                          .row_lse = row_lse, .d_seq = d_seq, .grads = grads};
   chunked::execute<DefaultGemm, DefaultRows>(in, call, workspace, options);
+}
+
+// z[n, :] = W h_n + b for every row of in.hidden, tiled as forward() tiles them (float, double).
+template <class T>
+  requires std::is_same_v<T, compute_t<T>>
+void logits(const LinearLogits<T>& in, std::span<T> z, const Options& options = {}) {
+  chunked::logits<DefaultGemm>(in, z, options);
 }
 
 }  // inline namespace dispatch_*

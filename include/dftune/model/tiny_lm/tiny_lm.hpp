@@ -23,9 +23,11 @@
 #include <dftune/logprob/linear/linear.hpp>
 #include <dftune/logprob/logprob.hpp>
 #include <dftune/model/concept.hpp>
+#include <dftune/model/generation/generate.hpp>
 #include <dftune/model/sampling.hpp>
 #include <dftune/model/sequence_batch.hpp>
 #include <dftune/model/tiny_lm/config.hpp>
+#include <dftune/model/tiny_lm/kv_decoder.hpp>
 #include <dftune/model/tiny_lm/layers.hpp>
 #include <dftune/model/tiny_lm/threads.hpp>
 
@@ -109,10 +111,20 @@ class TinyLm {
     backward(batch.tokens, batch.offsets);
   }
 
-  // Batched generation (SamplingModel). Each prompt draws from its own random stream (seed, p),
-  // so results do not depend on threads or on which other prompts are in the batch.
+  // Batched generation (SamplingModel) with a key/value cache (model/generation/generate.hpp):
+  // O(T) work per new token. Each prompt draws from its own random stream (seed, p), so results do
+  // not depend on threads or on which other prompts are in the batch. The cache is sized and
+  // checked against limits.max_cache_bytes before anything is allocated.
   Sequences generate(const Prompts& prompts, std::size_t max_new, const SamplingOptions& opt,
-                     std::optional<token_t> eos = std::nullopt) {
+                     std::optional<token_t> eos = std::nullopt, const generation::Limits& limits = {}) const {
+    tiny_lm::KvDecoder<T> decoder(cfg_, lay_, theta_);
+    return generation::generate(decoder, prompts, max_new, opt, eos, limits);
+  }
+
+  // The same tokens without a cache, recomputing every prefix at every step (O(T²·V) work): the
+  // reference the cached path is tested against.
+  Sequences generate_uncached(const Prompts& prompts, std::size_t max_new, const SamplingOptions& opt,
+                              std::optional<token_t> eos = std::nullopt) {
     validate(prompts, cfg_.vocab);
     validate(opt);
     const std::size_t P = prompts.size();

@@ -1,0 +1,243 @@
+#pragma once
+// The tiny LM as a cached decoder (model/generation/generate.hpp): the forward of tiny_lm.hpp for
+// new rows only, each attending to its sequence's cached keys and values,
+//   x⁰ = E[tok] + P[t]   (t: the row's position in its sequence)
+//   per block:  h = LN₁(x), [q|k|v] = h W_qkv + b_qkv, k and v appended to the cache,
+//               x ← x + (Attn(q; cached k, v) W_o + b_o),  x ← x + (gelu(LN₂(x) W₁ + b₁) W₂ + b₂)
+//   hidden = LN_f(x) of each sequence's last new row (the fused head's input).
+// The same kernels and the same order of every sum as the uncached forward (layers.hpp's layer norm
+// and GELU; the attention of one row is attention_forward's loop for that row), only the GEMMs
+// differ: they run over column tiles (one single-threaded GEMM of the fused head's kernel per tile,
+// tiles fixed by the shape and the machine's core count), so the values do not depend on the thread
+// count. Only the current layer's activations of the new rows are held: O(rows · (5d + d_ff)).
+// A view: the parameters stay the model's; the decoder owns only its scratch.
+#include <dftune/checked_size.hpp>
+#include <dftune/config.hpp>
+#include <dftune/error.hpp>
+#include <dftune/logprob/linear/linear.hpp>
+#include <dftune/model/generation/kv_cache.hpp>
+#include <dftune/model/tiny_lm/config.hpp>
+#include <dftune/model/tiny_lm/layers.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+DFTUNE_NAMESPACE_BEGIN
+
+namespace tiny_lm {
+
+template <class T>
+class KvDecoder {
+ public:
+  using scalar_type = T;
+
+  // The layout must be make_layout(config) and theta the model's parameters (TinyLm::parameters());
+  // both must outlive the decoder.
+  KvDecoder(const Config& config, const Layout& layout, std::span<const T> theta) : cfg_(config), lay_(layout), theta_(theta) {
+    detail::check_size("parameters", theta.size(), layout.total);
+  }
+
+  std::size_t context_length() const { return cfg_.max_len; }
+  generation::CacheShape cache_shape() const { return {.layers = cfg_.n_layers, .width = cfg_.d_model}; }
+  logprob::linear::LinearLogits<T> head() const {
+    const std::size_t D = cfg_.d_model, V = cfg_.vocab;
+    return {.proj = theta_.subspan(lay_.w_out, D * V), .bias = theta_.subspan(lay_.b_out, V), .dim = D, .vocab = V,
+            .layout = logprob::linear::Layout::dim_major};
+  }
+
+  // Scratch for up to `rows` new rows per extend() (checked sizes; grows, never shrinks).
+  void reserve(std::size_t rows) {
+    const std::size_t D = cfg_.d_model;
+    checked_elements("generate", "decoder scratch rows·max(3·d_model, d_ff)", rows, std::max(3 * D, cfg_.d_ff));
+    const auto scores = checked_elements("generate", "attention scratch threads·max_len", threads(), cfg_.max_len);
+    auto grow = [](auto& v, std::size_t size) {
+      if (v.size() < size) v.resize(size);
+    };
+    for (auto* v : {&x_, &h_, &att_}) grow(*v, rows * D);
+    grow(qkv_, rows * 3 * D);
+    grow(u_, rows * cfg_.d_ff);
+    grow(mean_, rows);
+    grow(rstd_, rows);
+    grow(row_slot_, rows);
+    grow(row_pos_, rows);
+    grow(scores_, scores);
+  }
+
+  // generate.hpp's CachedDecoder::extend. The arguments are checked before the cache is written.
+  void extend(generation::KvCache<T>& cache, std::span<const std::size_t> slots, std::span<const token_t> tokens,
+              std::span<const std::int64_t> offsets, std::span<T> hidden) {
+    const std::size_t B = slots.size(), D = cfg_.d_model, H = cfg_.n_heads, dh = D / H, F = cfg_.d_ff, n = tokens.size();
+    detail::check_size("offsets", offsets.size(), B + 1);
+    detail::check_size("hidden", hidden.size(), detail::checked_mul("hidden (sequences·d_model)", B, D));
+    if (offsets.front() != 0 || offsets.back() != static_cast<std::int64_t>(n))
+      detail::fail("offsets", "a table from " + std::to_string(offsets.front()) + " to " + std::to_string(offsets.back()),
+                   "[0, ..., tokens.size() = " + std::to_string(n) + "]");
+    for (std::size_t a = 0; a < B; ++a) {
+      if (slots[a] >= cache.slots()) detail::fail_at("slots", a, slots[a], "a cache slot < " + std::to_string(cache.slots()));
+      if (offsets[a + 1] <= offsets[a]) detail::fail_at("offsets", a + 1, offsets[a + 1], "> offsets[a] (at least one new token)");
+      const auto m = static_cast<std::size_t>(offsets[a + 1] - offsets[a]);
+      if (m > cache.capacity(slots[a]) - cache.length(slots[a]))
+        detail::fail_at("slots", a, "length " + std::to_string(cache.length(slots[a])) + " + " + std::to_string(m) + " new",
+                        "at most its capacity " + std::to_string(cache.capacity(slots[a])));
+    }
+    for (std::size_t i = 0; i < n; ++i)
+      if (tokens[i] < 0 || static_cast<std::size_t>(tokens[i]) >= cfg_.vocab)
+        detail::fail_at("tokens", i, tokens[i], "in [0, vocab = " + std::to_string(cfg_.vocab) + ")");
+    if (const auto s = cache.shape(); s.layers != cfg_.n_layers || s.width != D)
+      detail::fail("cache", "shape " + std::to_string(s.layers) + " layers · width " + std::to_string(s.width),
+                   std::to_string(cfg_.n_layers) + " layers · width " + std::to_string(D));
+    if (x_.size() < n * D || scores_.size() < threads() * cfg_.max_len) reserve(n);
+
+    for (std::size_t a = 0; a < B; ++a)
+      for (auto r = offsets[a]; r < offsets[a + 1]; ++r) {
+        const auto i = static_cast<std::size_t>(r);
+        row_slot_[i] = slots[a];
+        row_pos_[i] = cache.length(slots[a]) + static_cast<std::size_t>(r - offsets[a]);
+        const T* te = param(lay_.tok_emb) + static_cast<std::size_t>(tokens[i]) * D;
+        const T* pe = param(lay_.pos_emb) + row_pos_[i] * D;
+        for (std::size_t j = 0; j < D; ++j) x_[i * D + j] = te[j] + pe[j];
+      }
+    for (std::size_t l = 0; l < cfg_.n_layers; ++l) {
+      const auto& k = lay_.blocks[l];
+      layer_norm_forward(x_.data(), param(k.ln1_g), param(k.ln1_b), h_.data(), mean_.data(), rstd_.data(), n, D);
+      linear(h_.data(), n, D, k.w_qkv, 3 * D, qkv_.data(), [&](T* y, std::size_t j0, std::size_t w) { add_bias(y, n, 3 * D, j0, w, k.b_qkv); });
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::size_t s = row_slot_[i], t = row_pos_[i];
+        std::copy_n(qkv_.data() + i * 3 * D + D, D, cache.keys(l, s) + t * D);
+        std::copy_n(qkv_.data() + i * 3 * D + 2 * D, D, cache.values(l, s) + t * D);
+      }
+      attention(cache, l, n, D, H, dh);
+      // x ← x + (att W_o + b_o): the uncached forward's (att W_o + b_o) + x, summed in the same order.
+      linear(att_.data(), n, D, k.w_o, D, h_.data(), [&](T* y, std::size_t j0, std::size_t w) {
+        add_bias(y, n, D, j0, w, k.b_o);
+        for (std::size_t i = 0; i < n; ++i)
+          for (std::size_t j = j0; j < j0 + w; ++j) x_[i * D + j] = y[i * D + j] + x_[i * D + j];
+      });
+      layer_norm_forward(x_.data(), param(k.ln2_g), param(k.ln2_b), h_.data(), mean_.data(), rstd_.data(), n, D);
+      linear(h_.data(), n, D, k.w_1, F, u_.data(), [&](T* y, std::size_t j0, std::size_t w) {
+        add_bias(y, n, F, j0, w, k.b_1);
+        for (std::size_t i = 0; i < n; ++i)
+          for (std::size_t j = j0; j < j0 + w; ++j) y[i * F + j] = gelu(y[i * F + j]);
+      });
+      linear(u_.data(), n, F, k.w_2, D, h_.data(), [&](T* y, std::size_t j0, std::size_t w) {
+        add_bias(y, n, D, j0, w, k.b_2);
+        for (std::size_t i = 0; i < n; ++i)
+          for (std::size_t j = j0; j < j0 + w; ++j) x_[i * D + j] = y[i * D + j] + x_[i * D + j];
+      });
+    }
+    for (std::size_t a = 0; a < B; ++a) {
+      const auto last = static_cast<std::size_t>(offsets[a + 1] - 1);
+      layer_norm_forward(x_.data() + last * D, param(lay_.lnf_g), param(lay_.lnf_b), hidden.data() + a * D, mean_.data(), rstd_.data(), 1, D);
+      cache.advance(slots[a], static_cast<std::size_t>(offsets[a + 1] - offsets[a]));
+    }
+  }
+
+ private:
+  const T* param(std::size_t off) const { return theta_.data() + off; }
+
+  static std::size_t threads() {
+#if defined(_OPENMP)
+    return static_cast<std::size_t>(std::max(1, omp_get_max_threads()));
+#else
+    return 1;
+#endif
+  }
+
+  void add_bias(T* y, std::size_t rows, std::size_t ld, std::size_t j0, std::size_t w, std::size_t bias) const {
+    const T* b = param(bias);
+    for (std::size_t i = 0; i < rows; ++i)
+      for (std::size_t j = j0; j < j0 + w; ++j) y[i * ld + j] += b[j];
+  }
+
+  // Columns per GEMM task for an output of width N: about 4 tasks per core (the machine's core
+  // count, not the thread count, so the tiles and with them every rounding are the same for any
+  // number of threads), a multiple of 16, within [64, 512].
+  static std::size_t column_tile(std::size_t N) {
+    const std::size_t cores = std::max(1u, std::thread::hardware_concurrency());
+    const std::size_t t = (N + 4 * cores - 1) / (4 * cores);
+    return std::min(N, std::clamp<std::size_t>((t + 15) / 16 * 16, 64, 512));
+  }
+
+  // Y[rows, N] = A[rows, K] · W[K, N] (W the parameter block at w, row-major), then epilogue(Y, j0,
+  // width) on each column tile by the task that computed it. A few rows (a step at a small batch)
+  // stream W without the GEMM kernel's packing (logits.hpp's few_rows_product).
+  template <class Epilogue>
+  void linear(const T* A, std::size_t rows, std::size_t K, std::size_t w, std::size_t N, T* Y, Epilogue&& epilogue) {
+    using Gemm = logprob::linear::DefaultGemm;
+    const std::size_t tile = column_tile(N), tiles = (N + tile - 1) / tile;
+    const bool parallel = static_cast<double>(rows) * static_cast<double>(K) * static_cast<double>(N) >= logprob::linear::parallel_min_macs;
+    const T* W = param(w);
+    DFTUNE_OMP(parallel num_threads(static_cast<int>(parallel ? threads() : 1)))
+    {
+#if defined(_OPENMP)
+      omp_set_num_threads(1);  // a threaded BLAS runs each task on one thread
+#endif
+      DFTUNE_OMP(for schedule(dynamic, 1))
+      for (std::ptrdiff_t t = 0; t < static_cast<std::ptrdiff_t>(tiles); ++t) {
+        const std::size_t j0 = static_cast<std::size_t>(t) * tile, width = std::min(tile, N - j0);
+        if (rows <= logprob::linear::chunked::kFewRows)
+          logprob::linear::chunked::few_rows_product(rows, width, K, A, K, W + j0, N, Y + j0, N);
+        else
+          Gemm::template run<true, true>(rows, width, K, A, K, W + j0, N, Y + j0, N, false);
+        epilogue(Y, j0, width);
+      }
+    }
+  }
+
+  // att_[i, head h] = softmax(q_i k_jᵀ / sqrt(dh)) over the cached positions j <= t_i, times v:
+  // attention_forward's arithmetic for row t_i, in the same order.
+  void attention(const generation::KvCache<T>& cache, std::size_t l, std::size_t n, std::size_t D, std::size_t H, std::size_t dh) {
+    const T scale = T(1) / std::sqrt(static_cast<T>(dh));
+    const std::size_t work = n * H;
+    std::size_t macs = 0;
+    for (std::size_t i = 0; i < n; ++i) macs += 2 * (row_pos_[i] + 1) * D;
+    DFTUNE_OMP(parallel for schedule(dynamic, 1) num_threads(static_cast<int>(macs >= logprob::linear::parallel_min_macs / 4 ? threads() : 1)))
+    for (std::ptrdiff_t task = 0; task < static_cast<std::ptrdiff_t>(work); ++task) {
+      const std::size_t i = static_cast<std::size_t>(task) / H, h = static_cast<std::size_t>(task) % H;
+#if defined(_OPENMP)
+      T* a = scores_.data() + static_cast<std::size_t>(omp_get_thread_num()) * cfg_.max_len;
+#else
+      T* a = scores_.data();
+#endif
+      const std::size_t s = row_slot_[i], t = row_pos_[i];
+      const T* q = qkv_.data() + i * 3 * D + h * dh;
+      const T* k = cache.keys(l, s) + h * dh;
+      const T* v = cache.values(l, s) + h * dh;
+      T hi = -std::numeric_limits<T>::infinity();
+      for (std::size_t j = 0; j <= t; ++j) {
+        T sc = 0;
+        for (std::size_t e = 0; e < dh; ++e) sc += q[e] * k[j * D + e];
+        a[j] = sc * scale;
+        hi = a[j] > hi ? a[j] : hi;
+      }
+      T sum = 0;
+      for (std::size_t j = 0; j <= t; ++j) sum += (a[j] = std::exp(a[j] - hi));
+      for (std::size_t j = 0; j <= t; ++j) a[j] /= sum;
+      T* o = att_.data() + i * D + h * dh;
+      for (std::size_t e = 0; e < dh; ++e) o[e] = 0;
+      for (std::size_t j = 0; j <= t; ++j)
+        for (std::size_t e = 0; e < dh; ++e) o[e] += a[j] * v[j * D + e];
+    }
+  }
+
+  Config cfg_;
+  const Layout& lay_;
+  std::span<const T> theta_;
+  std::vector<T> x_, h_, qkv_, att_, u_, mean_, rstd_, scores_;  // scratch of the new rows, one layer at a time
+  std::vector<std::size_t> row_slot_, row_pos_;
+};
+
+}  // namespace tiny_lm
+
+DFTUNE_NAMESPACE_END
