@@ -29,6 +29,7 @@ const fs::path& root() {
     const fs::path p = fs::temp_directory_path() / ("dftune_finetune_" + std::to_string(::getpid()));
     fs::remove_all(p);
     fs::create_directories(p);
+    std::atexit([] { std::error_code ec; fs::remove_all(fs::temp_directory_path() / ("dftune_finetune_" + std::to_string(::getpid())), ec); });
     return p;
   }();
   return r;
