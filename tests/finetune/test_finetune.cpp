@@ -124,7 +124,7 @@ TEST_CASE("dft and sft: metrics.jsonl written, the output loads and differs from
   }
 }
 
-TEST_CASE("a restart reuses the negatives cache; a changed sampling option is refused by name") {
+TEST_CASE("a restart reuses the negatives cache, and a changed sampling option is refused by name") {
   const std::string cache = (root() / "shared_negatives.bin").string();
   const Run first = finetune("cache_a", "--negatives " + cache);
   INFO(first.err);
