@@ -253,7 +253,8 @@ inline int run(const Options& o) {
   std::size_t tokens = 0, done = 0;
   const std::size_t last = o.stop_after ? std::min(total, step + o.stop_after) : total;
   while (step < last) {
-    const Batch b = gather(batch_of(step, s, o.batch, o.seed), data, negs, o.m);
+    // SFT trains on the positives alone (its negatives, if sampled, serve validation only).
+    const Batch b = gather(batch_of(step, s, o.batch, o.seed), data, negs, o.method == Method::sft ? 0 : o.m);
     dftune::JsonRecord r;
     r.add("step", step + 1).add("epoch", static_cast<double>(step + 1) / static_cast<double>(per_epoch)).add("learning_rate", schedule.lr(step));
     double loss = 0;

@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -122,6 +123,12 @@ TEST_CASE("dft and sft: metrics.jsonl written, the output loads and differs from
     CHECK(before != after);
     CHECK(fs::exists(root() / ("run_" + method) / "tokenizer.json"));
   }
+  // SFT without a validation split samples no negatives.
+  const Run plain = finetune("sft_no_validation", "--method sft --val-fraction 0");
+  INFO(plain.err);
+  CHECK(plain.status == 0);
+  CHECK_FALSE(fs::exists(root() / "sft_no_validation" / "negatives.bin"));
+  CHECK(weights(root() / "sft_no_validation") != weights(model_dir()));
 }
 
 TEST_CASE("a restart reuses the negatives cache, and a changed sampling option is refused by name") {
