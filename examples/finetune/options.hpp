@@ -1,0 +1,158 @@
+#pragma once
+// The flags of examples/finetune.cpp. Every bad flag exits with status 2 and a message naming the
+// flag, the value and what was expected (demo::Flags, shared with the demo); "--config FILE"
+// stands for the flags written in FILE, one "name value" per line.
+#include "../demo/cli.hpp"
+
+#include <dftune/model/sampling.hpp>
+#include <dftune/objective/dft_options.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+namespace finetune {
+
+enum class Method { sft, dft, dft2 };
+inline const char* name(Method m) { return m == Method::sft ? "sft" : m == Method::dft ? "dft" : "dft2"; }
+
+struct Options {
+  std::string model, data, out;            // --model DIR, --data FILE, --out DIR (all required)
+  std::string negatives;                   // the negatives cache; default OUT/negatives.bin
+  Method method = Method::dft;
+  double lr = 1e-5;
+  std::size_t epochs = 1, batch = 8, m = 2, threads = 0;  // threads 0: OpenMP's default
+  std::uint64_t seed = 0;
+  double tau = 1.0, gamma = 0.85, eps_dft2 = 1e-8;  // DFT2 defaults (τ 0.3, γ 0.9) applied when unset
+  bool tau_set = false, gamma_set = false;
+  dftune::EstimatorInit estimator = dftune::EstimatorInit::first_visit;
+  double max_grad_norm = 1.0;
+  // negatives: the base model's samples (the paper's sampler: temperature 0.7, top-k 50, top-p 1)
+  dftune::SamplingOptions sampling{.temperature = 0.7, .top_k = 50, .top_p = 1.0, .seed = 0};
+  std::size_t max_new = 64;                // longest negative (also bounded by the context)
+  std::string eos = "<|endoftext|>";      // token after every answer and where sampling stops; "none"
+  double val_fraction = 0.1;
+  std::size_t save_every = 0;              // steps between checkpoints (0: only at the end)
+  std::size_t stop_after = 0;              // stop (with a checkpoint) after this many steps: 0 never
+  bool resume = false;                     // continue from OUT/checkpoint if it exists
+  std::size_t max_len = 0;                 // cap on the context (0: the model's)
+
+  dftune::DftOptions dft_options() const {
+    const bool two = method == Method::dft2;
+    return {.variant = two ? dftune::Variant::dft2 : dftune::Variant::dft,
+            .tau = tau_set ? tau : two ? 0.3 : 1.0,
+            .gamma = gamma_set ? gamma : two ? 0.9 : 0.85,
+            .init = estimator,
+            .log_u0 = 0.0,
+            .eps = eps_dft2};
+  }
+};
+
+inline void usage(std::FILE* f) {
+  const Options d;
+  std::fprintf(f,
+               "usage: finetune --model DIR --data train.jsonl --out DIR [options]\n"
+               "  --model DIR          config.json + model.safetensors (or its index) + tokenizer.json\n"
+               "  --data FILE          JSON Lines, {\"prompt\": ..., \"answer\": ...} per line\n"
+               "  --out DIR            fine-tuned model, metrics.jsonl, checkpoint/, negatives cache\n"
+               "  --method M           dft, dft2 or sft                                  [dft]\n"
+               "  --lr X               peak learning rate (AdamW, cosine, 10%% warm-up)  [%g]\n"
+               "  --epochs N           passes over the training split                    [%zu]\n"
+               "  --batch N            prompts per step                                  [%zu]\n"
+               "  --m N                negatives per prompt                              [%zu]\n"
+               "  --tau X --gamma X    DFT temperature and moving-average rate  [1, 0.85; dft2: 0.3, 0.9]\n"
+               "  --dft2-eps X         ε of DFT2's |y| + ε                               [%g]\n"
+               "  --estimator E        first_visit, constant or fixed                    [first_visit]\n"
+               "  --max-grad-norm X    clip to this global L2 norm (inf: none)           [%g]\n"
+               "  --temperature X --top-k N --top-p X   sampling of the negatives        [%g, %zu, %g]\n"
+               "  --max-new N          longest negative in tokens                        [%zu]\n"
+               "  --eos TOKEN          end-of-answer token, or none                      [%s]\n"
+               "  --negatives FILE     negatives cache                                   [OUT/negatives.bin]\n"
+               "  --val-fraction X     share of the data held out for validation         [%g]\n"
+               "  --seed N             data split, batches and sampling                  [%llu]\n"
+               "  --threads N          OpenMP threads (0: default)                       [0]\n"
+               "  --save-every N       checkpoint every N steps (0: at the end only)     [0]\n"
+               "  --stop-after N       stop after N steps of this run, with a checkpoint\n"
+               "  --resume             continue from OUT/checkpoint if it is there\n"
+               "  --config FILE        more flags, one 'name value' per line\n",
+               d.lr, d.epochs, d.batch, d.m, d.eps_dft2, d.max_grad_norm, d.sampling.temperature, d.sampling.top_k,
+               d.sampling.top_p, d.max_new, d.eos.c_str(), d.val_fraction, static_cast<unsigned long long>(d.seed));
+}
+
+inline Options parse(int argc, char** argv) {
+  const demo::Flags flags{argv[0]};
+  const std::vector<std::string> args = flags.expand(argc, argv);
+  Options o;
+  auto whole = [&](const std::string& a, const std::string& v) -> std::size_t {
+    if (v == "0") return 0;
+    return flags.count(a, v);
+  };
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--help" || a == "-h") {
+      usage(stdout);
+      std::exit(0);
+    }
+    if (a == "--resume") {
+      o.resume = true;
+      continue;
+    }
+    if (i + 1 >= args.size()) flags.bad(a, "missing value");
+    const std::string& v = args[++i];
+    if (a == "--model") o.model = v;
+    else if (a == "--data") o.data = v;
+    else if (a == "--out") o.out = v;
+    else if (a == "--negatives") o.negatives = v;
+    else if (a == "--method") {
+      if (v == "dft") o.method = Method::dft;
+      else if (v == "dft2") o.method = Method::dft2;
+      else if (v == "sft") o.method = Method::sft;
+      else flags.bad(a, "got '" + v + "', expected dft, dft2 or sft");
+    } else if (a == "--lr") {
+      o.lr = flags.real(a, v);
+      if (!(o.lr > 0)) flags.bad(a, "got '" + v + "', expected a rate > 0");
+    } else if (a == "--epochs") o.epochs = flags.count(a, v);
+    else if (a == "--batch") o.batch = flags.count(a, v);
+    else if (a == "--m") o.m = flags.count(a, v);
+    else if (a == "--threads") o.threads = whole(a, v);
+    else if (a == "--seed") o.seed = whole(a, v);
+    else if (a == "--tau") o.tau = flags.real(a, v), o.tau_set = true;
+    else if (a == "--gamma") o.gamma = flags.real(a, v), o.gamma_set = true;
+    else if (a == "--dft2-eps") o.eps_dft2 = flags.real(a, v);
+    else if (a == "--estimator") {
+      if (v == "first_visit") o.estimator = dftune::EstimatorInit::first_visit;
+      else if (v == "constant") o.estimator = dftune::EstimatorInit::constant;
+      else if (v == "fixed") o.estimator = dftune::EstimatorInit::fixed;
+      else flags.bad(a, "got '" + v + "', expected first_visit, constant or fixed");
+    } else if (a == "--max-grad-norm") {
+      o.max_grad_norm = v == "inf" ? std::numeric_limits<double>::infinity() : flags.real(a, v);
+      if (!(o.max_grad_norm > 0)) flags.bad(a, "got '" + v + "', expected a norm > 0 or inf");
+    } else if (a == "--temperature") o.sampling.temperature = flags.real(a, v);
+    else if (a == "--top-k") o.sampling.top_k = whole(a, v);
+    else if (a == "--top-p") o.sampling.top_p = flags.real(a, v);
+    else if (a == "--max-new") o.max_new = flags.count(a, v);
+    else if (a == "--eos") o.eos = v;
+    else if (a == "--val-fraction") {
+      o.val_fraction = flags.real(a, v);
+      if (!(o.val_fraction >= 0 && o.val_fraction < 1)) flags.bad(a, "got '" + v + "', expected a share in [0, 1)");
+    } else if (a == "--save-every") o.save_every = whole(a, v);
+    else if (a == "--stop-after") o.stop_after = whole(a, v);
+    else if (a == "--max-len") o.max_len = whole(a, v);
+    else flags.bad(a, "unknown flag");
+  }
+  if (o.model.empty()) flags.bad("--model", "missing (a directory with config.json, model.safetensors, tokenizer.json)");
+  if (o.data.empty()) flags.bad("--data", "missing (a JSON Lines file of prompt/answer pairs)");
+  if (o.out.empty()) flags.bad("--out", "missing (the output directory)");
+  if (o.negatives.empty()) o.negatives = o.out + "/negatives.bin";
+  try {
+    dftune::validate(o.dft_options());
+    dftune::validate(o.sampling);
+  } catch (const dftune::error& e) {
+    flags.bad("DFT or sampling options", e.what());
+  }
+  return o;
+}
+
+}  // namespace finetune
