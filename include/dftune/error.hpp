@@ -39,8 +39,11 @@ class error {
   virtual error_kind kind() const noexcept = 0;
 
  protected:
+  // Only the three kinds below construct, copy and assign the base.
   error() = default;
+  // Copied with the derived exception (throw copies it).
   error(const error&) = default;
+  // Assigned with the derived exception.
   error& operator=(const error&) = default;
 };
 

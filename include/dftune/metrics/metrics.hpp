@@ -85,6 +85,7 @@ PairRewards log_ratio_rewards(const PreferenceScores<T>& b, const DpoOptions& op
   validate(opt);
   return detail::log_ratio_rewards(b, opt.beta);
 }
+// r = β·(s − s_ref) with IPO's β.
 template <class T>
 PairRewards log_ratio_rewards(const PreferenceScores<T>& b, const IpoOptions& opt) {
   validate(opt);
@@ -97,6 +98,7 @@ PairRewards length_normalized_rewards(const PreferenceScores<T>& b, const SimpoO
   validate(opt);
   return detail::length_normalized_rewards(b, opt.beta);
 }
+// r = λ·s/|y| with ORPO's λ as β (TRL's ORPOTrainer).
 template <class T>
 PairRewards length_normalized_rewards(const PreferenceScores<T>& b, const OrpoOptions& opt) {
   validate(opt);
@@ -109,6 +111,7 @@ template <class T>
 PairRewards log_ratio_rewards(const PreferenceScores<T>& b, double beta) {
   return detail::log_ratio_rewards(b, beta);
 }
+// Deprecated: length_normalized_rewards(b, SimpoOptions{.beta = beta}).
 template <class T>
 [[deprecated("pass the objective's options: length_normalized_rewards(b, SimpoOptions{.beta = ...})")]]
 PairRewards length_normalized_rewards(const PreferenceScores<T>& b, double beta) {

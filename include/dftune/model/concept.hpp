@@ -37,6 +37,7 @@ concept Model = requires(M& m, const SequenceBatch& batch, std::span<typename M:
 struct KeepForBackward {
   explicit KeepForBackward() = default;
 };
+// The tag's value: model.sequence_logp(batch, scores, keep_for_backward).
 inline constexpr KeepForBackward keep_for_backward{};
 
 template <class M>

@@ -164,6 +164,7 @@ DftResult<T> dft_step(const SequenceScores<T>& b, Estimator<T>& est, const DftOp
   return r;
 }
 
+// dft_step with the estimator's own options (default_options(est)).
 template <class T>
 DftResult<T> dft_step(const SequenceScores<T>& b, Estimator<T>& est) {
   return dft_step(b, est, default_options(est));

@@ -140,6 +140,7 @@ class DftOptimizer {
 
   // Steps 1–2 only: the loss the next step would take; changes neither model nor estimator.
   DftStepInfo<T> evaluate(const DftBatch<T>& batch) { return evaluate(std::span<const DftBatch<T>>(&batch, 1)); }
+  // evaluate over the union of k >= 1 micro-batches, as step(micro_batches) scores them.
   DftStepInfo<T> evaluate(std::span<const DftBatch<T>> micro_batches) { return run(micro_batches, /*backward=*/false); }
 
   // Steps taken (restored by io::load).
