@@ -65,7 +65,7 @@ void logits(const LinearLogits<T>& in, std::span<T> z, const Options& opt) {
   const T* W = in.proj.data();
   T* Z = z.data();
   // The forward's rule: a product too small to pay for a parallel region runs on one thread.
-  const std::size_t threads =
+  [[maybe_unused]] const std::size_t threads =
       opt.threads != 0 ? opt.threads : (static_cast<double>(N) * static_cast<double>(V) * static_cast<double>(d) < parallel_min_macs ? 1 : max_threads());
   DFTUNE_OMP(parallel num_threads(static_cast<int>(threads)))
   {

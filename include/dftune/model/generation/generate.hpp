@@ -150,7 +150,7 @@ Sequences generate(D& decoder, const Prompts& prompts, std::size_t max_new, cons
     logprob::linear::logits(head, std::span<T>(logits.data(), n_active * V));
     // Rows are independent and each prompt's stream is its own: sampled in parallel. An error
     // (a NaN logit) cannot leave an OpenMP region: the first row's is rethrown after it.
-    const bool parallel = n_active > 1 && n_active * V >= kParallelSamplingLogits;
+    [[maybe_unused]] const bool parallel = n_active > 1 && n_active * V >= kParallelSamplingLogits;
     DFTUNE_OMP(parallel for schedule(dynamic, 1) num_threads(static_cast<int>(parallel ? std::min(threads, n_active) : 1)))
     for (std::ptrdiff_t i = 0; i < static_cast<std::ptrdiff_t>(n_active); ++i) {
       const auto a = static_cast<std::size_t>(i), id = thread_id();

@@ -176,7 +176,7 @@ class KvDecoder {
   void linear(const T* A, std::size_t rows, std::size_t K, std::size_t w, std::size_t N, T* Y, Epilogue&& epilogue) {
     using Gemm = logprob::linear::DefaultGemm;
     const std::size_t tile = column_tile(N), tiles = (N + tile - 1) / tile;
-    const bool parallel = static_cast<double>(rows) * static_cast<double>(K) * static_cast<double>(N) >= logprob::linear::parallel_min_macs;
+    [[maybe_unused]] const bool parallel = static_cast<double>(rows) * static_cast<double>(K) * static_cast<double>(N) >= logprob::linear::parallel_min_macs;
     const T* W = param(w);
     DFTUNE_OMP(parallel num_threads(static_cast<int>(parallel ? threads() : 1)))
     {
@@ -200,7 +200,7 @@ class KvDecoder {
   void attention(const generation::KvCache<T>& cache, std::size_t l, std::size_t n, std::size_t D, std::size_t H, std::size_t dh) {
     const T scale = T(1) / std::sqrt(static_cast<T>(dh));
     const std::size_t work = n * H;
-    std::size_t macs = 0;
+    [[maybe_unused]] std::size_t macs = 0;
     for (std::size_t i = 0; i < n; ++i) macs += 2 * (row_pos_[i] + 1) * D;
     DFTUNE_OMP(parallel for schedule(dynamic, 1) num_threads(static_cast<int>(macs >= logprob::linear::parallel_min_macs / 4 ? threads() : 1)))
     for (std::ptrdiff_t task = 0; task < static_cast<std::ptrdiff_t>(work); ++task) {
