@@ -4,6 +4,7 @@
 // accumulated gradient — at P = 1 and P = 2 (threads; tests/mpi/ runs it under mpirun). Bad input
 // (no micro-batch, ranks with different k, an id in two micro-batches): the same named error on
 // every rank, nothing changed.
+#include "support/testing.hpp"
 #include "distributed/accumulate.hpp"
 #include "distributed/thread_world.hpp"
 
@@ -19,14 +20,7 @@ using namespace dftune;
 
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const dftune::error& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::error_of;
 
 template <class M>
 std::vector<scenario::Outcome> at(std::size_t P, const scenario::Problem& p, const M& init, Variant v, std::size_t B,

@@ -1,6 +1,7 @@
 // distributed::ShardedBatches: drop_last (keep the short last batch, as torch's DataLoader does by
 // default, or skip it), the balanced per-rank sampler, the collective construction that makes one
 // rank's bad argument every rank's error, and a step on a short last batch (its own 1/B).
+#include "support/testing.hpp"
 #include "distributed/scenario.hpp"
 #include "distributed/thread_world.hpp"
 
@@ -21,14 +22,7 @@ using distributed::ShardedBatches;
 
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const dftune::error& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::error_of;
 
 std::vector<std::int64_t> vec(std::span<const std::int64_t> s) { return {s.begin(), s.end()}; }
 
