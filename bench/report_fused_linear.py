@@ -89,6 +89,8 @@ def main():
                 line += f", {fb[('OpenBLAS', 0)]['ms'] / gemms['OpenBLAS']:.2f} (OpenBLAS)"
             if ("BLIS", 0) in fb and "BLIS" in gemms:
                 line += f", {fb[('BLIS', 0)]['ms'] / gemms['BLIS']:.2f} (BLIS)"
+            if ("oneDNN", 0) in fb and "oneDNN" in gemms:
+                line += f", {fb[('oneDNN', 0)]['ms'] / gemms['oneDNN']:.2f} (oneDNN)"
             if 0.0 in torch:
                 best0 = min((r for (g, mk), r in fb.items() if mk == 0), key=lambda r: r["ms"])
                 line += f"; PyTorch / fused at 0 % masked = {torch[0.0]['ms'] / e['ms']:.2f} (Eigen), {torch[0.0]['ms'] / best0['ms']:.2f} (best, {best0['gemm']})"

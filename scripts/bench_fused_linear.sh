@@ -22,7 +22,7 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 
 missing=()
 "$py" -c "import torch" 2>/dev/null || missing+=(python3-torch)
-for p in libopenblas-openmp-dev libblis-openmp-dev libjemalloc2; do
+for p in libopenblas-openmp-dev libblis-openmp-dev libdnnl-dev libjemalloc2; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; fi
@@ -31,7 +31,7 @@ if [ ${#missing[@]} -gt 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install
 jemalloc=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
 
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DDFTUNE_NATIVE=ON -DDFTUNE_GEMM=eigen >/dev/null
-cmake --build "$build" -j "$(nproc)" --target bench_fused_linear bench_fused_linear_openblas bench_fused_linear_blis >/dev/null
+cmake --build "$build" -j "$(nproc)" --target bench_fused_linear bench_fused_linear_openblas bench_fused_linear_blis bench_fused_linear_onednn >/dev/null
 out="$build/bench_fused_linear"
 mkdir -p "$out"
 results="$out/results.jsonl"
@@ -59,6 +59,9 @@ for shape in $shapes; do
   for m in fused_fb fused_2p; do run bench_fused_linear --method $m --masked 0.5 "${common[@]}"; done
   for m in gemms fused_fb; do run bench_fused_linear_openblas --method $m "${common[@]}"; done
   run bench_fused_linear_openblas --method fused_fb --masked 0.5 "${common[@]}"
+  # oneDNN: the project's default GEMM (DFTUNE_GEMM=auto, docs/performance_cpu.md)
+  for m in gemms fused_fb; do run bench_fused_linear_onednn --method $m "${common[@]}"; done
+  run bench_fused_linear_onednn --method fused_fb --masked 0.5 "${common[@]}"
   # BLIS beside OpenBLAS on all but the largest shape (time)
   if [ "$N" -le 1024 ]; then for m in gemms fused_fb; do run bench_fused_linear_blis --method $m "${common[@]}"; done; fi
   for masked in 0 0.5; do
@@ -79,7 +82,7 @@ done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
-caches=$(for i in 2 3; do f=/sys/devices/system/cpu/cpu0/cache/index$i/size; [ -e "$f" ] && printf 'L%s %s ' "$((i == 2 ? 2 : 3))" "$(cat $f)"; done)
+caches=$(for i in 2 3; do f=/sys/devices/system/cpu/cpu0/cache/index$i/size; if [ -e "$f" ]; then printf 'L%s %s ' "$((i == 2 ? 2 : 3))" "$(cat $f)"; fi; done)
 "$py" bench/report_fused_linear.py "$results" --header \
   "# Fused linear + log-prob head: fused vs bare GEMMs vs materialised vs PyTorch" "" \
   "Run $(date -u '+%Y-%m-%d %H:%M UTC') with \`scripts/bench_fused_linear.sh\`$([ "$quick" != 0 ] && echo ' (DFTUNE_BENCH_QUICK=1: one small shape, NOT the full run)') on $cpu, $(nproc) cores, ${caches}$(grep -m1 MemTotal /proc/meminfo | awk '{printf "%.0f GiB", $2/1048576}'), g++ $(g++ -dumpfullversion), -O3 -march=native, $threads threads; PyTorch $("$py" -c 'import torch; print(torch.__version__)') (Debian python3-torch, jemalloc)." \

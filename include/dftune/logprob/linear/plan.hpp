@@ -84,7 +84,10 @@ inline Machine query_machine() {
   }
 #if defined(_SC_LEVEL2_CACHE_SIZE) && defined(_SC_LEVEL3_CACHE_SIZE)
   if (l2 == 0) l2 = static_cast<std::size_t>(std::max(0L, sysconf(_SC_LEVEL2_CACHE_SIZE)));
-  if (llc == 0) llc = static_cast<std::size_t>(std::max(0L, sysconf(_SC_LEVEL3_CACHE_SIZE)));
+  // sysconf's L3 is the host's total where sysfs is hidden (508 MiB on the 2-core EPYC VM of
+  // bench/RESULTS_fused_linear.md, 32 MiB per CCX): trusted only up to the default, or the chunks
+  // grow to hold every row's logits, which the fused head exists to avoid.
+  if (llc == 0) llc = std::min(Machine{}.llc_bytes, static_cast<std::size_t>(std::max(0L, sysconf(_SC_LEVEL3_CACHE_SIZE))));
 #endif
   if (l2 > 0) m.l2_bytes = l2;
   if (llc > 0) m.llc_bytes = std::max(llc, m.l2_bytes);
