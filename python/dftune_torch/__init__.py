@@ -213,34 +213,44 @@ def _raise_agreed(kind: str, message: str):
     raise RuntimeError(f"{kind}: {message}")
 
 
-def _agree(group, local):
-    """Runs local() -> (result, record) on every rank of group; returns (this rank's result, every
-    rank's record), or raises on every rank the error of the lowest rank whose local() raised,
-    prefixed "rank r of P: " (C++'s distributed::agree). A world of one only calls local()."""
+def _agree(group, width, local):
+    """Runs local() -> (result, record: `width` floats) on every rank of group and returns (this
+    rank's result, every rank's record), or raises on every rank the error of the lowest rank whose
+    local() raised, prefixed "rank r of P: " (C++'s distributed::agree): one all-gather of
+    1 + width float64 per rank, and a second one of the messages only when a rank failed. A world
+    of one only calls local()."""
     import torch.distributed as dist
     P = dist.get_world_size(group)
     if P == 1:
         result, record = local()
         return result, [record]
-    result, failure, record = None, None, None
+    result, failure, record = None, None, [0.0] * width
     try:
         result, record = local()
     except Exception as e:  # sent to every rank: a rank that raised alone would leave the others waiting
         failure = _exception_record(e)
-    gathered = [None] * P
-    dist.all_gather_object(gathered, (failure, record), group=group)
-    failed = [r for r, (f, _) in enumerate(gathered) if f is not None]
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else "cpu"
+    mine = torch.tensor([0.0 if failure else 1.0] + [float(v) for v in record], dtype=torch.float64, device=device)
+    rows = [torch.empty_like(mine) for _ in range(P)]
+    dist.all_gather(rows, mine, group=group)
+    rows = torch.stack(rows).cpu().tolist()
+    failed = [r for r in range(P) if rows[r][0] != 1.0]
     if failed:
-        kind, message = gathered[failed[0]][0]
+        failures = [None] * P
+        dist.all_gather_object(failures, failure, group=group)
+        kind, message = failures[failed[0]]
         prefix = f"rank {failed[0]} of {P}"
         if len(failed) > 1:
             prefix += f" (and {len(failed) - 1} more)"
         _raise_agreed(kind, f"{prefix}: {message}")
-    return result, [rec for _, rec in gathered]
+    return result, [row[1:] for row in rows]
 
 
-_AGREED = ("num_examples", "init", "log_u0", "variant", "tau", "gamma", "eps", "num_negatives", "grad_reduction",
-           "update")
+_INITS, _VARIANTS, _REDUCTIONS = ("first_visit", "constant", "fixed"), ("dft", "dft2"), ("mean", "sum")
+# What every rank of a step must agree on, as floats (names by index), and how to print each.
+_AGREED = (("num_examples", int), ("init", _INITS.__getitem__), ("log_u0", float),
+           ("variant", _VARIANTS.__getitem__), ("tau", float), ("gamma", float), ("eps", float),
+           ("num_negatives", int), ("grad_reduction", _REDUCTIONS.__getitem__), ("update", bool))
 
 
 def _dft_collective(update, pos_logp, neg_logp, ids, estimator, group, grad_reduction, kw):
@@ -254,34 +264,33 @@ def _dft_collective(update, pos_logp, neg_logp, ids, estimator, group, grad_redu
         if estimator.shard != (rank, P):
             raise Error(f"estimator.shard: got {estimator.shard}, expected ({rank}, {P}), this process's rank and "
                         "world size in the process group (build it with shard=dftune_torch.shard_of(group))")
-        if grad_reduction not in ("mean", "sum"):
+        if grad_reduction not in _REDUCTIONS:
             raise Error(f"grad_reduction: got {grad_reduction!r}, expected 'mean' (DDP, FSDP) or 'sum'")
         B_r = _C.dft_check(pos_logp, neg_logp, ids, estimator, **kw)
-        config = dict(num_examples=estimator.num_examples, init=estimator.init, log_u0=estimator.log_u0,
-                      variant=kw["variant"], tau=kw["tau"], gamma=kw["gamma"], eps=kw["eps"],
-                      num_negatives=int(neg_logp.shape[1]), grad_reduction=grad_reduction, update=update)
-        return B_r, (B_r, config)
+        config = (estimator.num_examples, _INITS.index(estimator.init), estimator.log_u0,
+                  _VARIANTS.index(kw["variant"]), kw["tau"], kw["gamma"], kw["eps"], int(neg_logp.shape[1]),
+                  _REDUCTIONS.index(grad_reduction), update)
+        return B_r, (B_r,) + config
 
-    B_r, records = _agree(group, check)
+    B_r, records = _agree(group, 1 + len(_AGREED), check)
     # Every rank compares the same records: a disagreement is the same error everywhere.
-    for key in _AGREED:
-        want = records[0][1][key]
+    for k, (key, value) in enumerate(_AGREED, start=1):
+        want = records[0][k]
         for r in range(1, P):
-            got = records[r][1][key]
-            if got != want:
-                raise Error(f"{key}: got {got!r} on rank {r}, expected {want!r} as on rank 0 "
+            if records[r][k] != want:
+                raise Error(f"{key}: got {value(records[r][k])!r} on rank {r}, expected {value(want)!r} as on rank 0 "
                             "(every rank of a data-parallel step must agree)")
-    B = sum(b for b, _ in records)
+    B = int(sum(rec[0] for rec in records))
     if B == 0:
         raise Error("ids: got size 0 on every rank, expected at least one example in the global batch")
     scale = float(P) if grad_reduction == "mean" else 1.0
 
     def compute():
         if B_r == 0:  # no id of this batch here: a zero loss, so that the model still gets (zero) gradients
-            return (pos_logp.sum() * 0 + neg_logp.sum() * 0, None), None
-        return _C.dft_share(pos_logp, neg_logp, ids, estimator, global_batch_size=B, scale=scale, **kw), None
+            return (pos_logp.sum() * 0 + neg_logp.sum() * 0, None), ()
+        return _C.dft_share(pos_logp, neg_logp, ids, estimator, global_batch_size=B, scale=scale, **kw), ()
 
-    (loss, log_u), _ = _agree(group, compute)
+    (loss, log_u), _ = _agree(group, 0, compute)
     if update and log_u is not None:
         estimator._commit(ids, log_u)  # checked in compute(): cannot refuse
     return loss

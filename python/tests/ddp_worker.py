@@ -84,6 +84,14 @@ def run_objective(rank, world, variant, est=None, first=0):
     return steps, est
 
 
+def reductions(rank, world, est):
+    """dft_loss of this rank's share of global batch 0 with grad_reduction 'mean' and 'sum'."""
+    ids = share(global_batch(0), rank, world)
+    pos, neg, ref, _, _ = fixed_logps(0)
+    return [float(dt.dft_loss(pos[ids], neg[ids], ids, est, ref_neg_logp=ref[ids], update=False, grad_reduction=g))
+            for g in ("mean", "sum")]
+
+
 def make_model():
     torch.manual_seed(7)  # the same initial parameters on every rank
     return torch.nn.Linear(D, V).double()
@@ -158,9 +166,13 @@ def main():
     dist.init_process_group("gloo", init_method="file://" + init_file, rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=60))
     result = {}
+    est_of = {}
     for variant in VARIANTS:
         steps, est = run_objective(rank, world, variant)
+        est_of[variant] = est
         result["objective", variant] = (steps, est.state_dict())
+    # Read-only, on the trained DFT estimator: both reductions of global batch 0.
+    result["reductions"] = reductions(rank, world, est_of["dft"])
     resumed = dt.Estimator(N, init="constant", log_u0=0.25, shard=(rank, world))
     resumed.load_state_dict(torch.load(os.path.join(out, "single_resume.pt")))
     steps, resumed = run_objective(rank, world, "dft", est=resumed, first=RESUME_AT)

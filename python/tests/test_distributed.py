@@ -87,6 +87,16 @@ def test_objective_equals_single_process_bit_for_bit(job, variant):
     assert torch.equal(sd["log_u"], want["log_u"]) and torch.equal(sd["seen"], want["seen"])
 
 
+def test_grad_reduction_mean_is_world_times_sum(job):
+    single, ranks = job
+    ids = w.global_batch(0)
+    pos, neg, ref, _, _ = w.fixed_logps(0)
+    want = float(dt.dft_loss(pos[ids], neg[ids], ids, single["dft"][1], ref_neg_logp=ref[ids], update=False))
+    mean, total = [res["reductions"][0] for res in ranks], [res["reductions"][1] for res in ranks]
+    assert all(a == WORLD * b for a, b in zip(mean, total))
+    assert rel(sum(total), want) <= 1e-15 and rel(sum(mean) / WORLD, want) <= 1e-15
+
+
 def test_resume_a_single_process_state_at_two_ranks(job):
     single, ranks = job
     sd = gathered([res["resume"][1] for res in ranks])
