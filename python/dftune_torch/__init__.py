@@ -308,7 +308,8 @@ def _dft(update, pos_logp, neg_logp, ids, estimator, variant, tau, gamma, ref_ne
 def dft_loss(pos_logp: Tensor, neg_logp: Tensor, ids: Tensor, estimator: Estimator, *, variant: str = "dft",
              tau: float = 1.0, gamma: float = 0.85, ref_neg_logp: Optional[Tensor] = None,
              pos_len: Optional[Tensor] = None, neg_len: Optional[Tensor] = None, update: Optional[bool] = None,
-             eps: float = 1e-8, group=None, grad_reduction: str = "mean") -> Tensor:
+             eps: float = 1e-8, group: Optional["torch.distributed.ProcessGroup"] = None,
+             grad_reduction: str = "mean") -> Tensor:
     if update is None:
         # Up to 0.x dft_loss updated the estimator unless told update=False; now it only reads it,
         # as C++'s dft_loss. A call that looks like training (log-probs that require grad) is told.
@@ -327,7 +328,7 @@ dft_loss.__doc__ = _doc(_C.dft_loss) + "\n" + _DIST_DOC
 def dft_step(pos_logp: Tensor, neg_logp: Tensor, ids: Tensor, estimator: Estimator, *, variant: str = "dft",
              tau: float = 1.0, gamma: float = 0.85, ref_neg_logp: Optional[Tensor] = None,
              pos_len: Optional[Tensor] = None, neg_len: Optional[Tensor] = None, eps: float = 1e-8,
-             group=None, grad_reduction: str = "mean") -> Tensor:
+             group: Optional["torch.distributed.ProcessGroup"] = None, grad_reduction: str = "mean") -> Tensor:
     return _dft(True, pos_logp, neg_logp, ids, estimator, variant, tau, gamma, ref_neg_logp, pos_len, neg_len, eps,
                 group, grad_reduction)
 
