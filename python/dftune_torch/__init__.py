@@ -138,6 +138,8 @@ def _reshard(est: Estimator, sds: List[dict]) -> dict:
     world = None
     for k, sd in enumerate(sds):
         q, Pq = _shard_pair(sd.get("shard", (0, 1)))
+        if not 0 <= q < Pq:
+            raise Error(f"state_dict[{k}].shard: got ({q}, {Pq}), expected (rank, world size) with 0 <= rank < world size")
         n = sd.get("num_examples", N if Pq == 1 else None)
         if n != N:
             raise Error(f"state_dict[{k}].num_examples: got {n!r}, expected {N} (this estimator's)")

@@ -187,6 +187,7 @@ def test_bad_state_dicts_of_another_world_size_change_nothing():
     cases = [
         ([sds[1]], r"^state_dict: got the shards \[1\] of a world of 4, expected also shard \(3, 4\), which holds id 3"),
         ([sds[1], sds[1]], r"^state_dict\[1\]\.shard: got \(1, 4\) twice"),
+        ([sds[1], {**sds[3], "shard": (5, 4)}], r"^state_dict\[1\]\.shard: got \(5, 4\), expected \(rank, world size\) with 0 <= rank"),
         ([sds[1], {**sds[3], "num_examples": 13}], r"^state_dict\[1\]\.num_examples: got 13, expected 12"),
         ([sds[1], {**sds[3], "log_u0": 0.5}], r"^state_dict\[1\]\.log_u0: got 0.5, expected 0.25"),
         ([sds[1], {**sds[3], "log_u": sds[3]["log_u"].float()}], r"^state_dict of shard \(3, 4\)\.log_u: got dtype"),
