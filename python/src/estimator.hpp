@@ -2,6 +2,9 @@
 // dftune_torch.Estimator: dftune::Estimator<double> (log u_i per training example; the estimator of
 // docs/math.md and objective/dft.hpp) with torch's state_dict protocol. The state is float64 whatever the
 // log-probs' dtype: B numbers per step, and float32 log u would round every update.
+// Sharded (data-parallel training, docs/distributed.md): built with Shard{rank, P} it holds only the
+// ids i with i mod P = rank; the state_dict is then that shard's (the package adds num_examples and
+// shard to it, and reshards state_dicts of another world size into this one: dftune_torch/__init__.py).
 #include "tensors.hpp"
 
 #include <dftune/estimator/estimator.hpp>
@@ -47,17 +50,37 @@ inline std::string init_name(dftune::EstimatorInit i) {
 
 class PyEstimator {
  public:
-  PyEstimator(std::int64_t num_examples, const std::string& init, double log_u0)
-      : est_(checked_count(num_examples), dftune::DftOptions{.init = parse_init(init), .log_u0 = log_u0}) {}
+  PyEstimator(std::int64_t num_examples, const std::string& init, double log_u0, std::int64_t shard_rank,
+              std::int64_t shard_size)
+      : est_(checked_count(num_examples), dftune::DftOptions{.init = parse_init(init), .log_u0 = log_u0},
+             checked_shard(shard_rank, shard_size)) {}
 
+  // The number of ids held (num_examples unless sharded).
   std::size_t size() const { return est_.size(); }
+  std::size_t num_examples() const { return est_.num_examples(); }
+  // (rank, P): the ids held are those with id mod P = rank; (0, 1) holds every id.
+  std::pair<std::size_t, std::size_t> shard() const { return {est_.shard().rank, est_.shard().size}; }
+  bool sharded() const { return est_.shard().size != 1; }
   std::string init() const { return init_name(est_.init()); }
   double log_u0() const { return est_.log_u0(); }
   std::optional<double> log_u(std::int64_t id) const { return est_.log_u(id); }
   dftune::Estimator<double>& get() { return est_; }
   const dftune::Estimator<double>& get() const { return est_; }
 
-  // {"init", "log_u0", "log_u": float64 [N] (0 where never updated), "seen": bool [N]}.
+  // Stores a batch's log u (float64 [B], dft_share's) for ids [B] unless init is fixed; checks every
+  // id and value first, so a refused call stores nothing. The commit of a data-parallel step, made
+  // once every rank has computed its share (dftune_torch/__init__.py).
+  void commit(const at::Tensor& ids, const at::Tensor& log_u) {
+    if (est_.init() == dftune::EstimatorInit::fixed) return;
+    check_dim("ids", ids, 1, "a 1-D tensor [B]");
+    const at::Tensor id = as_i64("ids", ids);
+    if (log_u.scalar_type() != at::kDouble) fail("log_u", dtype_of(log_u), "dtype torch.float64");
+    const at::Tensor lu = log_u.detach().to(at::kCPU).contiguous();
+    est_.set(i64_span(id), f64_span(lu));
+  }
+
+  // {"init", "log_u0", "log_u": float64 [n] (0 where never updated), "seen": bool [n]}, n the ids held
+  // (by local index, id = rank + k·P when sharded).
   py::dict state_dict() const {
     const auto n = static_cast<std::int64_t>(est_.size());
     at::Tensor log_u = at::empty({n}, at::kDouble);
@@ -94,8 +117,9 @@ class PyEstimator {
     const at::Tensor log_u = tensor_of("log_u", d["log_u"]);
     const at::Tensor seen = tensor_of("seen", d["seen"]);
     const auto n = static_cast<std::int64_t>(est_.size());
-    check_shape("log_u", log_u, {n}, "num_examples");
-    check_shape("seen", seen, {n}, "num_examples");
+    const char* const count = sharded() ? "the ids of this estimator's shard" : "num_examples";
+    check_shape("log_u", log_u, {n}, count);
+    check_shape("seen", seen, {n}, count);
     // float64 only: the state is float64, and a float16/float32 copy has rounded every log u.
     if (log_u.scalar_type() != at::kDouble) fail("log_u", dtype_of(log_u), "dtype torch.float64 (the estimator's state)");
     if (seen.scalar_type() != at::kBool && !is_integer_dtype(seen.scalar_type()))
@@ -116,6 +140,12 @@ class PyEstimator {
   static std::size_t checked_count(std::int64_t n) {
     if (n < 1) fail("num_examples", n, "at least 1");
     return static_cast<std::size_t>(n);
+  }
+  static dftune::distributed::Shard checked_shard(std::int64_t rank, std::int64_t size) {
+    if (size < 1) fail("shard", "world size " + std::to_string(size), "(rank, world size) with world size >= 1");
+    if (rank < 0 || rank >= size)
+      fail("shard", "rank " + std::to_string(rank), "(rank, world size) with rank in [0, " + std::to_string(size) + ")");
+    return {.rank = static_cast<std::size_t>(rank), .size = static_cast<std::size_t>(size)};
   }
 
   dftune::Estimator<double> est_;

@@ -37,21 +37,27 @@ computed or stored. Gradients are first-order only (a second backward raises).)d
 
 init: 'first_visit' (an example's first batch initialises log u, the default), 'constant'
 (log u starts at log_u0; log_u0 = 0 is the reference trainer) or 'fixed' (log u = log_u0 forever).)doc")
-      .def(py::init<std::int64_t, const std::string&, double>(), "num_examples"_a, "init"_a = "first_visit",
-           "log_u0"_a = 0.0)
-      .def_property_readonly("num_examples", &PyEstimator::size)
+      .def(py::init<std::int64_t, const std::string&, double, std::int64_t, std::int64_t>(), "num_examples"_a,
+           "init"_a = "first_visit", "log_u0"_a = 0.0, "shard_rank"_a = 0, "shard_size"_a = 1)
+      .def_property_readonly("num_examples", &PyEstimator::num_examples)
+      .def_property_readonly("shard", &PyEstimator::shard, "(rank, world size): the ids held are those with id mod world size = rank")
       .def_property_readonly("init", &PyEstimator::init)
       .def_property_readonly("log_u0", &PyEstimator::log_u0)
-      .def("__len__", &PyEstimator::size)
+      .def("__len__", &PyEstimator::size, "the number of ids held (num_examples unless sharded)")
       .def("log_u", &PyEstimator::log_u, "id"_a, "log u of example id, or None before its first update")
       .def("state_dict", &PyEstimator::state_dict,
-           "{'init', 'log_u0', 'log_u': float64 [N] (0 where never updated), 'seen': bool [N]}")
+           "{'init', 'log_u0', 'log_u': float64 [n] (0 where never updated), 'seen': bool [n]}, n = len(self)")
       .def("load_state_dict", &PyEstimator::load_state_dict, "state_dict"_a,
            "Replaces the state with a state_dict of an estimator of the same size, init and log_u0; "
            "checks everything first, so a refused state_dict changes nothing.")
+      .def("_commit", &PyEstimator::commit, "ids"_a, "log_u"_a,
+           "Stores log u (float64 [B], from dft_share) for ids [B] unless init is 'fixed'; checks first.")
       .def("__repr__", [](const PyEstimator& e) {
-        return "dftune_torch.Estimator(num_examples=" + std::to_string(e.size()) + ", init='" + e.init() +
-               "', log_u0=" + dftune_torch::number(e.log_u0()) + ")";
+        std::string s = "dftune_torch.Estimator(num_examples=" + std::to_string(e.num_examples()) + ", init='" +
+                        e.init() + "', log_u0=" + dftune_torch::number(e.log_u0());
+        if (e.sharded())
+          s += ", shard=(" + std::to_string(e.shard().first) + ", " + std::to_string(e.shard().second) + ")";
+        return s + ")";
       });
 
   m.def("dft_loss", &dftune_torch::dft_loss, "pos_logp"_a, "neg_logp"_a, "ids"_a, "estimator"_a, py::kw_only(),
@@ -66,6 +72,16 @@ init: 'first_visit' (an example's first batch initialises log u, the default), '
 ids [B]: distinct example ids of the estimator. With update=True the estimator's log u of the batch
 is updated once, here (never in backward), after every check passed (dftune::dft_step); with
 update=False (the default, as dftune::dft_loss) the estimator is only read.)doc");
+
+  m.def("dft_check", &dftune_torch::dft_check, "pos_logp"_a, "neg_logp"_a, "ids"_a, "estimator"_a, py::kw_only(),
+        "variant"_a = "dft", "tau"_a = 1.0, "gamma"_a = 0.85, "ref_neg_logp"_a = py::none(), "pos_len"_a = py::none(),
+        "neg_len"_a = py::none(), "eps"_a = 1e-8,
+        "Every check of dft_loss on one rank's share of a data-parallel batch (which may be empty); returns its size B_r.");
+  m.def("dft_share", &dftune_torch::dft_share, "pos_logp"_a, "neg_logp"_a, "ids"_a, "estimator"_a, py::kw_only(),
+        "variant"_a = "dft", "tau"_a = 1.0, "gamma"_a = 0.85, "ref_neg_logp"_a = py::none(), "pos_len"_a = py::none(),
+        "neg_len"_a = py::none(), "eps"_a = 1e-8, "global_batch_size"_a, "scale"_a = 1.0,
+        "One rank's share of a data-parallel DFT step: (its terms of L with the global batch's 1/B, times scale, "
+        "differentiable; the new log u of its ids, float64 [B_r]). Changes nothing: Estimator._commit stores log u.");
 
   m.def("sft_loss", &dftune_torch::sft_loss, "logp"_a, py::kw_only(), "reduction"_a = "sequence_mean",
         "lengths"_a = py::none(),

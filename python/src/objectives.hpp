@@ -22,10 +22,12 @@
 #include <dftune/objective/sft.hpp>
 #include <dftune/objective/simpo.hpp>
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace dftune_torch {
@@ -97,36 +99,108 @@ inline dftune::Variant parse_variant(const std::string& s) {
   fail("variant", "'" + s + "'", "'dft' or 'dft2'");
 }
 
+// The converted tensors of a DFT call (every tensor check done); scores() is the library's view.
+struct DftInputs {
+  dftune::DftOptions opt;
+  LogProbs pos, neg;
+  at::Tensor id;
+  Optional ref, plen, nlen;
+
+  dftune::SequenceScores<double> scores(std::size_t global_batch_size = 0) const {
+    return {.ids = i64_span(id), .num_negatives = static_cast<std::size_t>(neg.input.size(1)), .pos_logp = pos.span(),
+            .neg_logp = neg.span(), .ref_neg_logp = ref.span<double>(), .pos_len = plen.span<std::int64_t>(),
+            .neg_len = nlen.span<std::int64_t>(), .global_batch_size = global_batch_size};
+  }
+};
+
+inline DftInputs dft_inputs(const at::Tensor& pos_logp, const at::Tensor& neg_logp, const at::Tensor& ids,
+                            const PyEstimator& estimator, const std::string& variant, double tau, double gamma,
+                            const OptTensor& ref_neg_logp, const OptTensor& pos_len, const OptTensor& neg_len,
+                            double eps) {
+  const dftune::DftOptions opt{.variant = parse_variant(variant), .tau = tau, .gamma = gamma,
+                               .init = estimator.get().init(), .log_u0 = estimator.get().log_u0(), .eps = eps};
+  LogProbs pos = log_probs("pos_logp", pos_logp, 1, "a 1-D tensor [B]");
+  LogProbs neg = log_probs("neg_logp", neg_logp, 2, "a 2-D tensor [B, m]");
+  check_same_dtype("neg_logp", neg_logp, "pos_logp", pos_logp);
+  check_dim("ids", ids, 1, "a 1-D tensor [B]");
+  at::Tensor id = as_i64("ids", ids);
+  // Only the inputs the variant reads are converted (the library ignores the others).
+  const bool dft = opt.variant == dftune::Variant::dft;
+  Optional ref = dft ? reference_f64("ref_neg_logp", ref_neg_logp, neg_logp, "the shape of neg_logp") : Optional{};
+  Optional plen = dft ? Optional{} : optional_i64("pos_len", pos_len, pos_logp, "the shape of pos_logp");
+  Optional nlen = dft ? Optional{} : optional_i64("neg_len", neg_len, neg_logp, "the shape of neg_logp");
+  return DftInputs{opt, std::move(pos), std::move(neg), std::move(id), std::move(ref), std::move(plen), std::move(nlen)};
+}
+
+// The loss of a batch, or of one rank's share of a global batch of global_batch_size examples
+// (SequenceScores::global_batch_size), times `scale` (loss and gradients, in float64 before they are
+// narrowed to the log-probs' dtype), attached to autograd; and the batch's new log u (float64 [B],
+// checked as Estimator::set would: commit() cannot refuse it). Changes nothing.
+inline std::pair<at::Tensor, at::Tensor> dft_compute(const DftInputs& in, const PyEstimator& estimator,
+                                                     std::size_t global_batch_size, double scale) {
+  dftune::DftResult<double> r = dftune::dft_loss(in.scores(global_batch_size), estimator.get(), in.opt);
+  if (scale != 1.0) {
+    r.loss *= scale;
+    for (double& g : r.grad_pos) g *= scale;
+    for (double& g : r.grad_neg) g *= scale;
+  }
+  if (estimator.get().init() != dftune::EstimatorInit::fixed)
+    estimator.get().check_set(i64_span(in.id), std::span<const double>(r.log_u));
+  // Narrowed in the library's order (the weights first), so the first value to overflow is named.
+  at::Tensor grad_neg = grad_like("grad_neg", r.grad_neg, in.neg.input);
+  at::Tensor grad_pos = grad_like("grad_pos", r.grad_pos, in.pos.input);
+  LossAndGrads out{loss_like(r.loss, in.pos.input), {std::move(grad_pos), std::move(grad_neg)}};
+  at::Tensor log_u = at::tensor(at::ArrayRef<double>(r.log_u), at::kDouble);
+  return {attach({in.pos.input, in.neg.input}, std::move(out)), std::move(log_u)};
+}
+
 inline at::Tensor dft_loss(const at::Tensor& pos_logp, const at::Tensor& neg_logp, const at::Tensor& ids,
                            PyEstimator& estimator, const std::string& variant, double tau, double gamma,
                            const OptTensor& ref_neg_logp, const OptTensor& pos_len, const OptTensor& neg_len,
                            bool update, double eps) {
-  const dftune::DftOptions opt{.variant = parse_variant(variant), .tau = tau, .gamma = gamma,
-                               .init = estimator.get().init(), .log_u0 = estimator.get().log_u0(), .eps = eps};
-  const LogProbs pos = log_probs("pos_logp", pos_logp, 1, "a 1-D tensor [B]");
-  const LogProbs neg = log_probs("neg_logp", neg_logp, 2, "a 2-D tensor [B, m]");
-  check_same_dtype("neg_logp", neg_logp, "pos_logp", pos_logp);
-  check_dim("ids", ids, 1, "a 1-D tensor [B]");
-  const at::Tensor id = as_i64("ids", ids);
-  // Only the inputs the variant reads are converted (the library ignores the others).
-  const bool dft = opt.variant == dftune::Variant::dft;
-  const Optional ref = dft ? reference_f64("ref_neg_logp", ref_neg_logp, neg_logp, "the shape of neg_logp") : Optional{};
-  const Optional plen = dft ? Optional{} : optional_i64("pos_len", pos_len, pos_logp, "the shape of pos_logp");
-  const Optional nlen = dft ? Optional{} : optional_i64("neg_len", neg_len, neg_logp, "the shape of neg_logp");
-
-  const dftune::SequenceScores<double> batch{
-      .ids = i64_span(id), .num_negatives = static_cast<std::size_t>(neg_logp.size(1)), .pos_logp = pos.span(),
-      .neg_logp = neg.span(), .ref_neg_logp = ref.span<double>(), .pos_len = plen.span<std::int64_t>(),
-      .neg_len = nlen.span<std::int64_t>()};
-  const dftune::DftResult<double> r = dftune::dft_loss(batch, estimator.get(), opt);  // never mutates
-  // Narrowed in the library's order (the weights first), so the first value to overflow is named.
-  at::Tensor grad_neg = grad_like("grad_neg", r.grad_neg, neg_logp);
-  at::Tensor grad_pos = grad_like("grad_pos", r.grad_pos, pos_logp);
-  LossAndGrads out{loss_like(r.loss, pos_logp), {std::move(grad_pos), std::move(grad_neg)}};
+  const DftInputs in = dft_inputs(pos_logp, neg_logp, ids, estimator, variant, tau, gamma, ref_neg_logp, pos_len,
+                                  neg_len, eps);
+  auto [loss, log_u] = dft_compute(in, estimator, 0, 1.0);
   // Everything succeeded: the one update of this call (dft_step's, which dft_loss computed).
-  if (update && estimator.get().init() != dftune::EstimatorInit::fixed)
-    estimator.get().set(batch.ids, std::span<const double>(r.log_u));
-  return attach({pos_logp, neg_logp}, std::move(out));
+  if (update) estimator.commit(in.id, log_u);
+  return loss;
+}
+
+// ---- one rank's share of a data-parallel DFT step (dftune_torch/__init__.py runs the collectives) --
+
+// Every check dft_share would make before computing, on a rank's share; returns its B_r. A share
+// may be empty (a rank that owns no id of the global batch): then its options and shapes are checked.
+inline std::int64_t dft_check(const at::Tensor& pos_logp, const at::Tensor& neg_logp, const at::Tensor& ids,
+                              const PyEstimator& estimator, const std::string& variant, double tau, double gamma,
+                              const OptTensor& ref_neg_logp, const OptTensor& pos_len, const OptTensor& neg_len,
+                              double eps) {
+  const DftInputs in = dft_inputs(pos_logp, neg_logp, ids, estimator, variant, tau, gamma, ref_neg_logp, pos_len,
+                                  neg_len, eps);
+  const dftune::SequenceScores<double> s = in.scores();
+  if (s.batch_size() != 0) {
+    dftune::detail::validate_dft(s, estimator.get(), in.opt);
+  } else {
+    dftune::validate(in.opt);
+    estimator.get().check_options(in.opt);
+    if (s.num_negatives == 0) fail("num_negatives", s.num_negatives, "at least 1");
+    dftune::detail::check_size("pos_logp", s.pos_logp.size(), 0);
+    dftune::detail::check_size("neg_logp", s.neg_logp.size(), 0);
+  }
+  return static_cast<std::int64_t>(s.batch_size());
+}
+
+// A rank's share of the global batch: (loss times scale, with its gradients attached; new log u).
+inline std::pair<at::Tensor, at::Tensor> dft_share(const at::Tensor& pos_logp, const at::Tensor& neg_logp,
+                                                   const at::Tensor& ids, const PyEstimator& estimator,
+                                                   const std::string& variant, double tau, double gamma,
+                                                   const OptTensor& ref_neg_logp, const OptTensor& pos_len,
+                                                   const OptTensor& neg_len, double eps,
+                                                   std::int64_t global_batch_size, double scale) {
+  if (global_batch_size < 1) fail("global_batch_size", global_batch_size, "at least 1");
+  if (!(std::isfinite(scale) && scale > 0)) fail("scale", scale, "a finite number > 0");
+  const DftInputs in = dft_inputs(pos_logp, neg_logp, ids, estimator, variant, tau, gamma, ref_neg_logp, pos_len,
+                                  neg_len, eps);
+  return dft_compute(in, estimator, static_cast<std::size_t>(global_batch_size), scale);
 }
 
 // ---- pairwise baselines: DPO, IPO, SimPO, ORPO ---------------------------------------------------

@@ -31,7 +31,9 @@ def test_every_function_has_a_python_signature():
     assert list(sig.parameters)[:4] == ["pos_logp", "neg_logp", "ids", "estimator"]
     assert sig.parameters["update"].default is None and sig.parameters["tau"].default == 1.0
     assert "update" not in inspect.signature(dt.dft_step).parameters
-    assert list(inspect.signature(dt.Estimator).parameters) == ["num_examples", "init", "log_u0"]
+    assert list(inspect.signature(dt.Estimator).parameters) == ["num_examples", "init", "log_u0", "shard"]
+    assert inspect.signature(dt.Estimator).parameters["shard"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert list(inspect.signature(dt.dft_step).parameters)[-2:] == ["group", "grad_reduction"]
     assert "L = (1/B)" in dt.dft_loss.__doc__ and not dt.dft_loss.__doc__.startswith("dft_loss(")
 
 
