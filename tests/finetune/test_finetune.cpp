@@ -237,9 +237,11 @@ TEST_CASE("the pairwise methods: DPO's and IPO's first loss is their closed form
     }
     REQUIRE(losses.size() == 3);
     REQUIRE(log.front().contains("eval/loss"));
-    const double first = method == "dpo" ? std::log(2.0) : method == "ipo" ? 25.0 : losses[0];
-    CHECK(losses[0] == doctest::Approx(first).epsilon(1e-6));
-    CHECK(log.front()["eval/loss"].get<double>() == doctest::Approx(method == "dpo" || method == "ipo" ? first : log.front()["eval/loss"].get<double>()).epsilon(1e-6));
+    if (method == "dpo" || method == "ipo") {
+      const double first = method == "dpo" ? std::log(2.0) : 25.0;
+      CHECK(losses[0] == doctest::Approx(first).epsilon(1e-6));
+      CHECK(log.front()["eval/loss"].get<double>() == doctest::Approx(first).epsilon(1e-6));
+    }
     CHECK(weights(root() / ("pair_" + method)) != weights(model_dir()));
   }
   const Run rwr = finetune("refused_rwr", "--method rwr");
