@@ -47,6 +47,11 @@ class Decoder {
   using CRow = Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>;
   using C = logprob::compute_t<T>;
   using Ix = Eigen::Index;
+  // Parameters, gradients, activations and the head's workspace start at Eigen's packet alignment:
+  // Eigen's vectorised reductions peel their first elements up to an aligned address, so with
+  // malloc's 16 bytes the sums' order (and the results) depended on where the heap put a buffer,
+  // which changed from run to run once a library (Open MPI) moved large buffers off mmap (as TinyLm).
+  using Buffer = std::vector<T, Eigen::aligned_allocator<T>>;
 
  public:
   using scalar_type = T;
@@ -140,7 +145,7 @@ class Decoder {
     for (std::size_t p = 0; p < P; ++p) active[p] = p;
     std::vector<token_t> cur;
     std::vector<std::int64_t> cur_off;
-    std::vector<T> z(V);
+    Buffer z(V);
     std::vector<double> probs(V);
     std::vector<std::int32_t> order(V);
     const CMat head(theta_.data() + lay_.head, static_cast<Ix>(V), static_cast<Ix>(D));
@@ -172,7 +177,7 @@ class Decoder {
   }
 
  private:
-  static void grow(std::vector<T>& v, std::size_t n) {
+  static void grow(Buffer& v, std::size_t n) {
     if (v.size() < n) v.resize(n);
   }
   T* param(std::size_t off) { return theta_.data() + off; }
@@ -180,7 +185,7 @@ class Decoder {
     return CMat(theta_.data() + off, static_cast<Ix>(r), static_cast<Ix>(c));
   }
   Mat gmat(std::size_t off, std::size_t r, std::size_t c) { return Mat(grad_.data() + off, static_cast<Ix>(r), static_cast<Ix>(c)); }
-  static Mat act(std::vector<T>& buf, std::size_t at, std::size_t r, std::size_t c) {
+  static Mat act(Buffer& buf, std::size_t at, std::size_t r, std::size_t c) {
     return Mat(buf.data() + at, static_cast<Ix>(r), static_cast<Ix>(c));
   }
   bool has_bias_norm() const { return cfg_.norm() == decoder::Norm::layer; }
@@ -477,18 +482,18 @@ class Decoder {
 
   decoder::Config cfg_;
   decoder::Layout lay_;
-  std::vector<T> theta_, grad_;
+  Buffer theta_, grad_;
   std::size_t n_ = 0, probs_stride_ = 0, rope_len_ = 0;
-  std::vector<T> x_, h1_, qkv_, att_, xmid_, h2_, up_, act_, hf_, probs_;
-  std::vector<T> mean1_, rstd1_, mean2_, rstd2_, meanf_, rstdf_;
-  std::vector<T> rope_cos_, rope_sin_;
+  Buffer x_, h1_, qkv_, att_, xmid_, h2_, up_, act_, hf_, probs_;
+  Buffer mean1_, rstd1_, mean2_, rstd2_, meanf_, rstdf_;
+  Buffer rope_cos_, rope_sin_;
   std::vector<std::size_t> att_off_, pos_;
-  std::vector<T> dx_, dh_, datt_, dqkv_, dup_, dact_;
+  Buffer dx_, dh_, datt_, dqkv_, dup_, dact_;
   std::vector<token_t> targets_;
   std::vector<C> weights_;
   std::vector<std::int64_t> offsets_;
-  std::vector<T> head_scores_;
-  std::vector<std::byte> head_ws_;
+  Buffer head_scores_;
+  std::vector<std::byte, Eigen::aligned_allocator<std::byte>> head_ws_;
 };
 
 DFTUNE_NAMESPACE_END
