@@ -16,8 +16,8 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace attention {
 
-/// One query row against the keys 0..last (inclusive): a[0..last] receives the attention weights
-/// softmax(q · k_j · scale), o[0..dh) the weighted sum of the values. k and v rows have stride ld_kv.
+// One query row against the keys 0..last (inclusive): a[0..last] receives the attention weights
+// softmax(q · k_j · scale), o[0..dh) the weighted sum of the values. k and v rows have stride ld_kv.
 template <class T>
 void row_forward(const T* q, const T* k, const T* v, std::size_t ld_kv, std::size_t last, std::size_t dh, T scale, T* a, T* o) {
   T hi = -std::numeric_limits<T>::infinity();
@@ -35,17 +35,17 @@ void row_forward(const T* q, const T* k, const T* v, std::size_t ld_kv, std::siz
     for (std::size_t e = 0; e < dh; ++e) o[e] += a[j] * v[j * ld_kv + e];
 }
 
-/// Causal attention of one sequence of L rows: q, k, v rows of stride ld, out rows of stride
-/// ld_out; the weights are kept in probs [L, L] (row i holds A_i0..A_ii; the rest unused).
+// Causal attention of one sequence of L rows: q, k, v rows of stride ld, out rows of stride
+// ld_out; the weights are kept in probs [L, L] (row i holds A_i0..A_ii; the rest unused).
 template <class T>
 void forward(const T* q, const T* k, const T* v, std::size_t ld, T* probs, T* out, std::size_t ld_out, std::size_t L, std::size_t dh,
              T scale) {
   for (std::size_t i = 0; i < L; ++i) row_forward(q + i * ld, k, v, ld, i, dh, scale, probs + i * L, out + i * ld_out);
 }
 
-/// Backward of forward(): accumulates into dq, dk, dv (the layout of q, k, v) given dout,
-///   dA_ij = dout_i · v_j,  dv_j += Σ_i A_ij dout_i,  dS_ij = A_ij (dA_ij − Σ_j' A_ij' dA_ij'),
-///   dq_i += scale Σ_j dS_ij k_j,  dk_j += scale Σ_i dS_ij q_i.   dA: scratch of L values.
+// Backward of forward(): accumulates into dq, dk, dv (the layout of q, k, v) given dout,
+//   dA_ij = dout_i · v_j,  dv_j += Σ_i A_ij dout_i,  dS_ij = A_ij (dA_ij − Σ_j' A_ij' dA_ij'),
+//   dq_i += scale Σ_j dS_ij k_j,  dk_j += scale Σ_i dS_ij q_i.   dA: scratch of L values.
 template <class T>
 void backward(const T* q, const T* k, const T* v, std::size_t ld, const T* probs, const T* dout, std::size_t ld_out, T* dq, T* dk,
               T* dv, T* dA, std::size_t L, std::size_t dh, T scale) {

@@ -40,31 +40,31 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace decoder {
 
-/// A decoder-family model seen by cached generation (generation::CachedDecoder): a view of its
-/// config, layout and parameters, with its own scratch. Decoder<T>::generate builds one per call.
+// A decoder-family model seen by cached generation (generation::CachedDecoder): a view of its
+// config, layout and parameters, with its own scratch. Decoder<T>::generate builds one per call.
 template <class T>
 class KvDecoder {
  public:
-  /// The parameters' element type and the compute type.
+  // The parameters' element type and the compute type.
   using scalar_type = T;
 
-  /// `layout` must be make_layout(config) and `theta` the model's parameters (Decoder::parameters());
-  /// both must outlive the decoder.
+  // `layout` must be make_layout(config) and `theta` the model's parameters (Decoder::parameters());
+  // both must outlive the decoder.
   KvDecoder(const Config& config, const Layout& layout, std::span<const T> theta) : cfg_(config), lay_(layout), theta_(theta) {
     detail::check_size("parameters", theta.size(), layout.total);
   }
 
-  /// The longest sequence (prompt + completion): config.max_len.
+  // The longest sequence (prompt + completion): config.max_len.
   std::size_t context_length() const { return cfg_.max_len; }
-  /// Keys and values per position and layer: the key/value heads' width, n_kv_heads · head_dim.
+  // Keys and values per position and layer: the key/value heads' width, n_kv_heads · head_dim.
   generation::CacheShape cache_shape() const { return {.layers = cfg_.n_layers, .width = cfg_.kv_width()}; }
-  /// The output head: W_head [vocab, d_model] (the token embedding when tied), no bias.
+  // The output head: W_head [vocab, d_model] (the token embedding when tied), no bias.
   logprob::linear::LinearLogits<T> head() const {
     const std::size_t D = cfg_.d_model, V = cfg_.vocab;
     return {.proj = theta_.subspan(lay_.head, V * D), .bias = {}, .dim = D, .vocab = V, .layout = logprob::linear::Layout::vocab_major};
   }
 
-  /// Scratch for up to `rows` new rows per extend() (checked sizes; grows, never shrinks).
+  // Scratch for up to `rows` new rows per extend() (checked sizes; grows, never shrinks).
   void reserve(std::size_t rows) {
     const std::size_t D = cfg_.d_model;
     checked_rows(rows);
@@ -85,7 +85,7 @@ class KvDecoder {
     grow(scores_, scores);
   }
 
-  /// generate.hpp's CachedDecoder::extend; every argument is checked before the cache is written.
+  // generate.hpp's CachedDecoder::extend; every argument is checked before the cache is written.
   void extend(generation::KvCache<T>& cache, std::span<const std::size_t> slots, std::span<const token_t> tokens,
               std::span<const std::int64_t> offsets, std::span<T> hidden) {
     const std::size_t B = slots.size(), D = cfg_.d_model, n = tokens.size();

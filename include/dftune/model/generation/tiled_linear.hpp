@@ -21,22 +21,25 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace generation {
 
-/// How a weight block is laid out for tiled_linear: [K, N] (in_major) or [N, K] (out_major).
-enum class WeightLayout { in_major, out_major };
+// How a weight block is laid out for tiled_linear: [K, N] (in_major) or [N, K] (out_major).
+enum class WeightLayout {
+  in_major,   // [K, N] row-major: the tiny LM's weights
+  out_major,  // [N, K] row-major: torch.nn.Linear's [out, in], the decoder family's
+};
 
-/// Columns per GEMM task for an output of width N: about 4 tasks per core (the machine's core
-/// count, not the thread count, so the tiles are the same for any number of threads), a multiple
-/// of 16, within [64, 512].
+// Columns per GEMM task for an output of width N: about 4 tasks per core (the machine's core
+// count, not the thread count, so the tiles are the same for any number of threads), a multiple
+// of 16, within [64, 512].
 inline std::size_t column_tile(std::size_t N) {
   const std::size_t cores = std::max(1u, std::thread::hardware_concurrency());
   const std::size_t t = (N + 4 * cores - 1) / (4 * cores);
   return std::min(N, std::clamp<std::size_t>((t + 15) / 16 * 16, 64, 512));
 }
 
-/// Y[rows, N] = A[rows, K] · W (W of the given layout), then epilogue(Y, j0, width) on each column
-/// tile [j0, j0 + width) by the task that computed it (biases, residuals, activations). An
-/// in-major W with a few rows (a step at a small batch) is streamed once without the GEMM
-/// kernel's packing (logits.hpp's few_rows_product).
+// Y[rows, N] = A[rows, K] · W (W of the given layout), then epilogue(Y, j0, width) on each column
+// tile [j0, j0 + width) by the task that computed it (biases, residuals, activations). An
+// in-major W with a few rows (a step at a small batch) is streamed once without the GEMM
+// kernel's packing (logits.hpp's few_rows_product).
 template <WeightLayout L, class T, class Epilogue>
 void tiled_linear(const T* A, std::size_t rows, std::size_t K, const T* W, std::size_t N, T* Y, Epilogue&& epilogue) {
   using Gemm = logprob::linear::DefaultGemm;

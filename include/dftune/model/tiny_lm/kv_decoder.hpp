@@ -6,9 +6,10 @@
 //               x ← x + (Attn(q; cached k, v) W_o + b_o),  x ← x + (gelu(LN₂(x) W₁ + b₁) W₂ + b₂)
 //   hidden = LN_f(x) of each sequence's last new row (the fused head's input).
 // The same kernels and the same order of every sum as the uncached forward (layers.hpp's layer norm
-// and GELU; the attention of one row is attention_forward's loop for that row), only the GEMMs
+// and GELU; the attention of one row is model/attention.hpp's row_forward, as uncached), only the GEMMs
 // differ: they run over column tiles (generation/tiled_linear.hpp: tiles fixed by the shape and the
-// machine's core count), so the values do not depend on the thread count. Only the current layer's activations of the new rows are held: O(rows · (5d + d_ff)).
+// machine's core count), so the values do not depend on the thread count. Only the current layer's
+// activations of the new rows are held: O(rows · (5d + d_ff)).
 // A view: the parameters stay the model's; the decoder owns only its scratch.
 #include <dftune/checked_size.hpp>
 #include <dftune/config.hpp>
