@@ -170,7 +170,7 @@ TEST_CASE("decoder cached generation: a prompt's tokens do not depend on the res
   }
 }
 
-TEST_CASE("decoder cached generation: the cache holds the key/value heads only; bad requests are named errors before allocation") {
+TEST_CASE("decoder cached generation: the cache holds the key/value heads only, and bad requests are named errors before allocation") {
   const decoder::Config c = llama();
   const Decoder<float> m = model<float>(c, 3);
   const decoder::KvDecoder<float> kv(c, m.layout(), m.parameters());
