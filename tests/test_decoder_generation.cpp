@@ -16,6 +16,7 @@
 #include <limits>
 #include <optional>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #if defined(_OPENMP)
@@ -108,11 +109,12 @@ const SamplingOptions kOptions[] = {
 template <class T>
 void check_equal_to_uncached(const decoder::Config& c, std::uint64_t seed) {
   Decoder<T> m = model<T>(c, seed);
-  const std::size_t max_new = 12;
-  const Batch b = random_prompts(7, c.max_len - max_new, c.vocab, seed + 2);
+  const std::size_t max_new = 10;
+  const Batch b = random_prompts(6, c.max_len - max_new, c.vocab, seed + 2);
   for (const auto& o : kOptions)
     for (const std::optional<token_t> eos : {std::optional<token_t>{}, std::optional<token_t>{5}})
       for (int threads : {1, 2}) {
+        if (threads == 1 && std::is_same_v<T, float>) continue;  // float: 2 threads only (thread independence: below)
         CAPTURE(o.temperature);
         CAPTURE(o.top_k);
         CAPTURE(o.top_p);
