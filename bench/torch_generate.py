@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""PyTorch baseline for bench_generate (the same flags; --batch and --new take lists): an eager sampler with its own key/value cache on the tiny
-LM's architecture at the same shape (pre-layer-norm GPT: learned positions, fused q|k|v, tanh GELU,
-final layer norm, an untied output head with a bias; GPT-2 124M's shape by default), the same
+"""PyTorch baseline for bench_generate (the same flags; --batch and --new take lists): an eager sampler with its own key/value cache on the same
+architecture at the same shape (pre-layer-norm GPT: learned positions, fused q|k|v, tanh GELU, final
+layer norm; --arch gpt2, the default: GPT-2's head tied to the token embedding without a bias;
+--arch tiny: the tiny LM's untied head with a bias; GPT-2 124M's shape by default), the same
 sampling (temperature, top-k, top-p, inverse CDF at one uniform per row), the same batch, prompt
 length, number of new tokens and threads. The cache is preallocated per layer, [B, H, len, dh], and
 written in place (no torch.cat per step); only the last row's logits are computed per step.
@@ -38,11 +39,15 @@ class Block(torch.nn.Module):
 
 
 class Lm(torch.nn.Module):
-    def __init__(s, V, max_len, d, H, L, ff):
+    def __init__(s, V, max_len, d, H, L, ff, tied):
         super().__init__()
         s.tok, s.pos = torch.nn.Embedding(V, d), torch.nn.Embedding(max_len, d)
         s.blocks = torch.nn.ModuleList(Block(d, H, ff) for _ in range(L))
-        s.lnf, s.head = torch.nn.LayerNorm(d), torch.nn.Linear(d, V)
+        s.lnf = torch.nn.LayerNorm(d)
+        s.lm = None if tied else torch.nn.Linear(d, V)
+
+    def head(s, h):  # GPT-2: logits = h Eᵀ
+        return F.linear(h, s.tok.weight) if s.lm is None else s.lm(h)
 
     def extend(s, tokens, caches, t0):  # hidden state of the last new row, [B, d]
         x = s.tok(tokens) + s.pos(torch.arange(t0, t0 + tokens.shape[1]))
@@ -88,10 +93,11 @@ def main():
     ap.add_argument("--new", type=ints, default=[64])
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--arch", choices=["gpt2", "tiny"], default="gpt2")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(1)
-    m = Lm(a.V, a.max_len, a.d, a.heads, a.layers, a.ff).eval()
+    m = Lm(a.V, a.max_len, a.d, a.heads, a.layers, a.ff, a.arch == "gpt2").eval()
     for batch in a.batch:
         for new in a.new:
             g = torch.Generator().manual_seed(7)
@@ -104,7 +110,7 @@ def main():
                     out = generate(m, prompts, new, a, a.layers, a.heads, a.d // a.heads)
                     cpu = min(cpu, time.process_time() - c)
                     best = min(best, time.perf_counter() - t)
-            print(json.dumps({"impl": "torch", "layers": a.layers, "d": a.d, "V": a.V, "batch": batch, "new": new, "prompt": a.prompt,
+            print(json.dumps({"impl": "torch", "arch": a.arch, "layers": a.layers, "d": a.d, "V": a.V, "batch": batch, "new": new, "prompt": a.prompt,
                               "threads": a.threads, "temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p,
                               "seconds": best, "tokens_per_s": batch * new / best, "generated": int(out.numel()),
                               "cpu_seconds": cpu, "tokens_per_cpu_s": batch * new / cpu,

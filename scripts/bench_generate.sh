@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Tokens/s of cached generation (TinyLm::generate, docs/generation.md) beside a PyTorch eager
+# Tokens/s of cached generation (Decoder::generate, docs/generation.md) beside a PyTorch eager
 # sampler with its own key/value cache on the same architecture and shape (bench/torch_generate.py),
-# 1 and 2 threads, then the table (bench/report_generate.py). The default shape is GPT-2 124M's
-# (12 layers, d 768, 12 heads, d_ff 3072, V 50257) on the tiny LM, whose head is untied.
+# 1 and 2 threads, then the table (bench/report_generate.py). The default is GPT-2 124M (12 layers,
+# d 768, 12 heads, d_ff 3072, V 50257, tied head) on the decoder family; DFTUNE_GEN_SHAPE="--arch
+# tiny" runs the tiny LM (untied head with a bias) at that shape instead.
 #   scripts/bench_generate.sh                       batch 1, 8, 32 × 64 and 256 new tokens, 1 and 2 threads
 #   DFTUNE_GEN_BATCH=1,8 DFTUNE_GEN_NEW=64 ...      fewer configurations
 #   DFTUNE_GEN_NEW_T2=64                            other lengths on 2 threads (default: DFTUNE_GEN_NEW)

@@ -16,8 +16,11 @@
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
 #include <dftune/logprob/linear/linear.hpp>
+#include <dftune/model/attention.hpp>
 #include <dftune/model/concept.hpp>
+#include <dftune/model/generation/generate.hpp>
 #include <dftune/model/decoder/config.hpp>
+#include <dftune/model/decoder/kv_decoder.hpp>
 #include <dftune/model/decoder/layers.hpp>
 #include <dftune/model/sampling.hpp>
 #include <dftune/model/sequence_batch.hpp>
@@ -122,11 +125,19 @@ class Decoder {
         CMat(hf_.data(), static_cast<Ix>(n_), static_cast<Ix>(D)) * CMat(theta_.data() + lay_.head, static_cast<Ix>(V), static_cast<Ix>(D)).transpose();
   }
 
-  // Batched generation (SamplingModel): each step runs the forward of the active sequences and
-  // draws from the last row's logits; prompt p draws from its own stream (seed, p), so results do
-  // not depend on which other prompts share the batch.
+  // Batched generation (SamplingModel) with a key/value cache (model/generation/generate.hpp,
+  // decoder/kv_decoder.hpp): prompt p draws from its own stream (seed, p). The cache is checked
+  // against limits.max_cache_bytes before anything is allocated.
   Sequences generate(const Prompts& prompts, std::size_t max_new, const SamplingOptions& opt,
-                     std::optional<token_t> eos = std::nullopt) {
+                     std::optional<token_t> eos = std::nullopt, const generation::Limits& limits = {}) const {
+    decoder::KvDecoder<T> kv(cfg_, lay_, theta_);
+    return generation::generate(kv, prompts, max_new, opt, eos, limits);
+  }
+
+  // The same tokens without a cache (the reference the cached path is tested against): each step
+  // runs the forward of the active sequences and draws from the last row's logits.
+  Sequences generate_uncached(const Prompts& prompts, std::size_t max_new, const SamplingOptions& opt,
+                              std::optional<token_t> eos = std::nullopt) {
     validate(prompts, cfg_.vocab);
     validate(opt);
     const std::size_t P = prompts.size(), V = cfg_.vocab, D = cfg_.d_model;
@@ -250,16 +261,7 @@ class Decoder {
         longest = std::max(longest, pos_[static_cast<std::size_t>(r)] + 1);
       }
     if (cfg_.positions() == decoder::Positions::rope && rope_len_ < longest) {
-      // cos/sin of p·f_i in double, then rounded: the table is exact to T whatever T is.
-      const auto f = decoder::rope_frequencies(cfg_);
-      const std::size_t half = f.size();
-      rope_cos_.resize(longest * half);
-      rope_sin_.resize(longest * half);
-      for (std::size_t p = 0; p < longest; ++p)
-        for (std::size_t i = 0; i < half; ++i) {
-          rope_cos_[p * half + i] = static_cast<T>(std::cos(static_cast<double>(p) * f[i]));
-          rope_sin_[p * half + i] = static_cast<T>(std::sin(static_cast<double>(p) * f[i]));
-        }
+      decoder::rope_table(cfg_, longest, rope_cos_, rope_sin_);
       rope_len_ = longest;
     }
   }
@@ -342,8 +344,8 @@ class Decoder {
         const auto rs = static_cast<std::size_t>(offsets[s]), Ls = static_cast<std::size_t>(offsets[s + 1]) - rs;
         const T* base = qkv_.data() + (l * n + rs) * QKV;
         for (std::size_t h = g * grp; h < (g + 1) * grp; ++h)
-          decoder::attention_forward(base + h * dh, base + QW + g * dh, base + QW + KW + g * dh, QKV, probs + att_off_[s] + h * Ls * Ls,
-                                     att_.data() + (l * n + rs) * QW + h * dh, QW, Ls, dh, scale);
+          attention::forward(base + h * dh, base + QW + g * dh, base + QW + KW + g * dh, QKV, probs + att_off_[s] + h * Ls * Ls,
+                             att_.data() + (l * n + rs) * QW + h * dh, QW, Ls, dh, scale);
       });
       Mat xmid = act(xmid_, o, n, D);
       xmid.noalias() = act(att_, l * n * QW, n, QW) * pmat(k.w_o, D, QW).transpose();
@@ -458,9 +460,9 @@ class Decoder {
         thread_local std::vector<T> dA;
         if (dA.size() < Ls) dA.resize(Ls);
         for (std::size_t h = g * grp; h < (g + 1) * grp; ++h)
-          decoder::attention_backward(base + h * dh, base + QW + g * dh, base + QW + KW + g * dh, QKV, probs + att_off_[s] + h * Ls * Ls,
-                                      datt_.data() + rs * QW + h * dh, QW, dbase + h * dh, dbase + QW + g * dh, dbase + QW + KW + g * dh,
-                                      dA.data(), Ls, dh, scale);
+          attention::backward(base + h * dh, base + QW + g * dh, base + QW + KW + g * dh, QKV, probs + att_off_[s] + h * Ls * Ls,
+                              datt_.data() + rs * QW + h * dh, QW, dbase + h * dh, dbase + QW + g * dh, dbase + QW + KW + g * dh,
+                              dA.data(), Ls, dh, scale);
       });
       if (cfg_.positions() == decoder::Positions::rope) rope(dqkv_.data(), true);
       gmat(k.w_qkv, QKV, D).noalias() += dqkv.transpose() * act(h1_, o, n, D);

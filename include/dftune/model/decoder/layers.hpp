@@ -1,14 +1,17 @@
 #pragma once
 // The per-row kernels of the decoder family, forward and hand-written backward: the two norms as
-// one kernel, RoPE, the two MLP activations and grouped-query causal attention of one sequence.
+// one kernel, RoPE and the two MLP activations (attention is model/attention.hpp's, shared with the
+// tiny LM).
 // The dense products live in the model (Eigen GEMMs over all rows). Caller-owned row-major
 // buffers; nothing here allocates.
 #include <dftune/config.hpp>
+#include <dftune/model/decoder/config.hpp>
 #include <dftune/model/tiny_lm/layers.hpp>
 
 #include <cmath>
 #include <cstddef>
 #include <limits>
+#include <vector>
 
 DFTUNE_NAMESPACE_BEGIN
 
@@ -69,6 +72,22 @@ void rope_rotate(T* x, const T* cos, const T* sin, std::size_t half, bool invers
   }
 }
 
+/// cos and sin of p·f_i (rope_frequencies) for the positions p < len, [len, head_dim / 2] each:
+/// computed in double, then rounded, so the table is exact to T whatever T is. One table for the
+/// uncached forward and the cached decoder, so both rotate by the same values.
+template <class T>
+void rope_table(const Config& c, std::size_t len, std::vector<T>& cos, std::vector<T>& sin) {
+  const auto f = rope_frequencies(c);
+  const std::size_t half = f.size();
+  cos.resize(len * half);
+  sin.resize(len * half);
+  for (std::size_t p = 0; p < len; ++p)
+    for (std::size_t i = 0; i < half; ++i) {
+      cos[p * half + i] = static_cast<T>(std::cos(static_cast<double>(p) * f[i]));
+      sin[p * half + i] = static_cast<T>(std::sin(static_cast<double>(p) * f[i]));
+    }
+}
+
 // ---- MLP activations: [rows, U] pre-activation → [rows, F] -----------------------------------
 // gelu (tanh form, GPT-2's gelu_new): U = F.  SwiGLU: U = 2F, a = silu(gate) ⊙ up, with
 // silu(g) = g σ(g) and silu'(g) = σ(g)(1 + g(1 − σ(g))).
@@ -86,58 +105,6 @@ void swiglu_backward(const T* gu, const T* da, T* dgu, std::size_t F) {
     const T g = gu[j], u = gu[F + j], sg = T(1) / (T(1) + std::exp(-g));
     dgu[j] = da[j] * u * sg * (T(1) + g * (T(1) - sg));
     dgu[F + j] = da[j] * g * sg;
-  }
-}
-
-// ---- causal attention of one sequence of L rows, one query head -------------------------------
-// q, k, v point at the head's columns of rows whose stride is ld; out at the head's columns of
-// rows of stride ld_out. A = softmax(q kᵀ · scale) over keys j <= i is kept in probs [L, L].
-template <class T>
-void attention_forward(const T* q, const T* k, const T* v, std::size_t ld, T* probs, T* out, std::size_t ld_out, std::size_t L,
-                       std::size_t dh, T scale) {
-  for (std::size_t i = 0; i < L; ++i) {
-    T* a = probs + i * L;
-    T hi = -std::numeric_limits<T>::infinity();
-    for (std::size_t j = 0; j <= i; ++j) {
-      T s = 0;
-      for (std::size_t e = 0; e < dh; ++e) s += q[i * ld + e] * k[j * ld + e];
-      a[j] = s * scale;
-      hi = a[j] > hi ? a[j] : hi;
-    }
-    T sum = 0;
-    for (std::size_t j = 0; j <= i; ++j) sum += (a[j] = std::exp(a[j] - hi));
-    for (std::size_t j = 0; j <= i; ++j) a[j] /= sum;
-    T* o = out + i * ld_out;
-    for (std::size_t e = 0; e < dh; ++e) o[e] = 0;
-    for (std::size_t j = 0; j <= i; ++j)
-      for (std::size_t e = 0; e < dh; ++e) o[e] += a[j] * v[j * ld + e];
-  }
-}
-
-// Accumulates into dq, dk, dv (the layout of q, k, v):
-//   dA_ij = dout_i · v_j,  dv_j += Σ_i A_ij dout_i,  dS_ij = A_ij (dA_ij − Σ_j' A_ij' dA_ij'),
-//   dq_i += scale Σ_j dS_ij k_j,  dk_j += scale Σ_i dS_ij q_i.   dA: scratch of L values.
-template <class T>
-void attention_backward(const T* q, const T* k, const T* v, std::size_t ld, const T* probs, const T* dout, std::size_t ld_out,
-                        T* dq, T* dk, T* dv, T* dA, std::size_t L, std::size_t dh, T scale) {
-  for (std::size_t i = 0; i < L; ++i) {
-    const T* a = probs + i * L;
-    const T* go = dout + i * ld_out;
-    T dot = 0;
-    for (std::size_t j = 0; j <= i; ++j) {
-      T s = 0;
-      for (std::size_t e = 0; e < dh; ++e) s += go[e] * v[j * ld + e];
-      dA[j] = s;
-      dot += a[j] * s;
-      for (std::size_t e = 0; e < dh; ++e) dv[j * ld + e] += a[j] * go[e];
-    }
-    for (std::size_t j = 0; j <= i; ++j) {
-      const T ds = a[j] * (dA[j] - dot) * scale;
-      for (std::size_t e = 0; e < dh; ++e) {
-        dq[i * ld + e] += ds * k[j * ld + e];
-        dk[j * ld + e] += ds * q[i * ld + e];
-      }
-    }
   }
 }
 

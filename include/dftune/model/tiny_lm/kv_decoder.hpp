@@ -6,16 +6,18 @@
 //               x ← x + (Attn(q; cached k, v) W_o + b_o),  x ← x + (gelu(LN₂(x) W₁ + b₁) W₂ + b₂)
 //   hidden = LN_f(x) of each sequence's last new row (the fused head's input).
 // The same kernels and the same order of every sum as the uncached forward (layers.hpp's layer norm
-// and GELU; the attention of one row is attention_forward's loop for that row), only the GEMMs
-// differ: they run over column tiles (one single-threaded GEMM of the fused head's kernel per tile,
-// tiles fixed by the shape and the machine's core count), so the values do not depend on the thread
-// count. Only the current layer's activations of the new rows are held: O(rows · (5d + d_ff)).
+// and GELU; the attention of one row is model/attention.hpp's row_forward, as uncached), only the GEMMs
+// differ: they run over column tiles (generation/tiled_linear.hpp: tiles fixed by the shape and the
+// machine's core count), so the values do not depend on the thread count. Only the current layer's
+// activations of the new rows are held: O(rows · (5d + d_ff)).
 // A view: the parameters stay the model's; the decoder owns only its scratch.
 #include <dftune/checked_size.hpp>
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
 #include <dftune/logprob/linear/linear.hpp>
+#include <dftune/model/attention.hpp>
 #include <dftune/model/generation/kv_cache.hpp>
+#include <dftune/model/generation/tiled_linear.hpp>
 #include <dftune/model/tiny_lm/config.hpp>
 #include <dftune/model/tiny_lm/layers.hpp>
 
@@ -26,7 +28,6 @@
 #include <limits>
 #include <span>
 #include <string>
-#include <thread>
 #include <vector>
 
 #if defined(_OPENMP)
@@ -117,7 +118,7 @@ class KvDecoder {
         std::copy_n(qkv_.data() + i * 3 * D + D, D, cache.keys(l, s) + t * D);
         std::copy_n(qkv_.data() + i * 3 * D + 2 * D, D, cache.values(l, s) + t * D);
       }
-      attention(cache, l, n, D, H, dh);
+      attend(cache, l, n, D, H, dh);
       // x ← x + (att W_o + b_o): the uncached forward's (att W_o + b_o) + x, summed in the same order.
       linear(att_.data(), n, D, k.w_o, D, h_.data(), [&](T* y, std::size_t j0, std::size_t w) {
         add_bias(y, n, D, j0, w, k.b_o);
@@ -160,44 +161,15 @@ class KvDecoder {
       for (std::size_t j = j0; j < j0 + w; ++j) y[i * ld + j] += b[j];
   }
 
-  // Columns per GEMM task for an output of width N: about 4 tasks per core (the machine's core
-  // count, not the thread count, so the tiles and with them every rounding are the same for any
-  // number of threads), a multiple of 16, within [64, 512].
-  static std::size_t column_tile(std::size_t N) {
-    const std::size_t cores = std::max(1u, std::thread::hardware_concurrency());
-    const std::size_t t = (N + 4 * cores - 1) / (4 * cores);
-    return std::min(N, std::clamp<std::size_t>((t + 15) / 16 * 16, 64, 512));
-  }
-
-  // Y[rows, N] = A[rows, K] · W[K, N] (W the parameter block at w, row-major), then epilogue(Y, j0,
-  // width) on each column tile by the task that computed it. A few rows (a step at a small batch)
-  // stream W without the GEMM kernel's packing (logits.hpp's few_rows_product).
+  // Y[rows, N] = A[rows, K] · W (W the parameter block at w, [K, N]) over the shared column tiles.
   template <class Epilogue>
   void linear(const T* A, std::size_t rows, std::size_t K, std::size_t w, std::size_t N, T* Y, Epilogue&& epilogue) {
-    using Gemm = logprob::linear::DefaultGemm;
-    const std::size_t tile = column_tile(N), tiles = (N + tile - 1) / tile;
-    [[maybe_unused]] const bool parallel = static_cast<double>(rows) * static_cast<double>(K) * static_cast<double>(N) >= logprob::linear::parallel_min_macs;
-    const T* W = param(w);
-    DFTUNE_OMP(parallel num_threads(static_cast<int>(parallel ? threads() : 1)))
-    {
-#if defined(_OPENMP)
-      omp_set_num_threads(1);  // a threaded BLAS runs each task on one thread
-#endif
-      DFTUNE_OMP(for schedule(dynamic, 1))
-      for (std::ptrdiff_t t = 0; t < static_cast<std::ptrdiff_t>(tiles); ++t) {
-        const std::size_t j0 = static_cast<std::size_t>(t) * tile, width = std::min(tile, N - j0);
-        if (rows <= logprob::linear::chunked::kFewRows)
-          logprob::linear::chunked::few_rows_product(rows, width, K, A, K, W + j0, N, Y + j0, N);
-        else
-          Gemm::template run<true, true>(rows, width, K, A, K, W + j0, N, Y + j0, N, false);
-        epilogue(Y, j0, width);
-      }
-    }
+    generation::tiled_linear<generation::WeightLayout::in_major>(A, rows, K, param(w), N, Y, epilogue);
   }
 
   // att_[i, head h] = softmax(q_i k_jᵀ / sqrt(dh)) over the cached positions j <= t_i, times v:
-  // attention_forward's arithmetic for row t_i, in the same order.
-  void attention(const generation::KvCache<T>& cache, std::size_t l, std::size_t n, std::size_t D, std::size_t H, std::size_t dh) {
+  // the uncached forward's arithmetic for row t_i (the same attention::row_forward).
+  void attend(const generation::KvCache<T>& cache, std::size_t l, std::size_t n, std::size_t D, std::size_t H, std::size_t dh) {
     const T scale = T(1) / std::sqrt(static_cast<T>(dh));
     const std::size_t work = n * H;
     [[maybe_unused]] std::size_t macs = 0;
@@ -211,23 +183,8 @@ class KvDecoder {
       T* a = scores_.data();
 #endif
       const std::size_t s = row_slot_[i], t = row_pos_[i];
-      const T* q = qkv_.data() + i * 3 * D + h * dh;
-      const T* k = cache.keys(l, s) + h * dh;
-      const T* v = cache.values(l, s) + h * dh;
-      T hi = -std::numeric_limits<T>::infinity();
-      for (std::size_t j = 0; j <= t; ++j) {
-        T sc = 0;
-        for (std::size_t e = 0; e < dh; ++e) sc += q[e] * k[j * D + e];
-        a[j] = sc * scale;
-        hi = a[j] > hi ? a[j] : hi;
-      }
-      T sum = 0;
-      for (std::size_t j = 0; j <= t; ++j) sum += (a[j] = std::exp(a[j] - hi));
-      for (std::size_t j = 0; j <= t; ++j) a[j] /= sum;
-      T* o = att_.data() + i * D + h * dh;
-      for (std::size_t e = 0; e < dh; ++e) o[e] = 0;
-      for (std::size_t j = 0; j <= t; ++j)
-        for (std::size_t e = 0; e < dh; ++e) o[e] += a[j] * v[j * D + e];
+      attention::row_forward(qkv_.data() + i * 3 * D + h * dh, cache.keys(l, s) + h * dh, cache.values(l, s) + h * dh, D, t, dh, scale, a,
+                             att_.data() + i * D + h * dh);
     }
   }
 

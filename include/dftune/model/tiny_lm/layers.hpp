@@ -1,9 +1,10 @@
 #pragma once
 // The per-row kernels of the tiny causal LM, forward and hand-written backward: layer norm,
-// GELU and causal multi-head attention of one sequence. The dense products live in the model
+// GELU and causal multi-head attention of one sequence (the shared kernel of model/attention.hpp). The dense products live in the model
 // (one Eigen GEMM over all rows of a batch); these are the parts that are not a GEMM.
 // All buffers are caller-owned and row-major; nothing here allocates.
 #include <dftune/config.hpp>
+#include <dftune/model/attention.hpp>
 
 #include <cmath>
 #include <cstddef>
@@ -73,67 +74,22 @@ T gelu_grad(T u) {
   return T(0.5) * (T(1) + t) + T(0.5) * u * (T(1) - t * t) * c * (T(1) + T(3) * T(0.044715) * u * u);
 }
 
-// ---- causal attention of one sequence of L rows, one head -------------------------------------
+// ---- causal attention of one sequence of L rows, one head (model/attention.hpp) ---------------
 // qkv is [L, 3d] (q | k | v, head h at columns h·dh of each third); out and dout are [L, d].
-// A = softmax(q kᵀ · scale) over keys j <= i, stored in probs [L, L] (upper triangle unused);
-// out_h = A v_h.
+// A = softmax(q kᵀ / sqrt(dh)) over keys j <= i, stored in probs [L, L] (upper triangle unused).
 template <class T>
-void attention_forward(const T* qkv, T* probs, T* out, std::size_t L, std::size_t d, std::size_t h,
-                       std::size_t dh) {
-  const std::size_t ld = 3 * d;
-  const T scale = T(1) / std::sqrt(static_cast<T>(dh));
+void attention_forward(const T* qkv, T* probs, T* out, std::size_t L, std::size_t d, std::size_t h, std::size_t dh) {
   const T* q = qkv + h * dh;
-  const T* k = qkv + d + h * dh;
-  const T* v = qkv + 2 * d + h * dh;
-  for (std::size_t i = 0; i < L; ++i) {
-    T* a = probs + i * L;
-    T hi = -std::numeric_limits<T>::infinity();
-    for (std::size_t j = 0; j <= i; ++j) {
-      T s = 0;
-      for (std::size_t e = 0; e < dh; ++e) s += q[i * ld + e] * k[j * ld + e];
-      a[j] = s * scale;
-      hi = a[j] > hi ? a[j] : hi;
-    }
-    T sum = 0;
-    for (std::size_t j = 0; j <= i; ++j) sum += (a[j] = std::exp(a[j] - hi));
-    for (std::size_t j = 0; j <= i; ++j) a[j] /= sum;
-    T* o = out + i * d + h * dh;
-    for (std::size_t e = 0; e < dh; ++e) o[e] = 0;
-    for (std::size_t j = 0; j <= i; ++j)
-      for (std::size_t e = 0; e < dh; ++e) o[e] += a[j] * v[j * ld + e];
-  }
+  attention::forward(q, q + d, q + 2 * d, 3 * d, probs, out + h * dh, d, L, dh, T(1) / std::sqrt(static_cast<T>(dh)));
 }
 
-// Given dout, accumulates into dqkv (same layout as qkv):
-//   dA_ij = dout_i · v_j,  dv_j += Σ_i A_ij dout_i,
-//   dS_ij = A_ij (dA_ij − Σ_j' A_ij' dA_ij')   (softmax Jacobian),
-//   dq_i += scale Σ_j dS_ij k_j,  dk_j += scale Σ_i dS_ij q_i.
-// dA is scratch of L values.
+// Given dout, accumulates into dqkv (same layout as qkv); dA is scratch of L values.
 template <class T>
-void attention_backward(const T* qkv, const T* probs, const T* dout, T* dqkv, T* dA, std::size_t L, std::size_t d,
-                        std::size_t h, std::size_t dh) {
-  const std::size_t ld = 3 * d;
-  const T scale = T(1) / std::sqrt(static_cast<T>(dh));
-  const std::size_t qo = h * dh, ko = d + h * dh, vo = 2 * d + h * dh;
-  for (std::size_t i = 0; i < L; ++i) {
-    const T* a = probs + i * L;
-    const T* go = dout + i * d + h * dh;
-    T dot = 0;
-    for (std::size_t j = 0; j <= i; ++j) {
-      T s = 0;
-      for (std::size_t e = 0; e < dh; ++e) s += go[e] * qkv[j * ld + vo + e];
-      dA[j] = s;
-      dot += a[j] * s;
-      for (std::size_t e = 0; e < dh; ++e) dqkv[j * ld + vo + e] += a[j] * go[e];
-    }
-    for (std::size_t j = 0; j <= i; ++j) {
-      const T ds = a[j] * (dA[j] - dot) * scale;
-      for (std::size_t e = 0; e < dh; ++e) {
-        dqkv[i * ld + qo + e] += ds * qkv[j * ld + ko + e];
-        dqkv[j * ld + ko + e] += ds * qkv[i * ld + qo + e];
-      }
-    }
-  }
+void attention_backward(const T* qkv, const T* probs, const T* dout, T* dqkv, T* dA, std::size_t L, std::size_t d, std::size_t h,
+                        std::size_t dh) {
+  const std::size_t o = h * dh;
+  attention::backward(qkv + o, qkv + d + o, qkv + 2 * d + o, 3 * d, probs, dout + o, d, dqkv + o, dqkv + d + o, dqkv + 2 * d + o, dA, L,
+                      dh, T(1) / std::sqrt(static_cast<T>(dh)));
 }
 
 }  // namespace tiny_lm
