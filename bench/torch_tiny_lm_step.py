@@ -13,9 +13,15 @@ import json
 import math
 import time
 
+import os
+import sys
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch_env  # noqa: E402
 
 V, D, H, LAYERS, FF, MAX_LEN = 50257, 384, 6, 6, 1536, 64
 S, PROMPT, COMPLETION = 4, 32, 32
@@ -103,7 +109,8 @@ def main():
     cpu.sort()
     wall.sort()
     print(json.dumps({"impl": "torch eager " + torch.__version__, "threads": torch.get_num_threads(), "rounds": a.rounds,
-                      "tokens": tokens[:, :4].tolist(), "cpu_ms": round(cpu[len(cpu) // 2], 1), "wall_ms": round(wall[len(wall) // 2], 1)}))
+                      "tokens": tokens[:, :4].tolist(), "cpu_ms": round(cpu[len(cpu) // 2], 1), "wall_ms": round(wall[len(wall) // 2], 1),
+                      "env": torch_env.env()}))
 
 
 if __name__ == "__main__":
