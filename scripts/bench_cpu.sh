@@ -45,7 +45,7 @@ if [ "${DFTUNE_BENCH_FORWARD:-0}" != 0 ]; then
   for shape in $shapes; do
     V=${shape%:*} N=${shape#*:}
     echo "== V=$V N=$N  load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-    "$build/bench/bench_logprob" --benchmark_filter="^logprob/fast/float/forward/V:$V/N:$N/threads:1\$" \
+    "$build/bench/bench_logprob" --benchmark_filter="^logprob/fast/float/forward/V:$V/N:$N/threads:1/" \
       --benchmark_out="$out/cpp_${V}_$N.json" --benchmark_out_format=json >&2
     LD_PRELOAD=$jemalloc MALLOC_CONF=thp:always,dirty_decay_ms:-1,muzzy_decay_ms:-1 \
       "$py" bench/torch_logprob.py --vocabs "$V" --rows "$N" --threads 1 --ops forward --min-time $min_time \
