@@ -158,7 +158,7 @@ static int demo_main(int argc, char** argv) {
   for (std::ptrdiff_t j = 0; j < nj; ++j) {
     const Job& job = jobs[static_cast<std::size_t>(j)];
     runs[static_cast<std::size_t>(j)] = demo::finetune(base, job.method, job.lr, data[job.seed_index], validation, test, s,
-                                                       seeds[job.seed_index], progress, world.comm);
+                                                       seeds[job.seed_index], progress, world.comm, &base_test);
   }
   if (!root) return 0;  // every rank holds the same results; rank 0 reports them
 

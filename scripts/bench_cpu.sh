@@ -7,6 +7,9 @@
 #   DFTUNE_BENCH_QUICK=1 scripts/bench_cpu.sh   one small shape, to check the plumbing
 #   DFTUNE_BENCH_BUILD=dir               build directory (default build-bench)
 #   DFTUNE_BENCH_THREADS=n               the multi-thread count (default: all cores)
+#   DFTUNE_BENCH_FORWARD=1 scripts/bench_cpu.sh   only the float forward on one thread, fast path and
+#                                        PyTorch shape by shape, on the six shapes: G logits/s and the ratio
+#                                        (prints a table; leaves bench/RESULTS_cpu.md alone)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${DFTUNE_BENCH_BUILD:-build-bench}
@@ -38,6 +41,32 @@ mkdir -p "$out"
 if [ "${DFTUNE_BENCH_QUICK:-0}" != 0 ]; then shapes="32000:512"; min_time=0.1; else
   shapes="32000:512 32000:4096 128256:512 128256:4096 256000:512 256000:4096"; min_time=0.3; fi
 rm -f "$out"/cpp_*.json "$out"/torch_*.json
+if [ "${DFTUNE_BENCH_FORWARD:-0}" != 0 ]; then
+  for shape in $shapes; do
+    V=${shape%:*} N=${shape#*:}
+    echo "== V=$V N=$N  load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+    "$build/bench/bench_logprob" --benchmark_filter="^logprob/fast/float/forward/V:$V/N:$N/threads:1/" \
+      --benchmark_out="$out/cpp_${V}_$N.json" --benchmark_out_format=json >&2
+    LD_PRELOAD=$jemalloc MALLOC_CONF=thp:always,dirty_decay_ms:-1,muzzy_decay_ms:-1 \
+      "$py" bench/torch_logprob.py --vocabs "$V" --rows "$N" --threads 1 --ops forward --min-time $min_time \
+      >"$out/torch_${V}_$N.json"
+    echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+  done
+  "$py" - "$out" $shapes <<'PY'
+import json, sys
+out, shapes = sys.argv[1], sys.argv[2:]
+print("| V | N | fast ms (wall) | fast ms (CPU) | G logits/s (wall) | G logits/s (CPU) | torch ms (wall) | torch G logits/s | fast ÷ torch (wall) |")
+print("|---|---|---|---|---|---|---|---|---|")
+for s in shapes:
+    V, N = map(int, s.split(":"))
+    runs = [b for b in json.load(open(f"{out}/cpp_{V}_{N}.json"))["benchmarks"] if b.get("run_type") == "iteration"]
+    wall, cpu = min(b["real_time"] for b in runs), min(b["cpu_time"] for b in runs)
+    t = 1e3 * next(r for r in json.load(open(f"{out}/torch_{V}_{N}.json"))["results"] if r.get("threads") == 1)["forward"]
+    g = lambda ms: N * V / ms / 1e6
+    print(f"| {V} | {N} | {wall:.3g} | {cpu:.3g} | {g(wall):.2f} | {g(cpu):.2f} | {t:.3g} | {g(t):.2f} | {t / wall:.2f}× |")
+PY
+  exit 0
+fi
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 for shape in $shapes; do
   V=${shape%:*} N=${shape#*:}

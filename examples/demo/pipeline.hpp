@@ -263,6 +263,12 @@ struct EvalSet {
   Sequences positives, wrong;
 };
 
+struct Metrics {
+  double accuracy = 0;  // greedy exact match
+  double pos_logp = 0;  // mean log π(right answer | prompt)
+  double neg_logp = 0;  // mean log π(base model's wrong sample | prompt)
+};
+
 inline EvalSet make_eval_set(Model& base, const std::vector<Problem>& problems, const Settings& s, std::uint64_t seed) {
   EvalSet e;
   e.problems = problems;
@@ -280,12 +286,6 @@ inline EvalSet make_eval_set(Model& base, const std::vector<Problem>& problems, 
   }
   return e;
 }
-
-struct Metrics {
-  double accuracy = 0;  // greedy exact match
-  double pos_logp = 0;  // mean log π(right answer | prompt)
-  double neg_logp = 0;  // mean log π(base model's wrong sample | prompt)
-};
 
 inline double mean_logp(Model& model, const Sequences& seqs) {
   if (seqs.size() == 0) return 0;
@@ -368,10 +368,13 @@ inline Sequences split_tokens(const dftune::SequenceBatch& b, std::vector<std::i
 // (already a copy of the base), adds its metrics to `log` (which already holds step, epoch and
 // learning_rate) and returns the step's loss; `label` names the run in progress lines.
 // Data-parallel, `shard` is this rank's: it draws the same batches and passes on the ids it owns.
+// `at_start`, when given, is evaluate(base, test), computed once by the caller: every run starts
+// from the same base, so its step-0 point is the same numbers (evaluation is deterministic), and
+// the demo's 36 runs need not each evaluate it again.
 template <class TrainStep>
 RunResult finetune_loop(Model& model, const char* label, double lr, const TrainData& data, const EvalSet& validation,
                         const EvalSet& test, const Settings& s, std::uint64_t seed, const Progress& progress,
-                        TrainStep&& train_step, dftune::distributed::Shard shard = {}) {
+                        TrainStep&& train_step, dftune::distributed::Shard shard = {}, const Metrics* at_start = nullptr) {
   RunResult r;
   r.lr = lr;
   r.seed = seed;
@@ -393,7 +396,7 @@ RunResult finetune_loop(Model& model, const char* label, double lr, const TrainD
     const auto p = static_cast<std::size_t>(src.prompt_len[k]);
     dst.push(seq.first(p), seq.subspan(p));
   };
-  r.curve.push_back({.step = 0, .loss = 0, .test = evaluate(model, test)});
+  r.curve.push_back({.step = 0, .loss = 0, .test = at_start ? *at_start : evaluate(model, test)});
   const std::size_t every = std::max<std::size_t>(1, s.steps / std::max<std::size_t>(1, s.curve_points));
   const std::size_t tenth = std::max<std::size_t>(1, s.steps / 10);
   double loss_sum = 0, step_seconds = 0;
@@ -478,10 +481,12 @@ void log_dft(StepLog& log, const dftune::DftResult<T>& r, const StepBatch& b, co
   log.add("dft/weight_sum", d.weight_sum);
 }
 
-// One SFT, DFT or DFT2 fine-tuning run from a copy of the base; data-parallel over `comm`.
+// One SFT, DFT or DFT2 fine-tuning run from a copy of the base; data-parallel over `comm`;
+// `base_test`: evaluate(base, test) if the caller has it (finetune_loop's at_start).
 template <class Comm = dftune::distributed::Single>
 RunResult finetune(const Model& base, Method method, double lr, const TrainData& data, const EvalSet& validation,
-                   const EvalSet& test, const Settings& s, std::uint64_t seed, const Progress& progress, Comm comm = {}) {
+                   const EvalSet& test, const Settings& s, std::uint64_t seed, const Progress& progress, Comm comm = {},
+                   const Metrics* base_test = nullptr) {
   Model model = base;
   model.set_activation_memory(kActivationMemory);
   const std::size_t N = data.problems.size();
@@ -515,7 +520,7 @@ RunResult finetune(const Model& base, Method method, double lr, const TrainData&
                                 log_dft(log, info.result, b, opt);
                                 return info.result.loss;
                               },
-                              dftune::distributed::shard_of(comm));
+                              dftune::distributed::shard_of(comm), base_test);
   r.method = method;
   return r;
 }

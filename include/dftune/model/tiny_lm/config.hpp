@@ -81,7 +81,7 @@ struct BufferSizes {
   std::size_t layer_rows_d = 0;   // L·n·d         layer-norm outputs, attention outputs, mid residuals
   std::size_t residual = 0;       // (L + 1)·n·d   the residual stream at every block boundary
   std::size_t qkv = 0;            // L·n·3d
-  std::size_t hidden = 0;         // L·n·d_ff      MLP pre- and post-activation
+  std::size_t hidden = 0;         // L·n·d_ff      MLP pre-activation, its tanh, post-activation
   std::size_t layer_rows = 0;     // L·n           layer-norm statistics
   std::size_t rows_d = 0;         // n·d           final layer norm; backward scratch
   std::size_t rows_qkv = 0;       // n·3d          backward scratch

@@ -61,17 +61,34 @@ void layer_norm_backward(const T* dy, const T* x, const T* g, const T* mean, con
 }
 
 // ---- GELU, tanh form: gelu(u) = u/2 · (1 + tanh(c (u + 0.044715 u³))), c = sqrt(2/π) ----------
+// The tanh is most of the MLP's cost at small widths (std::tanh is a libm call per value), so the
+// forward keeps t = gelu_tanh(u) beside u and the backward takes it back: gelu_grad(u, t) is the
+// same expression as gelu_grad(u), hence the same bits, without a second tanh per value.
+template <class T>
+T gelu_tanh(T u) {
+  const T c = T(0.7978845608028654);
+  return std::tanh(c * (u + T(0.044715) * u * u * u));
+}
+
+template <class T>
+T gelu(T u, T t) {
+  return T(0.5) * u * (T(1) + t);
+}
+
 template <class T>
 T gelu(T u) {
+  return gelu(u, gelu_tanh(u));
+}
+
+template <class T>
+T gelu_grad(T u, T t) {
   const T c = T(0.7978845608028654);
-  return T(0.5) * u * (T(1) + std::tanh(c * (u + T(0.044715) * u * u * u)));
+  return T(0.5) * (T(1) + t) + T(0.5) * u * (T(1) - t * t) * c * (T(1) + T(3) * T(0.044715) * u * u);
 }
 
 template <class T>
 T gelu_grad(T u) {
-  const T c = T(0.7978845608028654);
-  const T t = std::tanh(c * (u + T(0.044715) * u * u * u));
-  return T(0.5) * (T(1) + t) + T(0.5) * u * (T(1) - t * t) * c * (T(1) + T(3) * T(0.044715) * u * u);
+  return gelu_grad(u, gelu_tanh(u));
 }
 
 // ---- causal attention of one sequence of L rows, one head (model/attention.hpp) ---------------

@@ -140,7 +140,7 @@ class TinyLm {
   // ---- one forward per scored step -----------------------------------------------------------
   // Bytes of activations the model may keep for backwards beyond its working buffers: kept
   // batches and the spare buffers they leave (reused by the next forwards). 0, the default, keeps
-  // nothing. A batch's activations take about 4·L·n·(3d + d_ff) + L·H·Σ len² values for n tokens.
+  // nothing. A batch's activations take about 4·L·n·(3d + 1.5·d_ff) + L·H·Σ len² values for n tokens.
   void set_activation_memory(std::size_t max_bytes) {
     keep_max_ = max_bytes;
     if (keep_max_ < kept_bytes(/*live_only=*/true)) forget_kept();
@@ -264,6 +264,7 @@ class TinyLm {
     grow(qkv_, z.qkv);
     grow(u_, z.hidden);
     grow(a_, z.hidden);
+    grow(t_, z.hidden);
     for (auto* v : {&mean1_, &rstd1_, &mean2_, &rstd2_}) grow(*v, z.layer_rows);
     grow(meanf_, n);
     grow(rstdf_, n);
@@ -331,7 +332,10 @@ class TinyLm {
       Mat u = act(u_, of, rows, F);
       gemm<true, true>(rows, F, D, h2_.data() + o, D, param(k.w_1), F, u.data(), F, false);
       u.rowwise() += prow(k.b_1, F);
-      for (std::size_t i = 0; i < rows * F; ++i) a_[of + i] = tiny_lm::gelu(u_[of + i]);
+      for (std::size_t i = 0; i < rows * F; ++i) {
+        t_[of + i] = tiny_lm::gelu_tanh(u_[of + i]);
+        a_[of + i] = tiny_lm::gelu(u_[of + i], t_[of + i]);
+      }
       Mat xn = act(x_, o + n * D, rows, D);
       gemm<true, true>(rows, D, F, a_.data() + of, F, param(k.w_2), D, xn.data(), D, false);
       xn.rowwise() += prow(k.b_2, D);
@@ -433,7 +437,7 @@ class TinyLm {
       grad_row(k.b_2, D) += dx.colwise().sum();
       Mat du = act(du_, r0 * F, rows, F);
       gemm<true, false>(rows, F, D, dx.data(), D, param(k.w_2), D, du.data(), F, false);
-      for (std::size_t i = 0; i < rows * F; ++i) du_[r0 * F + i] *= tiny_lm::gelu_grad(u_[of + i]);
+      for (std::size_t i = 0; i < rows * F; ++i) du_[r0 * F + i] *= tiny_lm::gelu_grad(u_[of + i], t_[of + i]);
       gemm<false, true>(D, F, rows, h2_.data() + o, D, du.data(), F, gbase + k.w_1, F, true);
       grad_row(k.b_1, F) += du.colwise().sum();
       gemm<true, false>(rows, D, F, du.data(), F, param(k.w_1), F, dhid.data(), D, false);
@@ -478,7 +482,7 @@ class TinyLm {
   // Activations of the last forward (per layer, n rows each) and backward scratch.
   std::size_t n_ = 0, probs_stride_ = 0, chunks_ = 1;
   tiny_lm::BufferSizes sizes_;  // of the last reserve(): the n_ rows of the last forward
-  Buffer x_, h1_, qkv_, att_, xmid_, h2_, u_, a_, hf_, logits_, probs_;
+  Buffer x_, h1_, qkv_, att_, xmid_, h2_, u_, a_, t_, hf_, logits_, probs_;  // t_: tanh inside gelu(u_)
   Buffer mean1_, rstd1_, mean2_, rstd2_, meanf_, rstdf_;
   std::vector<std::size_t> att_off_;
   Buffer dx_, dh_, datt_, dqkv_, du_, dprobs_;
@@ -493,7 +497,7 @@ class TinyLm {
   // One forward's activations moved out of the working buffers (or, not live, spare buffers to
   // lend to the next forward), with the batch they belong to.
   struct Kept {
-    Buffer x, h1, qkv, att, xmid, h2, u, a, hf, probs, mean1, rstd1, mean2, rstd2, meanf, rstdf;
+    Buffer x, h1, qkv, att, xmid, h2, u, a, t, hf, probs, mean1, rstd1, mean2, rstd2, meanf, rstdf;
     std::vector<std::size_t> att_off;
     std::size_t n = 0, probs_stride = 0, chunks = 1;
     tiny_lm::BufferSizes sizes;
@@ -503,7 +507,7 @@ class TinyLm {
 
     std::size_t bytes() const {
       std::size_t b = att_off.size() * sizeof(std::size_t);
-      for (const auto* v : {&x, &h1, &qkv, &att, &xmid, &h2, &u, &a, &hf, &probs, &mean1, &rstd1, &mean2, &rstd2, &meanf, &rstdf})
+      for (const auto* v : {&x, &h1, &qkv, &att, &xmid, &h2, &u, &a, &t, &hf, &probs, &mean1, &rstd1, &mean2, &rstd2, &meanf, &rstdf})
         b += v->size() * sizeof(T);
       return b;
     }
@@ -517,7 +521,7 @@ class TinyLm {
   void swap_working(Kept& k) {
     using std::swap;
     swap(x_, k.x), swap(h1_, k.h1), swap(qkv_, k.qkv), swap(att_, k.att), swap(xmid_, k.xmid), swap(h2_, k.h2);
-    swap(u_, k.u), swap(a_, k.a), swap(hf_, k.hf), swap(probs_, k.probs), swap(mean1_, k.mean1), swap(rstd1_, k.rstd1);
+    swap(u_, k.u), swap(a_, k.a), swap(t_, k.t), swap(hf_, k.hf), swap(probs_, k.probs), swap(mean1_, k.mean1), swap(rstd1_, k.rstd1);
     swap(mean2_, k.mean2), swap(rstd2_, k.rstd2), swap(meanf_, k.meanf), swap(rstdf_, k.rstdf), swap(att_off_, k.att_off);
     swap(n_, k.n), swap(probs_stride_, k.probs_stride), swap(chunks_, k.chunks), swap(sizes_, k.sizes);
   }
