@@ -75,8 +75,9 @@ void rope_rotate(T* x, const T* cos, const T* sin, std::size_t half, bool invers
 /// cos and sin of p·f_i (rope_frequencies) for the positions p < len, [len, head_dim / 2] each:
 /// computed in double, then rounded, so the table is exact to T whatever T is. One table for the
 /// uncached forward and the cached decoder, so both rotate by the same values.
-template <class T>
-void rope_table(const Config& c, std::size_t len, std::vector<T>& cos, std::vector<T>& sin) {
+template <class Vec>  // std::vector of float or double, any allocator
+void rope_table(const Config& c, std::size_t len, Vec& cos, Vec& sin) {
+  using T = typename Vec::value_type;
   const auto f = rope_frequencies(c);
   const std::size_t half = f.size();
   cos.resize(len * half);
