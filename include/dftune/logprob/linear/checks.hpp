@@ -66,9 +66,13 @@ inline void check_disjoint(std::span<const Region> outputs, std::span<const Regi
   }
 }
 
+// target_vocab: the range of the targets, when `in` holds a slice of the vocabulary (vocab_parallel.hpp);
+// 0: in.vocab.
 template <class T>
-void check_call(const LinearLogits<T>& in, const Call<T>& call, const Plan& plan, std::span<std::byte> workspace) {
-  validate(in);
+void check_call(const LinearLogits<T>& in, const Call<T>& call, const Plan& plan, std::span<std::byte> workspace,
+                std::size_t target_vocab = 0) {
+  validate_shapes(in);
+  validate_rows(in.rows(), target_vocab == 0 ? in.vocab : target_vocab, in.targets, in.weights, in.offsets);
   const std::size_t N = in.rows(), S = in.sequences();
   if (call.forward()) {
     detail::check_size("seq_logp", call.seq_logp.size(), S);

@@ -112,7 +112,7 @@ struct WholeVocab {
 // Runs a checked call (see execute()) on the vocabulary rows [vs.begin, vs.begin + in.vocab) of W;
 // targets are ids of the whole vocabulary.
 template <class Gemm, class Rows, class T, class Vocab = WholeVocab>
-void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p, std::byte* base, Vocab&& vs = {}) {
+void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p, std::byte* base, Vocab&& vs) {
   using C = compute_t<T>;
   namespace dc = detail_chunked;
   constexpr bool staged = !std::is_same_v<T, C>;
@@ -404,20 +404,27 @@ void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p
   if (call.forward()) generic::store_sequences<T>(call.seq_logp, [&](std::size_t s) { return seq[s]; });
 }
 
+// What the row kernels and the GEMM library refuse before anything runs: a bad DFTUNE_ISA (thrown
+// here, not in a parallel region) and shapes beyond the library's limits.
+template <class Gemm, class Rows, class T>
+void check_backend(const LinearLogits<T>& in) {
+#if DFTUNE_LINEAR_HAS_FAST_ROWS
+  if constexpr (std::is_same_v<Rows, FastRows>) (void)dftune::cpu::active_isa();
+#endif
+  if constexpr (requires { Gemm::max_dim; }) {
+    if (in.vocab > Gemm::max_dim) detail::fail("vocab", in.vocab, std::string("at most ") + Gemm::name + "'s limit " + std::to_string(Gemm::max_dim));
+    if (in.dim > Gemm::max_dim) detail::fail("dim", in.dim, std::string("at most ") + Gemm::name + "'s limit " + std::to_string(Gemm::max_dim));
+  }
+}
+
 // Plans, checks (nothing is written when a check fails) and runs one call with the given GEMM
 // and row kernels; linear.hpp picks them. Logits the reductions refuse are found during the run
 // (linear_logits.hpp says what is left written then).
 template <class Gemm, class Rows, class T>
 void execute(const LinearLogits<T>& in, const internal::Call<T>& call, std::span<std::byte> workspace, const Options& opt) {
-#if DFTUNE_LINEAR_HAS_FAST_ROWS
-  if constexpr (std::is_same_v<Rows, FastRows>) (void)dftune::cpu::active_isa();  // a bad DFTUNE_ISA throws before any write
-#endif
+  check_backend<Gemm, Rows>(in);
   const Plan plan = make_plan(in, opt);
   internal::check_call(in, call, plan, workspace);
-  if constexpr (requires { Gemm::max_dim; }) {
-    if (in.vocab > Gemm::max_dim) detail::fail("vocab", in.vocab, std::string("at most ") + Gemm::name + "'s limit " + std::to_string(Gemm::max_dim));
-    if (in.dim > Gemm::max_dim) detail::fail("dim", in.dim, std::string("at most ") + Gemm::name + "'s limit " + std::to_string(Gemm::max_dim));
-  }
   run<Gemm, Rows>(in, call, plan, workspace.data(), WholeVocab{});
 }
 

@@ -38,32 +38,42 @@ DFTUNE_NAMESPACE_BEGIN
 namespace logprob::linear {
 
 // The dispatch differs with the build's choices; a namespace per variant keeps translation units
-// built with different choices from violating the one-definition rule.
+// built with different choices from violating the one-definition rule. DFTUNE_LINEAR_DISPATCH
+// names it, for the headers that build on this dispatch (vocab_parallel.hpp).
 #if defined(DFTUNE_LINEAR_GEMM_DNNL) && DFTUNE_LINEAR_HAS_FAST_ROWS
+#define DFTUNE_LINEAR_DISPATCH dispatch_dnnl_fast
 inline namespace dispatch_dnnl_fast {
 using DefaultGemm = gemm::DnnlGemm;
 #elif defined(DFTUNE_LINEAR_GEMM_DNNL)
+#define DFTUNE_LINEAR_DISPATCH dispatch_dnnl_generic
 inline namespace dispatch_dnnl_generic {
 using DefaultGemm = gemm::DnnlGemm;
 #elif defined(DFTUNE_LINEAR_GEMM_CBLAS) && DFTUNE_LINEAR_HAS_FAST_ROWS
+#define DFTUNE_LINEAR_DISPATCH dispatch_cblas_fast
 inline namespace dispatch_cblas_fast {
 using DefaultGemm = gemm::CblasGemm;
 #elif defined(DFTUNE_LINEAR_GEMM_CBLAS)
+#define DFTUNE_LINEAR_DISPATCH dispatch_cblas_generic
 inline namespace dispatch_cblas_generic {
 using DefaultGemm = gemm::CblasGemm;
 #elif defined(DFTUNE_LINEAR_GEMM_BLIS) && DFTUNE_LINEAR_HAS_FAST_ROWS
+#define DFTUNE_LINEAR_DISPATCH dispatch_blis_fast
 inline namespace dispatch_blis_fast {
 using DefaultGemm = gemm::BlisGemm;
 #elif defined(DFTUNE_LINEAR_GEMM_BLIS)
+#define DFTUNE_LINEAR_DISPATCH dispatch_blis_generic
 inline namespace dispatch_blis_generic {
 using DefaultGemm = gemm::BlisGemm;
 #elif DFTUNE_LINEAR_HAS_EIGEN_GEMM && DFTUNE_LINEAR_HAS_FAST_ROWS
+#define DFTUNE_LINEAR_DISPATCH dispatch_eigen_fast
 inline namespace dispatch_eigen_fast {
 using DefaultGemm = gemm::EigenGemm;
 #elif DFTUNE_LINEAR_HAS_EIGEN_GEMM
+#define DFTUNE_LINEAR_DISPATCH dispatch_eigen_generic
 inline namespace dispatch_eigen_generic {
 using DefaultGemm = gemm::EigenGemm;
 #else
+#define DFTUNE_LINEAR_DISPATCH dispatch_loops_generic
 inline namespace dispatch_loops_generic {
 using DefaultGemm = gemm::LoopGemm;
 #endif
