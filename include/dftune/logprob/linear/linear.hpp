@@ -40,7 +40,13 @@ namespace logprob::linear {
 // The dispatch differs with the build's choices; a namespace per variant keeps translation units
 // built with different choices from violating the one-definition rule. DFTUNE_LINEAR_DISPATCH
 // names it, for the headers that build on this dispatch (vocab_parallel.hpp).
-#if defined(DFTUNE_LINEAR_GEMM_DNNL) && DFTUNE_LINEAR_HAS_FAST_ROWS
+#if defined(DFTUNE_DOXYGEN)
+// The inline namespace of this build's dispatch (one per variant, below): headers that build on
+// it (vocab_parallel.hpp) reopen it.
+#define DFTUNE_LINEAR_DISPATCH dispatch_doc
+inline namespace dispatch_doc {
+using DefaultGemm = gemm::LoopGemm;
+#elif defined(DFTUNE_LINEAR_GEMM_DNNL) && DFTUNE_LINEAR_HAS_FAST_ROWS
 #define DFTUNE_LINEAR_DISPATCH dispatch_dnnl_fast
 inline namespace dispatch_dnnl_fast {
 using DefaultGemm = gemm::DnnlGemm;

@@ -21,8 +21,10 @@
 #include <dftune/logprob/cpu/bf16.hpp>
 #include <dftune/logprob/cpu/fast.hpp>
 #include <dftune/logprob/cpu/rows.hpp>
+// 1: FastRows exists (Eigen on the include path, DFTUNE_LOGPROB_GENERIC_ONLY not defined).
 #define DFTUNE_LINEAR_HAS_FAST_ROWS 1
 #else
+// 0: only GenericRows (no Eigen on the include path, or DFTUNE_LOGPROB_GENERIC_ONLY).
 #define DFTUNE_LINEAR_HAS_FAST_ROWS 0
 #endif
 
