@@ -7,6 +7,7 @@
 // table. Built once per GEMM library: bench_fused_linear (Eigen), _openblas, _blis, _onednn.
 //
 //   bench_fused_linear --method M --d D --V V --N N [--masked F] [--threads T] [--min-time S] [--reps R]
+//                      [--outputs token,lse,entropy] [--zloss Z]
 // methods:
 //   fused_fwd     linear::forward (scores only)
 //   fused_fb      linear::forward_backward: one pass, the gradient from the forward's logits (SFT, or
@@ -20,6 +21,9 @@
 //                 GEMM tasks, but each tile's logits stay in a per-thread buffer (L2) and are reduced
 //                 at once to a log-sum-exp partial, merged per row in tile order; no chunk of full
 //                 rows is ever written (scores only, like fused_fwd)
+// --outputs asks the fused methods for those per-token outputs (linear::TokenOutputs; fused_2p's
+// forward asks for row_lse anyway) and --zloss Z for a z-loss gradient (grads.z_loss, fused_fb and
+// fused_2p): what each costs beside the default call (docs/fused_linear.md, "Per-token outputs").
 // Rows: sequences of 64 tokens whose first `masked` share has weight 0 (prompts); W [V, d]; no bias.
 #include "bench_env.hpp"
 
@@ -172,8 +176,9 @@ struct Args {
   std::string method;
   std::size_t d = 512, V = 32000, N = 1024;
   linear::Options opt;  // --chunk, --vtile, --dtile (0: the plan's)
-  double masked = 0, min_time = 1.0;
+  double masked = 0, min_time = 1.0, zloss = 0;
   int threads = 2, reps = 2;
+  bool token = false, lse = false, entropy = false;  // --outputs
 };
 
 Args parse(int argc, char** argv) {
@@ -188,6 +193,18 @@ Args parse(int argc, char** argv) {
     else if (k == "--threads") a.threads = std::stoi(v);
     else if (k == "--min-time") a.min_time = std::stod(v);
     else if (k == "--reps") a.reps = std::stoi(v);
+    else if (k == "--zloss") a.zloss = std::stod(v);
+    else if (k == "--outputs") {
+      for (std::size_t b = 0; b <= v.size();) {
+        const std::size_t e = std::min(v.find(',', b), v.size());
+        const std::string o = v.substr(b, e - b);
+        if (o == "token") a.token = true;
+        else if (o == "lse") a.lse = true;
+        else if (o == "entropy") a.entropy = true;
+        else if (!o.empty() && o != "none") throw std::invalid_argument("unknown output " + o);
+        b = e + 1;
+      }
+    }
     else if (k == "--chunk") a.opt.chunk_rows = std::stoul(v);
     else if (k == "--vtile") a.opt.vocab_tile = std::stoul(v);
     else if (k == "--dtile") a.opt.dim_tile = std::stoul(v);
@@ -222,7 +239,7 @@ int main(int argc, char** argv) try {
 
   // Everything below is allocated by the first call, inside the measured window.
   struct State {
-    std::vector<float> seq, lse, dH, dW, Z, scratch;
+    std::vector<float> seq, lse, dH, dW, Z, scratch, token, row_lse, entropy;
     std::vector<std::byte> ws;
   };
   std::unique_ptr<State> st;
@@ -242,21 +259,25 @@ int main(int argc, char** argv) try {
         st->Z.resize(N * V);
         st->lse.resize(N);
       }
+      if (a.token) st->token.resize(N);
+      if (a.lse) st->row_lse.resize(N);
+      if (a.entropy) st->entropy.resize(N);
       workspace_bytes = st->ws.size();
       if (a.method == "cce_fwd") workspace_bytes = 0;  // measured only (scratch)
     }
     State& s = *st;
     const std::span<std::byte> ws(s.ws);
+    const linear::TokenOutputs<float> rows{.token_logp = s.token, .row_lse = s.row_lse, .entropy = s.entropy};
+    const linear::LinearGrads<float> grads{.hidden = s.dH, .proj = s.dW, .z_loss = a.zloss};
     if (a.method == "fused_fwd") {
-      linear::forward(in, std::span<float>(s.seq), {}, {}, ws, a.opt);
+      linear::forward(in, std::span<float>(s.seq), rows, ws, a.opt);
     } else if (a.method == "cce_fwd") {
       cce_forward(in, linear::make_plan(in, a.opt), std::span<float>(s.seq), s.scratch);
     } else if (a.method == "fused_fb") {
-      linear::forward_backward(in, std::span<const float>(d_seq), {.hidden = s.dH, .proj = s.dW}, std::span<float>(s.seq), {},
-                               {}, ws, a.opt);
+      linear::forward_backward(in, std::span<const float>(d_seq), grads, std::span<float>(s.seq), rows, ws, a.opt);
     } else if (a.method == "fused_2p") {
-      linear::forward(in, std::span<float>(s.seq), {}, std::span<float>(s.lse), ws, a.opt);
-      linear::backward(in, std::span<const float>(d_seq), {.hidden = s.dH, .proj = s.dW}, std::span<const float>(s.lse), ws, a.opt);
+      linear::forward(in, std::span<float>(s.seq), {.token_logp = s.token, .row_lse = s.lse, .entropy = s.entropy}, ws, a.opt);
+      linear::backward(in, std::span<const float>(d_seq), grads, std::span<const float>(s.lse), ws, a.opt);
     } else if (a.method == "gemms") {
       library_gemm(false, true, N, V, d, H.data(), W.data(), s.Z.data(), false, a.threads);      // Z = H Wᵀ
       library_gemm(false, false, N, d, V, s.Z.data(), W.data(), s.dH.data(), false, a.threads);  // dH = Z W
@@ -295,11 +316,11 @@ int main(int argc, char** argv) try {
       "{\"gemm\": \"%s\", \"method\": \"%s\", \"d\": %zu, \"V\": %zu, \"N\": %zu, \"masked\": %g, \"threads\": %d, "
       "\"ms\": %.3f, \"ms_median\": %.3f, \"runs\": %zu, \"first_ms\": %.3f, \"peak_extra_bytes\": %ld, \"workspace_bytes\": %zu, "
       "\"chunk_rows\": %zu, \"vocab_tile\": %zu, \"dim_tile\": %zu, \"chunk_sweep\": %s, \"plan_chunk_rows\": %zu, "
-      "\"gemm_gflop\": %.3f, \"seq0\": %.8g, \"env\": %s}\n",
+      "\"gemm_gflop\": %.3f, \"outputs\": \"%s%s%s\", \"zloss\": %g, \"seq0\": %.8g, \"env\": %s}\n",
       linear::DefaultGemm::name, a.method.c_str(), d, V, N, a.masked, a.threads, 1e3 * times.front(),
       1e3 * times[times.size() / 2], times.size(), 1e3 * first, (peak_kib - base_kib) * 1024L, workspace_bytes, plan.chunk_rows,
       plan.vocab_tile, plan.dim_tile, a.opt.chunk_rows != 0 ? "true" : "false", linear::make_plan(in).chunk_rows, flops_gemm / 1e9,
-      static_cast<double>(st->seq[0]), bench_env::env_json(linear::DefaultGemm::name).c_str());
+      a.token ? "token," : "", a.lse ? "lse," : "", a.entropy ? "entropy" : "", a.zloss, static_cast<double>(st->seq[0]), bench_env::env_json(linear::DefaultGemm::name).c_str());
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "bench_fused_linear: %s\n", e.what());

@@ -15,7 +15,7 @@ set(_dftune_documented_headers
   optim/adam.hpp optim/clip.hpp optim/dft_optimizer.hpp optim/rule.hpp optim/schedule.hpp optim/sgd.hpp optim/step_options.hpp
   model/concept.hpp
   model/attention.hpp model/generation/tiled_linear.hpp model/decoder/kv_decoder.hpp
-  logprob/linear/linear.hpp logprob/linear/linear_logits.hpp)
+  logprob/linear/linear.hpp logprob/linear/linear_logits.hpp logprob/linear/rows.hpp logprob/linear/vocab_parallel.hpp)
 set(_input "${PROJECT_SOURCE_DIR}/docs/api/namespaces.dox")
 foreach(_h IN LISTS _dftune_documented_headers)
   string(APPEND _input " \\\n  ${PROJECT_SOURCE_DIR}/include/dftune/${_h}")

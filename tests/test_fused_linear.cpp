@@ -9,6 +9,8 @@
 #include <dftune/logprob/linear/linear.hpp>
 #include <dftune/logprob/logprob.hpp>
 
+#include "support/linear_problem.hpp"
+
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -30,75 +32,17 @@ using dftune::logprob::cpu::bf16;
 namespace linear = dftune::logprob::linear;
 namespace generic = dftune::logprob::generic;
 namespace logprob = dftune::logprob;
+using namespace linear_problem;
 
 namespace {
-
-template <class T>
-double as_double(const T& x) {
-  return static_cast<double>(static_cast<compute_t<T>>(x));
-}
-
-template <class T>
-struct Problem {
-  using C = compute_t<T>;
-  std::size_t N = 0, V = 0, d = 0;
-  linear::Layout layout = linear::Layout::vocab_major;
-  std::vector<T> H, W, b;
-  std::vector<token_t> targets;
-  std::vector<C> weights;
-  std::vector<std::int64_t> offsets;
-  std::vector<C> d_seq;
-
-  std::size_t S() const { return offsets.size() - 1; }
-  linear::LinearLogits<T> view() const {
-    return {.hidden = H, .proj = W, .bias = b, .dim = d, .vocab = V, .layout = layout, .targets = targets,
-            .weights = weights, .offsets = offsets};
-  }
-  double w_at(std::size_t v, std::size_t k) const {  // W(v, k) whatever the layout
-    return as_double(layout == linear::Layout::vocab_major ? W[v * d + k] : W[k * V + v]);
-  }
-  std::size_t seq_of(std::size_t n) const {
-    std::size_t s = 0;
-    while (static_cast<std::size_t>(offsets[s + 1]) <= n) ++s;
-    return s;
-  }
-  double coef(std::size_t n) const { return static_cast<double>(d_seq[seq_of(n)]) * static_cast<double>(weights[n]); }
-};
-
-// Sequences of 0..max_len rows (the second one empty), every fourth row masked with a bad target,
-// a few d_seq of 0. Logits have a spread of about `scale`.
-template <class T>
-Problem<T> random_problem(std::mt19937_64& rng, std::size_t V, std::size_t d, std::size_t S, linear::Layout layout,
-                          bool bias, double scale = 3.0, int max_len = 9) {
-  Problem<T> p;
-  p.V = V;
-  p.d = d;
-  p.layout = layout;
-  p.offsets = {0};
-  std::uniform_int_distribution<int> len(0, max_len);
-  for (std::size_t s = 0; s < S; ++s) p.offsets.push_back(p.offsets.back() + (s == 1 ? 0 : len(rng)));
-  p.N = static_cast<std::size_t>(p.offsets.back());
-  std::normal_distribution<double> g(0.0, 1.0);
-  const double ws = scale / std::sqrt(static_cast<double>(d));
-  for (std::size_t i = 0; i < p.N * d; ++i) p.H.push_back(static_cast<T>(g(rng)));
-  for (std::size_t i = 0; i < V * d; ++i) p.W.push_back(static_cast<T>(ws * g(rng)));
-  if (bias)
-    for (std::size_t v = 0; v < V; ++v) p.b.push_back(static_cast<T>(g(rng)));
-  std::uniform_int_distribution<token_t> y(0, static_cast<token_t>(V - 1));
-  std::uniform_real_distribution<double> w(0.25, 2.0), dd(-2.0, 2.0);
-  for (std::size_t n = 0; n < p.N; ++n) {
-    const bool masked = n % 4 == 1;
-    p.targets.push_back(masked ? -7 : y(rng));
-    p.weights.push_back(static_cast<compute_t<T>>(masked ? 0.0 : w(rng)));
-  }
-  for (std::size_t s = 0; s < S; ++s) p.d_seq.push_back(static_cast<compute_t<T>>(s % 5 == 3 ? 0.0 : dd(rng)));
-  return p;
-}
 
 // The materialised path in double: the oracle.
 struct Oracle {
   std::vector<double> logits, seq, token, lse, G, dH, dW, db;
   std::vector<double> delta;  // per row: a bound on the error of a logit computed in the storage's compute type
+  // per row: −Σ p log p from log_softmax, Σ p |log p + H| (how far an error δ in the logits moves
+  // it: δ times this) and Σ p |log p| (1 + |log p|) (what rounding each log p moves it by)
+  std::vector<double> entropy, entropy_sens, entropy_mag;
 };
 
 template <class T>
@@ -129,6 +73,22 @@ Oracle oracle(const Problem<T>& p) {
   generic::forward(tl, std::span<double>(o.seq), std::span<double>(o.token), std::span<double>(o.lse));
   o.G.resize(N * V);
   generic::backward(tl, std::span<const double>(ds), std::span<double>(o.G));
+  o.entropy.assign(N, 0.0);
+  o.entropy_sens.assign(N, 0.0);
+  o.entropy_mag.assign(N, 0.0);
+  for (std::size_t n = 0; n < N; ++n) {
+    if (p.weights[n] == 0) continue;
+    std::vector<double> logp(V);  // log_softmax of the materialised row
+    for (std::size_t v = 0; v < V; ++v) logp[v] = o.logits[n * V + v] - o.lse[n];
+    for (std::size_t v = 0; v < V; ++v) o.entropy[n] -= std::exp(logp[v]) * logp[v];
+    for (std::size_t v = 0; v < V; ++v) {
+      const double pv = std::exp(logp[v]);
+      o.entropy_sens[n] += pv * std::abs(logp[v] + o.entropy[n]);
+      o.entropy_mag[n] += pv * std::abs(logp[v]) * (1 + std::abs(logp[v]));
+      // The z-loss ζ Σ w lse²: ∂/∂z_v = 2 ζ w lse p_v.
+      o.G[n * V + v] += 2 * p.zeta * static_cast<double>(p.weights[n]) * o.lse[n] * pv;
+    }
+  }
   o.dH.assign(N * d, 0.0);
   o.dW.assign(V * d, 0.0);
   o.db.assign(V, 0.0);
@@ -153,7 +113,7 @@ constexpr double kernel_tol = std::is_same_v<compute_t<T>, double> ? 1e-12 : 4e-
 template <class T>
 struct Outputs {
   using C = compute_t<T>;
-  std::vector<C> seq, token, lse, dW, db;
+  std::vector<C> seq, token, lse, entropy, dW, db;
   std::vector<T> dH;
 };
 
@@ -179,17 +139,22 @@ struct Worst {
 template <class T>
 void check_forward(const Problem<T>& p, const Oracle& o, const Outputs<T>& out) {
   const double tol = kernel_tol<T>;
-  Worst lse, token, seq;
+  Worst lse, token, seq, ent;
   bool masked_ok = true;
   for (std::size_t n = 0; n < p.N; ++n) {
     const double w = p.weights[n];
     if (w == 0) {
-      masked_ok = masked_ok && out.token[n] == 0 && std::isnan(out.lse[n]);
+      masked_ok = masked_ok && out.token[n] == 0 && std::isnan(out.lse[n]) && (out.entropy.empty() || std::isnan(out.entropy[n]));
       continue;
     }
     const double err_lse = tol * (1 + std::abs(o.lse[n])) + o.delta[n];
     lse.add(n, std::abs(out.lse[n] - o.lse[n]), err_lse);
     token.add(n, std::abs(out.token[n] - o.token[n]), std::abs(w) * (err_lse + o.delta[n]) + tol * std::abs(o.token[n]));
+    // A shift Δ of lse (its error and its rounding to compute_t) moves H by Δ (1 − H), |·| ≤ Δ (1 + H).
+    if (!out.entropy.empty())
+      ent.add(n, std::abs(out.entropy[n] - o.entropy[n]),
+              (2 * tol * (1 + std::abs(o.lse[n])) + o.delta[n]) * (1 + o.entropy[n]) + o.delta[n] * o.entropy_sens[n] +
+                  tol * (o.entropy[n] + o.entropy_mag[n]));
   }
   for (std::size_t s = 0; s < p.S(); ++s) {
     double bound = 0, mag = 0;
@@ -204,6 +169,7 @@ void check_forward(const Problem<T>& p, const Oracle& o, const Outputs<T>& out) 
   CHECK_WORST("row_lse", lse);
   CHECK_WORST("token_logp", token);
   CHECK_WORST("seq_logp", seq);
+  CHECK_WORST("entropy", ent);
 }
 
 // G_nv = c_n (onehot − p_nv): an error δ in the logits moves p_nv by about p_nv·2δ, so every
@@ -220,11 +186,12 @@ void check_backward(const Problem<T>& p, const Oracle& o, const Outputs<T>& out,
   Worst dh, dw, db;
   bool zero_rows_ok = true;
   for (std::size_t n = 0; n < N; ++n) {
-    const double c = p.coef(n);
-    if (c == 0) {
+    if (!p.carries_grad(n)) {
       for (std::size_t k = 0; k < d; ++k) zero_rows_ok = zero_rows_ok && as_double(out.dH[n * d + k]) == 0.0;
       continue;
     }
+    // The row's coefficients: c, and the z-loss's 2ζw·lse, whose lse is off by (1 + |lse|)·e at most.
+    const double c = std::abs(p.coef(n)) + 2 * std::abs(p.zeta * p.weights[n]) * (1 + std::abs(o.lse[n]));
     const double e = tol + 4 * o.delta[n];
     const auto y = static_cast<std::size_t>(p.targets[n]);
     for (std::size_t v = 0; v < V; ++v) {
@@ -268,6 +235,7 @@ Outputs<T> run(const Problem<T>& p, Path path, const linear::Options& opt, std::
   out.seq.assign(p.S(), C(99));
   out.token.assign(p.N, C(99));
   out.lse.assign(p.N, C(99));
+  if (p.entropy) out.entropy.assign(p.N, C(99));
   out.dH.assign(p.N * p.d, T(99.0f));
   out.dW.resize(p.V * p.d);
   out.db.resize(p.V);
@@ -276,12 +244,15 @@ Outputs<T> run(const Problem<T>& p, Path path, const linear::Options& opt, std::
   if (dW0) dW0->assign(out.dW.begin(), out.dW.end());
   if (db0) db0->assign(out.db.begin(), out.db.end());
   auto ws = workspace_for(p, opt);
-  const linear::LinearGrads<T> grads{.hidden = out.dH, .proj = out.dW, .bias = out.db};
+  const linear::LinearGrads<T> grads{.hidden = out.dH, .proj = out.dW, .bias = out.db, .z_loss = p.zeta};
+  const linear::TokenOutputs<T> rows{.token_logp = out.token, .row_lse = out.lse, .entropy = out.entropy};
   if (path == Path::one_pass) {
-    linear::forward_backward(p.view(), std::span<const C>(p.d_seq), grads, std::span<C>(out.seq), std::span<C>(out.token),
-                             std::span<C>(out.lse), std::span<std::byte>(ws), opt);
+    linear::forward_backward(p.view(), std::span<const C>(p.d_seq), grads, std::span<C>(out.seq), rows, std::span<std::byte>(ws), opt);
   } else {
-    linear::forward(p.view(), std::span<C>(out.seq), std::span<C>(out.token), std::span<C>(out.lse), std::span<std::byte>(ws), opt);
+    if (p.entropy)
+      linear::forward(p.view(), std::span<C>(out.seq), rows, std::span<std::byte>(ws), opt);
+    else  // the signature without TokenOutputs
+      linear::forward(p.view(), std::span<C>(out.seq), std::span<C>(out.token), std::span<C>(out.lse), std::span<std::byte>(ws), opt);
     const std::span<const C> lse = path == Path::two_phase ? std::span<const C>(out.lse) : std::span<const C>();
     linear::backward(p.view(), std::span<const C>(p.d_seq), grads, lse, std::span<std::byte>(ws), opt);
   }
@@ -306,9 +277,12 @@ void against_oracle(std::uint64_t seed) {
     for (auto layout : {linear::Layout::vocab_major, linear::Layout::dim_major})
       for (bool bias : {false, true})
         for (auto path : {Path::two_phase, Path::two_phase_no_lse, Path::one_pass}) {
-          const auto p = random_problem<T>(rng, sh.V, sh.d, sh.S, layout, bias);
+          auto p = random_problem<T>(rng, sh.V, sh.d, sh.S, layout, bias);
+          // The optional outputs and the z-loss on half the cases; the default call on the other half.
+          p.entropy = bias;
+          p.zeta = bias ? 0.3 : 0.0;
           INFO("V ", sh.V, " d ", sh.d, " N ", p.N, " layout ", static_cast<int>(layout), " bias ", bias, " path ",
-               static_cast<int>(path), " chunk ", sh.opt.chunk_rows);
+               static_cast<int>(path), " chunk ", sh.opt.chunk_rows, " entropy and z-loss ", bias);
           const Oracle o = oracle(p);
           std::vector<double> dW0, db0;
           const auto out = run(p, path, sh.opt, &dW0, &db0);
@@ -345,20 +319,24 @@ TEST_CASE("fused linear head: the path of builds without Eigen (plain loops, gen
   // What linear.hpp dispatches to without Eigen on the include path, run here explicitly.
   std::mt19937_64 rng(14);
   for (auto layout : {linear::Layout::vocab_major, linear::Layout::dim_major}) {
-    const auto p = random_problem<double>(rng, 97, 11, 8, layout, true);
+    auto p = random_problem<double>(rng, 97, 11, 8, layout, true);
+    p.entropy = true;
+    p.zeta = 0.2;
     const Oracle o = oracle(p);
     const linear::Options opt{.chunk_rows = 6, .vocab_tile = 40, .dim_tile = 4};
     Outputs<double> out;
     out.seq.assign(p.S(), 9.0);
     out.token.assign(p.N, 9.0);
     out.lse.assign(p.N, 9.0);
+    out.entropy.assign(p.N, 9.0);
     out.dH.assign(p.N * p.d, 9.0);
     out.dW.assign(p.V * p.d, 0.0);
     out.db.assign(p.V, 0.0);
     auto ws = workspace_for(p, opt);
     const dftune::logprob::linear::internal::Call<double> call{
         .mode = dftune::logprob::linear::internal::Mode::forward_backward, .seq_logp = out.seq, .token_logp = out.token,
-        .row_lse = out.lse, .d_seq = p.d_seq, .grads = {.hidden = out.dH, .proj = out.dW, .bias = out.db}};
+        .row_lse = out.lse, .entropy = out.entropy, .d_seq = p.d_seq,
+        .grads = {.hidden = out.dH, .proj = out.dW, .bias = out.db, .z_loss = p.zeta}};
     linear::chunked::execute<linear::gemm::LoopGemm, linear::chunked::GenericRows>(p.view(), call, std::span<std::byte>(ws), opt);
     check_forward(p, o, out);
     check_backward(p, o, out, std::vector<double>(p.V * p.d, 0.0), std::vector<double>(p.V, 0.0));
@@ -414,6 +392,8 @@ TEST_CASE("fused linear head: extreme logits") {
   std::mt19937_64 rng(6);
   for (double scale : {1e3, 3e4}) {
     auto pd = random_problem<double>(rng, 211, 13, 8, linear::Layout::dim_major, true, scale);
+    pd.entropy = true;
+    pd.zeta = 1e-4;
     const Oracle od = oracle(pd);
     std::vector<double> dW0, db0;
     const auto outd = run(pd, Path::one_pass, {.chunk_rows = 16, .vocab_tile = 64}, &dW0, &db0);
@@ -807,4 +787,151 @@ TEST_CASE("fused linear head: bad input gets the reduction's named errors and wr
     CHECK(msg.rfind("workspace: got a buffer overlapping seq_logp", 0) == 0);
     CHECK(untouched());
   }
+}
+
+// ---- the optional per-token outputs and the z-loss (docs/fused_linear.md) -------------------
+
+TEST_CASE("fused linear head: the z-loss gradient against finite differences") {
+  // L = Σ_s d_s seq_logp_s + ζ Σ_n w_n lse_n², both terms from the fused forward itself (double),
+  // against backward and forward_backward with grads.z_loss = ζ; d_seq = 0 on some sequences, so
+  // some rows carry the z-loss's gradient alone.
+  std::mt19937_64 rng(15);
+  for (auto layout : {linear::Layout::vocab_major, linear::Layout::dim_major}) {
+    auto p = random_problem<double>(rng, 11, 4, 6, layout, true, 2.0, 5);
+    p.zeta = 0.35;
+    const linear::Options opt{.chunk_rows = 3, .vocab_tile = 4, .dim_tile = 2};
+    auto ws = workspace_for(p, opt);
+    auto loss = [&]() {
+      std::vector<double> seq(p.S()), lse(p.N);
+      linear::forward(p.view(), std::span<double>(seq), {}, std::span<double>(lse), std::span<std::byte>(ws), opt);
+      double l = 0;
+      for (std::size_t s = 0; s < p.S(); ++s) l += p.d_seq[s] * seq[s];
+      for (std::size_t n = 0; n < p.N; ++n)
+        if (p.weights[n] != 0) l += p.zeta * p.weights[n] * lse[n] * lse[n];
+      return l;
+    };
+    auto fd = [&](std::vector<double>& x, std::size_t i) {
+      const double h = 1e-6, keep = x[i];
+      x[i] = keep + h;
+      const double up = loss();
+      x[i] = keep - h;
+      const double down = loss();
+      x[i] = keep;
+      return (up - down) / (2 * h);
+    };
+    for (bool one_pass : {false, true}) {
+      std::vector<double> dH(p.N * p.d), dW(p.V * p.d, 0.0), db(p.V, 0.0), seq(p.S());
+      const linear::LinearGrads<double> g{dH, dW, db, p.zeta};
+      if (one_pass)
+        linear::forward_backward(p.view(), std::span<const double>(p.d_seq), g, std::span<double>(seq), {}, std::span<std::byte>(ws), opt);
+      else
+        linear::backward(p.view(), std::span<const double>(p.d_seq), g, {}, std::span<std::byte>(ws), opt);
+      INFO("one pass ", one_pass);
+      for (std::size_t i = 0; i < p.H.size(); ++i) CHECK(dH[i] == doctest::Approx(fd(p.H, i)).epsilon(1e-6).scale(1));
+      for (std::size_t i = 0; i < p.W.size(); ++i) CHECK(dW[i] == doctest::Approx(fd(p.W, i)).epsilon(1e-6).scale(1));
+      for (std::size_t i = 0; i < p.b.size(); ++i) CHECK(db[i] == doctest::Approx(fd(p.b, i)).epsilon(1e-6).scale(1));
+    }
+    // A row whose sequence has d_seq = 0 still carries the z-loss's gradient (and none without it).
+    std::size_t row = p.N;
+    for (std::size_t n = 0; n < p.N && row == p.N; ++n)
+      if (p.coef(n) == 0 && p.weights[n] != 0) row = n;
+    REQUIRE(row < p.N);
+    for (double zeta : {0.0, p.zeta}) {
+      std::vector<double> dH(p.N * p.d, 5.0);
+      linear::backward(p.view(), std::span<const double>(p.d_seq), linear::LinearGrads<double>{.hidden = dH, .z_loss = zeta}, {},
+                       std::span<std::byte>(ws), opt);
+      const bool zero = std::all_of(dH.begin() + static_cast<std::ptrdiff_t>(row * p.d),
+                                    dH.begin() + static_cast<std::ptrdiff_t>((row + 1) * p.d), [](double x) { return x == 0; });
+      CHECK(zero == (zeta == 0));
+    }
+  }
+}
+
+TEST_CASE("fused linear head: outputs not asked for leave the others' bits unchanged") {
+  // The entropy is computed from the chunk's logits without touching them, and ζ = 0 is the call
+  // without a z-loss: every other output is the same, bit for bit, with and without them.
+  std::mt19937_64 rng(16);
+  auto p = random_problem<float>(rng, 900, 20, 12, linear::Layout::vocab_major, true);
+  const linear::Options opt{.chunk_rows = 16, .vocab_tile = 256};
+  for (auto path : {Path::two_phase, Path::one_pass}) {
+    p.entropy = false;
+    const auto plain = run(p, path, opt);
+    p.entropy = true;
+    const auto with = run(p, path, opt);
+    CHECK(plain.seq == with.seq);
+    CHECK(plain.token == with.token);
+    CHECK(plain.dH == with.dH);
+    CHECK(plain.dW == with.dW);
+    CHECK(plain.db == with.db);
+    for (std::size_t n = 0; n < p.N; ++n) CHECK(std::memcmp(&plain.lse[n], &with.lse[n], sizeof(float)) == 0);
+  }
+}
+
+TEST_CASE("fused linear head: entropy of a uniform and of a one-hot row (closed forms)") {
+  // W = 0 and b = 0: every logit is 0, H = log V exactly; b with one logit 200 above the rest: H ≈ 0.
+  for (std::size_t V : {1u, 7u, 5000u}) {
+    Problem<float> p;
+    p.V = V;
+    p.d = 3;
+    p.N = 2;
+    p.H.assign(p.N * p.d, 1.0f);
+    p.W.assign(V * p.d, 0.0f);
+    p.b.assign(V, 0.0f);
+    p.targets = {0, 0};
+    p.weights = {1, 1};
+    p.offsets = {0, 2};
+    p.d_seq = {1};
+    p.entropy = true;
+    auto out = run(p, Path::one_pass, {});
+    // float: lse off by Δ ≤ kernel_tol·(1 + lse) moves H by Δ (1 − H) (check_forward's bound).
+    const double logV = std::log(static_cast<double>(V));
+    CHECK(std::abs(out.entropy[0] - logV) <= 2 * kernel_tol<float> * (1 + logV) * (1 + logV));
+    p.b[0] = 200.0f;
+    out = run(p, Path::one_pass, {});
+    CHECK(std::abs(out.entropy[1]) < 1e-30);
+    CHECK(out.entropy[1] >= 0);
+  }
+}
+
+TEST_CASE("fused linear head: bad per-token outputs and z-loss are named errors, nothing written") {
+  std::mt19937_64 rng(17);
+  const auto good = random_problem<float>(rng, 40, 6, 5, linear::Layout::vocab_major, true);
+  const linear::Options opt{.chunk_rows = 8};
+  std::vector<float> seq(good.S(), 7.0f), token(good.N, 7.0f), lse(good.N, 7.0f), ent(good.N, 7.0f),
+      dH(good.N * good.d, 7.0f), dW(good.V * good.d, 7.0f), db(good.V, 7.0f);
+  auto ws = workspace_for(good, opt);
+  auto untouched = [&] {
+    auto all7 = [](const std::vector<float>& v) { return std::all_of(v.begin(), v.end(), [](float x) { return x == 7.0f; }); };
+    return all7(seq) && all7(token) && all7(lse) && all7(ent) && all7(dH) && all7(dW) && all7(db);
+  };
+  auto fb = [&](const Problem<float>& p, linear::TokenOutputs<float> rows, double zeta) {
+    linear::forward_backward(p.view(), std::span<const float>(p.d_seq), {.hidden = dH, .proj = dW, .bias = db, .z_loss = zeta},
+                             std::span<float>(seq), rows, std::span<std::byte>(ws), opt);
+  };
+  const linear::TokenOutputs<float> rows{.token_logp = token, .row_lse = lse, .entropy = ent};
+  auto expect = [&](auto&& call, const std::string& name) {
+    const std::string msg = message_of(call);
+    INFO(msg);
+    CHECK(msg.rfind(name, 0) == 0);
+    CHECK(untouched());
+  };
+  expect([&] { fb(good, {.token_logp = token, .row_lse = lse, .entropy = std::span<float>(ent).first(good.N - 1)}, 0.0); },
+         "entropy: got size " + std::to_string(good.N - 1) + ", expected size " + std::to_string(good.N));
+  expect([&] { fb(good, {.token_logp = std::span<float>(token).first(2), .row_lse = lse, .entropy = ent}, 0.0); },
+         "token_logp: got size 2");
+  expect([&] { fb(good, {.token_logp = token, .row_lse = std::span<float>(lse).subspan(1), .entropy = ent}, 0.0); },
+         "row_lse: got size");
+  expect([&] { fb(good, rows, std::numeric_limits<double>::quiet_NaN()); }, "grads.z_loss: got nan");
+  expect([&] { fb(good, rows, std::numeric_limits<double>::infinity()); }, "grads.z_loss: got inf");
+  expect([&] {
+    linear::backward(good.view(), std::span<const float>(good.d_seq), {.hidden = dH, .z_loss = -std::numeric_limits<double>::infinity()}, {},
+                     std::span<std::byte>(ws), opt);
+  }, "grads.z_loss: got -inf");
+  auto p = good;
+  p.weights[3] = std::numeric_limits<float>::quiet_NaN();
+  expect([&] { fb(p, rows, 0.1); }, "weights[3]: got nan");
+  expect([&] { linear::forward(p.view(), std::span<float>(seq), rows, std::span<std::byte>(ws), opt); }, "weights[3]: got nan");
+  expect([&] { fb(good, {.token_logp = token, .row_lse = lse, .entropy = std::span<float>(token)}, 0.0); },
+         "entropy: got a buffer overlapping token_logp");
+  expect([&] { fb(good, {.entropy = std::span<float>(dW).first(good.N)}, 0.0); }, "grads.proj: got a buffer overlapping entropy");
 }

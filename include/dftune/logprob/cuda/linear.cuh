@@ -140,6 +140,7 @@ inline void run(const LinearLogits<float>& in, Mode mode, std::span<float> seq_l
   }
   if (bwd) {
     check_size("d_seq", d_seq.size(), S);
+    if (g.z_loss != 0) fail("grads.z_loss", g.z_loss, "0: the CUDA head has no z-loss gradient yet (the CPU head does)");
     if (!g.hidden.empty()) dftune::detail::check_size_product("grads.hidden", g.hidden.size(), N, d, "grads.hidden (N·dim)");
     if (!g.proj.empty()) dftune::detail::check_size_product("grads.proj", g.proj.size(), V, d, "grads.proj (vocab·dim)");
     if (!g.bias.empty()) check_size("grads.bias", g.bias.size(), V);

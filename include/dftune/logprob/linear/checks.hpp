@@ -29,6 +29,7 @@ struct Call {
   using C = compute_t<T>;
   Mode mode = Mode::forward;
   std::span<C> seq_logp = {}, token_logp = {}, row_lse = {};  // written by forward, forward_backward
+  std::span<C> entropy = {};                                   // forward, forward_backward (optional)
   std::span<const C> d_seq = {};                               // backward, forward_backward
   std::span<const C> lse_in = {};                              // backward: row_lse from forward (optional)
   LinearGrads<T> grads = {};                                   // backward, forward_backward
@@ -65,20 +66,26 @@ inline void check_disjoint(std::span<const Region> outputs, std::span<const Regi
   }
 }
 
+// target_vocab: the range of the targets, when `in` holds a slice of the vocabulary (vocab_parallel.hpp);
+// 0: in.vocab.
 template <class T>
-void check_call(const LinearLogits<T>& in, const Call<T>& call, const Plan& plan, std::span<std::byte> workspace) {
-  validate(in);
+void check_call(const LinearLogits<T>& in, const Call<T>& call, const Plan& plan, std::span<std::byte> workspace,
+                std::size_t target_vocab = 0) {
+  validate_shapes(in);
+  validate_rows(in.rows(), target_vocab == 0 ? in.vocab : target_vocab, in.targets, in.weights, in.offsets);
   const std::size_t N = in.rows(), S = in.sequences();
   if (call.forward()) {
     detail::check_size("seq_logp", call.seq_logp.size(), S);
     if (!call.token_logp.empty()) detail::check_size("token_logp", call.token_logp.size(), N);
     if (!call.row_lse.empty()) detail::check_size("row_lse", call.row_lse.size(), N);
+    if (!call.entropy.empty()) detail::check_size("entropy", call.entropy.size(), N);
   }
   if (call.backward()) {
     detail::check_size("d_seq", call.d_seq.size(), S);
     for (std::size_t s = 0; s < S; ++s)
       if (!std::isfinite(call.d_seq[s])) detail::fail_at("d_seq", s, call.d_seq[s], "a finite number");
     const auto& g = call.grads;
+    if (!std::isfinite(g.z_loss)) detail::fail("grads.z_loss", g.z_loss, "a finite coefficient");
     if (!g.hidden.empty()) detail::check_size_product("grads.hidden", g.hidden.size(), N, in.dim, "grads.hidden (N·dim)");
     if (!g.proj.empty()) detail::check_size_product("grads.proj", g.proj.size(), in.vocab, in.dim, "grads.proj (vocab·dim)");
     if (!g.bias.empty()) detail::check_size("grads.bias", g.bias.size(), in.vocab);
@@ -98,7 +105,8 @@ void check_call(const LinearLogits<T>& in, const Call<T>& call, const Plan& plan
                            region("weights", in.weights), region("offsets", in.offsets),
                            region("d_seq", call.d_seq),   region("row_lse", call.lse_in)};
   const Region outputs[] = {region("seq_logp", call.seq_logp),       region("token_logp", call.token_logp),
-                            region("row_lse", call.row_lse),         region("grads.hidden", call.grads.hidden),
+                            region("row_lse", call.row_lse),         region("entropy", call.entropy),
+                            region("grads.hidden", call.grads.hidden),
                             region("grads.proj", call.grads.proj),   region("grads.bias", call.grads.bias),
                             region("workspace", workspace.first(plan.bytes))};
   check_disjoint(outputs, inputs);

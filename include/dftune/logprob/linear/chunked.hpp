@@ -1,12 +1,13 @@
 #pragma once
 // The fused linear + log-prob head on the CPU: token chunks × the full vocabulary (the scheme of
 // Liger-Kernel's fused linear cross-entropy; why not Cut Cross-Entropy's tiles: docs/fused_linear.md).
-// The rows that take part — weight ≠ 0 in the forward, d_seq·weight ≠ 0 in the backward — are cut
+// The rows that take part — weight ≠ 0 in the forward, d_seq·weight ≠ 0 in the backward (or
+// weight ≠ 0 with a z-loss) — are cut
 // into chunks of at most chunk_rows, in row order; masked rows never enter a GEMM. Per chunk:
 //   1. Hc = the chunk's rows of H, in compute_t<T>
 //   2. Z = Hc Wᵀ + b                                        one GEMM task per vocab tile
-//   3. per row: lse and the weighted token log-prob; backward: G = c·(onehot − softmax) in place of
-//      Z, c = d_seq·weight. These are cpu/rows.hpp's kernels, dispatched per CPU (generic.hpp's without Eigen), so a
+//   3. per row: lse, the weighted token log-prob and, if asked for, the entropy; backward:
+//      G = c·(onehot − softmax) in place of Z, c = d_seq·weight (plus a z-loss's 2ζ·w·lse·softmax). These are cpu/rows.hpp's kernels, dispatched per CPU (generic.hpp's without Eigen), so a
 //      row's values are the reduction's on the same logits.
 //   4. dW[tile] += G[:, tile]ᵀ Hc and db[tile] += Σ_rows G[:, tile]     one task per vocab tile
 //      dHc[:, cols] = Σ_tiles G[:, tile] W[tile, cols]                 one task per dim tile
@@ -27,6 +28,7 @@
 #include <dftune/logprob/linear/gemm.hpp>
 #include <dftune/logprob/linear/linear_logits.hpp>
 #include <dftune/logprob/linear/plan.hpp>
+#include <dftune/logprob/linear/rows.hpp>
 #include <dftune/logprob/token_logits.hpp>
 
 #include <algorithm>
@@ -38,15 +40,6 @@
 #include <string>
 #include <type_traits>
 
-#include <dftune/logprob/generic.hpp>
-#if !defined(DFTUNE_LOGPROB_GENERIC_ONLY) && __has_include(<Eigen/Core>)
-#include <dftune/logprob/cpu/bf16.hpp>
-#include <dftune/logprob/cpu/fast.hpp>
-#define DFTUNE_LINEAR_HAS_FAST_ROWS 1
-#else
-#define DFTUNE_LINEAR_HAS_FAST_ROWS 0
-#endif
-
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
@@ -54,33 +47,6 @@
 DFTUNE_NAMESPACE_BEGIN
 
 namespace logprob::linear::chunked {
-
-// The row kernels: log-sum-exp of a row of logits, and the gradient c·(onehot(y) − exp(z − lse))
-// written over the row.
-struct GenericRows {
-  template <class C>
-  static double lse(const C* z, std::size_t V) {
-    return generic::row_logsumexp(z, V);
-  }
-  template <class C>
-  static void grad(C* z, std::size_t V, std::size_t y, double lse, double c) {
-    for (std::size_t v = 0; v < V; ++v)
-      z[v] = static_cast<C>(c * ((v == y ? 1.0 : 0.0) - std::exp(static_cast<double>(z[v]) - lse)));
-  }
-};
-
-#if DFTUNE_LINEAR_HAS_FAST_ROWS
-struct FastRows {
-  template <class C>
-  static double lse(const C* z, std::size_t V) {
-    return cpu::kernel::row_logsumexp(z, V);
-  }
-  template <class C>
-  static void grad(C* z, std::size_t V, std::size_t y, double lse, double c) {
-    cpu::kernel::row_grad(z, z, V, y, lse, c);
-  }
-};
-#endif
 
 namespace detail_chunked {
 
@@ -129,9 +95,24 @@ inline std::byte* align(std::byte* p) {
 
 }  // namespace detail_chunked
 
-// Runs a checked call (see execute()).
-template <class Gemm, class Rows, class T>
-void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p, std::byte* base) {
+// Where the vocabulary is: a policy of run(). WholeVocab, all of it in this process (the head of
+// linear.hpp); vocab_parallel.hpp's slice of it, on each rank of a communicator, has the same
+// members plus the collectives that make a slice's row statistics the whole vocabulary's.
+struct WholeVocab {
+  static constexpr bool split = false;  // the row statistics of this process are the whole row's
+  static constexpr std::size_t begin = 0;  // the first vocabulary row (of W) held here
+  // The error logprob::forward throws on the materialised row r (z: its logits, all V of them).
+  template <class C>
+  [[noreturn]] void fail_row(const C* z, std::size_t V, std::size_t y, double w, std::size_t r, double /*lse*/,
+                             double /*target logit*/) const {
+    generic::fail_logits_row(z, V, y, w, r);
+  }
+};
+
+// Runs a checked call (see execute()) on the vocabulary rows [vs.begin, vs.begin + in.vocab) of W;
+// targets are ids of the whole vocabulary.
+template <class Gemm, class Rows, class T, class Vocab = WholeVocab>
+void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p, std::byte* base, Vocab&& vs) {
   using C = compute_t<T>;
   namespace dc = detail_chunked;
   constexpr bool staged = !std::is_same_v<T, C>;
@@ -149,12 +130,24 @@ void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p
   C* const tok = reinterpret_cast<C*>(ws + p.token_at);
   double* const seq = reinterpret_cast<double*>(ws + p.seq_at);
   C* const stage_base = reinterpret_cast<C*>(ws + p.stage_at);
+  double* const row_lse = reinterpret_cast<double*>(ws + p.stats_at);  // [R] each, see plan.hpp
+  double* const row_zy = row_lse + R;
+  double* const row_ent = row_zy + R;
 
   const auto& g = call.grads;
   const bool want_dh = call.backward() && !g.hidden.empty();
   const bool want_dw = call.backward() && !g.proj.empty();
   const bool want_db = call.backward() && !g.bias.empty();
   const bool any_grad = want_dh || want_dw || want_db;
+  // The z-loss ζ Σ w lse² (linear_logits.hpp): a weighted row carries its gradient even where
+  // d_seq·w = 0. ζ = 0 leaves every step below as it is without it.
+  const double zeta = call.backward() && any_grad ? g.z_loss : 0.0;
+  auto carries_grad = [&](double c, double w) { return c != 0 || (zeta != 0 && w != 0); };
+  const bool need_lse = call.forward() || call.lse_in.empty();
+  const bool want_entropy = call.forward() && !call.entropy.empty();
+  constexpr bool whole = !std::remove_cvref_t<Vocab>::split;
+  // The target's column in this process's rows of W; V or more where another process holds it.
+  auto target_here = [&](std::size_t r) { return static_cast<std::size_t>(in.targets[r]) - vs.begin; };
   const std::size_t vocab_tiles = Vt == 0 ? 0 : (V + Vt - 1) / Vt;  // Vt = 0: no rows, no plan
   const std::size_t dim_tiles = want_dh && Dt != 0 ? (d + Dt - 1) / Dt : 0;
   const std::size_t dw_tiles = (want_dw || want_db) ? vocab_tiles : 0;
@@ -205,13 +198,14 @@ void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p
           while (static_cast<std::size_t>(in.offsets[seq_sel + 1]) <= r) ++seq_sel;
           const double w = in.weight(r);
           const double c = call.backward() ? static_cast<double>(call.d_seq[seq_sel]) * w : 0.0;
-          if (call.forward() ? w != 0 : c != 0) {
+          if (call.forward() ? w != 0 : carries_grad(c, w)) {
             idx[count] = r;
             coef[count++] = c;
             continue;
           }
           if (!call.token_logp.empty()) call.token_logp[r] = 0;
           if (!call.row_lse.empty()) call.row_lse[r] = std::numeric_limits<C>::quiet_NaN();
+          if (!call.entropy.empty()) call.entropy[r] = std::numeric_limits<C>::quiet_NaN();
           if (want_dh) std::fill(g.hidden.begin() + static_cast<std::ptrdiff_t>(r * d),
                                  g.hidden.begin() + static_cast<std::ptrdiff_t>((r + 1) * d), T(0.0f));
         }
@@ -262,41 +256,74 @@ void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p
           }
       }
 
-      // 3. Per row: log-sum-exp, weighted token log-prob; the gradient in place. A refused row is
-      //    left as the GEMM wrote it.
-      DFTUNE_OMP(for schedule(dynamic, 1) reduction(min : bad))
-      for (std::ptrdiff_t i = 0; i < static_cast<std::ptrdiff_t>(k); ++i) {
-        const auto u = static_cast<std::size_t>(i);
-        const std::size_t r = idx[u];
+      // 3. Per row: (a) its statistics, log-sum-exp and target logit; (b) the weighted token
+      //    log-prob, the entropy and the gradient in place. With the whole vocabulary here, (a) and
+      //    (b) run in one pass per row (the row stays in L2 between them); a vocabulary slice first
+      //    makes every row's statistics the whole vocabulary's (vs.combine, collective). A refused
+      //    row is left as the GEMM wrote it.
+      auto row_stats = [&](std::size_t u) {
+        const std::size_t r = idx[u], y = target_here(r);
+        const C* z = Z + u * V;
+        row_lse[u] = need_lse ? Rows::lse(z, V) : static_cast<double>(call.lse_in[r]);
+        row_zy[u] = y < V ? static_cast<double>(z[y]) : 0.0;
+      };
+      auto row_finish = [&](std::size_t u) {  // false: refused
+        const std::size_t r = idx[u], y = target_here(r);
         C* z = Z + u * V;
-        const auto y = static_cast<std::size_t>(in.targets[r]);
-        double lse = 0;
+        const double lse = row_lse[u];
         if (call.forward()) {
-          lse = Rows::lse(z, V);
-          const double lp = static_cast<double>(in.weight(r)) * (static_cast<double>(z[y]) - lse);
-          if (!logprob::internal::row_ok<C>(lse, lp)) {
-            bad = std::min(bad, r);
-            continue;
-          }
+          const double lp = static_cast<double>(in.weight(r)) * (row_zy[u] - lse);
+          if (!logprob::internal::row_ok<C>(lse, lp)) return false;
           tok[u] = static_cast<C>(lp);
           if (!call.token_logp.empty()) call.token_logp[r] = tok[u];
           if (!call.row_lse.empty()) call.row_lse[r] = static_cast<C>(lse);
-        } else if (call.lse_in.empty()) {  // given row_lse is forward()'s, which only returns valid rows
-          lse = Rows::lse(z, V);
-          if (!(std::isfinite(lse) && std::isfinite(static_cast<double>(z[y])))) {
-            bad = std::min(bad, r);
-            continue;
-          }
-        } else {
-          lse = static_cast<double>(call.lse_in[r]);
+          if (want_entropy) row_ent[u] = Rows::entropy(z, V, lse);
+        } else if (need_lse && !(std::isfinite(lse) && std::isfinite(row_zy[u]))) {
+          return false;  // a given row_lse is forward()'s, which only returns valid rows
         }
-        if (!any_grad) continue;
-        if (coef[u] == 0)
+        if (!any_grad) return true;
+        const double c = coef[u];
+        // G = c·onehot(y) − a·softmax with a = c − 2ζ w lse (the z-loss's ∂/∂z = 2ζ w lse·softmax):
+        // the kernel writes a·(onehot(t) − softmax), then the entry t it put the onehot on gets
+        // its value, c − a·p_y at the target, −a·p_t where the target is another process's.
+        const double a = zeta == 0 ? c : c - 2 * zeta * static_cast<double>(in.weight(r)) * lse;
+        const bool here = y < V;
+        if (c == 0 && a == 0) {
           std::fill(z, z + V, C(0));
-        else
-          Rows::grad(z, V, y, lse, coef[u]);
+        } else if (a == c && here) {
+          Rows::grad(z, V, y, lse, c);
+        } else {
+          const std::size_t t = here ? y : 0;
+          const double pt = std::exp(static_cast<double>(z[t]) - lse);
+          Rows::grad(z, V, t, lse, a);
+          z[t] = static_cast<C>((here ? c : 0.0) - a * pt);
+        }
+        return true;
+      };
+      DFTUNE_OMP(for schedule(dynamic, 1) reduction(min : bad))
+      for (std::ptrdiff_t i = 0; i < static_cast<std::ptrdiff_t>(k); ++i) {
+        const auto u = static_cast<std::size_t>(i);
+        row_stats(u);
+        if constexpr (whole)
+          if (!row_finish(u)) bad = std::min(bad, idx[u]);
+      }
+      if constexpr (!whole) {
+        if (need_lse) {
+          DFTUNE_OMP(single)
+          vs.combine(row_lse, row_zy, k);
+        }
+        DFTUNE_OMP(for schedule(dynamic, 1) reduction(min : bad))
+        for (std::ptrdiff_t i = 0; i < static_cast<std::ptrdiff_t>(k); ++i)
+          if (!row_finish(static_cast<std::size_t>(i))) bad = std::min(bad, idx[static_cast<std::size_t>(i)]);
       }
       if (bad != none) break;  // every thread: the loop's barrier published the reduction
+      if (want_entropy) {
+        DFTUNE_OMP(single)
+        {
+          if constexpr (!whole) vs.sum_rows(row_ent, k);
+          for (std::size_t u = 0; u < k; ++u) call.entropy[idx[u]] = static_cast<C>(row_ent[u]);
+        }
+      }
       if (!any_grad) continue;
 
       // 4. dH tasks first (each is a 1/dim_tiles share of a GEMM), then the vocab tiles of dW, db.
@@ -350,13 +377,19 @@ void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p
         }
       }
 
-      // 5. The chunk's rows of dH.
+      // 5. The chunk's rows of dH (a vocabulary slice's: the sum over every process's slice).
+      if constexpr (!whole) {
+        if (want_dh) {
+          DFTUNE_OMP(single)
+          vs.sum(std::span<C>(dHc, k * d));
+        }
+      }
       if (want_dh) {
         DFTUNE_OMP(for schedule(static))
         for (std::ptrdiff_t i = 0; i < static_cast<std::ptrdiff_t>(k); ++i) {
           const auto u = static_cast<std::size_t>(i);
           T* out = g.hidden.data() + idx[u] * d;
-          if (coef[u] == 0)
+          if (!carries_grad(coef[u], static_cast<double>(in.weight(idx[u]))))
             std::fill(out, out + d, T(0.0f));
           else
             dc::narrow(dHc + u * d, out, d);
@@ -366,9 +399,22 @@ void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p
   }
   if (bad != none) {  // named from the chunk's logits, as the reductions name it from theirs
     const std::size_t u = static_cast<std::size_t>(std::find(idx, idx + count, bad) - idx);
-    generic::fail_logits_row(Z + u * V, V, static_cast<std::size_t>(in.targets[bad]), static_cast<double>(in.weight(bad)), bad);
+    vs.fail_row(Z + u * V, V, static_cast<std::size_t>(in.targets[bad]), static_cast<double>(in.weight(bad)), bad, row_lse[u], row_zy[u]);
   }
   if (call.forward()) generic::store_sequences<T>(call.seq_logp, [&](std::size_t s) { return seq[s]; });
+}
+
+// What the row kernels and the GEMM library refuse before anything runs: a bad DFTUNE_ISA (thrown
+// here, not in a parallel region) and shapes beyond the library's limits.
+template <class Gemm, class Rows, class T>
+void check_backend(const LinearLogits<T>& in) {
+#if DFTUNE_LINEAR_HAS_FAST_ROWS
+  if constexpr (std::is_same_v<Rows, FastRows>) (void)dftune::cpu::active_isa();
+#endif
+  if constexpr (requires { Gemm::max_dim; }) {
+    if (in.vocab > Gemm::max_dim) detail::fail("vocab", in.vocab, std::string("at most ") + Gemm::name + "'s limit " + std::to_string(Gemm::max_dim));
+    if (in.dim > Gemm::max_dim) detail::fail("dim", in.dim, std::string("at most ") + Gemm::name + "'s limit " + std::to_string(Gemm::max_dim));
+  }
 }
 
 // Plans, checks (nothing is written when a check fails) and runs one call with the given GEMM
@@ -376,16 +422,10 @@ void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p
 // (linear_logits.hpp says what is left written then).
 template <class Gemm, class Rows, class T>
 void execute(const LinearLogits<T>& in, const internal::Call<T>& call, std::span<std::byte> workspace, const Options& opt) {
-#if DFTUNE_LINEAR_HAS_FAST_ROWS
-  if constexpr (std::is_same_v<Rows, FastRows>) (void)dftune::cpu::active_isa();  // a bad DFTUNE_ISA throws before any write
-#endif
+  check_backend<Gemm, Rows>(in);
   const Plan plan = make_plan(in, opt);
   internal::check_call(in, call, plan, workspace);
-  if constexpr (requires { Gemm::max_dim; }) {
-    if (in.vocab > Gemm::max_dim) detail::fail("vocab", in.vocab, std::string("at most ") + Gemm::name + "'s limit " + std::to_string(Gemm::max_dim));
-    if (in.dim > Gemm::max_dim) detail::fail("dim", in.dim, std::string("at most ") + Gemm::name + "'s limit " + std::to_string(Gemm::max_dim));
-  }
-  run<Gemm, Rows>(in, call, plan, workspace.data());
+  run<Gemm, Rows>(in, call, plan, workspace.data(), WholeVocab{});
 }
 
 }  // namespace logprob::linear::chunked

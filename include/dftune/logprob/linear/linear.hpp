@@ -5,9 +5,12 @@
 // options), hand that many bytes to the call; the call never allocates.
 //
 //   forward(in, seq_logp [S], token_logp [N] or {}, row_lse [N] or {}, workspace)
+//   forward(in, seq_logp [S], {.token_logp, .row_lse, .entropy} (TokenOutputs, each optional), workspace)
 //   backward(in, d_seq [S], grads, row_lse from forward [N] or {}, workspace)
-//       recomputes each chunk's logits; dH written, dW and db accumulated (+=)
+//       recomputes each chunk's logits; dH written, dW and db accumulated (+=); grads.z_loss = ζ
+//       adds the gradient of a z-loss ζ Σ_n w_n lse_n²
 //   forward_backward(in, d_seq [S], grads, seq_logp [S], token_logp, row_lse, workspace)
+//   forward_backward(in, d_seq [S], grads, seq_logp [S], TokenOutputs, workspace)
 //       when d_seq is known before the scores (the Model concept's accumulate_gradients, SFT):
 //       the gradient is taken from the forward's logits, three GEMMs instead of four
 //   logits(in, z [N, V])
@@ -35,32 +38,48 @@ DFTUNE_NAMESPACE_BEGIN
 namespace logprob::linear {
 
 // The dispatch differs with the build's choices; a namespace per variant keeps translation units
-// built with different choices from violating the one-definition rule.
-#if defined(DFTUNE_LINEAR_GEMM_DNNL) && DFTUNE_LINEAR_HAS_FAST_ROWS
+// built with different choices from violating the one-definition rule. DFTUNE_LINEAR_DISPATCH
+// names it, for the headers that build on this dispatch (vocab_parallel.hpp).
+#if defined(DFTUNE_DOXYGEN)
+// The inline namespace of this build's dispatch (one per variant, below): headers that build on
+// it (vocab_parallel.hpp) reopen it.
+#define DFTUNE_LINEAR_DISPATCH dispatch_doc
+inline namespace dispatch_doc {
+using DefaultGemm = gemm::LoopGemm;
+#elif defined(DFTUNE_LINEAR_GEMM_DNNL) && DFTUNE_LINEAR_HAS_FAST_ROWS
+#define DFTUNE_LINEAR_DISPATCH dispatch_dnnl_fast
 inline namespace dispatch_dnnl_fast {
 using DefaultGemm = gemm::DnnlGemm;
 #elif defined(DFTUNE_LINEAR_GEMM_DNNL)
+#define DFTUNE_LINEAR_DISPATCH dispatch_dnnl_generic
 inline namespace dispatch_dnnl_generic {
 using DefaultGemm = gemm::DnnlGemm;
 #elif defined(DFTUNE_LINEAR_GEMM_CBLAS) && DFTUNE_LINEAR_HAS_FAST_ROWS
+#define DFTUNE_LINEAR_DISPATCH dispatch_cblas_fast
 inline namespace dispatch_cblas_fast {
 using DefaultGemm = gemm::CblasGemm;
 #elif defined(DFTUNE_LINEAR_GEMM_CBLAS)
+#define DFTUNE_LINEAR_DISPATCH dispatch_cblas_generic
 inline namespace dispatch_cblas_generic {
 using DefaultGemm = gemm::CblasGemm;
 #elif defined(DFTUNE_LINEAR_GEMM_BLIS) && DFTUNE_LINEAR_HAS_FAST_ROWS
+#define DFTUNE_LINEAR_DISPATCH dispatch_blis_fast
 inline namespace dispatch_blis_fast {
 using DefaultGemm = gemm::BlisGemm;
 #elif defined(DFTUNE_LINEAR_GEMM_BLIS)
+#define DFTUNE_LINEAR_DISPATCH dispatch_blis_generic
 inline namespace dispatch_blis_generic {
 using DefaultGemm = gemm::BlisGemm;
 #elif DFTUNE_LINEAR_HAS_EIGEN_GEMM && DFTUNE_LINEAR_HAS_FAST_ROWS
+#define DFTUNE_LINEAR_DISPATCH dispatch_eigen_fast
 inline namespace dispatch_eigen_fast {
 using DefaultGemm = gemm::EigenGemm;
 #elif DFTUNE_LINEAR_HAS_EIGEN_GEMM
+#define DFTUNE_LINEAR_DISPATCH dispatch_eigen_generic
 inline namespace dispatch_eigen_generic {
 using DefaultGemm = gemm::EigenGemm;
 #else
+#define DFTUNE_LINEAR_DISPATCH dispatch_loops_generic
 inline namespace dispatch_loops_generic {
 using DefaultGemm = gemm::LoopGemm;
 #endif
@@ -79,16 +98,26 @@ std::size_t workspace_size(const LinearLogits<T>& in, const Options& options = {
   return make_plan(in, options).bytes;
 }
 
+// seq_logp[s] = Σ_{n in s} token_logp[n], with the per-token outputs of `rows` that are not empty
+// (TokenOutputs: token_logp, row_lse, entropy): logprob::forward's outputs, and the entropy.
+template <class T>
+void forward(const LinearLogits<T>& in, std::span<compute_t<T>> seq_logp, const TokenOutputs<T>& rows,
+             std::span<std::byte> workspace, const Options& options = {}) {
+  internal::Call<T> call{.mode = internal::Mode::forward, .seq_logp = seq_logp, .token_logp = rows.token_logp,
+                         .row_lse = rows.row_lse, .entropy = rows.entropy};
+  chunked::execute<DefaultGemm, DefaultRows>(in, call, workspace, options);
+}
+
 // seq_logp[s] = Σ_{n in s} token_logp[n], token_logp[n] = w_n (z_n[y_n] − row_lse[n]) (0 where
 // w_n = 0), row_lse[n] = log Σ_v exp(z_n[v]) (NaN where w_n = 0): logprob::forward's outputs.
 template <class T>
 void forward(const LinearLogits<T>& in, std::span<compute_t<T>> seq_logp, std::span<compute_t<T>> token_logp,
              std::span<compute_t<T>> row_lse, std::span<std::byte> workspace, const Options& options = {}) {
-  internal::Call<T> call{.mode = internal::Mode::forward, .seq_logp = seq_logp, .token_logp = token_logp, .row_lse = row_lse};
-  chunked::execute<DefaultGemm, DefaultRows>(in, call, workspace, options);
+  forward(in, seq_logp, TokenOutputs<T>{.token_logp = token_logp, .row_lse = row_lse}, workspace, options);
 }
 
-// With G_n = d_seq[s(n)] w_n (onehot(y_n) − softmax(z_n)) (logprob::backward's gradient):
+// With G_n = d_seq[s(n)] w_n (onehot(y_n) − softmax(z_n)) (logprob::backward's gradient), plus
+// 2 ζ w_n lse_n softmax(z_n) for a z-loss ζ = grads.z_loss:
 // grads.hidden[n] = G_n W (written), grads.proj += Σ_n G_nᵀ h_n, grads.bias += Σ_n G_n.
 // row_lse from forward() saves one pass over each row of logits; it may be empty.
 template <class T>
@@ -98,14 +127,24 @@ void backward(const LinearLogits<T>& in, std::span<const compute_t<T>> d_seq, co
   chunked::execute<DefaultGemm, DefaultRows>(in, call, workspace, options);
 }
 
-// forward() and backward() in one pass, for a d_seq that does not depend on this call's scores.
+// forward() and backward() in one pass, for a d_seq that does not depend on this call's scores;
+// the per-token outputs of `rows` that are not empty, as forward() writes them.
+template <class T>
+void forward_backward(const LinearLogits<T>& in, std::span<const compute_t<T>> d_seq, const LinearGrads<T>& grads,
+                      std::span<compute_t<T>> seq_logp, const TokenOutputs<T>& rows, std::span<std::byte> workspace,
+                      const Options& options = {}) {
+  internal::Call<T> call{.mode = internal::Mode::forward_backward, .seq_logp = seq_logp, .token_logp = rows.token_logp,
+                         .row_lse = rows.row_lse, .entropy = rows.entropy, .d_seq = d_seq, .grads = grads};
+  chunked::execute<DefaultGemm, DefaultRows>(in, call, workspace, options);
+}
+
+// forward_backward() with token_logp and row_lse given one by one (either may be empty).
 template <class T>
 void forward_backward(const LinearLogits<T>& in, std::span<const compute_t<T>> d_seq, const LinearGrads<T>& grads,
                       std::span<compute_t<T>> seq_logp, std::span<compute_t<T>> token_logp,
                       std::span<compute_t<T>> row_lse, std::span<std::byte> workspace, const Options& options = {}) {
-  internal::Call<T> call{.mode = internal::Mode::forward_backward, .seq_logp = seq_logp, .token_logp = token_logp,
-                         .row_lse = row_lse, .d_seq = d_seq, .grads = grads};
-  chunked::execute<DefaultGemm, DefaultRows>(in, call, workspace, options);
+  forward_backward(in, d_seq, grads, seq_logp, TokenOutputs<T>{.token_logp = token_logp, .row_lse = row_lse}, workspace,
+                   options);
 }
 
 // z[n, :] = W h_n + b for every row of in.hidden, tiled as forward() tiles them (float, double).

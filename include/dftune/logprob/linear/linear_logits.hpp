@@ -52,12 +52,31 @@ struct LinearLogits {
 // The gradients backward() produces; an empty span is not computed. W's and b's gradients are
 // accumulated (+=, in compute_t<T>: float for bf16 storage, so that summing many chunks and
 // micro-batches does not round to bf16 each time); H's gradient is written, 0 on the rows that
-// carry no gradient (weight 0 or d_seq 0), in T.
+// carry no gradient (weight 0, or d_seq 0 without a z-loss), in T.
+//
+// z_loss = ζ adds a z-loss ζ Σ_n w_n lse_n² (PaLM's, log² of the softmax's normaliser; Liger's
+// lse_square_scale) to the loss whose gradient is taken: every weighted row's logit gradient gains
+// 2 ζ w_n lse_n softmax(z_n), rows with d_seq·w_n = 0 included. ζ multiplies the sum as it stands:
+// put the loss's own normalisation (1/N, 1/B) into it. Its value is ζ Σ_n w_n row_lse[n]², from the
+// forward's row_lse. 0 (the default) adds nothing and costs nothing.
 template <class T>
 struct LinearGrads {
   std::span<T> hidden = {};               // dH [N, d]
   std::span<compute_t<T>> proj = {};      // dW, W's shape and layout
   std::span<compute_t<T>> bias = {};      // db [V]
+  double z_loss = 0;                      // ζ, the z-loss coefficient (finite); 0: no z-loss
+};
+
+// The optional per-token outputs of forward() and forward_backward(), each [N]; an empty span is
+// not computed (an output not asked for costs nothing). Rows of weight 0 get 0 (token_logp) or NaN.
+//   token_logp[n] = w_n (z_n[y_n] − lse_n)        the weighted log-prob of the target
+//   row_lse[n]    = lse_n = log Σ_v exp z_n[v]    (for a z-loss; backward() takes it back)
+//   entropy[n]    = −Σ_v p_v log p_v,  p = softmax(z_n)   (for monitoring; no gradient)
+template <class T>
+struct TokenOutputs {
+  std::span<compute_t<T>> token_logp = {};  // w_n (z_n[y_n] − lse_n); 0 where w_n = 0
+  std::span<compute_t<T>> row_lse = {};     // log Σ_v exp z_n[v]; NaN where w_n = 0
+  std::span<compute_t<T>> entropy = {};     // the softmax's entropy in nats; NaN where w_n = 0
 };
 
 // Tiling. Every zero picks the value plan.hpp derives from the machine's caches and cores. The

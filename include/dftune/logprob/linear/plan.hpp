@@ -121,6 +121,7 @@ struct Plan {
   std::size_t rows_at = 0;     // [chunk_rows] std::size_t: which rows of H the chunk holds
   std::size_t coef_at = 0;     // [chunk_rows] double: d_seq · weight of each
   std::size_t token_at = 0;    // [chunk_rows] compute_t: their weighted log-probs
+  std::size_t stats_at = 0;    // [3, chunk_rows] double: each row's log-sum-exp, target logit, entropy
   std::size_t seq_at = 0;      // [S] double: the sequence sums, stored once every row is known valid
   std::size_t stage_at = 0;    // [threads, vocab_tile · d] compute_t: W widened (storage ≠ compute only)
   std::size_t stage_elems = 0; // per thread
@@ -179,6 +180,7 @@ Plan make_plan(const LinearLogits<T>& in, const Options& opt = {}) {
   place(p.rows_at, detail::checked_product("workspace", R, sizeof(std::size_t)));
   place(p.coef_at, detail::checked_product("workspace", R, sizeof(double)));
   place(p.token_at, detail::checked_product("workspace", R, sizeof(C)));
+  place(p.stats_at, detail::checked_product("workspace", R, 3 * sizeof(double)));
   place(p.seq_at, detail::checked_product("workspace (sequences)", in.sequences(), sizeof(double)));
   place(p.stage_at, detail::checked_product("workspace (threads·vocab_tile·dim)", p.threads, p.stage_elems, sizeof(C)));
   p.bytes = detail::checked_add("workspace", p.bytes, workspace_alignment);
