@@ -14,7 +14,17 @@ set(_dftune_documented_headers
   objective/rwr.hpp objective/sequence_scores.hpp objective/sft.hpp objective/simpo.hpp
   optim/adam.hpp optim/clip.hpp optim/dft_optimizer.hpp optim/rule.hpp optim/schedule.hpp optim/sgd.hpp optim/step_options.hpp
   model/concept.hpp
-  logprob/linear/linear.hpp logprob/linear/linear_logits.hpp)
+  logprob/linear/linear.hpp logprob/linear/linear_logits.hpp
+  backend/xtensor/categorical_policy.hpp backend/xtensor/logprob.hpp callbacks/jsonl.hpp callbacks/metrics.hpp cpu/isa.hpp
+  distributed/collectives.hpp distributed/communicator.hpp distributed/mpi.hpp distributed/replica_check.hpp
+  distributed/sampler.hpp distributed/shard.hpp distributed/single.hpp
+  hf/added_tokens.hpp hf/bpe.hpp hf/byte_level.hpp hf/config.hpp hf/jsonl.hpp hf/normalizer.hpp hf/pre_tokenizer.hpp
+  hf/pretrained.hpp hf/regex.hpp hf/safetensors.hpp hf/tokenizer.hpp hf/utf8.hpp
+  io/atomic_file.hpp io/bytes.hpp io/format.hpp io/negatives_cache.hpp
+  logprob/checks.hpp logprob/cpu/bf16.hpp logprob/cpu/fast.hpp logprob/cpu/rows.hpp logprob/generic.hpp
+  model/context_tokens.hpp model/sampling.hpp model/weights_io.hpp
+  model/tiny_lm/config.hpp model/tiny_lm/kv_decoder.hpp model/tiny_lm/layers.hpp model/tiny_lm/threads.hpp model/tiny_lm/tiny_lm.hpp
+  objective/checks.hpp optim/accumulate.hpp)
 set(_input "${PROJECT_SOURCE_DIR}/docs/api/namespaces.dox")
 foreach(_h IN LISTS _dftune_documented_headers)
   string(APPEND _input " \\\n  ${PROJECT_SOURCE_DIR}/include/dftune/${_h}")

@@ -62,16 +62,16 @@ class ShardedBatches {
       : n_(num_examples), b_(batch_size), seed_(seed), shard_(shard), opt_(options) {
     validate(shard_);
     if (opt_.balance != Balance::global_batches && opt_.balance != Balance::per_rank)
-      detail::fail("options.balance", static_cast<int>(opt_.balance), "Balance::global_batches or Balance::per_rank");
-    if (n_ == 0) detail::fail("num_examples", n_, "at least 1");
+      dftune::detail::fail("options.balance", static_cast<int>(opt_.balance), "Balance::global_batches or Balance::per_rank");
+    if (n_ == 0) dftune::detail::fail("num_examples", n_, "at least 1");
     if (b_ == 0 || b_ > n_)
-      detail::fail("batch_size", b_, "a batch size in [1, num_examples = " + std::to_string(n_) + "]");
+      dftune::detail::fail("batch_size", b_, "a batch size in [1, num_examples = " + std::to_string(n_) + "]");
     if (n_ > static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max()))
-      detail::fail("num_examples", n_, "a count whose ids fit in int64");
+      dftune::detail::fail("num_examples", n_, "a count whose ids fit in int64");
     const std::size_t P = shard_.size;
     // B <= N and P | B give B/P <= ⌊N/P⌋, the smallest shard's size: every epoch has a batch.
     if (opt_.balance == Balance::per_rank && b_ % P != 0)
-      detail::fail("batch_size", b_,
+      dftune::detail::fail("batch_size", b_,
                    "a multiple of the world size P = " + std::to_string(P) +
                        " (the balanced sampler, Balance::per_rank, draws batch_size / P ids from every rank's shard)");
     per_epoch_ = batches_per_epoch_of();
@@ -94,7 +94,7 @@ class ShardedBatches {
     for (std::size_t r = 1; r < all.size(); ++r) {
       auto same = [&](const char* what, std::uint64_t got, std::uint64_t want) {
         if (got != want)
-          detail::fail(what, std::to_string(got) + " on rank " + std::to_string(r),
+          dftune::detail::fail(what, std::to_string(got) + " on rank " + std::to_string(r),
                        std::to_string(want) + " as on rank 0 (every rank must sample alike)");
       };
       same("num_examples", all[r].n, all[0].n);

@@ -35,8 +35,8 @@ struct Shard {
 };
 
 inline void validate(const Shard& s) {
-  if (s.size == 0) detail::fail("shard.size", s.size, "a world size >= 1");
-  if (s.rank >= s.size) detail::fail("shard.rank", s.rank, "a rank in [0, size = " + std::to_string(s.size) + ")");
+  if (s.size == 0) dftune::detail::fail("shard.size", s.size, "a world size >= 1");
+  if (s.rank >= s.size) dftune::detail::fail("shard.rank", s.rank, "a rank in [0, size = " + std::to_string(s.size) + ")");
 }
 
 // The shard of a communicator's rank: Shard{comm.rank(), comm.size()}.

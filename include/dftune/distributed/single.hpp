@@ -22,11 +22,11 @@ class Single {
   void all_reduce_sum(std::span<float>) {}
   void all_reduce_sum(std::span<double>) {}
   void all_gather(std::span<const std::byte> in, std::span<std::byte> out) {
-    detail::check_size("all_gather out", out.size(), in.size());
+    dftune::detail::check_size("all_gather out", out.size(), in.size());
     std::copy(in.begin(), in.end(), out.begin());
   }
   void broadcast(std::span<std::byte>, std::size_t root) {
-    if (root != 0) detail::fail("root", root, "0 (the only rank of a world of one)");
+    if (root != 0) dftune::detail::fail("root", root, "0 (the only rank of a world of one)");
   }
   void barrier() {}
 };

@@ -77,7 +77,7 @@ class Bpe {
     for (std::size_t i = 0; i < n; ++i) {
       const auto b = static_cast<unsigned char>(word[i]);
       if (byte_id_[b] < 0)
-        detail::fail("text", "byte 0x" + hex(b), "bytes that have a one-byte token in model.vocab");
+        dftune::detail::fail("text", "byte 0x" + hex(b), "bytes that have a one-byte token in model.vocab");
       sym[i] = {byte_id_[b], static_cast<std::int64_t>(i) - 1, i + 1 < n ? static_cast<std::int64_t>(i) + 1 : -1};
     }
     const auto push = [&](std::int64_t left) {

@@ -85,12 +85,12 @@ struct Examples {
   }
 };
 
-namespace jsonl_detail {
+namespace detail {
 
 using json = nlohmann::json;
 
 [[noreturn]] inline void fail(const std::string& where, const std::string& field, const std::string& got, const std::string& expected) {
-  detail::fail(where + ": " + field, got, expected);
+  dftune::detail::fail(where + ": " + field, got, expected);
 }
 
 inline const std::string& text_field(const json& obj, const std::string& key, const std::string& where, const std::string& field) {
@@ -158,17 +158,17 @@ inline void add_line(std::string_view text, const std::string& where, std::size_
   out.line.push_back(line);
 }
 
-}  // namespace jsonl_detail
+}  // namespace detail
 
 // Reads and tokenizes every example of a JSON Lines file; nothing is returned unless every line is
 // usable (the first bad one is the error).
 inline Examples read_jsonl(const std::filesystem::path& path, const Tokenizer& tok, const DataOptions& o = {}) {
-  if (o.context < 2) detail::fail("context", o.context, "at least 2 (a prompt token and an answer token)");
+  if (o.context < 2) dftune::detail::fail("context", o.context, "at least 2 (a prompt token and an answer token)");
   for (const auto& [name, id] : {std::pair{"bos", o.bos}, std::pair{"eos", o.eos}})
     if (id && (*id < 0 || static_cast<std::size_t>(*id) >= tok.vocab_size()))
-      detail::fail(name, *id, "an id in [0, vocab = " + std::to_string(tok.vocab_size()) + ")");
+      dftune::detail::fail(name, *id, "an id in [0, vocab = " + std::to_string(tok.vocab_size()) + ")");
   std::ifstream in(path, std::ios::binary);
-  if (!in) detail::fail(path.string(), "a file that cannot be opened", "a readable JSON Lines file");
+  if (!in) dftune::detail::fail(path.string(), "a file that cannot be opened", "a readable JSON Lines file");
   Examples out;
   std::string line;
   std::vector<char> block(std::size_t{1} << 16);
@@ -177,12 +177,12 @@ inline Examples read_jsonl(const std::filesystem::path& path, const Tokenizer& t
   const auto finish = [&] {
     const std::string where = path.string() + ":" + std::to_string(number);
     if (too_long)
-      jsonl_detail::fail(where, "line", "more than " + std::to_string(o.max_line_bytes) + " bytes",
+      detail::fail(where, "line", "more than " + std::to_string(o.max_line_bytes) + " bytes",
                          "at most max_line_bytes = " + std::to_string(o.max_line_bytes));
     if (line.find_first_not_of(" \t\r") != std::string::npos) {
       if (out.size() >= o.max_examples)
-        jsonl_detail::fail(where, "line", "example " + std::to_string(out.size() + 1), "at most max_examples = " + std::to_string(o.max_examples));
-      jsonl_detail::add_line(line, where, number, tok, o, out);
+        detail::fail(where, "line", "example " + std::to_string(out.size() + 1), "at most max_examples = " + std::to_string(o.max_examples));
+      detail::add_line(line, where, number, tok, o, out);
     }
     line.clear();
     too_long = false;
@@ -203,7 +203,7 @@ inline Examples read_jsonl(const std::filesystem::path& path, const Tokenizer& t
       from = nl + 1;
     }
   }
-  if (in.bad()) detail::fail(path.string(), "a read error", "a readable JSON Lines file");
+  if (in.bad()) dftune::detail::fail(path.string(), "a read error", "a readable JSON Lines file");
   if (!line.empty() || too_long) finish();
   return out;
 }

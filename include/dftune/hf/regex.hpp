@@ -27,14 +27,14 @@ class Regex {
   // Compiles `pattern`; a bad one is a dftune::error naming `field` and PCRE2's reason.
   Regex(std::string_view pattern, std::string_view field) : pattern_(pattern) {
     if (pattern.size() > max_pattern)
-      detail::fail(field, "a pattern of " + std::to_string(pattern.size()) + " bytes",
+      dftune::detail::fail(field, "a pattern of " + std::to_string(pattern.size()) + " bytes",
                    "at most " + std::to_string(max_pattern) + " bytes");
     int code = 0;
     PCRE2_SIZE at = 0;
     pcre2_code* c = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), PCRE2_UTF | PCRE2_UCP,
                                   &code, &at, nullptr);
     if (c == nullptr)
-      detail::fail(field, "\"" + std::string(pattern) + "\"",
+      dftune::detail::fail(field, "\"" + std::string(pattern) + "\"",
                    "a regular expression PCRE2 compiles (" + message(code) + " at offset " + std::to_string(at) + ")");
     code_.reset(c, pcre2_code_free);
     (void)pcre2_jit_compile(c, PCRE2_JIT_COMPLETE);  // without JIT, pcre2_match interprets: slower, same result
@@ -55,7 +55,7 @@ class Regex {
       // The input was checked once (utf8::first_invalid); checking each call would rescan the rest.
       const int rc = pcre2_match(code_.get(), subject, text.size(), pos, PCRE2_NO_UTF_CHECK, md.get(), nullptr);
       if (rc == PCRE2_ERROR_NOMATCH) break;
-      if (rc < 0) detail::fail("regex \"" + pattern_ + "\"", message(rc), "a successful match (PCRE2 failed)");
+      if (rc < 0) dftune::detail::fail("regex \"" + pattern_ + "\"", message(rc), "a successful match (PCRE2 failed)");
       const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.get());
       const std::size_t b = ov[0], e = ov[1];
       if (e > b) {

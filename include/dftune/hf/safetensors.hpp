@@ -107,7 +107,7 @@ inline std::string shape_string(std::span<const std::size_t> shape) {
 // The header cap of the reference implementation: a larger N is refused before it is read.
 inline constexpr std::uint64_t max_header_bytes = 100'000'000;
 
-namespace detail_st {
+namespace detail {
 
 // The dtype of a header entry and its element size in bytes.
 inline std::pair<Dtype, std::size_t> parse_dtype(const std::string& field, const nlohmann::json& j) {
@@ -192,13 +192,13 @@ inline std::uint64_t read_u64_le(const unsigned char* b) {
   return v;
 }
 
-}  // namespace detail_st
+}  // namespace detail
 
 // One safetensors file, its header parsed and checked; tensors are read on demand.
 class SafetensorsFile {
  public:
   explicit SafetensorsFile(const std::filesystem::path& path) : path_(path) {
-    io::internal::named("safetensors " + path.string(), [&] { open(); });
+    io::detail::named("safetensors " + path.string(), [&] { open(); });
   }
 
   const std::filesystem::path& path() const { return path_; }
@@ -213,7 +213,7 @@ class SafetensorsFile {
   // 2-D tensor [r, c] lands as [c, r] (GPT-2's Conv1D weights into the [out, in] layout).
   template <class T>
   void read(const TensorInfo& t, std::span<T> out, bool transpose = false) const {
-    io::internal::named("safetensors " + path_.string() + ": tensor \"" + t.name + "\"", [&] {
+    io::detail::named("safetensors " + path_.string() + ": tensor \"" + t.name + "\"", [&] {
       if (t.dtype == Dtype::other) dftune::detail::fail("dtype", t.dtype_text, "F32, BF16, F16 or F64 (a floating-point weight)");
       dftune::detail::check_size("destination", out.size(), t.numel);
       if (transpose && t.shape.size() != 2) dftune::detail::fail("shape", shape_string(t.shape), "a matrix (2 dimensions) to transpose");
@@ -261,7 +261,7 @@ class SafetensorsFile {
         }
         break;
       case Dtype::f64:
-        for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<T>(std::bit_cast<double>(detail_st::read_u64_le(p + 8 * i)));
+        for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<T>(std::bit_cast<double>(detail::read_u64_le(p + 8 * i)));
         break;
       case Dtype::bf16:
         for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<T>(bf16_to_float(u16(i)));
@@ -282,7 +282,7 @@ class SafetensorsFile {
     std::ifstream in(path_, std::ios::binary);
     unsigned char len[8];
     if (!in.read(reinterpret_cast<char*>(len), 8)) dftune::detail::fail("path", path_, "a readable file");
-    const std::uint64_t n = detail_st::read_u64_le(len);
+    const std::uint64_t n = detail::read_u64_le(len);
     if (n > size - 8)
       dftune::detail::fail("header length", n, "at most the " + std::to_string(size - 8) + " bytes that follow it in the file");
     if (n > max_header_bytes) dftune::detail::fail("header length", n, "at most " + std::to_string(max_header_bytes) + " bytes");
@@ -291,7 +291,7 @@ class SafetensorsFile {
     nlohmann::json h = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
     if (h.is_discarded()) dftune::detail::fail("header", "text that is not JSON", "a JSON object");
     data_start_ = 8 + n;
-    tensors_ = detail_st::parse_header(h, size - data_start_, metadata_);
+    tensors_ = detail::parse_header(h, size - data_start_, metadata_);
   }
 
   std::filesystem::path path_;
@@ -315,7 +315,7 @@ struct TensorOut {
 template <class T>
 void write_safetensors(const std::filesystem::path& path, std::span<const TensorOut<T>> tensors, Dtype dtype,
                        const std::map<std::string, std::string>& metadata = {}) {
-  io::internal::named("safetensors " + path.string(), [&] {
+  io::detail::named("safetensors " + path.string(), [&] {
     if (dtype != Dtype::f32 && dtype != Dtype::bf16 && dtype != Dtype::f64)
       dftune::detail::fail("dtype", dtype_name(dtype), "F32, BF16 or F64 (dftune writes no F16)");
     nlohmann::ordered_json h;

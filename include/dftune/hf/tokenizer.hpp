@@ -67,12 +67,12 @@ class Tokenizer {
     const std::string name = path.string();
     std::error_code ec;
     const std::uintmax_t size = std::filesystem::file_size(path, ec);
-    if (ec) detail::fail(name, ec.message(), "a readable tokenizer.json");
+    if (ec) dftune::detail::fail(name, ec.message(), "a readable tokenizer.json");
     if (size > limits.file_bytes)
-      detail::fail(name, std::to_string(size) + " bytes", "a tokenizer.json of at most " + std::to_string(limits.file_bytes) + " bytes");
+      dftune::detail::fail(name, std::to_string(size) + " bytes", "a tokenizer.json of at most " + std::to_string(limits.file_bytes) + " bytes");
     std::ifstream in(path, std::ios::binary);
     std::string text(static_cast<std::size_t>(size), '\0');
-    if (!in.read(text.data(), static_cast<std::streamsize>(size))) detail::fail(name, "a read error", "a readable tokenizer.json");
+    if (!in.read(text.data(), static_cast<std::streamsize>(size))) dftune::detail::fail(name, "a read error", "a readable tokenizer.json");
     return from_json(text, name, limits);
   }
 
@@ -101,7 +101,7 @@ class Tokenizer {
   // Appends the tokens of `text` to `out` (left as it was if `text` is refused).
   void encode(std::string_view text, std::vector<token_t>& out) const {
     if (const std::size_t bad = utf8::first_invalid(text); bad != std::string_view::npos)
-      detail::fail("text", "a byte that starts no valid UTF-8 sequence at offset " + std::to_string(bad), "valid UTF-8");
+      dftune::detail::fail("text", "a byte that starts no valid UTF-8 sequence at offset " + std::to_string(bad), "valid UTF-8");
     const std::size_t start = out.size();
     try {
       added_.split(
@@ -125,7 +125,7 @@ class Tokenizer {
     for (std::size_t k = 0; k < ids.size(); ++k) {
       const token_t id = ids[k];
       if (id < 0 || static_cast<std::size_t>(id) >= bytes_.size() || !defined_[static_cast<std::size_t>(id)])
-        detail::fail_at("ids", k, id, "the id of a token in [0, " + std::to_string(bytes_.size()) + ")");
+        dftune::detail::fail_at("ids", k, id, "the id of a token in [0, " + std::to_string(bytes_.size()) + ")");
       if (skip_special && special_[static_cast<std::size_t>(id)]) continue;
       out += bytes_[static_cast<std::size_t>(id)];
     }
@@ -202,7 +202,7 @@ class Tokenizer {
     using json = nlohmann::json;
 
     [[noreturn]] void fail(const std::string& field, const std::string& got, const std::string& expected) const {
-      detail::fail(source + ": " + field, got, expected);
+      dftune::detail::fail(source + ": " + field, got, expected);
     }
     static std::string show(const json& v) {
       std::string s = v.dump();

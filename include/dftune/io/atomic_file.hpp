@@ -40,7 +40,7 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace io {
 
-namespace internal {
+namespace detail {
 
 inline std::string errno_text(int e) {
   return e == 0 ? std::string("unknown error") : std::string(std::strerror(e));
@@ -92,7 +92,7 @@ inline bool process_alive(long pid) {
 #endif
 }
 
-}  // namespace internal
+}  // namespace detail
 
 // The file a save to `path` replaces: `path` with every symlink in its last component followed,
 // so that saving through a link rewrites the file it points to (atomically, beside that file) and
@@ -123,7 +123,7 @@ inline std::string temporary_prefix(const std::filesystem::path& target) {
 inline void remove_stale_temporaries(const std::filesystem::path& target) {
   namespace fs = std::filesystem;
   const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
-  const std::string prefix = temporary_prefix(target) + internal::host_tag() + "-";
+  const std::string prefix = temporary_prefix(target) + detail::host_tag() + "-";
   std::error_code ec;
   fs::directory_iterator it(dir, ec), end;
   std::vector<fs::path> stale;
@@ -139,7 +139,7 @@ inline void remove_stale_temporaries(const std::filesystem::path& target) {
       if (rest[k] < '0' || rest[k] > '9') digits = false;
       else pid = pid * 10 + (rest[k] - '0');
     }
-    if (!digits || pid == internal::process_id() || internal::process_alive(pid)) continue;
+    if (!digits || pid == detail::process_id() || detail::process_alive(pid)) continue;
     stale.push_back(it->path());
   }
   for (const fs::path& p : stale) fs::remove(p, ec);
@@ -156,15 +156,15 @@ class AtomicFile final : public ByteSink {
     remove_stale_temporaries(target_);
     std::random_device rd;
     std::ostringstream name;
-    name << temporary_prefix(target_) << internal::host_tag() << '-' << internal::process_id() << '-' << std::hex
+    name << temporary_prefix(target_) << detail::host_tag() << '-' << detail::process_id() << '-' << std::hex
          << ((static_cast<std::uint64_t>(rd()) << 32) ^ rd());
     tmp_ = target_.has_parent_path() ? target_.parent_path() / name.str() : std::filesystem::path(name.str());
 #if DFTUNE_IO_POSIX
     fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd_ < 0) internal::fail_file(path_, "a writable location: cannot create its temporary file", errno);
+    if (fd_ < 0) detail::fail_file(path_, "a writable location: cannot create its temporary file", errno);
 #else
     out_.open(tmp_, std::ios::binary | std::ios::in | std::ios::out | std::ios::trunc);
-    if (!out_) internal::fail_file(path_, "a writable location: cannot create its temporary file", errno);
+    if (!out_) detail::fail_file(path_, "a writable location: cannot create its temporary file", errno);
 #endif
   }
   AtomicFile(const AtomicFile&) = delete;
@@ -181,12 +181,12 @@ class AtomicFile final : public ByteSink {
     while (!bytes.empty()) {
       const ::ssize_t n = ::write(fd_, bytes.data(), bytes.size());
       if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) internal::fail_file(path_, "a writable location: writing its temporary file failed", errno);
+      if (n <= 0) detail::fail_file(path_, "a writable location: writing its temporary file failed", errno);
       bytes = bytes.subspan(static_cast<std::size_t>(n));
     }
 #else
     out_.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-    if (!out_) internal::fail_file(path_, "a writable location: writing its temporary file failed", errno);
+    if (!out_) detail::fail_file(path_, "a writable location: writing its temporary file failed", errno);
 #endif
   }
   // Overwrites bytes already written (a checksum known only at the end).
@@ -195,7 +195,7 @@ class AtomicFile final : public ByteSink {
     while (!bytes.empty()) {
       const ::ssize_t n = ::pwrite(fd_, bytes.data(), bytes.size(), static_cast<::off_t>(offset));
       if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) internal::fail_file(path_, "a writable location: writing its temporary file failed", errno);
+      if (n <= 0) detail::fail_file(path_, "a writable location: writing its temporary file failed", errno);
       bytes = bytes.subspan(static_cast<std::size_t>(n));
       offset += static_cast<std::uint64_t>(n);
     }
@@ -204,7 +204,7 @@ class AtomicFile final : public ByteSink {
     out_.seekp(static_cast<std::streamoff>(offset));
     out_.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
     out_.seekp(end);
-    if (!out_) internal::fail_file(path_, "a writable location: writing its temporary file failed", errno);
+    if (!out_) detail::fail_file(path_, "a writable location: writing its temporary file failed", errno);
 #endif
   }
   // Flushes the temporary to disk and renames it over the target; then the rename itself is made
@@ -216,12 +216,12 @@ class AtomicFile final : public ByteSink {
     if (::fsync(fd) != 0) {
       const int e = errno;
       ::close(fd);
-      internal::fail_file(path_, "a writable location: flushing its temporary file failed", e);
+      detail::fail_file(path_, "a writable location: flushing its temporary file failed", e);
     }
-    if (::close(fd) != 0) internal::fail_file(path_, "a writable location: closing its temporary file failed", errno);
+    if (::close(fd) != 0) detail::fail_file(path_, "a writable location: closing its temporary file failed", errno);
 #else
     out_.close();
-    if (!out_) internal::fail_file(path_, "a writable location: flushing its temporary file failed", errno);
+    if (!out_) detail::fail_file(path_, "a writable location: flushing its temporary file failed", errno);
 #endif
     std::error_code ec;
     std::filesystem::rename(tmp_, target_, ec);
@@ -265,12 +265,12 @@ class FileSource final : public ByteSource {
 #if DFTUNE_IO_POSIX
     // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below.
     fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd_ < 0) internal::fail_file(path, "a readable checkpoint file", errno);
+    if (fd_ < 0) detail::fail_file(path, "a readable checkpoint file", errno);
     struct ::stat st {};
     if (::fstat(fd_, &st) != 0) {
       const int e = errno;
       ::close(fd_);
-      internal::fail_file(path, "a readable checkpoint file: cannot tell its size", e);
+      detail::fail_file(path, "a readable checkpoint file: cannot tell its size", e);
     }
     if (!S_ISREG(st.st_mode)) {
       ::close(fd_);
@@ -285,7 +285,7 @@ class FileSource final : public ByteSource {
     size_ = std::filesystem::file_size(path, ec);
     if (ec) dftune::detail::fail<io_error>("path", path, "a readable checkpoint file (" + ec.message() + ")");
     in_.open(path, std::ios::binary);
-    if (!in_) internal::fail_file(path, "a readable checkpoint file", errno);
+    if (!in_) detail::fail_file(path, "a readable checkpoint file", errno);
 #endif
   }
   FileSource(const FileSource&) = delete;
@@ -300,11 +300,11 @@ class FileSource final : public ByteSource {
     for (;;) {
       const ::ssize_t n = ::read(fd_, out.data(), out.size());
       if (n >= 0) return static_cast<std::size_t>(n);
-      if (errno != EINTR) internal::fail_file(path_, "a readable checkpoint file: reading it failed", errno);
+      if (errno != EINTR) detail::fail_file(path_, "a readable checkpoint file: reading it failed", errno);
     }
 #else
     in_.read(reinterpret_cast<char*>(out.data()), static_cast<std::streamsize>(out.size()));
-    if (in_.bad()) internal::fail_file(path_, "a readable checkpoint file: reading it failed", errno);
+    if (in_.bad()) detail::fail_file(path_, "a readable checkpoint file: reading it failed", errno);
     return static_cast<std::size_t>(in_.gcount());
 #endif
   }

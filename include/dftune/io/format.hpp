@@ -198,9 +198,9 @@ class Reader {
   std::vector<T> array(std::string_view field, std::size_t expected = npos) {
     const std::uint64_t n = u64(field);
     if (expected != npos && n != expected)
-      detail::fail(field, "size " + std::to_string(n) + " in the file", "size " + std::to_string(expected));
+      dftune::detail::fail(field, "size " + std::to_string(n) + " in the file", "size " + std::to_string(expected));
     if (expected == npos && n > limit_)
-      detail::fail(field, "size " + std::to_string(n) + " in the file",
+      dftune::detail::fail(field, "size " + std::to_string(n) + " in the file",
                    "at most " + std::to_string(limit_) + " elements (" + limit_reason_ + ")");
     if (n > remaining() / sizeof(T)) overrun(field, n * sizeof(T));
     std::vector<T> out(static_cast<std::size_t>(n));
@@ -242,7 +242,7 @@ class Reader {
   std::uint64_t offset() const { return base_ + pos_; }
   void expect_end() const {
     if (remaining() != 0)
-      detail::fail("payload", std::to_string(remaining()) + " unread bytes at offset " + std::to_string(offset()),
+      dftune::detail::fail("payload", std::to_string(remaining()) + " unread bytes at offset " + std::to_string(offset()),
                    "the payload to end after its last field");
   }
   // A size check that makes reading on pointless (the payload cannot be what its fields say):
@@ -250,7 +250,7 @@ class Reader {
   void expect_remaining(std::uint64_t n, std::string_view field, std::string_view what) {
     if (remaining() == n) return;
     give_up();
-    detail::fail(field, std::to_string(remaining()) + " bytes left in the payload",
+    dftune::detail::fail(field, std::to_string(remaining()) + " bytes left in the payload",
                  std::to_string(n) + " (" + std::string(what) + "; the file is corrupted or truncated)");
   }
   // Marks the error the parser is about to throw as final: read_checkpoint reports it without
@@ -270,7 +270,7 @@ class Reader {
 
  private:
   [[noreturn]] void overrun(std::string_view field, std::uint64_t want) const {
-    detail::fail(field,
+    dftune::detail::fail(field,
                  "a field of " + std::to_string(want) + " bytes at offset " + std::to_string(offset()) + " with " +
                      std::to_string(remaining()) + " left",
                  "a complete payload (the file is truncated or corrupted)");
@@ -279,7 +279,7 @@ class Reader {
   std::size_t pull(std::span<std::byte> out) {
     const std::size_t n = src_ == nullptr ? 0 : src_->read(out);
     if (n == 0)
-      detail::fail("payload", "the end of the data after " + std::to_string(base_ + fetched_) + " bytes",
+      dftune::detail::fail("payload", "the end of the data after " + std::to_string(base_ + fetched_) + " bytes",
                    std::to_string(base_ + size_) + " bytes (the file shrank while it was read)");
     fetched_ += n;
     return n;
@@ -345,30 +345,30 @@ inline std::array<std::byte, checkpoint_header_size> encode_header(const Checkpo
 inline CheckpointHeader check_header(std::span<const std::byte, checkpoint_header_size> bytes, CheckpointKind kind,
                                      std::uint64_t file_size) {
   if (file_size < checkpoint_header_size)
-    detail::fail("checkpoint", "a file of " + std::to_string(file_size) + " bytes",
+    dftune::detail::fail("checkpoint", "a file of " + std::to_string(file_size) + " bytes",
                  "at least the " + std::to_string(checkpoint_header_size) + "-byte header (the file is truncated)");
   Reader h{std::span<const std::byte>(bytes)};
   for (std::size_t k = 0; k < checkpoint_magic.size(); ++k)
     if (h.u8("magic") != static_cast<std::uint8_t>(checkpoint_magic[k]))
-      detail::fail("magic", "other bytes", "\"DFTUNECK\" (this is not a dftune checkpoint)");
+      dftune::detail::fail("magic", "other bytes", "\"DFTUNECK\" (this is not a dftune checkpoint)");
   CheckpointHeader out;
   out.version = h.u32("version");
   if (out.version != checkpoint_version)
-    detail::fail("version", out.version,
+    dftune::detail::fail("version", out.version,
                  std::to_string(checkpoint_version) + " (the only checkpoint format this build of dftune reads)");
   const std::uint32_t k = h.u32("kind");
   if (k != static_cast<std::uint32_t>(kind))
-    detail::fail("kind", std::to_string(k) + " (" + kind_name(k) + ")",
+    dftune::detail::fail("kind", std::to_string(k) + " (" + kind_name(k) + ")",
                  std::to_string(static_cast<std::uint32_t>(kind)) + " (" + kind_name(static_cast<std::uint32_t>(kind)) +
                      ")");
   out.kind = kind;
   out.payload_size = h.u64("payload size");
   const std::uint64_t have = file_size - checkpoint_header_size;
   if (out.payload_size > have)
-    detail::fail("payload size", out.payload_size,
+    dftune::detail::fail("payload size", out.payload_size,
                  "at most the " + std::to_string(have) + " bytes that follow the header (the file is truncated)");
   if (out.payload_size < have)
-    detail::fail("payload size", out.payload_size,
+    dftune::detail::fail("payload size", out.payload_size,
                  std::to_string(have) + ", the bytes that follow the header (the file has trailing bytes)");
   out.checksum = h.u64("checksum");
   return out;
@@ -379,7 +379,7 @@ inline void check_checksum(std::uint64_t stored, std::uint64_t computed) {
   std::ostringstream got, want;
   got << std::hex << "0x" << stored << " in the header";
   want << std::hex << "0x" << computed << ", the FNV-1a-64 of the contents (the file is corrupted)";
-  detail::fail("checksum", got.str(), want.str());
+  dftune::detail::fail("checksum", got.str(), want.str());
 }
 
 // Reads one checkpoint of `kind` from `source`, whose total size is `file_size`: the checks of the
@@ -390,7 +390,7 @@ template <class Parse>
 auto read_checkpoint(ByteSource& source, std::uint64_t file_size, CheckpointKind kind, std::uint64_t max_payload,
                      Parse&& parse) {
   if (file_size < checkpoint_header_size)
-    detail::fail("checkpoint", "a file of " + std::to_string(file_size) + " bytes",
+    dftune::detail::fail("checkpoint", "a file of " + std::to_string(file_size) + " bytes",
                  "at least the " + std::to_string(checkpoint_header_size) + "-byte header (the file is truncated)");
   std::array<std::byte, checkpoint_header_size> hb{};
   {
@@ -417,7 +417,7 @@ auto read_checkpoint(ByteSource& source, std::uint64_t file_size, CheckpointKind
     if (!error_text.empty())
       dftune::detail::throw_error(kind, error_text + " (the payload of " + size + " bytes is larger than the " +
                                             most + " this object can take, so the checksum was not verified)");
-    detail::fail("payload size", h.payload_size,
+    dftune::detail::fail("payload size", h.payload_size,
                  "at most " + most +
                      " bytes, the most the object being loaded into can take (a checkpoint of a larger "
                      "configuration, or a corrupted header)");

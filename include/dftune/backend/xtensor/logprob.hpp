@@ -45,13 +45,13 @@ class Contiguous {
   Contiguous(std::string_view argument, const ::xt::xexpression<E>& expr) {
     const E& e = expr.derived_cast();
     if (e.dimension() != Dim)
-      detail::fail(argument, std::to_string(e.dimension()) + " dimensions",
+      dftune::detail::fail(argument, std::to_string(e.dimension()) + " dimensions",
                    Dim == 1 ? std::string("a 1-d expression") : std::string("a 2-d [N, V] expression"));
     for (std::size_t d = 0; d < Dim; ++d) shape_[d] = static_cast<std::size_t>(e.shape()[d]);
     // The element count, before anything is read or evaluated: an expression's shape is not backed
     // by memory (xt::broadcast), and a wrapped product would size the copy below too small.
     if constexpr (Dim == 1) size_ = shape_[0];
-    else size_ = detail::checked_product(argument, shape_[0], shape_[1]);
+    else size_ = dftune::detail::checked_product(argument, shape_[0], shape_[1]);
     using V = std::decay_t<typename E::value_type>;
     if constexpr (::xt::has_data_interface<E>::value && std::is_same_v<V, T>) {
       if (row_major(e)) {
@@ -95,7 +95,7 @@ class Contiguous {
 template <class E>
 using value_t = std::decay_t<typename E::value_type>;
 
-namespace internal {
+namespace detail {
 
 template <class T, class EL, class ET, class EO, class EW>
 void with_token_logits(const ::xt::xexpression<EL>& logits, const ::xt::xexpression<ET>& targets,
@@ -116,7 +116,7 @@ void with_token_logits(const ::xt::xexpression<EL>& logits, const ::xt::xexpress
   }
 }
 
-}  // namespace internal
+}  // namespace detail
 
 // seq_logp [S] = Σ_{n in s} w_n · log softmax(z_n)[y_n]; logits [N, V], targets [N], offsets [S + 1],
 // weights [N] (optional: every token weight 1). Throws dftune::error as logprob::forward does.
@@ -128,7 +128,7 @@ template <class EL, class ET, class EO, class EW>
   using T = value_t<EL>;
   using C = logprob::compute_t<T>;
   ::xt::xtensor<C, 1> out;
-  internal::with_token_logits<T>(logits, targets, offsets, &weights, [&](const logprob::TokenLogits<T>& in, std::size_t) {
+  detail::with_token_logits<T>(logits, targets, offsets, &weights, [&](const logprob::TokenLogits<T>& in, std::size_t) {
     ::xt::xtensor<C, 1> seq = ::xt::xtensor<C, 1>::from_shape({in.sequences()});
     logprob::forward(in, std::span<C>(seq.data(), seq.size()));
     out = std::move(seq);
@@ -143,7 +143,7 @@ template <class EL, class ET, class EO>
   using T = value_t<EL>;
   using C = logprob::compute_t<T>;
   ::xt::xtensor<C, 1> out;
-  internal::with_token_logits<T, EL, ET, EO, ::xt::xtensor<C, 1>>(
+  detail::with_token_logits<T, EL, ET, EO, ::xt::xtensor<C, 1>>(
       logits, targets, offsets, nullptr, [&](const logprob::TokenLogits<T>& in, std::size_t) {
         ::xt::xtensor<C, 1> seq = ::xt::xtensor<C, 1>::from_shape({in.sequences()});
         logprob::forward(in, std::span<C>(seq.data(), seq.size()));
@@ -161,7 +161,7 @@ template <class EL, class ET, class EO, class ED, class EW>
   using C = logprob::compute_t<T>;
   const Contiguous<C, 1> d("d_seq", d_seq);
   ::xt::xtensor<T, 2> out;
-  internal::with_token_logits<T>(logits, targets, offsets, &weights, [&](const logprob::TokenLogits<T>& in, std::size_t n) {
+  detail::with_token_logits<T>(logits, targets, offsets, &weights, [&](const logprob::TokenLogits<T>& in, std::size_t n) {
     ::xt::xtensor<T, 2> g = ::xt::xtensor<T, 2>::from_shape({n, in.vocab});
     logprob::backward(in, d.span(), std::span<T>(g.data(), g.size()));
     out = std::move(g);
@@ -176,7 +176,7 @@ template <class EL, class ET, class EO, class ED>
   using C = logprob::compute_t<T>;
   const Contiguous<C, 1> d("d_seq", d_seq);
   ::xt::xtensor<T, 2> out;
-  internal::with_token_logits<T, EL, ET, EO, ::xt::xtensor<C, 1>>(
+  detail::with_token_logits<T, EL, ET, EO, ::xt::xtensor<C, 1>>(
       logits, targets, offsets, nullptr, [&](const logprob::TokenLogits<T>& in, std::size_t n) {
         ::xt::xtensor<T, 2> g = ::xt::xtensor<T, 2>::from_shape({n, in.vocab});
         logprob::backward(in, d.span(), std::span<T>(g.data(), g.size()));

@@ -37,10 +37,12 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace tiny_lm {
 
+// TinyLm's forward as a generation::Decoder (model/generation/generate.hpp), reading a TinyLm's
+// parameters: what TinyLm::generate runs. Made by the model; a user calls TinyLm::generate.
 template <class T>
 class KvDecoder {
  public:
-  using scalar_type = T;
+  using scalar_type = T;  // the parameters' type
 
   // The layout must be make_layout(config) and theta the model's parameters (TinyLm::parameters());
   // both must outlive the decoder.
@@ -48,8 +50,11 @@ class KvDecoder {
     detail::check_size("parameters", theta.size(), layout.total);
   }
 
+  // Longest sequence (prompt + completion): the config's max_len.
   std::size_t context_length() const { return cfg_.max_len; }
+  // Per-layer key/value widths the generation cache allocates.
   generation::CacheShape cache_shape() const { return {.layers = cfg_.n_layers, .width = cfg_.d_model}; }
+  // The output head (W_out, b_out) as the fused linear head's view.
   logprob::linear::LinearLogits<T> head() const {
     const std::size_t D = cfg_.d_model, V = cfg_.vocab;
     return {.proj = theta_.subspan(lay_.w_out, D * V), .bias = theta_.subspan(lay_.b_out, V), .dim = D, .vocab = V,

@@ -14,6 +14,8 @@ DFTUNE_NAMESPACE_BEGIN
 namespace tiny_lm {
 
 // ---- layer norm: y = g ⊙ x̂ + b,  x̂ = (x − μ) · r,  r = 1/sqrt(var + eps) -----------------------
+// y[rows, d] = the layer norm above of x[rows, d], gain g[d], bias b[d]; writes each row's mean and r
+// (rstd) for layer_norm_backward.
 template <class T>
 void layer_norm_forward(const T* x, const T* g, const T* b, T* y, T* mean, T* rstd, std::size_t rows,
                         std::size_t d, T eps = T(1e-5)) {
@@ -60,12 +62,14 @@ void layer_norm_backward(const T* dy, const T* x, const T* g, const T* mean, con
 }
 
 // ---- GELU, tanh form: gelu(u) = u/2 · (1 + tanh(c (u + 0.044715 u³))), c = sqrt(2/π) ----------
+// gelu(u), the tanh form above (GPT-2's).
 template <class T>
 T gelu(T u) {
   const T c = T(0.7978845608028654);
   return T(0.5) * u * (T(1) + std::tanh(c * (u + T(0.044715) * u * u * u)));
 }
 
+// d gelu(u) / du, of the same tanh form.
 template <class T>
 T gelu_grad(T u) {
   const T c = T(0.7978845608028654);
