@@ -90,6 +90,8 @@ inline int count(std::size_t n, std::string_view what) {
 // of one nothing can hang: the session finalises and the exception goes on to the caller's handler.
 class MpiSession {
  public:
+  // Starts MPI (MPI_Init_thread, FUNNELED) with the program's arguments, unless it is already
+  // running; then this session does not finalise it. MPI failures: dftune::device_error.
   MpiSession(int& argc, char**& argv) { init(&argc, &argv); }
   MpiSession() { init(nullptr, nullptr); }
   MpiSession(const MpiSession&) = delete;
@@ -161,13 +163,15 @@ int run_main(int argc, char** argv, F&& fn) {
   return 1;
 }
 
+// How MpiCommunicator::all_reduce_sum adds the ranks' values (MpiOptions::reduction).
 enum class MpiReduction {
   rank_ordered,  // all-to-all + sum in rank order + all-gather (the default: order documented above)
   native,        // MPI_Allreduce(MPI_SUM)
 };
 
+// Options of MpiCommunicator.
 struct MpiOptions {
-  MpiReduction reduction = MpiReduction::rank_ordered;
+  MpiReduction reduction = MpiReduction::rank_ordered;  // rank_ordered: bit-identical sums on every rank, whatever MPI's algorithm
   // Elements per all-reduce round (at most INT_MAX / 2: MPI counts are int); the rank-ordered
   // reduction's scratch buffer is one round long.
   std::size_t max_elements_per_round = std::size_t{1} << 27;
@@ -176,6 +180,9 @@ struct MpiOptions {
 // Does not own the MPI_Comm (MPI_COMM_WORLD, or one the caller made and frees).
 class MpiCommunicator {
  public:
+  // A Communicator over `comm` (MPI must be running: MpiSession). Errors: dftune::argument_error for
+  // an invalid reduction or max_elements_per_round outside [1, INT_MAX / 2]; dftune::device_error
+  // when MPI fails.
   explicit MpiCommunicator(MPI_Comm comm = MPI_COMM_WORLD, MpiOptions options = {}) : comm_(comm), opt_(options) {
     if (opt_.reduction != MpiReduction::rank_ordered && opt_.reduction != MpiReduction::native)
       dftune::detail::fail("reduction", static_cast<int>(opt_.reduction), "MpiReduction::rank_ordered or native");
@@ -189,20 +196,28 @@ class MpiCommunicator {
     size_ = static_cast<std::size_t>(p);
   }
 
+  // This process's rank in the communicator.
   std::size_t rank() const { return rank_; }
+  // The number of ranks P.
   std::size_t size() const { return size_; }
+  // The MPI communicator (not owned).
   MPI_Comm handle() const { return comm_; }
+  // The options it was built with.
   const MpiOptions& options() const { return opt_; }
 
+  // x ← Σ over ranks of x, in rounds of max_elements_per_round; every rank must pass the same size.
   void all_reduce_sum(std::span<float> x) { reduce(x); }
+  // x ← Σ over ranks of x (as the float overload).
   void all_reduce_sum(std::span<double> x) { reduce(x); }
 
+  // out = every rank's `in`, rank 0's first; out must hold in.size() · P bytes (dftune::argument_error).
   void all_gather(std::span<const std::byte> in, std::span<std::byte> out) {
     dftune::detail::check_size("all_gather out", out.size(), in.size() * size_);
     const int n = detail::count(in.size(), "all_gather in");
     detail::check(MPI_Allgather(in.data(), n, MPI_BYTE, out.data(), n, MPI_BYTE, comm_), "MPI_Allgather");
   }
 
+  // x ← root's x on every rank; root must be in [0, P) (dftune::argument_error).
   void broadcast(std::span<std::byte> x, std::size_t root) {
     if (root >= size_) dftune::detail::fail("root", root, "a rank in [0, " + std::to_string(size_) + ")");
     for (std::size_t done = 0; done < x.size();) {  // in rounds: MPI counts are int
@@ -212,6 +227,7 @@ class MpiCommunicator {
     }
   }
 
+  // Returns when every rank has called it.
   void barrier() { detail::check(MPI_Barrier(comm_), "MPI_Barrier"); }
 
  private:

@@ -133,6 +133,8 @@ inline decoder::Config parse_config(const nlohmann::json& j) {
   return c;
 }
 
+// The JSON document in `path` (at most 100 MB). Errors (dftune::argument_error): not a regular
+// readable file, too large, not JSON.
 inline nlohmann::json read_json(const std::filesystem::path& path) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) dftune::detail::fail("path", path, "a regular, readable file");
@@ -146,6 +148,8 @@ inline nlohmann::json read_json(const std::filesystem::path& path) {
   return j;
 }
 
+// The decoder configuration of a Hugging Face config.json (parse_config), errors prefixed with the
+// file's path: an unknown model_type, a missing or out-of-range field, an unsupported rope_scaling.
 inline decoder::Config load_config(const std::filesystem::path& path) {
   return io::detail::named(path.string(), [&] { return parse_config(read_json(path)); });
 }

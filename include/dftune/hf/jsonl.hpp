@@ -39,10 +39,14 @@ namespace hf {
 // How a chat is written as text before tokenization: each message is prefix + content + suffix of
 // its role, and the prompt ends with the assistant's prefix (the "generation prompt").
 struct ChatTemplate {
+  // What surrounds one role's messages.
   struct Role {
-    std::string prefix, suffix;
+    std::string prefix;  // written before the message's content
+    std::string suffix;  // written after it
   };
-  Role system, user, assistant;
+  Role system;     // the system message's
+  Role user;       // the user's
+  Role assistant;  // the assistant's; its prefix also ends every prompt
 
   // ChatML, the template of Qwen2 and SmolLM2's instruct models.
   static ChatTemplate chatml() {
@@ -50,29 +54,32 @@ struct ChatTemplate {
   }
 };
 
+// How read_examples turns JSON lines into token sequences.
 struct DataOptions {
   std::size_t context = 1024;  // the most tokens of prompt + answer (the model's positions)
   std::optional<token_t> bos;  // put before every prompt
   std::optional<token_t> eos;  // put after every answer
-  std::string prompt_key = "prompt", answer_key = "answer";
+  std::string prompt_key = "prompt";  // the prompt's field in a {"prompt": …, "answer": …} line
+  std::string answer_key = "answer";  // the answer's field
   std::optional<ChatTemplate> chat;  // required for lines with "messages"
-  std::size_t max_line_bytes = std::size_t{1} << 24;
-  std::size_t max_examples = std::size_t{1} << 26;
+  std::size_t max_line_bytes = std::size_t{1} << 24;  // a longer line is an error (bounds memory)
+  std::size_t max_examples = std::size_t{1} << 26;    // more lines is an error
 };
 
 // Examples in file order: sequences.view() is a SequenceBatch (prompt_len marks the boundary);
 // line[s] is the line of the file sequence s came from.
 struct Examples {
-  Sequences sequences;
-  std::vector<std::size_t> line;
+  Sequences sequences;          // prompt + answer tokens of every example
+  std::vector<std::size_t> line;  // line[s]: the line of the file example s came from
 
-  std::size_t size() const { return sequences.size(); }
+  std::size_t size() const { return sequences.size(); }  // the number of examples
   // The prompts alone, for sampling completions (tokens and offsets owned here).
   struct PromptSet {
-    std::vector<token_t> tokens;
-    std::vector<std::int64_t> offsets{0};
-    Prompts view() const { return {.tokens = tokens, .offsets = offsets}; }
+    std::vector<token_t> tokens;           // every prompt's tokens, one after the other
+    std::vector<std::int64_t> offsets{0};  // prompt p is tokens[offsets[p], offsets[p+1])
+    Prompts view() const { return {.tokens = tokens, .offsets = offsets}; }  // as sampling's Prompts
   };
+  // A copy of every example's prompt.
   PromptSet prompts() const {
     PromptSet p;
     const SequenceBatch b = sequences.view();

@@ -22,6 +22,8 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace hf {
 
+// Whether this build normalises to NFC (built with ICU: DFTUNE_HF_ICU); without it a tokenizer
+// whose normalizer needs NFC is refused when loaded.
 inline constexpr bool has_nfc =
 #if defined(DFTUNE_HF_ICU)
     true;

@@ -81,6 +81,13 @@ inline Files open_files(const std::filesystem::path& dir) {
 
 }  // namespace detail
 
+// A decoder with the configuration (config.json) and weights (model.safetensors, or the shards that
+// model.safetensors.index.json lists) of a Hugging Face checkpoint directory, converted to T. Every
+// tensor's name, shape and dtype is checked against the configuration before anything is allocated;
+// errors name the file and the tensor. Example:
+//
+//     auto model = dftune::hf::load_pretrained<float>("SmolLM2-135M");
+//     auto tok = dftune::hf::Tokenizer::from_file("SmolLM2-135M/tokenizer.json");
 template <class T>
 Decoder<T> load_pretrained(const std::filesystem::path& dir) {
   return io::detail::named("checkpoint " + dir.string(), [&] {

@@ -1,6 +1,6 @@
 #pragma once
 // The pre-tokenizers' split patterns, run by PCRE2 in UTF mode with Unicode properties (PCRE2_UCP:
-// \s, \d, \w and \p{L}, \p{N} follow the Unicode tables, as the Oniguruma engine of Hugging Face's
+// `\s`, `\d`, `\w` and `\p{L}`, `\p{N}` follow the Unicode tables, as the Oniguruma engine of Hugging Face's
 // tokenizers does), JIT-compiled where the platform allows. Needs libpcre2-8 (target dftune::hf).
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>

@@ -46,6 +46,7 @@ namespace hf {
 // checked like the rest but which are never read as weights.
 enum class Dtype { f32, bf16, f16, f64, other };
 
+// Bytes per element of d (0 for other).
 inline std::size_t dtype_size(Dtype d) {
   switch (d) {
     case Dtype::f32: return 4;
@@ -57,6 +58,7 @@ inline std::size_t dtype_size(Dtype d) {
   return 0;
 }
 
+// d as safetensors spells it ("F32", "BF16", …).
 inline const char* dtype_name(Dtype d) {
   switch (d) {
     case Dtype::f32: return "F32";
@@ -78,6 +80,7 @@ inline std::uint16_t float_to_bf16(float f) {
   return static_cast<std::uint16_t>((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
 }
 
+// IEEE half to float, exactly (subnormals, infinities and NaN included).
 inline float f16_to_float(std::uint16_t h) {
   const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF;
   if (exp == 0x1F) return std::bit_cast<float>(sign | 0x7F800000u | (man << 13));
@@ -88,16 +91,19 @@ inline float f16_to_float(std::uint16_t h) {
   return std::bit_cast<float>(sign | ((exp + 112) << 23) | (man << 13));
 }
 
+// One tensor of a safetensors header, its byte range checked against the file.
 struct TensorInfo {
-  std::string name;
-  Dtype dtype = Dtype::f32;
+  std::string name;                // the header's key, e.g. "model.layers.0.mlp.up_proj.weight"
+  Dtype dtype = Dtype::f32;        // other for a dtype never read as weights
   std::string dtype_text = "F32";  // as the header spells it
-  std::size_t element_size = 4;
-  std::vector<std::size_t> shape;
-  std::size_t numel = 0;
-  std::uint64_t begin = 0, end = 0;  // in the data buffer
+  std::size_t element_size = 4;    // bytes per element
+  std::vector<std::size_t> shape;  // row-major
+  std::size_t numel = 0;           // the product of shape
+  std::uint64_t begin = 0;         // first byte in the data buffer
+  std::uint64_t end = 0;           // one past the last byte (end − begin = numel · element_size)
 };
 
+// "[r, c]", for error messages.
 inline std::string shape_string(std::span<const std::size_t> shape) {
   std::string s = "[";
   for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
@@ -197,13 +203,20 @@ inline std::uint64_t read_u64_le(const unsigned char* b) {
 // One safetensors file, its header parsed and checked; tensors are read on demand.
 class SafetensorsFile {
  public:
+  // Opens and checks `path`'s header: its size (at most max_header_bytes and within the file), JSON,
+  // every tensor's dtype, shape and byte range inside the data buffer, without overlaps. Errors
+  // (dftune::argument_error, or io_error when the file cannot be read) name the file and the field.
   explicit SafetensorsFile(const std::filesystem::path& path) : path_(path) {
     io::detail::named("safetensors " + path.string(), [&] { open(); });
   }
 
+  // The file's path.
   const std::filesystem::path& path() const { return path_; }
+  // Every tensor of the header, by name.
   const std::map<std::string, TensorInfo>& tensors() const { return tensors_; }
+  // The header's "__metadata__" strings.
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  // The tensor called `name`, or nullptr.
   const TensorInfo* find(std::string_view name) const {
     const auto it = tensors_.find(std::string(name));
     return it == tensors_.end() ? nullptr : &it->second;
@@ -304,10 +317,10 @@ class SafetensorsFile {
 // `transpose` writes the [r, c] matrix held in data as the file's [c, r] = shape.
 template <class T>
 struct TensorOut {
-  std::string name;
-  std::vector<std::size_t> shape;
-  std::span<const T> data;
-  bool transpose = false;
+  std::string name;                // the header's key
+  std::vector<std::size_t> shape;  // as stored in the file
+  std::span<const T> data;         // shape's element count
+  bool transpose = false;          // data holds the transposed 2-D matrix
 };
 
 // Writes a safetensors file atomically: tensors in the given order, contiguous, header padded with
