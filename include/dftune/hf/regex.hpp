@@ -20,9 +20,10 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace hf {
 
+// A compiled PCRE2 pattern with the pre-tokenizers' Split behaviour "Isolated" (split()).
 class Regex {
  public:
-  static constexpr std::size_t max_pattern = 1 << 16;
+  static constexpr std::size_t max_pattern = 1 << 16;  // bytes; a longer pattern is refused
 
   // Compiles `pattern`; a bad one is a dftune::error naming `field` and PCRE2's reason.
   Regex(std::string_view pattern, std::string_view field) : pattern_(pattern) {
@@ -40,6 +41,7 @@ class Regex {
     (void)pcre2_jit_compile(c, PCRE2_JIT_COMPLETE);  // without JIT, pcre2_match interprets: slower, same result
   }
 
+  // The pattern's text.
   const std::string& pattern() const { return pattern_; }
 
   // Splits valid UTF-8 `text` the way the "Isolated" behaviour does: every match is a piece and so

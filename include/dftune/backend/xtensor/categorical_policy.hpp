@@ -29,10 +29,13 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace backend::xtensor {
 
+// dftune::CategoricalPolicy (model/categorical_policy.hpp) with θ and its gradient held as
+// xtensor tensors and scored through the xtensor log-prob reduction (logprob.hpp): the same model,
+// the same checks and errors, to show a Model written on another tensor library.
 template <class T>
 class CategoricalPolicy {
  public:
-  using scalar_type = T;
+  using scalar_type = T;  // the parameters' type (Model)
 
   // θ = 0: every context starts uniform over the vocabulary.
   CategoricalPolicy(std::size_t num_contexts, std::size_t vocab) {
@@ -42,15 +45,23 @@ class CategoricalPolicy {
     grad_ = ::xt::zeros<T>({num_contexts, vocab});
   }
 
+  // V.
   std::size_t vocab_size() const { return theta_.shape()[1]; }
+  // The number of contexts (rows of θ).
   std::size_t num_contexts() const { return theta_.shape()[0]; }
   // The tensors themselves: θ [contexts, vocab] and its gradient.
   ::xt::xtensor<T, 2>& theta() { return theta_; }
+  // The gradient, [contexts, vocab].
   const ::xt::xtensor<T, 2>& grad() const { return grad_; }
+  // θ, flat (row-major).
   std::span<T> parameters() { return {theta_.data(), theta_.size()}; }
+  // The gradient, flat, in parameters() order.
   std::span<T> gradients() { return {grad_.data(), grad_.size()}; }
+  // Sets every gradient to 0.
   void zero_gradients() { grad_.fill(T(0)); }
 
+  // scores[s] = log π(completion_s | prompt_s) = Σ_t log softmax(θ_c)[y_t] over the completion's
+  // tokens, c each token's context. A bad batch or scores size is a dftune::argument_error.
   void sequence_logp(const SequenceBatch& batch, std::span<T> scores) {
     gather(batch);
     dftune::detail::check_size("scores", scores.size(), batch.size());

@@ -41,6 +41,7 @@ class Contiguous {
   static_assert(Dim == 1 || Dim == 2);
 
  public:
+  // Reads `expr` (an error names `argument` when it has another number of dimensions).
   template <class E>
   Contiguous(std::string_view argument, const ::xt::xexpression<E>& expr) {
     const E& e = expr.derived_cast();
@@ -66,8 +67,11 @@ class Contiguous {
   Contiguous(const Contiguous&) = delete;
   Contiguous& operator=(const Contiguous&) = delete;
 
+  // The elements, row-major.
   std::span<const T> span() const { return data_; }
+  // The size of dimension d.
   std::size_t extent(std::size_t d) const { return shape_[d]; }
+  // The element count (overflow-checked).
   std::size_t size() const { return size_; }
   // Whether the expression was read in place (no copy).
   bool in_place() const { return in_place_; }
@@ -92,6 +96,7 @@ class Contiguous {
   bool in_place_ = false;
 };
 
+// An expression's element type.
 template <class E>
 using value_t = std::decay_t<typename E::value_type>;
 
@@ -136,6 +141,12 @@ template <class EL, class ET, class EO, class EW>
   return out;
 }
 
+// forward without weights: every token weight 1. Example (two sequences of 2 and 1 tokens, V = 3):
+//
+//     xt::xtensor<float, 2> z = {{0, 1, 2}, {1, 1, 1}, {2, 0, 0}};
+//     xt::xtensor<dftune::token_t, 1> y = {2, 0, 1};
+//     xt::xtensor<std::int64_t, 1> off = {0, 2, 3};
+//     auto seq = dftune::backend::xtensor::forward(z, y, off);   // [log π(seq 0), log π(seq 1)]
 template <class EL, class ET, class EO>
 ::xt::xtensor<logprob::compute_t<value_t<EL>>, 1> forward(const ::xt::xexpression<EL>& logits,
                                                           const ::xt::xexpression<ET>& targets,
@@ -169,6 +180,7 @@ template <class EL, class ET, class EO, class ED, class EW>
   return out;
 }
 
+// backward without weights: every token weight 1.
 template <class EL, class ET, class EO, class ED>
 ::xt::xtensor<value_t<EL>, 2> backward(const ::xt::xexpression<EL>& logits, const ::xt::xexpression<ET>& targets,
                                        const ::xt::xexpression<EO>& offsets, const ::xt::xexpression<ED>& d_seq) {
