@@ -31,8 +31,11 @@
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
+// 1 where POSIX file calls exist (write, fsync, rename, directory fsync: crash-safe replacement),
+// 0 elsewhere (standard streams only; a crash may then leave a partial temporary).
 #define DFTUNE_IO_POSIX 1
 #else
+// (0: no POSIX file calls on this platform.)
 #define DFTUNE_IO_POSIX 0
 #endif
 
@@ -152,6 +155,7 @@ inline void remove_stale_temporaries(const std::filesystem::path& target) {
 // dftune::error naming the path and the system's reason.
 class AtomicFile final : public ByteSink {
  public:
+  // Creates the temporary beside `path` (symlinks followed): dftune::io_error when it cannot.
   explicit AtomicFile(const std::filesystem::path& path) : path_(path), target_(resolve_target(path)) {
     remove_stale_temporaries(target_);
     std::random_device rd;
@@ -176,6 +180,7 @@ class AtomicFile final : public ByteSink {
     std::filesystem::remove(tmp_, ec);
   }
 
+  // Appends bytes to the temporary; dftune::io_error naming the path and errno's text (ENOSPC …).
   void write(std::span<const std::byte> bytes) override {
 #if DFTUNE_IO_POSIX
     while (!bytes.empty()) {
@@ -238,7 +243,7 @@ class AtomicFile final : public ByteSink {
   }
   // The file commit() replaces (the path with its symlinks followed), and the temporary.
   const std::filesystem::path& target() const { return target_; }
-  const std::filesystem::path& temporary() const { return tmp_; }
+  const std::filesystem::path& temporary() const { return tmp_; }  // the temporary being written
 
  private:
   void close_quietly() {
@@ -261,6 +266,7 @@ class AtomicFile final : public ByteSink {
 // A regular file opened for reading, with its size.
 class FileSource final : public ByteSource {
  public:
+  // Opens `path` for reading: dftune::io_error when it is missing, not a regular file or unreadable.
   explicit FileSource(const std::filesystem::path& path) : path_(path) {
 #if DFTUNE_IO_POSIX
     // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below.
@@ -295,6 +301,7 @@ class FileSource final : public ByteSource {
     ::close(fd_);
 #endif
   }
+  // Reads the next bytes of the file (0 at its end); dftune::io_error on a read error.
   std::size_t read(std::span<std::byte> out) override {
 #if DFTUNE_IO_POSIX
     for (;;) {
@@ -308,6 +315,7 @@ class FileSource final : public ByteSource {
     return static_cast<std::size_t>(in_.gcount());
 #endif
   }
+  // The file's size when it was opened.
   std::uint64_t size() const { return size_; }
 
  private:

@@ -55,11 +55,14 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace io {
 
+// The first 8 bytes of every dftune checkpoint: "DFTUNECK".
 inline constexpr std::array<char, 8> checkpoint_magic{'D', 'F', 'T', 'U', 'N', 'E', 'C', 'K'};
 // 2: the training payload holds StepOptions (max_grad_norm); weights files joined the container.
 inline constexpr std::uint32_t checkpoint_version = 2;
+// magic (8) · u32 version · u32 kind · u64 payload size · u64 checksum.
 inline constexpr std::size_t checkpoint_header_size = 32;
 
+// What a checkpoint holds (the header's kind): a loader refuses a file of another kind by name.
 enum class CheckpointKind : std::uint32_t {
   estimator = 1,  // an Estimator's log u state
   training = 2,   // a DftOptimizer: estimator, model parameters, step, inner rule, schedule
@@ -71,6 +74,7 @@ enum class CheckpointKind : std::uint32_t {
   negatives = 19,          // sampled negatives and their log π_ref (io/negatives_cache.hpp)
 };
 
+// The kind's name for messages ("training"), "unknown" for a number no kind has.
 inline const char* kind_name(std::uint32_t kind) {
   switch (kind) {
     case static_cast<std::uint32_t>(CheckpointKind::estimator): return "estimator";
@@ -90,20 +94,23 @@ inline const char* kind_name(std::uint32_t kind) {
 // are, without a copy).
 class Writer {
  public:
-  static constexpr std::size_t chunk = std::size_t{1} << 16;
+  static constexpr std::size_t chunk = std::size_t{1} << 16;  // bytes buffered before the sink gets them
 
-  Writer() = default;
+  Writer() = default;  // in memory
+  // Streaming into `sink`, which must outlive the writer (call flush() at the end).
   explicit Writer(ByteSink& sink) : sink_(&sink) { buf_.reserve(chunk); }
   Writer(const Writer&) = delete;
   Writer& operator=(const Writer&) = delete;
 
+  // One byte.
   void u8(std::uint8_t v) {
     buf_.push_back(static_cast<std::byte>(v));
     spill();
   }
-  void u32(std::uint32_t v) { put_le(v); }
-  void u64(std::uint64_t v) { put_le(v); }
-  void f64(double v) { put_le(std::bit_cast<std::uint64_t>(v)); }
+  void u32(std::uint32_t v) { put_le(v); }                      // 4 bytes, little-endian
+  void u64(std::uint64_t v) { put_le(v); }                      // 8 bytes, little-endian
+  void f64(double v) { put_le(std::bit_cast<std::uint64_t>(v)); }  // the IEEE bits, little-endian
+  // A float (4 bytes) or double (8), bit-exact.
   template <class T>
   void scalar(T v) {
     static_assert(sizeof(T) == 4 || sizeof(T) == 8);
@@ -144,7 +151,7 @@ class Writer {
   }
   // Bytes written so far, and how many arrays among them.
   std::uint64_t size() const { return flushed_ + buf_.size(); }
-  std::uint64_t arrays() const { return arrays_; }
+  std::uint64_t arrays() const { return arrays_; }  // the number of array() calls so far
   // In memory: everything written. Streaming: what is not flushed yet.
   std::vector<std::byte>& bytes() { return buf_; }
 
@@ -170,7 +177,7 @@ class Writer {
 // or allocate more than the bytes it has left.
 class Reader {
  public:
-  static constexpr std::size_t npos = std::numeric_limits<std::size_t>::max();
+  static constexpr std::size_t npos = std::numeric_limits<std::size_t>::max();  // array(): no expected size
 
   // In memory: the payload is `data`; offsets in messages start at base_offset.
   explicit Reader(std::span<const std::byte> data, std::uint64_t base_offset = 0)
@@ -181,10 +188,12 @@ class Reader {
   Reader(const Reader&) = delete;
   Reader& operator=(const Reader&) = delete;
 
+  // The next byte; `field` names it in the error if the payload has ended.
   std::uint8_t u8(std::string_view field) { return get_le<std::uint8_t>(field); }
-  std::uint32_t u32(std::string_view field) { return get_le<std::uint32_t>(field); }
-  std::uint64_t u64(std::string_view field) { return get_le<std::uint64_t>(field); }
-  double f64(std::string_view field) { return std::bit_cast<double>(get_le<std::uint64_t>(field)); }
+  std::uint32_t u32(std::string_view field) { return get_le<std::uint32_t>(field); }  // as u8, 4 bytes
+  std::uint64_t u64(std::string_view field) { return get_le<std::uint64_t>(field); }  // as u8, 8 bytes
+  double f64(std::string_view field) { return std::bit_cast<double>(get_le<std::uint64_t>(field)); }  // Writer::f64's
+  // A float or double as Writer::scalar wrote it.
   template <class T>
   T scalar(std::string_view field) {
     if constexpr (sizeof(T) == 4) return std::bit_cast<T>(get_le<std::uint32_t>(field));
@@ -236,10 +245,11 @@ class Reader {
     limit_ = max_elements;
     limit_reason_ = std::move(reason);
   }
-  void limit_arrays() { limit_ = std::numeric_limits<std::uint64_t>::max(); }
+  void limit_arrays() { limit_ = std::numeric_limits<std::uint64_t>::max(); }  // no limit
 
-  std::uint64_t remaining() const { return size_ - pos_; }
-  std::uint64_t offset() const { return base_ + pos_; }
+  std::uint64_t remaining() const { return size_ - pos_; }  // payload bytes not read yet
+  std::uint64_t offset() const { return base_ + pos_; }     // where the next read starts, in the file
+  // Throws dftune::argument_error unless the whole payload was read (trailing bytes are an error).
   void expect_end() const {
     if (remaining() != 0)
       dftune::detail::fail("payload", std::to_string(remaining()) + " unread bytes at offset " + std::to_string(offset()),
@@ -256,7 +266,7 @@ class Reader {
   // Marks the error the parser is about to throw as final: read_checkpoint reports it without
   // hashing the rest of the payload first (which could be large) to check for corruption.
   void give_up() { gave_up_ = true; }
-  bool gave_up() const { return gave_up_; }
+  bool gave_up() const { return gave_up_; }  // whether give_up() was called
   // Consumes what is left (through a HashingSource: hashes it).
   void skip_rest() {
     pos_ += win_.size();
@@ -320,13 +330,15 @@ class Reader {
 };
 
 // ---- the header -----------------------------------------------------------------------------
+// The 32 bytes before every payload.
 struct CheckpointHeader {
-  std::uint32_t version = checkpoint_version;
-  CheckpointKind kind = CheckpointKind::estimator;
-  std::uint64_t payload_size = 0;
-  std::uint64_t checksum = 0;
+  std::uint32_t version = checkpoint_version;       // the format; a reader takes only its own
+  CheckpointKind kind = CheckpointKind::estimator;  // what the payload holds
+  std::uint64_t payload_size = 0;                   // bytes after the header: the rest of the file
+  std::uint64_t checksum = 0;                       // FNV-1a-64 of the payload
 };
 
+// The header's bytes, magic first.
 inline std::array<std::byte, checkpoint_header_size> encode_header(const CheckpointHeader& h) {
   Writer w;
   for (char c : checkpoint_magic) w.u8(static_cast<std::uint8_t>(c));
@@ -374,6 +386,8 @@ inline CheckpointHeader check_header(std::span<const std::byte, checkpoint_heade
   return out;
 }
 
+// Throws dftune::argument_error "checksum: got 0x… in the header, expected 0x…, the FNV-1a-64 of
+// the contents (the file is corrupted)" unless they are equal.
 inline void check_checksum(std::uint64_t stored, std::uint64_t computed) {
   if (stored == computed) return;
   std::ostringstream got, want;

@@ -38,17 +38,27 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace io {
 
+// What the cached negatives depend on (the reference model's weights, the data, the sampling
+// options, the seed), as named FNV-1a hashes: a cache whose fingerprint differs from this run's is
+// refused, naming the first part that differs. Example:
+//
+//     io::Fingerprint f;
+//     f.add_file("weights", "ref.dftw").add_file("data", "train.jsonl").add_value("temperature", 0.7);
 class Fingerprint {
  public:
-  static constexpr std::size_t max_parts = 64;
-  static constexpr std::size_t max_name = 256;
+  static constexpr std::size_t max_parts = 64;  // parts per fingerprint
+  static constexpr std::size_t max_name = 256;  // bytes of a part's name
+  // One named hash.
   struct Part {
-    std::string name;
-    std::uint64_t hash;
-    bool operator==(const Part&) const = default;
+    std::string name;    // what was hashed ("weights")
+    std::uint64_t hash;  // FNV-1a-64 of it
+    bool operator==(const Part&) const = default;  // same name and hash
   };
 
+  // Adds part `name`: the hash of `bytes`. Names are 1 to 256 bytes and distinct, at most 64 parts
+  // (dftune::argument_error otherwise). Returns *this, to chain.
   Fingerprint& add_bytes(std::string_view name, std::span<const std::byte> bytes) { return add(name, fnv1a64(bytes)); }
+  // Adds part `name`: the hash of `text`'s bytes.
   Fingerprint& add_text(std::string_view name, std::string_view text) { return add_bytes(name, std::as_bytes(std::span(text))); }
   // An arithmetic value, by its bit pattern (0.7 and 0.7000000000000001 differ, as they should).
   template <class T>
@@ -65,8 +75,8 @@ class Fingerprint {
     return add(name, h);
   }
 
-  const std::vector<Part>& parts() const { return parts_; }
-  bool operator==(const Fingerprint&) const = default;
+  const std::vector<Part>& parts() const { return parts_; }  // in the order added
+  bool operator==(const Fingerprint&) const = default;      // the same parts in the same order
 
  private:
   Fingerprint& add(std::string_view name, std::uint64_t hash) {
@@ -82,26 +92,30 @@ class Fingerprint {
 
 // What a cache must fit: the data set's prompt count, m, the longest completion and the vocabulary.
 struct NegativesShape {
-  std::size_t prompts = 0;
-  std::size_t m = 0;
-  std::size_t max_new = 0;
-  std::size_t vocab = 0;
+  std::size_t prompts = 0;  // examples in the data set
+  std::size_t m = 0;        // negatives per prompt
+  std::size_t max_new = 0;  // the longest completion, in tokens
+  std::size_t vocab = 0;    // every token is in [0, vocab)
 };
 
+// The negatives of the first filled prompts: negative i (= p·m + j, negative j of prompt p) is
+// completion(i), sampled from π_ref, with its log π_ref(completion | prompt) in logp_ref[i].
 struct Negatives {
   std::vector<std::int64_t> offsets{0};  // [filled·m + 1]
-  std::vector<token_t> tokens;
+  std::vector<token_t> tokens;           // every completion's tokens, one after the other
   std::vector<double> logp_ref;  // [filled·m]
 
-  std::size_t count() const { return logp_ref.size(); }
+  std::size_t count() const { return logp_ref.size(); }  // negatives held
   // Prompts whose m negatives are all here.
   std::size_t filled(std::size_t m) const { return m == 0 ? 0 : count() / m; }
+  // Negative i's tokens (i < count(); not checked).
   std::span<const token_t> completion(std::size_t i) const {
     return std::span<const token_t>(tokens).subspan(static_cast<std::size_t>(offsets[i]),
                                                      static_cast<std::size_t>(offsets[i + 1] - offsets[i]));
   }
   // Negative j of prompt p.
   std::span<const token_t> completion(std::size_t p, std::size_t j, std::size_t m) const { return completion(p * m + j); }
+  // Appends one negative and its log π_ref.
   void push(std::span<const token_t> completion, double logp) {
     tokens.insert(tokens.end(), completion.begin(), completion.end());
     offsets.push_back(static_cast<std::int64_t>(tokens.size()));
