@@ -38,6 +38,7 @@
 // `inline`, forced where the compiler allows it (a kernel body takes its caller's target).
 #define DFTUNE_ALWAYS_INLINE inline __attribute__((always_inline))
 #else
+// (plain `inline` where it cannot be forced.)
 #define DFTUNE_ALWAYS_INLINE inline
 #endif
 
