@@ -14,6 +14,17 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace tiny_lm {
 
+// tiny_lm's former spellings of dftune::max_threads and dftune::thread_id_and_count (threads.hpp),
+// kept for one release.
+[[deprecated("tiny_lm::max_threads is now dftune::max_threads (dftune/threads.hpp)")]] inline std::size_t max_threads() {
+  return dftune::max_threads();
+}
+// (see max_threads above)
+[[deprecated("tiny_lm::thread_id_and_count is now dftune::thread_id_and_count (dftune/threads.hpp)")]]
+inline std::pair<std::size_t, std::size_t> thread_id_and_count() {
+  return dftune::thread_id_and_count();
+}
+
 // Sequences [s0, s1) of part `id` out of `count`: contiguous, with about n/count rows each
 // (offsets are the S + 1 row boundaries of the sequences).
 inline std::pair<std::size_t, std::size_t> sequence_chunk(std::span<const std::int64_t> offsets, std::size_t id,
