@@ -205,7 +205,7 @@ class SafetensorsFile {
  public:
   // Opens and checks `path`'s header: its size (at most max_header_bytes and within the file), JSON,
   // every tensor's dtype, shape and byte range inside the data buffer, without overlaps. Errors
-  // (dftune::argument_error, or io_error when the file cannot be read) name the file and the field.
+  // (dftune::argument_error, an unreadable file included) name the file and the field.
   explicit SafetensorsFile(const std::filesystem::path& path) : path_(path) {
     io::detail::named("safetensors " + path.string(), [&] { open(); });
   }

@@ -266,7 +266,8 @@ class AtomicFile final : public ByteSink {
 // A regular file opened for reading, with its size.
 class FileSource final : public ByteSource {
  public:
-  // Opens `path` for reading: dftune::io_error when it is missing, not a regular file or unreadable.
+  // Opens `path` for reading: dftune::io_error when the system refuses it (missing, unreadable),
+  // dftune::argument_error when it is not a regular file.
   explicit FileSource(const std::filesystem::path& path) : path_(path) {
 #if DFTUNE_IO_POSIX
     // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below.
