@@ -117,7 +117,7 @@ int gpt2(int rounds) {
     for (int k = 0; k < n_kinds; ++k) ms[k].push_back(run(k));
   std::printf("# TinyLm<float> 6 layers, d 384, 6 heads, d_ff 1536, V 50257; 4 × 64 tokens (prompt 32); GEMM %s; %zu threads; "
               "median CPU time of %d rounds\n",
-              logprob::linear::DefaultGemm::name, tiny_lm::max_threads(), rounds);
+              logprob::linear::DefaultGemm::name, max_threads(), rounds);
   if constexpr (keeps<M>) {
     score_for_backward(m, batch.view(), std::span<float>(s));
     std::printf("# kept activations of the batch: %.1f MiB\n", static_cast<double>(m.kept_bytes()) / (1 << 20));

@@ -13,8 +13,8 @@ changing a line's number, so Doxygen's warnings point at the real line:
   - the header's first comment block (after #pragma once)      -> the file's documentation (\\file)
   - a block of `//` lines right above a declaration, at
     namespace or class scope                                   -> `///` (documents that declaration)
-  - a trailing `// text` after a member or enumerator, and
-    comment lines continuing it                                -> `///<` (documents that member)
+  - a trailing `// text` after a member, an enumerator or a one-line
+    member function, and comment lines continuing it           -> `///<` (documents that member)
 
 Comments inside function bodies, section rulers (`// ----`) and comments followed by a blank line
 stay plain comments. `///` comments already in a header pass through unchanged. Each options struct
@@ -182,7 +182,10 @@ def main(path):
         if m and at_scope() and not stripped.startswith("#") and code.strip():
             c = m.group("code").rstrip()
             enumerator = bool(in_enum and in_enum[-1]) and re.match(r"^\s*\w+\s*(=[^;{}]*)?,?$", c)
-            if c.endswith(";") or c.endswith(",") or enumerator:
+            # A one-line member function (`int size() const { return n_; }  // text`) too.
+            one_line_function = c.endswith("}") and "(" in c and c.count("{") == c.count("}") and \
+                not c.lstrip().startswith("}")
+            if c.endswith(";") or c.endswith(",") or enumerator or one_line_function:
                 out[i] = m.group("code") + m.group("gap") + "///< " + escape(m.group("text"))
                 col = len(m.group("code")) + len(m.group("gap"))
                 t = i + 1
@@ -270,6 +273,7 @@ struct S {
   int a = 1;  // documents a
   // documents b
   int b = 2;
+  int c() const { return a; }  // documents c
 };
 """
 
@@ -286,7 +290,8 @@ def self_test():
     got = buf.getvalue().split("\n")
     want = {1: "/// The file's comment. \\file", 4: "// ---- a section ----", 5: "/// Documents f.",
             7: "  // inside a body: stays a comment", 11: "// Not followed by a declaration.",
-            14: "  int a = 1;  ///< documents a", 15: "  /// documents b"}
+            14: "  int a = 1;  ///< documents a", 15: "  /// documents b",
+            17: "  int c() const { return a; }  ///< documents c"}
     bad = {k: (got[k], v) for k, v in want.items() if got[k] != v}
     tables = options_tables(SELF_TEST_HEADER.split("\n"))
     if bad or tables:

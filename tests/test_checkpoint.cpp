@@ -644,7 +644,7 @@ TEST_CASE("a payload larger than the object can take is refused after reading at
   Run r;
   r.step(0);
   const auto good = io::encode(r.opt);
-  const std::uint64_t most = io::internal::training_max_payload(r.opt);
+  const std::uint64_t most = io::detail::training_max_payload(r.opt);
   CHECK(most >= good.size() - 32);
   for (std::uint64_t total : {std::uint64_t{2} << 30, std::uint64_t{40} << 30}) {
     CAPTURE(total);
@@ -659,7 +659,7 @@ TEST_CASE("a payload larger than the object can take is refused after reading at
       const Snapshot before(target);
       auto l = [&] {
         return io::read_checkpoint(f, f.size, io::CheckpointKind::training, most,
-                                   [&](io::Reader& in) { return io::internal::read_training(in, target.opt); });
+                                   [&](io::Reader& in) { return io::detail::read_training(in, target.opt); });
       };
       CHECK_THROWS_WITH_AS(l(), doctest::Contains(("payload size: got " + std::to_string(total - 32)).c_str()), error);
       CHECK(f.read_bytes <= most + 32);
@@ -672,7 +672,7 @@ TEST_CASE("a payload larger than the object can take is refused after reading at
       f.size = total;
       Estimator<double> est(kExamples, kOpt);
       CHECK_THROWS_WITH_AS(io::read_checkpoint(f, f.size, io::CheckpointKind::training, most,
-                                               [&](io::Reader& in) { return io::internal::read_training(in, r.opt); }),
+                                               [&](io::Reader& in) { return io::detail::read_training(in, r.opt); }),
                            doctest::Contains("scalar size: got 0 in the file, expected 8"), error);
       CHECK(f.read_bytes <= most + 32);
     }
@@ -767,7 +767,7 @@ TEST_CASE("a save that fails part-way leaves the old file's bytes intact (seen t
     int pass = 0;
     CHECK_THROWS_WITH_AS(io::write_checkpoint(p, io::CheckpointKind::training,
                                               [&](io::Writer& w) {
-                                                io::internal::write_training(w, r.opt);
+                                                io::detail::write_training(w, r.opt);
                                                 if (++pass == 2) throw argument_error("payload: interrupted");
                                               }),
                          doctest::Contains("interrupted"), error);
@@ -851,7 +851,7 @@ TEST_CASE("temporaries of a save killed with kill -9 are removed by the next sav
     CHECK(left[0].filename().string().find("-" + std::to_string(child) + "-") != std::string::npos);
     // A temporary of a live process (ours: another thread may be saving) and files that only look
     // alike are kept.
-    const std::string ours = "big.ckpt.tmp-" + io::internal::host_tag() + "-" + std::to_string(getpid()) + "-abc";
+    const std::string ours = "big.ckpt.tmp-" + io::detail::host_tag() + "-" + std::to_string(getpid()) + "-abc";
     const std::string other_host = "big.ckpt.tmp-zzzzzzzz-" + std::to_string(child) + "-abc";
     for (const std::string& keep : {ours, other_host, std::string("big.ckpt.tmp-notes.txt"), std::string("other.ckpt.tmp-x")})
       std::ofstream(tmp / keep) << "x";

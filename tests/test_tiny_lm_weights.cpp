@@ -198,11 +198,11 @@ TEST_CASE("parameter_count is make_layout's total, and throws where the total wo
        {kCfg, tiny_lm::Config{}, tiny_lm::Config{.vocab = 1, .max_len = 2, .d_model = 1, .n_heads = 1, .n_layers = 1, .d_ff = 1},
         tiny_lm::Config{.vocab = 50, .max_len = 33, .d_model = 12, .n_heads = 3, .n_layers = 4, .d_ff = 7}}) {
     CAPTURE(c.vocab);
-    CHECK(weights_io::parameter_count(c) == tiny_lm::make_layout(c).total);
+    CHECK(tiny_lm::parameter_count(c) == tiny_lm::make_layout(c).total);
   }
-  CHECK_THROWS_WITH_AS(weights_io::parameter_count({.vocab = std::size_t{1} << 62, .d_model = 8}),
+  CHECK_THROWS_WITH_AS(tiny_lm::parameter_count({.vocab = std::size_t{1} << 62, .d_model = 8}),
                        doctest::Contains("config (parameter count)"), error);
-  CHECK_THROWS_WITH_AS(weights_io::parameter_count({.d_model = std::size_t{1} << 32}), doctest::Contains("config"), error);
+  CHECK_THROWS_WITH_AS(tiny_lm::parameter_count({.d_model = std::size_t{1} << 32}), doctest::Contains("config"), error);
 }
 
 TEST_CASE("save_weights is atomic and refuses a model it could not load back") {

@@ -154,7 +154,7 @@ void run_shape(long long V, long long N, double copy_gbs, const Options& opt, cu
                                      .targets = {y, static_cast<std::size_t>(N)},
                                      .weights = {w, static_cast<std::size_t>(N)},
                                      .offsets = {off, static_cast<std::size_t>(S) + 1}};
-  const std::size_t ws_bytes = lc::get_workspace_size(in);
+  const std::size_t ws_bytes = lc::workspace_size(in);
   std::byte* ws = nullptr;
   CUDA_OK(cudaMalloc(&ws, ws_bytes));
   const std::span<std::byte> wspan(ws, ws_bytes);

@@ -260,14 +260,14 @@ static void host_workspace_size() {
   std::vector<std::int32_t> y(10);
   std::vector<std::int64_t> off{0, 10};
   TokenLogits<float> in{.logits = z, .vocab = 3, .targets = y, .offsets = off};
-  CHECK(lc::get_workspace_size(in) == lc::status_bytes + 256);
-  CHECK(lc::get_workspace_size(in) >= lp::workspace_size(in));
+  CHECK(lc::workspace_size(in) == lc::status_bytes + 256);
+  CHECK(lc::workspace_size(in) >= lp::workspace_size(in));
   std::vector<float> big(100000 * 2);
   std::vector<std::int32_t> yb(100000);
   std::vector<std::int64_t> offb{0, 100000};
   TokenLogits<float> inb{.logits = big, .vocab = 2, .targets = yb, .offsets = offb};
-  CHECK(lc::get_workspace_size(inb) == lc::status_bytes + 400128);
-  CHECK(lc::get_workspace_size(inb) % 256 == 0);
+  CHECK(lc::workspace_size(inb) == lc::status_bytes + 400128);
+  CHECK(lc::workspace_size(inb) % 256 == 0);
 }
 
 // Every check that runs on the host, before anything is enqueued (so host pointers are fine).
@@ -310,7 +310,7 @@ static void host_argument_checks() {
                [&] { lc::forward(ok, std::span(seq).first(1), tok, lse, ws, s); });
   check_throws("token_logp size", "token_logp: got size 3", [&] { lc::forward(ok, seq, std::span(tok).first(3), lse, ws, s); });
   check_throws("row_lse size", "row_lse: got size 2", [&] { lc::forward(ok, seq, tok, std::span(lse).first(2), ws, s); });
-  check_throws("workspace small", "workspace: got size 100, expected at least get_workspace_size(in) = 512 bytes",
+  check_throws("workspace small", "workspace: got size 100, expected at least workspace_size(in) = 512 bytes",
                [&] { lc::forward(ok, seq, tok, lse, ws.first(100), s); });
   check_throws("workspace misaligned", "workspace: got a misaligned buffer",
                [&] { lc::forward(ok, seq, tok, lse, ws.subspan(4), s); });
@@ -341,7 +341,7 @@ static void host_dispatch_matches_oracle() {
   const auto p = make_problem<T>(37, 23, 11);
   TokenLogits<T> in{.logits = p.logits, .vocab = p.V, .targets = p.targets, .weights = p.weights, .offsets = p.offsets};
   std::vector<float> seq(p.seqs()), tok(p.rows()), lse(p.rows());
-  std::vector<std::byte> ws(lc::get_workspace_size(in));
+  std::vector<std::byte> ws(lc::workspace_size(in));
   lp::forward(in, std::span(seq), std::span(tok), std::span(lse), std::span(ws), cudaStream_t{});
   std::vector<float> seq_r(p.seqs()), tok_r(p.rows()), lse_r(p.rows());
   lp::generic::forward(in, std::span(seq_r), std::span(tok_r), std::span(lse_r));
@@ -473,7 +473,7 @@ struct DeviceProblem {
         offsets(DeviceBuffer<std::int64_t>::from(p.offsets)) {
     in = {.logits = logits.span(), .vocab = p.V, .targets = targets.span(), .weights = weights.span(),
           .offsets = offsets.span()};
-    workspace = DeviceBuffer<std::byte>(lc::get_workspace_size(in));
+    workspace = DeviceBuffer<std::byte>(lc::workspace_size(in));
   }
 };
 

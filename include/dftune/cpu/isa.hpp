@@ -23,17 +23,22 @@
 // Run-time dispatch needs GCC/Clang on x86 and a host-only compiler: nvcc's front end never sees
 // the target attributes (the kernels are then the baseline version alone).
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__) && !defined(__CUDACC__)
+// 1 where the row kernels are compiled for several instruction sets and one is chosen at run time
+// (x86-64 with GCC or Clang), 0 elsewhere (one portable version).
 #define DFTUNE_CPU_DISPATCH 1
 // What each version may use; the kernels' wrappers are compiled with these, nothing else is.
 #define DFTUNE_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #define DFTUNE_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")))
 #else
+// (0: no run-time dispatch on this platform.)
 #define DFTUNE_CPU_DISPATCH 0
 #endif
 // The kernels' bodies: inlined into each wrapper, so that they take the wrapper's target.
 #if defined(__GNUC__)
+// `inline`, forced where the compiler allows it (a kernel body takes its caller's target).
 #define DFTUNE_ALWAYS_INLINE inline __attribute__((always_inline))
 #else
+// (plain `inline` where it cannot be forced.)
 #define DFTUNE_ALWAYS_INLINE inline
 #endif
 
@@ -44,6 +49,7 @@ namespace cpu {
 // Ordered: each one includes what the ones before it have.
 enum class Isa : int { baseline = 0, avx2 = 1, avx512 = 2 };
 
+// "baseline", "avx2" or "avx512" (the spelling DFTUNE_ISA accepts).
 inline const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::avx2: return "avx2";

@@ -95,7 +95,7 @@ std::vector<Record> agree(C& comm, F&& local) {
     const std::string what = broadcast_string(comm, std::move(message), first);
     std::string prefix = "rank " + std::to_string(first) + " of " + std::to_string(P);
     if (failed > 1) prefix += " (and " + std::to_string(failed - 1) + " more)";
-    detail::throw_error(static_cast<error_kind>(all[first * n]), prefix + ": " + what);
+    dftune::detail::throw_error(static_cast<error_kind>(all[first * n]), prefix + ": " + what);
   }
   std::vector<Record> out(P);
   for (std::size_t r = 0; r < P; ++r) std::memcpy(&out[r], all.data() + r * n + 1, sizeof(Record));

@@ -54,7 +54,7 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace distributed {
 
-namespace detail_mpi {
+namespace detail {
 
 inline void check(int rc, std::string_view call) {
   if (rc == MPI_SUCCESS) return;
@@ -77,7 +77,7 @@ inline int count(std::size_t n, std::string_view what) {
   return static_cast<int>(n);
 }
 
-}  // namespace detail_mpi
+}  // namespace detail
 
 // MPI_Init_thread(MPI_THREAD_FUNNELED) unless MPI is already initialised, and MPI_Finalize at the
 // end of its scope if it initialised MPI.
@@ -90,6 +90,8 @@ inline int count(std::size_t n, std::string_view what) {
 // of one nothing can hang: the session finalises and the exception goes on to the caller's handler.
 class MpiSession {
  public:
+  // Starts MPI (MPI_Init_thread, FUNNELED) with the program's arguments, unless it is already
+  // running; then this session does not finalise it. MPI failures: dftune::device_error.
   MpiSession(int& argc, char**& argv) { init(&argc, &argv); }
   MpiSession() { init(nullptr, nullptr); }
   MpiSession(const MpiSession&) = delete;
@@ -121,10 +123,10 @@ class MpiSession {
   }
   void init(int* argc, char*** argv) {
     int initialised = 0;
-    detail_mpi::check(MPI_Initialized(&initialised), "MPI_Initialized");
+    detail::check(MPI_Initialized(&initialised), "MPI_Initialized");
     if (initialised) return;
     int provided = 0;
-    detail_mpi::check(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+    detail::check(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
     owner_ = true;
   }
   bool owner_ = false;
@@ -161,13 +163,15 @@ int run_main(int argc, char** argv, F&& fn) {
   return 1;
 }
 
+// How MpiCommunicator::all_reduce_sum adds the ranks' values (MpiOptions::reduction).
 enum class MpiReduction {
   rank_ordered,  // all-to-all + sum in rank order + all-gather (the default: order documented above)
   native,        // MPI_Allreduce(MPI_SUM)
 };
 
+// Options of MpiCommunicator.
 struct MpiOptions {
-  MpiReduction reduction = MpiReduction::rank_ordered;
+  MpiReduction reduction = MpiReduction::rank_ordered;  // rank_ordered: bit-identical sums on every rank, whatever MPI's algorithm
   // Elements per all-reduce round (at most INT_MAX / 2: MPI counts are int); the rank-ordered
   // reduction's scratch buffer is one round long.
   std::size_t max_elements_per_round = std::size_t{1} << 27;
@@ -176,6 +180,9 @@ struct MpiOptions {
 // Does not own the MPI_Comm (MPI_COMM_WORLD, or one the caller made and frees).
 class MpiCommunicator {
  public:
+  // A Communicator over `comm` (MPI must be running: MpiSession). Errors: dftune::argument_error for
+  // an invalid reduction or max_elements_per_round outside [1, INT_MAX / 2]; dftune::device_error
+  // when MPI fails.
   explicit MpiCommunicator(MPI_Comm comm = MPI_COMM_WORLD, MpiOptions options = {}) : comm_(comm), opt_(options) {
     if (opt_.reduction != MpiReduction::rank_ordered && opt_.reduction != MpiReduction::native)
       dftune::detail::fail("reduction", static_cast<int>(opt_.reduction), "MpiReduction::rank_ordered or native");
@@ -183,36 +190,45 @@ class MpiCommunicator {
         opt_.max_elements_per_round > static_cast<std::size_t>(std::numeric_limits<int>::max() / 2))
       dftune::detail::fail("max_elements_per_round", opt_.max_elements_per_round, "a count in [1, INT_MAX / 2]");
     int r = 0, p = 0;
-    detail_mpi::check(MPI_Comm_rank(comm_, &r), "MPI_Comm_rank");
-    detail_mpi::check(MPI_Comm_size(comm_, &p), "MPI_Comm_size");
+    detail::check(MPI_Comm_rank(comm_, &r), "MPI_Comm_rank");
+    detail::check(MPI_Comm_size(comm_, &p), "MPI_Comm_size");
     rank_ = static_cast<std::size_t>(r);
     size_ = static_cast<std::size_t>(p);
   }
 
+  // This process's rank in the communicator.
   std::size_t rank() const { return rank_; }
+  // The number of ranks P.
   std::size_t size() const { return size_; }
+  // The MPI communicator (not owned).
   MPI_Comm handle() const { return comm_; }
+  // The options it was built with.
   const MpiOptions& options() const { return opt_; }
 
+  // x ← Σ over ranks of x, in rounds of max_elements_per_round; every rank must pass the same size.
   void all_reduce_sum(std::span<float> x) { reduce(x); }
+  // x ← Σ over ranks of x (as the float overload).
   void all_reduce_sum(std::span<double> x) { reduce(x); }
 
+  // out = every rank's `in`, rank 0's first; out must hold in.size() · P bytes (dftune::argument_error).
   void all_gather(std::span<const std::byte> in, std::span<std::byte> out) {
     dftune::detail::check_size("all_gather out", out.size(), in.size() * size_);
-    const int n = detail_mpi::count(in.size(), "all_gather in");
-    detail_mpi::check(MPI_Allgather(in.data(), n, MPI_BYTE, out.data(), n, MPI_BYTE, comm_), "MPI_Allgather");
+    const int n = detail::count(in.size(), "all_gather in");
+    detail::check(MPI_Allgather(in.data(), n, MPI_BYTE, out.data(), n, MPI_BYTE, comm_), "MPI_Allgather");
   }
 
+  // x ← root's x on every rank; root must be in [0, P) (dftune::argument_error).
   void broadcast(std::span<std::byte> x, std::size_t root) {
     if (root >= size_) dftune::detail::fail("root", root, "a rank in [0, " + std::to_string(size_) + ")");
     for (std::size_t done = 0; done < x.size();) {  // in rounds: MPI counts are int
       const std::size_t n = std::min<std::size_t>(x.size() - done, std::numeric_limits<int>::max());
-      detail_mpi::check(MPI_Bcast(x.data() + done, static_cast<int>(n), MPI_BYTE, static_cast<int>(root), comm_), "MPI_Bcast");
+      detail::check(MPI_Bcast(x.data() + done, static_cast<int>(n), MPI_BYTE, static_cast<int>(root), comm_), "MPI_Bcast");
       done += n;
     }
   }
 
-  void barrier() { detail_mpi::check(MPI_Barrier(comm_), "MPI_Barrier"); }
+  // Returns when every rank has called it.
+  void barrier() { detail::check(MPI_Barrier(comm_), "MPI_Barrier"); }
 
  private:
   template <class T>
@@ -221,7 +237,7 @@ class MpiCommunicator {
     for (std::size_t done = 0; done < x.size();) {
       const std::size_t n = std::min(x.size() - done, opt_.max_elements_per_round);
       if (opt_.reduction == MpiReduction::native)
-        detail_mpi::check(MPI_Allreduce(MPI_IN_PLACE, x.data() + done, static_cast<int>(n), detail_mpi::datatype<T>(),
+        detail::check(MPI_Allreduce(MPI_IN_PLACE, x.data() + done, static_cast<int>(n), detail::datatype<T>(),
                                         MPI_SUM, comm_),
                           "MPI_Allreduce");
       else reduce_rank_ordered(x.subspan(done, n));
@@ -247,8 +263,8 @@ class MpiCommunicator {
     }
     scratch_.resize(P * mine * sizeof(T));
     T* in = reinterpret_cast<T*>(scratch_.data());
-    const MPI_Datatype t = detail_mpi::datatype<T>();
-    detail_mpi::check(MPI_Alltoallv(x.data(), counts_.data(), displs_.data(), t, in, rcounts_.data(), rdispls_.data(), t, comm_),
+    const MPI_Datatype t = detail::datatype<T>();
+    detail::check(MPI_Alltoallv(x.data(), counts_.data(), displs_.data(), t, in, rcounts_.data(), rdispls_.data(), t, comm_),
                       "MPI_Alltoallv");
     T* out = x.data() + start(rank_);
     for (std::size_t k = 0; k < mine; ++k) {
@@ -256,7 +272,7 @@ class MpiCommunicator {
       for (std::size_t q = 1; q < P; ++q) s += in[q * mine + k];
       out[k] = s;
     }
-    detail_mpi::check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x.data(), counts_.data(), displs_.data(), t, comm_),
+    detail::check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x.data(), counts_.data(), displs_.data(), t, comm_),
                       "MPI_Allgatherv");
   }
 

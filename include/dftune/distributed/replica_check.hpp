@@ -39,7 +39,7 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace distributed {
 
-namespace detail_replica {
+namespace detail {
 
 // FNV-1a-64 over little-endian 8-byte words (the tail zero-padded, the length mixed in last).
 class WordHash final : public io::ByteSink {
@@ -81,16 +81,16 @@ class WordHash final : public io::ByteSink {
   std::uint64_t h_ = 14695981039346656037ull, n_ = 0;
 };
 
-}  // namespace detail_replica
+}  // namespace detail
 
 // The word-wise FNV-1a-64 of what io::save would write as the optimizer's section; this rank's, no traffic.
 template <class M, class R, class S, class C>
 std::uint64_t replica_checksum(const DftOptimizer<M, R, S, C>& opt) {
-  io::internal::check_checkpointable<M, R, S>();
-  detail_replica::WordHash hashed;
+  io::detail::check_checkpointable<M, R, S>();
+  detail::WordHash hashed;
   {
     io::Writer w(hashed);
-    io::internal::write_optimizer_state(w, opt);
+    io::detail::write_optimizer_state(w, opt);
     w.flush();
   }
   return hashed.hash();

@@ -44,34 +44,49 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace distributed {
 
+// How a global batch is split across ranks (SamplerOptions::balance).
 enum class Balance : std::uint8_t {
   global_batches,  // the same global batches at every P; shares hypergeometric around B/P
   per_rank,        // exactly B/P of each rank's own ids per step; batches depend on P
 };
 
+// Options of ShardedBatches.
 struct SamplerOptions {
   bool drop_last = false;  // false: keep an epoch's short last batch (torch's DataLoader default)
-  Balance balance = Balance::global_batches;
+  Balance balance = Balance::global_batches;  // global_batches: the batches do not depend on the number of ranks
+  // Every field equal.
   bool operator==(const SamplerOptions&) const = default;
 };
 
+// The batches of a data-parallel run: every rank draws the same shuffled global batches of example
+// ids (a permutation of [0, N) per epoch, from `seed`) and keeps the ids its Shard owns, so each
+// estimator entry u_i is updated on one rank only. Batch t depends only on (N, B, seed, options, t):
+// a resumed run calls seek(t) and continues with the same batches. Example:
+//
+//     distributed::ShardedBatches batches(/*num_examples=*/1000, /*batch_size=*/32, /*seed=*/7, Shard{0, 1});
+//     for (int step = 0; step < 10; ++step) {
+//       std::span<const std::int64_t> ids = batches.next();   // this rank's ids of global batch `step`
+//     }
 class ShardedBatches {
  public:
+  // N examples (ids [0, N)), global batches of B ids, shuffled from `seed`, this rank's `shard`.
+  // Errors (dftune::argument_error, nothing built): N = 0, B = 0 or B > N, an invalid shard or
+  // balance, and under Balance::per_rank a B that is not a multiple of the world size.
   ShardedBatches(std::size_t num_examples, std::size_t batch_size, std::uint64_t seed, Shard shard = {},
                  SamplerOptions options = {})
       : n_(num_examples), b_(batch_size), seed_(seed), shard_(shard), opt_(options) {
     validate(shard_);
     if (opt_.balance != Balance::global_batches && opt_.balance != Balance::per_rank)
-      detail::fail("options.balance", static_cast<int>(opt_.balance), "Balance::global_batches or Balance::per_rank");
-    if (n_ == 0) detail::fail("num_examples", n_, "at least 1");
+      dftune::detail::fail("options.balance", static_cast<int>(opt_.balance), "Balance::global_batches or Balance::per_rank");
+    if (n_ == 0) dftune::detail::fail("num_examples", n_, "at least 1");
     if (b_ == 0 || b_ > n_)
-      detail::fail("batch_size", b_, "a batch size in [1, num_examples = " + std::to_string(n_) + "]");
+      dftune::detail::fail("batch_size", b_, "a batch size in [1, num_examples = " + std::to_string(n_) + "]");
     if (n_ > static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max()))
-      detail::fail("num_examples", n_, "a count whose ids fit in int64");
+      dftune::detail::fail("num_examples", n_, "a count whose ids fit in int64");
     const std::size_t P = shard_.size;
     // B <= N and P | B give B/P <= ⌊N/P⌋, the smallest shard's size: every epoch has a batch.
     if (opt_.balance == Balance::per_rank && b_ % P != 0)
-      detail::fail("batch_size", b_,
+      dftune::detail::fail("batch_size", b_,
                    "a multiple of the world size P = " + std::to_string(P) +
                        " (the balanced sampler, Balance::per_rank, draws batch_size / P ids from every rank's shard)");
     per_epoch_ = batches_per_epoch_of();
@@ -94,7 +109,7 @@ class ShardedBatches {
     for (std::size_t r = 1; r < all.size(); ++r) {
       auto same = [&](const char* what, std::uint64_t got, std::uint64_t want) {
         if (got != want)
-          detail::fail(what, std::to_string(got) + " on rank " + std::to_string(r),
+          dftune::detail::fail(what, std::to_string(got) + " on rank " + std::to_string(r),
                        std::to_string(want) + " as on rank 0 (every rank must sample alike)");
       };
       same("num_examples", all[r].n, all[0].n);
@@ -118,6 +133,7 @@ class ShardedBatches {
     }
     return global_;
   }
+  // This rank's ids of global batch t (a view valid until the next call).
   std::span<const std::int64_t> local_batch(std::uint64_t t) {
     const auto [epoch, k] = locate(t);
     if (!has_epoch_ || epoch != epoch_) shuffle(epoch);
@@ -133,13 +149,18 @@ class ShardedBatches {
   }
   // The next batch's local ids (batch index next_index(), then it advances).
   std::span<const std::int64_t> next() { return local_batch(next_++); }
+  // The index of the batch next() returns next.
   std::uint64_t next_index() const { return next_; }
   void seek(std::uint64_t t) { next_ = t; }  // resume: the batch index to continue from
 
   std::size_t global_batch_size() const { return b_; }  // of a full batch
+  // Global batches per epoch (the short last batch counted unless drop_last).
   std::size_t batches_per_epoch() const { return per_epoch_; }
+  // N.
   std::size_t num_examples() const { return n_; }
+  // This rank's shard.
   const Shard& shard() const { return shard_; }
+  // The options it was built with.
   const SamplerOptions& options() const { return opt_; }
 
  private:

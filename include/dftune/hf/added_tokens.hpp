@@ -20,15 +20,18 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace hf {
 
+// One entry of tokenizer.json's "added_tokens": a string matched whole in the input before the
+// pre-tokenizer runs (e.g. "<|endoftext|>").
 struct AddedToken {
-  token_t id = 0;
-  std::string content;
-  bool special = false;
-  bool lstrip = false;
-  bool rstrip = false;
-  bool single_word = false;
+  token_t id = 0;  // its token id
+  std::string content;  // the text it matches (non-empty)
+  bool special = false;  // a special token (decode may skip it)
+  bool lstrip = false;  // the match swallows the whitespace on its left
+  bool rstrip = false;  // the match swallows the whitespace on its right
+  bool single_word = false;  // matches only where no word character touches it
 };
 
+// The added tokens of a tokenizer, indexed by first byte; the longest match wins.
 class AddedTokens {
  public:
   // `content` must be non-empty (the loader checks it).
@@ -40,7 +43,9 @@ class AddedTokens {
     std::stable_sort(list.begin(), list.end(),
                      [&](std::size_t a, std::size_t b) { return tokens_[a].content.size() > tokens_[b].content.size(); });
   }
+  // Every added token, in the order added.
   const std::vector<AddedToken>& tokens() const { return tokens_; }
+  // Whether there is none.
   bool empty() const { return tokens_.empty(); }
 
   // Splits `text` into stretches of plain text and added tokens, in order: calls

@@ -26,16 +26,21 @@ namespace hf {
 
 // Transparent hashing, so a std::string_view finds a std::string key without a copy.
 struct StringHash {
-  using is_transparent = void;
+  using is_transparent = void;  // lets find() take a std::string_view
+  // The hash of the bytes.
   std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
 };
+// Token string (raw bytes) -> id, searchable by std::string_view.
 using StringMap = std::unordered_map<std::string, token_t, StringHash, std::equal_to<>>;
 
+// Byte-pair encoding of one pre-tokenized word (Hugging Face's BPE model): start from its bytes'
+// tokens and apply the lowest-ranked merge of an adjacent pair until none applies.
 class Bpe {
  public:
+  // What a pair of tokens merges into, and the merge's priority.
   struct Merge {
-    std::uint32_t rank;
-    token_t merged;
+    std::uint32_t rank;  // its line in the merges list: lower merges first
+    token_t merged;      // the merged token's id
   };
 
   // vocab: raw bytes -> id. Ids are checked by the caller (tokenizer.hpp) against the file.
@@ -53,9 +58,13 @@ class Bpe {
     merges_.insert_or_assign(key(left, right), Merge{rank, merged});
   }
 
+  // Room for n merges (the loader knows the count).
   void reserve_merges(std::size_t n) { merges_.reserve(n); }
+  // The vocabulary given to the constructor.
   const StringMap& vocab() const { return vocab_; }
+  // The number of distinct merge rules.
   std::size_t merges() const { return merges_.size(); }
+  // tokenizer.json's "ignore_merges": a word that is itself in the vocabulary is one token.
   bool ignore_merges() const { return ignore_merges_; }
   // The id of the one-byte token for b, or -1 where the vocabulary has none.
   token_t byte_id(unsigned char b) const { return byte_id_[b]; }
@@ -77,7 +86,7 @@ class Bpe {
     for (std::size_t i = 0; i < n; ++i) {
       const auto b = static_cast<unsigned char>(word[i]);
       if (byte_id_[b] < 0)
-        detail::fail("text", "byte 0x" + hex(b), "bytes that have a one-byte token in model.vocab");
+        dftune::detail::fail("text", "byte 0x" + hex(b), "bytes that have a one-byte token in model.vocab");
       sym[i] = {byte_id_[b], static_cast<std::int64_t>(i) - 1, i + 1 < n ? static_cast<std::int64_t>(i) + 1 : -1};
     }
     const auto push = [&](std::int64_t left) {

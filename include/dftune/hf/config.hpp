@@ -23,7 +23,7 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace hf {
 
-namespace detail_cfg {
+namespace detail {
 
 inline const nlohmann::json* field(const nlohmann::json& j, const char* name) {
   const auto it = j.find(name);
@@ -63,11 +63,11 @@ inline std::string string_field(const nlohmann::json& j, const char* name, const
   return f->get<std::string>();
 }
 
-}  // namespace detail_cfg
+}  // namespace detail
 
 // The decoder config a parsed config.json describes (fields as transformers names them).
 inline decoder::Config parse_config(const nlohmann::json& j) {
-  using namespace detail_cfg;
+  using namespace detail;
   if (!j.is_object()) dftune::detail::fail("config", j.type_name(), "a JSON object");
   const std::string type = string_field(j, "model_type", "");
   decoder::Config c;
@@ -133,6 +133,8 @@ inline decoder::Config parse_config(const nlohmann::json& j) {
   return c;
 }
 
+// The JSON document in `path` (at most 100 MB). Errors (dftune::argument_error): not a regular
+// readable file, too large, not JSON.
 inline nlohmann::json read_json(const std::filesystem::path& path) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) dftune::detail::fail("path", path, "a regular, readable file");
@@ -146,8 +148,10 @@ inline nlohmann::json read_json(const std::filesystem::path& path) {
   return j;
 }
 
+// The decoder configuration of a Hugging Face config.json (parse_config), errors prefixed with the
+// file's path: an unknown model_type, a missing or out-of-range field, an unsupported rope_scaling.
 inline decoder::Config load_config(const std::filesystem::path& path) {
-  return io::internal::named(path.string(), [&] { return parse_config(read_json(path)); });
+  return io::detail::named(path.string(), [&] { return parse_config(read_json(path)); });
 }
 
 // A config.json that transformers (and load_config) reads back as the same model.

@@ -39,10 +39,14 @@ namespace hf {
 // How a chat is written as text before tokenization: each message is prefix + content + suffix of
 // its role, and the prompt ends with the assistant's prefix (the "generation prompt").
 struct ChatTemplate {
+  // What surrounds one role's messages.
   struct Role {
-    std::string prefix, suffix;
+    std::string prefix;  // written before the message's content
+    std::string suffix;  // written after it
   };
-  Role system, user, assistant;
+  Role system;     // the system message's
+  Role user;       // the user's
+  Role assistant;  // the assistant's; its prefix also ends every prompt
 
   // ChatML, the template of Qwen2 and SmolLM2's instruct models.
   static ChatTemplate chatml() {
@@ -50,29 +54,32 @@ struct ChatTemplate {
   }
 };
 
+// How read_examples turns JSON lines into token sequences.
 struct DataOptions {
   std::size_t context = 1024;  // the most tokens of prompt + answer (the model's positions)
   std::optional<token_t> bos;  // put before every prompt
   std::optional<token_t> eos;  // put after every answer
-  std::string prompt_key = "prompt", answer_key = "answer";
+  std::string prompt_key = "prompt";  // the prompt's field in a {"prompt": …, "answer": …} line
+  std::string answer_key = "answer";  // the answer's field
   std::optional<ChatTemplate> chat;  // required for lines with "messages"
-  std::size_t max_line_bytes = std::size_t{1} << 24;
-  std::size_t max_examples = std::size_t{1} << 26;
+  std::size_t max_line_bytes = std::size_t{1} << 24;  // a longer line is an error (bounds memory)
+  std::size_t max_examples = std::size_t{1} << 26;    // more lines is an error
 };
 
 // Examples in file order: sequences.view() is a SequenceBatch (prompt_len marks the boundary);
 // line[s] is the line of the file sequence s came from.
 struct Examples {
-  Sequences sequences;
-  std::vector<std::size_t> line;
+  Sequences sequences;          // prompt + answer tokens of every example
+  std::vector<std::size_t> line;  // line[s]: the line of the file example s came from
 
-  std::size_t size() const { return sequences.size(); }
+  std::size_t size() const { return sequences.size(); }  // the number of examples
   // The prompts alone, for sampling completions (tokens and offsets owned here).
   struct PromptSet {
-    std::vector<token_t> tokens;
-    std::vector<std::int64_t> offsets{0};
-    Prompts view() const { return {.tokens = tokens, .offsets = offsets}; }
+    std::vector<token_t> tokens;           // every prompt's tokens, one after the other
+    std::vector<std::int64_t> offsets{0};  // prompt p is tokens[offsets[p], offsets[p+1])
+    Prompts view() const { return {.tokens = tokens, .offsets = offsets}; }  // as sampling's Prompts
   };
+  // A copy of every example's prompt.
   PromptSet prompts() const {
     PromptSet p;
     const SequenceBatch b = sequences.view();
@@ -85,12 +92,12 @@ struct Examples {
   }
 };
 
-namespace jsonl_detail {
+namespace detail {
 
 using json = nlohmann::json;
 
 [[noreturn]] inline void fail(const std::string& where, const std::string& field, const std::string& got, const std::string& expected) {
-  detail::fail(where + ": " + field, got, expected);
+  dftune::detail::fail(where + ": " + field, got, expected);
 }
 
 inline const std::string& text_field(const json& obj, const std::string& key, const std::string& where, const std::string& field) {
@@ -158,17 +165,17 @@ inline void add_line(std::string_view text, const std::string& where, std::size_
   out.line.push_back(line);
 }
 
-}  // namespace jsonl_detail
+}  // namespace detail
 
 // Reads and tokenizes every example of a JSON Lines file; nothing is returned unless every line is
 // usable (the first bad one is the error).
 inline Examples read_jsonl(const std::filesystem::path& path, const Tokenizer& tok, const DataOptions& o = {}) {
-  if (o.context < 2) detail::fail("context", o.context, "at least 2 (a prompt token and an answer token)");
+  if (o.context < 2) dftune::detail::fail("context", o.context, "at least 2 (a prompt token and an answer token)");
   for (const auto& [name, id] : {std::pair{"bos", o.bos}, std::pair{"eos", o.eos}})
     if (id && (*id < 0 || static_cast<std::size_t>(*id) >= tok.vocab_size()))
-      detail::fail(name, *id, "an id in [0, vocab = " + std::to_string(tok.vocab_size()) + ")");
+      dftune::detail::fail(name, *id, "an id in [0, vocab = " + std::to_string(tok.vocab_size()) + ")");
   std::ifstream in(path, std::ios::binary);
-  if (!in) detail::fail(path.string(), "a file that cannot be opened", "a readable JSON Lines file");
+  if (!in) dftune::detail::fail(path.string(), "a file that cannot be opened", "a readable JSON Lines file");
   Examples out;
   std::string line;
   std::vector<char> block(std::size_t{1} << 16);
@@ -177,12 +184,12 @@ inline Examples read_jsonl(const std::filesystem::path& path, const Tokenizer& t
   const auto finish = [&] {
     const std::string where = path.string() + ":" + std::to_string(number);
     if (too_long)
-      jsonl_detail::fail(where, "line", "more than " + std::to_string(o.max_line_bytes) + " bytes",
+      detail::fail(where, "line", "more than " + std::to_string(o.max_line_bytes) + " bytes",
                          "at most max_line_bytes = " + std::to_string(o.max_line_bytes));
     if (line.find_first_not_of(" \t\r") != std::string::npos) {
       if (out.size() >= o.max_examples)
-        jsonl_detail::fail(where, "line", "example " + std::to_string(out.size() + 1), "at most max_examples = " + std::to_string(o.max_examples));
-      jsonl_detail::add_line(line, where, number, tok, o, out);
+        detail::fail(where, "line", "example " + std::to_string(out.size() + 1), "at most max_examples = " + std::to_string(o.max_examples));
+      detail::add_line(line, where, number, tok, o, out);
     }
     line.clear();
     too_long = false;
@@ -203,7 +210,7 @@ inline Examples read_jsonl(const std::filesystem::path& path, const Tokenizer& t
       from = nl + 1;
     }
   }
-  if (in.bad()) detail::fail(path.string(), "a read error", "a readable JSON Lines file");
+  if (in.bad()) dftune::detail::fail(path.string(), "a read error", "a readable JSON Lines file");
   if (!line.empty() || too_long) finish();
   return out;
 }

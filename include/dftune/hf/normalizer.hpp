@@ -22,6 +22,8 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace hf {
 
+// Whether this build normalises to NFC (built with ICU: DFTUNE_HF_ICU); without it a tokenizer
+// whose normalizer needs NFC is refused when loaded.
 inline constexpr bool has_nfc =
 #if defined(DFTUNE_HF_ICU)
     true;
@@ -34,7 +36,7 @@ inline constexpr bool has_nfc =
 inline std::optional<std::string> nfc(std::string_view text) {
 #if defined(DFTUNE_HF_ICU)
   if (text.size() > static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()))
-    detail::fail("text", std::to_string(text.size()) + " bytes", "at most 2^31 - 1 bytes per call (ICU's lengths are int32)");
+    dftune::detail::fail("text", std::to_string(text.size()) + " bytes", "at most 2^31 - 1 bytes per call (ICU's lengths are int32)");
   UErrorCode err = U_ZERO_ERROR;
   const icu::Normalizer2* n = icu::Normalizer2::getNFCInstance(err);
   const icu::StringPiece piece(text.data(), static_cast<std::int32_t>(text.size()));
@@ -43,11 +45,11 @@ inline std::optional<std::string> nfc(std::string_view text) {
   icu::StringByteSink<std::string> sink(&out, static_cast<std::int32_t>(text.size()));
   err = U_ZERO_ERROR;
   if (n != nullptr) n->normalizeUTF8(0, piece, sink, nullptr, err);
-  if (n == nullptr || U_FAILURE(err)) detail::fail("text", u_errorName(err), "text ICU's NFC normalizer accepts");
+  if (n == nullptr || U_FAILURE(err)) dftune::detail::fail("text", u_errorName(err), "text ICU's NFC normalizer accepts");
   return out;
 #else
   (void)text;
-  detail::fail("normalizer", "NFC", "a build with ICU (DFTUNE_HF_ICU; Debian: libicu-dev)");
+  dftune::detail::fail("normalizer", "NFC", "a build with ICU (DFTUNE_HF_ICU; Debian: libicu-dev)");
 #endif
 }
 

@@ -26,16 +26,20 @@ inline constexpr std::string_view gpt2_pattern =
 inline constexpr std::string_view llama3_pattern =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 
+// tokenizer.json's pre_tokenizer: a sequence of regex splits (each applied to the pieces of the
+// previous one), then optionally a space before each text segment (ByteLevel's add_prefix_space).
 class PreTokenizer {
  public:
-  static constexpr std::size_t max_steps = 16;
+  static constexpr std::size_t max_steps = 16;  // a longer sequence is refused when loaded
 
   // Appends a split by `regex`.
   void add_split(Regex regex) { steps_.push_back(std::move(regex)); }
   // Prepend a space to every text segment that does not start with one (ByteLevel's
   // add_prefix_space, supported where ByteLevel is the first step).
   void set_add_prefix_space(bool on) { add_prefix_space_ = on; }
+  // Whether a space is prepended (set_add_prefix_space).
   bool add_prefix_space() const { return add_prefix_space_; }
+  // The number of split steps.
   std::size_t size() const { return steps_.size(); }
 
   // Calls word(std::string_view) for every final piece of valid UTF-8 `text`, in order.

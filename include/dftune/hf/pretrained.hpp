@@ -36,7 +36,7 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace hf {
 
-namespace detail_pre {
+namespace detail {
 
 inline bool skipped_buffer(const std::string& name) {
   return name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") || name.ends_with("rotary_emb.inv_freq");
@@ -52,7 +52,7 @@ inline Files open_files(const std::filesystem::path& dir) {
   Files f;
   const auto index = dir / "model.safetensors.index.json";
   if (std::filesystem::exists(index)) {
-    io::internal::named(index.string(), [&] {
+    io::detail::named(index.string(), [&] {
       const nlohmann::json j = read_json(index);
       if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
         dftune::detail::fail("weight_map", j.is_object() && j.contains("weight_map") ? j["weight_map"].dump() : "nothing",
@@ -79,14 +79,21 @@ inline Files open_files(const std::filesystem::path& dir) {
   return f;
 }
 
-}  // namespace detail_pre
+}  // namespace detail
 
+// A decoder with the configuration (config.json) and weights (model.safetensors, or the shards that
+// model.safetensors.index.json lists) of a Hugging Face checkpoint directory, converted to T. Every
+// tensor's name, shape and dtype is checked against the configuration before anything is allocated;
+// errors name the file and the tensor. Example:
+//
+//     auto model = dftune::hf::load_pretrained<float>("SmolLM2-135M");
+//     auto tok = dftune::hf::Tokenizer::from_file("SmolLM2-135M/tokenizer.json");
 template <class T>
 Decoder<T> load_pretrained(const std::filesystem::path& dir) {
-  return io::internal::named("checkpoint " + dir.string(), [&] {
+  return io::detail::named("checkpoint " + dir.string(), [&] {
     const decoder::Config cfg = load_config(dir / "config.json");
     const decoder::Layout lay = decoder::make_layout(cfg);
-    const detail_pre::Files files = detail_pre::open_files(dir);
+    const detail::Files files = detail::open_files(dir);
     // Which stored tensor fills each of the layout's, checked before anything is allocated.
     std::vector<std::pair<const SafetensorsFile*, const TensorInfo*>> source;
     std::set<std::string> used;
@@ -114,7 +121,7 @@ Decoder<T> load_pretrained(const std::filesystem::path& dir) {
     }
     for (const auto& [name, file] : files.where) {
       const bool tied_copy = cfg.tied_head && (name == "lm_head.weight");
-      if (!used.count(name) && !detail_pre::skipped_buffer(name) && !tied_copy)
+      if (!used.count(name) && !detail::skipped_buffer(name) && !tied_copy)
         dftune::detail::fail(file->path().filename().string() + ": tensor \"" + name + "\"", "a tensor config.json's architecture does not have",
                              "only the tensors of a " + std::string(cfg.family == decoder::Family::gpt2 ? "gpt2" : "llama-family") +
                                  " model of this shape");
@@ -145,7 +152,7 @@ Decoder<T> load_pretrained(const std::filesystem::path& dir) {
 // dtype: Dtype::f32 or Dtype::bf16 (the storage of most published checkpoints).
 template <class T>
 void save_pretrained(const std::filesystem::path& dir, const Decoder<T>& model, Dtype dtype = Dtype::f32) {
-  io::internal::named("checkpoint " + dir.string(), [&] {
+  io::detail::named("checkpoint " + dir.string(), [&] {
     if (dtype != Dtype::f32 && dtype != Dtype::bf16) dftune::detail::fail("dtype", dtype_name(dtype), "F32 or BF16");
     const auto p = model.parameters();
     for (std::size_t k = 0; k < p.size(); ++k)

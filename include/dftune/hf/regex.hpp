@@ -1,6 +1,6 @@
 #pragma once
 // The pre-tokenizers' split patterns, run by PCRE2 in UTF mode with Unicode properties (PCRE2_UCP:
-// \s, \d, \w and \p{L}, \p{N} follow the Unicode tables, as the Oniguruma engine of Hugging Face's
+// `\s`, `\d`, `\w` and `\p{L}`, `\p{N}` follow the Unicode tables, as the Oniguruma engine of Hugging Face's
 // tokenizers does), JIT-compiled where the platform allows. Needs libpcre2-8 (target dftune::hf).
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
@@ -20,26 +20,28 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace hf {
 
+// A compiled PCRE2 pattern with the pre-tokenizers' Split behaviour "Isolated" (split()).
 class Regex {
  public:
-  static constexpr std::size_t max_pattern = 1 << 16;
+  static constexpr std::size_t max_pattern = 1 << 16;  // bytes; a longer pattern is refused
 
   // Compiles `pattern`; a bad one is a dftune::error naming `field` and PCRE2's reason.
   Regex(std::string_view pattern, std::string_view field) : pattern_(pattern) {
     if (pattern.size() > max_pattern)
-      detail::fail(field, "a pattern of " + std::to_string(pattern.size()) + " bytes",
+      dftune::detail::fail(field, "a pattern of " + std::to_string(pattern.size()) + " bytes",
                    "at most " + std::to_string(max_pattern) + " bytes");
     int code = 0;
     PCRE2_SIZE at = 0;
     pcre2_code* c = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), PCRE2_UTF | PCRE2_UCP,
                                   &code, &at, nullptr);
     if (c == nullptr)
-      detail::fail(field, "\"" + std::string(pattern) + "\"",
+      dftune::detail::fail(field, "\"" + std::string(pattern) + "\"",
                    "a regular expression PCRE2 compiles (" + message(code) + " at offset " + std::to_string(at) + ")");
     code_.reset(c, pcre2_code_free);
     (void)pcre2_jit_compile(c, PCRE2_JIT_COMPLETE);  // without JIT, pcre2_match interprets: slower, same result
   }
 
+  // The pattern's text.
   const std::string& pattern() const { return pattern_; }
 
   // Splits valid UTF-8 `text` the way the "Isolated" behaviour does: every match is a piece and so
@@ -55,7 +57,7 @@ class Regex {
       // The input was checked once (utf8::first_invalid); checking each call would rescan the rest.
       const int rc = pcre2_match(code_.get(), subject, text.size(), pos, PCRE2_NO_UTF_CHECK, md.get(), nullptr);
       if (rc == PCRE2_ERROR_NOMATCH) break;
-      if (rc < 0) detail::fail("regex \"" + pattern_ + "\"", message(rc), "a successful match (PCRE2 failed)");
+      if (rc < 0) dftune::detail::fail("regex \"" + pattern_ + "\"", message(rc), "a successful match (PCRE2 failed)");
       const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.get());
       const std::size_t b = ov[0], e = ov[1];
       if (e > b) {

@@ -46,6 +46,7 @@ namespace hf {
 // checked like the rest but which are never read as weights.
 enum class Dtype { f32, bf16, f16, f64, other };
 
+// Bytes per element of d (0 for other).
 inline std::size_t dtype_size(Dtype d) {
   switch (d) {
     case Dtype::f32: return 4;
@@ -57,6 +58,7 @@ inline std::size_t dtype_size(Dtype d) {
   return 0;
 }
 
+// d as safetensors spells it ("F32", "BF16", …).
 inline const char* dtype_name(Dtype d) {
   switch (d) {
     case Dtype::f32: return "F32";
@@ -78,6 +80,7 @@ inline std::uint16_t float_to_bf16(float f) {
   return static_cast<std::uint16_t>((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
 }
 
+// IEEE half to float, exactly (subnormals, infinities and NaN included).
 inline float f16_to_float(std::uint16_t h) {
   const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF;
   if (exp == 0x1F) return std::bit_cast<float>(sign | 0x7F800000u | (man << 13));
@@ -88,16 +91,19 @@ inline float f16_to_float(std::uint16_t h) {
   return std::bit_cast<float>(sign | ((exp + 112) << 23) | (man << 13));
 }
 
+// One tensor of a safetensors header, its byte range checked against the file.
 struct TensorInfo {
-  std::string name;
-  Dtype dtype = Dtype::f32;
+  std::string name;                // the header's key, e.g. "model.layers.0.mlp.up_proj.weight"
+  Dtype dtype = Dtype::f32;        // other for a dtype never read as weights
   std::string dtype_text = "F32";  // as the header spells it
-  std::size_t element_size = 4;
-  std::vector<std::size_t> shape;
-  std::size_t numel = 0;
-  std::uint64_t begin = 0, end = 0;  // in the data buffer
+  std::size_t element_size = 4;    // bytes per element
+  std::vector<std::size_t> shape;  // row-major
+  std::size_t numel = 0;           // the product of shape
+  std::uint64_t begin = 0;         // first byte in the data buffer
+  std::uint64_t end = 0;           // one past the last byte (end − begin = numel · element_size)
 };
 
+// "[r, c]", for error messages.
 inline std::string shape_string(std::span<const std::size_t> shape) {
   std::string s = "[";
   for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
@@ -107,7 +113,7 @@ inline std::string shape_string(std::span<const std::size_t> shape) {
 // The header cap of the reference implementation: a larger N is refused before it is read.
 inline constexpr std::uint64_t max_header_bytes = 100'000'000;
 
-namespace detail_st {
+namespace detail {
 
 // The dtype of a header entry and its element size in bytes.
 inline std::pair<Dtype, std::size_t> parse_dtype(const std::string& field, const nlohmann::json& j) {
@@ -192,18 +198,25 @@ inline std::uint64_t read_u64_le(const unsigned char* b) {
   return v;
 }
 
-}  // namespace detail_st
+}  // namespace detail
 
 // One safetensors file, its header parsed and checked; tensors are read on demand.
 class SafetensorsFile {
  public:
+  // Opens and checks `path`'s header: its size (at most max_header_bytes and within the file), JSON,
+  // every tensor's dtype, shape and byte range inside the data buffer, without overlaps. Errors
+  // (dftune::argument_error, an unreadable file included) name the file and the field.
   explicit SafetensorsFile(const std::filesystem::path& path) : path_(path) {
-    io::internal::named("safetensors " + path.string(), [&] { open(); });
+    io::detail::named("safetensors " + path.string(), [&] { open(); });
   }
 
+  // The file's path.
   const std::filesystem::path& path() const { return path_; }
+  // Every tensor of the header, by name.
   const std::map<std::string, TensorInfo>& tensors() const { return tensors_; }
+  // The header's "__metadata__" strings.
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  // The tensor called `name`, or nullptr.
   const TensorInfo* find(std::string_view name) const {
     const auto it = tensors_.find(std::string(name));
     return it == tensors_.end() ? nullptr : &it->second;
@@ -213,7 +226,7 @@ class SafetensorsFile {
   // 2-D tensor [r, c] lands as [c, r] (GPT-2's Conv1D weights into the [out, in] layout).
   template <class T>
   void read(const TensorInfo& t, std::span<T> out, bool transpose = false) const {
-    io::internal::named("safetensors " + path_.string() + ": tensor \"" + t.name + "\"", [&] {
+    io::detail::named("safetensors " + path_.string() + ": tensor \"" + t.name + "\"", [&] {
       if (t.dtype == Dtype::other) dftune::detail::fail("dtype", t.dtype_text, "F32, BF16, F16 or F64 (a floating-point weight)");
       dftune::detail::check_size("destination", out.size(), t.numel);
       if (transpose && t.shape.size() != 2) dftune::detail::fail("shape", shape_string(t.shape), "a matrix (2 dimensions) to transpose");
@@ -261,7 +274,7 @@ class SafetensorsFile {
         }
         break;
       case Dtype::f64:
-        for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<T>(std::bit_cast<double>(detail_st::read_u64_le(p + 8 * i)));
+        for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<T>(std::bit_cast<double>(detail::read_u64_le(p + 8 * i)));
         break;
       case Dtype::bf16:
         for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<T>(bf16_to_float(u16(i)));
@@ -282,7 +295,7 @@ class SafetensorsFile {
     std::ifstream in(path_, std::ios::binary);
     unsigned char len[8];
     if (!in.read(reinterpret_cast<char*>(len), 8)) dftune::detail::fail("path", path_, "a readable file");
-    const std::uint64_t n = detail_st::read_u64_le(len);
+    const std::uint64_t n = detail::read_u64_le(len);
     if (n > size - 8)
       dftune::detail::fail("header length", n, "at most the " + std::to_string(size - 8) + " bytes that follow it in the file");
     if (n > max_header_bytes) dftune::detail::fail("header length", n, "at most " + std::to_string(max_header_bytes) + " bytes");
@@ -291,7 +304,7 @@ class SafetensorsFile {
     nlohmann::json h = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
     if (h.is_discarded()) dftune::detail::fail("header", "text that is not JSON", "a JSON object");
     data_start_ = 8 + n;
-    tensors_ = detail_st::parse_header(h, size - data_start_, metadata_);
+    tensors_ = detail::parse_header(h, size - data_start_, metadata_);
   }
 
   std::filesystem::path path_;
@@ -304,10 +317,10 @@ class SafetensorsFile {
 // `transpose` writes the [r, c] matrix held in data as the file's [c, r] = shape.
 template <class T>
 struct TensorOut {
-  std::string name;
-  std::vector<std::size_t> shape;
-  std::span<const T> data;
-  bool transpose = false;
+  std::string name;                // the header's key
+  std::vector<std::size_t> shape;  // as stored in the file
+  std::span<const T> data;         // shape's element count
+  bool transpose = false;          // data holds the transposed 2-D matrix
 };
 
 // Writes a safetensors file atomically: tensors in the given order, contiguous, header padded with
@@ -315,7 +328,7 @@ struct TensorOut {
 template <class T>
 void write_safetensors(const std::filesystem::path& path, std::span<const TensorOut<T>> tensors, Dtype dtype,
                        const std::map<std::string, std::string>& metadata = {}) {
-  io::internal::named("safetensors " + path.string(), [&] {
+  io::detail::named("safetensors " + path.string(), [&] {
     if (dtype != Dtype::f32 && dtype != Dtype::bf16 && dtype != Dtype::f64)
       dftune::detail::fail("dtype", dtype_name(dtype), "F32, BF16 or F64 (dftune writes no F16)");
     nlohmann::ordered_json h;

@@ -50,29 +50,39 @@ namespace hf {
 
 // Bounds on what a tokenizer.json may hold, checked before anything sized by it is allocated.
 struct TokenizerLimits {
-  std::uintmax_t file_bytes = std::uintmax_t{1} << 30;
+  std::uintmax_t file_bytes = std::uintmax_t{1} << 30;  // the file's size
   std::size_t entries = std::size_t{1} << 22;  // vocabulary and added tokens (the largest in use: 256k)
-  std::size_t merges = std::size_t{1} << 24;
-  std::size_t token_bytes = std::size_t{1} << 16;
+  std::size_t merges = std::size_t{1} << 24;       // merge rules
+  std::size_t token_bytes = std::size_t{1} << 16;  // bytes of one token's string
   // Ids may leave gaps, but only this many past the number of entries: the id table is sized
   // by the largest id.
   std::size_t id_slack = std::size_t{1} << 16;
 };
 
+// A Hugging Face tokenizer (tokenizer.json) of the byte-level BPE family (GPT-2, Llama 3, Qwen2,
+// SmolLM2): added tokens, NFC normalizer, regex pre-tokenizer, BPE, byte-level decoder. What it
+// cannot reproduce exactly (another model type, an unknown pre-tokenizer) is refused when loaded,
+// never approximated. Example:
+//
+//     const auto tok = dftune::hf::Tokenizer::from_file("tokenizer.json");
+//     std::vector<dftune::token_t> ids = tok.encode("Hello world");
+//     std::string text = tok.decode(ids);   // "Hello world"
 class Tokenizer {
  public:
-  using Limits = TokenizerLimits;
+  using Limits = TokenizerLimits;  // the bounds from_file and from_json check
 
+  // Loads `path` (at most limits.file_bytes). Every error names the file and the field:
+  // dftune::argument_error for contents it refuses, a read failure included.
   static Tokenizer from_file(const std::filesystem::path& path, const Limits& limits = {}) {
     const std::string name = path.string();
     std::error_code ec;
     const std::uintmax_t size = std::filesystem::file_size(path, ec);
-    if (ec) detail::fail(name, ec.message(), "a readable tokenizer.json");
+    if (ec) dftune::detail::fail(name, ec.message(), "a readable tokenizer.json");
     if (size > limits.file_bytes)
-      detail::fail(name, std::to_string(size) + " bytes", "a tokenizer.json of at most " + std::to_string(limits.file_bytes) + " bytes");
+      dftune::detail::fail(name, std::to_string(size) + " bytes", "a tokenizer.json of at most " + std::to_string(limits.file_bytes) + " bytes");
     std::ifstream in(path, std::ios::binary);
     std::string text(static_cast<std::size_t>(size), '\0');
-    if (!in.read(text.data(), static_cast<std::streamsize>(size))) detail::fail(name, "a read error", "a readable tokenizer.json");
+    if (!in.read(text.data(), static_cast<std::streamsize>(size))) dftune::detail::fail(name, "a read error", "a readable tokenizer.json");
     return from_json(text, name, limits);
   }
 
@@ -82,11 +92,12 @@ class Tokenizer {
     return l.load(json_text);
   }
 
-  Tokenizer(Tokenizer&&) noexcept = default;
-  Tokenizer& operator=(Tokenizer&&) noexcept = default;
+  Tokenizer(Tokenizer&&) noexcept = default;             // movable, not copyable
+  Tokenizer& operator=(Tokenizer&&) noexcept = default;  // movable, not copyable
 
   // The number of ids: one past the largest.
   std::size_t vocab_size() const { return bytes_.size(); }
+  // tokenizer.json's added tokens (special ones included).
   const std::vector<AddedToken>& added_tokens() const { return added_.tokens(); }
   // The id of an added token's content, or of a vocabulary entry written as in tokenizer.json
   // (byte-level text, "Ġthe"); nothing if there is none.
@@ -101,7 +112,7 @@ class Tokenizer {
   // Appends the tokens of `text` to `out` (left as it was if `text` is refused).
   void encode(std::string_view text, std::vector<token_t>& out) const {
     if (const std::size_t bad = utf8::first_invalid(text); bad != std::string_view::npos)
-      detail::fail("text", "a byte that starts no valid UTF-8 sequence at offset " + std::to_string(bad), "valid UTF-8");
+      dftune::detail::fail("text", "a byte that starts no valid UTF-8 sequence at offset " + std::to_string(bad), "valid UTF-8");
     const std::size_t start = out.size();
     try {
       added_.split(
@@ -112,6 +123,7 @@ class Tokenizer {
       throw;
     }
   }
+  // The tokens of `text` (valid UTF-8, else dftune::argument_error naming the offset).
   std::vector<token_t> encode(std::string_view text) const {
     std::vector<token_t> out;
     encode(text, out);
@@ -125,7 +137,7 @@ class Tokenizer {
     for (std::size_t k = 0; k < ids.size(); ++k) {
       const token_t id = ids[k];
       if (id < 0 || static_cast<std::size_t>(id) >= bytes_.size() || !defined_[static_cast<std::size_t>(id)])
-        detail::fail_at("ids", k, id, "the id of a token in [0, " + std::to_string(bytes_.size()) + ")");
+        dftune::detail::fail_at("ids", k, id, "the id of a token in [0, " + std::to_string(bytes_.size()) + ")");
       if (skip_special && special_[static_cast<std::size_t>(id)]) continue;
       out += bytes_[static_cast<std::size_t>(id)];
     }
@@ -202,7 +214,7 @@ class Tokenizer {
     using json = nlohmann::json;
 
     [[noreturn]] void fail(const std::string& field, const std::string& got, const std::string& expected) const {
-      detail::fail(source + ": " + field, got, expected);
+      dftune::detail::fail(source + ": " + field, got, expected);
     }
     static std::string show(const json& v) {
       std::string s = v.dump();

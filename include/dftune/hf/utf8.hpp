@@ -13,6 +13,7 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace hf::utf8 {
 
+// Appends code point c (< 0x110000) to `out` as UTF-8.
 inline void append(std::string& out, char32_t c) {
   if (c < 0x80) {
     out.push_back(static_cast<char>(c));

@@ -31,8 +31,11 @@
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
+// 1 where POSIX file calls exist (write, fsync, rename, directory fsync: crash-safe replacement),
+// 0 elsewhere (standard streams only; a crash may then leave a partial temporary).
 #define DFTUNE_IO_POSIX 1
 #else
+// (0: no POSIX file calls on this platform.)
 #define DFTUNE_IO_POSIX 0
 #endif
 
@@ -40,7 +43,7 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace io {
 
-namespace internal {
+namespace detail {
 
 inline std::string errno_text(int e) {
   return e == 0 ? std::string("unknown error") : std::string(std::strerror(e));
@@ -92,7 +95,7 @@ inline bool process_alive(long pid) {
 #endif
 }
 
-}  // namespace internal
+}  // namespace detail
 
 // The file a save to `path` replaces: `path` with every symlink in its last component followed,
 // so that saving through a link rewrites the file it points to (atomically, beside that file) and
@@ -123,7 +126,7 @@ inline std::string temporary_prefix(const std::filesystem::path& target) {
 inline void remove_stale_temporaries(const std::filesystem::path& target) {
   namespace fs = std::filesystem;
   const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
-  const std::string prefix = temporary_prefix(target) + internal::host_tag() + "-";
+  const std::string prefix = temporary_prefix(target) + detail::host_tag() + "-";
   std::error_code ec;
   fs::directory_iterator it(dir, ec), end;
   std::vector<fs::path> stale;
@@ -139,7 +142,7 @@ inline void remove_stale_temporaries(const std::filesystem::path& target) {
       if (rest[k] < '0' || rest[k] > '9') digits = false;
       else pid = pid * 10 + (rest[k] - '0');
     }
-    if (!digits || pid == internal::process_id() || internal::process_alive(pid)) continue;
+    if (!digits || pid == detail::process_id() || detail::process_alive(pid)) continue;
     stale.push_back(it->path());
   }
   for (const fs::path& p : stale) fs::remove(p, ec);
@@ -152,19 +155,20 @@ inline void remove_stale_temporaries(const std::filesystem::path& target) {
 // dftune::error naming the path and the system's reason.
 class AtomicFile final : public ByteSink {
  public:
+  // Creates the temporary beside `path` (symlinks followed): dftune::io_error when it cannot.
   explicit AtomicFile(const std::filesystem::path& path) : path_(path), target_(resolve_target(path)) {
     remove_stale_temporaries(target_);
     std::random_device rd;
     std::ostringstream name;
-    name << temporary_prefix(target_) << internal::host_tag() << '-' << internal::process_id() << '-' << std::hex
+    name << temporary_prefix(target_) << detail::host_tag() << '-' << detail::process_id() << '-' << std::hex
          << ((static_cast<std::uint64_t>(rd()) << 32) ^ rd());
     tmp_ = target_.has_parent_path() ? target_.parent_path() / name.str() : std::filesystem::path(name.str());
 #if DFTUNE_IO_POSIX
     fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd_ < 0) internal::fail_file(path_, "a writable location: cannot create its temporary file", errno);
+    if (fd_ < 0) detail::fail_file(path_, "a writable location: cannot create its temporary file", errno);
 #else
     out_.open(tmp_, std::ios::binary | std::ios::in | std::ios::out | std::ios::trunc);
-    if (!out_) internal::fail_file(path_, "a writable location: cannot create its temporary file", errno);
+    if (!out_) detail::fail_file(path_, "a writable location: cannot create its temporary file", errno);
 #endif
   }
   AtomicFile(const AtomicFile&) = delete;
@@ -176,17 +180,18 @@ class AtomicFile final : public ByteSink {
     std::filesystem::remove(tmp_, ec);
   }
 
+  // Appends bytes to the temporary; dftune::io_error naming the path and errno's text (ENOSPC …).
   void write(std::span<const std::byte> bytes) override {
 #if DFTUNE_IO_POSIX
     while (!bytes.empty()) {
       const ::ssize_t n = ::write(fd_, bytes.data(), bytes.size());
       if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) internal::fail_file(path_, "a writable location: writing its temporary file failed", errno);
+      if (n <= 0) detail::fail_file(path_, "a writable location: writing its temporary file failed", errno);
       bytes = bytes.subspan(static_cast<std::size_t>(n));
     }
 #else
     out_.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-    if (!out_) internal::fail_file(path_, "a writable location: writing its temporary file failed", errno);
+    if (!out_) detail::fail_file(path_, "a writable location: writing its temporary file failed", errno);
 #endif
   }
   // Overwrites bytes already written (a checksum known only at the end).
@@ -195,7 +200,7 @@ class AtomicFile final : public ByteSink {
     while (!bytes.empty()) {
       const ::ssize_t n = ::pwrite(fd_, bytes.data(), bytes.size(), static_cast<::off_t>(offset));
       if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) internal::fail_file(path_, "a writable location: writing its temporary file failed", errno);
+      if (n <= 0) detail::fail_file(path_, "a writable location: writing its temporary file failed", errno);
       bytes = bytes.subspan(static_cast<std::size_t>(n));
       offset += static_cast<std::uint64_t>(n);
     }
@@ -204,7 +209,7 @@ class AtomicFile final : public ByteSink {
     out_.seekp(static_cast<std::streamoff>(offset));
     out_.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
     out_.seekp(end);
-    if (!out_) internal::fail_file(path_, "a writable location: writing its temporary file failed", errno);
+    if (!out_) detail::fail_file(path_, "a writable location: writing its temporary file failed", errno);
 #endif
   }
   // Flushes the temporary to disk and renames it over the target; then the rename itself is made
@@ -216,12 +221,12 @@ class AtomicFile final : public ByteSink {
     if (::fsync(fd) != 0) {
       const int e = errno;
       ::close(fd);
-      internal::fail_file(path_, "a writable location: flushing its temporary file failed", e);
+      detail::fail_file(path_, "a writable location: flushing its temporary file failed", e);
     }
-    if (::close(fd) != 0) internal::fail_file(path_, "a writable location: closing its temporary file failed", errno);
+    if (::close(fd) != 0) detail::fail_file(path_, "a writable location: closing its temporary file failed", errno);
 #else
     out_.close();
-    if (!out_) internal::fail_file(path_, "a writable location: flushing its temporary file failed", errno);
+    if (!out_) detail::fail_file(path_, "a writable location: flushing its temporary file failed", errno);
 #endif
     std::error_code ec;
     std::filesystem::rename(tmp_, target_, ec);
@@ -238,7 +243,7 @@ class AtomicFile final : public ByteSink {
   }
   // The file commit() replaces (the path with its symlinks followed), and the temporary.
   const std::filesystem::path& target() const { return target_; }
-  const std::filesystem::path& temporary() const { return tmp_; }
+  const std::filesystem::path& temporary() const { return tmp_; }  // the temporary being written
 
  private:
   void close_quietly() {
@@ -261,16 +266,18 @@ class AtomicFile final : public ByteSink {
 // A regular file opened for reading, with its size.
 class FileSource final : public ByteSource {
  public:
+  // Opens `path` for reading: dftune::io_error when the system refuses it (missing, unreadable),
+  // dftune::argument_error when it is not a regular file.
   explicit FileSource(const std::filesystem::path& path) : path_(path) {
 #if DFTUNE_IO_POSIX
     // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below.
     fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd_ < 0) internal::fail_file(path, "a readable checkpoint file", errno);
+    if (fd_ < 0) detail::fail_file(path, "a readable checkpoint file", errno);
     struct ::stat st {};
     if (::fstat(fd_, &st) != 0) {
       const int e = errno;
       ::close(fd_);
-      internal::fail_file(path, "a readable checkpoint file: cannot tell its size", e);
+      detail::fail_file(path, "a readable checkpoint file: cannot tell its size", e);
     }
     if (!S_ISREG(st.st_mode)) {
       ::close(fd_);
@@ -285,7 +292,7 @@ class FileSource final : public ByteSource {
     size_ = std::filesystem::file_size(path, ec);
     if (ec) dftune::detail::fail<io_error>("path", path, "a readable checkpoint file (" + ec.message() + ")");
     in_.open(path, std::ios::binary);
-    if (!in_) internal::fail_file(path, "a readable checkpoint file", errno);
+    if (!in_) detail::fail_file(path, "a readable checkpoint file", errno);
 #endif
   }
   FileSource(const FileSource&) = delete;
@@ -295,19 +302,21 @@ class FileSource final : public ByteSource {
     ::close(fd_);
 #endif
   }
+  // Reads the next bytes of the file (0 at its end); dftune::io_error on a read error.
   std::size_t read(std::span<std::byte> out) override {
 #if DFTUNE_IO_POSIX
     for (;;) {
       const ::ssize_t n = ::read(fd_, out.data(), out.size());
       if (n >= 0) return static_cast<std::size_t>(n);
-      if (errno != EINTR) internal::fail_file(path_, "a readable checkpoint file: reading it failed", errno);
+      if (errno != EINTR) detail::fail_file(path_, "a readable checkpoint file: reading it failed", errno);
     }
 #else
     in_.read(reinterpret_cast<char*>(out.data()), static_cast<std::streamsize>(out.size()));
-    if (in_.bad()) internal::fail_file(path_, "a readable checkpoint file: reading it failed", errno);
+    if (in_.bad()) detail::fail_file(path_, "a readable checkpoint file: reading it failed", errno);
     return static_cast<std::size_t>(in_.gcount());
 #endif
   }
+  // The file's size when it was opened.
   std::uint64_t size() const { return size_; }
 
  private:

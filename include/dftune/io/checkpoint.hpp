@@ -69,7 +69,7 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace io {
 
-namespace internal {
+namespace detail {
 
 template <class V>
 std::string show(const V& v) {
@@ -149,7 +149,7 @@ EstimatorState<T> read_estimator(Reader& in, const Estimator<T>& est) {
   return s;
 }
 
-}  // namespace internal
+}  // namespace detail
 
 // ---- rules ---------------------------------------------------------------------------------
 // RuleCodec<R>: tag (a distinct u32), write(w, rule) and read(in, current) -> R, which reads
@@ -175,12 +175,12 @@ struct RuleCodec<Sgd<T>> {
   }
   static Sgd<T> read(Reader& in, const Sgd<T>& current) {
     const SgdOptions& o = current.options();
-    internal::expect_same("sgd momentum", in.f64("sgd momentum"), o.momentum);
-    internal::expect_same("sgd dampening", in.f64("sgd dampening"), o.dampening);
-    internal::expect_same("sgd weight_decay", in.f64("sgd weight_decay"), o.weight_decay);
+    detail::expect_same("sgd momentum", in.f64("sgd momentum"), o.momentum);
+    detail::expect_same("sgd dampening", in.f64("sgd dampening"), o.dampening);
+    detail::expect_same("sgd weight_decay", in.f64("sgd weight_decay"), o.weight_decay);
     const std::uint8_t nesterov = in.u8("sgd nesterov");
     if (nesterov > 1) dftune::detail::fail("sgd nesterov", static_cast<int>(nesterov), "0 or 1");
-    internal::expect_same("sgd nesterov", nesterov == 1, o.nesterov);
+    detail::expect_same("sgd nesterov", nesterov == 1, o.nesterov);
     const std::uint64_t steps = in.u64("sgd steps");
     const std::uint64_t n = in.u64("sgd num_parameters");
     std::vector<T> buf = in.array<T>("sgd momentum_buffer");
@@ -211,10 +211,10 @@ struct RuleCodec<AdamUpdate<T, D>> {
   }
   static AdamUpdate<T, D> read(Reader& in, const AdamUpdate<T, D>& current) {
     const AdamOptions& o = current.options();
-    internal::expect_same("adam beta1", in.f64("adam beta1"), o.beta1);
-    internal::expect_same("adam beta2", in.f64("adam beta2"), o.beta2);
-    internal::expect_same("adam eps", in.f64("adam eps"), o.eps);
-    internal::expect_same("adam weight_decay", in.f64("adam weight_decay"), o.weight_decay);
+    detail::expect_same("adam beta1", in.f64("adam beta1"), o.beta1);
+    detail::expect_same("adam beta2", in.f64("adam beta2"), o.beta2);
+    detail::expect_same("adam eps", in.f64("adam eps"), o.eps);
+    detail::expect_same("adam weight_decay", in.f64("adam weight_decay"), o.weight_decay);
     const std::uint64_t steps = in.u64("adam steps");
     const std::uint64_t n = in.u64("adam num_parameters");
     std::vector<T> m = in.array<T>("adam first_moment");
@@ -239,7 +239,7 @@ struct ScheduleCodec<ConstantSchedule> {
   static constexpr std::uint32_t tag = 1;
   static constexpr const char* name = "ConstantSchedule";
   static void write(Writer& w, const ConstantSchedule& s) { w.f64(s.rate); }
-  static void check(Reader& in, const ConstantSchedule& s) { internal::expect_same("schedule rate", in.f64("schedule rate"), s.rate); }
+  static void check(Reader& in, const ConstantSchedule& s) { detail::expect_same("schedule rate", in.f64("schedule rate"), s.rate); }
 };
 
 template <>
@@ -253,10 +253,10 @@ struct ScheduleCodec<CosineSchedule> {
     w.u64(s.total_steps);
   }
   static void check(Reader& in, const CosineSchedule& s) {
-    internal::expect_same("schedule base_lr", in.f64("schedule base_lr"), s.base_lr);
-    internal::expect_same("schedule min_lr", in.f64("schedule min_lr"), s.min_lr);
-    internal::expect_same("schedule warmup_steps", in.u64("schedule warmup_steps"), static_cast<std::uint64_t>(s.warmup_steps));
-    internal::expect_same("schedule total_steps", in.u64("schedule total_steps"), static_cast<std::uint64_t>(s.total_steps));
+    detail::expect_same("schedule base_lr", in.f64("schedule base_lr"), s.base_lr);
+    detail::expect_same("schedule min_lr", in.f64("schedule min_lr"), s.min_lr);
+    detail::expect_same("schedule warmup_steps", in.u64("schedule warmup_steps"), static_cast<std::uint64_t>(s.warmup_steps));
+    detail::expect_same("schedule total_steps", in.u64("schedule total_steps"), static_cast<std::uint64_t>(s.total_steps));
   }
 };
 
@@ -265,7 +265,7 @@ concept CheckpointableRule = requires { RuleCodec<R>::tag; };
 template <class S>
 concept CheckpointableSchedule = requires { ScheduleCodec<S>::tag; };
 
-namespace internal {
+namespace detail {
 
 template <class T>
 std::uint64_t estimator_max_payload(const Estimator<T>& est) {
@@ -427,25 +427,25 @@ void commit(DftOptimizer<M, R, S, C>& opt, TrainingState<typename M::scalar_type
   commit_optimizer_state(opt, std::move(l.opt));
 }
 
-}  // namespace internal
+}  // namespace detail
 
 // ---- estimator checkpoints -----------------------------------------------------------------
 // The estimator's checkpoint as a file image in memory (what save writes). Throws dftune::error,
 // writing nothing, for a state load could not read back.
 template <class T>
 std::vector<std::byte> encode(const Estimator<T>& est) {
-  internal::check_scalar<T>();
-  internal::named("checkpoint", [&] { internal::check_savable(est); });
-  return encode_checkpoint(CheckpointKind::estimator, [&](Writer& w) { internal::write_estimator(w, est); });
+  detail::check_scalar<T>();
+  detail::named("checkpoint", [&] { detail::check_savable(est); });
+  return encode_checkpoint(CheckpointKind::estimator, [&](Writer& w) { detail::write_estimator(w, est); });
 }
 
 // Loads a file image made by encode(est); est is unchanged on any error.
 template <class T>
 void decode(std::span<const std::byte> file, Estimator<T>& est, std::string_view name = "checkpoint") {
-  internal::check_scalar<T>();
-  internal::EstimatorState<T> s = internal::named(name, [&] {
-    return decode_checkpoint(file, CheckpointKind::estimator, internal::estimator_max_payload(est),
-                             [&](Reader& in) { return internal::read_estimator(in, std::as_const(est)); });
+  detail::check_scalar<T>();
+  detail::EstimatorState<T> s = detail::named(name, [&] {
+    return decode_checkpoint(file, CheckpointKind::estimator, detail::estimator_max_payload(est),
+                             [&](Reader& in) { return detail::read_estimator(in, std::as_const(est)); });
   });
   est.restore(std::move(s.log_u), std::move(s.seen));  // checked above: cannot throw
 }
@@ -454,10 +454,10 @@ void decode(std::span<const std::byte> file, Estimator<T>& est, std::string_view
 // it): a failed save leaves the old file. Throws dftune::error naming the file.
 template <class T>
 void save(const std::filesystem::path& path, const Estimator<T>& est) {
-  internal::check_scalar<T>();
-  internal::named(internal::path_name(path), [&] {
-    internal::check_savable(est);
-    write_checkpoint(path, CheckpointKind::estimator, [&](Writer& w) { internal::write_estimator(w, est); });
+  detail::check_scalar<T>();
+  detail::named(detail::path_name(path), [&] {
+    detail::check_savable(est);
+    write_checkpoint(path, CheckpointKind::estimator, [&](Writer& w) { detail::write_estimator(w, est); });
   });
 }
 
@@ -465,10 +465,10 @@ void save(const std::filesystem::path& path, const Estimator<T>& est) {
 // the file and the field: a wrong version, a corrupted file, a different number of examples or options).
 template <class T>
 void load(const std::filesystem::path& path, Estimator<T>& est) {
-  internal::check_scalar<T>();
-  internal::EstimatorState<T> s = internal::named(internal::path_name(path), [&] {
-    return read_checkpoint(path, CheckpointKind::estimator, internal::estimator_max_payload(est),
-                           [&](Reader& in) { return internal::read_estimator(in, std::as_const(est)); });
+  detail::check_scalar<T>();
+  detail::EstimatorState<T> s = detail::named(detail::path_name(path), [&] {
+    return read_checkpoint(path, CheckpointKind::estimator, detail::estimator_max_payload(est),
+                           [&](Reader& in) { return detail::read_estimator(in, std::as_const(est)); });
   });
   est.restore(std::move(s.log_u), std::move(s.seen));  // checked above: cannot throw
 }
@@ -479,31 +479,31 @@ void load(const std::filesystem::path& path, Estimator<T>& est) {
 // state load could not read back.
 template <class M, class R, class S, class C>
 std::vector<std::byte> encode(const DftOptimizer<M, R, S, C>& opt) {
-  internal::check_checkpointable<M, R, S>();
-  internal::named("checkpoint", [&] { internal::check_savable(opt); });
-  return encode_checkpoint(CheckpointKind::training, [&](Writer& w) { internal::write_training(w, opt); });
+  detail::check_checkpointable<M, R, S>();
+  detail::named("checkpoint", [&] { detail::check_savable(opt); });
+  return encode_checkpoint(CheckpointKind::training, [&](Writer& w) { detail::write_training(w, opt); });
 }
 
 // Loads a file image made by encode(opt) into opt, its model and its estimator; all three are
 // unchanged on any error.
 template <class M, class R, class S, class C>
 void decode(std::span<const std::byte> file, DftOptimizer<M, R, S, C>& opt, std::string_view name = "checkpoint") {
-  internal::check_checkpointable<M, R, S>();
-  auto l = internal::named(name, [&] {
-    return decode_checkpoint(file, CheckpointKind::training, internal::training_max_payload(opt),
-                             [&](Reader& in) { return internal::read_training(in, opt); });
+  detail::check_checkpointable<M, R, S>();
+  auto l = detail::named(name, [&] {
+    return decode_checkpoint(file, CheckpointKind::training, detail::training_max_payload(opt),
+                             [&](Reader& in) { return detail::read_training(in, opt); });
   });
-  internal::commit(opt, std::move(l));
+  detail::commit(opt, std::move(l));
 }
 
 // Writes the whole run to path, atomically; resuming from it continues bit for bit. Throws
 // dftune::error naming the file.
 template <class M, class R, class S, class C>
 void save(const std::filesystem::path& path, const DftOptimizer<M, R, S, C>& opt) {
-  internal::check_checkpointable<M, R, S>();
-  internal::named(internal::path_name(path), [&] {
-    internal::check_savable(opt);
-    write_checkpoint(path, CheckpointKind::training, [&](Writer& w) { internal::write_training(w, opt); });
+  detail::check_checkpointable<M, R, S>();
+  detail::named(detail::path_name(path), [&] {
+    detail::check_savable(opt);
+    write_checkpoint(path, CheckpointKind::training, [&](Writer& w) { detail::write_training(w, opt); });
   });
 }
 
@@ -511,12 +511,12 @@ void save(const std::filesystem::path& path, const DftOptimizer<M, R, S, C>& opt
 // unchanged on any error (a dftune::error naming the file and the field that differs).
 template <class M, class R, class S, class C>
 void load(const std::filesystem::path& path, DftOptimizer<M, R, S, C>& opt) {
-  internal::check_checkpointable<M, R, S>();
-  auto l = internal::named(internal::path_name(path), [&] {
-    return read_checkpoint(path, CheckpointKind::training, internal::training_max_payload(opt),
-                           [&](Reader& in) { return internal::read_training(in, opt); });
+  detail::check_checkpointable<M, R, S>();
+  auto l = detail::named(detail::path_name(path), [&] {
+    return read_checkpoint(path, CheckpointKind::training, detail::training_max_payload(opt),
+                           [&](Reader& in) { return detail::read_training(in, opt); });
   });
-  internal::commit(opt, std::move(l));
+  detail::commit(opt, std::move(l));
 }
 
 }  // namespace io

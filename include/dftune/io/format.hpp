@@ -55,11 +55,14 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace io {
 
+// The first 8 bytes of every dftune checkpoint: "DFTUNECK".
 inline constexpr std::array<char, 8> checkpoint_magic{'D', 'F', 'T', 'U', 'N', 'E', 'C', 'K'};
 // 2: the training payload holds StepOptions (max_grad_norm); weights files joined the container.
 inline constexpr std::uint32_t checkpoint_version = 2;
+// magic (8) · u32 version · u32 kind · u64 payload size · u64 checksum.
 inline constexpr std::size_t checkpoint_header_size = 32;
 
+// What a checkpoint holds (the header's kind): a loader refuses a file of another kind by name.
 enum class CheckpointKind : std::uint32_t {
   estimator = 1,  // an Estimator's log u state
   training = 2,   // a DftOptimizer: estimator, model parameters, step, inner rule, schedule
@@ -71,6 +74,7 @@ enum class CheckpointKind : std::uint32_t {
   negatives = 19,          // sampled negatives and their log π_ref (io/negatives_cache.hpp)
 };
 
+// The kind's name for messages ("training"), "unknown" for a number no kind has.
 inline const char* kind_name(std::uint32_t kind) {
   switch (kind) {
     case static_cast<std::uint32_t>(CheckpointKind::estimator): return "estimator";
@@ -90,20 +94,23 @@ inline const char* kind_name(std::uint32_t kind) {
 // are, without a copy).
 class Writer {
  public:
-  static constexpr std::size_t chunk = std::size_t{1} << 16;
+  static constexpr std::size_t chunk = std::size_t{1} << 16;  // bytes buffered before the sink gets them
 
-  Writer() = default;
+  Writer() = default;  // in memory
+  // Streaming into `sink`, which must outlive the writer (call flush() at the end).
   explicit Writer(ByteSink& sink) : sink_(&sink) { buf_.reserve(chunk); }
   Writer(const Writer&) = delete;
   Writer& operator=(const Writer&) = delete;
 
+  // One byte.
   void u8(std::uint8_t v) {
     buf_.push_back(static_cast<std::byte>(v));
     spill();
   }
-  void u32(std::uint32_t v) { put_le(v); }
-  void u64(std::uint64_t v) { put_le(v); }
-  void f64(double v) { put_le(std::bit_cast<std::uint64_t>(v)); }
+  void u32(std::uint32_t v) { put_le(v); }                      // 4 bytes, little-endian
+  void u64(std::uint64_t v) { put_le(v); }                      // 8 bytes, little-endian
+  void f64(double v) { put_le(std::bit_cast<std::uint64_t>(v)); }  // the IEEE bits, little-endian
+  // A float (4 bytes) or double (8), bit-exact.
   template <class T>
   void scalar(T v) {
     static_assert(sizeof(T) == 4 || sizeof(T) == 8);
@@ -144,7 +151,7 @@ class Writer {
   }
   // Bytes written so far, and how many arrays among them.
   std::uint64_t size() const { return flushed_ + buf_.size(); }
-  std::uint64_t arrays() const { return arrays_; }
+  std::uint64_t arrays() const { return arrays_; }  // the number of array() calls so far
   // In memory: everything written. Streaming: what is not flushed yet.
   std::vector<std::byte>& bytes() { return buf_; }
 
@@ -170,7 +177,7 @@ class Writer {
 // or allocate more than the bytes it has left.
 class Reader {
  public:
-  static constexpr std::size_t npos = std::numeric_limits<std::size_t>::max();
+  static constexpr std::size_t npos = std::numeric_limits<std::size_t>::max();  // array(): no expected size
 
   // In memory: the payload is `data`; offsets in messages start at base_offset.
   explicit Reader(std::span<const std::byte> data, std::uint64_t base_offset = 0)
@@ -181,10 +188,12 @@ class Reader {
   Reader(const Reader&) = delete;
   Reader& operator=(const Reader&) = delete;
 
+  // The next byte; `field` names it in the error if the payload has ended.
   std::uint8_t u8(std::string_view field) { return get_le<std::uint8_t>(field); }
-  std::uint32_t u32(std::string_view field) { return get_le<std::uint32_t>(field); }
-  std::uint64_t u64(std::string_view field) { return get_le<std::uint64_t>(field); }
-  double f64(std::string_view field) { return std::bit_cast<double>(get_le<std::uint64_t>(field)); }
+  std::uint32_t u32(std::string_view field) { return get_le<std::uint32_t>(field); }  // as u8, 4 bytes
+  std::uint64_t u64(std::string_view field) { return get_le<std::uint64_t>(field); }  // as u8, 8 bytes
+  double f64(std::string_view field) { return std::bit_cast<double>(get_le<std::uint64_t>(field)); }  // Writer::f64's
+  // A float or double as Writer::scalar wrote it.
   template <class T>
   T scalar(std::string_view field) {
     if constexpr (sizeof(T) == 4) return std::bit_cast<T>(get_le<std::uint32_t>(field));
@@ -198,9 +207,9 @@ class Reader {
   std::vector<T> array(std::string_view field, std::size_t expected = npos) {
     const std::uint64_t n = u64(field);
     if (expected != npos && n != expected)
-      detail::fail(field, "size " + std::to_string(n) + " in the file", "size " + std::to_string(expected));
+      dftune::detail::fail(field, "size " + std::to_string(n) + " in the file", "size " + std::to_string(expected));
     if (expected == npos && n > limit_)
-      detail::fail(field, "size " + std::to_string(n) + " in the file",
+      dftune::detail::fail(field, "size " + std::to_string(n) + " in the file",
                    "at most " + std::to_string(limit_) + " elements (" + limit_reason_ + ")");
     if (n > remaining() / sizeof(T)) overrun(field, n * sizeof(T));
     std::vector<T> out(static_cast<std::size_t>(n));
@@ -236,13 +245,14 @@ class Reader {
     limit_ = max_elements;
     limit_reason_ = std::move(reason);
   }
-  void limit_arrays() { limit_ = std::numeric_limits<std::uint64_t>::max(); }
+  void limit_arrays() { limit_ = std::numeric_limits<std::uint64_t>::max(); }  // no limit
 
-  std::uint64_t remaining() const { return size_ - pos_; }
-  std::uint64_t offset() const { return base_ + pos_; }
+  std::uint64_t remaining() const { return size_ - pos_; }  // payload bytes not read yet
+  std::uint64_t offset() const { return base_ + pos_; }     // where the next read starts, in the file
+  // Throws dftune::argument_error unless the whole payload was read (trailing bytes are an error).
   void expect_end() const {
     if (remaining() != 0)
-      detail::fail("payload", std::to_string(remaining()) + " unread bytes at offset " + std::to_string(offset()),
+      dftune::detail::fail("payload", std::to_string(remaining()) + " unread bytes at offset " + std::to_string(offset()),
                    "the payload to end after its last field");
   }
   // A size check that makes reading on pointless (the payload cannot be what its fields say):
@@ -250,13 +260,13 @@ class Reader {
   void expect_remaining(std::uint64_t n, std::string_view field, std::string_view what) {
     if (remaining() == n) return;
     give_up();
-    detail::fail(field, std::to_string(remaining()) + " bytes left in the payload",
+    dftune::detail::fail(field, std::to_string(remaining()) + " bytes left in the payload",
                  std::to_string(n) + " (" + std::string(what) + "; the file is corrupted or truncated)");
   }
   // Marks the error the parser is about to throw as final: read_checkpoint reports it without
   // hashing the rest of the payload first (which could be large) to check for corruption.
   void give_up() { gave_up_ = true; }
-  bool gave_up() const { return gave_up_; }
+  bool gave_up() const { return gave_up_; }  // whether give_up() was called
   // Consumes what is left (through a HashingSource: hashes it).
   void skip_rest() {
     pos_ += win_.size();
@@ -270,7 +280,7 @@ class Reader {
 
  private:
   [[noreturn]] void overrun(std::string_view field, std::uint64_t want) const {
-    detail::fail(field,
+    dftune::detail::fail(field,
                  "a field of " + std::to_string(want) + " bytes at offset " + std::to_string(offset()) + " with " +
                      std::to_string(remaining()) + " left",
                  "a complete payload (the file is truncated or corrupted)");
@@ -279,7 +289,7 @@ class Reader {
   std::size_t pull(std::span<std::byte> out) {
     const std::size_t n = src_ == nullptr ? 0 : src_->read(out);
     if (n == 0)
-      detail::fail("payload", "the end of the data after " + std::to_string(base_ + fetched_) + " bytes",
+      dftune::detail::fail("payload", "the end of the data after " + std::to_string(base_ + fetched_) + " bytes",
                    std::to_string(base_ + size_) + " bytes (the file shrank while it was read)");
     fetched_ += n;
     return n;
@@ -320,13 +330,15 @@ class Reader {
 };
 
 // ---- the header -----------------------------------------------------------------------------
+// The 32 bytes before every payload.
 struct CheckpointHeader {
-  std::uint32_t version = checkpoint_version;
-  CheckpointKind kind = CheckpointKind::estimator;
-  std::uint64_t payload_size = 0;
-  std::uint64_t checksum = 0;
+  std::uint32_t version = checkpoint_version;       // the format; a reader takes only its own
+  CheckpointKind kind = CheckpointKind::estimator;  // what the payload holds
+  std::uint64_t payload_size = 0;                   // bytes after the header: the rest of the file
+  std::uint64_t checksum = 0;                       // FNV-1a-64 of the payload
 };
 
+// The header's bytes, magic first.
 inline std::array<std::byte, checkpoint_header_size> encode_header(const CheckpointHeader& h) {
   Writer w;
   for (char c : checkpoint_magic) w.u8(static_cast<std::uint8_t>(c));
@@ -345,41 +357,43 @@ inline std::array<std::byte, checkpoint_header_size> encode_header(const Checkpo
 inline CheckpointHeader check_header(std::span<const std::byte, checkpoint_header_size> bytes, CheckpointKind kind,
                                      std::uint64_t file_size) {
   if (file_size < checkpoint_header_size)
-    detail::fail("checkpoint", "a file of " + std::to_string(file_size) + " bytes",
+    dftune::detail::fail("checkpoint", "a file of " + std::to_string(file_size) + " bytes",
                  "at least the " + std::to_string(checkpoint_header_size) + "-byte header (the file is truncated)");
   Reader h{std::span<const std::byte>(bytes)};
   for (std::size_t k = 0; k < checkpoint_magic.size(); ++k)
     if (h.u8("magic") != static_cast<std::uint8_t>(checkpoint_magic[k]))
-      detail::fail("magic", "other bytes", "\"DFTUNECK\" (this is not a dftune checkpoint)");
+      dftune::detail::fail("magic", "other bytes", "\"DFTUNECK\" (this is not a dftune checkpoint)");
   CheckpointHeader out;
   out.version = h.u32("version");
   if (out.version != checkpoint_version)
-    detail::fail("version", out.version,
+    dftune::detail::fail("version", out.version,
                  std::to_string(checkpoint_version) + " (the only checkpoint format this build of dftune reads)");
   const std::uint32_t k = h.u32("kind");
   if (k != static_cast<std::uint32_t>(kind))
-    detail::fail("kind", std::to_string(k) + " (" + kind_name(k) + ")",
+    dftune::detail::fail("kind", std::to_string(k) + " (" + kind_name(k) + ")",
                  std::to_string(static_cast<std::uint32_t>(kind)) + " (" + kind_name(static_cast<std::uint32_t>(kind)) +
                      ")");
   out.kind = kind;
   out.payload_size = h.u64("payload size");
   const std::uint64_t have = file_size - checkpoint_header_size;
   if (out.payload_size > have)
-    detail::fail("payload size", out.payload_size,
+    dftune::detail::fail("payload size", out.payload_size,
                  "at most the " + std::to_string(have) + " bytes that follow the header (the file is truncated)");
   if (out.payload_size < have)
-    detail::fail("payload size", out.payload_size,
+    dftune::detail::fail("payload size", out.payload_size,
                  std::to_string(have) + ", the bytes that follow the header (the file has trailing bytes)");
   out.checksum = h.u64("checksum");
   return out;
 }
 
+// Throws dftune::argument_error "checksum: got 0x… in the header, expected 0x…, the FNV-1a-64 of
+// the contents (the file is corrupted)" unless they are equal.
 inline void check_checksum(std::uint64_t stored, std::uint64_t computed) {
   if (stored == computed) return;
   std::ostringstream got, want;
   got << std::hex << "0x" << stored << " in the header";
   want << std::hex << "0x" << computed << ", the FNV-1a-64 of the contents (the file is corrupted)";
-  detail::fail("checksum", got.str(), want.str());
+  dftune::detail::fail("checksum", got.str(), want.str());
 }
 
 // Reads one checkpoint of `kind` from `source`, whose total size is `file_size`: the checks of the
@@ -390,7 +404,7 @@ template <class Parse>
 auto read_checkpoint(ByteSource& source, std::uint64_t file_size, CheckpointKind kind, std::uint64_t max_payload,
                      Parse&& parse) {
   if (file_size < checkpoint_header_size)
-    detail::fail("checkpoint", "a file of " + std::to_string(file_size) + " bytes",
+    dftune::detail::fail("checkpoint", "a file of " + std::to_string(file_size) + " bytes",
                  "at least the " + std::to_string(checkpoint_header_size) + "-byte header (the file is truncated)");
   std::array<std::byte, checkpoint_header_size> hb{};
   {
@@ -417,7 +431,7 @@ auto read_checkpoint(ByteSource& source, std::uint64_t file_size, CheckpointKind
     if (!error_text.empty())
       dftune::detail::throw_error(kind, error_text + " (the payload of " + size + " bytes is larger than the " +
                                             most + " this object can take, so the checksum was not verified)");
-    detail::fail("payload size", h.payload_size,
+    dftune::detail::fail("payload size", h.payload_size,
                  "at most " + most +
                      " bytes, the most the object being loaded into can take (a checkpoint of a larger "
                      "configuration, or a corrupted header)");

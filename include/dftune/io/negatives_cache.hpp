@@ -38,17 +38,27 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace io {
 
+// What the cached negatives depend on (the reference model's weights, the data, the sampling
+// options, the seed), as named FNV-1a hashes: a cache whose fingerprint differs from this run's is
+// refused, naming the first part that differs. Example:
+//
+//     io::Fingerprint f;
+//     f.add_file("weights", "ref.dftw").add_file("data", "train.jsonl").add_value("temperature", 0.7);
 class Fingerprint {
  public:
-  static constexpr std::size_t max_parts = 64;
-  static constexpr std::size_t max_name = 256;
+  static constexpr std::size_t max_parts = 64;  // parts per fingerprint
+  static constexpr std::size_t max_name = 256;  // bytes of a part's name
+  // One named hash.
   struct Part {
-    std::string name;
-    std::uint64_t hash;
-    bool operator==(const Part&) const = default;
+    std::string name;    // what was hashed ("weights")
+    std::uint64_t hash;  // FNV-1a-64 of it
+    bool operator==(const Part&) const = default;  // same name and hash
   };
 
+  // Adds part `name`: the hash of `bytes`. Names are 1 to 256 bytes and distinct, at most 64 parts
+  // (dftune::argument_error otherwise). Returns *this, to chain.
   Fingerprint& add_bytes(std::string_view name, std::span<const std::byte> bytes) { return add(name, fnv1a64(bytes)); }
+  // Adds part `name`: the hash of `text`'s bytes.
   Fingerprint& add_text(std::string_view name, std::string_view text) { return add_bytes(name, std::as_bytes(std::span(text))); }
   // An arithmetic value, by its bit pattern (0.7 and 0.7000000000000001 differ, as they should).
   template <class T>
@@ -65,15 +75,15 @@ class Fingerprint {
     return add(name, h);
   }
 
-  const std::vector<Part>& parts() const { return parts_; }
-  bool operator==(const Fingerprint&) const = default;
+  const std::vector<Part>& parts() const { return parts_; }  // in the order added
+  bool operator==(const Fingerprint&) const = default;      // the same parts in the same order
 
  private:
   Fingerprint& add(std::string_view name, std::uint64_t hash) {
-    if (name.empty() || name.size() > max_name) detail::fail("fingerprint part name", "\"" + std::string(name) + "\"", "1 to 256 bytes");
-    if (parts_.size() >= max_parts) detail::fail("fingerprint", std::to_string(parts_.size() + 1) + " parts", "at most 64");
+    if (name.empty() || name.size() > max_name) dftune::detail::fail("fingerprint part name", "\"" + std::string(name) + "\"", "1 to 256 bytes");
+    if (parts_.size() >= max_parts) dftune::detail::fail("fingerprint", std::to_string(parts_.size() + 1) + " parts", "at most 64");
     for (const Part& p : parts_)
-      if (p.name == name) detail::fail("fingerprint part name", "\"" + std::string(name) + "\" twice", "distinct names");
+      if (p.name == name) dftune::detail::fail("fingerprint part name", "\"" + std::string(name) + "\" twice", "distinct names");
     parts_.push_back({std::string(name), hash});
     return *this;
   }
@@ -82,26 +92,30 @@ class Fingerprint {
 
 // What a cache must fit: the data set's prompt count, m, the longest completion and the vocabulary.
 struct NegativesShape {
-  std::size_t prompts = 0;
-  std::size_t m = 0;
-  std::size_t max_new = 0;
-  std::size_t vocab = 0;
+  std::size_t prompts = 0;  // examples in the data set
+  std::size_t m = 0;        // negatives per prompt
+  std::size_t max_new = 0;  // the longest completion, in tokens
+  std::size_t vocab = 0;    // every token is in [0, vocab)
 };
 
+// The negatives of the first filled prompts: negative i (= p·m + j, negative j of prompt p) is
+// completion(i), sampled from π_ref, with its log π_ref(completion | prompt) in logp_ref[i].
 struct Negatives {
   std::vector<std::int64_t> offsets{0};  // [filled·m + 1]
-  std::vector<token_t> tokens;
+  std::vector<token_t> tokens;           // every completion's tokens, one after the other
   std::vector<double> logp_ref;  // [filled·m]
 
-  std::size_t count() const { return logp_ref.size(); }
+  std::size_t count() const { return logp_ref.size(); }  // negatives held
   // Prompts whose m negatives are all here.
   std::size_t filled(std::size_t m) const { return m == 0 ? 0 : count() / m; }
+  // Negative i's tokens (i < count(); not checked).
   std::span<const token_t> completion(std::size_t i) const {
     return std::span<const token_t>(tokens).subspan(static_cast<std::size_t>(offsets[i]),
                                                      static_cast<std::size_t>(offsets[i + 1] - offsets[i]));
   }
   // Negative j of prompt p.
   std::span<const token_t> completion(std::size_t p, std::size_t j, std::size_t m) const { return completion(p * m + j); }
+  // Appends one negative and its log π_ref.
   void push(std::span<const token_t> completion, double logp) {
     tokens.insert(tokens.end(), completion.begin(), completion.end());
     offsets.push_back(static_cast<std::int64_t>(tokens.size()));
@@ -109,34 +123,34 @@ struct Negatives {
   }
 };
 
-namespace negatives_detail {
+namespace detail {
 
 inline void validate(const NegativesShape& s) {
-  if (s.prompts == 0) detail::fail("prompts", 0, "at least 1");
-  if (s.m == 0) detail::fail("m", 0, "at least 1 negative per prompt");
-  if (s.max_new == 0) detail::fail("max_new", 0, "at least 1 token per negative");
-  if (s.vocab == 0) detail::fail("vocab", 0, "at least 1");
-  (void)detail::checked_product("prompts·m·max_new", s.prompts, s.m, s.max_new);
+  if (s.prompts == 0) dftune::detail::fail("prompts", 0, "at least 1");
+  if (s.m == 0) dftune::detail::fail("m", 0, "at least 1 negative per prompt");
+  if (s.max_new == 0) dftune::detail::fail("max_new", 0, "at least 1 token per negative");
+  if (s.vocab == 0) dftune::detail::fail("vocab", 0, "at least 1");
+  (void)dftune::detail::checked_product("prompts·m·max_new", s.prompts, s.m, s.max_new);
 }
 
 // The negatives of whole prompts, each 1..max_new tokens in [0, vocab), finite log-probs.
 inline void validate(const Negatives& n, const NegativesShape& s) {
   const std::size_t count = n.count();
-  if (count % s.m != 0) detail::fail("logp_ref", "size " + std::to_string(count), "a multiple of m = " + std::to_string(s.m) + " (whole prompts)");
-  if (count / s.m > s.prompts) detail::fail("logp_ref", "negatives of " + std::to_string(count / s.m) + " prompts", "at most prompts = " + std::to_string(s.prompts));
-  detail::check_size("offsets", n.offsets.size(), count + 1);
-  if (n.offsets[0] != 0) detail::fail_at("offsets", 0, n.offsets[0], "0");
+  if (count % s.m != 0) dftune::detail::fail("logp_ref", "size " + std::to_string(count), "a multiple of m = " + std::to_string(s.m) + " (whole prompts)");
+  if (count / s.m > s.prompts) dftune::detail::fail("logp_ref", "negatives of " + std::to_string(count / s.m) + " prompts", "at most prompts = " + std::to_string(s.prompts));
+  dftune::detail::check_size("offsets", n.offsets.size(), count + 1);
+  if (n.offsets[0] != 0) dftune::detail::fail_at("offsets", 0, n.offsets[0], "0");
   if (n.offsets[count] != static_cast<std::int64_t>(n.tokens.size()))
-    detail::fail_at("offsets", count, n.offsets[count], "tokens.size() = " + std::to_string(n.tokens.size()));
+    dftune::detail::fail_at("offsets", count, n.offsets[count], "tokens.size() = " + std::to_string(n.tokens.size()));
   for (std::size_t i = 0; i < count; ++i) {
     const std::int64_t len = n.offsets[i + 1] - n.offsets[i];
     if (len < 1 || static_cast<std::uint64_t>(len) > s.max_new)
-      detail::fail_at("offsets", i + 1, n.offsets[i + 1], "a completion of 1 to max_new = " + std::to_string(s.max_new) + " tokens");
-    if (!std::isfinite(n.logp_ref[i])) detail::fail_at("logp_ref", i, n.logp_ref[i], "a finite log-probability");
+      dftune::detail::fail_at("offsets", i + 1, n.offsets[i + 1], "a completion of 1 to max_new = " + std::to_string(s.max_new) + " tokens");
+    if (!std::isfinite(n.logp_ref[i])) dftune::detail::fail_at("logp_ref", i, n.logp_ref[i], "a finite log-probability");
   }
   for (std::size_t t = 0; t < n.tokens.size(); ++t)
     if (n.tokens[t] < 0 || static_cast<std::size_t>(n.tokens[t]) >= s.vocab)
-      detail::fail_at("tokens", t, n.tokens[t], "in [0, vocab = " + std::to_string(s.vocab) + ")");
+      dftune::detail::fail_at("tokens", t, n.tokens[t], "in [0, vocab = " + std::to_string(s.vocab) + ")");
 }
 
 inline void write(Writer& w, const Fingerprint& f, const NegativesShape& s, const Negatives& n) {
@@ -154,20 +168,20 @@ inline void write(Writer& w, const Fingerprint& f, const NegativesShape& s, cons
 
 // The most a file for `s` can hold: how much read_checkpoint may read.
 inline std::uint64_t max_payload(const NegativesShape& s) {
-  const std::size_t most = detail::checked_product("prompts·m", s.prompts, s.m);
+  const std::size_t most = dftune::detail::checked_product("prompts·m", s.prompts, s.m);
   std::size_t bytes = 8 + Fingerprint::max_parts * (16 + Fingerprint::max_name) + 32;
-  bytes = detail::checked_add("payload", bytes, detail::checked_mul("payload", most + 1, 8) + 8);
-  bytes = detail::checked_add("payload", bytes, detail::checked_mul("payload", detail::checked_mul("payload", most, s.max_new), sizeof(token_t)) + 8);
-  return detail::checked_add("payload", bytes, detail::checked_mul("payload", most, 8) + 8);
+  bytes = dftune::detail::checked_add("payload", bytes, dftune::detail::checked_mul("payload", most + 1, 8) + 8);
+  bytes = dftune::detail::checked_add("payload", bytes, dftune::detail::checked_mul("payload", dftune::detail::checked_mul("payload", most, s.max_new), sizeof(token_t)) + 8);
+  return dftune::detail::checked_add("payload", bytes, dftune::detail::checked_mul("payload", most, 8) + 8);
 }
 
 inline Negatives read(Reader& in, const Fingerprint& expected, const NegativesShape& s) {
   const std::uint64_t k = in.u64("fingerprint parts");
-  if (k > Fingerprint::max_parts) detail::fail("fingerprint parts", k, "at most 64");
+  if (k > Fingerprint::max_parts) dftune::detail::fail("fingerprint parts", k, "at most 64");
   std::vector<Fingerprint::Part> parts;
   for (std::uint64_t i = 0; i < k; ++i) {
     const std::uint64_t len = in.u64("fingerprint part name");
-    if (len == 0 || len > Fingerprint::max_name) detail::fail("fingerprint part name", "a name of " + std::to_string(len) + " bytes", "1 to 256 bytes");
+    if (len == 0 || len > Fingerprint::max_name) dftune::detail::fail("fingerprint part name", "a name of " + std::to_string(len) + " bytes", "1 to 256 bytes");
     std::string name(static_cast<std::size_t>(len), '\0');
     in.bytes(std::as_writable_bytes(std::span(name)), "fingerprint part name");
     parts.push_back({std::move(name), in.u64("fingerprint part hash")});
@@ -176,23 +190,23 @@ inline Negatives read(Reader& in, const Fingerprint& expected, const NegativesSh
   const auto& want = expected.parts();
   for (std::size_t i = 0; i < parts.size() || i < want.size(); ++i) {
     if (i >= parts.size() || i >= want.size() || parts[i].name != want[i].name)
-      detail::fail("fingerprint part " + std::to_string(i), i < parts.size() ? "\"" + parts[i].name + "\"" : "nothing",
+      dftune::detail::fail("fingerprint part " + std::to_string(i), i < parts.size() ? "\"" + parts[i].name + "\"" : "nothing",
                    (i < want.size() ? "\"" + want[i].name + "\"" : "nothing") + " (the cache was written by another program or version)");
     if (parts[i].hash != want[i].hash) {
       in.give_up();  // a well-formed cache of something else: no need to hash the rest first
-      detail::fail("fingerprint part \"" + parts[i].name + "\"", "another hash in the file",
+      dftune::detail::fail("fingerprint part \"" + parts[i].name + "\"", "another hash in the file",
                    "the hash of this run's " + parts[i].name +
                        " (the negatives were sampled with a different one: delete the cache or choose another path to sample again)");
     }
   }
   const auto check = [&](const char* field, std::uint64_t got, std::size_t want_v) {
-    if (got != want_v) detail::fail(field, got, std::to_string(want_v) + " (this run's)");
+    if (got != want_v) dftune::detail::fail(field, got, std::to_string(want_v) + " (this run's)");
   };
   check("prompts", in.u64("prompts"), s.prompts);
   check("m", in.u64("m"), s.m);
   check("max_new", in.u64("max_new"), s.max_new);
   const std::uint64_t filled = in.u64("filled");
-  if (filled > s.prompts) detail::fail("filled", filled, "at most prompts = " + std::to_string(s.prompts));
+  if (filled > s.prompts) dftune::detail::fail("filled", filled, "at most prompts = " + std::to_string(s.prompts));
   const auto count = static_cast<std::size_t>(filled) * s.m;  // <= prompts·m, checked in validate(shape)
   Negatives n;
   n.offsets = in.array<std::int64_t>("offsets", count + 1);
@@ -203,26 +217,26 @@ inline Negatives read(Reader& in, const Fingerprint& expected, const NegativesSh
   return n;
 }
 
-}  // namespace negatives_detail
+}  // namespace detail
 
 // Writes the cache atomically (the old file, if any, stays until the new one is complete).
 inline void save_negatives(const std::filesystem::path& path, const Fingerprint& f, const NegativesShape& s, const Negatives& n) {
-  internal::named("negatives cache " + path.string(), [&] {
-    negatives_detail::validate(s);
-    negatives_detail::validate(n, s);
-    write_checkpoint(path, CheckpointKind::negatives, [&](Writer& w) { negatives_detail::write(w, f, s, n); });
+  detail::named("negatives cache " + path.string(), [&] {
+    detail::validate(s);
+    detail::validate(n, s);
+    write_checkpoint(path, CheckpointKind::negatives, [&](Writer& w) { detail::write(w, f, s, n); });
   });
 }
 
 // The cached negatives for this fingerprint and shape; nothing if `path` does not exist. A file
 // for another fingerprint or shape, or a damaged one, is a dftune::error naming the file.
 inline std::optional<Negatives> load_negatives(const std::filesystem::path& path, const Fingerprint& f, const NegativesShape& s) {
-  return internal::named("negatives cache " + path.string(), [&]() -> std::optional<Negatives> {
-    negatives_detail::validate(s);
+  return detail::named("negatives cache " + path.string(), [&]() -> std::optional<Negatives> {
+    detail::validate(s);
     std::error_code ec;
     if (!std::filesystem::exists(path, ec)) return std::nullopt;
-    return read_checkpoint(path, CheckpointKind::negatives, negatives_detail::max_payload(s),
-                           [&](Reader& in) { return negatives_detail::read(in, f, s); });
+    return read_checkpoint(path, CheckpointKind::negatives, detail::max_payload(s),
+                           [&](Reader& in) { return detail::read(in, f, s); });
   });
 }
 

@@ -191,13 +191,13 @@ struct ShardState {
 // Reads shard q of P, checked against est's configuration (nothing of est is touched).
 template <class T>
 ShardState<T> read_shard(Reader& in, std::uint64_t q, std::uint64_t P, const Estimator<T>& est) {
-  internal::expect_same("scalar size", in.u32("scalar size"), static_cast<std::uint32_t>(sizeof(T)));
-  internal::expect_same("estimator init", static_cast<std::int64_t>(in.u32("estimator init")),
+  detail::expect_same("scalar size", in.u32("scalar size"), static_cast<std::uint32_t>(sizeof(T)));
+  detail::expect_same("estimator init", static_cast<std::int64_t>(in.u32("estimator init")),
                         static_cast<std::int64_t>(est.init()));
-  internal::expect_same("estimator log_u0", in.f64("estimator log_u0"), static_cast<double>(est.log_u0()));
-  internal::expect_same("num_examples", in.u64("num_examples"), static_cast<std::uint64_t>(est.num_examples()));
-  internal::expect_same("shard world size", in.u64("shard world size"), P);
-  internal::expect_same("shard rank", in.u64("shard rank"), q);
+  detail::expect_same("estimator log_u0", in.f64("estimator log_u0"), static_cast<double>(est.log_u0()));
+  detail::expect_same("num_examples", in.u64("num_examples"), static_cast<std::uint64_t>(est.num_examples()));
+  detail::expect_same("shard world size", in.u64("shard world size"), P);
+  detail::expect_same("shard rank", in.u64("shard rank"), q);
   const distributed::Shard old{.rank = static_cast<std::size_t>(q), .size = static_cast<std::size_t>(P)};
   const std::size_t n = old.local_count(est.num_examples());
   ShardState<T> st;
@@ -226,14 +226,14 @@ void reshard_into(const ShardState<T>& st, std::uint64_t q, std::uint64_t P, con
 template <class M, class R, class S, class C>
 void save_sharded(const std::filesystem::path& dir, const DftOptimizer<M, R, S, C>& opt) {
   using T = typename M::scalar_type;
-  internal::check_scalar<T>();
+  detail::check_scalar<T>();
   C comm = opt.communicator();
   const Estimator<T>& est = opt.estimator();
   const std::size_t rank = comm.rank(), P = comm.size();
   // 1. rank 0 picks the generation (the directory may not exist yet).
   const auto gens = distributed::agree<std::uint64_t>(comm, [&] {
     if (rank != 0) return std::uint64_t{0};
-    return internal::named(internal::path_name(dir), [&] {
+    return detail::named(detail::path_name(dir), [&] {
       std::error_code ec;
       std::filesystem::create_directories(dir, ec);
       if (ec) dftune::detail::fail("path", dir, "a directory for the checkpoint set (" + ec.message() + ")");
@@ -248,18 +248,18 @@ void save_sharded(const std::filesystem::path& dir, const DftOptimizer<M, R, S, 
   const auto written = distributed::agree<Written>(comm, [&] {
     Written out;
     const std::filesystem::path spath = dir / sharded::shard_file(gen, rank, P);
-    const CheckpointHeader sh = internal::named(internal::path_name(spath), [&] {
-      internal::check_savable(est);
+    const CheckpointHeader sh = detail::named(detail::path_name(spath), [&] {
+      detail::check_savable(est);
       return write_checkpoint(spath, CheckpointKind::estimator_shard, [&](Writer& w) { sharded::write_shard(w, est); });
     });
     out.size = sh.payload_size;
     out.checksum = sh.checksum;
     if (rank == 0) {
       const std::filesystem::path opath = dir / sharded::optimizer_file(gen);
-      const CheckpointHeader oh = internal::named(internal::path_name(opath), [&] {
-        internal::check_savable_optimizer(opt);
+      const CheckpointHeader oh = detail::named(detail::path_name(opath), [&] {
+        detail::check_savable_optimizer(opt);
         return write_checkpoint(opath, CheckpointKind::sharded_optimizer,
-                                [&](Writer& w) { internal::write_optimizer_state(w, opt); });
+                                [&](Writer& w) { detail::write_optimizer_state(w, opt); });
       });
       out.opt_size = oh.payload_size;
       out.opt_checksum = oh.checksum;
@@ -278,7 +278,7 @@ void save_sharded(const std::filesystem::path& dir, const DftOptimizer<M, R, S, 
       m.checksums.push_back(w.checksum);
     }
     const std::filesystem::path mpath = dir / manifest_name;
-    internal::named(internal::path_name(mpath), [&] {
+    detail::named(detail::path_name(mpath), [&] {
       write_checkpoint(mpath, CheckpointKind::manifest, [&](Writer& w) { sharded::write_manifest(w, m); });
     });
   });
@@ -291,7 +291,7 @@ void save_sharded(const std::filesystem::path& dir, const DftOptimizer<M, R, S, 
 template <class M, class R, class S, class C>
 void load_sharded(const std::filesystem::path& dir, DftOptimizer<M, R, S, C>& opt) {
   using T = typename M::scalar_type;
-  internal::check_scalar<T>();
+  detail::check_scalar<T>();
   C& comm = opt.communicator();
   Estimator<T>& est = opt.estimator();
   const std::size_t rank = comm.rank(), P = comm.size();
@@ -301,7 +301,7 @@ void load_sharded(const std::filesystem::path& dir, DftOptimizer<M, R, S, C>& op
   const std::filesystem::path mpath = dir / manifest_name;
   const auto sizes = distributed::agree<std::uint64_t>(comm, [&] {
     if (rank != 0) return std::uint64_t{0};
-    manifest_bytes = internal::named(internal::path_name(mpath), [&] {
+    manifest_bytes = detail::named(detail::path_name(mpath), [&] {
       std::vector<std::byte> b = read_file(mpath);
       (void)sharded::decode_manifest(b);
       return b;
@@ -312,25 +312,25 @@ void load_sharded(const std::filesystem::path& dir, DftOptimizer<M, R, S, C>& op
   comm.broadcast(std::span<std::byte>(manifest_bytes), 0);
   // 2. every rank reads, checks and re-shards what it needs into temporaries.
   struct Loaded {
-    std::optional<internal::OptimizerState<T, R>> state;  // optional: a rule need not be default-constructible
+    std::optional<detail::OptimizerState<T, R>> state;  // optional: a rule need not be default-constructible
     std::vector<T> log_u;
     std::vector<unsigned char> seen;
   };
   Loaded l;
   distributed::agree(comm, [&] {
-    const sharded::Manifest m = internal::named(internal::path_name(mpath), [&] {
+    const sharded::Manifest m = detail::named(detail::path_name(mpath), [&] {
       sharded::Manifest mm = sharded::decode_manifest(manifest_bytes);
-      internal::expect_same("scalar size", mm.scalar_size, static_cast<std::uint32_t>(sizeof(T)));
-      internal::expect_same("num_examples", mm.num_examples, static_cast<std::uint64_t>(est.num_examples()));
+      detail::expect_same("scalar size", mm.scalar_size, static_cast<std::uint32_t>(sizeof(T)));
+      detail::expect_same("num_examples", mm.num_examples, static_cast<std::uint64_t>(est.num_examples()));
       return mm;
     });
     const std::filesystem::path opath = dir / sharded::optimizer_file(m.generation);
-    l.state = internal::named(internal::path_name(opath), [&] {
+    l.state = detail::named(detail::path_name(opath), [&] {
       sharded::check_listed(opath, CheckpointKind::sharded_optimizer, m.sizes[0], m.checksums[0]);
-      internal::OptimizerState<T, R> st =
-          read_checkpoint(opath, CheckpointKind::sharded_optimizer, internal::training_max_payload(opt, false),
-                          [&](Reader& in) { return internal::read_optimizer_state(in, std::as_const(opt)); });
-      internal::expect_same("step", st.step, m.step);
+      detail::OptimizerState<T, R> st =
+          read_checkpoint(opath, CheckpointKind::sharded_optimizer, detail::training_max_payload(opt, false),
+                          [&](Reader& in) { return detail::read_optimizer_state(in, std::as_const(opt)); });
+      detail::expect_same("step", st.step, m.step);
       return st;
     });
     l.log_u.assign(est.size(), T(0));
@@ -340,7 +340,7 @@ void load_sharded(const std::filesystem::path& dir, DftOptimizer<M, R, S, C>& op
     const std::uint64_t g = std::gcd(m.world, static_cast<std::uint64_t>(P));
     for (std::uint64_t q = rank % g; q < m.world; q += g) {
       const std::filesystem::path spath = dir / sharded::shard_file(m.generation, q, m.world);
-      internal::named(internal::path_name(spath), [&] {
+      detail::named(detail::path_name(spath), [&] {
         sharded::check_listed(spath, CheckpointKind::estimator_shard, m.sizes[1 + q], m.checksums[1 + q]);
         const sharded::ShardState<T> st =
             read_checkpoint(spath, CheckpointKind::estimator_shard, sharded::shard_payload(std::as_const(est), q, m.world),
@@ -348,11 +348,11 @@ void load_sharded(const std::filesystem::path& dir, DftOptimizer<M, R, S, C>& op
         sharded::reshard_into(st, q, m.world, std::as_const(est), l.log_u, l.seen);
       });
     }
-    internal::named(internal::path_name(dir), [&] { est.check_raw(l.log_u, l.seen); });
+    detail::named(detail::path_name(dir), [&] { est.check_raw(l.log_u, l.seen); });
   });
   // 3. commit, everywhere: nothing below can throw.
   est.restore(std::move(l.log_u), std::move(l.seen));
-  internal::commit_optimizer_state(opt, std::move(*l.state));
+  detail::commit_optimizer_state(opt, std::move(*l.state));
 }
 
 }  // namespace io

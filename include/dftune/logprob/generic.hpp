@@ -41,6 +41,7 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace logprob::generic {
 
+// x widened to double through compute_t<T> (bf16 and half go through float).
 template <class T>
 double to_double(const T& x) {
   return static_cast<double>(static_cast<compute_t<T>>(x));
@@ -83,6 +84,7 @@ template <class T>
                       std::to_string(r) + "] too extreme for this precision)");
 }
 
+// Throws the dftune::argument_error that names row r's refused logits (fail_logits_row).
 template <class T>
 [[noreturn]] void fail_row(const TokenLogits<T>& in, std::size_t r) {
   fail_logits_row(in.logits.data() + r * in.vocab, in.vocab, static_cast<std::size_t>(in.targets[r]),
@@ -102,6 +104,9 @@ void store_sequences(std::span<compute_t<T>> seq_logp, const SumOf& sum_of) {
   for (std::size_t s = 0; s < seq_logp.size(); ++s) seq_logp[s] = static_cast<C>(sum_of(s));
 }
 
+// logprob::forward for any logit type T (one scalar loop per row, sums in double): the reference
+// the fast paths are tested against. seq_logp[S] is required; token_logp[N] and row_lse[N] are
+// written when given. Errors as logprob::forward, thrown before anything is written.
 template <class T>
 void forward(const TokenLogits<T>& in, std::span<compute_t<T>> seq_logp, std::span<compute_t<T>> token_logp = {},
              std::span<compute_t<T>> row_lse = {}) {
@@ -134,6 +139,8 @@ void forward(const TokenLogits<T>& in, std::span<compute_t<T>> seq_logp, std::sp
   store_sequences<T>(seq_logp, [&](std::size_t s) { return acc[s]; });
 }
 
+// logprob::backward for any logit type T: grad[N·V] = d_seq[s] · w_r · (onehot(y_r) − softmax(z_r)),
+// the log-sum-exp taken from row_lse when given (forward's) or recomputed.
 template <class T>
 void backward(const TokenLogits<T>& in, std::span<const compute_t<T>> d_seq, std::span<T> grad,
               std::span<const compute_t<T>> row_lse = {}) {

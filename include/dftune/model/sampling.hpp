@@ -26,6 +26,8 @@
 
 DFTUNE_NAMESPACE_BEGIN
 
+// Checks a SamplingOptions (model/concept.hpp): temperature finite and >= 0 (0 is greedy), top_p in
+// (0, 1]; otherwise dftune::argument_error naming the field. Every sampling call runs it first.
 inline void validate(const SamplingOptions& o) {
   if (!(o.temperature >= 0) || !std::isfinite(o.temperature))
     detail::fail("temperature", o.temperature, "a finite number >= 0 (0: greedy)");
@@ -34,15 +36,20 @@ inline void validate(const SamplingOptions& o) {
 
 // Prompts to complete: prompt p is tokens[offsets[p], offsets[p+1]), at least one token each.
 struct Prompts {
-  std::span<const token_t> tokens = {};
+  std::span<const token_t> tokens = {};  // every prompt's tokens, one after the other
   std::span<const std::int64_t> offsets = {};  // [P + 1], offsets[0] = 0, offsets[P] = tokens.size()
 
+  // The number of prompts P (0 for an empty offsets table).
   std::size_t size() const { return offsets.empty() ? 0 : offsets.size() - 1; }
+  // Prompt p's tokens (p < size(); not checked here: validate first).
   std::span<const token_t> prompt(std::size_t p) const {
     return tokens.subspan(static_cast<std::size_t>(offsets[p]), static_cast<std::size_t>(offsets[p + 1] - offsets[p]));
   }
 };
 
+// Checks a Prompts against a vocabulary of `vocab` tokens: offsets start at 0, end at tokens.size()
+// and increase strictly (no empty prompt), every token in [0, vocab). Throws dftune::argument_error
+// naming the entry (`prompts.offsets[2]: got 3, expected > offsets[s] (non-empty prompts)`).
 inline void validate(const Prompts& p, std::size_t vocab) {
   if (p.offsets.empty() || p.offsets.front() != 0) detail::fail("prompts.offsets", "a table not starting at 0", "[0, ..., tokens.size()]");
   if (p.offsets.back() != static_cast<std::int64_t>(p.tokens.size()))
@@ -157,15 +164,18 @@ token_t sample_token(std::span<const T> logits, const SamplingOptions& o, double
 // A small counter-based generator: stream s of seed gives the same numbers whatever the thread
 // or batch layout, which is what makes batched sampling reproducible.
 struct SplitMix64 {
-  std::uint64_t state;
+  std::uint64_t state;  // the counter: advanced by a constant per draw
+  // Stream `stream` of `seed` (e.g. the sequence's index): distinct streams give unrelated numbers.
   explicit SplitMix64(std::uint64_t seed, std::uint64_t stream = 0)
       : state(seed ^ (stream * 0xD1342543DE82EF95ull + 0x9E3779B97F4A7C15ull)) {}
+  // The next 64 random bits (SplitMix64's finaliser of the advanced counter).
   std::uint64_t next() {
     std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
   }
+  // A double uniform in [0, 1) from the top 53 bits of next().
   double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }  // [0, 1)
 };
 

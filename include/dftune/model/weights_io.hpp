@@ -38,7 +38,7 @@
 
 DFTUNE_NAMESPACE_BEGIN
 
-namespace weights_io {
+namespace detail::weights_io {
 
 // make_layout(c).total in closed form, every product and sum checked (checked_size.hpp), so that
 // a configuration read from a file can be held against the file's size before anything is built.
@@ -120,33 +120,42 @@ inline void refuse_format_1(const std::filesystem::path& path) {
                  "a weights file of the current format: load it with the dftune that wrote it and save it again");
 }
 
-}  // namespace weights_io
+}  // namespace detail::weights_io
 
-// The file image save_weights writes, in memory.
+// The file image save_weights writes, in memory (T is float or double). Throws
+// dftune::argument_error "weights: parameters[k]: ..." for a non-finite parameter.
 template <class T>
 std::vector<std::byte> encode_weights(const TinyLm<T>& model) {
-  weights_io::check_scalar<T>();
-  io::internal::named("weights", [&] { weights_io::check_savable(model); });
-  return io::encode_checkpoint(io::CheckpointKind::weights, [&](io::Writer& w) { weights_io::write(w, model); });
+  detail::weights_io::check_scalar<T>();
+  io::detail::named("weights", [&] { detail::weights_io::check_savable(model); });
+  return io::encode_checkpoint(io::CheckpointKind::weights, [&](io::Writer& w) { detail::weights_io::write(w, model); });
 }
 
-// A model with the configuration and weights of a file image made by encode_weights.
+// A model with the configuration and weights of a file image made by encode_weights; the same
+// errors as load_weights, the file's name replaced by "weights".
 template <class T>
 TinyLm<T> decode_weights(std::span<const std::byte> file) {
-  weights_io::check_scalar<T>();
-  return io::internal::named("weights", [&] {
+  detail::weights_io::check_scalar<T>();
+  return io::detail::named("weights", [&] {
     return io::decode_checkpoint(file, io::CheckpointKind::weights, std::numeric_limits<std::uint64_t>::max(),
-                                 [](io::Reader& in) { return weights_io::read<T>(in); });
+                                 [](io::Reader& in) { return detail::weights_io::read<T>(in); });
   });
 }
 
-// Refuses (writing nothing) a model with a non-finite parameter: what saves, loads.
+// Writes `model`'s configuration and parameters to `path`, replacing it atomically (a crash
+// leaves the old file or the new one, never a mix). Refuses (writing nothing) a model with a
+// non-finite parameter, so that what saves, loads: dftune::argument_error naming the parameter;
+// dftune::io_error when the operating system refuses the write (a full disk). Example:
+//
+//     TinyLm<float> model(tiny_lm::Config{.vocab = 32}, /*seed=*/1);
+//     save_weights("model.dftw", model);
+//     TinyLm<float> same = load_weights<float>("model.dftw");   // bit-identical parameters
 template <class T>
 void save_weights(const std::filesystem::path& path, const TinyLm<T>& model) {
-  weights_io::check_scalar<T>();
-  io::internal::named("weights " + path.string(), [&] {
-    weights_io::check_savable(model);
-    io::write_checkpoint(path, io::CheckpointKind::weights, [&](io::Writer& w) { weights_io::write(w, model); });
+  detail::weights_io::check_scalar<T>();
+  io::detail::named("weights " + path.string(), [&] {
+    detail::weights_io::check_savable(model);
+    io::write_checkpoint(path, io::CheckpointKind::weights, [&](io::Writer& w) { detail::weights_io::write(w, model); });
   });
 }
 
@@ -155,11 +164,11 @@ void save_weights(const std::filesystem::path& path, const TinyLm<T>& model) {
 // file does not hold, truncated, corrupted.
 template <class T>
 TinyLm<T> load_weights(const std::filesystem::path& path) {
-  weights_io::check_scalar<T>();
-  return io::internal::named("weights " + path.string(), [&] {
-    weights_io::refuse_format_1(path);
+  detail::weights_io::check_scalar<T>();
+  return io::detail::named("weights " + path.string(), [&] {
+    detail::weights_io::refuse_format_1(path);
     return io::read_checkpoint(path, io::CheckpointKind::weights, std::numeric_limits<std::uint64_t>::max(),
-                               [](io::Reader& in) { return weights_io::read<T>(in); });
+                               [](io::Reader& in) { return detail::weights_io::read<T>(in); });
   });
 }
 

@@ -29,31 +29,42 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace backend::xtensor {
 
+// dftune::CategoricalPolicy (model/categorical_policy.hpp) with θ and its gradient held as
+// xtensor tensors and scored through the xtensor log-prob reduction (logprob.hpp): the same model,
+// the same checks and errors, to show a Model written on another tensor library.
 template <class T>
 class CategoricalPolicy {
  public:
-  using scalar_type = T;
+  using scalar_type = T;  // the parameters' type (Model)
 
   // θ = 0: every context starts uniform over the vocabulary.
   CategoricalPolicy(std::size_t num_contexts, std::size_t vocab) {
-    if (num_contexts == 0) detail::fail("num_contexts", num_contexts, "at least 1");
-    if (vocab == 0) detail::fail("vocab", vocab, "at least 1");
+    if (num_contexts == 0) dftune::detail::fail("num_contexts", num_contexts, "at least 1");
+    if (vocab == 0) dftune::detail::fail("vocab", vocab, "at least 1");
     theta_ = ::xt::zeros<T>({num_contexts, vocab});
     grad_ = ::xt::zeros<T>({num_contexts, vocab});
   }
 
+  // V.
   std::size_t vocab_size() const { return theta_.shape()[1]; }
+  // The number of contexts (rows of θ).
   std::size_t num_contexts() const { return theta_.shape()[0]; }
   // The tensors themselves: θ [contexts, vocab] and its gradient.
   ::xt::xtensor<T, 2>& theta() { return theta_; }
+  // The gradient, [contexts, vocab].
   const ::xt::xtensor<T, 2>& grad() const { return grad_; }
+  // θ, flat (row-major).
   std::span<T> parameters() { return {theta_.data(), theta_.size()}; }
+  // The gradient, flat, in parameters() order.
   std::span<T> gradients() { return {grad_.data(), grad_.size()}; }
+  // Sets every gradient to 0.
   void zero_gradients() { grad_.fill(T(0)); }
 
+  // scores[s] = log π(completion_s | prompt_s) = Σ_t log softmax(θ_c)[y_t] over the completion's
+  // tokens, c each token's context. A bad batch or scores size is a dftune::argument_error.
   void sequence_logp(const SequenceBatch& batch, std::span<T> scores) {
     gather(batch);
-    detail::check_size("scores", scores.size(), batch.size());
+    dftune::detail::check_size("scores", scores.size(), batch.size());
     // Rows of θ picked by context: an index view, evaluated once by the reduction.
     const auto out = xtensor::forward(::xt::view(theta_, ::xt::keep(row_context_), ::xt::all()), targets_, offsets_);
     std::copy(out.begin(), out.end(), scores.begin());
@@ -62,7 +73,7 @@ class CategoricalPolicy {
   // ∂ log π / ∂θ_c = Σ_t (onehot(y_t) − softmax(θ_c)), summed into the row of each token's context.
   void accumulate_gradients(const SequenceBatch& batch, std::span<const T> d_scores) {
     gather(batch);
-    detail::check_size("d_scores", d_scores.size(), batch.size());
+    dftune::detail::check_size("d_scores", d_scores.size(), batch.size());
     const auto d = ::xt::adapt(d_scores.data(), d_scores.size(), ::xt::no_ownership(),
                                std::array<std::size_t, 1>{d_scores.size()});
     const ::xt::xtensor<T, 2> g =
@@ -78,7 +89,7 @@ class CategoricalPolicy {
     std::vector<token_t> targets;
     std::vector<std::size_t> row_context;
     std::vector<std::int64_t> offsets{0};
-    detail::for_each_context_token(
+    dftune::detail::for_each_context_token(
         batch, num_contexts(), vocab_size(),
         [&](std::size_t c, token_t y) {
           targets.push_back(y);

@@ -41,17 +41,18 @@ class Contiguous {
   static_assert(Dim == 1 || Dim == 2);
 
  public:
+  // Reads `expr` (an error names `argument` when it has another number of dimensions).
   template <class E>
   Contiguous(std::string_view argument, const ::xt::xexpression<E>& expr) {
     const E& e = expr.derived_cast();
     if (e.dimension() != Dim)
-      detail::fail(argument, std::to_string(e.dimension()) + " dimensions",
+      dftune::detail::fail(argument, std::to_string(e.dimension()) + " dimensions",
                    Dim == 1 ? std::string("a 1-d expression") : std::string("a 2-d [N, V] expression"));
     for (std::size_t d = 0; d < Dim; ++d) shape_[d] = static_cast<std::size_t>(e.shape()[d]);
     // The element count, before anything is read or evaluated: an expression's shape is not backed
     // by memory (xt::broadcast), and a wrapped product would size the copy below too small.
     if constexpr (Dim == 1) size_ = shape_[0];
-    else size_ = detail::checked_product(argument, shape_[0], shape_[1]);
+    else size_ = dftune::detail::checked_product(argument, shape_[0], shape_[1]);
     using V = std::decay_t<typename E::value_type>;
     if constexpr (::xt::has_data_interface<E>::value && std::is_same_v<V, T>) {
       if (row_major(e)) {
@@ -66,8 +67,11 @@ class Contiguous {
   Contiguous(const Contiguous&) = delete;
   Contiguous& operator=(const Contiguous&) = delete;
 
+  // The elements, row-major.
   std::span<const T> span() const { return data_; }
+  // The size of dimension d.
   std::size_t extent(std::size_t d) const { return shape_[d]; }
+  // The element count (overflow-checked).
   std::size_t size() const { return size_; }
   // Whether the expression was read in place (no copy).
   bool in_place() const { return in_place_; }
@@ -92,10 +96,11 @@ class Contiguous {
   bool in_place_ = false;
 };
 
+// An expression's element type.
 template <class E>
 using value_t = std::decay_t<typename E::value_type>;
 
-namespace internal {
+namespace detail {
 
 template <class T, class EL, class ET, class EO, class EW>
 void with_token_logits(const ::xt::xexpression<EL>& logits, const ::xt::xexpression<ET>& targets,
@@ -116,7 +121,7 @@ void with_token_logits(const ::xt::xexpression<EL>& logits, const ::xt::xexpress
   }
 }
 
-}  // namespace internal
+}  // namespace detail
 
 // seq_logp [S] = Σ_{n in s} w_n · log softmax(z_n)[y_n]; logits [N, V], targets [N], offsets [S + 1],
 // weights [N] (optional: every token weight 1). Throws dftune::error as logprob::forward does.
@@ -128,7 +133,7 @@ template <class EL, class ET, class EO, class EW>
   using T = value_t<EL>;
   using C = logprob::compute_t<T>;
   ::xt::xtensor<C, 1> out;
-  internal::with_token_logits<T>(logits, targets, offsets, &weights, [&](const logprob::TokenLogits<T>& in, std::size_t) {
+  detail::with_token_logits<T>(logits, targets, offsets, &weights, [&](const logprob::TokenLogits<T>& in, std::size_t) {
     ::xt::xtensor<C, 1> seq = ::xt::xtensor<C, 1>::from_shape({in.sequences()});
     logprob::forward(in, std::span<C>(seq.data(), seq.size()));
     out = std::move(seq);
@@ -136,6 +141,12 @@ template <class EL, class ET, class EO, class EW>
   return out;
 }
 
+// forward without weights: every token weight 1. Example (two sequences of 2 and 1 tokens, V = 3):
+//
+//     xt::xtensor<float, 2> z = {{0, 1, 2}, {1, 1, 1}, {2, 0, 0}};
+//     xt::xtensor<dftune::token_t, 1> y = {2, 0, 1};
+//     xt::xtensor<std::int64_t, 1> off = {0, 2, 3};
+//     auto seq = dftune::backend::xtensor::forward(z, y, off);   // [log π(seq 0), log π(seq 1)]
 template <class EL, class ET, class EO>
 ::xt::xtensor<logprob::compute_t<value_t<EL>>, 1> forward(const ::xt::xexpression<EL>& logits,
                                                           const ::xt::xexpression<ET>& targets,
@@ -143,7 +154,7 @@ template <class EL, class ET, class EO>
   using T = value_t<EL>;
   using C = logprob::compute_t<T>;
   ::xt::xtensor<C, 1> out;
-  internal::with_token_logits<T, EL, ET, EO, ::xt::xtensor<C, 1>>(
+  detail::with_token_logits<T, EL, ET, EO, ::xt::xtensor<C, 1>>(
       logits, targets, offsets, nullptr, [&](const logprob::TokenLogits<T>& in, std::size_t) {
         ::xt::xtensor<C, 1> seq = ::xt::xtensor<C, 1>::from_shape({in.sequences()});
         logprob::forward(in, std::span<C>(seq.data(), seq.size()));
@@ -161,7 +172,7 @@ template <class EL, class ET, class EO, class ED, class EW>
   using C = logprob::compute_t<T>;
   const Contiguous<C, 1> d("d_seq", d_seq);
   ::xt::xtensor<T, 2> out;
-  internal::with_token_logits<T>(logits, targets, offsets, &weights, [&](const logprob::TokenLogits<T>& in, std::size_t n) {
+  detail::with_token_logits<T>(logits, targets, offsets, &weights, [&](const logprob::TokenLogits<T>& in, std::size_t n) {
     ::xt::xtensor<T, 2> g = ::xt::xtensor<T, 2>::from_shape({n, in.vocab});
     logprob::backward(in, d.span(), std::span<T>(g.data(), g.size()));
     out = std::move(g);
@@ -169,6 +180,7 @@ template <class EL, class ET, class EO, class ED, class EW>
   return out;
 }
 
+// backward without weights: every token weight 1.
 template <class EL, class ET, class EO, class ED>
 ::xt::xtensor<value_t<EL>, 2> backward(const ::xt::xexpression<EL>& logits, const ::xt::xexpression<ET>& targets,
                                        const ::xt::xexpression<EO>& offsets, const ::xt::xexpression<ED>& d_seq) {
@@ -176,7 +188,7 @@ template <class EL, class ET, class EO, class ED>
   using C = logprob::compute_t<T>;
   const Contiguous<C, 1> d("d_seq", d_seq);
   ::xt::xtensor<T, 2> out;
-  internal::with_token_logits<T, EL, ET, EO, ::xt::xtensor<C, 1>>(
+  detail::with_token_logits<T, EL, ET, EO, ::xt::xtensor<C, 1>>(
       logits, targets, offsets, nullptr, [&](const logprob::TokenLogits<T>& in, std::size_t n) {
         ::xt::xtensor<T, 2> g = ::xt::xtensor<T, 2>::from_shape({n, in.vocab});
         logprob::backward(in, d.span(), std::span<T>(g.data(), g.size()));

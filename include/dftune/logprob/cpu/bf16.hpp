@@ -15,6 +15,7 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace logprob::cpu {
 
+// bfloat16 logits (8-bit exponent, 7-bit mantissa): Eigen's type, computed in float.
 using bf16 = Eigen::bfloat16;
 
 // bf16 is the top half of a float, so widening is exact.

@@ -54,6 +54,7 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace logprob::cpu {
 
+// The logit types the fast path takes (float, double, bf16); others go to logprob::generic.
 template <class T>
 inline constexpr bool supported = std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, bf16>;
 
@@ -70,6 +71,9 @@ inline constexpr std::size_t parallel_min = std::size_t{1} << 16;
 
 }  // namespace kernel
 
+// logprob::forward on the dispatched row kernels (OpenMP over rows): the same arguments, checks and
+// errors; without token_logp it needs workspace_size(in) bytes of `workspace`, aligned for
+// compute_t<T> (dftune::argument_error otherwise). logprob::forward calls it for these types.
 template <class T>
 void forward(const TokenLogits<T>& in, std::span<compute_t<T>> seq_logp, std::span<compute_t<T>> token_logp,
              std::span<compute_t<T>> row_lse, std::span<std::byte> workspace) {
@@ -118,6 +122,8 @@ void forward(const TokenLogits<T>& in, std::span<compute_t<T>> seq_logp, std::sp
   });
 }
 
+// logprob::backward on the dispatched row kernels: grad = d_seq[s] · w · (onehot(y) − softmax(z)) per
+// row; the same arguments, checks and errors.
 template <class T>
 void backward(const TokenLogits<T>& in, std::span<const compute_t<T>> d_seq, std::span<T> grad,
               std::span<const compute_t<T>> row_lse = {}) {

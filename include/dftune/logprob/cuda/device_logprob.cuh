@@ -10,7 +10,7 @@
 //   grad[n, v]    = d_seq[s(n)] · w_n · (onehot(y_n)[v] − exp(z_n[v] − row_lse[n]))   (0 on masked rows)
 //
 // Usage:
-//   std::size_t bytes = dftune::logprob::cuda::get_workspace_size(in);   // host only, no CUDA call
+//   std::size_t bytes = dftune::logprob::cuda::workspace_size(in);       // host only, no CUDA call
 //   void* ws; cudaMallocAsync(&ws, bytes, stream);                         // yours to own and reuse
 //   auto w = std::span(static_cast<std::byte*>(ws), bytes);
 //   dftune::logprob::cuda::forward(in, seq_logp, token_logp, row_lse, w, stream);  // async
@@ -54,9 +54,16 @@ inline constexpr std::size_t max_vocab = std::size_t{1} << 30;
 // status_bytes only). Depends on the shapes only; calls nothing on the device. It is also at least
 // the CPU path's logprob::workspace_size(in), so one buffer serves the dispatching overloads.
 template <class T>
-std::size_t get_workspace_size(const TokenLogits<T>& in) {
+std::size_t workspace_size(const TokenLogits<T>& in) {
   const std::size_t scratch = in.rows() * sizeof(float);
   return status_bytes + (scratch + 255) / 256 * 256;
+}
+
+// The name of workspace_size before it took the CPU path's spelling (kept for one release).
+template <class T>
+[[deprecated("dftune::logprob::cuda::get_workspace_size is now workspace_size")]]
+std::size_t get_workspace_size(const TokenLogits<T>& in) {
+  return cuda::workspace_size(in);
 }
 
 namespace detail {
@@ -92,7 +99,7 @@ inline status_area* check_workspace(std::span<std::byte> workspace, std::size_t 
 }  // namespace detail
 
 // seq_logp [S] is required; token_logp [N] and row_lse [N] are written when non-empty (row_lse
-// saves the backward a pass over the logits). workspace: get_workspace_size(in) bytes of device
+// saves the backward a pass over the logits). workspace: workspace_size(in) bytes of device
 // memory, 16-byte aligned. Enqueued on `stream`; returns without waiting for it.
 template <class T>
 void forward(const TokenLogits<T>& in, std::span<float> seq_logp, std::span<float> token_logp,
@@ -101,7 +108,7 @@ void forward(const TokenLogits<T>& in, std::span<float> seq_logp, std::span<floa
   dftune::detail::check_size("seq_logp", seq_logp.size(), in.sequences());
   if (!token_logp.empty()) dftune::detail::check_size("token_logp", token_logp.size(), in.rows());
   if (!row_lse.empty()) dftune::detail::check_size("row_lse", row_lse.size(), in.rows());
-  status_area* status = detail::check_workspace(workspace, get_workspace_size(in), "get_workspace_size(in)");
+  status_area* status = detail::check_workspace(workspace, cuda::workspace_size(in), "workspace_size(in)");
   float* token = token_logp.empty() ? reinterpret_cast<float*>(workspace.data() + status_bytes) : token_logp.data();
   const auto V = static_cast<int>(in.vocab);
   const auto N = static_cast<long long>(in.rows());
@@ -118,7 +125,7 @@ void forward(const TokenLogits<T>& in, std::span<float> seq_logp, std::span<floa
 
 // d_seq [S] = ∂loss/∂seq_logp; grad [N·V] is the logits themselves (in place) or a disjoint buffer;
 // row_lse [N] from forward(), or empty to recompute it (one more read of the logits). workspace:
-// at least status_bytes of device memory (get_workspace_size(in) is enough). Enqueued on `stream`.
+// at least status_bytes of device memory (workspace_size(in) is enough). Enqueued on `stream`.
 template <class T>
 void backward(const TokenLogits<T>& in, std::span<const float> d_seq, std::span<T> grad,
               std::span<const float> row_lse, std::span<std::byte> workspace, cudaStream_t stream) {

@@ -6,7 +6,7 @@
 // All other buffers must be accessible from the chosen side; a mix throws dftune::error naming the
 // buffer. A machine without a usable CUDA device sees every pointer as host memory.
 //
-// One workspace of cuda::get_workspace_size(in) bytes, in the memory space of the logits, serves
+// One workspace of cuda::workspace_size(in) bytes, in the memory space of the logits, serves
 // both sides. The CPU headers never include this file: a build without nvcc sees no CUDA code.
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>

@@ -128,30 +128,45 @@ inline void validate(const Config& c) {
 
 // A named [rows, cols] row-major block of the flat parameter vector.
 struct Group {
-  std::string name;
-  std::size_t offset = 0, rows = 0, cols = 0;
+  std::string name;        // e.g. "block0.w_qkv"
+  std::size_t offset = 0;  // first element in the parameter vector
+  std::size_t rows = 0;    // fan_in of a matrix (1 for a vector)
+  std::size_t cols = 0;    // fan_out
+  // rows · cols elements
   std::size_t size() const { return rows * cols; }
 };
 
 // Offsets of one block. Matrices act on row vectors (y = x W), so W is [fan_in, fan_out].
 struct BlockLayout {
-  std::size_t ln1_g, ln1_b;   // [d]        pre-attention layer norm
-  std::size_t w_qkv, b_qkv;   // [d, 3d]    q | k | v, heads contiguous inside each
-  std::size_t w_o, b_o;       // [d, d]     attention output projection
-  std::size_t ln2_g, ln2_b;   // [d]        pre-MLP layer norm
-  std::size_t w_1, b_1;       // [d, d_ff]
-  std::size_t w_2, b_2;       // [d_ff, d]
+  std::size_t ln1_g;  // [d] pre-attention layer norm: gain
+  std::size_t ln1_b;  // [d] its bias
+  std::size_t w_qkv;  // [d, 3d] q | k | v, heads contiguous inside each
+  std::size_t b_qkv;  // [3d]
+  std::size_t w_o;    // [d, d] attention output projection
+  std::size_t b_o;    // [d]
+  std::size_t ln2_g;  // [d] pre-MLP layer norm: gain
+  std::size_t ln2_b;  // [d] its bias
+  std::size_t w_1;    // [d, d_ff]
+  std::size_t b_1;    // [d_ff]
+  std::size_t w_2;    // [d_ff, d]
+  std::size_t b_2;    // [d]
 };
 
+// Where every tensor of a TinyLm lies in its flat parameter vector (offsets in elements).
 struct Layout {
-  std::size_t tok_emb = 0, pos_emb = 0;  // [V, d], [max_len, d]
-  std::vector<BlockLayout> blocks;
-  std::size_t lnf_g = 0, lnf_b = 0;      // [d] final layer norm
-  std::size_t w_out = 0, b_out = 0;      // [d, V] output projection (not tied to tok_emb)
-  std::size_t total = 0;
-  std::vector<Group> groups;             // every tensor, in storage order
+  std::size_t tok_emb = 0;            // [V, d] token embedding
+  std::size_t pos_emb = 0;            // [max_len, d] position embedding
+  std::vector<BlockLayout> blocks;    // one per layer
+  std::size_t lnf_g = 0;              // [d] final layer norm: gain
+  std::size_t lnf_b = 0;              // [d] its bias
+  std::size_t w_out = 0;              // [d, V] output projection (not tied to tok_emb)
+  std::size_t b_out = 0;              // [V]
+  std::size_t total = 0;              // number of parameters
+  std::vector<Group> groups;          // every tensor, in storage order
 };
 
+// The layout of a model of configuration c (validated first: dftune::argument_error naming the
+// field; the parameter count is overflow-checked).
 inline Layout make_layout(const Config& c) {
   validate(c);
   Layout l;

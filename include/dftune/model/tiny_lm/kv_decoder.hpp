@@ -20,6 +20,7 @@
 #include <dftune/model/generation/tiled_linear.hpp>
 #include <dftune/model/tiny_lm/config.hpp>
 #include <dftune/model/tiny_lm/layers.hpp>
+#include <dftune/threads.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -38,10 +39,12 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace tiny_lm {
 
+// TinyLm's forward as a generation::Decoder (model/generation/generate.hpp), reading a TinyLm's
+// parameters: what TinyLm::generate runs. Made by the model; a user calls TinyLm::generate.
 template <class T>
 class KvDecoder {
  public:
-  using scalar_type = T;
+  using scalar_type = T;  // the parameters' type
 
   // The layout must be make_layout(config) and theta the model's parameters (TinyLm::parameters());
   // both must outlive the decoder.
@@ -49,8 +52,11 @@ class KvDecoder {
     detail::check_size("parameters", theta.size(), layout.total);
   }
 
+  // Longest sequence (prompt + completion): the config's max_len.
   std::size_t context_length() const { return cfg_.max_len; }
+  // Per-layer key/value widths the generation cache allocates.
   generation::CacheShape cache_shape() const { return {.layers = cfg_.n_layers, .width = cfg_.d_model}; }
+  // The output head (W_out, b_out) as the fused linear head's view.
   logprob::linear::LinearLogits<T> head() const {
     const std::size_t D = cfg_.d_model, V = cfg_.vocab;
     return {.proj = theta_.subspan(lay_.w_out, D * V), .bias = theta_.subspan(lay_.b_out, V), .dim = D, .vocab = V,
@@ -61,7 +67,7 @@ class KvDecoder {
   void reserve(std::size_t rows) {
     const std::size_t D = cfg_.d_model;
     checked_elements("generate", "decoder scratch rows·max(3·d_model, d_ff)", rows, std::max(3 * D, cfg_.d_ff));
-    const auto scores = checked_elements("generate", "attention scratch threads·max_len", threads(), cfg_.max_len);
+    const auto scores = checked_elements("generate", "attention scratch threads·max_len", dftune::max_threads(), cfg_.max_len);
     auto grow = [](auto& v, std::size_t size) {
       if (v.size() < size) v.resize(size);
     };
@@ -98,7 +104,7 @@ class KvDecoder {
     if (const auto s = cache.shape(); s.layers != cfg_.n_layers || s.width != D)
       detail::fail("cache", "shape " + std::to_string(s.layers) + " layers · width " + std::to_string(s.width),
                    std::to_string(cfg_.n_layers) + " layers · width " + std::to_string(D));
-    if (x_.size() < n * D || scores_.size() < threads() * cfg_.max_len) reserve(n);
+    if (x_.size() < n * D || scores_.size() < dftune::max_threads() * cfg_.max_len) reserve(n);
 
     for (std::size_t a = 0; a < B; ++a)
       for (auto r = offsets[a]; r < offsets[a + 1]; ++r) {
@@ -147,14 +153,6 @@ class KvDecoder {
  private:
   const T* param(std::size_t off) const { return theta_.data() + off; }
 
-  static std::size_t threads() {
-#if defined(_OPENMP)
-    return static_cast<std::size_t>(std::max(1, omp_get_max_threads()));
-#else
-    return 1;
-#endif
-  }
-
   void add_bias(T* y, std::size_t rows, std::size_t ld, std::size_t j0, std::size_t w, std::size_t bias) const {
     const T* b = param(bias);
     for (std::size_t i = 0; i < rows; ++i)
@@ -174,7 +172,7 @@ class KvDecoder {
     const std::size_t work = n * H;
     [[maybe_unused]] std::size_t macs = 0;
     for (std::size_t i = 0; i < n; ++i) macs += 2 * (row_pos_[i] + 1) * D;
-    DFTUNE_OMP(parallel for schedule(dynamic, 1) num_threads(static_cast<int>(macs >= logprob::linear::parallel_min_macs / 4 ? threads() : 1)))
+    DFTUNE_OMP(parallel for schedule(dynamic, 1) num_threads(static_cast<int>(macs >= logprob::linear::parallel_min_macs / 4 ? dftune::max_threads() : 1)))
     for (std::ptrdiff_t task = 0; task < static_cast<std::ptrdiff_t>(work); ++task) {
       const std::size_t i = static_cast<std::size_t>(task) / H, h = static_cast<std::size_t>(task) % H;
 #if defined(_OPENMP)

@@ -15,6 +15,8 @@ DFTUNE_NAMESPACE_BEGIN
 namespace tiny_lm {
 
 // ---- layer norm: y = g ⊙ x̂ + b,  x̂ = (x − μ) · r,  r = 1/sqrt(var + eps) -----------------------
+// y[rows, d] = the layer norm above of x[rows, d], gain g[d], bias b[d]; writes each row's mean and r
+// (rstd) for layer_norm_backward.
 template <class T>
 void layer_norm_forward(const T* x, const T* g, const T* b, T* y, T* mean, T* rstd, std::size_t rows,
                         std::size_t d, T eps = T(1e-5)) {
@@ -70,22 +72,26 @@ T gelu_tanh(T u) {
   return std::tanh(c * (u + T(0.044715) * u * u * u));
 }
 
+// gelu(u) given t = gelu_tanh(u).
 template <class T>
 T gelu(T u, T t) {
   return T(0.5) * u * (T(1) + t);
 }
 
+// gelu(u), the tanh form above (GPT-2's).
 template <class T>
 T gelu(T u) {
   return gelu(u, gelu_tanh(u));
 }
 
+// d gelu(u) / du given t = gelu_tanh(u).
 template <class T>
 T gelu_grad(T u, T t) {
   const T c = T(0.7978845608028654);
   return T(0.5) * (T(1) + t) + T(0.5) * u * (T(1) - t * t) * c * (T(1) + T(3) * T(0.044715) * u * u);
 }
 
+// d gelu(u) / du, of the same tanh form.
 template <class T>
 T gelu_grad(T u) {
   return gelu_grad(u, gelu_tanh(u));

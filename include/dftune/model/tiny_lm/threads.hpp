@@ -1,8 +1,8 @@
 #pragma once
-// How TinyLm splits a batch: the thread id and team size of the enclosing OpenMP region, or (0, 1)
-// in a build without OpenMP (so a header still compiles warning-free without -fopenmp), and the
-// fixed partition of a batch into chunks of sequences that keeps results independent of both.
+// How TinyLm splits a batch: the fixed partition of a batch into chunks of sequences that keeps
+// results independent of the thread count (the team itself: dftune/threads.hpp).
 #include <dftune/config.hpp>
+#include <dftune/threads.hpp>
 
 #include <algorithm>
 #include <cstddef>
@@ -10,28 +10,19 @@
 #include <span>
 #include <utility>
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
 DFTUNE_NAMESPACE_BEGIN
 
 namespace tiny_lm {
 
-inline std::size_t max_threads() {
-#if defined(_OPENMP)
-  return static_cast<std::size_t>(std::max(1, omp_get_max_threads()));
-#else
-  return 1;
-#endif
+// tiny_lm's former spellings of dftune::max_threads and dftune::thread_id_and_count (threads.hpp),
+// kept for one release.
+[[deprecated("tiny_lm::max_threads is now dftune::max_threads (dftune/threads.hpp)")]] inline std::size_t max_threads() {
+  return dftune::max_threads();
 }
-
+// (see max_threads above)
+[[deprecated("tiny_lm::thread_id_and_count is now dftune::thread_id_and_count (dftune/threads.hpp)")]]
 inline std::pair<std::size_t, std::size_t> thread_id_and_count() {
-#if defined(_OPENMP)
-  return {static_cast<std::size_t>(omp_get_thread_num()), static_cast<std::size_t>(omp_get_num_threads())};
-#else
-  return {0, 1};
-#endif
+  return dftune::thread_id_and_count();
 }
 
 // Sequences [s0, s1) of part `id` out of `count`: contiguous, with about n/count rows each
@@ -47,10 +38,12 @@ inline std::pair<std::size_t, std::size_t> sequence_chunk(std::span<const std::i
   return {id == 0 ? 0 : first_at(id), id + 1 == count ? S : first_at(id + 1)};
 }
 
-// Rows per chunk of the fixed partition below (a chunk's GEMMs stay large enough to be efficient,
-// and a batch of a few hundred rows still splits across threads), and at most kMaxChunks chunks
-// (each chunk after the first holds a gradient buffer while the chunks are summed).
-inline constexpr std::size_t kChunkRows = 64, kMaxChunks = 16;
+// Rows per chunk of the fixed partition below: a chunk's GEMMs stay large enough to be efficient,
+// and a batch of a few hundred rows still splits across threads.
+inline constexpr std::size_t kChunkRows = 64;
+// At most this many chunks: each chunk after the first holds a gradient buffer while the chunks
+// are summed.
+inline constexpr std::size_t kMaxChunks = 16;
 
 // The number of chunks a batch of `rows` tokens in `seqs` sequences is cut into: a function of
 // the batch alone, never of the thread count. The model runs each chunk (sequence_chunk(offsets,

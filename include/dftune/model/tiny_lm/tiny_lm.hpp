@@ -47,6 +47,15 @@
 
 DFTUNE_NAMESPACE_BEGIN
 
+// A small GPT-style language model (the file's comment has the network), T = float or double: a
+// complete dftune::Model and SamplingModel for tests, examples and the demo. Example:
+//
+//     TinyLm<float> model(tiny_lm::Config{.vocab = 32, .max_len = 24}, /*seed=*/1);
+//     std::vector<float> scores(batch.size());
+//     model.sequence_logp(batch, scores);          // log π(completion | prompt) per sequence
+//
+// Bad input (a config, a batch whose tokens are outside [0, vocab) or longer than max_len, spans
+// of the wrong size) is a dftune::argument_error before anything changes.
 template <class T>
 class TinyLm {
   static_assert(std::is_floating_point_v<T>, "dftune::TinyLm<T>: T must be float or double");
@@ -63,7 +72,7 @@ class TinyLm {
   using C = logprob::compute_t<T>;
 
  public:
-  using scalar_type = T;
+  using scalar_type = T;  // the parameters' type (Model)
 
   // Weights ~ N(0, 1/fan_in) (residual outputs w_o, w_2 further scaled by 1/sqrt(2·n_layers) so the
   // residual stream keeps its scale), embeddings ~ N(0, init_std²), gains 1, biases 0.
@@ -83,16 +92,22 @@ class TinyLm {
     }
   }
 
+  // The configuration the model was built with.
   const tiny_lm::Config& config() const { return cfg_; }
+  // Where each tensor lies in parameters() (tiny_lm::make_layout).
   const tiny_lm::Layout& layout() const { return lay_; }
+  // V, the number of tokens.
   std::size_t vocab_size() const { return cfg_.vocab; }
   // Non-const access may write the parameters: activations kept for a backward are forgotten.
   std::span<T> parameters() {
     forget_kept();
     return theta_;
   }
+  // Every parameter, flat, in layout() order.
   std::span<const T> parameters() const { return theta_; }
+  // The gradient buffer, one value per parameter; accumulate_gradients adds into it.
   std::span<T> gradients() { return grad_; }
+  // Sets every gradient to 0 (the optimizer calls it before each step).
   void zero_gradients() { std::fill(grad_.begin(), grad_.end(), T(0)); }
 
   // scores[s] = log π(completion_s | prompt_s).
@@ -146,6 +161,7 @@ class TinyLm {
     if (keep_max_ < kept_bytes(/*live_only=*/true)) forget_kept();
     trim_spares();
   }
+  // The bound set by set_activation_memory (0: nothing is kept).
   std::size_t activation_memory() const { return keep_max_; }
   // What the kept activations hold now, spares included (<= activation_memory()).
   std::size_t kept_bytes() const { return kept_bytes(false); }
@@ -409,7 +425,7 @@ class TinyLm {
       }
       // Each thread sums its own slice of the parameters, chunk after chunk (contiguous, so the
       // adds vectorise); the order per parameter is c = 1, …, K−1 whatever the slices are.
-      const auto [id, count] = tiny_lm::thread_id_and_count();
+      const auto [id, count] = thread_id_and_count();
       const std::size_t share = P / count, extra = P % count;
       const std::size_t k0 = share * id + std::min(id, extra), k1 = k0 + share + (id < extra ? 1 : 0);
       for (std::size_t c = 1; c < K; ++c) {
