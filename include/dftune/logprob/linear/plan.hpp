@@ -15,6 +15,7 @@
 // of them (e.g. to reproduce results bit for bit on another machine).
 #include <dftune/checked_size.hpp>
 #include <dftune/config.hpp>
+#include <dftune/threads.hpp>
 #include <dftune/logprob/linear/linear_logits.hpp>
 #include <dftune/logprob/token_logits.hpp>
 
@@ -102,14 +103,6 @@ inline std::size_t round_up(std::size_t x, std::size_t to) { return (x + to - 1)
 inline const Machine& machine() {
   static const Machine m = detail_plan::query_machine();
   return m;
-}
-
-inline std::size_t max_threads() {
-#if defined(_OPENMP)
-  return static_cast<std::size_t>(std::max(1, omp_get_max_threads()));
-#else
-  return 1;
-#endif
 }
 
 // The tiling and the workspace layout of one call: byte offsets from a 64-byte aligned base.

@@ -68,7 +68,7 @@ class KvDecoder {
   void reserve(std::size_t rows) {
     const std::size_t D = cfg_.d_model;
     checked_rows(rows);
-    const std::size_t scores = detail::checked_mul("generate: attention scratch threads·max_len", logprob::linear::max_threads(), cfg_.max_len);
+    const std::size_t scores = detail::checked_mul("generate: attention scratch threads·max_len", dftune::max_threads(), cfg_.max_len);
     auto grow = [](auto& v, std::size_t size) {
       if (v.size() < size) v.resize(size);
     };
@@ -91,7 +91,7 @@ class KvDecoder {
     const std::size_t B = slots.size(), D = cfg_.d_model, n = tokens.size();
     const std::size_t QKV = cfg_.qkv_width(), QW = cfg_.q_width(), KW = cfg_.kv_width(), U = cfg_.up_width(), F = cfg_.d_ff;
     check(cache, slots, tokens, offsets, hidden);
-    if (x_.size() < n * D || row_pos_.size() < n || scores_.size() < logprob::linear::max_threads() * cfg_.max_len) reserve(n);
+    if (x_.size() < n * D || row_pos_.size() < n || scores_.size() < dftune::max_threads() * cfg_.max_len) reserve(n);
     std::size_t longest = 0;
     for (std::size_t a = 0; a < B; ++a)
       for (auto r = offsets[a]; r < offsets[a + 1]; ++r) {
@@ -212,7 +212,7 @@ class KvDecoder {
     const std::size_t U = cfg_.up_width(), F = cfg_.d_ff;
     const bool swiglu = cfg_.mlp() == Mlp::swiglu;
     [[maybe_unused]] const bool parallel = n * F >= (std::size_t{1} << 15);
-    DFTUNE_OMP(parallel for schedule(static) num_threads(static_cast<int>(parallel ? logprob::linear::max_threads() : 1)))
+    DFTUNE_OMP(parallel for schedule(static) num_threads(static_cast<int>(parallel ? dftune::max_threads() : 1)))
     for (std::ptrdiff_t r = 0; r < static_cast<std::ptrdiff_t>(n); ++r) {
       const T* u = up_.data() + static_cast<std::size_t>(r) * U;
       T* a = act_.data() + static_cast<std::size_t>(r) * F;
@@ -243,7 +243,7 @@ class KvDecoder {
     [[maybe_unused]] std::size_t macs = 0;
     for (std::size_t i = 0; i < n; ++i) macs += 2 * (row_pos_[i] + 1) * QW;
     [[maybe_unused]] const bool parallel = macs >= logprob::linear::parallel_min_macs / 4;
-    DFTUNE_OMP(parallel for schedule(dynamic, 1) num_threads(static_cast<int>(parallel ? logprob::linear::max_threads() : 1)))
+    DFTUNE_OMP(parallel for schedule(dynamic, 1) num_threads(static_cast<int>(parallel ? dftune::max_threads() : 1)))
     for (std::ptrdiff_t task = 0; task < static_cast<std::ptrdiff_t>(n * H); ++task) {
       const std::size_t i = static_cast<std::size_t>(task) / H, h = static_cast<std::size_t>(task) % H, g = h / grp;
 #if defined(_OPENMP)

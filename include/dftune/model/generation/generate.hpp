@@ -15,6 +15,7 @@
 // the cache against Limits::max_cache_bytes; the token loop allocates nothing.
 #include <dftune/checked_size.hpp>
 #include <dftune/config.hpp>
+#include <dftune/threads.hpp>
 #include <dftune/error.hpp>
 #include <dftune/logprob/linear/linear.hpp>
 #include <dftune/model/concept.hpp>
@@ -67,14 +68,6 @@ concept CachedDecoder = requires(D& d, const D& cd, KvCache<typename D::scalar_t
 
 // Logits per step below which the rows are sampled on one thread (a parallel region costs more).
 inline constexpr std::size_t kParallelSamplingLogits = std::size_t{1} << 14;
-
-inline std::size_t max_threads() {
-#if defined(_OPENMP)
-  return static_cast<std::size_t>(std::max(1, omp_get_max_threads()));
-#else
-  return 1;
-#endif
-}
 
 inline std::size_t thread_id() {
 #if defined(_OPENMP)

@@ -46,7 +46,7 @@ void tiled_linear(const T* A, std::size_t rows, std::size_t K, const T* W, std::
   const std::size_t tile = column_tile(N), tiles = (N + tile - 1) / tile;
   [[maybe_unused]] const bool parallel =
       static_cast<double>(rows) * static_cast<double>(K) * static_cast<double>(N) >= logprob::linear::parallel_min_macs;
-  DFTUNE_OMP(parallel num_threads(static_cast<int>(parallel ? logprob::linear::max_threads() : 1)))
+  DFTUNE_OMP(parallel num_threads(static_cast<int>(parallel ? dftune::max_threads() : 1)))
   {
 #if defined(_OPENMP)
     omp_set_num_threads(1);  // a threaded BLAS runs each task on one thread
