@@ -6,7 +6,7 @@
 // every rank, nothing changed.
 #include "support/testing.hpp"
 #include "distributed/accumulate.hpp"
-#include "distributed/thread_world.hpp"
+#include "support/per_rank.hpp"
 
 #include <dftune/model/tiny_lm/tiny_lm.hpp>
 
@@ -30,8 +30,7 @@ std::vector<scenario::Outcome> at(std::size_t P, const scenario::Problem& p, con
   if (P == 1) {
     per[0] = scenario::run_accumulated(p, init, v, B, steps, k, distributed::Single{}, sgd, so);
   } else {
-    test::ThreadWorld w(P);
-    w.run([&](test::ThreadWorld::Comm& c) { per[c.rank()] = scenario::run_accumulated(p, init, v, B, steps, k, c, sgd, so); });
+    per = test::per_rank(P, [&](test::ThreadWorld::Comm& c) { return scenario::run_accumulated(p, init, v, B, steps, k, c, sgd, so); });
   }
   return per;
 }
@@ -151,9 +150,7 @@ TEST_CASE("accumulation bad input: no micro-batch, ranks with different k, an id
   };
   for (const Case& c : cases) {
     CAPTURE(c.name);
-    std::vector<std::string> errors(2);
-    test::ThreadWorld w(2);
-    w.run([&](test::ThreadWorld::Comm& comm) {
+    const auto errors = test::per_rank(2, [&](test::ThreadWorld::Comm& comm) {
       scenario::Trainer<CategoricalPolicy<double>, test::ThreadWorld::Comm, Sgd<double>> t(problem, init, Variant::dft, 8, comm);
       t.train(1);
       const std::vector<double> p0 = t.params();
@@ -161,10 +158,11 @@ TEST_CASE("accumulation bad input: no micro-batch, ranks with different k, an id
       const auto parts = c.make(problem, t.batches.local_batch(1), comm.rank());
       std::vector<DftBatch<double>> views;
       for (const auto& b : parts) views.push_back(b.view());
-      errors[comm.rank()] = error_of([&] { t.opt.step(std::span<const DftBatch<double>>(views)); });
+      std::string e = error_of([&] { t.opt.step(std::span<const DftBatch<double>>(views)); });
       CHECK(scenario::bit_equal(t.params(), p0));
       CHECK(scenario::bit_equal(t.est.raw_log_u(), u0));
       CHECK(t.opt.steps() == 1);
+      return e;
     });
     CHECK(errors[0] == errors[1]);
     CHECK(errors[0].starts_with(c.error));

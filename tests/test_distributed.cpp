@@ -2,8 +2,9 @@
 // the sharded estimator, the objective's global 1/B, distributed::agree, and DftOptimizer over a
 // world of P threads (tests/distributed/thread_world.hpp) against a single process. The same
 // scenario runs over MPI in tests/mpi/.
+#include "support/testing.hpp"
 #include "distributed/scenario.hpp"
-#include "distributed/thread_world.hpp"
+#include "support/per_rank.hpp"
 
 #include <dftune/distributed/collectives.hpp>
 #include <dftune/distributed/sampler.hpp>
@@ -18,17 +19,9 @@
 
 using namespace dftune;
 using distributed::Shard;
+using test::error_of;
 
 namespace {
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const dftune::error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 CategoricalPolicy<double> random_policy(std::size_t V, std::uint64_t seed) {
   CategoricalPolicy<double> p(V, V);
@@ -225,8 +218,7 @@ Outcome train_at(std::size_t P, const scenario::Problem& problem, const M& init,
   if (P == 1) {
     per[0] = scenario::run(problem, init, v, B, steps, distributed::Single{});
   } else {
-    test::ThreadWorld w(P);
-    w.run([&](test::ThreadWorld::Comm& c) { per[c.rank()] = scenario::run(problem, init, v, B, steps, c); });
+    per = test::per_rank(P, [&](test::ThreadWorld::Comm& c) { return scenario::run(problem, init, v, B, steps, c); });
   }
   Outcome out;
   for (auto& o : per) {

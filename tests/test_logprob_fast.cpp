@@ -6,6 +6,8 @@
 // The accuracy cases run once per kernel version this CPU has (cpu/isa.hpp: baseline, avx2,
 // avx512), each forced and checked to be the one that ran; the baseline one is what a CPU without
 // AVX2 runs.
+#include "support/testing.hpp"
+
 #include <dftune/cpu/isa.hpp>
 #include <dftune/logprob/cpu/fast.hpp>
 #include <dftune/logprob/generic.hpp>
@@ -304,18 +306,10 @@ TEST_CASE_TEMPLATE("the fast path shares the generic checks, and writes nothing 
 
 namespace {
 
-// The error message of f, or "" when it returns.
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const dftune::error& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::error_of;
 
 // Every forward and backward entry point on b: each must throw the same dftune::error (`want`, or
-// none when want is empty), and a throwing forward leaves seq_logp untouched.
+// none when want is test::no_error), and a throwing forward leaves seq_logp untouched.
 template <class T>
 void same_verdict(const Batch<T>& b, const std::string& want) {
   using C = compute_t<T>;
@@ -333,11 +327,11 @@ void same_verdict(const Batch<T>& b, const std::string& want) {
       error_of([&] { logprob::forward(in, std::span<C>(seq), {}, std::span<C>(lse)); }),
   };
   for (const auto& g : got) CHECK(g == want);
-  if (!want.empty())
+  if (want != test::no_error)
     for (C x : seq) CHECK(x == sentinel);
   // Backward recomputing row_lse refuses the logits forward refuses (a token_logp or seq_logp
   // overflow is forward's alone: the gradient is finite there).
-  if (want.rfind("logits", 0) == 0 || want.empty()) {
+  if (want.rfind("logits", 0) == 0 || want == test::no_error) {
     std::vector<T> g1(b.logits.size()), g2(b.logits.size());
     CHECK(error_of([&] { generic::backward(in, std::span<const C>(b.d_seq), std::span<T>(g1)); }) == want);
     CHECK(error_of([&] { cpu::backward(in, std::span<const C>(b.d_seq), std::span<T>(g2)); }) == want);
@@ -361,7 +355,7 @@ TEST_CASE_TEMPLATE("non-finite logits: the fast path and the oracle refuse the s
     while (b.weights[w0] == 0) ++w0;  // a weighted row
     std::size_t masked = 1;           // random_batch masks every fourth row from row 1
     REQUIRE(b.weights[masked] == 0);
-    same_verdict(b, "");
+    same_verdict(b, test::no_error);
     const auto y = static_cast<std::size_t>(b.targets[w0]);
     for (std::size_t v : {std::size_t{0}, V / 2, V - 1}) {
       for (T bad : {nan, inf}) {
@@ -388,7 +382,7 @@ TEST_CASE_TEMPLATE("non-finite logits: the fast path and the oracle refuse the s
       // −inf elsewhere is fine (probability 0).
       Batch<T> d = b;
       d.logits[w0 * V + (y + 1) % V] = -inf;
-      same_verdict(d, "");
+      same_verdict(d, test::no_error);
     }
     // A row of −inf.
     {
@@ -441,7 +435,7 @@ TEST_CASE_TEMPLATE("finite logits whose log-probs compute_t cannot hold are name
   // Half of it fits.
   s.offsets = {0, 1, 2};
   s.d_seq = {C(1), C(1)};
-  same_verdict(s, "");
+  same_verdict(s, test::no_error);
 }
 
 TEST_CASE_TEMPLATE("backward: a gradient scale |d_seq·w| beyond half of T's largest value is a named error", T, float, double, bf16) {

@@ -1,6 +1,8 @@
 // The negatives cache (io/negatives_cache.hpp): round trip of a partly sampled set, reuse only
 // under the same fingerprint and shape, and the container's guarantees (checksum, truncation,
 // nothing written when the negatives are refused).
+#include "support/testing.hpp"
+
 #include <dftune/io/negatives_cache.hpp>
 
 #include <doctest/doctest.h>
@@ -16,6 +18,7 @@ using namespace dftune;
 using dftune::io::Fingerprint;
 using dftune::io::Negatives;
 using dftune::io::NegativesShape;
+using test::error_of;
 
 namespace {
 
@@ -42,15 +45,6 @@ Negatives sample(std::size_t prompts) {
     n.push(y, -0.5 * static_cast<double>(i + 1));
   }
   return n;
-}
-
-std::string error_of(auto&& f) {
-  try {
-    f();
-  } catch (const dftune::error& e) {
-    return e.what();
-  }
-  return "no error";
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
 // distributed::check_replicas: the checksum of each rank's parameters, rule state and options,
 // all-gathered; ranks that differ from rank 0 are named in the same error on every rank.
+#include "support/testing.hpp"
 #include "distributed/scenario.hpp"
-#include "distributed/thread_world.hpp"
+#include "support/per_rank.hpp"
 
 #include <dftune/distributed/replica_check.hpp>
 
@@ -12,17 +13,9 @@
 #include <string>
 
 using namespace dftune;
+using test::error_of;
 
 namespace {
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const dftune::error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 CategoricalPolicy<double> policy(std::uint64_t seed) {
   CategoricalPolicy<double> p(5, 5);
@@ -65,22 +58,21 @@ TEST_CASE("check_replicas: identical replicas pass; a per-rank seed, rule or opt
   for (const Case& c : cases) {
     CAPTURE(c.name);
     CAPTURE(c.P);
-    std::vector<std::string> errors(c.P);
-    test::ThreadWorld w(c.P);
-    w.run([&](Comm& comm) {
+    const auto errors = test::per_rank(c.P, [&](Comm& comm) {
       scenario::Trainer<CategoricalPolicy<double>, Comm> t(problem, policy(c.model_seed(comm.rank())), Variant::dft, 6, comm,
                                                            c.rule(comm.rank()));
       const std::vector<double> p0 = t.params();
-      errors[comm.rank()] = error_of([&] { distributed::check_replicas(t.opt); });
+      std::string e = error_of([&] { distributed::check_replicas(t.opt); });
       CHECK(scenario::bit_equal(t.params(), p0));  // a check changes nothing
       if (c.error.empty()) {
         t.train(3);  // and again later: the replicas stay identical (AdamW moments included)
-        errors[comm.rank()] = error_of([&] { distributed::check_replicas(t.opt); });
+        e = error_of([&] { distributed::check_replicas(t.opt); });
       }
+      return e;
     });
     for (std::size_t r = 0; r < c.P; ++r) {
       CHECK(errors[r] == errors[0]);
-      if (c.error.empty()) CHECK(errors[r] == "");
+      if (c.error.empty()) CHECK(errors[r] == test::no_error);
       else CHECK((errors[r].starts_with(c.error + expected_tail)));
     }
   }

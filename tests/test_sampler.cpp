@@ -3,7 +3,7 @@
 // rank's bad argument every rank's error, and a step on a short last batch (its own 1/B).
 #include "support/testing.hpp"
 #include "distributed/scenario.hpp"
-#include "distributed/thread_world.hpp"
+#include "support/per_rank.hpp"
 
 #include <dftune/distributed/sampler.hpp>
 
@@ -13,6 +13,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <utility>
 
 using namespace dftune;
 using distributed::Balance;
@@ -155,20 +156,18 @@ TEST_CASE("bad sampler arguments: named errors; ranks that disagree: the same er
   CHECK(ShardedBatches(7, 6, 0, Shard{2, 3}, {.drop_last = true, .balance = Balance::per_rank}).batches_per_epoch() == 1);
   // Collective construction: one rank's bad B, or ranks that disagree, is every rank's error.
   for (std::size_t P : {2, 3}) {
-    test::ThreadWorld w(P);
-    std::vector<std::string> errors(P), disagree(P);
-    w.run([&](test::ThreadWorld::Comm& c) {
-      errors[c.rank()] = error_of([&] {
-        (void)ShardedBatches::agreed(c, 24, c.rank() == 1 ? 7 : 6, 0, {.balance = Balance::per_rank});
-      });
-      disagree[c.rank()] = error_of([&] { (void)ShardedBatches::agreed(c, 24, 6, c.rank() == 1 ? 9 : 0); });
+    const auto errors = test::per_rank(P, [&](test::ThreadWorld::Comm& c) {
+      std::pair<std::string, std::string> e{
+          error_of([&] { (void)ShardedBatches::agreed(c, 24, c.rank() == 1 ? 7 : 6, 0, {.balance = Balance::per_rank}); }),
+          error_of([&] { (void)ShardedBatches::agreed(c, 24, 6, c.rank() == 1 ? 9 : 0); })};  // ranks disagree
       const auto ok = ShardedBatches::agreed(c, 24, 6, 0, {.balance = Balance::per_rank});
       CHECK(ok.shard() == Shard{c.rank(), P});
+      return e;
     });
     for (std::size_t r = 0; r < P; ++r) {
-      CHECK(errors[r] == "rank 1 of " + std::to_string(P) + ": batch_size: got 7, expected a multiple of the world size P = " +
+      CHECK(errors[r].first == "rank 1 of " + std::to_string(P) + ": batch_size: got 7, expected a multiple of the world size P = " +
                              std::to_string(P) + " (the balanced sampler, Balance::per_rank, draws batch_size / P ids from every rank's shard)");
-      CHECK(disagree[r] == "seed: got 9 on rank 1, expected 0 as on rank 0 (every rank must sample alike)");
+      CHECK(errors[r].second == "seed: got 9 on rank 1, expected 0 as on rank 0 (every rank must sample alike)");
     }
   }
 }

@@ -3,6 +3,7 @@
 // leaves the previous set committed, stale files of an unfinished save are ignored and removed),
 // and a damaged set is the same named error on every rank with nothing changed. The same round
 // trip runs under mpirun in tests/mpi/.
+#include "support/testing.hpp"
 #include "distributed/scenario.hpp"
 #include "distributed/thread_world.hpp"
 
@@ -19,17 +20,9 @@
 using namespace dftune;
 namespace fs = std::filesystem;
 using World = test::ThreadWorld;
+using test::error_of;
 
 namespace {
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const dftune::error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 fs::path fresh_dir(const std::string& name) {
   const fs::path d = fs::temp_directory_path() / ("dftune_test_sharded_" + std::to_string(::getpid()) + "_" + name);

@@ -560,8 +560,9 @@ void offsets_64bit() {
             N, bad, status[0].bits);
 
   // Backward into a separate gradient: only the weighted rows are kept, every masked row is written
-  // (zeros) into the aliased chunk. 2^31 elements written cost the emulator ~2 s: one group size
-  // (the row offsets are the same code for both).
+  // (zeros) into the aliased chunk. 2^31 elements written cost the emulator ~2 minutes of CPU (most
+  // of this test's time; docs/build_cost.md): one group size (the row offsets are the same code
+  // for both).
   if (G != 32) return;
   device_buffer<T> grad("grad", NV);
   std::vector<std::pair<std::size_t, std::size_t>> keep;

@@ -16,6 +16,7 @@
 //                committed set equals the uninterrupted run bit for bit;
 //   kill_run / kill_verify   driven by kill_test.cmake: rank 1 SIGKILLs itself mid-run; then the last
 //                committed checkpoint loads and equals the uninterrupted run at its step.
+#include "support/testing.hpp"
 #include "distributed/accumulate.hpp"
 #include "distributed/scenario.hpp"
 
@@ -53,14 +54,7 @@ void expect(bool ok, const char* what, int line) {
 }
 #define EXPECT(cond) expect((cond), #cond, __LINE__)
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const dftune::error& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::error_of;
 
 // Every rank's string equals rank 0's.
 bool same_everywhere(MpiCommunicator& c, const std::string& s) {
@@ -258,7 +252,7 @@ void bad_input(MpiCommunicator& world) {
   }
   // Replicas: the same model on both ranks passes; a model seeded per rank is refused on both.
   scenario::Trainer<TinyLm<double>, MpiCommunicator> same(problem, init, Variant::dft, B, world);
-  EXPECT(error_of([&] { distributed::check_replicas(same.opt); }).empty());
+  EXPECT(error_of([&] { distributed::check_replicas(same.opt); }) == test::no_error);
   scenario::Trainer<TinyLm<double>, MpiCommunicator> seeded(problem, TinyLm<double>(lm_config(), 7 + world.rank()), Variant::dft, B,
                                                            world);
   const std::string e = error_of([&] { distributed::check_replicas(seeded.opt); });

@@ -9,7 +9,10 @@
 
 namespace test {
 
-// The message of the dftune::error f() throws, or "no error" when it throws none (any other
+// What error_of returns when f() throws nothing.
+inline const std::string no_error = "no error";
+
+// The message of the dftune::error f() throws, or no_error when it throws none (any other
 // exception propagates: the test fails on it).
 template <class F>
 std::string error_of(F&& f) {
@@ -18,7 +21,7 @@ std::string error_of(F&& f) {
   } catch (const dftune::error& e) {
     return e.what();
   }
-  return "no error";
+  return no_error;
 }
 
 // (f(x + h·e_k) − f(x − h·e_k)) / 2h: the derivative of f at x along coordinate k, to O(h²).
