@@ -27,7 +27,8 @@
 namespace {
 
 namespace fs = std::filesystem;
-const fs::path kFuzzDir = fs::path(__FILE__).parent_path() / "fuzz";
+// The tests' source folder from CMake: __FILE__ is relative under Ninja.
+const fs::path kFuzzDir = fs::path(DFTUNE_TESTS_DIR) / "fuzz";
 
 template <class F>
 std::size_t replay(const std::string& target, F&& one) {
