@@ -333,8 +333,8 @@ TEST_CASE("fused linear head: the path of builds without Eigen (plain loops, gen
     out.dW.assign(p.V * p.d, 0.0);
     out.db.assign(p.V, 0.0);
     auto ws = workspace_for(p, opt);
-    const dftune::logprob::linear::internal::Call<double> call{
-        .mode = dftune::logprob::linear::internal::Mode::forward_backward, .seq_logp = out.seq, .token_logp = out.token,
+    const dftune::logprob::linear::detail::Call<double> call{
+        .mode = dftune::logprob::linear::detail::Mode::forward_backward, .seq_logp = out.seq, .token_logp = out.token,
         .row_lse = out.lse, .entropy = out.entropy, .d_seq = p.d_seq,
         .grads = {.hidden = out.dH, .proj = out.dW, .bias = out.db, .z_loss = p.zeta}};
     linear::chunked::execute<linear::gemm::LoopGemm, linear::chunked::GenericRows>(p.view(), call, std::span<std::byte>(ws), opt);

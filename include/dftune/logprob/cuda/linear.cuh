@@ -152,15 +152,15 @@ inline void run(const LinearLogits<float>& in, Mode mode, std::span<float> seq_l
          "at least workspace_size(in, options) = " + std::to_string(l.bytes) + " bytes");
   if (reinterpret_cast<std::uintptr_t>(workspace.data()) % 256 != 0)
     fail("workspace", "a misaligned buffer", "alignment 256 (what cudaMalloc returns)");
-  using logprob::linear::internal::region;
-  const logprob::linear::internal::Region inputs[] = {
+  using logprob::linear::detail::region;
+  const logprob::linear::detail::Region inputs[] = {
       region("hidden", in.hidden),   region("proj", in.proj), region("bias", in.bias),   region("targets", in.targets),
       region("weights", in.weights), region("offsets", in.offsets), region("d_seq", d_seq), region("row_lse", lse_in)};
-  const logprob::linear::internal::Region outputs[] = {
+  const logprob::linear::detail::Region outputs[] = {
       region("seq_logp", seq_logp),          region("token_logp", token_logp), region("row_lse", row_lse),
       region("grads.hidden", g.hidden),      region("grads.proj", g.proj),     region("grads.bias", g.bias),
       region("workspace", workspace.first(l.bytes))};
-  logprob::linear::internal::check_disjoint(outputs, inputs);  // the CPU head's rule, on device addresses
+  logprob::linear::detail::check_disjoint(outputs, inputs);  // the CPU head's rule, on device addresses
   if (handle == nullptr) fail("handle", "null", "a cuBLAS handle (cublasCreate)");
 
   CudaOps ops{handle, stream};

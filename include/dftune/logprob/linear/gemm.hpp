@@ -177,7 +177,7 @@ struct DnnlGemm {
           dnnl_sgemm(ARow ? 'N' : 'T', BRow ? 'N' : 'T', static_cast<D>(m), static_cast<D>(n), static_cast<D>(k), 1.0f, a,
                      static_cast<D>(lda), b, static_cast<D>(ldb), accumulate ? 1.0f : 0.0f, c, static_cast<D>(ldc));
       if (st != dnnl_success)
-        detail::fail("gemm", "dnnl_sgemm status " + std::to_string(static_cast<int>(st)),
+        dftune::detail::fail("gemm", "dnnl_sgemm status " + std::to_string(static_cast<int>(st)),
                      "dnnl_success (m " + std::to_string(m) + ", n " + std::to_string(n) + ", k " + std::to_string(k) + ")");
     }
   }

@@ -103,7 +103,7 @@ std::size_t workspace_size(const LinearLogits<T>& in, const Options& options = {
 template <class T>
 void forward(const LinearLogits<T>& in, std::span<compute_t<T>> seq_logp, const TokenOutputs<T>& rows,
              std::span<std::byte> workspace, const Options& options = {}) {
-  internal::Call<T> call{.mode = internal::Mode::forward, .seq_logp = seq_logp, .token_logp = rows.token_logp,
+  detail::Call<T> call{.mode = detail::Mode::forward, .seq_logp = seq_logp, .token_logp = rows.token_logp,
                          .row_lse = rows.row_lse, .entropy = rows.entropy};
   chunked::execute<DefaultGemm, DefaultRows>(in, call, workspace, options);
 }
@@ -123,7 +123,7 @@ void forward(const LinearLogits<T>& in, std::span<compute_t<T>> seq_logp, std::s
 template <class T>
 void backward(const LinearLogits<T>& in, std::span<const compute_t<T>> d_seq, const LinearGrads<T>& grads,
               std::span<const compute_t<T>> row_lse, std::span<std::byte> workspace, const Options& options = {}) {
-  internal::Call<T> call{.mode = internal::Mode::backward, .d_seq = d_seq, .lse_in = row_lse, .grads = grads};
+  detail::Call<T> call{.mode = detail::Mode::backward, .d_seq = d_seq, .lse_in = row_lse, .grads = grads};
   chunked::execute<DefaultGemm, DefaultRows>(in, call, workspace, options);
 }
 
@@ -133,7 +133,7 @@ template <class T>
 void forward_backward(const LinearLogits<T>& in, std::span<const compute_t<T>> d_seq, const LinearGrads<T>& grads,
                       std::span<compute_t<T>> seq_logp, const TokenOutputs<T>& rows, std::span<std::byte> workspace,
                       const Options& options = {}) {
-  internal::Call<T> call{.mode = internal::Mode::forward_backward, .seq_logp = seq_logp, .token_logp = rows.token_logp,
+  detail::Call<T> call{.mode = detail::Mode::forward_backward, .seq_logp = seq_logp, .token_logp = rows.token_logp,
                          .row_lse = rows.row_lse, .entropy = rows.entropy, .d_seq = d_seq, .grads = grads};
   chunked::execute<DefaultGemm, DefaultRows>(in, call, workspace, options);
 }

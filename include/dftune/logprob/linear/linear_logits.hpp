@@ -91,12 +91,12 @@ struct Options {
 // dim, vocab and the sizes of H, W and b; what a device path can check without reading its buffers.
 template <class T>
 void validate_shapes(const LinearLogits<T>& in) {
-  if (in.dim == 0) detail::fail("dim", in.dim, "at least 1");
-  if (in.vocab == 0) detail::fail("vocab", in.vocab, "at least 1");
+  if (in.dim == 0) dftune::detail::fail("dim", in.dim, "at least 1");
+  if (in.vocab == 0) dftune::detail::fail("vocab", in.vocab, "at least 1");
   if (in.hidden.size() % in.dim != 0)
-    detail::fail("hidden", "size " + std::to_string(in.hidden.size()), "a multiple of dim = " + std::to_string(in.dim));
-  detail::check_size_product("proj", in.proj.size(), in.vocab, in.dim, "proj (vocab·dim)");
-  if (!in.bias.empty()) detail::check_size("bias", in.bias.size(), in.vocab);
+    dftune::detail::fail("hidden", "size " + std::to_string(in.hidden.size()), "a multiple of dim = " + std::to_string(in.dim));
+  dftune::detail::check_size_product("proj", in.proj.size(), in.vocab, in.dim, "proj (vocab·dim)");
+  if (!in.bias.empty()) dftune::detail::check_size("bias", in.bias.size(), in.vocab);
 }
 
 // Shapes, offsets, weights and the targets of weighted rows; dftune::error naming the argument.

@@ -45,7 +45,7 @@ struct Machine {
   std::size_t cores = 1;
 };
 
-namespace detail_plan {
+namespace detail {
 
 // "32768K" / "1M" / "512" (sysfs cache size) in bytes; 0 when unreadable.
 inline std::size_t parse_size(const std::string& s) {
@@ -97,11 +97,11 @@ inline Machine query_machine() {
 
 inline std::size_t round_up(std::size_t x, std::size_t to) { return (x + to - 1) / to * to; }
 
-}  // namespace detail_plan
+}  // namespace detail
 
 // Read once per process.
 inline const Machine& machine() {
-  static const Machine m = detail_plan::query_machine();
+  static const Machine m = detail::query_machine();
   return m;
 }
 
@@ -129,7 +129,7 @@ inline constexpr std::size_t parallel_min_macs = std::size_t{1} << 20;
 template <class T>
 Plan make_plan(const LinearLogits<T>& in, const Options& opt = {}) {
   using C = compute_t<T>;
-  using detail_plan::round_up;
+  using detail::round_up;
   Plan p;
   const std::size_t N = in.rows(), V = in.vocab, d = in.dim;
   if (N == 0 || V == 0 || d == 0) return p;
@@ -137,7 +137,7 @@ Plan make_plan(const LinearLogits<T>& in, const Options& opt = {}) {
   if (opt.chunk_rows != 0) {
     p.chunk_rows = opt.chunk_rows;
   } else {
-    const std::size_t fit = m.llc_bytes / detail::checked_mul("vocab (V·sizeof)", V, sizeof(C)) / 16 * 16;
+    const std::size_t fit = m.llc_bytes / dftune::detail::checked_mul("vocab (V·sizeof)", V, sizeof(C)) / 16 * 16;
     p.chunk_rows = std::clamp<std::size_t>(fit, 256, 4096);
   }
   p.chunk_rows = std::min(p.chunk_rows, N);
@@ -160,23 +160,23 @@ Plan make_plan(const LinearLogits<T>& in, const Options& opt = {}) {
     p.threads = opt.threads;
   else
     p.threads = static_cast<double>(p.chunk_rows) * static_cast<double>(V) * static_cast<double>(d) < parallel_min_macs ? 1 : max_threads();
-  if constexpr (!std::is_same_v<T, C>) p.stage_elems = detail::checked_mul("workspace (vocab_tile·dim)", p.vocab_tile, d);
+  if constexpr (!std::is_same_v<T, C>) p.stage_elems = dftune::detail::checked_mul("workspace (vocab_tile·dim)", p.vocab_tile, d);
 
   auto place = [&](std::size_t& at, std::size_t bytes) {
     at = p.bytes;
-    p.bytes = detail::checked_add("workspace", p.bytes, round_up(bytes, workspace_alignment));
+    p.bytes = dftune::detail::checked_add("workspace", p.bytes, round_up(bytes, workspace_alignment));
   };
   const std::size_t R = p.chunk_rows;
-  place(p.logits_at, detail::checked_product("workspace (chunk_rows·vocab)", R, V, sizeof(C)));
-  place(p.hidden_at, detail::checked_product("workspace (chunk_rows·dim)", R, d, sizeof(C)));
-  place(p.dhidden_at, detail::checked_product("workspace (chunk_rows·dim)", R, d, sizeof(C)));
-  place(p.rows_at, detail::checked_product("workspace", R, sizeof(std::size_t)));
-  place(p.coef_at, detail::checked_product("workspace", R, sizeof(double)));
-  place(p.token_at, detail::checked_product("workspace", R, sizeof(C)));
-  place(p.stats_at, detail::checked_product("workspace", R, 3 * sizeof(double)));
-  place(p.seq_at, detail::checked_product("workspace (sequences)", in.sequences(), sizeof(double)));
-  place(p.stage_at, detail::checked_product("workspace (threads·vocab_tile·dim)", p.threads, p.stage_elems, sizeof(C)));
-  p.bytes = detail::checked_add("workspace", p.bytes, workspace_alignment);
+  place(p.logits_at, dftune::detail::checked_product("workspace (chunk_rows·vocab)", R, V, sizeof(C)));
+  place(p.hidden_at, dftune::detail::checked_product("workspace (chunk_rows·dim)", R, d, sizeof(C)));
+  place(p.dhidden_at, dftune::detail::checked_product("workspace (chunk_rows·dim)", R, d, sizeof(C)));
+  place(p.rows_at, dftune::detail::checked_product("workspace", R, sizeof(std::size_t)));
+  place(p.coef_at, dftune::detail::checked_product("workspace", R, sizeof(double)));
+  place(p.token_at, dftune::detail::checked_product("workspace", R, sizeof(C)));
+  place(p.stats_at, dftune::detail::checked_product("workspace", R, 3 * sizeof(double)));
+  place(p.seq_at, dftune::detail::checked_product("workspace (sequences)", in.sequences(), sizeof(double)));
+  place(p.stage_at, dftune::detail::checked_product("workspace (threads·vocab_tile·dim)", p.threads, p.stage_elems, sizeof(C)));
+  p.bytes = dftune::detail::checked_add("workspace", p.bytes, workspace_alignment);
   return p;
 }
 
