@@ -116,7 +116,7 @@ struct CudaOps {
 // Host-side checks (everything that needs no device read), then the chunks.
 inline void run(const LinearLogits<float>& in, Mode mode, std::span<float> seq_logp, std::span<float> token_logp,
                 std::span<float> row_lse, std::span<const float> d_seq, std::span<const float> lse_in,
-                const LinearGrads<float>& g, std::span<std::byte> workspace, const Options& opt, cublasHandle_t handle,
+                const LinearGrads<float>& g, std::span<std::byte> workspace, const LinearOptions& opt, cublasHandle_t handle,
                 cudaStream_t stream) {
   using dftune::detail::check_size;
   using dftune::detail::fail;
@@ -171,20 +171,20 @@ inline void run(const LinearLogits<float>& in, Mode mode, std::span<float> seq_l
 }  // namespace detail
 
 // Bytes of device workspace every call on `in` with `options` needs; host only, no CUDA call.
-inline std::size_t workspace_size(const LinearLogits<float>& in, const Options& options = {}) {
+inline std::size_t workspace_size(const LinearLogits<float>& in, const LinearOptions& options = {}) {
   return detail::layout_of(in, options).bytes;
 }
 
 // Asynchronous on `stream`; check_status(workspace, stream) reports what the kernels found.
 inline void forward(const LinearLogits<float>& in, std::span<float> seq_logp, std::span<float> token_logp, std::span<float> row_lse,
-                    std::span<std::byte> workspace, cublasHandle_t handle, cudaStream_t stream, const Options& options = {}) {
+                    std::span<std::byte> workspace, cublasHandle_t handle, cudaStream_t stream, const LinearOptions& options = {}) {
   detail::run(in, detail::Mode::forward, seq_logp, token_logp, row_lse, {}, {}, {}, workspace, options, handle, stream);
 }
 
 // Recomputes each chunk's logits; dH written, dW and db accumulated (+=).
 inline void backward(const LinearLogits<float>& in, std::span<const float> d_seq, const LinearGrads<float>& grads,
                      std::span<const float> row_lse, std::span<std::byte> workspace, cublasHandle_t handle, cudaStream_t stream,
-                     const Options& options = {}) {
+                     const LinearOptions& options = {}) {
   detail::run(in, detail::Mode::backward, {}, {}, {}, d_seq, row_lse, grads, workspace, options, handle, stream);
 }
 
@@ -192,7 +192,7 @@ inline void backward(const LinearLogits<float>& in, std::span<const float> d_seq
 inline void forward_backward(const LinearLogits<float>& in, std::span<const float> d_seq, const LinearGrads<float>& grads,
                              std::span<float> seq_logp, std::span<float> token_logp, std::span<float> row_lse,
                              std::span<std::byte> workspace, cublasHandle_t handle, cudaStream_t stream,
-                             const Options& options = {}) {
+                             const LinearOptions& options = {}) {
   detail::run(in, detail::Mode::forward_backward, seq_logp, token_logp, row_lse, d_seq, {}, grads, workspace, options, handle,
               stream);
 }

@@ -18,7 +18,7 @@
 // chunk, the vocab tile, the dim tile), each output element is written by one task, dW and db add
 // the chunks in row order, dH sums the vocab tiles in order, and a row's kernels run in one thread.
 // So which thread runs which task, and how many threads there are, changes no bit of any output.
-// The order of the sums does depend on the plan (Options pins it).
+// The order of the sums does depend on the plan (LinearOptions pins it).
 //
 // Storage types other than compute_t<T> (bf16): H's rows are widened when gathered, W's tiles into
 // a per-thread stage before each GEMM, dH narrowed once at the end; all arithmetic is compute_t<T>.
@@ -36,6 +36,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -418,11 +419,18 @@ void check_backend(const LinearLogits<T>& in) {
 
 // Plans, checks (nothing is written when a check fails) and runs one call with the given GEMM
 // and row kernels; linear.hpp picks them. Logits the reductions refuse are found during the run
-// (linear_logits.hpp says what is left written then).
+// (linear_logits.hpp says what is left written then). An empty workspace: the call allocates the
+// plan's bytes itself, once the shapes (which the plan's size is computed from) are known valid.
 template <class Gemm, class Rows, class T>
-void execute(const LinearLogits<T>& in, const detail::Call<T>& call, std::span<std::byte> workspace, const Options& opt) {
+void execute(const LinearLogits<T>& in, const detail::Call<T>& call, std::span<std::byte> workspace, const LinearOptions& opt) {
   check_backend<Gemm, Rows>(in);
   const Plan plan = make_plan(in, opt);
+  std::unique_ptr<std::byte[]> own;
+  if (workspace.empty() && plan.bytes != 0) {
+    validate_shapes(in);
+    own = std::make_unique_for_overwrite<std::byte[]>(plan.bytes);
+    workspace = {own.get(), plan.bytes};
+  }
   detail::check_call(in, call, plan, workspace);
   run<Gemm, Rows>(in, call, plan, workspace.data(), WholeVocab{});
 }

@@ -81,12 +81,15 @@ struct TokenOutputs {
 
 // Tiling. Every zero picks the value plan.hpp derives from the machine's caches and cores. The
 // results depend on these sizes (they fix the order of every sum) and never on the thread count.
-struct Options {
+struct LinearOptions {
   std::size_t chunk_rows = 0;   // rows whose logits are held at once (the workspace is chunk_rows × V)
   std::size_t vocab_tile = 0;   // columns of W per GEMM task (logits, dW, and the dH sum over V)
   std::size_t dim_tile = 0;     // columns of dH per GEMM task
   std::size_t threads = 0;      // 0: omp_get_max_threads(), or 1 for a small chunk; bf16 stages W per thread
 };
+
+// The old name of LinearOptions, kept (deprecated) for one release.
+using Options [[deprecated("use LinearOptions")]] = LinearOptions;
 
 // dim, vocab and the sizes of H, W and b; what a device path can check without reading its buffers.
 template <class T>

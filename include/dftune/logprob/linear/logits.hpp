@@ -49,7 +49,7 @@ void few_rows_product(std::size_t m, std::size_t n, std::size_t k, const S* a, s
 // than compute_t<T> (bf16) are not supported here (they would need the forward's W staging).
 template <class Gemm, class T>
   requires std::is_same_v<T, compute_t<T>>
-void logits(const LinearLogits<T>& in, std::span<T> z, const Options& opt) {
+void logits(const LinearLogits<T>& in, std::span<T> z, const LinearOptions& opt) {
   validate_shapes(in);
   const std::size_t N = in.rows(), V = in.vocab, d = in.dim;
   dftune::detail::check_size_product("logits", z.size(), N, V, "logits (rows·vocab)");

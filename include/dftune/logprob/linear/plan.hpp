@@ -11,7 +11,7 @@
 //                L2, rounded up to 64, within [256, 2048];
 //   dim_tile   = d / (2 · cores) rounded up to 16, within [64, d].
 // The core count is the machine's (std::thread::hardware_concurrency), not the thread count, so the
-// plan, and with it every sum's order, is the same whatever the number of threads. Options pin any
+// plan, and with it every sum's order, is the same whatever the number of threads. LinearOptions pin any
 // of them (e.g. to reproduce results bit for bit on another machine).
 #include <dftune/checked_size.hpp>
 #include <dftune/config.hpp>
@@ -127,7 +127,7 @@ inline constexpr std::size_t parallel_min_macs = std::size_t{1} << 20;
 
 // Sizes only (no validation); a product that does not fit in size_t is a dftune::error.
 template <class T>
-Plan make_plan(const LinearLogits<T>& in, const Options& opt = {}) {
+Plan make_plan(const LinearLogits<T>& in, const LinearOptions& opt = {}) {
   using C = compute_t<T>;
   using detail::round_up;
   Plan p;

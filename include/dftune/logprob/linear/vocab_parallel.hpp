@@ -212,8 +212,8 @@ struct SlicedVocab {
 // The plan of a slice: chunk_rows from the even slice ⌈V/P⌉ (the same on every rank, since every
 // collective is per chunk), the tiles from this rank's own; then room for the gather after it.
 template <class T>
-Plan plan_of(const LinearLogits<T>& local, std::size_t V, std::size_t P, const Options& opt, std::size_t& gather_at) {
-  Options o = opt;
+Plan plan_of(const LinearLogits<T>& local, std::size_t V, std::size_t P, const LinearOptions& opt, std::size_t& gather_at) {
+  LinearOptions o = opt;
   if (o.chunk_rows == 0) {
     LinearLogits<T> even = local;
     even.vocab = (V + P - 1) / P;
@@ -244,7 +244,7 @@ namespace detail_run {
 
 template <distributed::Communicator Comm, class T>
 void execute(Comm& comm, const VocabShard& shard, const LinearLogits<T>& in, const detail::Call<T>& call,
-             std::span<std::byte> workspace, const Options& opt) {
+             std::span<std::byte> workspace, const LinearOptions& opt) {
   const LinearLogits<T> local = detail_vp::local_view(in, shard);
   const std::size_t P = comm.size();
   Plan plan;
@@ -281,7 +281,7 @@ void execute(Comm& comm, const VocabShard& shard, const LinearLogits<T>& in, con
 // Bytes of workspace each call on this rank needs: one chunk of its slice's logits (chunk_rows
 // from ⌈V/P⌉), as linear.hpp's head, and 2·(P + 1)·chunk_rows doubles for the all-gather.
 template <distributed::Communicator Comm, class T>
-std::size_t workspace_size(const Comm& comm, const VocabShard& shard, const LinearLogits<T>& in, const Options& options = {}) {
+std::size_t workspace_size(const Comm& comm, const VocabShard& shard, const LinearLogits<T>& in, const LinearOptions& options = {}) {
   std::size_t gather_at = 0;
   return detail_vp::plan_of(detail_vp::local_view(in, shard), in.vocab, comm.size(), options, gather_at).bytes;
 }
@@ -290,7 +290,7 @@ std::size_t workspace_size(const Comm& comm, const VocabShard& shard, const Line
 // the whole vocabulary's, the same bits on every rank.
 template <distributed::Communicator Comm, class T>
 void forward(Comm& comm, const VocabShard& shard, const LinearLogits<T>& in, std::span<compute_t<T>> seq_logp,
-             const TokenOutputs<T>& rows, std::span<std::byte> workspace, const Options& options = {}) {
+             const TokenOutputs<T>& rows, std::span<std::byte> workspace, const LinearOptions& options = {}) {
   const detail::Call<T> call{.mode = detail::Mode::forward, .seq_logp = seq_logp, .token_logp = rows.token_logp,
                                .row_lse = rows.row_lse, .entropy = rows.entropy};
   detail_run::execute(comm, shard, in, call, workspace, options);
@@ -301,7 +301,7 @@ void forward(Comm& comm, const VocabShard& shard, const LinearLogits<T>& in, std
 template <distributed::Communicator Comm, class T>
 void backward(Comm& comm, const VocabShard& shard, const LinearLogits<T>& in, std::span<const compute_t<T>> d_seq,
               const LinearGrads<T>& grads, std::span<const compute_t<T>> row_lse, std::span<std::byte> workspace,
-              const Options& options = {}) {
+              const LinearOptions& options = {}) {
   const detail::Call<T> call{.mode = detail::Mode::backward, .d_seq = d_seq, .lse_in = row_lse, .grads = grads};
   detail_run::execute(comm, shard, in, call, workspace, options);
 }
@@ -310,7 +310,7 @@ void backward(Comm& comm, const VocabShard& shard, const LinearLogits<T>& in, st
 template <distributed::Communicator Comm, class T>
 void forward_backward(Comm& comm, const VocabShard& shard, const LinearLogits<T>& in, std::span<const compute_t<T>> d_seq,
                       const LinearGrads<T>& grads, std::span<compute_t<T>> seq_logp, const TokenOutputs<T>& rows,
-                      std::span<std::byte> workspace, const Options& options = {}) {
+                      std::span<std::byte> workspace, const LinearOptions& options = {}) {
   const detail::Call<T> call{.mode = detail::Mode::forward_backward, .seq_logp = seq_logp, .token_logp = rows.token_logp,
                                .row_lse = rows.row_lse, .entropy = rows.entropy, .d_seq = d_seq, .grads = grads};
   detail_run::execute(comm, shard, in, call, workspace, options);
