@@ -46,6 +46,8 @@ namespace logprob::linear {
 // it (vocab_parallel.hpp) reopen it.
 #define DFTUNE_LINEAR_DISPATCH dispatch_doc
 inline namespace dispatch_doc {
+// The GEMM policy of this build (gemm.hpp): DnnlGemm, CblasGemm or BlisGemm as CMake's
+// DFTUNE_GEMM selects, else EigenGemm when Eigen is on the include path, else LoopGemm.
 using DefaultGemm = gemm::LoopGemm;
 #elif defined(DFTUNE_LINEAR_GEMM_DNNL) && DFTUNE_LINEAR_HAS_FAST_ROWS
 #define DFTUNE_LINEAR_DISPATCH dispatch_dnnl_fast
@@ -86,8 +88,10 @@ using DefaultGemm = gemm::LoopGemm;
 #endif
 
 #if DFTUNE_LINEAR_HAS_FAST_ROWS
+// The row kernels of this build: the CPU fast path's (Eigen on the include path).
 using DefaultRows = chunked::FastRows;
 #else
+// The row kernels of this build: the generic oracle's (no Eigen, or DFTUNE_LOGPROB_GENERIC_ONLY).
 using DefaultRows = chunked::GenericRows;
 #endif
 

@@ -42,7 +42,7 @@ namespace logprob::linear {
 struct Machine {
   std::size_t l2_bytes = std::size_t{1} << 20;    // per core
   std::size_t llc_bytes = std::size_t{32} << 20;  // the last level, shared
-  std::size_t cores = 1;
+  std::size_t cores = 1;                          // std::thread::hardware_concurrency()
 };
 
 namespace detail {
@@ -107,7 +107,10 @@ inline const Machine& machine() {
 
 // The tiling and the workspace layout of one call: byte offsets from a 64-byte aligned base.
 struct Plan {
-  std::size_t chunk_rows = 0, vocab_tile = 0, dim_tile = 0, threads = 1;
+  std::size_t chunk_rows = 0;  // rows per chunk (LinearOptions::chunk_rows, or derived as above)
+  std::size_t vocab_tile = 0;  // columns of W per GEMM task
+  std::size_t dim_tile = 0;    // columns of dH per GEMM task
+  std::size_t threads = 1;     // OpenMP threads of the call (no result depends on it)
   std::size_t logits_at = 0;   // [chunk_rows, V] compute_t: the chunk's logits, then their gradient
   std::size_t hidden_at = 0;   // [chunk_rows, d] compute_t: the chunk's rows of H
   std::size_t dhidden_at = 0;  // [chunk_rows, d] compute_t: their gradient
@@ -121,11 +124,13 @@ struct Plan {
   std::size_t bytes = 0;       // what workspace_size() asks for (64 bytes of slack for the alignment)
 };
 
+// The alignment, in bytes, of every buffer the plan places in the workspace.
 inline constexpr std::size_t workspace_alignment = 64;
 // Multiply-adds per chunk below which the default plan runs on one thread (about 20 µs of GEMM).
 inline constexpr std::size_t parallel_min_macs = std::size_t{1} << 20;
 
-// Sizes only (no validation); a product that does not fit in size_t is a dftune::error.
+// The plan of a call on `in` with `opt` (its zeros derived as above). Sizes only (no validation:
+// call validate(in) first); a product that does not fit in size_t is a dftune::argument_error.
 template <class T>
 Plan make_plan(const LinearLogits<T>& in, const LinearOptions& opt = {}) {
   using C = compute_t<T>;
