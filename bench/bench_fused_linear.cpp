@@ -175,7 +175,7 @@ void cce_forward(const linear::LinearLogits<float>& in, const linear::Plan& p, s
 struct Args {
   std::string method;
   std::size_t d = 512, V = 32000, N = 1024;
-  linear::Options opt;  // --chunk, --vtile, --dtile (0: the plan's)
+  linear::LinearOptions opt;  // --chunk, --vtile, --dtile (0: the plan's)
   double masked = 0, min_time = 1.0, zloss = 0;
   int threads = 2, reps = 2;
   bool token = false, lse = false, entropy = false;  // --outputs

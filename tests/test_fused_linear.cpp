@@ -219,7 +219,7 @@ void check_backward(const Problem<T>& p, const Oracle& o, const Outputs<T>& out,
 }
 
 template <class T>
-std::vector<std::byte> workspace_for(const Problem<T>& p, const linear::Options& opt) {
+std::vector<std::byte> workspace_for(const Problem<T>& p, const linear::LinearOptions& opt) {
   return std::vector<std::byte>(linear::workspace_size(p.view(), opt));
 }
 
@@ -228,7 +228,7 @@ enum class Path { two_phase, two_phase_no_lse, one_pass };
 // Runs forward + backward (or forward_backward), with dW and db starting from non-zero values
 // (they accumulate).
 template <class T>
-Outputs<T> run(const Problem<T>& p, Path path, const linear::Options& opt, std::vector<double>* dW0 = nullptr,
+Outputs<T> run(const Problem<T>& p, Path path, const linear::LinearOptions& opt, std::vector<double>* dW0 = nullptr,
                std::vector<double>* db0 = nullptr) {
   using C = compute_t<T>;
   Outputs<T> out;
@@ -264,7 +264,7 @@ void against_oracle(std::uint64_t seed) {
   std::mt19937_64 rng(seed);
   struct Shape {
     std::size_t V, d, S;
-    linear::Options opt;
+    linear::LinearOptions opt;
   };
   const Shape shapes[] = {
       {1, 3, 3, {}},                                                         // V = 1: every log-prob is 0
@@ -323,7 +323,7 @@ TEST_CASE("fused linear head: the path of builds without Eigen (plain loops, gen
     p.entropy = true;
     p.zeta = 0.2;
     const Oracle o = oracle(p);
-    const linear::Options opt{.chunk_rows = 6, .vocab_tile = 40, .dim_tile = 4};
+    const linear::LinearOptions opt{.chunk_rows = 6, .vocab_tile = 40, .dim_tile = 4};
     Outputs<double> out;
     out.seq.assign(p.S(), 9.0);
     out.token.assign(p.N, 9.0);
@@ -333,8 +333,8 @@ TEST_CASE("fused linear head: the path of builds without Eigen (plain loops, gen
     out.dW.assign(p.V * p.d, 0.0);
     out.db.assign(p.V, 0.0);
     auto ws = workspace_for(p, opt);
-    const dftune::logprob::linear::internal::Call<double> call{
-        .mode = dftune::logprob::linear::internal::Mode::forward_backward, .seq_logp = out.seq, .token_logp = out.token,
+    const dftune::logprob::linear::detail::Call<double> call{
+        .mode = dftune::logprob::linear::detail::Mode::forward_backward, .seq_logp = out.seq, .token_logp = out.token,
         .row_lse = out.lse, .entropy = out.entropy, .d_seq = p.d_seq,
         .grads = {.hidden = out.dH, .proj = out.dW, .bias = out.db, .z_loss = p.zeta}};
     linear::chunked::execute<linear::gemm::LoopGemm, linear::chunked::GenericRows>(p.view(), call, std::span<std::byte>(ws), opt);
@@ -442,7 +442,7 @@ std::vector<float> materialise(const Problem<float>& p) {
 // Every path of the head on p throws what logprob::forward (backward, recomputing row_lse) throws on
 // the materialised logits; seq_logp keeps its sentinel; the DFT path (forward, then backward given
 // forward's row_lse) throws in the forward, before any gradient is written. Returns the message.
-std::string refused_as_materialised(const Problem<float>& p, const linear::Options& opt) {
+std::string refused_as_materialised(const Problem<float>& p, const linear::LinearOptions& opt) {
   auto logits = materialise(p);
   const logprob::TokenLogits<float> tl{.logits = logits, .vocab = p.V, .targets = p.targets, .weights = p.weights, .offsets = p.offsets};
   std::vector<float> seq_ref(p.S()), seq(p.S(), 7.0f), token(p.N), lse(p.N), dH(p.N * p.d), dW(p.V * p.d, 7.0f), db(p.V, 7.0f);
@@ -474,7 +474,7 @@ std::string refused_as_materialised(const Problem<float>& p, const linear::Optio
 
 TEST_CASE("fused linear head: logits the reductions refuse are refused with their error, seq_logp untouched") {
   std::mt19937_64 rng(15);
-  const linear::Options opt{.chunk_rows = 4, .vocab_tile = 32};
+  const linear::LinearOptions opt{.chunk_rows = 4, .vocab_tile = 32};
   // A NaN or an inf in a weighted row of H (the row's logits NaN or ±inf), in a later chunk.
   for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
     auto p = random_problem<float>(rng, 90, 6, 6, linear::Layout::vocab_major, false);
@@ -518,7 +518,7 @@ TEST_CASE("fused linear head: gradients against finite differences") {
   std::mt19937_64 rng(7);
   for (auto layout : {linear::Layout::vocab_major, linear::Layout::dim_major}) {
     auto p = random_problem<double>(rng, 11, 4, 4, layout, true, 2.0, 5);
-    const linear::Options opt{.chunk_rows = 3, .vocab_tile = 4, .dim_tile = 2};
+    const linear::LinearOptions opt{.chunk_rows = 3, .vocab_tile = 4, .dim_tile = 2};
     auto ws = workspace_for(p, opt);
     auto loss = [&]() {
       std::vector<double> seq(p.S());
@@ -573,7 +573,7 @@ TEST_CASE("fused linear head: results do not depend on the thread count") {
   };
   // Explicit thread counts (the default plan would run chunks this small on one thread), and the
   // team size set as well, so the GEMM library sees the same team as the head.
-  auto opt = [](std::size_t t) { return linear::Options{.chunk_rows = 24, .vocab_tile = 256, .dim_tile = 16, .threads = t}; };
+  auto opt = [](std::size_t t) { return linear::LinearOptions{.chunk_rows = 24, .vocab_tile = 256, .dim_tile = 16, .threads = t}; };
   for (auto path : {Path::two_phase, Path::one_pass}) {
     omp_set_num_threads(1);
     const auto one = run(p, path, opt(1));
@@ -606,7 +606,7 @@ TEST_CASE("fused linear head: forward_backward equals forward then backward, bit
   auto p = random_problem<float>(rng, 700, 24, 14, linear::Layout::vocab_major, true);
   for (auto& x : p.d_seq)
     if (x == 0) x = 0.5f;
-  const linear::Options opt{.chunk_rows = 16};
+  const linear::LinearOptions opt{.chunk_rows = 16};
   const auto a = run(p, Path::one_pass, opt);
   const auto b = run(p, Path::two_phase, opt);
   CHECK(a.seq == b.seq);
@@ -621,7 +621,7 @@ TEST_CASE("fused linear head: dW and db accumulate, dH is written") {
   // rounding per chunk and per row (not bit for bit: the chunks add into X one after another).
   std::mt19937_64 rng(13);
   auto p = random_problem<float>(rng, 300, 12, 10, linear::Layout::dim_major, true);
-  const linear::Options opt{.chunk_rows = 8};
+  const linear::LinearOptions opt{.chunk_rows = 8};
   auto ws = workspace_for(p, opt);
   std::vector<float> dH1(p.N * p.d, 5.0f), dH2(p.N * p.d, -5.0f), dW1(p.V * p.d, 0.0f), db1(p.V, 0.0f);
   std::vector<float> dW2(p.V * p.d), db2(p.V);
@@ -655,7 +655,7 @@ TEST_CASE("fused linear head: workspace is one chunk of logits, whatever N") {
   big.targets.assign(5000, 0);
   big.weights.assign(5000, 1.0f);
   big.offsets = {0, 5000};
-  const linear::Options opt{.chunk_rows = 64};
+  const linear::LinearOptions opt{.chunk_rows = 64};
   const auto plan = linear::make_plan(big.view(), opt);
   CHECK(plan.chunk_rows == 64);
   CHECK(linear::workspace_size(big.view(), opt) < 64 * 1000 * sizeof(float) + 3 * 64 * 8 * 8 + 1024);
@@ -668,12 +668,67 @@ TEST_CASE("fused linear head: workspace is one chunk of logits, whatever N") {
   CHECK((derived.chunk_rows == 256 || derived.chunk_rows * 1000 * sizeof(float) <= linear::machine().llc_bytes));
 }
 
+TEST_CASE("fused linear head: the optional spans and the workspace default to empty, as logprob::forward's") {
+  // Without a workspace the call allocates its own; the bits are those of the call given one.
+  std::mt19937_64 rng(21);
+  auto p = random_problem<float>(rng, 90, 7, 6, linear::Layout::vocab_major, true);
+  const linear::LinearLogits<float> in = p.view();
+  auto ws = workspace_for(p, {});
+  std::vector<float> seq_a(p.S(), 7.0f), seq_b(p.S(), 7.0f), tok_a(p.N), tok_b(p.N), lse(p.N);
+  linear::forward(in, seq_a);
+  linear::forward(in, std::span<float>(seq_b), {}, std::span<float>(lse), std::span<std::byte>(ws));
+  CHECK(seq_a == seq_b);
+  linear::forward(in, seq_a, tok_a);
+  linear::forward(in, std::span<float>(seq_b), std::span<float>(tok_b), {}, std::span<std::byte>(ws));
+  CHECK(tok_a == tok_b);
+  CHECK(seq_a == seq_b);
+
+  std::vector<float> dH_a(p.N * p.d), dH_b(p.N * p.d), dW_a(p.V * p.d, 0.0f), dW_b(p.V * p.d, 0.0f);
+  const std::span<const float> d_seq(p.d_seq);
+  linear::backward(in, d_seq, {.hidden = dH_a, .proj = dW_a});
+  linear::backward(in, d_seq, {.hidden = dH_b, .proj = dW_b}, {}, std::span<std::byte>(ws));
+  CHECK(dH_a == dH_b);
+  CHECK(dW_a == dW_b);
+  linear::forward_backward(in, d_seq, {.hidden = dH_a}, seq_a);
+  linear::forward_backward(in, d_seq, {.hidden = dH_b}, std::span<float>(seq_b), {}, {}, std::span<std::byte>(ws));
+  CHECK(dH_a == dH_b);
+  CHECK(seq_a == seq_b);
+
+  // Bad input without a workspace: the same named errors, thrown before anything is allocated or
+  // written (a wrong dim would make the plan's size meaningless).
+  std::fill(seq_a.begin(), seq_a.end(), 7.0f);
+  linear::LinearLogits<float> bad = in;
+  bad.dim = 4;
+  CHECK(message_of([&] { linear::forward(bad, seq_a); }).rfind("hidden: got size", 0) == 0);
+  auto q = p;
+  q.weights[2] = 1.0f;
+  q.targets[2] = static_cast<token_t>(p.V);
+  CHECK(message_of([&] { linear::forward(q.view(), seq_a); }).rfind("targets[2]", 0) == 0);
+  CHECK(std::all_of(seq_a.begin(), seq_a.end(), [](float x) { return x == 7.0f; }));
+  // A workspace given but too small is still an error (only an empty one means "allocate").
+  std::vector<std::byte> small(ws.size() - 1);
+  CHECK(message_of([&] { linear::forward(in, seq_a, {}, {}, small); }).rfind("workspace: got size", 0) == 0);
+}
+
+TEST_CASE("fused linear head: linear::Options, the old name of LinearOptions, still compiles (deprecated)") {
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#endif
+  static_assert(std::is_same_v<linear::Options, linear::LinearOptions>);
+  const linear::Options old{.chunk_rows = 8};
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+  CHECK(old.chunk_rows == 8);
+}
+
 // ---- errors: the names logprob::forward uses, nothing written -------------------------------
 
 TEST_CASE("fused linear head: bad input gets the reduction's named errors and writes nothing") {
   std::mt19937_64 rng(12);
   const auto good = random_problem<float>(rng, 40, 6, 5, linear::Layout::vocab_major, true);
-  const linear::Options opt{.chunk_rows = 8};
+  const linear::LinearOptions opt{.chunk_rows = 8};
   std::vector<float> seq(good.S(), 7.0f), token(good.N, 7.0f), lse(good.N, 7.0f), dH(good.N * good.d, 7.0f),
       dW(good.V * good.d, 7.0f), db(good.V, 7.0f);
   auto ws = workspace_for(good, opt);
@@ -799,7 +854,7 @@ TEST_CASE("fused linear head: the z-loss gradient against finite differences") {
   for (auto layout : {linear::Layout::vocab_major, linear::Layout::dim_major}) {
     auto p = random_problem<double>(rng, 11, 4, 6, layout, true, 2.0, 5);
     p.zeta = 0.35;
-    const linear::Options opt{.chunk_rows = 3, .vocab_tile = 4, .dim_tile = 2};
+    const linear::LinearOptions opt{.chunk_rows = 3, .vocab_tile = 4, .dim_tile = 2};
     auto ws = workspace_for(p, opt);
     auto loss = [&]() {
       std::vector<double> seq(p.S()), lse(p.N);
@@ -852,7 +907,7 @@ TEST_CASE("fused linear head: outputs not asked for leave the others' bits uncha
   // without a z-loss: every other output is the same, bit for bit, with and without them.
   std::mt19937_64 rng(16);
   auto p = random_problem<float>(rng, 900, 20, 12, linear::Layout::vocab_major, true);
-  const linear::Options opt{.chunk_rows = 16, .vocab_tile = 256};
+  const linear::LinearOptions opt{.chunk_rows = 16, .vocab_tile = 256};
   for (auto path : {Path::two_phase, Path::one_pass}) {
     p.entropy = false;
     const auto plain = run(p, path, opt);
@@ -896,7 +951,7 @@ TEST_CASE("fused linear head: entropy of a uniform and of a one-hot row (closed 
 TEST_CASE("fused linear head: bad per-token outputs and z-loss are named errors, nothing written") {
   std::mt19937_64 rng(17);
   const auto good = random_problem<float>(rng, 40, 6, 5, linear::Layout::vocab_major, true);
-  const linear::Options opt{.chunk_rows = 8};
+  const linear::LinearOptions opt{.chunk_rows = 8};
   std::vector<float> seq(good.S(), 7.0f), token(good.N, 7.0f), lse(good.N, 7.0f), ent(good.N, 7.0f),
       dH(good.N * good.d, 7.0f), dW(good.V * good.d, 7.0f), db(good.V, 7.0f);
   auto ws = workspace_for(good, opt);

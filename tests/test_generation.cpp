@@ -157,7 +157,7 @@ TEST_CASE("logprob::linear::logits: z = H W + b for both layouts, independent of
     const bool vm = layout == logprob::linear::Layout::vocab_major;
     const logprob::linear::LinearLogits<double> in{.hidden = H, .proj = W, .bias = b, .dim = d, .vocab = V, .layout = layout};
     std::vector<double> z1(N * V), z2(N * V);
-    const logprob::linear::Options one{.vocab_tile = 256, .threads = 1}, two{.vocab_tile = 256, .threads = 2};
+    const logprob::linear::LinearOptions one{.vocab_tile = 256, .threads = 1}, two{.vocab_tile = 256, .threads = 2};
     logprob::linear::logits(in, std::span<double>(z1), one);
     logprob::linear::logits(in, std::span<double>(z2), two);
     CHECK(std::memcmp(z1.data(), z2.data(), z1.size() * sizeof(double)) == 0);

@@ -54,7 +54,7 @@ double start(std::size_t i) { return 0.25 * std::sin(static_cast<double>(i)); }
 
 // One rank's call (or the single head's, with comm == nullptr and the whole vocabulary).
 template <class T, class Comm>
-Result<T> call(Comm* comm, const Problem<T>& p, const VocabShard& s, Path path, const linear::Options& opt) {
+Result<T> call(Comm* comm, const Problem<T>& p, const VocabShard& s, Path path, const linear::LinearOptions& opt) {
   using C = compute_t<T>;
   Result<T> r;
   const std::vector<T> W = slice_w(p, s);
@@ -99,13 +99,13 @@ Result<T> call(Comm* comm, const Problem<T>& p, const VocabShard& s, Path path, 
 }
 
 template <class T>
-Result<T> single(const Problem<T>& p, Path path, const linear::Options& opt) {
+Result<T> single(const Problem<T>& p, Path path, const linear::LinearOptions& opt) {
   return call<T, dftune::distributed::Single>(nullptr, p, {0, p.V}, path, opt);
 }
 
 // Every rank's result; dW and db of rank 0's entry assembled from every rank's slice.
 template <class T>
-std::vector<Result<T>> parallel(const Problem<T>& p, const std::vector<VocabShard>& shards, Path path, const linear::Options& opt) {
+std::vector<Result<T>> parallel(const Problem<T>& p, const std::vector<VocabShard>& shards, Path path, const linear::LinearOptions& opt) {
   const std::size_t P = shards.size();
   std::vector<Result<T>> out(P);
   test::ThreadWorld world(P);
@@ -169,7 +169,7 @@ void against_single(std::uint64_t seed, double tol, double tol_dh) {
   std::mt19937_64 rng(seed);
   struct Shape {
     std::size_t V, d, S;
-    linear::Options opt;
+    linear::LinearOptions opt;
   };
   const Shape shapes[] = {{37, 5, 6, {}}, {301, 19, 12, {.chunk_rows = 8, .vocab_tile = 64, .dim_tile = 8}}};
   for (const auto& sh : shapes)

@@ -919,7 +919,7 @@ static void device_linear_case(std::size_t V, std::size_t d, std::size_t S, cl::
   auto od = DeviceBuffer<std::int64_t>::from(off);
   const cl::LinearLogits<float> dev{.hidden = Hd.span(), .proj = Wd.span(), .bias = bd.span(), .dim = d, .vocab = V,
                                     .layout = layout, .targets = yd.span(), .weights = wd.span(), .offsets = od.span()};
-  const ll::Options opt{.chunk_rows = chunk};
+  const ll::LinearOptions opt{.chunk_rows = chunk};
   DeviceBuffer<std::byte> ws(ll::workspace_size(dev, opt));
   cublasHandle_t handle = nullptr;
   ll::detail::check_cublas(cublasCreate(&handle), "cublasCreate");
@@ -975,7 +975,7 @@ static void device_linear_bad_logits() {
   auto od = DeviceBuffer<std::int64_t>::from(off);
   const cl::LinearLogits<float> dev{.hidden = Hd.span(), .proj = Wd.span(), .dim = d, .vocab = V, .targets = yd.span(),
                                     .weights = wd.span(), .offsets = od.span()};
-  const ll::Options opt{.chunk_rows = 4};
+  const ll::LinearOptions opt{.chunk_rows = 4};
   DeviceBuffer<std::byte> ws(ll::workspace_size(dev, opt));
   DeviceBuffer<float> seq(2);
   cublasHandle_t handle = nullptr;

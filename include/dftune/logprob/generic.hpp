@@ -20,7 +20,7 @@
 // weighted log-prob or a sequence sum that compute_t<T> cannot hold (float logits near ±3e38, huge
 // weights) is an error naming it ("token_logp[n]", "seq_logp[s]"). Scanning the logits before the
 // pass would double its memory traffic, so the reductions detect all of this from what the pass
-// computes anyway — the row's log-sum-exp and log-prob (internal::row_ok) — and throw after it:
+// computes anyway — the row's log-sum-exp and log-prob (detail::row_ok) — and throw after it:
 // forward then leaves seq_logp untouched, but token_logp and row_lse (and backward's grad, which
 // may be the logits) hold unspecified values. Every other check runs before any output is written.
 // Backward recomputing row_lse (none given) checks the rows as forward does; given row_lse, it
@@ -63,7 +63,7 @@ double row_logsumexp(const T* z, std::size_t vocab) {
 }
 
 // Throws the error of weighted row r, whose logits are z[0, V), target y and weight w: a row that
-// internal::row_ok refused (or, in backward, whose log-sum-exp or target logit is not finite). It
+// detail::row_ok refused (or, in backward, whose log-sum-exp or target logit is not finite). It
 // names the first NaN or +inf logit, else the target's −inf logit, else the weighted log-prob
 // compute_t<T> cannot hold, as "logits[r·V + v]" / "token_logp[r]". Every backend reports through
 // this (the fused linear head too, from its chunk of logits).
@@ -73,13 +73,13 @@ template <class T>
   for (std::size_t v = 0; v < V; ++v) {
     const double x = to_double(z[v]);
     if (std::isnan(x) || x == std::numeric_limits<double>::infinity())
-      detail::fail_at("logits", r * V + v, x, "a finite number or −inf" + row);
+      dftune::detail::fail_at("logits", r * V + v, x, "a finite number or −inf" + row);
   }
   if (!std::isfinite(to_double(z[y])))
-    detail::fail_at("logits", r * V + y, to_double(z[y]),
+    dftune::detail::fail_at("logits", r * V + y, to_double(z[y]),
                     "a finite logit for the target y = " + std::to_string(y) + row + " (its log-prob would be −inf)");
   const double token = w * (to_double(z[y]) - row_logsumexp(z, V));
-  detail::fail_at("token_logp", r, token,
+  dftune::detail::fail_at("token_logp", r, token,
                   "a weighted log-prob w·(z[y] − lse) that compute_t<T> can hold (logits or weights[" +
                       std::to_string(r) + "] too extreme for this precision)");
 }
@@ -98,8 +98,8 @@ template <class T, class SumOf>
 void store_sequences(std::span<compute_t<T>> seq_logp, const SumOf& sum_of) {
   using C = compute_t<T>;
   for (std::size_t s = 0; s < seq_logp.size(); ++s)
-    if (const double acc = sum_of(s); !detail::fits<C>(acc))
-      detail::fail_at("seq_logp", s, acc,
+    if (const double acc = sum_of(s); !dftune::detail::fits<C>(acc))
+      dftune::detail::fail_at("seq_logp", s, acc,
                       "a sum of weighted log-probs that compute_t<T> can hold (logits or weights too extreme for this precision)");
   for (std::size_t s = 0; s < seq_logp.size(); ++s) seq_logp[s] = static_cast<C>(sum_of(s));
 }
@@ -111,7 +111,7 @@ template <class T>
 void forward(const TokenLogits<T>& in, std::span<compute_t<T>> seq_logp, std::span<compute_t<T>> token_logp = {},
              std::span<compute_t<T>> row_lse = {}) {
   using C = compute_t<T>;
-  internal::check_forward(in, seq_logp.size(), token_logp.size(), row_lse.size());
+  detail::check_forward(in, seq_logp.size(), token_logp.size(), row_lse.size());
   const std::size_t V = in.vocab;
   constexpr std::size_t none = std::numeric_limits<std::size_t>::max();
   std::size_t bad = none;  // the first weighted row whose logits or log-prob are refused
@@ -125,7 +125,7 @@ void forward(const TokenLogits<T>& in, std::span<compute_t<T>> seq_logp, std::sp
         const T* z = in.logits.data() + n * V;
         lse = row_logsumexp(z, V);
         lp = w * (to_double(z[static_cast<std::size_t>(in.targets[n])]) - lse);
-        if (!internal::row_ok<C>(lse, lp)) {
+        if (!detail::row_ok<C>(lse, lp)) {
           if (bad == none) bad = n;
           lp = lse = std::numeric_limits<double>::quiet_NaN();  // unspecified; never converted out of range
         }
@@ -144,7 +144,7 @@ void forward(const TokenLogits<T>& in, std::span<compute_t<T>> seq_logp, std::sp
 template <class T>
 void backward(const TokenLogits<T>& in, std::span<const compute_t<T>> d_seq, std::span<T> grad,
               std::span<const compute_t<T>> row_lse = {}) {
-  internal::check_backward(in, d_seq, grad, row_lse);
+  detail::check_backward(in, d_seq, grad, row_lse);
   const std::size_t V = in.vocab;
   constexpr std::size_t none = std::numeric_limits<std::size_t>::max();
   std::size_t bad = none;

@@ -39,7 +39,7 @@ inline namespace dispatch_generic {
 // Bytes of `workspace` forward() needs to run without allocating when token_logp is empty.
 template <class T>
 std::size_t workspace_size(const TokenLogits<T>& in) {
-  return detail::checked_mul("workspace_size (rows·sizeof(compute_t<T>))", in.rows(), sizeof(compute_t<T>));
+  return dftune::detail::checked_mul("workspace_size (rows·sizeof(compute_t<T>))", in.rows(), sizeof(compute_t<T>));
 }
 
 // seq_logp [S] is required; token_logp [N] and row_lse [N] are written when non-empty. Without

@@ -47,20 +47,20 @@ struct TokenLogits {
 template <class W>
 void validate_rows(std::size_t n, std::size_t vocab, std::span<const token_t> targets, std::span<const W> weights,
                    std::span<const std::int64_t> offsets) {
-  detail::check_size("targets", targets.size(), n);
-  if (!weights.empty()) detail::check_size("weights", weights.size(), n);
-  if (offsets.empty()) detail::fail("offsets", "size 0", "size S + 1 >= 1");
-  if (offsets.front() != 0) detail::fail_at("offsets", 0, offsets.front(), "0");
+  dftune::detail::check_size("targets", targets.size(), n);
+  if (!weights.empty()) dftune::detail::check_size("weights", weights.size(), n);
+  if (offsets.empty()) dftune::detail::fail("offsets", "size 0", "size S + 1 >= 1");
+  if (offsets.front() != 0) dftune::detail::fail_at("offsets", 0, offsets.front(), "0");
   for (std::size_t s = 1; s < offsets.size(); ++s)
     if (offsets[s] < offsets[s - 1])
-      detail::fail_at("offsets", s, offsets[s], ">= offsets[" + std::to_string(s - 1) + "] (non-decreasing)");
+      dftune::detail::fail_at("offsets", s, offsets[s], ">= offsets[" + std::to_string(s - 1) + "] (non-decreasing)");
   if (offsets.back() != static_cast<std::int64_t>(n))
-    detail::fail_at("offsets", offsets.size() - 1, offsets.back(), "N = " + std::to_string(n));
+    dftune::detail::fail_at("offsets", offsets.size() - 1, offsets.back(), "N = " + std::to_string(n));
   for (std::size_t r = 0; r < n; ++r) {
     const W w = weights.empty() ? W(1) : weights[r];
-    if (!std::isfinite(w)) detail::fail_at("weights", r, w, "a finite number");
+    if (!std::isfinite(w)) dftune::detail::fail_at("weights", r, w, "a finite number");
     if (w != 0 && (targets[r] < 0 || static_cast<std::size_t>(targets[r]) >= vocab))
-      detail::fail_at("targets", r, targets[r], "in [0, vocab = " + std::to_string(vocab) + ")");
+      dftune::detail::fail_at("targets", r, targets[r], "in [0, vocab = " + std::to_string(vocab) + ")");
   }
 }
 
@@ -69,9 +69,9 @@ void validate_rows(std::size_t n, std::size_t vocab, std::span<const token_t> ta
 // refuse non-finite logits from the pass that reads them (logprob/generic.hpp).
 template <class T>
 void validate(const TokenLogits<T>& in) {
-  if (in.vocab == 0) detail::fail("vocab", in.vocab, "at least 1");
+  if (in.vocab == 0) dftune::detail::fail("vocab", in.vocab, "at least 1");
   if (in.logits.size() % in.vocab != 0)
-    detail::fail("logits", "size " + std::to_string(in.logits.size()),
+    dftune::detail::fail("logits", "size " + std::to_string(in.logits.size()),
                  "a multiple of vocab = " + std::to_string(in.vocab));
   validate_rows(in.rows(), in.vocab, in.targets, in.weights, in.offsets);
 }

@@ -23,7 +23,7 @@
 //   (workspace_size()) when token_logp is not wanted, and are summed per sequence afterwards.
 //
 // - Non-finite logits (generic.hpp's rules) cost no extra pass: a weighted row is checked from its
-//   log-sum-exp and log-prob (internal::row_ok), one test per row; the smallest refused row is
+//   log-sum-exp and log-prob (detail::row_ok), one test per row; the smallest refused row is
 //   found with an OpenMP min-reduction and reported through generic::fail_row after the pass.
 //
 // Tolerance against the generic path on the same storage type (tests/test_logprob_fast.cpp):
@@ -61,7 +61,7 @@ inline constexpr bool supported = std::is_same_v<T, float> || std::is_same_v<T, 
 // Bytes forward() needs in `workspace` when token_logp is empty (none otherwise); backward needs none.
 template <class T>
 std::size_t workspace_size(const TokenLogits<T>& in) {
-  return detail::checked_mul("workspace_size (rows·sizeof(compute_t<T>))", in.rows(), sizeof(compute_t<T>));
+  return dftune::detail::checked_mul("workspace_size (rows·sizeof(compute_t<T>))", in.rows(), sizeof(compute_t<T>));
 }
 
 namespace kernel {
@@ -79,15 +79,15 @@ void forward(const TokenLogits<T>& in, std::span<compute_t<T>> seq_logp, std::sp
              std::span<compute_t<T>> row_lse, std::span<std::byte> workspace) {
   static_assert(supported<T>, "the CPU fast path takes float, double or bf16 logits; use logprob::generic");
   using C = compute_t<T>;
-  internal::check_forward(in, seq_logp.size(), token_logp.size(), row_lse.size());
+  detail::check_forward(in, seq_logp.size(), token_logp.size(), row_lse.size());
   (void)dftune::cpu::active_isa();  // a bad DFTUNE_ISA throws here, not inside the parallel loop
   C* token = token_logp.data();
   if (token_logp.empty()) {
     if (workspace.size() < cpu::workspace_size(in))
-      detail::fail("workspace", "size " + std::to_string(workspace.size()),
+      dftune::detail::fail("workspace", "size " + std::to_string(workspace.size()),
                    "at least workspace_size(in) = " + std::to_string(cpu::workspace_size(in)) + " bytes");
     if (reinterpret_cast<std::uintptr_t>(workspace.data()) % alignof(C) != 0)
-      detail::fail("workspace", "a misaligned buffer", "alignment " + std::to_string(alignof(C)));
+      dftune::detail::fail("workspace", "a misaligned buffer", "alignment " + std::to_string(alignof(C)));
     token = reinterpret_cast<C*>(workspace.data());
   }
   const std::size_t V = in.vocab;
@@ -108,7 +108,7 @@ void forward(const TokenLogits<T>& in, std::span<compute_t<T>> seq_logp, std::sp
     const double lse = kernel::row_logsumexp(z, V);
     const auto y = static_cast<std::size_t>(in.targets[r]);
     const double lp = w * (static_cast<double>(kernel::to_compute(z[y])) - lse);
-    const bool ok = internal::row_ok<C>(lse, lp);
+    const bool ok = detail::row_ok<C>(lse, lp);
     if (!ok) bad = std::min(bad, r);
     token[r] = ok ? static_cast<C>(lp) : std::numeric_limits<C>::quiet_NaN();
     if (!row_lse.empty()) row_lse[r] = ok ? static_cast<C>(lse) : std::numeric_limits<C>::quiet_NaN();
@@ -128,7 +128,7 @@ template <class T>
 void backward(const TokenLogits<T>& in, std::span<const compute_t<T>> d_seq, std::span<T> grad,
               std::span<const compute_t<T>> row_lse = {}) {
   static_assert(supported<T>, "the CPU fast path takes float, double or bf16 logits; use logprob::generic");
-  internal::check_backward(in, d_seq, grad, row_lse);
+  detail::check_backward(in, d_seq, grad, row_lse);
   (void)dftune::cpu::active_isa();  // a bad DFTUNE_ISA throws here, not inside the parallel loop
   const std::size_t V = in.vocab;
   const auto N = static_cast<std::ptrdiff_t>(in.rows());

@@ -256,7 +256,7 @@ __device__ __forceinline__ void report_bad_logits(status_area* status, long long
   atomicMax(&status->first_bad_row_not, ~static_cast<unsigned long long>(row));
 }
 
-// A weighted row is judged as the CPU paths judge it (logprob/checks.hpp, internal::row_ok): its
+// A weighted row is judged as the CPU paths judge it (logprob/checks.hpp, detail::row_ok): its
 // log-sum-exp and its log-prob w·(z[y] − lse) must be finite. That catches a NaN or +inf logit
 // (lse NaN or +inf), a row of −inf (lse −inf), a −inf target logit and a log-prob beyond float,
 // from values the pass computes anyway: no extra pass over the logits.

@@ -116,7 +116,7 @@ struct CudaOps {
 // Host-side checks (everything that needs no device read), then the chunks.
 inline void run(const LinearLogits<float>& in, Mode mode, std::span<float> seq_logp, std::span<float> token_logp,
                 std::span<float> row_lse, std::span<const float> d_seq, std::span<const float> lse_in,
-                const LinearGrads<float>& g, std::span<std::byte> workspace, const Options& opt, cublasHandle_t handle,
+                const LinearGrads<float>& g, std::span<std::byte> workspace, const LinearOptions& opt, cublasHandle_t handle,
                 cudaStream_t stream) {
   using dftune::detail::check_size;
   using dftune::detail::fail;
@@ -152,15 +152,15 @@ inline void run(const LinearLogits<float>& in, Mode mode, std::span<float> seq_l
          "at least workspace_size(in, options) = " + std::to_string(l.bytes) + " bytes");
   if (reinterpret_cast<std::uintptr_t>(workspace.data()) % 256 != 0)
     fail("workspace", "a misaligned buffer", "alignment 256 (what cudaMalloc returns)");
-  using logprob::linear::internal::region;
-  const logprob::linear::internal::Region inputs[] = {
+  using logprob::linear::detail::region;
+  const logprob::linear::detail::Region inputs[] = {
       region("hidden", in.hidden),   region("proj", in.proj), region("bias", in.bias),   region("targets", in.targets),
       region("weights", in.weights), region("offsets", in.offsets), region("d_seq", d_seq), region("row_lse", lse_in)};
-  const logprob::linear::internal::Region outputs[] = {
+  const logprob::linear::detail::Region outputs[] = {
       region("seq_logp", seq_logp),          region("token_logp", token_logp), region("row_lse", row_lse),
       region("grads.hidden", g.hidden),      region("grads.proj", g.proj),     region("grads.bias", g.bias),
       region("workspace", workspace.first(l.bytes))};
-  logprob::linear::internal::check_disjoint(outputs, inputs);  // the CPU head's rule, on device addresses
+  logprob::linear::detail::check_disjoint(outputs, inputs);  // the CPU head's rule, on device addresses
   if (handle == nullptr) fail("handle", "null", "a cuBLAS handle (cublasCreate)");
 
   CudaOps ops{handle, stream};
@@ -171,20 +171,20 @@ inline void run(const LinearLogits<float>& in, Mode mode, std::span<float> seq_l
 }  // namespace detail
 
 // Bytes of device workspace every call on `in` with `options` needs; host only, no CUDA call.
-inline std::size_t workspace_size(const LinearLogits<float>& in, const Options& options = {}) {
+inline std::size_t workspace_size(const LinearLogits<float>& in, const LinearOptions& options = {}) {
   return detail::layout_of(in, options).bytes;
 }
 
 // Asynchronous on `stream`; check_status(workspace, stream) reports what the kernels found.
 inline void forward(const LinearLogits<float>& in, std::span<float> seq_logp, std::span<float> token_logp, std::span<float> row_lse,
-                    std::span<std::byte> workspace, cublasHandle_t handle, cudaStream_t stream, const Options& options = {}) {
+                    std::span<std::byte> workspace, cublasHandle_t handle, cudaStream_t stream, const LinearOptions& options = {}) {
   detail::run(in, detail::Mode::forward, seq_logp, token_logp, row_lse, {}, {}, {}, workspace, options, handle, stream);
 }
 
 // Recomputes each chunk's logits; dH written, dW and db accumulated (+=).
 inline void backward(const LinearLogits<float>& in, std::span<const float> d_seq, const LinearGrads<float>& grads,
                      std::span<const float> row_lse, std::span<std::byte> workspace, cublasHandle_t handle, cudaStream_t stream,
-                     const Options& options = {}) {
+                     const LinearOptions& options = {}) {
   detail::run(in, detail::Mode::backward, {}, {}, {}, d_seq, row_lse, grads, workspace, options, handle, stream);
 }
 
@@ -192,7 +192,7 @@ inline void backward(const LinearLogits<float>& in, std::span<const float> d_seq
 inline void forward_backward(const LinearLogits<float>& in, std::span<const float> d_seq, const LinearGrads<float>& grads,
                              std::span<float> seq_logp, std::span<float> token_logp, std::span<float> row_lse,
                              std::span<std::byte> workspace, cublasHandle_t handle, cudaStream_t stream,
-                             const Options& options = {}) {
+                             const LinearOptions& options = {}) {
   detail::run(in, detail::Mode::forward_backward, seq_logp, token_logp, row_lse, d_seq, {}, grads, workspace, options, handle,
               stream);
 }

@@ -34,9 +34,11 @@ using logprob::linear::LinearLogits;
 // chunk_rows: rows whose logits are held at once (0: the default below). The workspace is about
 // chunk_rows · V floats (1024 rows at V = 128256: 525 MB); the chunk is the inner dimension of
 // dW += Gᵀ H_c, and a GPU GEMM wants it near a thousand (docs/cuda.md, "The fused linear head").
-struct Options {
+struct LinearOptions {
   std::size_t chunk_rows = 0;
 };
+// The old name of LinearOptions, kept (deprecated) for one release.
+using Options [[deprecated("use LinearOptions")]] = LinearOptions;
 inline constexpr std::size_t default_chunk_rows = 1024;
 
 namespace detail {
@@ -50,7 +52,7 @@ struct WorkspaceLayout {
 };
 
 template <class T>
-WorkspaceLayout layout_of(const LinearLogits<T>& in, const Options& opt) {
+WorkspaceLayout layout_of(const LinearLogits<T>& in, const LinearOptions& opt) {
   WorkspaceLayout l;
   const std::size_t N = in.rows();
   l.chunk_rows = std::max<std::size_t>(1, std::min(opt.chunk_rows != 0 ? opt.chunk_rows : default_chunk_rows, N));

@@ -19,7 +19,7 @@
 
 DFTUNE_NAMESPACE_BEGIN
 
-namespace logprob::linear::internal {
+namespace logprob::linear::detail {
 
 enum class Mode { forward, backward, forward_backward };
 
@@ -59,10 +59,10 @@ inline void check_disjoint(std::span<const Region> outputs, std::span<const Regi
   const std::string_view expected = "a buffer disjoint from every input and every other output";
   for (std::size_t i = 0; i < outputs.size(); ++i) {
     for (const Region& in : inputs)
-      if (overlap(outputs[i], in)) detail::fail(outputs[i].name, "a buffer overlapping " + std::string(in.name), expected);
+      if (overlap(outputs[i], in)) dftune::detail::fail(outputs[i].name, "a buffer overlapping " + std::string(in.name), expected);
     for (std::size_t j = 0; j < i; ++j)
       if (overlap(outputs[i], outputs[j]))
-        detail::fail(outputs[i].name, "a buffer overlapping " + std::string(outputs[j].name), expected);
+        dftune::detail::fail(outputs[i].name, "a buffer overlapping " + std::string(outputs[j].name), expected);
   }
 }
 
@@ -75,30 +75,30 @@ void check_call(const LinearLogits<T>& in, const Call<T>& call, const Plan& plan
   validate_rows(in.rows(), target_vocab == 0 ? in.vocab : target_vocab, in.targets, in.weights, in.offsets);
   const std::size_t N = in.rows(), S = in.sequences();
   if (call.forward()) {
-    detail::check_size("seq_logp", call.seq_logp.size(), S);
-    if (!call.token_logp.empty()) detail::check_size("token_logp", call.token_logp.size(), N);
-    if (!call.row_lse.empty()) detail::check_size("row_lse", call.row_lse.size(), N);
-    if (!call.entropy.empty()) detail::check_size("entropy", call.entropy.size(), N);
+    dftune::detail::check_size("seq_logp", call.seq_logp.size(), S);
+    if (!call.token_logp.empty()) dftune::detail::check_size("token_logp", call.token_logp.size(), N);
+    if (!call.row_lse.empty()) dftune::detail::check_size("row_lse", call.row_lse.size(), N);
+    if (!call.entropy.empty()) dftune::detail::check_size("entropy", call.entropy.size(), N);
   }
   if (call.backward()) {
-    detail::check_size("d_seq", call.d_seq.size(), S);
+    dftune::detail::check_size("d_seq", call.d_seq.size(), S);
     for (std::size_t s = 0; s < S; ++s)
-      if (!std::isfinite(call.d_seq[s])) detail::fail_at("d_seq", s, call.d_seq[s], "a finite number");
+      if (!std::isfinite(call.d_seq[s])) dftune::detail::fail_at("d_seq", s, call.d_seq[s], "a finite number");
     const auto& g = call.grads;
-    if (!std::isfinite(g.z_loss)) detail::fail("grads.z_loss", g.z_loss, "a finite coefficient");
-    if (!g.hidden.empty()) detail::check_size_product("grads.hidden", g.hidden.size(), N, in.dim, "grads.hidden (N·dim)");
-    if (!g.proj.empty()) detail::check_size_product("grads.proj", g.proj.size(), in.vocab, in.dim, "grads.proj (vocab·dim)");
-    if (!g.bias.empty()) detail::check_size("grads.bias", g.bias.size(), in.vocab);
+    if (!std::isfinite(g.z_loss)) dftune::detail::fail("grads.z_loss", g.z_loss, "a finite coefficient");
+    if (!g.hidden.empty()) dftune::detail::check_size_product("grads.hidden", g.hidden.size(), N, in.dim, "grads.hidden (N·dim)");
+    if (!g.proj.empty()) dftune::detail::check_size_product("grads.proj", g.proj.size(), in.vocab, in.dim, "grads.proj (vocab·dim)");
+    if (!g.bias.empty()) dftune::detail::check_size("grads.bias", g.bias.size(), in.vocab);
   }
   if (!call.lse_in.empty()) {
-    detail::check_size("row_lse", call.lse_in.size(), N);
+    dftune::detail::check_size("row_lse", call.lse_in.size(), N);
     // Masked rows carry NaN from forward() and are never read.
     for (std::size_t r = 0; r < N; ++r)
       if (in.weight(r) != 0 && !std::isfinite(call.lse_in[r]))
-        detail::fail_at("row_lse", r, call.lse_in[r], "a finite number on a weighted row");
+        dftune::detail::fail_at("row_lse", r, call.lse_in[r], "a finite number on a weighted row");
   }
   if (workspace.size() < plan.bytes)
-    detail::fail("workspace", "size " + std::to_string(workspace.size()),
+    dftune::detail::fail("workspace", "size " + std::to_string(workspace.size()),
                  "at least workspace_size(in, options) = " + std::to_string(plan.bytes) + " bytes");
   const Region inputs[] = {region("hidden", in.hidden),   region("proj", in.proj),
                            region("bias", in.bias),       region("targets", in.targets),
@@ -112,6 +112,6 @@ void check_call(const LinearLogits<T>& in, const Call<T>& call, const Plan& plan
   check_disjoint(outputs, inputs);
 }
 
-}  // namespace logprob::linear::internal
+}  // namespace logprob::linear::detail
 
 DFTUNE_NAMESPACE_END

@@ -18,7 +18,7 @@
 // chunk, the vocab tile, the dim tile), each output element is written by one task, dW and db add
 // the chunks in row order, dH sums the vocab tiles in order, and a row's kernels run in one thread.
 // So which thread runs which task, and how many threads there are, changes no bit of any output.
-// The order of the sums does depend on the plan (Options pins it).
+// The order of the sums does depend on the plan (LinearOptions pins it).
 //
 // Storage types other than compute_t<T> (bf16): H's rows are widened when gathered, W's tiles into
 // a per-thread stage before each GEMM, dH narrowed once at the end; all arithmetic is compute_t<T>.
@@ -36,6 +36,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -46,9 +47,7 @@
 
 DFTUNE_NAMESPACE_BEGIN
 
-namespace logprob::linear::chunked {
-
-namespace detail_chunked {
+namespace logprob::linear::detail {
 
 template <class T>
 inline constexpr bool is_bf16 =
@@ -93,7 +92,9 @@ inline std::byte* align(std::byte* p) {
   return p + ((workspace_alignment - a % workspace_alignment) % workspace_alignment);
 }
 
-}  // namespace detail_chunked
+}  // namespace logprob::linear::detail
+
+namespace logprob::linear::chunked {
 
 // Where the vocabulary is: a policy of run(). WholeVocab, all of it in this process (the head of
 // linear.hpp); vocab_parallel.hpp's slice of it, on each rank of a communicator, has the same
@@ -112,16 +113,15 @@ struct WholeVocab {
 // Runs a checked call (see execute()) on the vocabulary rows [vs.begin, vs.begin + in.vocab) of W;
 // targets are ids of the whole vocabulary.
 template <class Gemm, class Rows, class T, class Vocab = WholeVocab>
-void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p, std::byte* base, Vocab&& vs) {
+void run(const LinearLogits<T>& in, const detail::Call<T>& call, const Plan& p, std::byte* base, Vocab&& vs) {
   using C = compute_t<T>;
-  namespace dc = detail_chunked;
   constexpr bool staged = !std::is_same_v<T, C>;
   const std::size_t N = in.rows(), V = in.vocab, d = in.dim, S = in.sequences();
   const std::size_t R = p.chunk_rows, Vt = p.vocab_tile, Dt = p.dim_tile;
   const bool vocab_major = in.layout == Layout::vocab_major;
   const T* H = in.hidden.data();
   const T* W = in.proj.data();
-  std::byte* ws = dc::align(base);
+  std::byte* ws = detail::align(base);
   C* const Z = reinterpret_cast<C*>(ws + p.logits_at);
   C* const Hc = reinterpret_cast<C*>(ws + p.hidden_at);
   C* const dHc = reinterpret_cast<C*>(ws + p.dhidden_at);
@@ -181,7 +181,7 @@ void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p
     // thread count of this region's tasks only, not the caller's.
     omp_set_num_threads(1);
 #endif
-    C* const stage = staged ? stage_base + dc::thread_id() * p.stage_elems : nullptr;
+    C* const stage = staged ? stage_base + detail::thread_id() * p.stage_elems : nullptr;
     for (;;) {
       DFTUNE_OMP(single)
       {
@@ -221,7 +221,7 @@ void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p
       DFTUNE_OMP(for schedule(static))
       for (std::ptrdiff_t i = 0; i < static_cast<std::ptrdiff_t>(k); ++i) {
         const auto u = static_cast<std::size_t>(i);
-        dc::widen(H + idx[u] * d, Hc + u * d, d);
+        detail::widen(H + idx[u] * d, Hc + u * d, d);
       }
 
       // 2. Z[:, tile] = Hc W[tile]ᵀ + b[tile].
@@ -231,7 +231,7 @@ void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p
         if (vocab_major) {  // W[v0 : v0+n, :] is Bᵀ: column-major [d, n], leading dimension d
           const C* b = nullptr;
           if constexpr (staged) {
-            dc::widen(W + v0 * d, stage, n * d);
+            detail::widen(W + v0 * d, stage, n * d);
             b = stage;
           } else {
             b = W + v0 * d;
@@ -241,7 +241,7 @@ void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p
           const C* b = nullptr;
           std::size_t ldb = V;
           if constexpr (staged) {
-            for (std::size_t j = 0; j < d; ++j) dc::widen(W + j * V + v0, stage + j * n, n);
+            for (std::size_t j = 0; j < d; ++j) detail::widen(W + j * V + v0, stage + j * n, n);
             b = stage;
             ldb = n;
           } else {
@@ -273,7 +273,7 @@ void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p
         const double lse = row_lse[u];
         if (call.forward()) {
           const double lp = static_cast<double>(in.weight(r)) * (row_zy[u] - lse);
-          if (!logprob::internal::row_ok<C>(lse, lp)) return false;
+          if (!logprob::detail::row_ok<C>(lse, lp)) return false;
           tok[u] = static_cast<C>(lp);
           if (!call.token_logp.empty()) call.token_logp[r] = tok[u];
           if (!call.row_lse.empty()) call.row_lse[r] = static_cast<C>(lse);
@@ -338,7 +338,7 @@ void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p
               const C* b = nullptr;
               std::size_t ldb = d;
               if constexpr (staged) {
-                for (std::size_t v = 0; v < n; ++v) dc::widen(W + (v0 + v) * d + c0, stage + v * m, m);
+                for (std::size_t v = 0; v < n; ++v) detail::widen(W + (v0 + v) * d + c0, stage + v * m, m);
                 b = stage;
                 ldb = m;
               } else {
@@ -349,7 +349,7 @@ void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p
               const C* b = nullptr;
               std::size_t ldb = V;
               if constexpr (staged) {
-                for (std::size_t j = 0; j < m; ++j) dc::widen(W + (c0 + j) * V + v0, stage + j * n, n);
+                for (std::size_t j = 0; j < m; ++j) detail::widen(W + (c0 + j) * V + v0, stage + j * n, n);
                 b = stage;
                 ldb = n;
               } else {
@@ -392,7 +392,7 @@ void run(const LinearLogits<T>& in, const internal::Call<T>& call, const Plan& p
           if (!carries_grad(coef[u], static_cast<double>(in.weight(idx[u]))))
             std::fill(out, out + d, T(0.0f));
           else
-            dc::narrow(dHc + u * d, out, d);
+            detail::narrow(dHc + u * d, out, d);
         }
       }
     }
@@ -412,19 +412,26 @@ void check_backend(const LinearLogits<T>& in) {
   if constexpr (std::is_same_v<Rows, FastRows>) (void)dftune::cpu::active_isa();
 #endif
   if constexpr (requires { Gemm::max_dim; }) {
-    if (in.vocab > Gemm::max_dim) detail::fail("vocab", in.vocab, std::string("at most ") + Gemm::name + "'s limit " + std::to_string(Gemm::max_dim));
-    if (in.dim > Gemm::max_dim) detail::fail("dim", in.dim, std::string("at most ") + Gemm::name + "'s limit " + std::to_string(Gemm::max_dim));
+    if (in.vocab > Gemm::max_dim) dftune::detail::fail("vocab", in.vocab, std::string("at most ") + Gemm::name + "'s limit " + std::to_string(Gemm::max_dim));
+    if (in.dim > Gemm::max_dim) dftune::detail::fail("dim", in.dim, std::string("at most ") + Gemm::name + "'s limit " + std::to_string(Gemm::max_dim));
   }
 }
 
 // Plans, checks (nothing is written when a check fails) and runs one call with the given GEMM
 // and row kernels; linear.hpp picks them. Logits the reductions refuse are found during the run
-// (linear_logits.hpp says what is left written then).
+// (linear_logits.hpp says what is left written then). An empty workspace: the call allocates the
+// plan's bytes itself, once the shapes (which the plan's size is computed from) are known valid.
 template <class Gemm, class Rows, class T>
-void execute(const LinearLogits<T>& in, const internal::Call<T>& call, std::span<std::byte> workspace, const Options& opt) {
+void execute(const LinearLogits<T>& in, const detail::Call<T>& call, std::span<std::byte> workspace, const LinearOptions& opt) {
   check_backend<Gemm, Rows>(in);
   const Plan plan = make_plan(in, opt);
-  internal::check_call(in, call, plan, workspace);
+  std::unique_ptr<std::byte[]> own;
+  if (workspace.empty() && plan.bytes != 0) {
+    validate_shapes(in);
+    own = std::make_unique_for_overwrite<std::byte[]>(plan.bytes);
+    workspace = {own.get(), plan.bytes};
+  }
+  detail::check_call(in, call, plan, workspace);
   run<Gemm, Rows>(in, call, plan, workspace.data(), WholeVocab{});
 }
 

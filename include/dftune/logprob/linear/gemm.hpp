@@ -27,8 +27,10 @@
 
 #if __has_include(<Eigen/Core>)
 #include <Eigen/Core>
+// 1: EigenGemm exists (Eigen on the include path).
 #define DFTUNE_LINEAR_HAS_EIGEN_GEMM 1
 #else
+// 0: no EigenGemm (Eigen not on the include path).
 #define DFTUNE_LINEAR_HAS_EIGEN_GEMM 0
 #endif
 #if defined(DFTUNE_LINEAR_GEMM_CBLAS)
@@ -50,13 +52,17 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace logprob::linear::gemm {
 
+// C[m, n] = 0 (row-major, leading dimension ldc): where a product that does not accumulate starts.
 template <class S>
 void zero(std::size_t m, std::size_t n, S* c, std::size_t ldc) {
   for (std::size_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, S(0));
 }
 
+// Plain loops, for builds without Eigen or a BLAS (correct, slow).
 struct LoopGemm {
-  static constexpr const char* name = "loops";
+  static constexpr const char* name = "loops";  // the library, as benchmarks and errors name it
+  // C = (accumulate ? C : 0) + A·B, A [m, k] row-major when ARow (else column-major), B [k, n] when
+  // BRow; on the calling thread.
   template <bool ARow, bool BRow, class S>
   static void run(std::size_t m, std::size_t n, std::size_t k, const S* a, std::size_t lda, const S* b, std::size_t ldb,
                   S* c, std::size_t ldc, bool accumulate) {
@@ -70,9 +76,12 @@ struct LoopGemm {
   }
 };
 
-#if DFTUNE_LINEAR_HAS_EIGEN_GEMM
+#if DFTUNE_LINEAR_HAS_EIGEN_GEMM || defined(DFTUNE_DOXYGEN)
+// Eigen's GEMM kernel with single-thread blocking (the default when Eigen is on the include path).
 struct EigenGemm {
-  static constexpr const char* name = "Eigen";
+  static constexpr const char* name = "Eigen";  // the library, as benchmarks and errors name it
+  // C = (accumulate ? C : 0) + A·B, A [m, k] row-major when ARow (else column-major), B [k, n] when
+  // BRow; on the calling thread.
   template <bool ARow, bool BRow, class S>
   static void run(std::size_t m, std::size_t n, std::size_t k, const S* a, std::size_t lda, const S* b, std::size_t ldb,
                   S* c, std::size_t ldc, bool accumulate) {
@@ -92,10 +101,13 @@ struct EigenGemm {
 };
 #endif
 
-#if defined(DFTUNE_LINEAR_GEMM_CBLAS)
+#if defined(DFTUNE_LINEAR_GEMM_CBLAS) || defined(DFTUNE_DOXYGEN)
+// A CBLAS (OpenBLAS: CMake DFTUNE_GEMM=openblas), on one thread.
 struct CblasGemm {
-  static constexpr const char* name = "OpenBLAS";
-  static constexpr std::size_t max_dim = INT_MAX;  // CBLAS sizes are int
+  static constexpr const char* name = "OpenBLAS";  // the library, as benchmarks and errors name it
+  static constexpr std::size_t max_dim = INT_MAX;  // the largest m, n, k, lda, ldb, ldc: CBLAS sizes are int
+  // C = (accumulate ? C : 0) + A·B, A [m, k] row-major when ARow (else column-major), B [k, n] when
+  // BRow; on the calling thread.
   template <bool ARow, bool BRow, class S>
   static void run(std::size_t m, std::size_t n, std::size_t k, const S* a, std::size_t lda, const S* b, std::size_t ldb,
                   S* c, std::size_t ldc, bool accumulate) {
@@ -120,9 +132,12 @@ struct CblasGemm {
 };
 #endif
 
-#if defined(DFTUNE_LINEAR_GEMM_BLIS)
+#if defined(DFTUNE_LINEAR_GEMM_BLIS) || defined(DFTUNE_DOXYGEN)
+// BLIS's typed API with a one-thread runtime (CMake DFTUNE_GEMM=blis).
 struct BlisGemm {
-  static constexpr const char* name = "BLIS";
+  static constexpr const char* name = "BLIS";  // the library, as benchmarks and errors name it
+  // C = (accumulate ? C : 0) + A·B, A [m, k] row-major when ARow (else column-major), B [k, n] when
+  // BRow; on the calling thread.
   template <bool ARow, bool BRow, class S>
   static void run(std::size_t m, std::size_t n, std::size_t k, const S* a, std::size_t lda, const S* b, std::size_t ldb,
                   S* c, std::size_t ldc, bool accumulate) {
@@ -145,9 +160,12 @@ struct BlisGemm {
 };
 #endif
 
-#if defined(DFTUNE_LINEAR_GEMM_DNNL)
+#if defined(DFTUNE_LINEAR_GEMM_DNNL) || defined(DFTUNE_DOXYGEN)
+// oneDNN's dnnl_sgemm (CMake DFTUNE_GEMM=onednn), on one thread; doubles go to EigenGemm or LoopGemm.
 struct DnnlGemm {
-  static constexpr const char* name = "oneDNN";
+  static constexpr const char* name = "oneDNN";  // the library, as benchmarks and errors name it
+  // C = (accumulate ? C : 0) + A·B, A [m, k] row-major when ARow (else column-major), B [k, n] when
+  // BRow; on the calling thread.
   template <bool ARow, bool BRow, class S>
   static void run(std::size_t m, std::size_t n, std::size_t k, const S* a, std::size_t lda, const S* b, std::size_t ldb,
                   S* c, std::size_t ldc, bool accumulate) {
@@ -177,7 +195,7 @@ struct DnnlGemm {
           dnnl_sgemm(ARow ? 'N' : 'T', BRow ? 'N' : 'T', static_cast<D>(m), static_cast<D>(n), static_cast<D>(k), 1.0f, a,
                      static_cast<D>(lda), b, static_cast<D>(ldb), accumulate ? 1.0f : 0.0f, c, static_cast<D>(ldc));
       if (st != dnnl_success)
-        detail::fail("gemm", "dnnl_sgemm status " + std::to_string(static_cast<int>(st)),
+        dftune::detail::fail("gemm", "dnnl_sgemm status " + std::to_string(static_cast<int>(st)),
                      "dnnl_success (m " + std::to_string(m) + ", n " + std::to_string(n) + ", k " + std::to_string(k) + ")");
     }
   }

@@ -2,15 +2,16 @@
 // The one entry point of the fused linear + log-prob head: the outputs of logprob::forward /
 // backward on the logits z = H Wᵀ + b (linear_logits.hpp), carried to H, W and b, without ever
 // holding more than one chunk of logits (docs/fused_linear.md). CUB-style: ask workspace_size(in,
-// options), hand that many bytes to the call; the call never allocates.
+// options), hand that many bytes to the call, and the call never allocates; or leave the workspace
+// out (every optional span defaults to empty, as logprob::forward's) and the call allocates it.
 //
-//   forward(in, seq_logp [S], token_logp [N] or {}, row_lse [N] or {}, workspace)
-//   forward(in, seq_logp [S], {.token_logp, .row_lse, .entropy} (TokenOutputs, each optional), workspace)
-//   backward(in, d_seq [S], grads, row_lse from forward [N] or {}, workspace)
+//   forward(in, seq_logp [S], token_logp [N] = {}, row_lse [N] = {}, workspace = {}, options = {})
+//   forward(in, seq_logp [S], {.token_logp, .row_lse, .entropy} (TokenOutputs, each optional), workspace = {})
+//   backward(in, d_seq [S], grads, row_lse from forward [N] = {}, workspace = {})
 //       recomputes each chunk's logits; dH written, dW and db accumulated (+=); grads.z_loss = ζ
 //       adds the gradient of a z-loss ζ Σ_n w_n lse_n²
-//   forward_backward(in, d_seq [S], grads, seq_logp [S], token_logp, row_lse, workspace)
-//   forward_backward(in, d_seq [S], grads, seq_logp [S], TokenOutputs, workspace)
+//   forward_backward(in, d_seq [S], grads, seq_logp [S], token_logp = {}, row_lse = {}, workspace = {})
+//   forward_backward(in, d_seq [S], grads, seq_logp [S], TokenOutputs, workspace = {})
 //       when d_seq is known before the scores (the Model concept's accumulate_gradients, SFT):
 //       the gradient is taken from the forward's logits, three GEMMs instead of four
 //   logits(in, z [N, V])
@@ -45,6 +46,8 @@ namespace logprob::linear {
 // it (vocab_parallel.hpp) reopen it.
 #define DFTUNE_LINEAR_DISPATCH dispatch_doc
 inline namespace dispatch_doc {
+// The GEMM policy of this build (gemm.hpp): DnnlGemm, CblasGemm or BlisGemm as CMake's
+// DFTUNE_GEMM selects, else EigenGemm when Eigen is on the include path, else LoopGemm.
 using DefaultGemm = gemm::LoopGemm;
 #elif defined(DFTUNE_LINEAR_GEMM_DNNL) && DFTUNE_LINEAR_HAS_FAST_ROWS
 #define DFTUNE_LINEAR_DISPATCH dispatch_dnnl_fast
@@ -85,72 +88,108 @@ using DefaultGemm = gemm::LoopGemm;
 #endif
 
 #if DFTUNE_LINEAR_HAS_FAST_ROWS
+// The row kernels of this build: the CPU fast path's (Eigen on the include path).
 using DefaultRows = chunked::FastRows;
 #else
+// The row kernels of this build: the generic oracle's (no Eigen, or DFTUNE_LOGPROB_GENERIC_ONLY).
 using DefaultRows = chunked::GenericRows;
 #endif
 
 // Bytes of workspace every call on `in` with `options` needs (forward, backward and
 // forward_backward alike). It depends on the shapes, the plan and, for storage types other than
-// compute_t<T> (bf16), options.threads (0: omp_get_max_threads() at the time of the call).
+// compute_t<T> (bf16), options.threads (0: omp_get_max_threads() at the time of the call). Sizes
+// only: call validate(in) first for a dftune::argument_error on bad shapes; a size that overflows
+// std::size_t is one.
 template <class T>
-std::size_t workspace_size(const LinearLogits<T>& in, const Options& options = {}) {
+std::size_t workspace_size(const LinearLogits<T>& in, const LinearOptions& options = {}) {
   return make_plan(in, options).bytes;
 }
 
-// seq_logp[s] = Σ_{n in s} token_logp[n], with the per-token outputs of `rows` that are not empty
-// (TokenOutputs: token_logp, row_lse, entropy): logprob::forward's outputs, and the entropy.
+// seq_logp [S] = Σ_{n in s} token_logp[n], and the per-token outputs of `rows` that are not empty
+// (TokenOutputs: token_logp, row_lse, entropy, each [N]): logprob::forward's outputs on the logits
+// H·Wᵀ + b, and the entropy. `workspace`: at least workspace_size(in, options) bytes, disjoint from
+// every input and output; empty (the default), the call allocates them itself. Throws
+// dftune::argument_error naming the argument (shapes, offsets, targets, weights, sizes, a workspace
+// too small, an output overlapping another buffer) before writing anything, or naming the row
+// whose logits the reductions refuse (linear_logits.hpp, validate). Example (N = 3 tokens in
+// S = 2 sequences, d = 2, V = 3; W [V, d] as torch.nn.Linear stores it):
+//
+//     const std::vector<float> H{1, 0, 0, 1, 1, 1}, W{1, 0, 0, 1, 1, 1};
+//     const std::vector<dftune::token_t> y{0, 2, 1};
+//     const std::vector<std::int64_t> offsets{0, 2, 3};
+//     const linear::LinearLogits<float> in{.hidden = H, .proj = W, .dim = 2, .vocab = 3, .targets = y, .offsets = offsets};
+//     std::vector<float> seq(2), entropy(3);
+//     linear::forward(in, std::span<float>(seq));                          // scores only, own workspace
+//     std::vector<std::byte> ws(linear::workspace_size(in));
+//     linear::forward(in, std::span<float>(seq), {.entropy = entropy}, ws);  // allocation-free
 template <class T>
 void forward(const LinearLogits<T>& in, std::span<compute_t<T>> seq_logp, const TokenOutputs<T>& rows,
-             std::span<std::byte> workspace, const Options& options = {}) {
-  internal::Call<T> call{.mode = internal::Mode::forward, .seq_logp = seq_logp, .token_logp = rows.token_logp,
-                         .row_lse = rows.row_lse, .entropy = rows.entropy};
+             std::span<std::byte> workspace = {}, const LinearOptions& options = {}) {
+  detail::Call<T> call{.mode = detail::Mode::forward, .seq_logp = seq_logp, .token_logp = rows.token_logp,
+                       .row_lse = rows.row_lse, .entropy = rows.entropy};
   chunked::execute<DefaultGemm, DefaultRows>(in, call, workspace, options);
 }
 
-// seq_logp[s] = Σ_{n in s} token_logp[n], token_logp[n] = w_n (z_n[y_n] − row_lse[n]) (0 where
-// w_n = 0), row_lse[n] = log Σ_v exp(z_n[v]) (NaN where w_n = 0): logprob::forward's outputs.
+// forward() with token_logp [N] and row_lse [N] given one by one, each optional (empty: not
+// computed), as logprob::forward takes them: seq_logp[s] = Σ_{n in s} token_logp[n],
+// token_logp[n] = w_n (z_n[y_n] − row_lse[n]) (0 where w_n = 0), row_lse[n] = log Σ_v exp(z_n[v])
+// (NaN where w_n = 0). The workspace and the errors as above.
 template <class T>
-void forward(const LinearLogits<T>& in, std::span<compute_t<T>> seq_logp, std::span<compute_t<T>> token_logp,
-             std::span<compute_t<T>> row_lse, std::span<std::byte> workspace, const Options& options = {}) {
+void forward(const LinearLogits<T>& in, std::span<compute_t<T>> seq_logp, std::span<compute_t<T>> token_logp = {},
+             std::span<compute_t<T>> row_lse = {}, std::span<std::byte> workspace = {}, const LinearOptions& options = {}) {
   forward(in, seq_logp, TokenOutputs<T>{.token_logp = token_logp, .row_lse = row_lse}, workspace, options);
 }
 
 // With G_n = d_seq[s(n)] w_n (onehot(y_n) − softmax(z_n)) (logprob::backward's gradient), plus
 // 2 ζ w_n lse_n softmax(z_n) for a z-loss ζ = grads.z_loss:
-// grads.hidden[n] = G_n W (written), grads.proj += Σ_n G_nᵀ h_n, grads.bias += Σ_n G_n.
-// row_lse from forward() saves one pass over each row of logits; it may be empty.
+// grads.hidden[n] = G_n W (written), grads.proj += Σ_n G_nᵀ h_n, grads.bias += Σ_n G_n (each
+// optional: an empty span is not computed). d_seq [S] = ∂loss/∂seq_logp, finite. row_lse [N] from
+// forward() saves one pass over each row of logits; empty (the default), it is recomputed. The
+// workspace as forward()'s; dftune::argument_error as forward()'s, and for a non-finite d_seq or
+// z_loss, or a row_lse not finite on a weighted row. Example (after the forward() above):
+//
+//     const std::vector<float> d_seq{1, -0.5f};
+//     std::vector<float> dH(6), dW(6, 0.0f);
+//     linear::backward(in, std::span<const float>(d_seq), {.hidden = dH, .proj = dW});
 template <class T>
 void backward(const LinearLogits<T>& in, std::span<const compute_t<T>> d_seq, const LinearGrads<T>& grads,
-              std::span<const compute_t<T>> row_lse, std::span<std::byte> workspace, const Options& options = {}) {
-  internal::Call<T> call{.mode = internal::Mode::backward, .d_seq = d_seq, .lse_in = row_lse, .grads = grads};
+              std::span<const compute_t<T>> row_lse = {}, std::span<std::byte> workspace = {},
+              const LinearOptions& options = {}) {
+  detail::Call<T> call{.mode = detail::Mode::backward, .d_seq = d_seq, .lse_in = row_lse, .grads = grads};
   chunked::execute<DefaultGemm, DefaultRows>(in, call, workspace, options);
 }
 
-// forward() and backward() in one pass, for a d_seq that does not depend on this call's scores;
-// the per-token outputs of `rows` that are not empty, as forward() writes them.
+// forward() and backward() in one pass, for a d_seq that does not depend on this call's scores
+// (SFT; the Model concept's accumulate_gradients): the gradient is taken from the forward's
+// logits, three GEMMs instead of four. seq_logp and the per-token outputs of `rows` that are not
+// empty, as forward() writes them; the gradients as backward() writes them. The workspace and the
+// errors as forward()'s and backward()'s.
 template <class T>
 void forward_backward(const LinearLogits<T>& in, std::span<const compute_t<T>> d_seq, const LinearGrads<T>& grads,
-                      std::span<compute_t<T>> seq_logp, const TokenOutputs<T>& rows, std::span<std::byte> workspace,
-                      const Options& options = {}) {
-  internal::Call<T> call{.mode = internal::Mode::forward_backward, .seq_logp = seq_logp, .token_logp = rows.token_logp,
-                         .row_lse = rows.row_lse, .entropy = rows.entropy, .d_seq = d_seq, .grads = grads};
+                      std::span<compute_t<T>> seq_logp, const TokenOutputs<T>& rows, std::span<std::byte> workspace = {},
+                      const LinearOptions& options = {}) {
+  detail::Call<T> call{.mode = detail::Mode::forward_backward, .seq_logp = seq_logp, .token_logp = rows.token_logp,
+                       .row_lse = rows.row_lse, .entropy = rows.entropy, .d_seq = d_seq, .grads = grads};
   chunked::execute<DefaultGemm, DefaultRows>(in, call, workspace, options);
 }
 
-// forward_backward() with token_logp and row_lse given one by one (either may be empty).
+// forward_backward() with token_logp and row_lse given one by one, each optional (empty: not
+// computed).
 template <class T>
 void forward_backward(const LinearLogits<T>& in, std::span<const compute_t<T>> d_seq, const LinearGrads<T>& grads,
-                      std::span<compute_t<T>> seq_logp, std::span<compute_t<T>> token_logp,
-                      std::span<compute_t<T>> row_lse, std::span<std::byte> workspace, const Options& options = {}) {
+                      std::span<compute_t<T>> seq_logp, std::span<compute_t<T>> token_logp = {},
+                      std::span<compute_t<T>> row_lse = {}, std::span<std::byte> workspace = {},
+                      const LinearOptions& options = {}) {
   forward_backward(in, d_seq, grads, seq_logp, TokenOutputs<T>{.token_logp = token_logp, .row_lse = row_lse}, workspace,
                    options);
 }
 
-// z[n, :] = W h_n + b for every row of in.hidden, tiled as forward() tiles them (float, double).
+// z [N·V] row-major: z[n, :] = W h_n + b for every row of in.hidden, tiled as forward() tiles them
+// (float, double; targets, weights and offsets are not read), for a sampler's few rows.
+// dftune::argument_error for bad shapes, a z of another size, or a z overlapping H, W or b.
 template <class T>
   requires std::is_same_v<T, compute_t<T>>
-void logits(const LinearLogits<T>& in, std::span<T> z, const Options& options = {}) {
+void logits(const LinearLogits<T>& in, std::span<T> z, const LinearOptions& options = {}) {
   chunked::logits<DefaultGemm>(in, z, options);
 }
 

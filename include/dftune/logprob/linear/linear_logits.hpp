@@ -81,22 +81,25 @@ struct TokenOutputs {
 
 // Tiling. Every zero picks the value plan.hpp derives from the machine's caches and cores. The
 // results depend on these sizes (they fix the order of every sum) and never on the thread count.
-struct Options {
+struct LinearOptions {
   std::size_t chunk_rows = 0;   // rows whose logits are held at once (the workspace is chunk_rows × V)
   std::size_t vocab_tile = 0;   // columns of W per GEMM task (logits, dW, and the dH sum over V)
   std::size_t dim_tile = 0;     // columns of dH per GEMM task
   std::size_t threads = 0;      // 0: omp_get_max_threads(), or 1 for a small chunk; bf16 stages W per thread
 };
 
+// The old name of LinearOptions, kept (deprecated) for one release.
+using Options [[deprecated("use LinearOptions")]] = LinearOptions;
+
 // dim, vocab and the sizes of H, W and b; what a device path can check without reading its buffers.
 template <class T>
 void validate_shapes(const LinearLogits<T>& in) {
-  if (in.dim == 0) detail::fail("dim", in.dim, "at least 1");
-  if (in.vocab == 0) detail::fail("vocab", in.vocab, "at least 1");
+  if (in.dim == 0) dftune::detail::fail("dim", in.dim, "at least 1");
+  if (in.vocab == 0) dftune::detail::fail("vocab", in.vocab, "at least 1");
   if (in.hidden.size() % in.dim != 0)
-    detail::fail("hidden", "size " + std::to_string(in.hidden.size()), "a multiple of dim = " + std::to_string(in.dim));
-  detail::check_size_product("proj", in.proj.size(), in.vocab, in.dim, "proj (vocab·dim)");
-  if (!in.bias.empty()) detail::check_size("bias", in.bias.size(), in.vocab);
+    dftune::detail::fail("hidden", "size " + std::to_string(in.hidden.size()), "a multiple of dim = " + std::to_string(in.dim));
+  dftune::detail::check_size_product("proj", in.proj.size(), in.vocab, in.dim, "proj (vocab·dim)");
+  if (!in.bias.empty()) dftune::detail::check_size("bias", in.bias.size(), in.vocab);
 }
 
 // Shapes, offsets, weights and the targets of weighted rows; dftune::error naming the argument.

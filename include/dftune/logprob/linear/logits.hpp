@@ -49,14 +49,14 @@ void few_rows_product(std::size_t m, std::size_t n, std::size_t k, const S* a, s
 // than compute_t<T> (bf16) are not supported here (they would need the forward's W staging).
 template <class Gemm, class T>
   requires std::is_same_v<T, compute_t<T>>
-void logits(const LinearLogits<T>& in, std::span<T> z, const Options& opt) {
+void logits(const LinearLogits<T>& in, std::span<T> z, const LinearOptions& opt) {
   validate_shapes(in);
   const std::size_t N = in.rows(), V = in.vocab, d = in.dim;
-  detail::check_size_product("logits", z.size(), N, V, "logits (rows·vocab)");
-  const internal::Region out[] = {internal::region("logits", z)};
-  const internal::Region inputs[] = {internal::region("hidden", in.hidden), internal::region("proj", in.proj),
-                                     internal::region("bias", in.bias)};
-  internal::check_disjoint(out, inputs);
+  dftune::detail::check_size_product("logits", z.size(), N, V, "logits (rows·vocab)");
+  const detail::Region out[] = {detail::region("logits", z)};
+  const detail::Region inputs[] = {detail::region("hidden", in.hidden), detail::region("proj", in.proj),
+                                     detail::region("bias", in.bias)};
+  detail::check_disjoint(out, inputs);
   if (N == 0) return;
   const Plan p = make_plan(in, opt);
   const std::size_t Vt = p.vocab_tile, tiles = (V + Vt - 1) / Vt;

@@ -11,7 +11,7 @@
 //                L2, rounded up to 64, within [256, 2048];
 //   dim_tile   = d / (2 · cores) rounded up to 16, within [64, d].
 // The core count is the machine's (std::thread::hardware_concurrency), not the thread count, so the
-// plan, and with it every sum's order, is the same whatever the number of threads. Options pin any
+// plan, and with it every sum's order, is the same whatever the number of threads. LinearOptions pin any
 // of them (e.g. to reproduce results bit for bit on another machine).
 #include <dftune/checked_size.hpp>
 #include <dftune/config.hpp>
@@ -42,10 +42,10 @@ namespace logprob::linear {
 struct Machine {
   std::size_t l2_bytes = std::size_t{1} << 20;    // per core
   std::size_t llc_bytes = std::size_t{32} << 20;  // the last level, shared
-  std::size_t cores = 1;
+  std::size_t cores = 1;                          // std::thread::hardware_concurrency()
 };
 
-namespace detail_plan {
+namespace detail {
 
 // "32768K" / "1M" / "512" (sysfs cache size) in bytes; 0 when unreadable.
 inline std::size_t parse_size(const std::string& s) {
@@ -97,17 +97,20 @@ inline Machine query_machine() {
 
 inline std::size_t round_up(std::size_t x, std::size_t to) { return (x + to - 1) / to * to; }
 
-}  // namespace detail_plan
+}  // namespace detail
 
 // Read once per process.
 inline const Machine& machine() {
-  static const Machine m = detail_plan::query_machine();
+  static const Machine m = detail::query_machine();
   return m;
 }
 
 // The tiling and the workspace layout of one call: byte offsets from a 64-byte aligned base.
 struct Plan {
-  std::size_t chunk_rows = 0, vocab_tile = 0, dim_tile = 0, threads = 1;
+  std::size_t chunk_rows = 0;  // rows per chunk (LinearOptions::chunk_rows, or derived as above)
+  std::size_t vocab_tile = 0;  // columns of W per GEMM task
+  std::size_t dim_tile = 0;    // columns of dH per GEMM task
+  std::size_t threads = 1;     // OpenMP threads of the call (no result depends on it)
   std::size_t logits_at = 0;   // [chunk_rows, V] compute_t: the chunk's logits, then their gradient
   std::size_t hidden_at = 0;   // [chunk_rows, d] compute_t: the chunk's rows of H
   std::size_t dhidden_at = 0;  // [chunk_rows, d] compute_t: their gradient
@@ -121,15 +124,17 @@ struct Plan {
   std::size_t bytes = 0;       // what workspace_size() asks for (64 bytes of slack for the alignment)
 };
 
+// The alignment, in bytes, of every buffer the plan places in the workspace.
 inline constexpr std::size_t workspace_alignment = 64;
 // Multiply-adds per chunk below which the default plan runs on one thread (about 20 µs of GEMM).
 inline constexpr std::size_t parallel_min_macs = std::size_t{1} << 20;
 
-// Sizes only (no validation); a product that does not fit in size_t is a dftune::error.
+// The plan of a call on `in` with `opt` (its zeros derived as above). Sizes only (no validation:
+// call validate(in) first); a product that does not fit in size_t is a dftune::argument_error.
 template <class T>
-Plan make_plan(const LinearLogits<T>& in, const Options& opt = {}) {
+Plan make_plan(const LinearLogits<T>& in, const LinearOptions& opt = {}) {
   using C = compute_t<T>;
-  using detail_plan::round_up;
+  using detail::round_up;
   Plan p;
   const std::size_t N = in.rows(), V = in.vocab, d = in.dim;
   if (N == 0 || V == 0 || d == 0) return p;
@@ -137,7 +142,7 @@ Plan make_plan(const LinearLogits<T>& in, const Options& opt = {}) {
   if (opt.chunk_rows != 0) {
     p.chunk_rows = opt.chunk_rows;
   } else {
-    const std::size_t fit = m.llc_bytes / detail::checked_mul("vocab (V·sizeof)", V, sizeof(C)) / 16 * 16;
+    const std::size_t fit = m.llc_bytes / dftune::detail::checked_mul("vocab (V·sizeof)", V, sizeof(C)) / 16 * 16;
     p.chunk_rows = std::clamp<std::size_t>(fit, 256, 4096);
   }
   p.chunk_rows = std::min(p.chunk_rows, N);
@@ -160,23 +165,23 @@ Plan make_plan(const LinearLogits<T>& in, const Options& opt = {}) {
     p.threads = opt.threads;
   else
     p.threads = static_cast<double>(p.chunk_rows) * static_cast<double>(V) * static_cast<double>(d) < parallel_min_macs ? 1 : max_threads();
-  if constexpr (!std::is_same_v<T, C>) p.stage_elems = detail::checked_mul("workspace (vocab_tile·dim)", p.vocab_tile, d);
+  if constexpr (!std::is_same_v<T, C>) p.stage_elems = dftune::detail::checked_mul("workspace (vocab_tile·dim)", p.vocab_tile, d);
 
   auto place = [&](std::size_t& at, std::size_t bytes) {
     at = p.bytes;
-    p.bytes = detail::checked_add("workspace", p.bytes, round_up(bytes, workspace_alignment));
+    p.bytes = dftune::detail::checked_add("workspace", p.bytes, round_up(bytes, workspace_alignment));
   };
   const std::size_t R = p.chunk_rows;
-  place(p.logits_at, detail::checked_product("workspace (chunk_rows·vocab)", R, V, sizeof(C)));
-  place(p.hidden_at, detail::checked_product("workspace (chunk_rows·dim)", R, d, sizeof(C)));
-  place(p.dhidden_at, detail::checked_product("workspace (chunk_rows·dim)", R, d, sizeof(C)));
-  place(p.rows_at, detail::checked_product("workspace", R, sizeof(std::size_t)));
-  place(p.coef_at, detail::checked_product("workspace", R, sizeof(double)));
-  place(p.token_at, detail::checked_product("workspace", R, sizeof(C)));
-  place(p.stats_at, detail::checked_product("workspace", R, 3 * sizeof(double)));
-  place(p.seq_at, detail::checked_product("workspace (sequences)", in.sequences(), sizeof(double)));
-  place(p.stage_at, detail::checked_product("workspace (threads·vocab_tile·dim)", p.threads, p.stage_elems, sizeof(C)));
-  p.bytes = detail::checked_add("workspace", p.bytes, workspace_alignment);
+  place(p.logits_at, dftune::detail::checked_product("workspace (chunk_rows·vocab)", R, V, sizeof(C)));
+  place(p.hidden_at, dftune::detail::checked_product("workspace (chunk_rows·dim)", R, d, sizeof(C)));
+  place(p.dhidden_at, dftune::detail::checked_product("workspace (chunk_rows·dim)", R, d, sizeof(C)));
+  place(p.rows_at, dftune::detail::checked_product("workspace", R, sizeof(std::size_t)));
+  place(p.coef_at, dftune::detail::checked_product("workspace", R, sizeof(double)));
+  place(p.token_at, dftune::detail::checked_product("workspace", R, sizeof(C)));
+  place(p.stats_at, dftune::detail::checked_product("workspace", R, 3 * sizeof(double)));
+  place(p.seq_at, dftune::detail::checked_product("workspace (sequences)", in.sequences(), sizeof(double)));
+  place(p.stage_at, dftune::detail::checked_product("workspace (threads·vocab_tile·dim)", p.threads, p.stage_elems, sizeof(C)));
+  p.bytes = dftune::detail::checked_add("workspace", p.bytes, workspace_alignment);
   return p;
 }
 

@@ -58,7 +58,9 @@ struct GenericRows {
 };
 
 #if DFTUNE_LINEAR_HAS_FAST_ROWS
-namespace detail_rows {
+}  // namespace logprob::linear::chunked
+
+namespace logprob::linear::detail {
 
 // s += p·(lse − z) for one vector at x, p = exp(z − lse); below the log of the smallest normal
 // number the argument is clamped there (vexp's floor), for the factor too: such a term adds at most
@@ -129,7 +131,9 @@ double entropy(const C* z, std::size_t V, double lse) {
   return entropy_body<16>(z, V, lse);
 }
 
-}  // namespace detail_rows
+}  // namespace logprob::linear::detail
+
+namespace logprob::linear::chunked {
 
 // The CPU fast path's row kernels (cpu/rows.hpp), dispatched per CPU; within fast.hpp's tolerance of GenericRows.
 struct FastRows {
@@ -146,7 +150,7 @@ struct FastRows {
   // Σ_v p_v (lse − z_v), in lanes of C per block of cpu::kernel::block, the blocks in double.
   template <class C>
   static double entropy(const C* z, std::size_t V, double lse) {
-    return detail_rows::entropy(z, V, lse);
+    return detail::entropy(z, V, lse);
   }
 };
 #endif

@@ -61,8 +61,8 @@ struct VocabShard {
 
 // The even split of V over P ranks: V / P rows each, one more on the first V mod P ranks.
 inline VocabShard even_vocab_shard(std::size_t V, std::size_t rank, std::size_t P) {
-  if (P == 0) detail::fail("P", P, "a world size >= 1");
-  if (rank >= P) detail::fail("rank", rank, "a rank in [0, P = " + std::to_string(P) + ")");
+  if (P == 0) dftune::detail::fail("P", P, "a world size >= 1");
+  if (rank >= P) dftune::detail::fail("rank", rank, "a rank in [0, P = " + std::to_string(P) + ")");
   const std::size_t q = V / P, extra = V % P;
   return {.begin = rank * q + std::min(rank, extra), .size = q + (rank < extra ? 1 : 0)};
 }
@@ -112,10 +112,10 @@ inline void check_records(const std::vector<Record>& all) {
   for (std::size_t r = 1; r < all.size(); ++r) {
     for (const Field& f : fields)
       if (all[r].*f.member != a.*f.member)
-        detail::fail(f.name, "rank " + std::to_string(r) + "'s " + std::to_string(all[r].*f.member) + " and rank 0's " + std::to_string(a.*f.member),
+        dftune::detail::fail(f.name, "rank " + std::to_string(r) + "'s " + std::to_string(all[r].*f.member) + " and rank 0's " + std::to_string(a.*f.member),
                      "the same on every rank of a vocabulary-parallel head");
     if (std::memcmp(&all[r].z_loss, &a.z_loss, sizeof(double)) != 0)
-      detail::fail("grads.z_loss", "rank " + std::to_string(r) + "'s " + std::to_string(all[r].z_loss) + " and rank 0's " + std::to_string(a.z_loss),
+      dftune::detail::fail("grads.z_loss", "rank " + std::to_string(r) + "'s " + std::to_string(all[r].z_loss) + " and rank 0's " + std::to_string(a.z_loss),
                    "the same on every rank of a vocabulary-parallel head");
   }
   std::uint64_t next = 0;
@@ -124,12 +124,12 @@ inline void check_records(const std::vector<Record>& all) {
     slices += (r ? ", " : "") + std::to_string(all[r].begin) + "+" + std::to_string(all[r].size);
   for (std::size_t r = 0; r < all.size(); ++r) {
     if (all[r].begin != next || next + all[r].size > a.vocab)
-      detail::fail("shard", "slices (begin+size, in rank order) " + slices + " of vocab = " + std::to_string(a.vocab),
+      dftune::detail::fail("shard", "slices (begin+size, in rank order) " + slices + " of vocab = " + std::to_string(a.vocab),
                    "contiguous slices in rank order from 0 whose sizes add up to vocab");
     next += all[r].size;
   }
   if (next != a.vocab)
-    detail::fail("shard", "slices (begin+size, in rank order) " + slices + " of vocab = " + std::to_string(a.vocab) + ", " +
+    dftune::detail::fail("shard", "slices (begin+size, in rank order) " + slices + " of vocab = " + std::to_string(a.vocab) + ", " +
                               std::to_string(next) + " rows in all",
                  "contiguous slices in rank order from 0 whose sizes add up to vocab");
 }
@@ -199,11 +199,11 @@ struct SlicedVocab {
       if (f.v < first.v) first = f;
     const std::string row = " on a weighted row (row " + std::to_string(r) + ")";
     if (first.v != std::numeric_limits<std::uint64_t>::max())
-      detail::fail_at("logits", r * vocab + first.v, first.x, "a finite number or −inf" + row);
+      dftune::detail::fail_at("logits", r * vocab + first.v, first.x, "a finite number or −inf" + row);
     if (!std::isfinite(zy))
-      detail::fail_at("logits", r * vocab + y, zy,
+      dftune::detail::fail_at("logits", r * vocab + y, zy,
                       "a finite logit for the target y = " + std::to_string(y) + row + " (its log-prob would be −inf)");
-    detail::fail_at("token_logp", r, w * (zy - lse),
+    dftune::detail::fail_at("token_logp", r, w * (zy - lse),
                     "a weighted log-prob w·(z[y] − lse) that compute_t<T> can hold (logits or weights[" + std::to_string(r) +
                         "] too extreme for this precision)");
   }
@@ -212,8 +212,8 @@ struct SlicedVocab {
 // The plan of a slice: chunk_rows from the even slice ⌈V/P⌉ (the same on every rank, since every
 // collective is per chunk), the tiles from this rank's own; then room for the gather after it.
 template <class T>
-Plan plan_of(const LinearLogits<T>& local, std::size_t V, std::size_t P, const Options& opt, std::size_t& gather_at) {
-  Options o = opt;
+Plan plan_of(const LinearLogits<T>& local, std::size_t V, std::size_t P, const LinearOptions& opt, std::size_t& gather_at) {
+  LinearOptions o = opt;
   if (o.chunk_rows == 0) {
     LinearLogits<T> even = local;
     even.vocab = (V + P - 1) / P;
@@ -221,9 +221,9 @@ Plan plan_of(const LinearLogits<T>& local, std::size_t V, std::size_t P, const O
   }
   Plan p = make_plan(local, o);
   gather_at = p.bytes == 0 ? 0 : p.bytes - workspace_alignment;  // the placed regions end there (plan.hpp)
-  const std::size_t g = detail::checked_product("workspace (ranks·chunk_rows)", detail::checked_add("workspace", P, 1), p.chunk_rows,
+  const std::size_t g = dftune::detail::checked_product("workspace (ranks·chunk_rows)", dftune::detail::checked_add("workspace", P, 1), p.chunk_rows,
                                                 2 * sizeof(double));
-  if (p.bytes != 0) p.bytes = detail::checked_add("workspace", p.bytes, detail_plan::round_up(g, workspace_alignment));
+  if (p.bytes != 0) p.bytes = dftune::detail::checked_add("workspace", p.bytes, detail::round_up(g, workspace_alignment));
   return p;
 }
 
@@ -243,17 +243,17 @@ namespace vocab_parallel {
 namespace detail_run {
 
 template <distributed::Communicator Comm, class T>
-void execute(Comm& comm, const VocabShard& shard, const LinearLogits<T>& in, const internal::Call<T>& call,
-             std::span<std::byte> workspace, const Options& opt) {
+void execute(Comm& comm, const VocabShard& shard, const LinearLogits<T>& in, const detail::Call<T>& call,
+             std::span<std::byte> workspace, const LinearOptions& opt) {
   const LinearLogits<T> local = detail_vp::local_view(in, shard);
   const std::size_t P = comm.size();
   Plan plan;
   std::size_t gather_at = 0;
   const auto records = distributed::agree<detail_vp::Record>(comm, [&] {
-    if (shard.size == 0) detail::fail("shard.size", shard.size, "at least 1 vocabulary row per rank (vocab >= ranks)");
+    if (shard.size == 0) dftune::detail::fail("shard.size", shard.size, "at least 1 vocabulary row per rank (vocab >= ranks)");
     chunked::check_backend<DefaultGemm, DefaultRows>(local);
     plan = detail_vp::plan_of(local, in.vocab, P, opt, gather_at);
-    internal::check_call(local, call, plan, workspace, in.vocab);
+    detail::check_call(local, call, plan, workspace, in.vocab);
     std::uint64_t h = detail_vp::hash(0xcbf29ce484222325ull, in.hidden);
     h = detail_vp::hash(h, in.targets);
     h = detail_vp::hash(h, in.weights);
@@ -269,7 +269,7 @@ void execute(Comm& comm, const VocabShard& shard, const LinearLogits<T>& in, con
         .grads = (g.hidden.empty() ? 0u : 1u) | (g.proj.empty() ? 0u : 2u) | (g.bias.empty() ? 0u : 4u), .z_loss = g.z_loss, .inputs = h};
   });
   detail_vp::check_records(records);
-  std::byte* ws = chunked::detail_chunked::align(workspace.data());
+  std::byte* ws = detail::align(workspace.data());
   chunked::run<DefaultGemm, DefaultRows>(
       local, call, plan, workspace.data(),
       detail_vp::SlicedVocab<Comm>{.comm = &comm, .begin = shard.begin, .vocab = in.vocab,
@@ -281,7 +281,7 @@ void execute(Comm& comm, const VocabShard& shard, const LinearLogits<T>& in, con
 // Bytes of workspace each call on this rank needs: one chunk of its slice's logits (chunk_rows
 // from ⌈V/P⌉), as linear.hpp's head, and 2·(P + 1)·chunk_rows doubles for the all-gather.
 template <distributed::Communicator Comm, class T>
-std::size_t workspace_size(const Comm& comm, const VocabShard& shard, const LinearLogits<T>& in, const Options& options = {}) {
+std::size_t workspace_size(const Comm& comm, const VocabShard& shard, const LinearLogits<T>& in, const LinearOptions& options = {}) {
   std::size_t gather_at = 0;
   return detail_vp::plan_of(detail_vp::local_view(in, shard), in.vocab, comm.size(), options, gather_at).bytes;
 }
@@ -290,8 +290,8 @@ std::size_t workspace_size(const Comm& comm, const VocabShard& shard, const Line
 // the whole vocabulary's, the same bits on every rank.
 template <distributed::Communicator Comm, class T>
 void forward(Comm& comm, const VocabShard& shard, const LinearLogits<T>& in, std::span<compute_t<T>> seq_logp,
-             const TokenOutputs<T>& rows, std::span<std::byte> workspace, const Options& options = {}) {
-  const internal::Call<T> call{.mode = internal::Mode::forward, .seq_logp = seq_logp, .token_logp = rows.token_logp,
+             const TokenOutputs<T>& rows, std::span<std::byte> workspace, const LinearOptions& options = {}) {
+  const detail::Call<T> call{.mode = detail::Mode::forward, .seq_logp = seq_logp, .token_logp = rows.token_logp,
                                .row_lse = rows.row_lse, .entropy = rows.entropy};
   detail_run::execute(comm, shard, in, call, workspace, options);
 }
@@ -301,8 +301,8 @@ void forward(Comm& comm, const VocabShard& shard, const LinearLogits<T>& in, std
 template <distributed::Communicator Comm, class T>
 void backward(Comm& comm, const VocabShard& shard, const LinearLogits<T>& in, std::span<const compute_t<T>> d_seq,
               const LinearGrads<T>& grads, std::span<const compute_t<T>> row_lse, std::span<std::byte> workspace,
-              const Options& options = {}) {
-  const internal::Call<T> call{.mode = internal::Mode::backward, .d_seq = d_seq, .lse_in = row_lse, .grads = grads};
+              const LinearOptions& options = {}) {
+  const detail::Call<T> call{.mode = detail::Mode::backward, .d_seq = d_seq, .lse_in = row_lse, .grads = grads};
   detail_run::execute(comm, shard, in, call, workspace, options);
 }
 
@@ -310,8 +310,8 @@ void backward(Comm& comm, const VocabShard& shard, const LinearLogits<T>& in, st
 template <distributed::Communicator Comm, class T>
 void forward_backward(Comm& comm, const VocabShard& shard, const LinearLogits<T>& in, std::span<const compute_t<T>> d_seq,
                       const LinearGrads<T>& grads, std::span<compute_t<T>> seq_logp, const TokenOutputs<T>& rows,
-                      std::span<std::byte> workspace, const Options& options = {}) {
-  const internal::Call<T> call{.mode = internal::Mode::forward_backward, .seq_logp = seq_logp, .token_logp = rows.token_logp,
+                      std::span<std::byte> workspace, const LinearOptions& options = {}) {
+  const detail::Call<T> call{.mode = detail::Mode::forward_backward, .seq_logp = seq_logp, .token_logp = rows.token_logp,
                                .row_lse = rows.row_lse, .entropy = rows.entropy, .d_seq = d_seq, .grads = grads};
   detail_run::execute(comm, shard, in, call, workspace, options);
 }
