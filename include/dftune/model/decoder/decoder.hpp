@@ -47,19 +47,19 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace decoder {
 
-/// bfloat16 (Eigen's type: 8-bit exponent, 7-bit mantissa), the weight storage of a frozen
-/// Decoder<float, bf16>.
+// bfloat16 (Eigen's type: 8-bit exponent, 7-bit mantissa), the weight storage of a frozen
+// Decoder<float, bf16>.
 using bf16 = logprob::cpu::bf16;
 
-/// Whether Decoder<T, W> exists: weights stored as the compute type T, or as bf16 with T = float.
+// Whether Decoder<T, W> exists: weights stored as the compute type T, or as bf16 with T = float.
 template <class T, class W>
 inline constexpr bool valid_storage = std::is_same_v<T, W> || (std::is_same_v<T, float> && std::is_same_v<W, bf16>);
 
 }  // namespace decoder
 
-/// A decoder-only transformer of the GPT-2 or Llama family (decoder::Config) with compute type T
-/// (float or double) and parameters stored as W: T (trainable; a dftune::Model and SamplingModel),
-/// or decoder::bf16 with T = float (frozen: scoring and logits only, no gradients or generation).
+// A decoder-only transformer of the GPT-2 or Llama family (decoder::Config) with compute type T
+// (float or double) and parameters stored as W: T (trainable; a dftune::Model and SamplingModel),
+// or decoder::bf16 with T = float (frozen: scoring and logits only, no gradients or generation).
 template <class T, class W = T>
 class Decoder {
   static_assert(std::is_floating_point_v<T>, "dftune::Decoder<T, W>: T must be float or double");
@@ -79,18 +79,18 @@ class Decoder {
   using Store = std::vector<W, Eigen::aligned_allocator<W>>;
 
  public:
-  /// The compute type: activations, scores and (when trainable) gradients.
+  // The compute type: activations, scores and (when trainable) gradients.
   using scalar_type = T;
-  /// How the parameters are held: T, or bf16 for a frozen model.
+  // How the parameters are held: T, or bf16 for a frozen model.
   using storage_type = W;
-  /// Whether the parameters are stored as the compute type: gradients, training and generation
-  /// need it.
+  // Whether the parameters are stored as the compute type: gradients, training and generation
+  // need it.
   static constexpr bool trainable = std::is_same_v<T, W>;
 
-  /// GPT-2's initialisation: weights and embeddings ~ N(0, 0.02²), the residual outputs (W_o,
-  /// W_down) ~ N(0, 0.02²/(2·n_layers)), gains 1, biases 0, drawn in T and then rounded to W (to
-  /// nearest even), so Decoder<float, bf16>(c, s) holds Decoder<float>(c, s)'s weights rounded.
-  /// make_layout validates the config first (a dftune::argument_error naming the field).
+  // GPT-2's initialisation: weights and embeddings ~ N(0, 0.02²), the residual outputs (W_o,
+  // W_down) ~ N(0, 0.02²/(2·n_layers)), gains 1, biases 0, drawn in T and then rounded to W (to
+  // nearest even), so Decoder<float, bf16>(c, s) holds Decoder<float>(c, s)'s weights rounded.
+  // make_layout validates the config first (a dftune::argument_error naming the field).
   explicit Decoder(const decoder::Config& config, std::uint64_t seed = 0)
       : cfg_(config), lay_(decoder::make_layout(config)), theta_(lay_.total, W(0)), grad_(trainable ? lay_.total : 0, T(0)) {
     std::mt19937_64 rng(seed);
@@ -106,43 +106,43 @@ class Decoder {
     }
   }
 
-  /// Every parameter 0, for a caller that fills them (hf::load_pretrained): no random draws.
+  // Every parameter 0, for a caller that fills them (hf::load_pretrained): no random draws.
   Decoder(const decoder::Config& config, decoder::Uninitialized)
       : cfg_(config), lay_(decoder::make_layout(config)), theta_(lay_.total, W(0)), grad_(trainable ? lay_.total : 0, T(0)) {}
 
-  /// The configuration the model was built with.
+  // The configuration the model was built with.
   const decoder::Config& config() const { return cfg_; }
-  /// Where each checkpoint tensor sits in parameters(), and its shape in the file.
+  // Where each checkpoint tensor sits in parameters(), and its shape in the file.
   const decoder::Layout& layout() const { return lay_; }
-  /// V, the vocabulary size.
+  // V, the vocabulary size.
   std::size_t vocab_size() const { return cfg_.vocab; }
-  /// Every parameter, flat, in layout() order (as stored: T or bf16).
+  // Every parameter, flat, in layout() order (as stored: T or bf16).
   std::span<W> parameters() { return theta_; }
-  /// Every parameter, flat, in layout() order (as stored: T or bf16).
+  // Every parameter, flat, in layout() order (as stored: T or bf16).
   std::span<const W> parameters() const { return theta_; }
-  /// The gradients, parameters()' layout (trainable models only).
+  // The gradients, parameters()' layout (trainable models only).
   std::span<T> gradients()
     requires trainable
   {
     return grad_;
   }
-  /// The gradients, parameters()' layout (trainable models only).
+  // The gradients, parameters()' layout (trainable models only).
   std::span<const T> gradients() const
     requires trainable
   {
     return grad_;
   }
-  /// Sets every gradient to 0 (trainable models only).
+  // Sets every gradient to 0 (trainable models only).
   void zero_gradients()
     requires trainable
   {
     std::fill(grad_.begin(), grad_.end(), T(0));
   }
 
-  /// scores[s] = log π(completion_s | prompt_s), the sum over the completion's tokens. A bf16 model
-  /// hands the fused head its last hidden rows rounded to bf16 (the head reads H and W_head in one
-  /// storage type), its only rounding beyond the weights'. Errors (batch, scores size) are thrown
-  /// before anything changes.
+  // scores[s] = log π(completion_s | prompt_s), the sum over the completion's tokens. A bf16 model
+  // hands the fused head its last hidden rows rounded to bf16 (the head reads H and W_head in one
+  // storage type), its only rounding beyond the weights'. Errors (batch, scores size) are thrown
+  // before anything changes.
   void sequence_logp(const SequenceBatch& batch, std::span<T> scores) {
     check(batch);
     detail::check_size("scores", scores.size(), batch.size());
@@ -156,8 +156,8 @@ class Decoder {
     logprob::linear::forward(head_view(), scores, {}, {}, head_workspace());
   }
 
-  /// gradients += Σ_s d_scores[s] ∂scores[s]/∂θ: forward, the fused head's forward_backward (∂/∂N_f(x)
-  /// on every row, W_head's gradient added), then every layer backward (trainable models only).
+  // gradients += Σ_s d_scores[s] ∂scores[s]/∂θ: forward, the fused head's forward_backward (∂/∂N_f(x)
+  // on every row, W_head's gradient added), then every layer backward (trainable models only).
   void accumulate_gradients(const SequenceBatch& batch, std::span<const T> d_scores)
     requires trainable
   {
@@ -174,8 +174,8 @@ class Decoder {
     backward(batch.tokens, batch.offsets);
   }
 
-  /// The logits of every row, out [n, V] (tests, evaluation): z_r = W_head N_f(x_r), from the float
-  /// hidden rows. A bf16 model widens W_head whole for this call (V·d floats, freed after).
+  // The logits of every row, out [n, V] (tests, evaluation): z_r = W_head N_f(x_r), from the float
+  // hidden rows. A bf16 model widens W_head whole for this call (V·d floats, freed after).
   void logits(std::span<const token_t> tokens, std::span<const std::int64_t> offsets, std::span<T> out) {
     const SequenceBatch b{.tokens = tokens, .offsets = offsets, .prompt_len = {}};
     check_rows(b);
@@ -188,10 +188,10 @@ class Decoder {
         CMat(hf_.data(), static_cast<Ix>(n_), static_cast<Ix>(D)) * CMat(head, static_cast<Ix>(V), static_cast<Ix>(D)).transpose();
   }
 
-  /// Batched generation (SamplingModel) with a key/value cache (model/generation/generate.hpp,
-  /// decoder/kv_decoder.hpp): prompt p draws from its own stream (seed, p). The cache is checked
-  /// against limits.max_cache_bytes before anything is allocated. Trainable models only (the cached
-  /// decoder reads the parameters as T).
+  // Batched generation (SamplingModel) with a key/value cache (model/generation/generate.hpp,
+  // decoder/kv_decoder.hpp): prompt p draws from its own stream (seed, p). The cache is checked
+  // against limits.max_cache_bytes before anything is allocated. Trainable models only (the cached
+  // decoder reads the parameters as T).
   Sequences generate(const Prompts& prompts, std::size_t max_new, const SamplingOptions& opt,
                      std::optional<token_t> eos = std::nullopt, const generation::Limits& limits = {}) const
     requires trainable
@@ -200,9 +200,9 @@ class Decoder {
     return generation::generate(kv, prompts, max_new, opt, eos, limits);
   }
 
-  /// The same tokens without a cache (the reference the cached path is tested against): each step
-  /// runs the forward of the active sequences and draws from the last row's logits. Trainable
-  /// models only.
+  // The same tokens without a cache (the reference the cached path is tested against): each step
+  // runs the forward of the active sequences and draws from the last row's logits. Trainable
+  // models only.
   Sequences generate_uncached(const Prompts& prompts, std::size_t max_new, const SamplingOptions& opt,
                               std::optional<token_t> eos = std::nullopt)
     requires trainable
