@@ -3,7 +3,9 @@
 // (save_pretrained), then loads it back (load_pretrained) in float and in double and writes what
 // each computes on a fixed batch to DIR/out_float.safetensors and DIR/out_double.safetensors:
 // tokens, offsets, prompt_len, d_scores, logits [n, V], seq_logp [S] and, for every parameter
-// tensor under its checkpoint name prefixed "grad.", ∂(Σ_s d_scores[s] seq_logp[s])/∂θ.
+// tensor under its checkpoint name prefixed "grad.", ∂(Σ_s d_scores[s] seq_logp[s])/∂θ. The same
+// weights saved as BF16 in DIR/model_bf16/ are loaded into a bf16-stored Decoder<float, bf16>, whose
+// logits and seq_logp (no gradients: it is frozen) go to DIR/out_bf16.safetensors.
 //   hf_parity_dump --arch gpt2|llama|qwen2 --dir DIR
 #include <dftune/hf/pretrained.hpp>
 
@@ -37,21 +39,23 @@ dftune::decoder::Config config_for(const std::string& arch) {
   return c;
 }
 
-template <class T>
+template <class T, class W = T>
 void dump(const std::filesystem::path& model_dir, const std::filesystem::path& out, const dftune::Sequences& b,
           const std::vector<float>& d_scores) {
-  auto m = dftune::hf::load_pretrained<T>(model_dir);
+  auto m = dftune::hf::load_pretrained<T, W>(model_dir);
   const std::size_t n = b.tokens.size(), V = m.vocab_size(), S = b.size();
   std::vector<T> logits(n * V), seq(S), d(d_scores.begin(), d_scores.end());
   m.logits(b.tokens, b.offsets, logits);
   m.sequence_logp(b.view(), seq);
-  m.zero_gradients();
-  m.accumulate_gradients(b.view(), d);
   std::vector<T> tok(b.tokens.begin(), b.tokens.end()), off(b.offsets.begin(), b.offsets.end()), pl(b.prompt_len.begin(), b.prompt_len.end());
   std::vector<dftune::hf::TensorOut<T>> t = {{"tokens", {n}, tok}, {"offsets", {S + 1}, off}, {"prompt_len", {S}, pl},
                                              {"d_scores", {S}, d},  {"logits", {n, V}, logits}, {"seq_logp", {S}, seq}};
-  const auto g = std::span<const T>(m.gradients());
-  for (const auto& x : m.layout().tensors) t.push_back({"grad." + x.name, x.shape, g.subspan(x.offset, x.size()), x.transposed});
+  if constexpr (dftune::Decoder<T, W>::trainable) {
+    m.zero_gradients();
+    m.accumulate_gradients(b.view(), d);
+    const auto g = std::span<const T>(m.gradients());
+    for (const auto& x : m.layout().tensors) t.push_back({"grad." + x.name, x.shape, g.subspan(x.offset, x.size()), x.transposed});
+  }
   dftune::hf::write_safetensors<T>(out, t, sizeof(T) == 4 ? dftune::hf::Dtype::f32 : dftune::hf::Dtype::f64);
 }
 
@@ -89,6 +93,8 @@ int main(int argc, char** argv) {
     const std::vector<float> d_scores = {0.7f, -1.3f, 0.45f};
     dump<float>(root / "model", root / "out_float.safetensors", b, d_scores);
     dump<double>(root / "model", root / "out_double.safetensors", b, d_scores);
+    dftune::hf::save_pretrained(root / "model_bf16", m, dftune::hf::Dtype::bf16);
+    dump<float, dftune::decoder::bf16>(root / "model_bf16", root / "out_bf16.safetensors", b, d_scores);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "hf_parity_dump: %s\n", e.what());
     return 1;

@@ -2,6 +2,8 @@
 // A Hugging Face checkpoint directory ↔ dftune::Decoder:
 //   load_pretrained<T>(dir)  config.json + model.safetensors, or the shards model.safetensors.index.json
 //                            lists; tensors in F32, BF16, F16 or F64, widened to T
+//   load_pretrained<float, decoder::bf16>(dir)  the same into a frozen bf16-stored decoder: BF16
+//                            tensors kept as they are, the others rounded to nearest even
 //   save_pretrained(dir, m)  config.json + model.safetensors (F32 or BF16), each file atomically
 // Loading checks everything before the model is allocated: the config (hf/config.hpp), every
 // safetensors header (hf/safetensors.hpp), that each tensor the architecture needs is present with
@@ -30,6 +32,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 DFTUNE_NAMESPACE_BEGIN
@@ -84,12 +87,15 @@ inline Files open_files(const std::filesystem::path& dir) {
 // A decoder with the configuration (config.json) and weights (model.safetensors, or the shards that
 // model.safetensors.index.json lists) of a Hugging Face checkpoint directory, converted to T. Every
 // tensor's name, shape and dtype is checked against the configuration before anything is allocated;
-// errors name the file and the tensor. Example:
+// errors name the file and the tensor. W = decoder::bf16 (with T = float) keeps the weights in
+// bf16: a BF16 tensor is copied bit for bit, F32 and F16 are rounded to nearest even (F64 through
+// float), and a value that rounds to infinity is the non-finite error. Example:
 //
 //     auto model = dftune::hf::load_pretrained<float>("SmolLM2-135M");
+//     auto ref = dftune::hf::load_pretrained<float, dftune::decoder::bf16>("SmolLM2-135M");  // π_ref, half the memory
 //     auto tok = dftune::hf::Tokenizer::from_file("SmolLM2-135M/tokenizer.json");
-template <class T>
-Decoder<T> load_pretrained(const std::filesystem::path& dir) {
+template <class T, class W = T>
+Decoder<T, W> load_pretrained(const std::filesystem::path& dir) {
   return io::detail::named("checkpoint " + dir.string(), [&] {
     const decoder::Config cfg = load_config(dir / "config.json");
     const decoder::Layout lay = decoder::make_layout(cfg);
@@ -126,7 +132,7 @@ Decoder<T> load_pretrained(const std::filesystem::path& dir) {
                              "only the tensors of a " + std::string(cfg.family == decoder::Family::gpt2 ? "gpt2" : "llama-family") +
                                  " model of this shape");
     }
-    std::optional<Decoder<T>> model;
+    std::optional<Decoder<T, W>> model;
     try {
       model.emplace(cfg, decoder::Uninitialized{});
     } catch (const std::bad_alloc&) {
@@ -134,15 +140,17 @@ Decoder<T> load_pretrained(const std::filesystem::path& dir) {
     } catch (const std::length_error&) {
       dftune::detail::fail("config", std::to_string(lay.total) + " parameters", "a model that fits in memory");
     }
-    const std::span<T> p = model->parameters();
+    const std::span<W> p = model->parameters();
     for (std::size_t i = 0; i < lay.tensors.size(); ++i) {
       const auto& t = lay.tensors[i];
       const auto out = p.subspan(t.offset, t.size());
       source[i].first->read(*source[i].second, out, t.transposed);
       for (std::size_t k = 0; k < out.size(); ++k)
-        if (!std::isfinite(out[k]))
+        if (!std::isfinite(static_cast<T>(out[k])))
           dftune::detail::fail(source[i].first->path().filename().string() + ": tensor \"" + source[i].second->name + "\"",
-                               "a non-finite value at element " + std::to_string(k), "finite weights");
+                               "a non-finite value at element " + std::to_string(k) +
+                                   (std::is_same_v<T, W> ? std::string() : std::string(" (once rounded to bf16)")),
+                               "finite weights");
     }
     return std::move(*model);
   });

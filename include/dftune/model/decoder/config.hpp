@@ -27,53 +27,91 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace decoder {
 
-enum class Family { gpt2, llama };
-enum class Norm { layer, rms };
-enum class Positions { learned, rope };
-enum class Mlp { gelu, swiglu };
+// The architecture family: which norm, positions and MLP the blocks use (the table above).
+enum class Family {
+  gpt2,   // LayerNorm, learned positions, GELU (tanh) MLP
+  llama,  // RMSNorm, RoPE, SwiGLU MLP (Llama, Qwen2, SmolLM2)
+};
+// The normalisation of each block and of the final hidden rows.
+enum class Norm {
+  layer,  // LayerNorm: centred, gain and bias
+  rms,    // RMSNorm: not centred, gain only
+};
+// How a token's position enters the model.
+enum class Positions {
+  learned,  // a learned table P added to the token embedding
+  rope,     // rotary embedding of q and k
+};
+// The MLP's activation.
+enum class Mlp {
+  gelu,    // W₂ gelu_tanh(W₁ h + b₁) + b₂
+  swiglu,  // W_d (silu(W_g h) ⊙ W_u h)
+};
 
 // Llama-3's RoPE frequency scaling (rope_scaling.rope_type = "llama3"); factor 0 means none.
 struct RopeScaling {
-  double factor = 0, low_freq_factor = 1, high_freq_factor = 4;
-  std::size_t original_max_position = 8192;
+  double factor = 0;                          // wavelengths beyond original/low_freq_factor are stretched by it; 0: no scaling
+  double low_freq_factor = 1;                 // original/low_freq_factor: the wavelength above which all is scaled
+  double high_freq_factor = 4;                // original/high_freq_factor: the wavelength below which nothing is
+  std::size_t original_max_position = 8192;   // original_max_position_embeddings: the context trained without scaling
+  // Field-wise equality.
   friend bool operator==(const RopeScaling&, const RopeScaling&) = default;
 };
 
+// The shape of one decoder (config.json's, hf/config.hpp) and its family's options.
 struct Config {
-  Family family = Family::llama;
-  std::size_t vocab = 0, d_model = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0, d_ff = 0;
+  Family family = Family::llama;   // which norm, positions and MLP
+  std::size_t vocab = 0;           // V, the vocabulary size
+  std::size_t d_model = 0;         // d, the residual width
+  std::size_t n_layers = 0;        // transformer blocks
+  std::size_t n_heads = 0;         // query heads H
+  std::size_t n_kv_heads = 0;      // key/value heads H_kv, a divisor of H (grouped-query attention)
+  std::size_t head_dim = 0;        // width of one head (Llama may have H·head_dim ≠ d)
+  std::size_t d_ff = 0;            // the MLP's hidden width F
   std::size_t max_len = 0;         // longest sequence (GPT-2: the position table)
-  double norm_eps = 1e-5;
-  double rope_theta = 10000;
-  RopeScaling rope_scaling;
+  double norm_eps = 1e-5;          // ε of the norms
+  double rope_theta = 10000;       // θ of RoPE's frequencies θ^(−2i/head_dim)
+  RopeScaling rope_scaling;        // Llama-3's frequency scaling (factor 0: none)
   bool tied_head = true;           // the head's weight is the token embedding
-  bool qkv_bias = false, o_bias = false, mlp_bias = false;
+  bool qkv_bias = false;           // q, k and v have biases (GPT-2, Qwen2)
+  bool o_bias = false;             // the attention output has a bias (GPT-2)
+  bool mlp_bias = false;           // the MLP's matrices have biases (GPT-2)
 
+  // LayerNorm for GPT-2, RMSNorm for the Llama family.
   Norm norm() const { return family == Family::gpt2 ? Norm::layer : Norm::rms; }
+  // Learned positions for GPT-2, RoPE for the Llama family.
   Positions positions() const { return family == Family::gpt2 ? Positions::learned : Positions::rope; }
+  // GELU for GPT-2, SwiGLU for the Llama family.
   Mlp mlp() const { return family == Family::gpt2 ? Mlp::gelu : Mlp::swiglu; }
+  // Width of the queries, H · head_dim.
   std::size_t q_width() const { return n_heads * head_dim; }
+  // Width of the keys (and of the values), H_kv · head_dim.
   std::size_t kv_width() const { return n_kv_heads * head_dim; }
+  // Width of the fused [q | k | v] projection.
   std::size_t qkv_width() const { return q_width() + 2 * kv_width(); }
-  std::size_t up_width() const { return mlp() == Mlp::swiglu ? 2 * d_ff : d_ff; }  // gate | up, or fc
+  // Width of the MLP's first projection: 2F (gate | up) for SwiGLU, F (fc) for GELU.
+  std::size_t up_width() const { return mlp() == Mlp::swiglu ? 2 * d_ff : d_ff; }
+  // Field-wise equality.
   friend bool operator==(const Config&, const Config&) = default;
 };
 
 // The most elements one buffer may hold (bytes of double and Eigen's signed index must not wrap).
 inline constexpr std::size_t kMaxElements = static_cast<std::size_t>(std::numeric_limits<std::ptrdiff_t>::max()) / sizeof(double);
 
+// The most layers a config may have: a layer count is also a count of named tensors.
 inline constexpr std::size_t kMaxLayers = 4096;
 
 // Tag of the Decoder constructor that leaves initialisation to the caller.
 struct Uninitialized {};
 
-// Tiny configurations of each family (tests, examples).
+// A tiny GPT-2 (tests, examples): H heads of d/H, F = 4d, every bias, tied head.
 inline Config tiny_gpt2(std::size_t vocab = 32, std::size_t d = 16, std::size_t layers = 2, std::size_t heads = 2,
                         std::size_t max_len = 16) {
   return {.family = Family::gpt2, .vocab = vocab, .d_model = d, .n_layers = layers, .n_heads = heads, .n_kv_heads = heads,
           .head_dim = d / heads, .d_ff = 4 * d, .max_len = max_len, .norm_eps = 1e-5, .rope_theta = 10000, .rope_scaling = {}, .tied_head = true,
           .qkv_bias = true, .o_bias = true, .mlp_bias = true};
 }
+// A tiny Llama (tests, examples): H heads of d/H, H_kv key/value heads, F = 3d, no biases, own head.
 inline Config tiny_llama(std::size_t vocab = 32, std::size_t d = 16, std::size_t layers = 2, std::size_t heads = 4,
                          std::size_t kv_heads = 2, std::size_t max_len = 16) {
   return {.family = Family::llama, .vocab = vocab, .d_model = d, .n_layers = layers, .n_heads = heads, .n_kv_heads = kv_heads,
@@ -85,10 +123,11 @@ inline Config tiny_llama(std::size_t vocab = 32, std::size_t d = 16, std::size_t
 // Matrices are held as [out, in] (torch.nn.Linear); GPT-2 stores its Conv1D weights as [in, out],
 // so those are `transposed` between file and memory.
 struct Tensor {
-  std::string name;
-  std::size_t offset = 0;
+  std::string name;                // the checkpoint's name, e.g. "h.0.attn.c_attn.weight"
+  std::size_t offset = 0;          // where its first element sits in the parameters
   std::vector<std::size_t> shape;  // in the file
-  bool transposed = false;
+  bool transposed = false;         // the file holds the transpose of the memory layout (GPT-2's Conv1D)
+  // The element count, the product of shape.
   std::size_t size() const {
     std::size_t n = 1;
     for (std::size_t s : shape) n *= s;
@@ -99,17 +138,35 @@ struct Tensor {
 // Offsets of one block. q|k|v is one [qkv_width, d] matrix (and bias): Llama's three tensors are
 // stored back to back, which is the same memory. gate|up likewise for SwiGLU ([2F, d]).
 struct BlockLayout {
-  std::size_t norm1_g = 0, norm1_b = 0, w_qkv = 0, b_qkv = 0, w_o = 0, b_o = 0;
-  std::size_t norm2_g = 0, norm2_b = 0, w_up = 0, b_up = 0, w_down = 0, b_down = 0;
+  std::size_t norm1_g = 0;  // the attention's norm: gain [d]
+  std::size_t norm1_b = 0;  // and bias [d] (LayerNorm only)
+  std::size_t w_qkv = 0;    // [qkv_width, d]
+  std::size_t b_qkv = 0;    // [qkv_width] (qkv_bias)
+  std::size_t w_o = 0;      // [d, q_width]
+  std::size_t b_o = 0;      // [d] (o_bias)
+  std::size_t norm2_g = 0;  // the MLP's norm: gain [d]
+  std::size_t norm2_b = 0;  // and bias [d] (LayerNorm only)
+  std::size_t w_up = 0;     // [up_width, d]
+  std::size_t b_up = 0;     // [up_width] (mlp_bias)
+  std::size_t w_down = 0;   // [d, F]
+  std::size_t b_down = 0;   // [d] (mlp_bias)
 };
 
+// The flat parameter vector: every offset, and each checkpoint tensor's place. A block's tensors
+// are contiguous, from its norm1_g to the next block's (or normf_g).
 struct Layout {
-  std::size_t tok_emb = 0, pos_emb = 0, normf_g = 0, normf_b = 0, head = 0;  // head == tok_emb when tied
-  std::vector<BlockLayout> blocks;
-  std::vector<Tensor> tensors;
-  std::size_t total = 0;
+  std::size_t tok_emb = 0;            // the token embedding E [V, d]
+  std::size_t pos_emb = 0;            // the position table P [max_len, d] (learned positions)
+  std::size_t normf_g = 0;            // the final norm's gain [d]
+  std::size_t normf_b = 0;            // its bias [d] (LayerNorm), right after the gain
+  std::size_t head = 0;               // W_head [V, d]; == tok_emb when tied
+  std::vector<BlockLayout> blocks;    // per block
+  std::vector<Tensor> tensors;        // every checkpoint tensor, in order
+  std::size_t total = 0;              // the parameter count
 };
 
+// Refuses a config (dftune::argument_error naming the field) whose sizes are 0, inconsistent
+// (H_kv ∤ H, odd head_dim with RoPE, GPT-2 with H·head_dim ≠ d) or so large that a product wraps.
 inline void validate(const Config& c) {
   auto at_least_1 = [](const char* name, std::size_t v) {
     if (v < 1) detail::fail(std::string("config.") + name, v, "at least 1");

@@ -6,8 +6,11 @@
 //   log π(y|x) = Σ_{t ∈ completion} log softmax(W_head N_f(x_{t−1}))[y_t]
 // The output head (z = N_f(x) W_headᵀ, log-softmax, gather, backward) is the library's fused linear
 // head (logprob/linear/linear.hpp): no [tokens, V] logits are ever held for scoring or training.
-// Everything before it has a hand-written backward. Float or double compute and parameters (the
-// Model concept's flat span); checkpoints in bf16 are widened on load (hf/pretrained.hpp).
+// Everything before it has a hand-written backward. Float or double compute; the parameters are
+// stored as the compute type (trainable: the Model concept's flat span) or, for a frozen model such
+// as the reference policy π_ref, as bf16 (Decoder<float, bf16>: half the memory, docs/models.md),
+// widened to float one block at a time before its GEMMs, so that its values are exactly those of
+// Decoder<float> holding the same bf16-rounded weights.
 // Threads: the GEMMs run over all rows of the batch (Eigen parallelises them), attention over
 // (sequence, key/value head) pairs and row-wise kernels over rows; results are deterministic for
 // a given thread count, not bit-identical across thread counts (Eigen's GEMM blocking follows it).
@@ -15,6 +18,7 @@
 #include <dftune/checked_size.hpp>
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
+#include <dftune/logprob/cpu/bf16.hpp>
 #include <dftune/logprob/linear/linear.hpp>
 #include <dftune/model/attention.hpp>
 #include <dftune/model/concept.hpp>
@@ -36,13 +40,30 @@
 #include <random>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 DFTUNE_NAMESPACE_BEGIN
 
-template <class T>
+namespace decoder {
+
+// bfloat16 (Eigen's type: 8-bit exponent, 7-bit mantissa), the weight storage of a frozen
+// Decoder<float, bf16>.
+using bf16 = logprob::cpu::bf16;
+
+// Whether Decoder<T, W> exists: weights stored as the compute type T, or as bf16 with T = float.
+template <class T, class W>
+inline constexpr bool valid_storage = std::is_same_v<T, W> || (std::is_same_v<T, float> && std::is_same_v<W, bf16>);
+
+}  // namespace decoder
+
+// A decoder-only transformer of the GPT-2 or Llama family (decoder::Config) with compute type T
+// (float or double) and parameters stored as W: T (trainable; a dftune::Model and SamplingModel),
+// or decoder::bf16 with T = float (frozen: scoring and logits only, no gradients or generation).
+template <class T, class W = T>
 class Decoder {
-  static_assert(std::is_floating_point_v<T>, "dftune::Decoder<T>: T must be float or double");
+  static_assert(std::is_floating_point_v<T>, "dftune::Decoder<T, W>: T must be float or double");
+  static_assert(decoder::valid_storage<T, W>, "dftune::Decoder<T, W>: W must be T, or decoder::bf16 with T = float");
   using RowMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using Mat = Eigen::Map<RowMat>;
   using CMat = Eigen::Map<const RowMat>;
@@ -55,14 +76,23 @@ class Decoder {
   // malloc's 16 bytes the sums' order (and the results) depended on where the heap put a buffer,
   // which changed from run to run once a library (Open MPI) moved large buffers off mmap (as TinyLm).
   using Buffer = std::vector<T, Eigen::aligned_allocator<T>>;
+  using Store = std::vector<W, Eigen::aligned_allocator<W>>;
 
  public:
+  // The compute type: activations, scores and (when trainable) gradients.
   using scalar_type = T;
+  // How the parameters are held: T, or bf16 for a frozen model.
+  using storage_type = W;
+  // Whether the parameters are stored as the compute type: gradients, training and generation
+  // need it.
+  static constexpr bool trainable = std::is_same_v<T, W>;
 
   // GPT-2's initialisation: weights and embeddings ~ N(0, 0.02²), the residual outputs (W_o,
-  // W_down) ~ N(0, 0.02²/(2·n_layers)), gains 1, biases 0. make_layout validates the config first.
+  // W_down) ~ N(0, 0.02²/(2·n_layers)), gains 1, biases 0, drawn in T and then rounded to W (to
+  // nearest even), so Decoder<float, bf16>(c, s) holds Decoder<float>(c, s)'s weights rounded.
+  // make_layout validates the config first (a dftune::argument_error naming the field).
   explicit Decoder(const decoder::Config& config, std::uint64_t seed = 0)
-      : cfg_(config), lay_(decoder::make_layout(config)), theta_(lay_.total, T(0)), grad_(lay_.total, T(0)) {
+      : cfg_(config), lay_(decoder::make_layout(config)), theta_(lay_.total, W(0)), grad_(trainable ? lay_.total : 0, T(0)) {
     std::mt19937_64 rng(seed);
     std::normal_distribution<double> normal(0.0, 0.02);
     const double resid = 1.0 / std::sqrt(2.0 * static_cast<double>(cfg_.n_layers));
@@ -72,35 +102,65 @@ class Decoder {
       const bool out = t.name.find("c_proj") != std::string::npos || t.name.find("o_proj") != std::string::npos ||
                        t.name.find("down_proj") != std::string::npos;
       for (std::size_t k = 0; k < t.size(); ++k)
-        theta_[t.offset + k] = bias ? T(0) : gain ? T(1) : static_cast<T>(normal(rng) * (out ? resid : 1.0));
+        theta_[t.offset + k] = static_cast<W>(bias ? T(0) : gain ? T(1) : static_cast<T>(normal(rng) * (out ? resid : 1.0)));
     }
   }
 
   // Every parameter 0, for a caller that fills them (hf::load_pretrained): no random draws.
   Decoder(const decoder::Config& config, decoder::Uninitialized)
-      : cfg_(config), lay_(decoder::make_layout(config)), theta_(lay_.total, T(0)), grad_(lay_.total, T(0)) {}
+      : cfg_(config), lay_(decoder::make_layout(config)), theta_(lay_.total, W(0)), grad_(trainable ? lay_.total : 0, T(0)) {}
 
+  // The configuration the model was built with.
   const decoder::Config& config() const { return cfg_; }
+  // Where each checkpoint tensor sits in parameters(), and its shape in the file.
   const decoder::Layout& layout() const { return lay_; }
+  // V, the vocabulary size.
   std::size_t vocab_size() const { return cfg_.vocab; }
-  std::span<T> parameters() { return theta_; }
-  std::span<const T> parameters() const { return theta_; }
-  std::span<T> gradients() { return grad_; }
-  std::span<const T> gradients() const { return grad_; }
-  void zero_gradients() { std::fill(grad_.begin(), grad_.end(), T(0)); }
+  // Every parameter, flat, in layout() order (as stored: T or bf16).
+  std::span<W> parameters() { return theta_; }
+  // Every parameter, flat, in layout() order (as stored: T or bf16).
+  std::span<const W> parameters() const { return theta_; }
+  // The gradients, parameters()' layout (trainable models only).
+  std::span<T> gradients()
+    requires trainable
+  {
+    return grad_;
+  }
+  // The gradients, parameters()' layout (trainable models only).
+  std::span<const T> gradients() const
+    requires trainable
+  {
+    return grad_;
+  }
+  // Sets every gradient to 0 (trainable models only).
+  void zero_gradients()
+    requires trainable
+  {
+    std::fill(grad_.begin(), grad_.end(), T(0));
+  }
 
-  // scores[s] = log π(completion_s | prompt_s).
+  // scores[s] = log π(completion_s | prompt_s), the sum over the completion's tokens. A bf16 model
+  // hands the fused head its last hidden rows rounded to bf16 (the head reads H and W_head in one
+  // storage type), its only rounding beyond the weights'. Errors (batch, scores size) are thrown
+  // before anything changes.
   void sequence_logp(const SequenceBatch& batch, std::span<T> scores) {
     check(batch);
     detail::check_size("scores", scores.size(), batch.size());
     forward(batch.tokens, batch.offsets);
     set_targets(batch);
+    if constexpr (!trainable) {
+      const std::size_t m = n_ * cfg_.d_model;
+      if (hf_store_.size() < m) hf_store_.resize(m);
+      logprob::cpu::narrow(hf_.data(), hf_store_.data(), m);
+    }
     logprob::linear::forward(head_view(), scores, {}, {}, head_workspace());
   }
 
   // gradients += Σ_s d_scores[s] ∂scores[s]/∂θ: forward, the fused head's forward_backward (∂/∂N_f(x)
-  // on every row, W_head's gradient added), then every layer backward.
-  void accumulate_gradients(const SequenceBatch& batch, std::span<const T> d_scores) {
+  // on every row, W_head's gradient added), then every layer backward (trainable models only).
+  void accumulate_gradients(const SequenceBatch& batch, std::span<const T> d_scores)
+    requires trainable
+  {
     check(batch);
     detail::check_size("d_scores", d_scores.size(), batch.size());
     forward(batch.tokens, batch.offsets);
@@ -114,30 +174,39 @@ class Decoder {
     backward(batch.tokens, batch.offsets);
   }
 
-  // The logits of every row, out [n, V] (tests, evaluation): z_r = W_head N_f(x_r).
+  // The logits of every row, out [n, V] (tests, evaluation): z_r = W_head N_f(x_r), from the float
+  // hidden rows. A bf16 model widens W_head whole for this call (V·d floats, freed after).
   void logits(std::span<const token_t> tokens, std::span<const std::int64_t> offsets, std::span<T> out) {
     const SequenceBatch b{.tokens = tokens, .offsets = offsets, .prompt_len = {}};
     check_rows(b);
     detail::check_size_product("out", out.size(), tokens.size(), cfg_.vocab, "out (rows·vocab)");
     forward(tokens, offsets);
     const std::size_t D = cfg_.d_model, V = cfg_.vocab;
+    Buffer wide_head;
+    const T* head = trainable ? param(lay_.head) : widened(lay_.head, lay_.head + V * D, wide_head);
     Mat(out.data(), static_cast<Ix>(n_), static_cast<Ix>(V)).noalias() =
-        CMat(hf_.data(), static_cast<Ix>(n_), static_cast<Ix>(D)) * CMat(theta_.data() + lay_.head, static_cast<Ix>(V), static_cast<Ix>(D)).transpose();
+        CMat(hf_.data(), static_cast<Ix>(n_), static_cast<Ix>(D)) * CMat(head, static_cast<Ix>(V), static_cast<Ix>(D)).transpose();
   }
 
   // Batched generation (SamplingModel) with a key/value cache (model/generation/generate.hpp,
   // decoder/kv_decoder.hpp): prompt p draws from its own stream (seed, p). The cache is checked
-  // against limits.max_cache_bytes before anything is allocated.
+  // against limits.max_cache_bytes before anything is allocated. Trainable models only (the cached
+  // decoder reads the parameters as T).
   Sequences generate(const Prompts& prompts, std::size_t max_new, const SamplingOptions& opt,
-                     std::optional<token_t> eos = std::nullopt, const generation::Limits& limits = {}) const {
+                     std::optional<token_t> eos = std::nullopt, const generation::Limits& limits = {}) const
+    requires trainable
+  {
     decoder::KvDecoder<T> kv(cfg_, lay_, theta_);
     return generation::generate(kv, prompts, max_new, opt, eos, limits);
   }
 
   // The same tokens without a cache (the reference the cached path is tested against): each step
-  // runs the forward of the active sequences and draws from the last row's logits.
+  // runs the forward of the active sequences and draws from the last row's logits. Trainable
+  // models only.
   Sequences generate_uncached(const Prompts& prompts, std::size_t max_new, const SamplingOptions& opt,
-                              std::optional<token_t> eos = std::nullopt) {
+                              std::optional<token_t> eos = std::nullopt)
+    requires trainable
+  {
     validate(prompts, cfg_.vocab);
     validate(opt);
     const std::size_t P = prompts.size(), V = cfg_.vocab, D = cfg_.d_model;
@@ -191,9 +260,34 @@ class Decoder {
   static void grow(Buffer& v, std::size_t n) {
     if (v.size() < n) v.resize(n);
   }
-  T* param(std::size_t off) { return theta_.data() + off; }
-  CMat pmat(std::size_t off, std::size_t r, std::size_t c) const {
-    return CMat(theta_.data() + off, static_cast<Ix>(r), static_cast<Ix>(c));
+  // Parameter `off` as T: in theta_ itself, or (bf16) in the float window last widened, which must
+  // hold it (forward widens each block, then the final norm, before reading them).
+  const T* param(std::size_t off) const {
+    if constexpr (trainable) return theta_.data() + off;
+    else return window_.data() + (off - window_at_);
+  }
+  CMat pmat(std::size_t off, std::size_t r, std::size_t c) const { return CMat(param(off), static_cast<Ix>(r), static_cast<Ix>(c)); }
+
+  // Widens parameters [begin, end) into `into` from begin rounded down to Eigen's packet alignment,
+  // so each tensor keeps its address modulo the alignment that it has in a float model's theta_
+  // (Eigen's kernels then take the same path); returns parameter begin's address in `into`.
+  const T* widened(std::size_t begin, std::size_t end, Buffer& into, std::size_t* at = nullptr) const {
+    constexpr std::size_t packet = EIGEN_MAX_ALIGN_BYTES / sizeof(T) > 0 ? EIGEN_MAX_ALIGN_BYTES / sizeof(T) : 1;
+    const std::size_t from = begin - begin % packet;
+    grow(into, end - from);
+    if constexpr (trainable) std::copy(theta_.data() + from, theta_.data() + end, into.data());
+    else logprob::cpu::widen(theta_.data() + from, into.data(), end - from);
+    if (at) *at = from;
+    return into.data() + (begin - from);
+  }
+  // The window param() reads: the parameters [begin, end) as T (bf16 models; nothing for T storage).
+  void widen_window(std::size_t begin, std::size_t end) {
+    if constexpr (!trainable) widened(begin, end, window_, &window_at_);
+  }
+  // Block l's parameters are contiguous (make_layout adds them in order), from its first norm's
+  // gain up to the next block's, or the final norm's.
+  void widen_block(std::size_t l) {
+    widen_window(lay_.blocks[l].norm1_g, l + 1 < cfg_.n_layers ? lay_.blocks[l + 1].norm1_g : lay_.normf_g);
   }
   Mat gmat(std::size_t off, std::size_t r, std::size_t c) { return Mat(grad_.data() + off, static_cast<Ix>(r), static_cast<Ix>(c)); }
   static Mat act(Buffer& buf, std::size_t at, std::size_t r, std::size_t c) {
@@ -289,8 +383,8 @@ class Decoder {
 
   void norm_rows(const T* x, std::size_t g, std::size_t b, T* y, T* mean, T* rstd) {
     const std::size_t D = cfg_.d_model;
-    const T* gp = theta_.data() + g;
-    const T* bp = has_bias_norm() ? theta_.data() + b : nullptr;
+    const T* gp = param(g);
+    const T* bp = has_bias_norm() ? param(b) : nullptr;
     const auto n = static_cast<std::ptrdiff_t>(n_);
     const bool c = center();
     const T eps = static_cast<T>(cfg_.norm_eps);
@@ -304,7 +398,7 @@ class Decoder {
   // dx += ∂/∂x of the norm given dy, and its gain's (and bias's) gradients.
   void norm_rows_backward(const T* dy, const T* x, std::size_t g, std::size_t b, const T* mean, const T* rstd, T* dx) {
     const std::size_t D = cfg_.d_model;
-    const T* gp = theta_.data() + g;
+    const T* gp = param(g);
     const auto n = static_cast<std::ptrdiff_t>(n_);
     const bool c = center();
     DFTUNE_OMP(parallel for schedule(static))
@@ -321,17 +415,19 @@ class Decoder {
     reserve(n, offsets);
     n_ = n;
     const T scale = T(1) / std::sqrt(static_cast<T>(dh));
+    // The embedding rows are read where they are stored (a bf16 value widens exactly to T).
     for (std::size_t r = 0; r < n; ++r) {
-      const T* te = param(lay_.tok_emb) + static_cast<std::size_t>(tokens[r]) * D;
+      const W* te = theta_.data() + lay_.tok_emb + static_cast<std::size_t>(tokens[r]) * D;
       T* x = x_.data() + r * D;
       if (cfg_.positions() == decoder::Positions::learned) {
-        const T* pe = param(lay_.pos_emb) + pos_[r] * D;
-        for (std::size_t j = 0; j < D; ++j) x[j] = te[j] + pe[j];
+        const W* pe = theta_.data() + lay_.pos_emb + pos_[r] * D;
+        for (std::size_t j = 0; j < D; ++j) x[j] = static_cast<T>(te[j]) + static_cast<T>(pe[j]);
       } else {
-        std::copy(te, te + D, x);
+        for (std::size_t j = 0; j < D; ++j) x[j] = static_cast<T>(te[j]);
       }
     }
     for (std::size_t l = 0; l < cfg_.n_layers; ++l) {
+      widen_block(l);
       const auto& k = lay_.blocks[l];
       const std::size_t o = l * n * D, ol = l * n;
       norm_rows(x_.data() + o, k.norm1_g, k.norm1_b, h1_.data() + o, mean1_.data() + ol, rstd1_.data() + ol);
@@ -361,6 +457,7 @@ class Decoder {
       if (cfg_.mlp_bias) xn.rowwise() += CRow(param(k.b_down), static_cast<Ix>(D));
       xn += xmid;
     }
+    widen_window(lay_.normf_g, lay_.normf_g + (has_bias_norm() ? 2 : 1) * D);  // ln_f.weight, ln_f.bias: adjacent
     norm_rows(x_.data() + cfg_.n_layers * n * D, lay_.normf_g, lay_.normf_b, hf_.data(), meanf_.data(), rstdf_.data());
   }
 
@@ -405,9 +502,14 @@ class Decoder {
     offsets_.assign(b.offsets.begin(), b.offsets.end());
   }
 
-  logprob::linear::LinearLogits<T> head_view() const {
+  // The fused head's input in the storage type (a bf16 model's hidden rows: hf_store_, rounded by
+  // sequence_logp).
+  logprob::linear::LinearLogits<W> head_view() const {
     const std::size_t D = cfg_.d_model, V = cfg_.vocab;
-    return {.hidden = std::span<const T>(hf_.data(), n_ * D), .proj = std::span<const T>(theta_.data() + lay_.head, V * D),
+    const W* hidden = nullptr;
+    if constexpr (trainable) hidden = hf_.data();
+    else hidden = hf_store_.data();
+    return {.hidden = std::span<const W>(hidden, n_ * D), .proj = std::span<const W>(theta_.data() + lay_.head, V * D),
             .bias = {}, .dim = D, .vocab = V, .layout = logprob::linear::Layout::vocab_major, .targets = targets_,
             .weights = weights_, .offsets = offsets_};
   }
@@ -484,7 +586,11 @@ class Decoder {
 
   decoder::Config cfg_;
   decoder::Layout lay_;
-  Buffer theta_, grad_;
+  Store theta_;
+  Buffer grad_;
+  Buffer window_;               // bf16 models: the parameters being read, as T (param())
+  std::size_t window_at_ = 0;   // the parameter index of window_[0]
+  Store hf_store_;              // bf16 models: the fused head's input rows
   std::size_t n_ = 0, probs_stride_ = 0, rope_len_ = 0;
   Buffer x_, h1_, qkv_, att_, xmid_, h2_, up_, act_, hf_, probs_;
   Buffer mean1_, rstd1_, mean2_, rstd2_, meanf_, rstdf_;

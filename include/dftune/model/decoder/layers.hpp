@@ -100,6 +100,7 @@ void swiglu_forward(const T* gu, T* a, std::size_t F) {
   }
 }
 
+// dgu = ∂/∂[gate | up] of a = silu(gate) ⊙ up given da: [da ⊙ up ⊙ silu'(gate) | da ⊙ silu(gate)].
 template <class T>
 void swiglu_backward(const T* gu, const T* da, T* dgu, std::size_t F) {
   for (std::size_t j = 0; j < F; ++j) {
