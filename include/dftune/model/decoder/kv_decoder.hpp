@@ -19,6 +19,7 @@
 #include <dftune/logprob/linear/linear.hpp>
 #include <dftune/model/attention.hpp>
 #include <dftune/model/decoder/config.hpp>
+#include <dftune/model/decoder/gelu.hpp>
 #include <dftune/model/decoder/layers.hpp>
 #include <dftune/model/generation/kv_cache.hpp>
 #include <dftune/model/generation/tiled_linear.hpp>
@@ -217,8 +218,7 @@ class KvDecoder {
       const T* u = up_.data() + static_cast<std::size_t>(r) * U;
       T* a = act_.data() + static_cast<std::size_t>(r) * F;
       if (swiglu) swiglu_forward(u, a, F);
-      else
-        for (std::size_t j = 0; j < F; ++j) a[j] = tiny_lm::gelu(u[j]);
+      else gelu_row(u, a, F);
     }
   }
 
