@@ -34,6 +34,10 @@ struct Limits {
   // The most bytes the key/value cache of one generate call may take (4 GiB by default: GPT-2's
   // shape, 12 layers · 768, holds 32 sequences of 1024 tokens in 2.4 GB of float).
   std::size_t max_cache_bytes = std::size_t{1} << 32;
+  // The most bytes of weights a generate call may copy into the GEMM's packed layout (a decoder
+  // with pack_for: generation/packed_weights.hpp); beyond it nothing is packed, which is slower at
+  // 4 or more sequences but never an error. 2 GiB by default: GPT-2 124M needs 471 MiB; 0 never packs.
+  std::size_t max_packed_bytes = std::size_t{1} << 31;
 };
 
 // Bytes of the cache for `rows` positions in all (Σ_p capacity_p), checked against the limit:
