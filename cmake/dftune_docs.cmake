@@ -15,6 +15,7 @@ set(_dftune_documented_headers
   optim/adam.hpp optim/clip.hpp optim/dft_optimizer.hpp optim/rule.hpp optim/schedule.hpp optim/sgd.hpp optim/step_options.hpp
   model/concept.hpp
   model/attention.hpp model/generation/tiled_linear.hpp model/decoder/kv_decoder.hpp
+  model/generation/generate.hpp model/generation/kv_cache.hpp model/generation/packed_weights.hpp model/decoder/gelu.hpp
   logprob/linear/linear.hpp logprob/linear/linear_logits.hpp logprob/linear/rows.hpp logprob/linear/vocab_parallel.hpp
   backend/xtensor/categorical_policy.hpp backend/xtensor/logprob.hpp callbacks/jsonl.hpp callbacks/metrics.hpp cpu/isa.hpp
   distributed/collectives.hpp distributed/communicator.hpp distributed/mpi.hpp distributed/replica_check.hpp

@@ -74,6 +74,8 @@ concept CachedDecoder = requires(D& d, const D& cd, KvCache<typename D::scalar_t
 // Logits per step below which the rows are sampled on one thread (a parallel region costs more).
 inline constexpr std::size_t kParallelSamplingLogits = std::size_t{1} << 14;
 
+// This thread's number in the current OpenMP team (0 outside one, or without OpenMP): its row of
+// the sampling scratch.
 inline std::size_t thread_id() {
 #if defined(_OPENMP)
   return static_cast<std::size_t>(omp_get_thread_num());
