@@ -9,7 +9,8 @@
 /// blocked layout oneDNN's matmul primitive chooses (weights' format "any"); a step then runs
 /// one single-threaded primitive per tile on the packed tile. Measured on GPT-2 124M's step GEMMs,
 /// one thread: 2.1× (8 rows) and 2.2× (32 rows) fewer CPU-seconds than per-call dnnl_sgemm, no gain at
-/// 1–2 rows (memory-bound either way), so PackedWeights is used from kMinRows sequences on.
+/// 1–2 rows (memory-bound either way); packing costs 1.2–1.7 CPU-s, so a call packs only from
+/// kMinRows sequences and kMinTokens tokens on (decoder/kv_decoder.hpp's pack_for).
 ///
 /// Memory: the packed copy is the size of the weights it holds (oneDNN pads a tile to its block,
 /// < 1 %): 471 MiB for GPT-2 124M's layers and tied head; bounded by Limits::max_packed_bytes, beyond
