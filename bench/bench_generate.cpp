@@ -4,7 +4,7 @@
 // scripts/bench_generate.sh runs both side by side and prints the table (bench/RESULTS_generate.md).
 //
 //   bench_generate [--arch gpt2|tiny] [--layers L --d D --heads H --ff F --V V --max-len M] --batch B,B,.. --new N,N,..
-//                  [--prompt P] [--threads T] [--temperature t] [--top-k k] [--top-p p] [--reps R]
+//                  [--prompt P] [--threads T] [--temperature t] [--top-k k] [--top-p p] [--reps R] [--max-packed-bytes B]
 // Every batch × new pair runs in this one process (the model is built once); one line each.
 // Defaults: GPT-2 124M's shape (12 layers, d 768, 12 heads, d_ff 3072, V 50257, 1024 positions) on
 // the decoder family's GPT-2 (--arch gpt2: tied head without bias, as the checkpoint; --arch tiny:
@@ -60,6 +60,7 @@ int main(int argc, char** argv) try {
     return r;
   };
   int threads = 1, reps = 1;
+  generation::Limits limits;  // --max-packed-bytes 0: no packed weights (generation/packed_weights.hpp)
   std::string arch = "gpt2";
   SamplingOptions o{.temperature = 0.7, .top_k = 50, .top_p = 1.0, .seed = 1};
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -79,6 +80,7 @@ int main(int argc, char** argv) try {
     else if (k == "--top-k") o.top_k = std::stoul(v);
     else if (k == "--top-p") o.top_p = std::stod(v);
     else if (k == "--reps") reps = std::stoi(v);
+    else if (k == "--max-packed-bytes") limits.max_packed_bytes = std::stoul(v);
     else throw std::invalid_argument("unknown flag " + k);
   }
   omp_set_num_threads(threads);
@@ -93,21 +95,21 @@ int main(int argc, char** argv) try {
         std::vector<std::int64_t> offsets(B + 1);
         for (std::size_t b = 0; b <= B; ++b) offsets[b] = static_cast<std::int64_t>(b * P);
         const Prompts prompts{.tokens = tokens, .offsets = offsets};
-        m.generate(prompts, 2, o);  // warm-up: pages of the weights, thread pool
+        m.generate(prompts, 2, o, std::nullopt, limits);  // warm-up: pages of the weights, thread pool
         double best = 1e300, cpu = 1e300;
         std::size_t generated = 0;
         for (int r = 0; r < reps; ++r) {
           const auto t0 = now();
           const double c0 = cpu_seconds();
-          const Sequences s = m.generate(prompts, N, o);
+          const Sequences s = m.generate(prompts, N, o, std::nullopt, limits);
           cpu = std::min(cpu, cpu_seconds() - c0);
           best = std::min(best, std::chrono::duration<double>(now() - t0).count());
           generated = s.tokens.size() - tokens.size();
         }
         std::printf("{\"impl\": \"dftune\", \"arch\": \"%s\", \"layers\": %zu, \"d\": %zu, \"V\": %zu, \"batch\": %zu, \"new\": %zu, \"prompt\": %zu, "
-                    "\"threads\": %d, \"temperature\": %g, \"top_k\": %zu, \"top_p\": %g, \"seconds\": %.4f, \"tokens_per_s\": %.2f, "
+                    "\"threads\": %d, \"max_packed_bytes\": %zu, \"temperature\": %g, \"top_k\": %zu, \"top_p\": %g, \"seconds\": %.4f, \"tokens_per_s\": %.2f, "
                     "\"generated\": %zu, \"cpu_seconds\": %.4f, \"tokens_per_cpu_s\": %.2f, \"load\": \"%s\", \"env\": %s}\n",
-                    arch.c_str(), c.n_layers, c.d_model, c.vocab, B, N, P, threads, o.temperature, o.top_k, o.top_p, best,
+                    arch.c_str(), c.n_layers, c.d_model, c.vocab, B, N, P, threads, limits.max_packed_bytes, o.temperature, o.top_k, o.top_p, best,
                     static_cast<double>(B * N) / best, generated, cpu, static_cast<double>(B * N) / cpu, loadavg().c_str(), bench_env::env_json(logprob::linear::DefaultGemm::name).c_str());
         std::fflush(stdout);
       }

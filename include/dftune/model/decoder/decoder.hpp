@@ -24,6 +24,7 @@
 #include <dftune/model/concept.hpp>
 #include <dftune/model/generation/generate.hpp>
 #include <dftune/model/decoder/config.hpp>
+#include <dftune/model/decoder/gelu.hpp>
 #include <dftune/model/decoder/kv_decoder.hpp>
 #include <dftune/model/decoder/layers.hpp>
 #include <dftune/model/sampling.hpp>
@@ -470,8 +471,7 @@ class Decoder {
       const T* u = up + static_cast<std::size_t>(r) * U;
       T* ar = a + static_cast<std::size_t>(r) * F;
       if (swiglu) decoder::swiglu_forward(u, ar, F);
-      else
-        for (std::size_t j = 0; j < F; ++j) ar[j] = tiny_lm::gelu(u[j]);
+      else decoder::gelu_row(u, ar, F);
     }
   }
 

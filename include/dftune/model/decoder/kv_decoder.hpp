@@ -19,8 +19,10 @@
 #include <dftune/logprob/linear/linear.hpp>
 #include <dftune/model/attention.hpp>
 #include <dftune/model/decoder/config.hpp>
+#include <dftune/model/decoder/gelu.hpp>
 #include <dftune/model/decoder/layers.hpp>
 #include <dftune/model/generation/kv_cache.hpp>
+#include <dftune/model/generation/packed_weights.hpp>
 #include <dftune/model/generation/tiled_linear.hpp>
 #include <dftune/model/sampling.hpp>
 
@@ -83,6 +85,45 @@ class KvDecoder {
     grow(row_slot_, rows);
     grow(row_pos_, rows);
     grow(scores_, scores);
+  }
+
+  // Packs every GEMM weight (the layers' and the head's) once for a call of `sequences` sequences
+  // of up to `max_new` new tokens (generation/packed_weights.hpp) when it pays: the build has
+  // oneDNN, sequences >= PackedWeights::kMinRows, sequences·max_new >= PackedWeights::kMinTokens,
+  // and the packed copy fits limits.max_packed_bytes; otherwise nothing is packed and the GEMMs
+  // stay tiled_linear's. Optional member of generation::CachedDecoder, called once before prefill.
+  void pack_for(std::size_t sequences, std::size_t max_new, const generation::Limits& limits) {
+    using Packed = generation::PackedWeights<T>;
+    packed_.clear();
+    if (!Packed::available || sequences < Packed::kMinRows || max_new < Packed::kMinTokens / sequences) return;
+    const std::size_t D = cfg_.d_model, V = cfg_.vocab;
+    std::size_t elements = V * D;
+    for (std::size_t l = 0; l < cfg_.n_layers; ++l)
+      elements += D * (cfg_.qkv_width() + cfg_.up_width()) + cfg_.q_width() * D + cfg_.d_ff * D;
+    if (elements > limits.max_packed_bytes / sizeof(T)) return;
+    bool ok = true;
+    for (std::size_t l = 0; l < cfg_.n_layers && ok; ++l) {
+      const auto& k = lay_.blocks[l];
+      ok = packed_.pack(k.w_qkv, param(k.w_qkv), cfg_.qkv_width(), D, sequences) && packed_.pack(k.w_o, param(k.w_o), D, cfg_.q_width(), sequences) &&
+           packed_.pack(k.w_up, param(k.w_up), cfg_.up_width(), D, sequences) && packed_.pack(k.w_down, param(k.w_down), D, cfg_.d_ff, sequences);
+    }
+    if (ok) ok = packed_.pack(lay_.head, param(lay_.head), V, D, sequences);
+    if (!ok) packed_.clear();
+  }
+
+  // Bytes of weights packed by pack_for (0 when nothing is).
+  std::size_t packed_bytes() const { return packed_.bytes(); }
+
+  // logits[rows, V] = hidden[rows, d] W_headᵀ: on the packed head when pack_for packed it, else the
+  // fused head's tiles (logprob::linear::logits). Optional member of generation::CachedDecoder.
+  void step_logits(std::span<const T> hidden, std::size_t rows, std::span<T> logits) {
+    if (packed_.has(lay_.head)) {
+      packed_.run(lay_.head, hidden.data(), rows, param(lay_.head), logits.data(), [](T*, std::size_t, std::size_t) {});
+    } else {
+      auto h = head();
+      h.hidden = hidden.first(rows * cfg_.d_model);
+      logprob::linear::logits(h, logits.first(rows * cfg_.vocab));
+    }
   }
 
   // generate.hpp's CachedDecoder::extend; every argument is checked before the cache is written.
@@ -217,8 +258,7 @@ class KvDecoder {
       const T* u = up_.data() + static_cast<std::size_t>(r) * U;
       T* a = act_.data() + static_cast<std::size_t>(r) * F;
       if (swiglu) swiglu_forward(u, a, F);
-      else
-        for (std::size_t j = 0; j < F; ++j) a[j] = tiny_lm::gelu(u[j]);
+      else gelu_row(u, a, F);
     }
   }
 
@@ -226,12 +266,14 @@ class KvDecoder {
   template <class Epilogue>
   void linear(const T* A, std::size_t rows, std::size_t K, std::size_t w, std::size_t N, T* Y, std::size_t bias, Epilogue&& epilogue) {
     const T* b = bias == kNone ? nullptr : param(bias);
-    generation::tiled_linear<generation::WeightLayout::out_major>(A, rows, K, param(w), N, Y, [&](T* y, std::size_t j0, std::size_t width) {
+    auto finish = [&](T* y, std::size_t j0, std::size_t width) {
       if (b)
         for (std::size_t i = 0; i < rows; ++i)
           for (std::size_t j = j0; j < j0 + width; ++j) y[i * N + j] += b[j];
       epilogue(y, j0, width);
-    });
+    };
+    if (packed_.has(w)) packed_.run(w, A, rows, param(w), Y, finish);
+    else generation::tiled_linear<generation::WeightLayout::out_major>(A, rows, K, param(w), N, Y, finish);
   }
 
   // att_[i, query head h] = softmax(q_i k_jᵀ / sqrt(dh)) v over the cached positions j <= t_i of
@@ -264,6 +306,7 @@ class KvDecoder {
   std::vector<T> rope_cos_, rope_sin_;                                   // [rope_len_, head_dim / 2]
   std::size_t rope_len_ = 0;
   std::vector<std::size_t> row_slot_, row_pos_;
+  generation::PackedWeights<T> packed_;  // keyed by the weight's offset in theta_
 };
 
 }  // namespace decoder

@@ -54,6 +54,11 @@ namespace generation {
 //                      of every layer, the cache advances, and hidden[a·d, (a+1)·d) receives the
 //                      final hidden state (what the head reads) of the last new row.
 // Prefill is extend() with the prompts, a step extend() with one token per active sequence.
+// Two optional members, used when present:
+//   pack_for(sequences, max_new, limits) called once before prefill: the decoder may pack its
+//                                        weights for the call's GEMMs (decoder/kv_decoder.hpp)
+//   step_logits(hidden, rows, logits)    logits[rows, V] of hidden[rows, d] instead of the fused
+//                                        head's logprob::linear::logits(head(), ...)
 template <class D>
 concept CachedDecoder = requires(D& d, const D& cd, KvCache<typename D::scalar_type>& cache, std::span<const std::size_t> slots,
                                  std::span<const token_t> tokens, std::span<const std::int64_t> offsets,
@@ -69,6 +74,8 @@ concept CachedDecoder = requires(D& d, const D& cd, KvCache<typename D::scalar_t
 // Logits per step below which the rows are sampled on one thread (a parallel region costs more).
 inline constexpr std::size_t kParallelSamplingLogits = std::size_t{1} << 14;
 
+// This thread's number in the current OpenMP team (0 outside one, or without OpenMP): its row of
+// the sampling scratch.
 inline std::size_t thread_id() {
 #if defined(_OPENMP)
   return static_cast<std::size_t>(omp_get_thread_num());
@@ -124,6 +131,7 @@ Sequences generate(D& decoder, const Prompts& prompts, std::size_t max_new, cons
   }
   KvCache<T> cache(shape, capacity);
   decoder.reserve(std::max(prompts.tokens.size(), P));
+  if constexpr (requires { decoder.pack_for(P, max_new, limits); }) decoder.pack_for(P, max_new, limits);
   std::vector<T> hidden(P * dim), logits(P * V);
   std::vector<double> probs(threads * V);
   std::vector<std::int32_t> order(threads * V);
@@ -139,8 +147,12 @@ Sequences generate(D& decoder, const Prompts& prompts, std::size_t max_new, cons
   decoder.extend(cache, std::span<const std::size_t>(slot), prompts.tokens, prompts.offsets, std::span<T>(hidden));
   std::size_t n_active = P;
   for (std::size_t step = 0; step < max_new && n_active > 0; ++step) {
-    head.hidden = std::span<const T>(hidden.data(), n_active * dim);
-    logprob::linear::logits(head, std::span<T>(logits.data(), n_active * V));
+    if constexpr (requires { decoder.step_logits(std::span<const T>(hidden), n_active, std::span<T>(logits)); }) {
+      decoder.step_logits(std::span<const T>(hidden), n_active, std::span<T>(logits));
+    } else {
+      head.hidden = std::span<const T>(hidden.data(), n_active * dim);
+      logprob::linear::logits(head, std::span<T>(logits.data(), n_active * V));
+    }
     // Rows are independent and each prompt's stream is its own: sampled in parallel. An error
     // (a NaN logit) cannot leave an OpenMP region: the first row's is rethrown after it.
     [[maybe_unused]] const bool parallel = n_active > 1 && n_active * V >= kParallelSamplingLogits;

@@ -26,14 +26,19 @@ namespace generation {
 // What a decoder caches per layer and position: `width` keys and `width` values (heads · head
 // dimension for multi-head attention; a grouped-query decoder caches its fewer key/value heads).
 struct CacheShape {
-  std::size_t layers = 0;
-  std::size_t width = 0;
+  std::size_t layers = 0;  // decoder layers, each with its own keys and values
+  std::size_t width = 0;   // keys (and values) per position and layer: key/value heads · head dimension
 };
 
+// Memory bounds of one generate call, checked before anything is allocated.
 struct Limits {
   // The most bytes the key/value cache of one generate call may take (4 GiB by default: GPT-2's
   // shape, 12 layers · 768, holds 32 sequences of 1024 tokens in 2.4 GB of float).
   std::size_t max_cache_bytes = std::size_t{1} << 32;
+  // The most bytes of weights a generate call may copy into the GEMM's packed layout (a decoder
+  // with pack_for: generation/packed_weights.hpp); beyond it nothing is packed, which is slower at
+  // 4 or more sequences but never an error. 2 GiB by default: GPT-2 124M needs 471 MiB; 0 never packs.
+  std::size_t max_packed_bytes = std::size_t{1} << 31;
 };
 
 // Bytes of the cache for `rows` positions in all (Σ_p capacity_p), checked against the limit:
@@ -49,6 +54,8 @@ std::size_t cache_bytes(const CacheShape& shape, std::size_t rows, const Limits&
   return bytes;
 }
 
+// The key/value cache of one generate call: for each of `slots` sequences a fixed capacity of
+// positions (its prompt + max_new), per layer [keys | values][positions][width], in one allocation.
 template <class T>
 class KvCache {
  public:
@@ -59,22 +66,30 @@ class KvCache {
     data_.resize(shape.layers * 2 * base_.back() * shape.width);
   }
 
+  // Layers and width it was made for.
   const CacheShape& shape() const { return shape_; }
+  // Sequences it holds.
   std::size_t slots() const { return length_.size(); }
+  // Positions `slot` has room for.
   std::size_t capacity(std::size_t slot) const { return base_[slot + 1] - base_[slot]; }
   // Positions of `slot` already cached (the prompt, then every token fed back).
   std::size_t length(std::size_t slot) const { return length_[slot]; }
+  // Bytes of keys and values held (every slot at full capacity).
   std::size_t bytes() const { return data_.size() * sizeof(T); }
 
   // Keys (values) of `slot` in `layer`: [capacity, width] row-major, row t = position t.
   T* keys(std::size_t layer, std::size_t slot) { return data_.data() + (2 * layer * base_.back() + base_[slot]) * shape_.width; }
+  // Values of `slot` in `layer`, laid out as keys().
   T* values(std::size_t layer, std::size_t slot) { return keys(layer, slot) + base_.back() * shape_.width; }
+  // Read-only keys(), for attention.
   const T* keys(std::size_t layer, std::size_t slot) const { return const_cast<KvCache*>(this)->keys(layer, slot); }
+  // Read-only values(), for attention.
   const T* values(std::size_t layer, std::size_t slot) const { return const_cast<KvCache*>(this)->values(layer, slot); }
 
   // `rows` positions of `slot` are now cached (after a decoder has written every layer's keys and
   // values of them); the decoder checked them against the capacity before writing.
   void advance(std::size_t slot, std::size_t rows) { length_[slot] += rows; }
+  // Empties every slot (lengths 0; capacities and memory kept).
   void reset() { std::fill(length_.begin(), length_.end(), std::size_t{0}); }
 
  private:

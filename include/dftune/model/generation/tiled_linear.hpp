@@ -36,13 +36,11 @@ inline std::size_t column_tile(std::size_t N) {
   return std::min(N, std::clamp<std::size_t>((t + 15) / 16 * 16, 64, 512));
 }
 
-// Y[rows, N] = A[rows, K] · W (W of the given layout), then epilogue(Y, j0, width) on each column
-// tile [j0, j0 + width) by the task that computed it (biases, residuals, activations). An
-// in-major W with a few rows (a step at a small batch) is streamed once without the GEMM
-// kernel's packing (logits.hpp's few_rows_product).
-template <WeightLayout L, class T, class Epilogue>
-void tiled_linear(const T* A, std::size_t rows, std::size_t K, const T* W, std::size_t N, T* Y, Epilogue&& epilogue) {
-  using Gemm = logprob::linear::DefaultGemm;
+/// Runs task(j0, width) for the column tiles [j0, j0 + width) of an output of width N
+/// (column_tile(N) wide), in parallel when the product rows·K·N is large enough to pay for a
+/// parallel region; each task runs on one thread (a threaded GEMM inside it runs single-threaded).
+template <class Task>
+void for_each_tile(std::size_t rows, std::size_t K, std::size_t N, Task&& task) {
   const std::size_t tile = column_tile(N), tiles = (N + tile - 1) / tile;
   [[maybe_unused]] const bool parallel =
       static_cast<double>(rows) * static_cast<double>(K) * static_cast<double>(N) >= logprob::linear::parallel_min_macs;
@@ -53,18 +51,30 @@ void tiled_linear(const T* A, std::size_t rows, std::size_t K, const T* W, std::
 #endif
     DFTUNE_OMP(for schedule(dynamic, 1))
     for (std::ptrdiff_t t = 0; t < static_cast<std::ptrdiff_t>(tiles); ++t) {
-      const std::size_t j0 = static_cast<std::size_t>(t) * tile, width = std::min(tile, N - j0);
-      if constexpr (L == WeightLayout::in_major) {
-        if (rows <= logprob::linear::chunked::kFewRows)
-          logprob::linear::chunked::few_rows_product(rows, width, K, A, K, W + j0, N, Y + j0, N);
-        else
-          Gemm::template run<true, true>(rows, width, K, A, K, W + j0, N, Y + j0, N, false);
-      } else {
-        Gemm::template run<true, false>(rows, width, K, A, K, W + j0 * K, K, Y + j0, N, false);
-      }
-      epilogue(Y, j0, width);
+      const std::size_t j0 = static_cast<std::size_t>(t) * tile;
+      task(j0, std::min(tile, N - j0));
     }
   }
+}
+
+/// Y[rows, N] = A[rows, K] · W (W of the given layout), then epilogue(Y, j0, width) on each column
+/// tile [j0, j0 + width) by the task that computed it (biases, residuals, activations). An
+/// in-major W with a few rows (a step at a small batch) is streamed once without the GEMM
+/// kernel's packing (logits.hpp's few_rows_product).
+template <WeightLayout L, class T, class Epilogue>
+void tiled_linear(const T* A, std::size_t rows, std::size_t K, const T* W, std::size_t N, T* Y, Epilogue&& epilogue) {
+  using Gemm = logprob::linear::DefaultGemm;
+  for_each_tile(rows, K, N, [&](std::size_t j0, std::size_t width) {
+    if constexpr (L == WeightLayout::in_major) {
+      if (rows <= logprob::linear::chunked::kFewRows)
+        logprob::linear::chunked::few_rows_product(rows, width, K, A, K, W + j0, N, Y + j0, N);
+      else
+        Gemm::template run<true, true>(rows, width, K, A, K, W + j0, N, Y + j0, N, false);
+    } else {
+      Gemm::template run<true, false>(rows, width, K, A, K, W + j0 * K, K, Y + j0, N, false);
+    }
+    epilogue(Y, j0, width);
+  });
 }
 
 }  // namespace generation
