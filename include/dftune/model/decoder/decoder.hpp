@@ -24,11 +24,11 @@
 #include <dftune/model/concept.hpp>
 #include <dftune/model/generation/generate.hpp>
 #include <dftune/model/decoder/config.hpp>
-#include <dftune/model/decoder/gelu.hpp>
 #include <dftune/model/decoder/kv_decoder.hpp>
 #include <dftune/model/decoder/layers.hpp>
 #include <dftune/model/sampling.hpp>
 #include <dftune/model/sequence_batch.hpp>
+#include <dftune/model/tiny_lm/gelu.hpp>
 #include <dftune/model/tiny_lm/layers.hpp>
 
 #include <Eigen/Core>
@@ -466,12 +466,13 @@ class Decoder {
     const std::size_t U = cfg_.up_width(), F = cfg_.d_ff;
     const auto n = static_cast<std::ptrdiff_t>(n_);
     const bool swiglu = cfg_.mlp() == decoder::Mlp::swiglu;
+    dftune::cpu::active_isa();  // a bad DFTUNE_ISA throws here, not in a worker's gelu_values
     DFTUNE_OMP(parallel for schedule(static))
     for (std::ptrdiff_t r = 0; r < n; ++r) {
       const T* u = up + static_cast<std::size_t>(r) * U;
       T* ar = a + static_cast<std::size_t>(r) * F;
       if (swiglu) decoder::swiglu_forward(u, ar, F);
-      else decoder::gelu_row(u, ar, F);
+      else tiny_lm::gelu_values(u, ar, F);
     }
   }
 
@@ -479,14 +480,14 @@ class Decoder {
     const std::size_t U = cfg_.up_width(), F = cfg_.d_ff;
     const auto n = static_cast<std::ptrdiff_t>(n_);
     const bool swiglu = cfg_.mlp() == decoder::Mlp::swiglu;
+    dftune::cpu::active_isa();
     DFTUNE_OMP(parallel for schedule(static))
     for (std::ptrdiff_t r = 0; r < n; ++r) {
       const T* u = up + static_cast<std::size_t>(r) * U;
       const T* g = da + static_cast<std::size_t>(r) * F;
       T* du = dup + static_cast<std::size_t>(r) * U;
       if (swiglu) decoder::swiglu_backward(u, g, du, F);
-      else
-        for (std::size_t j = 0; j < F; ++j) du[j] = g[j] * tiny_lm::gelu_grad(u[j]);
+      else tiny_lm::gelu_backward(u, g, du, F);
     }
   }
 

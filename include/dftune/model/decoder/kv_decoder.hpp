@@ -19,11 +19,11 @@
 #include <dftune/logprob/linear/linear.hpp>
 #include <dftune/model/attention.hpp>
 #include <dftune/model/decoder/config.hpp>
-#include <dftune/model/decoder/gelu.hpp>
 #include <dftune/model/decoder/layers.hpp>
 #include <dftune/model/generation/kv_cache.hpp>
 #include <dftune/model/generation/packed_weights.hpp>
 #include <dftune/model/generation/tiled_linear.hpp>
+#include <dftune/model/tiny_lm/gelu.hpp>
 #include <dftune/model/sampling.hpp>
 
 #include <algorithm>
@@ -253,12 +253,13 @@ class KvDecoder {
     const std::size_t U = cfg_.up_width(), F = cfg_.d_ff;
     const bool swiglu = cfg_.mlp() == Mlp::swiglu;
     [[maybe_unused]] const bool parallel = n * F >= (std::size_t{1} << 15);
+    dftune::cpu::active_isa();  // a bad DFTUNE_ISA throws here, not in a worker's gelu_values
     DFTUNE_OMP(parallel for schedule(static) num_threads(static_cast<int>(parallel ? dftune::max_threads() : 1)))
     for (std::ptrdiff_t r = 0; r < static_cast<std::ptrdiff_t>(n); ++r) {
       const T* u = up_.data() + static_cast<std::size_t>(r) * U;
       T* a = act_.data() + static_cast<std::size_t>(r) * F;
       if (swiglu) swiglu_forward(u, a, F);
-      else gelu_row(u, a, F);
+      else tiny_lm::gelu_values(u, a, F);
     }
   }
 

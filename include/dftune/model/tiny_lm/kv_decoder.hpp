@@ -19,6 +19,7 @@
 #include <dftune/model/generation/kv_cache.hpp>
 #include <dftune/model/generation/tiled_linear.hpp>
 #include <dftune/model/tiny_lm/config.hpp>
+#include <dftune/model/tiny_lm/gelu.hpp>
 #include <dftune/model/tiny_lm/layers.hpp>
 #include <dftune/threads.hpp>
 
@@ -105,6 +106,7 @@ class KvDecoder {
       detail::fail("cache", "shape " + std::to_string(s.layers) + " layers · width " + std::to_string(s.width),
                    std::to_string(cfg_.n_layers) + " layers · width " + std::to_string(D));
     if (x_.size() < n * D || scores_.size() < dftune::max_threads() * cfg_.max_len) reserve(n);
+    dftune::cpu::active_isa();  // a bad DFTUNE_ISA throws here, not in a tile's gelu_values
 
     for (std::size_t a = 0; a < B; ++a)
       for (auto r = offsets[a]; r < offsets[a + 1]; ++r) {
@@ -135,7 +137,7 @@ class KvDecoder {
       linear(h_.data(), n, D, k.w_1, F, u_.data(), [&](T* y, std::size_t j0, std::size_t w) {
         add_bias(y, n, F, j0, w, k.b_1);
         for (std::size_t i = 0; i < n; ++i)
-          for (std::size_t j = j0; j < j0 + w; ++j) y[i * F + j] = gelu(y[i * F + j]);
+          gelu_values(y + i * F + j0, y + i * F + j0, w);  // the forward's bits: gelu.hpp is lane-wise
       });
       linear(u_.data(), n, F, k.w_2, D, h_.data(), [&](T* y, std::size_t j0, std::size_t w) {
         add_bias(y, n, D, j0, w, k.b_2);

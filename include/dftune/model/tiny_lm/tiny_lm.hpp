@@ -27,6 +27,7 @@
 #include <dftune/model/sampling.hpp>
 #include <dftune/model/sequence_batch.hpp>
 #include <dftune/model/tiny_lm/config.hpp>
+#include <dftune/model/tiny_lm/gelu.hpp>
 #include <dftune/model/tiny_lm/kv_decoder.hpp>
 #include <dftune/model/tiny_lm/layers.hpp>
 #include <dftune/model/tiny_lm/threads.hpp>
@@ -307,6 +308,7 @@ class TinyLm {
     }
     probs_stride_ = att_off_[S];
     const std::size_t K = chunks_ = tiny_lm::chunk_count(n, S);
+    dftune::cpu::active_isa();  // a bad DFTUNE_ISA throws here, not in a worker's gelu_forward
     DFTUNE_OMP(parallel for schedule(dynamic, 1))
     for (std::size_t c = 0; c < K; ++c) {
       const auto [s0, s1] = tiny_lm::sequence_chunk(offsets, c, K);
@@ -348,10 +350,7 @@ class TinyLm {
       Mat u = act(u_, of, rows, F);
       gemm<true, true>(rows, F, D, h2_.data() + o, D, param(k.w_1), F, u.data(), F, false);
       u.rowwise() += prow(k.b_1, F);
-      for (std::size_t i = 0; i < rows * F; ++i) {
-        t_[of + i] = tiny_lm::gelu_tanh(u_[of + i]);
-        a_[of + i] = tiny_lm::gelu(u_[of + i], t_[of + i]);
-      }
+      tiny_lm::gelu_forward(u_.data() + of, t_.data() + of, a_.data() + of, rows * F);
       Mat xn = act(x_, o + n * D, rows, D);
       gemm<true, true>(rows, D, F, a_.data() + of, F, param(k.w_2), D, xn.data(), D, false);
       xn.rowwise() += prow(k.b_2, D);
