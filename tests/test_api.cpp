@@ -114,7 +114,7 @@ struct Batch {
   std::vector<std::int64_t> ids{0, 2};
   std::vector<double> pos{-1.0, -2.0}, neg{-3.0, -0.5, -2.0, -4.0}, ref{-2.5, -1.0, -3.0, -3.5};
   SequenceScores<double> view() const {
-    return {.ids = ids, .num_negatives = 2, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = ref};
+    return {.ids = ids, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = ref, .num_negatives = 2};
   }
 };
 
@@ -135,10 +135,10 @@ TEST_CASE("DftOptions' init and log_u0 must be the estimator's: a named error, b
   CategoricalPolicy<double> model(2, 3);
   Estimator<double> two(2);
   using Opt = DftOptimizer<CategoricalPolicy<double>, Sgd<double>, ConstantSchedule>;
-  CHECK_THROWS_WITH_AS(Opt(model, two, fixed, Sgd<double>(), ConstantSchedule{.rate = 0.1}),
+  CHECK_THROWS_WITH_AS(Opt(model, two, fixed, Sgd<double>(), ConstantSchedule{.base_lr = 0.1}),
                        doctest::Contains("options.init: got fixed, expected first_visit"), argument_error);
   // Matching options construct; the defaults match a default estimator.
-  Opt ok(model, two, DftOptions{}, Sgd<double>(), ConstantSchedule{.rate = 0.1});
+  Opt ok(model, two, DftOptions{}, Sgd<double>(), ConstantSchedule{.base_lr = 0.1});
   CHECK(ok.options().init == two.init());
 }
 
@@ -168,7 +168,7 @@ TEST_CASE("sft_loss takes data first; the old order still compiles, deprecated")
 #endif
   const ScoreResult<double> old = sft_loss<double>(lp, tok, len);
   const PairRewards raw = log_ratio_rewards(
-      PreferenceScores<double>{.num_negatives = 1, .pos_logp = lp, .neg_logp = lp, .ref_pos_logp = lp, .ref_neg_logp = lp},
+      PreferenceScores<double>{.pos_logp = lp, .neg_logp = lp, .ref_pos_logp = lp, .ref_neg_logp = lp, .num_negatives = 1},
       0.1);
 #if defined(__GNUC__)
 #pragma GCC diagnostic pop

@@ -104,9 +104,8 @@ TEST_CASE("one DftOptimizer step with plain SGD equals θ − lr · Σ ∂L/∂s
     Estimator<double> est(4, opt);
     Estimator<double> est_copy = est;
     const double lr = 0.05;
-    DftOptimizer optimizer(model, est, opt, Sgd<double>{}, ConstantSchedule{.rate = lr});
-    const DftBatch<double> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(),
-                                 .num_negatives = 3, .ref_neg_logp = d.ref};
+    DftOptimizer optimizer(model, est, opt, Sgd<double>{}, ConstantSchedule{.base_lr = lr});
+    const DftBatch<double> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(), .ref_neg_logp = d.ref, .num_negatives = 3};
     const std::vector<double> theta0(model.parameters().begin(), model.parameters().end());
 
     // Expected: the objective's gradients wrt log-probs, then ∇θ_c log π(y) = Σ_t onehot(y_t) − softmax(θ_c).
@@ -116,8 +115,8 @@ TEST_CASE("one DftOptimizer step with plain SGD equals θ − lr · Σ ∂L/∂s
     std::vector<std::int64_t> pl, nl;
     for (std::size_t i = 0; i < 4; ++i) pl.push_back(d.pos.view().completion_length(i));
     for (std::size_t k = 0; k < 12; ++k) nl.push_back(d.neg.view().completion_length(k));
-    const auto r = dft_loss<double>({.ids = d.ids, .num_negatives = 3, .pos_logp = pos, .neg_logp = neg,
-                                     .ref_neg_logp = d.ref, .pos_len = pl, .neg_len = nl},
+    const auto r = dft_loss<double>({.ids = d.ids, .pos_logp = pos, .neg_logp = neg,
+                                     .ref_neg_logp = d.ref, .pos_len = pl, .neg_len = nl, .num_negatives = 3},
                                     est_copy, opt);
     std::vector<double> expect = theta0;
     auto add = [&](const Sequences& s, std::size_t k, double dL) {
@@ -148,9 +147,9 @@ TEST_CASE("a failing DftOptimizer step leaves parameters, estimator and step cou
   const Data d = make_data(ref, 4, 2, rng);
   const DftOptions opt{.variant = Variant::dft, .tau = 1.0, .gamma = 0.85};
   Estimator<double> est(4, opt);
-  DftOptimizer optimizer(model, est, opt, Adam<double>{}, ConstantSchedule{.rate = 0.1});
-  DftBatch<double> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(), .num_negatives = 2,
-                         .ref_neg_logp = d.ref};
+  DftOptimizer optimizer(model, est, opt, Adam<double>{}, ConstantSchedule{.base_lr = 0.1});
+  DftBatch<double> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(),
+                         .ref_neg_logp = d.ref, .num_negatives = 2};
   optimizer.step(batch);
   const std::vector<double> theta(model.parameters().begin(), model.parameters().end());
   std::vector<std::optional<double>> u;
@@ -203,8 +202,7 @@ TEST_CASE("training with DFT and DFT2 raises the positives and pushes the base m
     const DftOptions opt{.variant = v, .tau = v == Variant::dft ? 1.0 : 0.3, .gamma = v == Variant::dft ? 0.85 : 0.9};
     Estimator<double> est(8, opt);
     DftOptimizer optimizer(model, est, opt, AdamW<double>{}, CosineSchedule{.base_lr = 0.05, .warmup_steps = 5, .total_steps = 60});
-    const DftBatch<double> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(),
-                                 .num_negatives = 4, .ref_neg_logp = d.ref};
+    const DftBatch<double> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(), .ref_neg_logp = d.ref, .num_negatives = 4};
     const auto first = optimizer.evaluate(batch);
     for (int t = 0; t < 60; ++t) optimizer.step(batch);
     const auto last = optimizer.evaluate(batch);
@@ -218,12 +216,12 @@ TEST_CASE("training with DFT and DFT2 raises the positives and pushes the base m
 TEST_CASE("DftOptimizer refuses bad options and a bad schedule at construction") {
   CategoricalPolicy<double> model(2, 3);
   Estimator<double> est(2);
-  CHECK_THROWS_WITH_AS(DftOptimizer(model, est, {.gamma = 0}, Sgd<double>{}, ConstantSchedule{.rate = 0.1}),
+  CHECK_THROWS_WITH_AS(DftOptimizer(model, est, {.gamma = 0}, Sgd<double>{}, ConstantSchedule{.base_lr = 0.1}),
                        doctest::Contains("gamma: got 0"), error);
   CHECK_THROWS_WITH_AS(DftOptimizer(model, est, {}, Sgd<double>{}, CosineSchedule{.base_lr = 1, .warmup_steps = 5, .total_steps = 2}),
                        doctest::Contains("warmup_steps: got 5"), error);
-  CHECK_THROWS_WITH_AS(DftOptimizer(model, est, {}, Sgd<double>{}, ConstantSchedule{.rate = -1}),
-                       doctest::Contains("rate: got -1"), error);
+  CHECK_THROWS_WITH_AS(DftOptimizer(model, est, {}, Sgd<double>{}, ConstantSchedule{.base_lr = -1}),
+                       doctest::Contains("base_lr: got -1"), error);
 }
 
 namespace {
@@ -271,8 +269,7 @@ TEST_CASE("an error raised after evaluate() (schedule, inner rule) leaves estima
   randomize(ref, rng);
   const Data d = make_data(ref, 4, 2, rng);
   const DftOptions opt{.variant = Variant::dft, .tau = 1.0, .gamma = 0.85};
-  const DftBatch<double> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(),
-                               .num_negatives = 2, .ref_neg_logp = d.ref};
+  const DftBatch<double> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(), .ref_neg_logp = d.ref, .num_negatives = 2};
   auto run = [&](TrapSchedule s, const char* message) {
     CAPTURE(message);
     CategoricalPolicy<double> model(2, 5);
@@ -300,8 +297,7 @@ TEST_CASE("a float model refuses a rate its scalar type cannot hold, and the iss
   randomize(ref64, rng);
   const Data d = make_data(ref64, 4, 2, rng);
   const std::vector<float> ref(d.ref.begin(), d.ref.end());
-  const DftBatch<float> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(),
-                              .num_negatives = 2, .ref_neg_logp = ref};
+  const DftBatch<float> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(), .ref_neg_logp = ref, .num_negatives = 2};
   {
     CategoricalPolicy<float> model(2, 5);
     const DftOptions opt{};
@@ -320,14 +316,14 @@ TEST_CASE("a float model refuses a rate its scalar type cannot hold, and the iss
     CategoricalPolicy<float> model(2, 5);
     const DftOptions opt{.variant = Variant::dft, .tau = 1.0, .gamma = 0.85, .init = EstimatorInit::fixed, .log_u0 = -80};
     Estimator<float> est(4, opt);
-    DftOptimizer optimizer(model, est, opt, AdamW<float>{}, ConstantSchedule{.rate = 1e-3});
+    DftOptimizer optimizer(model, est, opt, AdamW<float>{}, ConstantSchedule{.base_lr = 1e-3});
     using S = State<decltype(optimizer), float>;
     const S before(optimizer);
     CHECK_THROWS_WITH_AS(optimizer.step(batch), doctest::Contains("second_moment["), error);
     CHECK(S(optimizer) == before);
     // With the reference recipe's clipping the same step is fine, and reports the unclipped norm.
     Estimator<float> est2(4, opt);
-    DftOptimizer clipped(model, est2, opt, AdamW<float>{}, ConstantSchedule{.rate = 1e-3}, {.max_grad_norm = 1.0});
+    DftOptimizer clipped(model, est2, opt, AdamW<float>{}, ConstantSchedule{.base_lr = 1e-3}, {.max_grad_norm = 1.0});
     const auto info = clipped.step(batch);
     CHECK(info.grad_norm > 1e30);
     for (float x : model.parameters()) CHECK(std::isfinite(x));
@@ -340,14 +336,13 @@ TEST_CASE("gradient clipping by global L2 norm: torch's rule on the model's grad
   randomize(ref, rng);
   const Data d = make_data(ref, 4, 3, rng);
   const DftOptions opt{.variant = Variant::dft, .tau = 1.0, .gamma = 0.85};
-  const DftBatch<double> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(),
-                               .num_negatives = 3, .ref_neg_logp = d.ref};
+  const DftBatch<double> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(), .ref_neg_logp = d.ref, .num_negatives = 3};
   const double lr = 0.05;
   // The unclipped gradient, computed apart: evaluate, then the model's backward.
   CategoricalPolicy<double> probe(2, 5);
   std::copy(ref.parameters().begin(), ref.parameters().end(), probe.parameters().begin());
   Estimator<double> probe_est(4, opt);
-  DftOptimizer probe_opt(probe, probe_est, opt, Sgd<double>{}, ConstantSchedule{.rate = lr});
+  DftOptimizer probe_opt(probe, probe_est, opt, Sgd<double>{}, ConstantSchedule{.base_lr = lr});
   const auto r = probe_opt.evaluate(batch).result;
   probe.zero_gradients();
   probe.accumulate_gradients(d.pos.view(), r.grad_pos);
@@ -363,7 +358,7 @@ TEST_CASE("gradient clipping by global L2 norm: torch's rule on the model's grad
     CategoricalPolicy<double> model(2, 5);
     std::copy(ref.parameters().begin(), ref.parameters().end(), model.parameters().begin());
     Estimator<double> est(4, opt);
-    DftOptimizer optimizer(model, est, opt, Sgd<double>{}, ConstantSchedule{.rate = lr}, {.max_grad_norm = max_norm});
+    DftOptimizer optimizer(model, est, opt, Sgd<double>{}, ConstantSchedule{.base_lr = lr}, {.max_grad_norm = max_norm});
     CHECK(optimizer.step_options().max_grad_norm == max_norm);
     const auto info = optimizer.step(batch);
     CHECK(info.grad_norm == doctest::Approx(norm).epsilon(1e-15));
@@ -386,6 +381,6 @@ TEST_CASE("gradient clipping by global L2 norm: torch's rule on the model's grad
   CategoricalPolicy<double> model(2, 3);
   Estimator<double> est(2);
   for (double bad : {0.0, -1.0, std::nan("")})
-    CHECK_THROWS_WITH_AS(DftOptimizer(model, est, {}, Sgd<double>{}, ConstantSchedule{.rate = 0.1}, {.max_grad_norm = bad}),
+    CHECK_THROWS_WITH_AS(DftOptimizer(model, est, {}, Sgd<double>{}, ConstantSchedule{.base_lr = 0.1}, {.max_grad_norm = bad}),
                          doctest::Contains("max_grad_norm: got"), error);
 }

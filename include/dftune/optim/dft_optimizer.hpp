@@ -67,8 +67,8 @@ struct DftBatch {
   std::span<const std::int64_t> ids = {};  // [B] example ids, keys of the estimator state
   SequenceBatch positives = {};            // B sequences: prompt x_i + positive answer y_i
   SequenceBatch negatives = {};            // B·m sequences, row-major [i][j]: x_i + y'_ij ~ π_ref
-  std::size_t num_negatives = 0;           // m
   std::span<const T> ref_neg_logp = {};    // [B·m] log π_ref(y'_ij|x_i), computed once (DFT only)
+  std::size_t num_negatives = 0;           // m
 };
 
 // In a data-parallel step, loss, objective and the means are the global batch's (the ranks' terms
@@ -227,8 +227,8 @@ class DftOptimizer {
           detail::fail("lr", lr, "a finite learning rate the model's scalar type can hold (from the schedule at step " +
                                      std::to_string(step_) + ")");
       }
-      return Share{.batch = B_local, .num_negatives = m, .num_parameters = num_parameters, .step = step_,
-                   .micro_batches = micro.size(), .sum_pos = sum(pos_), .sum_neg = sum(neg_)};
+      return Share{.batch = B_local, .num_parameters = num_parameters, .step = step_,
+                   .micro_batches = micro.size(), .sum_pos = sum(pos_), .sum_neg = sum(neg_), .num_negatives = m};
     });
     // The global batch; every rank computes the same from the same records, so a mismatch is the
     // same error everywhere.
@@ -252,8 +252,8 @@ class DftOptimizer {
     DftStepInfo<T> info;
     const std::vector<Loss> losses = distributed::agree<Loss>(comm_, [&] {
       if (B_local != 0 || B == 0) {  // B == 0: dft_loss names the empty batch
-        const SequenceScores<T> scores{.ids = union_.ids(), .num_negatives = m, .pos_logp = pos_, .neg_logp = neg_,
-                                       .ref_neg_logp = union_.ref_neg_logp(), .pos_len = pos_len_, .neg_len = neg_len_,
+        const SequenceScores<T> scores{.ids = union_.ids(), .pos_logp = pos_, .neg_logp = neg_,
+                                       .ref_neg_logp = union_.ref_neg_logp(), .pos_len = pos_len_, .neg_len = neg_len_, .num_negatives = m,
                                        .global_batch_size = B};
         info.result = dft_loss(scores, est_, opt_);
       }
