@@ -11,6 +11,7 @@ set(_dftune_documented_headers
   model/categorical_policy.hpp model/sequence_batch.hpp
   objective/baseline.hpp objective/best_of_n.hpp objective/dft.hpp objective/dft_options.hpp objective/dpo.hpp
   objective/dynamic_ft.hpp objective/ipo.hpp objective/orpo.hpp objective/pairwise.hpp objective/reinforce.hpp
+  objective/result.hpp
   objective/rwr.hpp objective/sequence_scores.hpp objective/sft.hpp objective/simpo.hpp
   optim/adam.hpp optim/clip.hpp optim/dft_optimizer.hpp optim/rule.hpp optim/schedule.hpp optim/sgd.hpp optim/step_options.hpp
   model/concept.hpp

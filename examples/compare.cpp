@@ -241,7 +241,7 @@ demo::RunResult run(const demo::Model& base, Obj obj, double lr, const SeedData&
       const demo::Sequences tokens = demo::split_tokens(b.positives, token_offsets);
       token_lp.resize(tokens.size());
       dftune::score_for_backward(model, tokens.view(), std::span<float>(token_lp));
-      const dftune::TokenResult<float> r =
+      const dftune::ScoreResult<float> r =
           dftune::dynamic_ft_loss(dftune::TokenScores<float>{.token_logp = token_lp, .weights = {}, .offsets = token_offsets}, cli.dynft);
       apply(model, rule, schedule, step, tokens.view(), r.grad);
       double prob = 0;

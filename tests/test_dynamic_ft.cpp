@@ -45,7 +45,7 @@ void expect_closed_form(const Tokens& t, NllReduction red) {
     loss -= c * p[n] * std::log(p[n]);
     grad[static_cast<std::size_t>(n)] = -c * p[n];
   }
-  const TokenResult<double> r = dynamic_ft_loss(t.view(), {.reduction = red});
+  const ScoreResult<double> r = dynamic_ft_loss(t.view(), {.reduction = red});
   CHECK(r.loss == doctest::Approx(static_cast<double>(loss)).epsilon(1e-15));
   REQUIRE(r.grad.size() == 6);
   for (std::size_t n = 0; n < 6; ++n) CHECK(r.grad[n] == doctest::Approx(static_cast<double>(grad[n])).epsilon(1e-15));
@@ -60,7 +60,7 @@ TEST_CASE("dynamic_ft_loss: loss and gradient against the closed form for every 
   expect_closed_form(t, NllReduction::sequence_mean);
   expect_closed_form(t, NllReduction::length_normalized);
   // token_mean by hand: TRL's (Σ −p log p over completion tokens) / (number of them).
-  const TokenResult<double> r = dynamic_ft_loss(t.view());
+  const ScoreResult<double> r = dynamic_ft_loss(t.view());
   const double by_hand = -(0.5 * std::log(0.5) + 0.25 * std::log(0.25) + 0.8 * std::log(0.8) + 0.125 * std::log(0.125) +
                            0.9 * std::log(0.9)) / 5;
   CHECK(r.loss == doctest::Approx(by_hand).epsilon(1e-15));
@@ -68,7 +68,7 @@ TEST_CASE("dynamic_ft_loss: loss and gradient against the closed form for every 
   // an improbable one almost none (SFT gives every token −c).
   const std::vector<double> lp{0.0, std::log(1e-6)};
   const std::vector<std::int64_t> off{0, 2};
-  const TokenResult<double> w = dynamic_ft_loss(TokenScores<double>{.token_logp = lp, .weights = {}, .offsets = off});
+  const ScoreResult<double> w = dynamic_ft_loss(TokenScores<double>{.token_logp = lp, .weights = {}, .offsets = off});
   CHECK(w.grad[0] == -0.5);
   CHECK(w.grad[1] == doctest::Approx(-0.5e-6).epsilon(1e-12));
   CHECK(w.loss == doctest::Approx(-0.5 * 1e-6 * std::log(1e-6)).epsilon(1e-12));
@@ -93,7 +93,7 @@ TEST_CASE("dynamic_ft_loss: through the token reduction, backward with per-token
     CAPTURE(static_cast<int>(red));
     std::vector<double> seq(3), tok(N);
     logprob::generic::forward(view(z, mask), std::span<double>(seq), std::span<double>(tok));
-    const TokenResult<double> r = dynamic_ft_loss(TokenScores<double>{.token_logp = tok, .weights = mask, .offsets = offsets},
+    const ScoreResult<double> r = dynamic_ft_loss(TokenScores<double>{.token_logp = tok, .weights = mask, .offsets = offsets},
                                                   {.reduction = red});
     const std::vector<double> ones(3, 1.0);
     std::vector<double> g(N * V), g_fast(N * V);
@@ -122,7 +122,7 @@ TEST_CASE("dynamic_ft_loss: through the token reduction, backward with per-token
 TEST_CASE("dynamic_ft_loss: float inputs, stored as float") {
   const std::vector<float> lp{std::log(0.5f), std::log(0.25f)};
   const std::vector<std::int64_t> off{0, 1, 2};
-  const TokenResult<float> r = dynamic_ft_loss(TokenScores<float>{.token_logp = lp, .weights = {}, .offsets = off});
+  const ScoreResult<float> r = dynamic_ft_loss(TokenScores<float>{.token_logp = lp, .weights = {}, .offsets = off});
   CHECK(r.grad[0] == doctest::Approx(-0.25).epsilon(1e-7));
   CHECK(r.grad[1] == doctest::Approx(-0.125).epsilon(1e-7));
 }

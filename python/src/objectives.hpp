@@ -315,7 +315,7 @@ inline at::Tensor dynamic_ft_loss(const at::Tensor& token_logp, const OptTensor&
   check_dim("offsets", offsets, 1, "a 1-D tensor [S + 1]");
   const at::Tensor off = as_i64("offsets", offsets);
   const dftune::TokenScores<double> in{.token_logp = lp.span(), .weights = w.span<double>(), .offsets = i64_span(off)};
-  const dftune::TokenResult<double> r = dftune::dynamic_ft_loss(in, opt);
+  const dftune::ScoreResult<double> r = dftune::dynamic_ft_loss(in, opt);
   return attach({lp.input}, {loss_like(r.loss, lp.input), {grad_like("grad", r.grad, lp.input)}});
 }
 

@@ -19,6 +19,7 @@
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
 #include <dftune/objective/checks.hpp>
+#include <dftune/objective/result.hpp>
 #include <dftune/objective/sequence_scores.hpp>
 
 #include <cmath>
@@ -68,22 +69,6 @@ struct SampleScores {
 
   // B, the number of prompts.
   std::size_t batch_size() const { return group_size == 0 ? 0 : logp.size() / group_size; }
-};
-
-// Loss and ∂L/∂score for objectives on one list of sequences (SFT, RWR, REINFORCE, Best-of-N).
-template <class T>
-struct ScoreResult {
-  T loss = 0;           // L
-  std::vector<T> grad;  // ∂L/∂logp[n], same layout as the input log-probs
-};
-
-// Loss and ∂L/∂score for the pairwise objectives; same fields as DftResult's, so a comparison
-// harness reads them alike.
-template <class T>
-struct PreferenceResult {
-  T loss = 0;               // L
-  std::vector<T> grad_pos;  // [B]   ∂L/∂pos_logp
-  std::vector<T> grad_neg;  // [B·m] ∂L/∂neg_logp
 };
 
 // How a negative log-likelihood over sequences is averaged (SFT, the SFT term of ORPO, Best-of-N).

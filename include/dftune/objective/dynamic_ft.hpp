@@ -27,6 +27,7 @@
 #include <dftune/error.hpp>
 #include <dftune/objective/baseline.hpp>
 #include <dftune/objective/checks.hpp>
+#include <dftune/objective/result.hpp>
 
 #include <cmath>
 #include <cstddef>
@@ -54,12 +55,10 @@ struct DynamicFtOptions {
 // Throws dftune::error for a reduction that is not an NllReduction.
 inline void validate(const DynamicFtOptions& o) { detail::baselines::check_reduction(o.reduction); }
 
-// Loss and ∂L/∂token_logp, row for row (0 on masked rows).
+// dynamic_ft_loss returns a ScoreResult (objective/result.hpp): grad[n] = ∂L/∂token_logp[n], 0 on
+// rows of weight 0. TokenResult was its own type with the same two fields.
 template <class T>
-struct TokenResult {
-  T loss = 0;  // L
-  std::vector<T> grad;  // [N]
-};
+using TokenResult [[deprecated("use ScoreResult<T>: the same fields")]] = ScoreResult<T>;
 
 namespace detail {
 
@@ -99,14 +98,14 @@ void validate_token_scores(const TokenScores<T>& in, NllReduction reduction) {
 // Dynamic Fine-Tuning's loss −sg(p_t)·log p_t, reduced as opt says, and its gradient per token
 // (see the file's comment). Throws dftune::error, naming the argument, before computing anything.
 template <class T>
-TokenResult<T> dynamic_ft_loss(const TokenScores<T>& in, const DynamicFtOptions& opt = {}) {
+ScoreResult<T> dynamic_ft_loss(const TokenScores<T>& in, const DynamicFtOptions& opt = {}) {
   validate(opt);
   detail::validate_token_scores(in, opt.reduction);
   const std::size_t N = in.token_logp.size(), S = in.offsets.size() - 1;
   auto counted = [&](std::size_t n) { return in.weights.empty() || in.weights[n] != T(0); };
   double tokens = 0;
   for (std::size_t n = 0; n < N; ++n) tokens += counted(n) ? 1.0 : 0.0;
-  TokenResult<T> r;
+  ScoreResult<T> r;
   r.grad.assign(N, T(0));
   double loss = 0;
   for (std::size_t s = 0; s < S; ++s) {

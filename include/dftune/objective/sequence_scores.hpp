@@ -2,6 +2,7 @@
 // Per-sequence inputs of the sequence-level objectives: spans of log-probs, never a framework's
 // tensors, so any backend plugs in (docs/math.md, "Data flow").
 #include <dftune/config.hpp>
+#include <dftune/objective/result.hpp>  // DftResult, the result of dft_loss on these inputs
 
 #include <cstddef>
 #include <cstdint>
@@ -32,16 +33,6 @@ struct SequenceScores {
 
   // B, the number of prompts.
   std::size_t batch_size() const { return ids.size(); }
-};
-
-// What dft_loss / dft_step return: L, its gradient wrt the log-probs, and the batch's new log u.
-template <class T>
-struct DftResult {
-  T loss = 0;              // L of docs/math.md: its gradient is the DFT step (τ × objective gradient)
-  T objective = 0;         // (1/B) Σ_i (log u_i − s_i/τ): the estimated −log P_θ(y_i|x_i), for monitoring
-  std::vector<T> grad_pos; // [B]   ∂L/∂pos_logp
-  std::vector<T> grad_neg; // [B·m] ∂L/∂neg_logp
-  std::vector<T> log_u;    // [B]   log u_i after this batch's update (what dft_step stores)
 };
 
 DFTUNE_NAMESPACE_END
