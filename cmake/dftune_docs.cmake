@@ -18,6 +18,7 @@ set(_dftune_documented_headers
   model/attention.hpp model/generation/tiled_linear.hpp model/decoder/kv_decoder.hpp
   logprob/linear/linear.hpp logprob/linear/linear_logits.hpp logprob/linear/rows.hpp logprob/linear/vocab_parallel.hpp
   backend/xtensor/categorical_policy.hpp backend/xtensor/logprob.hpp callbacks/jsonl.hpp callbacks/metrics.hpp cpu/isa.hpp
+  callbacks/step_callback.hpp callbacks/jsonl_logger.hpp
   distributed/collectives.hpp distributed/communicator.hpp distributed/mpi.hpp distributed/replica_check.hpp
   distributed/sampler.hpp distributed/shard.hpp distributed/single.hpp
   hf/added_tokens.hpp hf/bpe.hpp hf/byte_level.hpp hf/config.hpp hf/jsonl.hpp hf/normalizer.hpp hf/pre_tokenizer.hpp

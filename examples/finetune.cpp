@@ -194,7 +194,8 @@ inline Scored evaluate(Model& model, Optimizer& dft, const Split& s, const dftun
     const double w = static_cast<double>(to - from) / static_cast<double>(n);
     if (uses_estimator(o.method)) {
       const auto info = dft.evaluate({.ids = b.ids, .positives = b.positives.view(), .negatives = b.negatives.view(),
-                                      .ref_neg_logp = o.method == Method::dft ? std::span<const float>(b.ref) : std::span<const float>(), .num_negatives = o.m});
+                                      .ref_neg_logp = o.method == Method::dft ? std::span<const float>(b.ref) : std::span<const float>(),
+                                      .num_negatives = o.m});
       e.loss += w * info.result.loss;
       e.chosen += w * info.mean_pos_logp;
       e.rejected += w * info.mean_neg_logp;
@@ -372,12 +373,14 @@ inline int run(const Options& o, Comm comm) {
       if (o.method != Method::sft) r.add("logps/rejected", v.rejected);
     } else {
       const auto info = dft.step({.ids = b.ids, .positives = b.positives.view(), .negatives = b.negatives.view(),
-                                  .ref_neg_logp = o.method == Method::dft ? std::span<const float>(b.ref) : std::span<const float>(), .num_negatives = o.m});
+                                  .ref_neg_logp = o.method == Method::dft ? std::span<const float>(b.ref) : std::span<const float>(),
+                                  .num_negatives = o.m});
       loss = info.result.loss;
       r.add("loss", loss).add("grad_norm", info.grad_norm).add("logps/chosen", info.mean_pos_logp).add("logps/rejected", info.mean_neg_logp);
       demo::StepLog dlog;  // rank 0's estimator shard under mpirun
       demo::log_dft(dlog, info.result,
-                    demo::StepBatch{.ids = b.ids, .positives = b.positives.view(), .negatives = b.negatives.view(), .ref_neg_logp = b.ref, .num_negatives = o.m},
+                    demo::StepBatch{.ids = b.ids, .positives = b.positives.view(), .negatives = b.negatives.view(),
+                                    .ref_neg_logp = b.ref, .num_negatives = o.m},
                     dopts);
       for (const auto& [k, v] : dlog.values) r.add(k, v);
     }

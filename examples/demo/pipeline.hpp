@@ -510,7 +510,8 @@ RunResult finetune(const Model& base, Method method, double lr, const TrainData&
                                 }
                                 const auto info = dft.step({.ids = b.ids, .positives = b.positives, .negatives = b.negatives,
                                                             .ref_neg_logp = method == Method::dft ? b.ref_neg_logp
-                                                                                                  : std::span<const float>(), .num_negatives = b.num_negatives});
+                                                                                                  : std::span<const float>(),
+                                                            .num_negatives = b.num_negatives});
                                 log.add("loss", info.result.loss);
                                 log.add("grad_norm", info.grad_norm);
                                 log.add("logps/chosen", info.mean_pos_logp);

@@ -107,9 +107,9 @@ struct DftInputs {
   Optional ref, plen, nlen;
 
   dftune::SequenceScores<double> scores(std::size_t global_batch_size = 0) const {
-    return {.ids = i64_span(id), .pos_logp = pos.span(),
-            .neg_logp = neg.span(), .ref_neg_logp = ref.span<double>(), .pos_len = plen.span<std::int64_t>(),
-            .neg_len = nlen.span<std::int64_t>(), .num_negatives = static_cast<std::size_t>(neg.input.size(1)), .global_batch_size = global_batch_size};
+    return {.ids = i64_span(id), .pos_logp = pos.span(), .neg_logp = neg.span(), .ref_neg_logp = ref.span<double>(),
+            .pos_len = plen.span<std::int64_t>(), .neg_len = nlen.span<std::int64_t>(),
+            .num_negatives = static_cast<std::size_t>(neg.input.size(1)), .global_batch_size = global_batch_size};
   }
 };
 
@@ -210,9 +210,9 @@ struct PreferenceInputs {
   Optional ref_pos, ref_neg, pos_len, neg_len;
 
   dftune::PreferenceScores<double> scores() const {
-    return {.pos_logp = pos.span(),
-            .neg_logp = neg.span(), .ref_pos_logp = ref_pos.span<double>(), .ref_neg_logp = ref_neg.span<double>(),
-            .pos_len = pos_len.span<std::int64_t>(), .neg_len = neg_len.span<std::int64_t>(), .num_negatives = static_cast<std::size_t>(neg.input.size(1))};
+    return {.pos_logp = pos.span(), .neg_logp = neg.span(), .ref_pos_logp = ref_pos.span<double>(),
+            .ref_neg_logp = ref_neg.span<double>(), .pos_len = pos_len.span<std::int64_t>(),
+            .neg_len = neg_len.span<std::int64_t>(), .num_negatives = static_cast<std::size_t>(neg.input.size(1))};
   }
   at::Tensor attach(const dftune::PreferenceResult<double>& r) const {
     return dftune_torch::attach({pos.input, neg.input},

@@ -283,8 +283,8 @@ class DftOptimizer {
     const std::vector<Loss> losses = distributed::agree<Loss>(comm_, [&] {
       if (B_local != 0 || B == 0) {  // B == 0: dft_loss names the empty batch
         const SequenceScores<T> scores{.ids = union_.ids(), .pos_logp = pos_, .neg_logp = neg_,
-                                       .ref_neg_logp = union_.ref_neg_logp(), .pos_len = pos_len_, .neg_len = neg_len_, .num_negatives = m,
-                                       .global_batch_size = B};
+                                       .ref_neg_logp = union_.ref_neg_logp(), .pos_len = pos_len_, .neg_len = neg_len_,
+                                       .num_negatives = m, .global_batch_size = B};
         info.result = dft_loss(scores, est_, opt_);
       }
       if (backward) {
