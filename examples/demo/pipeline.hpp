@@ -338,8 +338,8 @@ struct RunResult {
 struct StepBatch {
   std::span<const std::int64_t> ids;
   dftune::SequenceBatch positives, negatives;
-  std::size_t num_negatives = 0;
   std::span<const float> ref_neg_logp;
+  std::size_t num_negatives = 0;  // last, as in dftune's input structs
 };
 
 // Every completion token of `b` as a one-token completion, for token-level objectives (Dynamic
