@@ -216,7 +216,7 @@ struct DftBatch {
     }
   }
   dftune::SequenceScores<float> view() const {
-    return {.ids = ids, .num_negatives = m, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = ref, .pos_len = pos_len, .neg_len = neg_len};
+    return {.ids = ids, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = ref, .pos_len = pos_len, .neg_len = neg_len, .num_negatives = m};
   }
 };
 

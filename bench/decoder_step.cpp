@@ -75,8 +75,8 @@ int main(int argc, char** argv) {
   model.sequence_logp(neg.view(), ref);
   const DftOptions opt{.variant = Variant::dft, .tau = 1.0, .gamma = 0.85};
   Estimator<float> est(B, opt);
-  DftOptimizer optimizer(model, est, opt, AdamW<float>{}, ConstantSchedule{.rate = 1e-5});
-  const DftBatch<float> dft{.ids = ids, .positives = pos.view(), .negatives = neg.view(), .num_negatives = m, .ref_neg_logp = ref};
+  DftOptimizer optimizer(model, est, opt, AdamW<float>{}, ConstantSchedule{.base_lr = 1e-5});
+  const DftBatch<float> dft{.ids = ids, .positives = pos.view(), .negatives = neg.view(), .ref_neg_logp = ref, .num_negatives = m};
   const double step = time_it([&] { optimizer.step(dft); });
   std::printf("{\"impl\": \"dftune\", \"threads\": %d, \"S\": %zu, \"L\": %zu, \"forward_s\": %.4f, \"fwd_bwd_s\": %.4f, "
               "\"fwd_bwd_tokens_per_s\": %.1f, \"peak_rss_mb_model\": %.0f, \"peak_rss_mb_fwd_bwd\": %.0f, \"B\": %zu, \"m\": %zu, "

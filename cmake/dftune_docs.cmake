@@ -11,6 +11,7 @@ set(_dftune_documented_headers
   model/categorical_policy.hpp model/sequence_batch.hpp
   objective/baseline.hpp objective/best_of_n.hpp objective/dft.hpp objective/dft_options.hpp objective/dpo.hpp
   objective/dynamic_ft.hpp objective/ipo.hpp objective/orpo.hpp objective/pairwise.hpp objective/reinforce.hpp
+  objective/result.hpp
   objective/rwr.hpp objective/sequence_scores.hpp objective/sft.hpp objective/simpo.hpp
   optim/adam.hpp optim/clip.hpp optim/dft_optimizer.hpp optim/rule.hpp optim/schedule.hpp optim/sgd.hpp optim/step_options.hpp
   model/concept.hpp
@@ -20,6 +21,7 @@ set(_dftune_documented_headers
   logprob/linear/linear.hpp logprob/linear/linear_logits.hpp logprob/linear/rows.hpp logprob/linear/vocab_parallel.hpp
   logprob/linear/checks.hpp logprob/linear/chunked.hpp logprob/linear/gemm.hpp logprob/linear/logits.hpp logprob/linear/plan.hpp
   backend/xtensor/categorical_policy.hpp backend/xtensor/logprob.hpp callbacks/jsonl.hpp callbacks/metrics.hpp cpu/isa.hpp
+  callbacks/step_callback.hpp callbacks/jsonl_logger.hpp
   distributed/collectives.hpp distributed/communicator.hpp distributed/mpi.hpp distributed/replica_check.hpp
   distributed/sampler.hpp distributed/shard.hpp distributed/single.hpp
   hf/added_tokens.hpp hf/bpe.hpp hf/byte_level.hpp hf/config.hpp hf/jsonl.hpp hf/normalizer.hpp hf/pre_tokenizer.hpp

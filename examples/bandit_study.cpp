@@ -98,7 +98,7 @@ std::vector<double> scatter(const R& r, const Split& s) {
 
 std::vector<std::pair<std::string, Method>> methods() {
   auto samples = [](const Group& g) {
-    return SampleScores<double>{.group_size = kSamples, .logp = g.logp, .reward = g.reward};
+    return SampleScores<double>{.logp = g.logp, .reward = g.reward, .group_size = kSamples};
   };
   std::vector<std::pair<std::string, Method>> m;
   m.emplace_back("best-of-N SFT", [=](const Group& g, Estimator<double>&, std::size_t) {
@@ -116,8 +116,8 @@ std::vector<std::pair<std::string, Method>> methods() {
       const Split s = best_vs_rest(g, contexts);
       const auto pos = pick(g.logp, s.pos), neg = pick(g.logp, s.neg);
       const auto rpos = pick(g.ref_logp, s.pos), rneg = pick(g.ref_logp, s.neg);
-      return scatter(loss(PreferenceScores<double>{.num_negatives = kSamples - 1, .pos_logp = pos, .neg_logp = neg,
-                                                   .ref_pos_logp = rpos, .ref_neg_logp = rneg}),
+      return scatter(loss(PreferenceScores<double>{.pos_logp = pos, .neg_logp = neg,
+                                                   .ref_pos_logp = rpos, .ref_neg_logp = rneg, .num_negatives = kSamples - 1}),
                      s);
     };
   };
@@ -129,8 +129,8 @@ std::vector<std::pair<std::string, Method>> methods() {
     std::vector<std::int64_t> ids(contexts);
     for (std::size_t c = 0; c < contexts; ++c) ids[c] = static_cast<std::int64_t>(c);
     const DftOptions opt{.variant = Variant::dft, .tau = 1.0, .gamma = 0.85};
-    return scatter(dft_step<double>({.ids = ids, .num_negatives = kSamples - 1, .pos_logp = pos, .neg_logp = neg,
-                                     .ref_neg_logp = rneg},
+    return scatter(dft_step<double>({.ids = ids, .pos_logp = pos, .neg_logp = neg,
+                                     .ref_neg_logp = rneg, .num_negatives = kSamples - 1},
                                     est, opt),
                    s);
   });

@@ -241,8 +241,8 @@ demo::RunResult run(const demo::Model& base, Obj obj, double lr, const SeedData&
       const demo::Sequences tokens = demo::split_tokens(b.positives, token_offsets);
       token_lp.resize(tokens.size());
       dftune::score_for_backward(model, tokens.view(), std::span<float>(token_lp));
-      const dftune::TokenResult<float> r =
-          dftune::dynamic_ft_loss(dftune::TokenScores<float>{.token_logp = token_lp, .mask = {}, .offsets = token_offsets}, cli.dynft);
+      const dftune::ScoreResult<float> r =
+          dftune::dynamic_ft_loss(dftune::TokenScores<float>{.token_logp = token_lp, .weights = {}, .offsets = token_offsets}, cli.dynft);
       apply(model, rule, schedule, step, tokens.view(), r.grad);
       double prob = 0;
       for (float x : token_lp) prob += std::exp(static_cast<double>(x)) / static_cast<double>(token_lp.size());
@@ -256,9 +256,9 @@ demo::RunResult run(const demo::Model& base, Obj obj, double lr, const SeedData&
       dftune::score_for_backward(model, b.positives, std::span<float>(pos_lp));
       dftune::score_for_backward(model, b.negatives, std::span<float>(neg_lp));
       for (std::size_t i = 0; i < B; ++i) ref_pos[i] = sd.ref_pos_logp[static_cast<std::size_t>(b.ids[i])];
-      const dftune::PreferenceScores<float> p{.num_negatives = m, .pos_logp = pos_lp, .neg_logp = neg_lp,
+      const dftune::PreferenceScores<float> p{.pos_logp = pos_lp, .neg_logp = neg_lp,
                                               .ref_pos_logp = ref_pos, .ref_neg_logp = b.ref_neg_logp,
-                                              .pos_len = pos_len, .neg_len = neg_len};
+                                              .pos_len = pos_len, .neg_len = neg_len, .num_negatives = m};
       const dftune::PreferenceResult<float> r = obj == Obj::dpo     ? dftune::dpo_loss(p, cli.dpo)
                                                 : obj == Obj::ipo   ? dftune::ipo_loss(p, cli.ipo)
                                                 : obj == Obj::simpo ? dftune::simpo_loss(p, cli.simpo)
@@ -286,7 +286,7 @@ demo::RunResult run(const demo::Model& base, Obj obj, double lr, const SeedData&
     for (std::size_t n = 0; n < ask.size(); ++n)
       reward[n] = demo::is_correct(ask[n], samples.view().sequence(n).subspan(demo::kPromptLen)) ? 1.0f : 0.0f;
     dftune::score_for_backward(model, samples.view(), std::span<float>(logp));
-    const dftune::SampleScores<float> ss{.group_size = k, .logp = logp, .reward = reward, .len = len};
+    const dftune::SampleScores<float> ss{.logp = logp, .reward = reward, .len = len, .group_size = k};
     const dftune::ScoreResult<float> r = obj == Obj::rwr         ? dftune::rwr_loss(ss, cli.rwr)
                                          : obj == Obj::best_of_n ? dftune::best_of_n_loss(ss)
                                                                  : dftune::rloo_loss(ss);

@@ -161,8 +161,8 @@ inline Scored plain_step(Model& model, dftune::AdamW<float>* rule, double lr, co
       pos_len[i] = b.positives.view().completion_length(i);
     }
     for (std::size_t k = 0; k < B * m; ++k) neg_len[k] = b.negatives.view().completion_length(k);
-    const dftune::PreferenceScores<float> p{.num_negatives = m, .pos_logp = pos, .neg_logp = neg, .ref_pos_logp = ref_pos,
-                                            .ref_neg_logp = b.ref, .pos_len = pos_len, .neg_len = neg_len};
+    const dftune::PreferenceScores<float> p{.pos_logp = pos, .neg_logp = neg, .ref_pos_logp = ref_pos,
+                                            .ref_neg_logp = b.ref, .pos_len = pos_len, .neg_len = neg_len, .num_negatives = m};
     dftune::PreferenceResult<float> r = o.method == Method::dpo   ? dftune::dpo_loss(p, o.dpo)
                                         : o.method == Method::ipo ? dftune::ipo_loss(p, o.ipo)
                                         : o.method == Method::simpo ? dftune::simpo_loss(p, o.simpo)
@@ -194,8 +194,8 @@ inline Scored evaluate(Model& model, Optimizer& dft, const Split& s, const dftun
     const double w = static_cast<double>(to - from) / static_cast<double>(n);
     if (uses_estimator(o.method)) {
       const auto info = dft.evaluate({.ids = b.ids, .positives = b.positives.view(), .negatives = b.negatives.view(),
-                                      .num_negatives = o.m,
-                                      .ref_neg_logp = o.method == Method::dft ? std::span<const float>(b.ref) : std::span<const float>()});
+                                      .ref_neg_logp = o.method == Method::dft ? std::span<const float>(b.ref) : std::span<const float>(),
+                                      .num_negatives = o.m});
       e.loss += w * info.result.loss;
       e.chosen += w * info.mean_pos_logp;
       e.rejected += w * info.mean_neg_logp;
@@ -372,14 +372,15 @@ inline int run(const Options& o, Comm comm) {
       r.add("loss", loss).add("grad_norm", v.grad_norm).add("logps/chosen", v.chosen);
       if (o.method != Method::sft) r.add("logps/rejected", v.rejected);
     } else {
-      const auto info = dft.step({.ids = b.ids, .positives = b.positives.view(), .negatives = b.negatives.view(), .num_negatives = o.m,
-                                  .ref_neg_logp = o.method == Method::dft ? std::span<const float>(b.ref) : std::span<const float>()});
+      const auto info = dft.step({.ids = b.ids, .positives = b.positives.view(), .negatives = b.negatives.view(),
+                                  .ref_neg_logp = o.method == Method::dft ? std::span<const float>(b.ref) : std::span<const float>(),
+                                  .num_negatives = o.m});
       loss = info.result.loss;
       r.add("loss", loss).add("grad_norm", info.grad_norm).add("logps/chosen", info.mean_pos_logp).add("logps/rejected", info.mean_neg_logp);
       demo::StepLog dlog;  // rank 0's estimator shard under mpirun
       demo::log_dft(dlog, info.result,
                     demo::StepBatch{.ids = b.ids, .positives = b.positives.view(), .negatives = b.negatives.view(),
-                                    .num_negatives = o.m, .ref_neg_logp = b.ref},
+                                    .ref_neg_logp = b.ref, .num_negatives = o.m},
                     dopts);
       for (const auto& [k, v] : dlog.values) r.add(k, v);
     }

@@ -29,8 +29,8 @@ int main() {
   const DftOptions opt{.variant = Variant::dft, .tau = 1.0, .gamma = 0.85};
   Estimator<double> est(contexts, opt);
   DftOptimizer dft(model, est, opt, AdamW<double>{}, CosineSchedule{.base_lr = 0.2, .warmup_steps = 10, .total_steps = steps});
-  const DftBatch<double> batch{.ids = ids, .positives = pos.view(), .negatives = neg.view(), .num_negatives = m,
-                               .ref_neg_logp = ref};
+  const DftBatch<double> batch{.ids = ids, .positives = pos.view(), .negatives = neg.view(),
+                               .ref_neg_logp = ref, .num_negatives = m};
   for (std::size_t t = 0; t < steps; ++t) {
     const auto info = dft.step(batch);
     if (t % 10 == 0 || t + 1 == steps)

@@ -73,7 +73,7 @@ TEST_CASE("heap peak of one step: k micro-batches against the big batch (tiny LM
     for (const auto& b : parts) views.push_back(b.view());
     TinyLm<double> model(cfg, 3);
     Estimator<double> est(problem.size(), scenario::options(Variant::dft));
-    DftOptimizer opt(model, est, scenario::options(Variant::dft), Sgd<double>{}, ConstantSchedule{.rate = 0.01});
+    DftOptimizer opt(model, est, scenario::options(Variant::dft), Sgd<double>{}, ConstantSchedule{.base_lr = 0.01});
     const long long before = live.load();
     peak = before;
     opt.step(std::span<const DftBatch<double>>(views));

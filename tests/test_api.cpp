@@ -114,7 +114,7 @@ struct Batch {
   std::vector<std::int64_t> ids{0, 2};
   std::vector<double> pos{-1.0, -2.0}, neg{-3.0, -0.5, -2.0, -4.0}, ref{-2.5, -1.0, -3.0, -3.5};
   SequenceScores<double> view() const {
-    return {.ids = ids, .num_negatives = 2, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = ref};
+    return {.ids = ids, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = ref, .num_negatives = 2};
   }
 };
 
@@ -135,10 +135,10 @@ TEST_CASE("DftOptions' init and log_u0 must be the estimator's: a named error, b
   CategoricalPolicy<double> model(2, 3);
   Estimator<double> two(2);
   using Opt = DftOptimizer<CategoricalPolicy<double>, Sgd<double>, ConstantSchedule>;
-  CHECK_THROWS_WITH_AS(Opt(model, two, fixed, Sgd<double>(), ConstantSchedule{.rate = 0.1}),
+  CHECK_THROWS_WITH_AS(Opt(model, two, fixed, Sgd<double>(), ConstantSchedule{.base_lr = 0.1}),
                        doctest::Contains("options.init: got fixed, expected first_visit"), argument_error);
   // Matching options construct; the defaults match a default estimator.
-  Opt ok(model, two, DftOptions{}, Sgd<double>(), ConstantSchedule{.rate = 0.1});
+  Opt ok(model, two, DftOptions{}, Sgd<double>(), ConstantSchedule{.base_lr = 0.1});
   CHECK(ok.options().init == two.init());
 }
 
@@ -168,7 +168,7 @@ TEST_CASE("sft_loss takes data first; the old order still compiles, deprecated")
 #endif
   const ScoreResult<double> old = sft_loss<double>(lp, tok, len);
   const PairRewards raw = log_ratio_rewards(
-      PreferenceScores<double>{.num_negatives = 1, .pos_logp = lp, .neg_logp = lp, .ref_pos_logp = lp, .ref_neg_logp = lp},
+      PreferenceScores<double>{.pos_logp = lp, .neg_logp = lp, .ref_pos_logp = lp, .ref_neg_logp = lp, .num_negatives = 1},
       0.1);
 #if defined(__GNUC__)
 #pragma GCC diagnostic pop
@@ -182,7 +182,39 @@ TEST_CASE("sft_loss takes data first; the old order still compiles, deprecated")
 TEST_CASE("the umbrella header offers Dynamic FT") {
   const std::vector<double> token_logp{-0.5, -1.0, -2.0};
   const std::vector<std::int64_t> offsets{0, 1, 3};
-  const TokenResult<double> r = dynamic_ft_loss(TokenScores<double>{.token_logp = token_logp, .offsets = offsets});
+  const ScoreResult<double> r = dynamic_ft_loss(TokenScores<double>{.token_logp = token_logp, .offsets = offsets});
   CHECK(std::isfinite(r.loss));
   CHECK(r.grad.size() == 3);
+}
+
+TEST_CASE("one result convention: ScoreResult for one list, PreferenceResult for pairs, DftResult extends it") {
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#endif
+  static_assert(std::is_same_v<TokenResult<float>, ScoreResult<float>>);  // the old name, deprecated
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+  static_assert(std::is_base_of_v<PreferenceResult<double>, DftResult<double>>);
+  // A harness that reads pairs takes DPO's result and DFT's alike.
+  auto pair_grad_sum = [](const PreferenceResult<double>& r) {
+    double s = r.loss;
+    for (double g : r.grad_pos) s += g;
+    for (double g : r.grad_neg) s += g;
+    return s;
+  };
+  const std::vector<double> pos{-1.0, -2.0}, neg{-3.0, -4.0}, ref{-3.5, -3.0};
+  const std::vector<std::int64_t> ids{0, 1};
+  Estimator<double> est(2);
+  const DftResult<double> dft = dft_loss(SequenceScores<double>{.ids = ids, .pos_logp = pos, .neg_logp = neg,
+                                                                .ref_neg_logp = ref, .num_negatives = 1},
+                                         est);
+  const PreferenceResult<double>& as_pairs = dft;
+  CHECK(pair_grad_sum(dft) == as_pairs.loss + dft.grad_pos[0] + dft.grad_pos[1] + dft.grad_neg[0] + dft.grad_neg[1]);
+  const PreferenceResult<double> dpo = dpo_loss(PreferenceScores<double>{.ids = ids, .pos_logp = pos, .neg_logp = neg,
+                                                                         .ref_pos_logp = ref, .ref_neg_logp = ref,
+                                                                         .num_negatives = 1});
+  CHECK(std::isfinite(pair_grad_sum(dpo)));
+  CHECK(dpo.grad_pos.size() == 2);
 }

@@ -43,8 +43,8 @@ struct Prefs {
   std::vector<std::int64_t> neg_len{12, 6, 2, 4, 30, 28};
 
   PreferenceScores<double> view() const {
-    return {.num_negatives = m, .pos_logp = pos, .neg_logp = neg, .ref_pos_logp = ref_pos, .ref_neg_logp = ref_neg,
-            .pos_len = pos_len, .neg_len = neg_len};
+    return {.pos_logp = pos, .neg_logp = neg, .ref_pos_logp = ref_pos, .ref_neg_logp = ref_neg,
+            .pos_len = pos_len, .neg_len = neg_len, .num_negatives = m};
   }
 };
 
@@ -73,7 +73,7 @@ struct Samples {
   std::vector<double> logp{-5.0, -2.5, -7.25, -1.0, -3.0, -0.5};
   std::vector<double> reward{0.5, 2.0, -1.0, 3.0, 3.0, 1.5};
   std::vector<std::int64_t> len{5, 2, 7, 1, 4, 2};
-  SampleScores<double> view() const { return {.group_size = k, .logp = logp, .reward = reward, .len = len}; }
+  SampleScores<double> view() const { return {.logp = logp, .reward = reward, .len = len, .group_size = k}; }
 };
 
 void check_fd(const Samples& s0, const std::function<ScoreResult<double>(const SampleScores<double>&)>& f) {
@@ -244,8 +244,8 @@ TEST_CASE("ORPO: token-mean SFT + λ·(−log σ(log odds_w − log odds_l)) wit
 TEST_CASE("pairwise objectives on a DFT batch: positive ≻ each negative, equal to m separate single-pair batches") {
   const Prefs p;
   const std::vector<std::int64_t> ids{7, 8, 9};
-  const SequenceScores<double> dft{.ids = ids, .num_negatives = 2, .pos_logp = p.pos, .neg_logp = p.neg,
-                                   .ref_neg_logp = p.ref_neg, .pos_len = p.pos_len, .neg_len = p.neg_len};
+  const SequenceScores<double> dft{.ids = ids, .pos_logp = p.pos, .neg_logp = p.neg,
+                                   .ref_neg_logp = p.ref_neg, .pos_len = p.pos_len, .neg_len = p.neg_len, .num_negatives = 2};
   const auto whole = dpo_loss(as_preferences(dft, std::span<const double>(p.ref_pos)), {.beta = 0.5});
   L loss = 0;
   std::vector<L> gpos(3, 0);
@@ -357,7 +357,7 @@ TEST_CASE("REINFORCE baselines in expectation on a 3-armed bandit: RLOO unbiased
     const double prob = pi[arm[0]] * pi[arm[1]] * pi[arm[2]];
     std::vector<double> lp(3), rew(3);
     for (std::size_t j = 0; j < 3; ++j) lp[j] = std::log(pi[arm[j]]), rew[j] = r[arm[j]];
-    const SampleScores<double> s{.group_size = 3, .logp = lp, .reward = rew};
+    const SampleScores<double> s{.logp = lp, .reward = rew, .group_size = 3};
     const auto loo = rloo_loss(s), mean = reinforce_loss(s);
     // ∂L/∂θ_a = Σ_j ∂L/∂s_j · (1[arm_j = a] − π_a).
     for (std::size_t a = 0; a < 3; ++a)
@@ -501,15 +501,15 @@ TEST_CASE("every objective instantiates for float and agrees with double") {
   const Prefs p;
   const std::vector<float> pos(p.pos.begin(), p.pos.end()), neg(p.neg.begin(), p.neg.end());
   const std::vector<float> rpos(p.ref_pos.begin(), p.ref_pos.end()), rneg(p.ref_neg.begin(), p.ref_neg.end());
-  const PreferenceScores<float> f{.num_negatives = 2, .pos_logp = pos, .neg_logp = neg, .ref_pos_logp = rpos,
-                                  .ref_neg_logp = rneg, .pos_len = p.pos_len, .neg_len = p.neg_len};
+  const PreferenceScores<float> f{.pos_logp = pos, .neg_logp = neg, .ref_pos_logp = rpos,
+                                  .ref_neg_logp = rneg, .pos_len = p.pos_len, .neg_len = p.neg_len, .num_negatives = 2};
   CHECK(dpo_loss(f).loss == doctest::Approx(dpo_loss(p.view()).loss).epsilon(1e-6));
   CHECK(ipo_loss(f).loss == doctest::Approx(ipo_loss(p.view()).loss).epsilon(1e-6));
   CHECK(simpo_loss(f).loss == doctest::Approx(simpo_loss(p.view()).loss).epsilon(1e-6));
   CHECK(orpo_loss(f).loss == doctest::Approx(orpo_loss(p.view()).loss).epsilon(1e-6));
   const Samples s;
   const std::vector<float> lp(s.logp.begin(), s.logp.end()), rw(s.reward.begin(), s.reward.end());
-  const SampleScores<float> fs{.group_size = 3, .logp = lp, .reward = rw, .len = s.len};
+  const SampleScores<float> fs{.logp = lp, .reward = rw, .len = s.len, .group_size = 3};
   CHECK(rwr_loss(fs).loss == doctest::Approx(rwr_loss(s.view()).loss).epsilon(1e-6));
   CHECK(reinforce_loss(fs).loss == doctest::Approx(reinforce_loss(s.view()).loss).epsilon(1e-6));
   CHECK(rloo_loss(fs).loss == doctest::Approx(rloo_loss(s.view()).loss).epsilon(1e-6));
@@ -556,8 +556,8 @@ TEST_CASE("float baselines whose double result float cannot hold are errors, not
   const Prefs p;
   const std::vector<float> pos(p.pos.begin(), p.pos.end()), neg(p.neg.begin(), p.neg.end());
   const std::vector<float> rpos(p.ref_pos.begin(), p.ref_pos.end()), rneg(p.ref_neg.begin(), p.ref_neg.end());
-  const PreferenceScores<float> f{.num_negatives = 2, .pos_logp = pos, .neg_logp = neg, .ref_pos_logp = rpos,
-                                  .ref_neg_logp = rneg, .pos_len = p.pos_len, .neg_len = p.neg_len};
+  const PreferenceScores<float> f{.pos_logp = pos, .neg_logp = neg, .ref_pos_logp = rpos,
+                                  .ref_neg_logp = rneg, .pos_len = p.pos_len, .neg_len = p.neg_len, .num_negatives = 2};
   // DPO β = 1e300: pair (2, 0) has the log-ratio margin −4, so its loss is 4e300/6 (before the fix: inf).
   CHECK_THROWS_WITH_AS(dpo_loss(f, {.beta = 1e300}), doctest::Contains("loss: got 6.666666666666667e+299, expected a value the scalar type can hold"), error);
   // SimPO γ = 1e39: the loss ≈ 1e39 exceeds FLT_MAX.
@@ -574,7 +574,7 @@ TEST_CASE("float baselines whose double result float cannot hold are errors, not
   CHECK(sft_loss<float>(big).loss == doctest::Approx(3.2666667e38).epsilon(1e-6));
   // A REINFORCE gradient −(r − b)/N beyond FLT_MAX: a named error for the gradient entry.
   const std::vector<float> lp{0.f}, rw{3e38f};
-  CHECK_THROWS_WITH_AS(reinforce_loss(SampleScores<float>{.group_size = 1, .logp = lp, .reward = rw}, ConstantBaseline{.value = -1e39}),
+  CHECK_THROWS_WITH_AS(reinforce_loss(SampleScores<float>{.logp = lp, .reward = rw, .group_size = 1}, ConstantBaseline{.value = -1e39}),
                        doctest::Contains("grad[0]: got -1.3000000"), error);
 }
 
@@ -707,11 +707,11 @@ TEST_CASE_TEMPLATE("every baseline: finite inputs give a finite result or a dftu
     std::vector<T> pos{value(), value()}, neg{value(), value(), value(), value()};
     std::vector<T> rpos{value(), value()}, rneg{value(), value(), value(), value()};
     const std::vector<std::int64_t> pl{1, 7}, nl{3, 1, 1, 100000};
-    const PreferenceScores<T> p{.num_negatives = 2, .pos_logp = pos, .neg_logp = neg, .ref_pos_logp = rpos,
-                                .ref_neg_logp = rneg, .pos_len = pl, .neg_len = nl};
+    const PreferenceScores<T> p{.pos_logp = pos, .neg_logp = neg, .ref_pos_logp = rpos,
+                                .ref_neg_logp = rneg, .pos_len = pl, .neg_len = nl, .num_negatives = 2};
     std::vector<T> lp{value(), value(), value(), value()}, rw{value(), value(), value(), value()};
     const std::vector<std::int64_t> len{1, 2, 5, 1};
-    const SampleScores<T> s{.group_size = 2, .logp = lp, .reward = rw, .len = len};
+    const SampleScores<T> s{.logp = lp, .reward = rw, .len = len, .group_size = 2};
     every_baseline(p, s, pick(options), (trial % 3 == 0) ? -pick(values) : pick(options), results, errors);
   }
   MESSAGE(results << " finite results, " << errors << " named errors");

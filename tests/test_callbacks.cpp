@@ -69,7 +69,7 @@ TEST_CASE("dft_metrics: closed form, two examples with weights 1:3 and 1:1") {
   const DftOptions opt{.tau = 1.0, .gamma = 0.85};
   Estimator<double> est(2, opt);
   const DftResult<double> r =
-      dft_loss(SequenceScores<double>{.ids = ids, .num_negatives = 2, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = ref}, est, opt);
+      dft_loss(SequenceScores<double>{.ids = ids, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = ref, .num_negatives = 2}, est, opt);
   const DftMetrics got = dft_metrics(r, 2, opt);
   CHECK(got.ess == doctest::Approx(1.8).epsilon(1e-14));
   CHECK(got.max_weight == doctest::Approx(0.75).epsilon(1e-14));
@@ -102,8 +102,8 @@ TEST_CASE("dft_metrics: DFT and DFT2 with every estimator init, against the weig
       CAPTURE(static_cast<int>(init));
       const DftOptions opt{.variant = v, .tau = v == Variant::dft ? 1.0 : 0.3, .gamma = 0.9, .init = init, .log_u0 = -0.5};
       Estimator<double> est(B, opt);
-      const SequenceScores<double> b{.ids = ids, .num_negatives = m, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = ref,
-                                     .pos_len = pos_len, .neg_len = neg_len};
+      const SequenceScores<double> b{.ids = ids, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = ref,
+                                     .pos_len = pos_len, .neg_len = neg_len, .num_negatives = m};
       (void)dft_step(b, est, opt);  // a second visit, so constant/first_visit read a stored u
       const DftResult<double> r = dft_loss(b, est, opt);
       std::vector<double> d(B * m);
@@ -119,7 +119,7 @@ TEST_CASE("dft_metrics: float results, and weights that all underflow give NaN, 
   const DftOptions opt{.init = EstimatorInit::fixed, .log_u0 = 0};
   Estimator<float> est(1, opt);
   const DftResult<float> r =
-      dft_loss(SequenceScores<float>{.ids = ids, .num_negatives = 2, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = ref}, est, opt);
+      dft_loss(SequenceScores<float>{.ids = ids, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = ref, .num_negatives = 2}, est, opt);
   REQUIRE(r.grad_neg[0] == 0.0f);  // exp(−200) underflows float
   const DftMetrics got = dft_metrics(r, 2, opt);
   CHECK(std::isnan(got.ess));
@@ -149,23 +149,23 @@ TEST_CASE("dft_metrics: input errors") {
 
 TEST_CASE("reward_metrics: TRL's rewards/* over B·m pairs, closed form") {
   // B = 2 prompts, m = 2: chosen rewards 1, −1; rejected 0.5, 1 | −2, −1 (a tie: not accurate).
-  const PairRewards r{.num_negatives = 2, .chosen = {1, -1}, .rejected = {0.5, 1, -2, -1}};
+  const PairRewards r{.chosen = {1, -1}, .rejected = {0.5, 1, -2, -1}, .num_negatives = 2};
   const RewardMetrics got = reward_metrics(r);
   CHECK(got.chosen == doctest::Approx(0.0));
   CHECK(got.rejected == doctest::Approx(-0.375));
   CHECK(got.margins == doctest::Approx((0.5 + 0 + 1 + 0) / 4.0));
   CHECK(got.accuracies == doctest::Approx(0.5));  // 1 > 0.5 and −1 > −2 only; 1 = 1 and −1 = −1 are ties
-  CHECK(test::error_of([&] { (void)reward_metrics(PairRewards{.num_negatives = 2, .chosen = {1}, .rejected = {1}}); })
+  CHECK(test::error_of([&] { (void)reward_metrics(PairRewards{.chosen = {1}, .rejected = {1}, .num_negatives = 2}); })
             .starts_with("rejected: got size 1, expected size 2"));
-  CHECK(test::error_of([&] { (void)reward_metrics(PairRewards{.num_negatives = 1, .chosen = {}, .rejected = {}}); })
+  CHECK(test::error_of([&] { (void)reward_metrics(PairRewards{.chosen = {}, .rejected = {}, .num_negatives = 1}); })
             .starts_with("chosen: got size 0"));
 }
 
 TEST_CASE("log_ratio_rewards and length_normalized_rewards: TRL's DPO and CPO/ORPO rewards") {
   const std::vector<double> pos{-4, -9}, neg{-6, -3, -12, -10}, ref_pos{-5, -9}, ref_neg{-6, -4, -10, -11};
   const std::vector<std::int64_t> pos_len{2, 3}, neg_len{3, 1, 4, 5};
-  const PreferenceScores<double> b{.num_negatives = 2, .pos_logp = pos, .neg_logp = neg, .ref_pos_logp = ref_pos,
-                                   .ref_neg_logp = ref_neg, .pos_len = pos_len, .neg_len = neg_len};
+  const PreferenceScores<double> b{.pos_logp = pos, .neg_logp = neg, .ref_pos_logp = ref_pos,
+                                   .ref_neg_logp = ref_neg, .pos_len = pos_len, .neg_len = neg_len, .num_negatives = 2};
   const PairRewards dpo = log_ratio_rewards(b, DpoOptions{.beta = 0.1});
   CHECK(dpo.chosen == std::vector<double>{0.1 * 1, 0.1 * 0});
   CHECK(dpo.rejected[0] == doctest::Approx(0.0));

@@ -105,8 +105,8 @@ struct Run {
   }
   void step(std::size_t t) {
     const Batch b = make_batch(ref, t);
-    opt.step({.ids = b.ids, .positives = b.pos.view(), .negatives = b.neg.view(), .num_negatives = kNeg,
-              .ref_neg_logp = b.ref});
+    opt.step({.ids = b.ids, .positives = b.pos.view(), .negatives = b.neg.view(),
+              .ref_neg_logp = b.ref, .num_negatives = kNeg});
   }
 };
 
@@ -171,15 +171,15 @@ TEST_CASE("resume with SGD + momentum and a constant schedule, DFT2, float") {
   const DftOptions o{.variant = Variant::dft2, .tau = 0.3, .gamma = 0.9};
   auto make = [&](CategoricalPolicy<float>& model, Estimator<float>& est) {
     return DftOptimizer(model, est, o, Sgd<float>(SgdOptions{.momentum = 0.9, .nesterov = true}),
-                        ConstantSchedule{.rate = 0.1});
+                        ConstantSchedule{.base_lr = 0.1});
   };
   CategoricalPolicy<double> ref = make_ref();
   auto run = [&](auto& opt, std::size_t from, std::size_t to) {
     for (std::size_t t = from; t < to; ++t) {
       const Batch b = make_batch(ref, t);
       std::vector<float> unused(b.ref.begin(), b.ref.end());
-      opt.step({.ids = b.ids, .positives = b.pos.view(), .negatives = b.neg.view(), .num_negatives = kNeg,
-                .ref_neg_logp = unused});
+      opt.step({.ids = b.ids, .positives = b.pos.view(), .negatives = b.neg.view(),
+                .ref_neg_logp = unused, .num_negatives = kNeg});
     }
   };
   CategoricalPolicy<float> m1(kContexts, kVocab), m2(kContexts, kVocab);
@@ -434,7 +434,7 @@ TEST_CASE("the issue's unloadable checkpoint: DFT, fixed log u0 = -80, AdamW<flo
   const DftOptions o{.variant = Variant::dft, .tau = 1.0, .gamma = 0.85, .init = EstimatorInit::fixed, .log_u0 = -80};
   CategoricalPolicy<double> ref = make_ref();
   auto make_run = [&](CategoricalPolicy<float>& model, Estimator<float>& est) {
-    return DftOptimizer(model, est, o, AdamW<float>(kAdam), ConstantSchedule{.rate = 1e-3});
+    return DftOptimizer(model, est, o, AdamW<float>(kAdam), ConstantSchedule{.base_lr = 1e-3});
   };
   CategoricalPolicy<float> m1(kContexts, kVocab), m2(kContexts, kVocab);
   Estimator<float> e1(kExamples, o), e2(kExamples, o);
@@ -445,8 +445,8 @@ TEST_CASE("the issue's unloadable checkpoint: DFT, fixed log u0 = -80, AdamW<flo
     const Batch batch = make_batch(ref, t);
     const std::vector<float> r(batch.ref.begin(), batch.ref.end());
     try {
-      a.step({.ids = batch.ids, .positives = batch.pos.view(), .negatives = batch.neg.view(), .num_negatives = kNeg,
-              .ref_neg_logp = r});
+      a.step({.ids = batch.ids, .positives = batch.pos.view(), .negatives = batch.neg.view(),
+              .ref_neg_logp = r, .num_negatives = kNeg});
     } catch (const error& e) {
       CHECK(std::string(e.what()).find("second_moment[") != std::string::npos);
       ++refused;
@@ -501,7 +501,7 @@ TEST_CASE("every configuration field of a training checkpoint is compared on loa
     Opt opt(model, est, c.o, AdamW<double>(c.a), c.s, c.step);
     CategoricalPolicy<double> ref = make_ref();
     const Batch b = make_batch(ref, 0);
-    opt.step({.ids = b.ids, .positives = b.pos.view(), .negatives = b.neg.view(), .num_negatives = kNeg, .ref_neg_logp = b.ref});
+    opt.step({.ids = b.ids, .positives = b.pos.view(), .negatives = b.neg.view(), .ref_neg_logp = b.ref, .num_negatives = kNeg});
     return io::encode(opt);
   };
   const Config base;
@@ -551,31 +551,31 @@ TEST_CASE("every configuration field of a training checkpoint is compared on loa
     Opt opt(model, est, o, AdamW<double>(kAdam), kSchedule, base.step);
     CHECK_THROWS_WITH_AS(io::decode(file, opt), doctest::Contains("log_u0: got 0 in the file, expected -2"), error);
   }
-  // SGD's four options and a constant schedule's rate.
+  // SGD's four options and a constant schedule's base_lr.
   using SgdOpt = DftOptimizer<CategoricalPolicy<double>, Sgd<double>, ConstantSchedule>;
   const SgdOptions sgd{.momentum = 0.9, .dampening = 0, .weight_decay = 0.01, .nesterov = true};
   auto sgd_file = [&] {
     CategoricalPolicy<double> model(kContexts, kVocab);
     Estimator<double> est(kExamples, kOpt);
-    SgdOpt opt(model, est, kOpt, Sgd<double>(sgd), ConstantSchedule{.rate = 0.1});
+    SgdOpt opt(model, est, kOpt, Sgd<double>(sgd), ConstantSchedule{.base_lr = 0.1});
     return io::encode(opt);
   }();
   auto sgd_refused_by = [&](const SgdOptions& so, double rate, const char* message) {
     CAPTURE(message);
     CategoricalPolicy<double> model(kContexts, kVocab);
     Estimator<double> est(kExamples, kOpt);
-    SgdOpt opt(model, est, kOpt, Sgd<double>(so), ConstantSchedule{.rate = rate});
+    SgdOpt opt(model, est, kOpt, Sgd<double>(so), ConstantSchedule{.base_lr = rate});
     CHECK_THROWS_WITH_AS(io::decode(sgd_file, opt), doctest::Contains(message), error);
   };
   sgd_refused_by({.momentum = 0.5, .weight_decay = 0.01, .nesterov = true}, 0.1, "sgd momentum: got 0.90000000000000002 in the file, expected 0.5");
   sgd_refused_by({.momentum = 0.9, .dampening = 0.1, .weight_decay = 0.01}, 0.1, "sgd dampening: got 0 in the file, expected 0.10000000000000001");
   sgd_refused_by({.momentum = 0.9, .weight_decay = 0, .nesterov = true}, 0.1, "sgd weight_decay: got 0.01 in the file, expected 0");
   sgd_refused_by({.momentum = 0.9, .weight_decay = 0.01, .nesterov = false}, 0.1, "sgd nesterov: got true in the file, expected false");
-  sgd_refused_by(sgd, 0.2, "schedule rate: got 0.10000000000000001 in the file, expected 0.20000000000000001");
+  sgd_refused_by(sgd, 0.2, "schedule base_lr: got 0.10000000000000001 in the file, expected 0.20000000000000001");
   {
     CategoricalPolicy<double> model(kContexts, kVocab);
     Estimator<double> est(kExamples, kOpt);
-    SgdOpt opt(model, est, kOpt, Sgd<double>(sgd), ConstantSchedule{.rate = 0.1});
+    SgdOpt opt(model, est, kOpt, Sgd<double>(sgd), ConstantSchedule{.base_lr = 0.1});
     io::decode(sgd_file, opt);  // and the same configuration loads
   }
 }

@@ -178,8 +178,8 @@ TEST_CASE("DftOptimizer trains the decoder unchanged: DFT raises the positives a
   model.sequence_logp(neg.view(), ref);
   const DftOptions opt{.variant = Variant::dft, .tau = 1.0, .gamma = 0.85};
   Estimator<float> est(B, opt);
-  DftOptimizer optimizer(model, est, opt, AdamW<float>{}, ConstantSchedule{.rate = 3e-3});
-  const DftBatch<float> batch{.ids = ids, .positives = pos.view(), .negatives = neg.view(), .num_negatives = m, .ref_neg_logp = ref};
+  DftOptimizer optimizer(model, est, opt, AdamW<float>{}, ConstantSchedule{.base_lr = 3e-3});
+  const DftBatch<float> batch{.ids = ids, .positives = pos.view(), .negatives = neg.view(), .ref_neg_logp = ref, .num_negatives = m};
   const auto first = optimizer.evaluate(batch);
   for (int t = 0; t < 30; ++t) optimizer.step(batch);
   const auto last = optimizer.evaluate(batch);

@@ -32,8 +32,8 @@ struct Case {
     std::vector<T> pos, neg, ref;
   };
   SequenceScores<double> view() const {
-    return {.ids = ids, .num_negatives = m, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = ref,
-            .pos_len = pos_len, .neg_len = neg_len};
+    return {.ids = ids, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = ref,
+            .pos_len = pos_len, .neg_len = neg_len, .num_negatives = m};
   }
 };
 
@@ -177,16 +177,16 @@ TEST_CASE("closed form: B = 1, m = 1, first visit gives weight 1") {
   const std::vector<double> pos{-2.0}, neg{-5.0}, ref{-4.0};
   DftOptions opt{.variant = Variant::dft, .tau = 1.0, .gamma = 0.85};
   Estimator<double> est(5, opt);
-  const auto r = dftune::dft_step<double>({.ids = ids, .num_negatives = 1, .pos_logp = pos, .neg_logp = neg,
-                                           .ref_neg_logp = ref},
+  const auto r = dftune::dft_step<double>({.ids = ids, .pos_logp = pos, .neg_logp = neg,
+                                           .ref_neg_logp = ref, .num_negatives = 1},
                                           est, opt);
   CHECK(r.loss == doctest::Approx(2.0 - 5.0).epsilon(1e-15));
   CHECK(r.grad_pos[0] == -1.0);
   CHECK(r.grad_neg[0] == doctest::Approx(1.0).epsilon(1e-15));
   CHECK(*est.log_u(3) == doctest::Approx(-5.0 + 4.0).epsilon(1e-15));  // d = s'/τ − log π_ref
   // Second visit with the same negative: log u = logaddexp(log .15 + (−1), log .85 + (−1)) = −1.
-  const auto r2 = dftune::dft_step<double>({.ids = ids, .num_negatives = 1, .pos_logp = pos, .neg_logp = neg,
-                                            .ref_neg_logp = ref},
+  const auto r2 = dftune::dft_step<double>({.ids = ids, .pos_logp = pos, .neg_logp = neg,
+                                            .ref_neg_logp = ref, .num_negatives = 1},
                                            est, opt);
   CHECK(*est.log_u(3) == doctest::Approx(-1.0).epsilon(1e-15));
   CHECK(r2.grad_neg[0] == doctest::Approx(1.0).epsilon(1e-15));
@@ -253,13 +253,13 @@ TEST_CASE("float agrees with double") {
   std::vector<float> pos(c.pos.begin(), c.pos.end()), neg(c.neg.begin(), c.neg.end()), ref(c.ref.begin(), c.ref.end());
   Estimator<float> ef(16, opt);
   Estimator<double> ed(16, opt);
-  const auto rf = dftune::dft_step<float>({.ids = c.ids, .num_negatives = 4, .pos_logp = pos, .neg_logp = neg,
-                                           .ref_neg_logp = ref},
+  const auto rf = dftune::dft_step<float>({.ids = c.ids, .pos_logp = pos, .neg_logp = neg,
+                                           .ref_neg_logp = ref, .num_negatives = 4},
                                           ef, opt);
   // The double run sees the float-rounded inputs, so only the output rounding differs.
   std::vector<double> posd(pos.begin(), pos.end()), negd(neg.begin(), neg.end()), refd(ref.begin(), ref.end());
-  const auto rd = dftune::dft_step<double>({.ids = c.ids, .num_negatives = 4, .pos_logp = posd,
-                                            .neg_logp = negd, .ref_neg_logp = refd},
+  const auto rd = dftune::dft_step<double>({.ids = c.ids, .pos_logp = posd,
+                                            .neg_logp = negd, .ref_neg_logp = refd, .num_negatives = 4},
                                            ed, opt);
   CHECK(rf.loss == doctest::Approx(rd.loss).epsilon(1e-6));
   for (std::size_t k = 0; k < rf.grad_neg.size(); ++k) CHECK(rf.grad_neg[k] == doctest::Approx(rd.grad_neg[k]).epsilon(1e-6));
@@ -327,14 +327,14 @@ TEST_CASE("error messages name the argument, the value and what was expected") {
   const std::vector<std::int64_t> ids{0, 9};
   const std::vector<double> pos{-1, -1}, neg{-1, -1}, ref{-1, -1};
   try {
-    dftune::dft_step<double>({.ids = ids, .num_negatives = 1, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = ref},
+    dftune::dft_step<double>({.ids = ids, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = ref, .num_negatives = 1},
                              est, {});
     FAIL("no exception");
   } catch (const dftune::error& e) {
     CHECK(std::string(e.what()) == "ids[1]: got 9, expected an example id in [0, num_examples = 4)");
   }
   try {
-    dftune::dft_step<double>({.ids = ids, .num_negatives = 1, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = ref},
+    dftune::dft_step<double>({.ids = ids, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = ref, .num_negatives = 1},
                              est, {.gamma = 1.5});
     FAIL("no exception");
   } catch (const std::invalid_argument& e) {  // a bad argument is a dftune::argument_error, a std::invalid_argument
@@ -348,8 +348,8 @@ TEST_CASE("float results that float cannot hold are errors, not inf (fuzz findin
   Estimator<float> est(2, opt);
   const std::vector<std::int64_t> ids{1};
   const std::vector<float> pos{-1.f}, neg{-1.f}, ref{-100.f};
-  CHECK_THROWS_WITH_AS(dftune::dft_step<float>({.ids = ids, .num_negatives = 1, .pos_logp = pos, .neg_logp = neg,
-                                                .ref_neg_logp = ref},
+  CHECK_THROWS_WITH_AS(dftune::dft_step<float>({.ids = ids, .pos_logp = pos, .neg_logp = neg,
+                                                .ref_neg_logp = ref, .num_negatives = 1},
                                                est, opt),
                        doctest::Contains("grad_neg"), dftune::error);
   CHECK_FALSE(est.log_u(1).has_value());
@@ -362,7 +362,7 @@ TEST_CASE("an overflow names what overflowed: the log-probs, or τ (issue #12, i
   // d = 1e308/1 − (−1e308) overflows: a positive "log-prob" beside a very negative reference, not τ
   // (before the fix: "tau: got 1, ...").
   try {
-    dftune::dft_step<double>({.ids = ids, .num_negatives = 1, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = ref}, est, {});
+    dftune::dft_step<double>({.ids = ids, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = ref, .num_negatives = 1}, est, {});
     FAIL("no exception");
   } catch (const dftune::error& e) {
     CHECK(std::string(e.what()) ==
@@ -371,13 +371,13 @@ TEST_CASE("an overflow names what overflowed: the log-probs, or τ (issue #12, i
   }
   // s/τ itself overflows, for a negative or for the positive: τ is named.
   const std::vector<double> small{-1.0}, huge{-1e308};
-  CHECK_THROWS_WITH_AS(dftune::dft_step<double>({.ids = ids, .num_negatives = 1, .pos_logp = pos, .neg_logp = huge,
-                                                 .ref_neg_logp = small},
+  CHECK_THROWS_WITH_AS(dftune::dft_step<double>({.ids = ids, .pos_logp = pos, .neg_logp = huge,
+                                                 .ref_neg_logp = small, .num_negatives = 1},
                                                 est, {.tau = 0.1}),
                        "tau: got 0.10000000000000001, expected a temperature for which s/τ is finite (d[0] overflowed)",
                        dftune::error);
-  CHECK_THROWS_WITH_AS(dftune::dft_step<double>({.ids = ids, .num_negatives = 1, .pos_logp = huge, .neg_logp = small,
-                                                 .ref_neg_logp = small},
+  CHECK_THROWS_WITH_AS(dftune::dft_step<double>({.ids = ids, .pos_logp = huge, .neg_logp = small,
+                                                 .ref_neg_logp = small, .num_negatives = 1},
                                                 est, {.tau = 0.1}),
                        "tau: got 0.10000000000000001, expected a temperature for which s/τ is finite (pos_logp[0]/τ overflowed)",
                        dftune::error);

@@ -1,6 +1,7 @@
 // The categorical reference model and the DFT optimizer: model gradients against finite
 // differences, one optimizer step against the closed-form update, state after errors unchanged,
 // and a training run that pushes the positives up and the negatives down.
+#include <dftune/callbacks/jsonl_logger.hpp>
 #include <dftune/dftune.hpp>
 
 #include <doctest/doctest.h>
@@ -9,6 +10,8 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -104,9 +107,8 @@ TEST_CASE("one DftOptimizer step with plain SGD equals θ − lr · Σ ∂L/∂s
     Estimator<double> est(4, opt);
     Estimator<double> est_copy = est;
     const double lr = 0.05;
-    DftOptimizer optimizer(model, est, opt, Sgd<double>{}, ConstantSchedule{.rate = lr});
-    const DftBatch<double> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(),
-                                 .num_negatives = 3, .ref_neg_logp = d.ref};
+    DftOptimizer optimizer(model, est, opt, Sgd<double>{}, ConstantSchedule{.base_lr = lr});
+    const DftBatch<double> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(), .ref_neg_logp = d.ref, .num_negatives = 3};
     const std::vector<double> theta0(model.parameters().begin(), model.parameters().end());
 
     // Expected: the objective's gradients wrt log-probs, then ∇θ_c log π(y) = Σ_t onehot(y_t) − softmax(θ_c).
@@ -116,8 +118,8 @@ TEST_CASE("one DftOptimizer step with plain SGD equals θ − lr · Σ ∂L/∂s
     std::vector<std::int64_t> pl, nl;
     for (std::size_t i = 0; i < 4; ++i) pl.push_back(d.pos.view().completion_length(i));
     for (std::size_t k = 0; k < 12; ++k) nl.push_back(d.neg.view().completion_length(k));
-    const auto r = dft_loss<double>({.ids = d.ids, .num_negatives = 3, .pos_logp = pos, .neg_logp = neg,
-                                     .ref_neg_logp = d.ref, .pos_len = pl, .neg_len = nl},
+    const auto r = dft_loss<double>({.ids = d.ids, .pos_logp = pos, .neg_logp = neg,
+                                     .ref_neg_logp = d.ref, .pos_len = pl, .neg_len = nl, .num_negatives = 3},
                                     est_copy, opt);
     std::vector<double> expect = theta0;
     auto add = [&](const Sequences& s, std::size_t k, double dL) {
@@ -148,9 +150,9 @@ TEST_CASE("a failing DftOptimizer step leaves parameters, estimator and step cou
   const Data d = make_data(ref, 4, 2, rng);
   const DftOptions opt{.variant = Variant::dft, .tau = 1.0, .gamma = 0.85};
   Estimator<double> est(4, opt);
-  DftOptimizer optimizer(model, est, opt, Adam<double>{}, ConstantSchedule{.rate = 0.1});
-  DftBatch<double> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(), .num_negatives = 2,
-                         .ref_neg_logp = d.ref};
+  DftOptimizer optimizer(model, est, opt, Adam<double>{}, ConstantSchedule{.base_lr = 0.1});
+  DftBatch<double> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(),
+                         .ref_neg_logp = d.ref, .num_negatives = 2};
   optimizer.step(batch);
   const std::vector<double> theta(model.parameters().begin(), model.parameters().end());
   std::vector<std::optional<double>> u;
@@ -203,8 +205,7 @@ TEST_CASE("training with DFT and DFT2 raises the positives and pushes the base m
     const DftOptions opt{.variant = v, .tau = v == Variant::dft ? 1.0 : 0.3, .gamma = v == Variant::dft ? 0.85 : 0.9};
     Estimator<double> est(8, opt);
     DftOptimizer optimizer(model, est, opt, AdamW<double>{}, CosineSchedule{.base_lr = 0.05, .warmup_steps = 5, .total_steps = 60});
-    const DftBatch<double> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(),
-                                 .num_negatives = 4, .ref_neg_logp = d.ref};
+    const DftBatch<double> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(), .ref_neg_logp = d.ref, .num_negatives = 4};
     const auto first = optimizer.evaluate(batch);
     for (int t = 0; t < 60; ++t) optimizer.step(batch);
     const auto last = optimizer.evaluate(batch);
@@ -218,12 +219,12 @@ TEST_CASE("training with DFT and DFT2 raises the positives and pushes the base m
 TEST_CASE("DftOptimizer refuses bad options and a bad schedule at construction") {
   CategoricalPolicy<double> model(2, 3);
   Estimator<double> est(2);
-  CHECK_THROWS_WITH_AS(DftOptimizer(model, est, {.gamma = 0}, Sgd<double>{}, ConstantSchedule{.rate = 0.1}),
+  CHECK_THROWS_WITH_AS(DftOptimizer(model, est, {.gamma = 0}, Sgd<double>{}, ConstantSchedule{.base_lr = 0.1}),
                        doctest::Contains("gamma: got 0"), error);
   CHECK_THROWS_WITH_AS(DftOptimizer(model, est, {}, Sgd<double>{}, CosineSchedule{.base_lr = 1, .warmup_steps = 5, .total_steps = 2}),
                        doctest::Contains("warmup_steps: got 5"), error);
-  CHECK_THROWS_WITH_AS(DftOptimizer(model, est, {}, Sgd<double>{}, ConstantSchedule{.rate = -1}),
-                       doctest::Contains("rate: got -1"), error);
+  CHECK_THROWS_WITH_AS(DftOptimizer(model, est, {}, Sgd<double>{}, ConstantSchedule{.base_lr = -1}),
+                       doctest::Contains("base_lr: got -1"), error);
 }
 
 namespace {
@@ -271,8 +272,7 @@ TEST_CASE("an error raised after evaluate() (schedule, inner rule) leaves estima
   randomize(ref, rng);
   const Data d = make_data(ref, 4, 2, rng);
   const DftOptions opt{.variant = Variant::dft, .tau = 1.0, .gamma = 0.85};
-  const DftBatch<double> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(),
-                               .num_negatives = 2, .ref_neg_logp = d.ref};
+  const DftBatch<double> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(), .ref_neg_logp = d.ref, .num_negatives = 2};
   auto run = [&](TrapSchedule s, const char* message) {
     CAPTURE(message);
     CategoricalPolicy<double> model(2, 5);
@@ -300,8 +300,7 @@ TEST_CASE("a float model refuses a rate its scalar type cannot hold, and the iss
   randomize(ref64, rng);
   const Data d = make_data(ref64, 4, 2, rng);
   const std::vector<float> ref(d.ref.begin(), d.ref.end());
-  const DftBatch<float> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(),
-                              .num_negatives = 2, .ref_neg_logp = ref};
+  const DftBatch<float> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(), .ref_neg_logp = ref, .num_negatives = 2};
   {
     CategoricalPolicy<float> model(2, 5);
     const DftOptions opt{};
@@ -320,14 +319,14 @@ TEST_CASE("a float model refuses a rate its scalar type cannot hold, and the iss
     CategoricalPolicy<float> model(2, 5);
     const DftOptions opt{.variant = Variant::dft, .tau = 1.0, .gamma = 0.85, .init = EstimatorInit::fixed, .log_u0 = -80};
     Estimator<float> est(4, opt);
-    DftOptimizer optimizer(model, est, opt, AdamW<float>{}, ConstantSchedule{.rate = 1e-3});
+    DftOptimizer optimizer(model, est, opt, AdamW<float>{}, ConstantSchedule{.base_lr = 1e-3});
     using S = State<decltype(optimizer), float>;
     const S before(optimizer);
     CHECK_THROWS_WITH_AS(optimizer.step(batch), doctest::Contains("second_moment["), error);
     CHECK(S(optimizer) == before);
     // With the reference recipe's clipping the same step is fine, and reports the unclipped norm.
     Estimator<float> est2(4, opt);
-    DftOptimizer clipped(model, est2, opt, AdamW<float>{}, ConstantSchedule{.rate = 1e-3}, {.max_grad_norm = 1.0});
+    DftOptimizer clipped(model, est2, opt, AdamW<float>{}, ConstantSchedule{.base_lr = 1e-3}, {.max_grad_norm = 1.0});
     const auto info = clipped.step(batch);
     CHECK(info.grad_norm > 1e30);
     for (float x : model.parameters()) CHECK(std::isfinite(x));
@@ -340,14 +339,13 @@ TEST_CASE("gradient clipping by global L2 norm: torch's rule on the model's grad
   randomize(ref, rng);
   const Data d = make_data(ref, 4, 3, rng);
   const DftOptions opt{.variant = Variant::dft, .tau = 1.0, .gamma = 0.85};
-  const DftBatch<double> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(),
-                               .num_negatives = 3, .ref_neg_logp = d.ref};
+  const DftBatch<double> batch{.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(), .ref_neg_logp = d.ref, .num_negatives = 3};
   const double lr = 0.05;
   // The unclipped gradient, computed apart: evaluate, then the model's backward.
   CategoricalPolicy<double> probe(2, 5);
   std::copy(ref.parameters().begin(), ref.parameters().end(), probe.parameters().begin());
   Estimator<double> probe_est(4, opt);
-  DftOptimizer probe_opt(probe, probe_est, opt, Sgd<double>{}, ConstantSchedule{.rate = lr});
+  DftOptimizer probe_opt(probe, probe_est, opt, Sgd<double>{}, ConstantSchedule{.base_lr = lr});
   const auto r = probe_opt.evaluate(batch).result;
   probe.zero_gradients();
   probe.accumulate_gradients(d.pos.view(), r.grad_pos);
@@ -363,7 +361,7 @@ TEST_CASE("gradient clipping by global L2 norm: torch's rule on the model's grad
     CategoricalPolicy<double> model(2, 5);
     std::copy(ref.parameters().begin(), ref.parameters().end(), model.parameters().begin());
     Estimator<double> est(4, opt);
-    DftOptimizer optimizer(model, est, opt, Sgd<double>{}, ConstantSchedule{.rate = lr}, {.max_grad_norm = max_norm});
+    DftOptimizer optimizer(model, est, opt, Sgd<double>{}, ConstantSchedule{.base_lr = lr}, {.max_grad_norm = max_norm});
     CHECK(optimizer.step_options().max_grad_norm == max_norm);
     const auto info = optimizer.step(batch);
     CHECK(info.grad_norm == doctest::Approx(norm).epsilon(1e-15));
@@ -386,6 +384,135 @@ TEST_CASE("gradient clipping by global L2 norm: torch's rule on the model's grad
   CategoricalPolicy<double> model(2, 3);
   Estimator<double> est(2);
   for (double bad : {0.0, -1.0, std::nan("")})
-    CHECK_THROWS_WITH_AS(DftOptimizer(model, est, {}, Sgd<double>{}, ConstantSchedule{.rate = 0.1}, {.max_grad_norm = bad}),
+    CHECK_THROWS_WITH_AS(DftOptimizer(model, est, {}, Sgd<double>{}, ConstantSchedule{.base_lr = 0.1}, {.max_grad_norm = bad}),
                          doctest::Contains("max_grad_norm: got"), error);
+}
+
+// ---- step callbacks (callbacks/step_callback.hpp) -----------------------------------------------
+
+namespace {
+
+// Two optimizers on equal models and estimators: one stepped with callbacks, one without.
+struct CallbackRun {
+  CategoricalPolicy<double> ref{2, 5}, model{2, 5}, twin{2, 5};
+  Data d;
+  DftOptions opt{.variant = Variant::dft2, .tau = 0.5, .gamma = 0.9};
+  Estimator<double> est{4, opt}, twin_est{4, opt};
+  DftOptimizer<CategoricalPolicy<double>, Adam<double>, CosineSchedule> a, b;
+  CallbackRun()
+      : a(model, est, opt, Adam<double>{}, CosineSchedule{.base_lr = 0.1, .warmup_steps = 1, .total_steps = 4}),
+        b(twin, twin_est, opt, Adam<double>{}, CosineSchedule{.base_lr = 0.1, .warmup_steps = 1, .total_steps = 4}) {
+    std::mt19937_64 rng(41);
+    randomize(ref, rng);
+    d = make_data(ref, 4, 3, rng);
+  }
+  DftBatch<double> batch() const {
+    return {.ids = d.ids, .positives = d.pos.view(), .negatives = d.neg.view(), .ref_neg_logp = d.ref, .num_negatives = 3};
+  }
+};
+
+bool same_info(const DftStepInfo<double>& x, const DftStepInfo<double>& y) {
+  return x.step == y.step && x.lr == y.lr && x.grad_norm == y.grad_norm && x.result.loss == y.result.loss &&
+         x.result.objective == y.result.objective && x.result.grad_pos == y.result.grad_pos &&
+         x.result.grad_neg == y.result.grad_neg && x.result.log_u == y.result.log_u &&
+         x.mean_pos_logp == y.mean_pos_logp && x.mean_neg_logp == y.mean_neg_logp;
+}
+
+struct Recorder {
+  std::vector<std::string>* calls;
+  std::vector<DftStepInfo<double>> seen;
+  void on_step(const DftStepInfo<double>& s) {
+    calls->push_back("recorder " + std::to_string(s.step));
+    seen.push_back(s);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("step callbacks: each called once per step, in order, with what the step returned; no effect on the step") {
+  CallbackRun r;
+  std::vector<std::string> calls;
+  Recorder rec{&calls, {}};
+  auto lambda = [&](const DftStepInfo<double>& s) { calls.push_back("lambda " + std::to_string(s.step)); };
+  for (std::size_t t = 0; t < 3; ++t) {
+    const DftStepInfo<double> with = r.a.step(r.batch(), rec, lambda);
+    const DftStepInfo<double> without = r.b.step(r.batch());
+    CHECK(same_info(with, without));  // bit for bit: the callbacks change nothing of the step
+    REQUIRE(rec.seen.size() == t + 1);
+    CHECK(same_info(rec.seen.back(), with));
+    CHECK(rec.seen.back().step == t);
+    CHECK(!with.stop_requested);
+    // The metrics handed to callbacks are dft_metrics of the step's result (DFT2: with neg_len).
+    REQUIRE(with.metrics.has_value());
+    CHECK(!without.metrics.has_value());
+    std::vector<std::int64_t> neg_len(r.d.neg.size());
+    for (std::size_t k = 0; k < neg_len.size(); ++k) neg_len[k] = r.d.neg.view().completion_length(k);
+    const DftMetrics want = dft_metrics(with.result, 3, r.opt, neg_len);
+    CHECK(with.metrics->log_u_mean == want.log_u_mean);
+    CHECK(with.metrics->ess == want.ess);
+    CHECK(with.metrics->weight_sum == want.weight_sum);
+  }
+  CHECK(calls == std::vector<std::string>{"recorder 0", "lambda 0", "recorder 1", "lambda 1", "recorder 2", "lambda 2"});
+  CHECK(std::equal(r.model.parameters().begin(), r.model.parameters().end(), r.twin.parameters().begin()));
+  CHECK(r.a.steps() == 3);
+}
+
+TEST_CASE("step callbacks: one returning true requests a stop; every callback still sees the step") {
+  CallbackRun r;
+  std::size_t logged = 0;
+  auto stop_below = [](const DftStepInfo<double>& s) { return s.step >= 1; };  // stop once two steps are done
+  auto count = [&](const DftStepInfo<double>&) { ++logged; };
+  std::size_t steps = 0;
+  while (true) {
+    ++steps;
+    if (r.a.step(r.batch(), stop_below, count).stop_requested) break;
+    REQUIRE(steps < 10);
+  }
+  CHECK(steps == 2);
+  CHECK(logged == 2);
+  CHECK(r.a.steps() == 2);
+}
+
+TEST_CASE("step callbacks: an exception from one leaves the optimizer as after the step; later callbacks not called") {
+  CallbackRun r;
+  std::size_t after = 0;
+  auto thrower = [](const DftStepInfo<double>& s) {
+    if (s.step == 1) throw std::runtime_error("callback failed at step 1");
+  };
+  auto later = [&](const DftStepInfo<double>&) { ++after; };
+  r.a.step(r.batch(), thrower, later);
+  r.b.step(r.batch());
+  CHECK_THROWS_WITH_AS(r.a.step(r.batch(), thrower, later), "callback failed at step 1", std::runtime_error);
+  r.b.step(r.batch());
+  using S = State<decltype(r.a), double>;
+  CHECK(S(r.a) == S(r.b));  // the step was taken and committed, as without the callback
+  CHECK(r.a.steps() == 2);
+  CHECK(after == 1);
+  r.a.step(r.batch(), thrower, later);  // training goes on
+  CHECK(after == 2);
+}
+
+TEST_CASE("JsonlLogger: one line per step with add_step_info's keys; a failed stream is an io_error after the step") {
+  CallbackRun r;
+  std::ostringstream out;
+  JsonlLogger log(out);
+  const DftStepInfo<double> s0 = r.a.step(r.batch(), log);
+  const DftStepInfo<double> s1 = r.a.step(r.batch(), log);
+  JsonRecord want0, want1;
+  add_step_info(want0, s0);
+  add_step_info(want1, s1);
+  CHECK(out.str() == want0.str() + "\n" + want1.str() + "\n");
+  CHECK(log.lines() == 2);
+  CHECK(want0.str().starts_with("{\"step\": 1, \"loss\": "));
+  for (const char* key : {"learning_rate", "grad_norm", "logps/chosen", "logps/rejected", "dft/objective", "dft/ess", "dft/log_u_mean"})
+    CHECK(want1.contains(key));
+  JsonRecord taken;
+  taken.add("loss", 1.0);
+  CHECK_THROWS_WITH_AS(add_step_info(taken, s0), "key: got loss, expected a key not yet in the record", error);
+  CHECK(taken.size() == 1);
+  std::ostringstream broken;
+  broken.setstate(std::ios::badbit);
+  JsonlLogger bad(broken);
+  CHECK_THROWS_AS(r.a.step(r.batch(), bad), io_error);
+  CHECK(r.a.steps() == 3);
 }

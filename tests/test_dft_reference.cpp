@@ -110,7 +110,7 @@ void run_case(const ref::Options& o) {
   // B: the whole step in one call.
   CategoricalPolicy<double> model_b = model_a;
   Estimator<double> est_b(kExamples, opt);
-  DftOptimizer opt_b(model_b, est_b, opt, Sgd<double>{}, ConstantSchedule{.rate = o.lr});
+  DftOptimizer opt_b(model_b, est_b, opt, Sgd<double>{}, ConstantSchedule{.base_lr = o.lr});
 
   for (std::size_t t = 0; t < kSteps; ++t) {
     CAPTURE(t);
@@ -121,17 +121,16 @@ void run_case(const ref::Options& o) {
     std::vector<double> pos(lb.ids.size()), neg(lb.ref_neg.size());
     model_a.sequence_logp(lb.pos.view(), pos);
     model_a.sequence_logp(lb.neg.view(), neg);
-    const DftResult<double> a = dft_step(SequenceScores<double>{.ids = lb.ids, .num_negatives = kNeg, .pos_logp = pos,
+    const DftResult<double> a = dft_step(SequenceScores<double>{.ids = lb.ids, .pos_logp = pos,
                                                                 .neg_logp = neg, .ref_neg_logp = lb.ref_neg,
-                                                                .pos_len = lb.pos_len, .neg_len = lb.neg_len},
+                                                                .pos_len = lb.pos_len, .neg_len = lb.neg_len, .num_negatives = kNeg},
                                          est_a, opt);
     model_a.zero_gradients();
     model_a.accumulate_gradients(lb.pos.view(), a.grad_pos);
     model_a.accumulate_gradients(lb.neg.view(), a.grad_neg);
     sgd.step(model_a.parameters(), model_a.gradients(), o.lr);
 
-    const auto info = opt_b.step({.ids = lb.ids, .positives = lb.pos.view(), .negatives = lb.neg.view(),
-                                  .num_negatives = kNeg, .ref_neg_logp = lb.ref_neg});
+    const auto info = opt_b.step({.ids = lb.ids, .positives = lb.pos.view(), .negatives = lb.neg.view(), .ref_neg_logp = lb.ref_neg, .num_negatives = kNeg});
 
     CHECK(same_bits(a.loss, r.loss));
     CHECK(same_bits(a.grad_pos, r.grad_pos));

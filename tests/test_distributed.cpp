@@ -147,15 +147,15 @@ TEST_CASE("dft_loss with global_batch_size: shares of a batch sum to the whole b
     for (double& x : *v) x = n(rng);
   const DftOptions opt{};
   const Estimator<double> whole_est(B, opt);
-  const auto whole = dft_loss<double>({.ids = ids, .num_negatives = m, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = ref},
+  const auto whole = dft_loss<double>({.ids = ids, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = ref, .num_negatives = m},
                                       whole_est, opt);
   double loss = 0;
   for (std::size_t r = 0; r < 2; ++r) {  // share r: examples 3r, 3r+1, 3r+2
     const Estimator<double> est(B, opt);
-    const auto part = dft_loss<double>({.ids = std::span(ids).subspan(3 * r, 3), .num_negatives = m,
+    const auto part = dft_loss<double>({.ids = std::span(ids).subspan(3 * r, 3),
                                         .pos_logp = std::span(pos).subspan(3 * r, 3),
                                         .neg_logp = std::span(neg).subspan(3 * r * m, 3 * m),
-                                        .ref_neg_logp = std::span(ref).subspan(3 * r * m, 3 * m), .global_batch_size = B},
+                                        .ref_neg_logp = std::span(ref).subspan(3 * r * m, 3 * m), .num_negatives = m, .global_batch_size = B},
                                        est, opt);
     for (std::size_t i = 0; i < 3; ++i) {
       CHECK(part.grad_pos[i] == whole.grad_pos[3 * r + i]);  // the same 1/B: bit for bit
@@ -166,7 +166,7 @@ TEST_CASE("dft_loss with global_batch_size: shares of a batch sum to the whole b
   }
   CHECK(loss == doctest::Approx(whole.loss).epsilon(1e-15));
   CHECK(error_of([&] {
-          (void)dft_loss<double>({.ids = ids, .num_negatives = m, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = ref,
+          (void)dft_loss<double>({.ids = ids, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = ref, .num_negatives = m,
                                   .global_batch_size = B - 1},
                                  whole_est, opt);
         }) == "global_batch_size: got 5, expected 0 or at least the batch size B = 6");
@@ -344,7 +344,7 @@ TEST_CASE("DftOptimizer refuses an estimator sharded unlike its communicator") {
   w.run([&](test::ThreadWorld::Comm& comm) {
     CategoricalPolicy<double> model(2, 2);
     Estimator<double> est(4, {});  // not sharded
-    CHECK(error_of([&] { DftOptimizer dft(model, est, {}, Sgd<double>{}, ConstantSchedule{.rate = 0.1}, {}, comm); }) ==
+    CHECK(error_of([&] { DftOptimizer dft(model, est, {}, Sgd<double>{}, ConstantSchedule{.base_lr = 0.1}, {}, comm); }) ==
           "estimator: got an estimator sharded as rank 0 of 1 (ids with id mod 1 = 0), expected the communicator's shard, "
           "rank " + std::to_string(comm.rank()) + " of 2 (ids with id mod 2 = " + std::to_string(comm.rank()) +
               ") (build it as Estimator<T>(N, options, distributed::shard_of(comm)))");

@@ -27,9 +27,9 @@ using L = long double;
 struct Tokens {
   std::vector<double> logp{std::log(0.5), std::log(0.25), std::numeric_limits<double>::quiet_NaN(), std::log(0.8),
                            std::log(0.125), std::log(0.9)};
-  std::vector<double> mask{1, 1, 0, 1, 1, 1};
+  std::vector<double> weights{1, 1, 0, 1, 1, 1};
   std::vector<std::int64_t> offsets{0, 2, 4, 6};  // sequence 0: rows 0–1, 1: rows 2–3 (one token), 2: rows 4–5
-  TokenScores<double> view() const { return {.token_logp = logp, .mask = mask, .offsets = offsets}; }
+  TokenScores<double> view() const { return {.token_logp = logp, .weights = weights, .offsets = offsets}; }
 };
 
 // −Σ_n c_n p_n log p_n and −c_n p_n, with c_n of the reduction, in long double.
@@ -40,12 +40,12 @@ void expect_closed_form(const Tokens& t, NllReduction red) {
   L loss = 0;
   std::vector<L> grad(6, 0);
   for (int n = 0; n < 6; ++n) {
-    if (t.mask[static_cast<std::size_t>(n)] == 0) continue;
+    if (t.weights[static_cast<std::size_t>(n)] == 0) continue;
     const L c = red == NllReduction::token_mean ? 1.0L / 5 : red == NllReduction::sequence_mean ? 1.0L / 3 : 1 / (3 * len[seq[n]]);
     loss -= c * p[n] * std::log(p[n]);
     grad[static_cast<std::size_t>(n)] = -c * p[n];
   }
-  const TokenResult<double> r = dynamic_ft_loss(t.view(), {.reduction = red});
+  const ScoreResult<double> r = dynamic_ft_loss(t.view(), {.reduction = red});
   CHECK(r.loss == doctest::Approx(static_cast<double>(loss)).epsilon(1e-15));
   REQUIRE(r.grad.size() == 6);
   for (std::size_t n = 0; n < 6; ++n) CHECK(r.grad[n] == doctest::Approx(static_cast<double>(grad[n])).epsilon(1e-15));
@@ -60,7 +60,7 @@ TEST_CASE("dynamic_ft_loss: loss and gradient against the closed form for every 
   expect_closed_form(t, NllReduction::sequence_mean);
   expect_closed_form(t, NllReduction::length_normalized);
   // token_mean by hand: TRL's (Σ −p log p over completion tokens) / (number of them).
-  const TokenResult<double> r = dynamic_ft_loss(t.view());
+  const ScoreResult<double> r = dynamic_ft_loss(t.view());
   const double by_hand = -(0.5 * std::log(0.5) + 0.25 * std::log(0.25) + 0.8 * std::log(0.8) + 0.125 * std::log(0.125) +
                            0.9 * std::log(0.9)) / 5;
   CHECK(r.loss == doctest::Approx(by_hand).epsilon(1e-15));
@@ -68,7 +68,7 @@ TEST_CASE("dynamic_ft_loss: loss and gradient against the closed form for every 
   // an improbable one almost none (SFT gives every token −c).
   const std::vector<double> lp{0.0, std::log(1e-6)};
   const std::vector<std::int64_t> off{0, 2};
-  const TokenResult<double> w = dynamic_ft_loss(TokenScores<double>{.token_logp = lp, .mask = {}, .offsets = off});
+  const ScoreResult<double> w = dynamic_ft_loss(TokenScores<double>{.token_logp = lp, .weights = {}, .offsets = off});
   CHECK(w.grad[0] == -0.5);
   CHECK(w.grad[1] == doctest::Approx(-0.5e-6).epsilon(1e-12));
   CHECK(w.loss == doctest::Approx(-0.5 * 1e-6 * std::log(1e-6)).epsilon(1e-12));
@@ -93,7 +93,7 @@ TEST_CASE("dynamic_ft_loss: through the token reduction, backward with per-token
     CAPTURE(static_cast<int>(red));
     std::vector<double> seq(3), tok(N);
     logprob::generic::forward(view(z, mask), std::span<double>(seq), std::span<double>(tok));
-    const TokenResult<double> r = dynamic_ft_loss(TokenScores<double>{.token_logp = tok, .mask = mask, .offsets = offsets},
+    const ScoreResult<double> r = dynamic_ft_loss(TokenScores<double>{.token_logp = tok, .weights = mask, .offsets = offsets},
                                                   {.reduction = red});
     const std::vector<double> ones(3, 1.0);
     std::vector<double> g(N * V), g_fast(N * V);
@@ -122,7 +122,7 @@ TEST_CASE("dynamic_ft_loss: through the token reduction, backward with per-token
 TEST_CASE("dynamic_ft_loss: float inputs, stored as float") {
   const std::vector<float> lp{std::log(0.5f), std::log(0.25f)};
   const std::vector<std::int64_t> off{0, 1, 2};
-  const TokenResult<float> r = dynamic_ft_loss(TokenScores<float>{.token_logp = lp, .mask = {}, .offsets = off});
+  const ScoreResult<float> r = dynamic_ft_loss(TokenScores<float>{.token_logp = lp, .weights = {}, .offsets = off});
   CHECK(r.grad[0] == doctest::Approx(-0.25).epsilon(1e-7));
   CHECK(r.grad[1] == doctest::Approx(-0.125).epsilon(1e-7));
 }
@@ -140,8 +140,8 @@ TEST_CASE("dynamic_ft_loss: input errors name the argument and what was expected
   CHECK(message([&] { (void)dynamic_ft_loss(t.view(), {.reduction = static_cast<NllReduction>(9)}); }).starts_with("reduction: got 9"));
   {
     Tokens u = t;
-    u.mask[1] = 0.5;
-    CHECK(message([&] { (void)dynamic_ft_loss(u.view()); }) == "mask[1]: got 0.5, expected 0 or 1 (a completion mask)");
+    u.weights[1] = 0.5;
+    CHECK(message([&] { (void)dynamic_ft_loss(u.view()); }) == "weights[1]: got 0.5, expected 0 or 1 (a completion mask)");
   }
   {
     Tokens u = t;
@@ -150,8 +150,8 @@ TEST_CASE("dynamic_ft_loss: input errors name the argument and what was expected
   }
   {
     Tokens u = t;
-    u.mask.pop_back();
-    CHECK(message([&] { (void)dynamic_ft_loss(u.view()); }) == "mask: got size 5, expected size 6");
+    u.weights.pop_back();
+    CHECK(message([&] { (void)dynamic_ft_loss(u.view()); }) == "weights: got size 5, expected size 6");
   }
   {
     Tokens u = t;
@@ -166,12 +166,12 @@ TEST_CASE("dynamic_ft_loss: input errors name the argument and what was expected
   }
   {
     Tokens u = t;
-    u.mask = {0, 0, 0, 0, 0, 0};
-    CHECK(message([&] { (void)dynamic_ft_loss(u.view()); }).starts_with("mask: got no completion token"));
+    u.weights = {0, 0, 0, 0, 0, 0};
+    CHECK(message([&] { (void)dynamic_ft_loss(u.view()); }).starts_with("weights: got no completion token"));
   }
   {
     Tokens u = t;
-    u.mask[3] = 0;  // sequence 1 has no completion token left
+    u.weights[3] = 0;  // sequence 1 has no completion token left
     CHECK(message([&] { (void)dynamic_ft_loss(u.view()); }) == "no error");                    // token_mean: fine
     CHECK(message([&] { (void)dynamic_ft_loss(u.view(), {.reduction = NllReduction::sequence_mean}); }) == "no error");
     CHECK(message([&] { (void)dynamic_ft_loss(u.view(), {.reduction = NllReduction::length_normalized}); })

@@ -93,8 +93,8 @@ TEST_CASE("a step on the short last batch uses that batch's own size in 1/B, at 
   std::vector<std::int64_t> pl(3), nl(6);
   for (std::size_t i = 0; i < 3; ++i) pl[i] = last.pos.view().completion_length(i);
   for (std::size_t i = 0; i < 6; ++i) nl[i] = last.neg.view().completion_length(i);
-  const auto want = dft_loss<double>({.ids = last.ids, .num_negatives = 2, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = last.ref,
-                                      .pos_len = pl, .neg_len = nl},
+  const auto want = dft_loss<double>({.ids = last.ids, .pos_logp = pos, .neg_logp = neg, .ref_neg_logp = last.ref,
+                                      .pos_len = pl, .neg_len = nl, .num_negatives = 2},
                                      t.est, opt);
   const auto info = t.opt.step(last.view());
   CHECK(info.result.loss == want.loss);

@@ -53,7 +53,7 @@ std::vector<T> dft_run(std::size_t keep_bytes, std::size_t steps, std::size_t* s
                                         static_cast<std::int64_t>((3 * t + 2) % 12)};
     const Sequences pos = random_batch(3, 100 + t), neg = random_batch(6, 200 + t);
     const std::vector<T> ref(6, T(-4));
-    dft.step({.ids = ids, .positives = pos.view(), .negatives = neg.view(), .num_negatives = 2, .ref_neg_logp = ref});
+    dft.step({.ids = ids, .positives = pos.view(), .negatives = neg.view(), .ref_neg_logp = ref, .num_negatives = 2});
   }
   *skipped = model.forwards_skipped();
   const auto p = std::as_const(model).parameters();

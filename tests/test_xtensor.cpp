@@ -337,8 +337,8 @@ TEST_CASE_TEMPLATE("a DFT training run on the xtensor model equals the Eigen-pat
     const CosineSchedule sched{.base_lr = 0.05, .warmup_steps = 3, .total_steps = 30};
     DftOptimizer o1(eigen_model, e1, opt, AdamW<T>{}, sched);
     DftOptimizer o2(xt_model, e2, opt, AdamW<T>{}, sched);
-    const DftBatch<T> batch{.ids = ids, .positives = pos.view(), .negatives = neg.view(), .num_negatives = m,
-                            .ref_neg_logp = ref_logp};
+    const DftBatch<T> batch{.ids = ids, .positives = pos.view(), .negatives = neg.view(),
+                            .ref_neg_logp = ref_logp, .num_negatives = m};
     const auto first = o2.evaluate(batch);
     for (int t = 0; t < 30; ++t) {
       const auto a = o1.step(batch);
@@ -362,8 +362,8 @@ TEST_CASE("a run on the xtensor model checkpoints and resumes bit for bit, like 
   }
   const std::vector<std::int64_t> ids{0, 1};
   const std::vector<double> ref{-1.7, -4.9, -1.6, -5.2};
-  const DftBatch<double> batch{.ids = ids, .positives = pos.view(), .negatives = neg.view(), .num_negatives = 2,
-                               .ref_neg_logp = ref};
+  const DftBatch<double> batch{.ids = ids, .positives = pos.view(), .negatives = neg.view(),
+                               .ref_neg_logp = ref, .num_negatives = 2};
   const DftOptions opt{};
   const CosineSchedule sched{.base_lr = 0.1, .warmup_steps = 2, .total_steps = 12};
   xb::CategoricalPolicy<double> a(C, V), b(C, V);

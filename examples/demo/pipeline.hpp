@@ -338,8 +338,8 @@ struct RunResult {
 struct StepBatch {
   std::span<const std::int64_t> ids;
   dftune::SequenceBatch positives, negatives;
-  std::size_t num_negatives = 0;
   std::span<const float> ref_neg_logp;
+  std::size_t num_negatives = 0;  // last, as in dftune's input structs
 };
 
 // Every completion token of `b` as a one-token completion, for token-level objectives (Dynamic
@@ -442,8 +442,7 @@ RunResult finetune_loop(Model& model, const char* label, double lr, const TrainD
     log.add("step", static_cast<double>(step + 1));
     log.add("epoch", static_cast<double>((step + 1) * B) / static_cast<double>(N));
     log.add("learning_rate", schedule.lr(step));
-    const float loss = train_step(step, StepBatch{.ids = ids, .positives = pos.view(), .negatives = neg.view(),
-                                                  .num_negatives = m, .ref_neg_logp = ref},
+    const float loss = train_step(step, StepBatch{.ids = ids, .positives = pos.view(), .negatives = neg.view(), .ref_neg_logp = ref, .num_negatives = m},
                                   log);
     step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     r.log.push_back(std::move(log));
@@ -510,9 +509,9 @@ RunResult finetune(const Model& base, Method method, double lr, const TrainData&
                                   return loss;
                                 }
                                 const auto info = dft.step({.ids = b.ids, .positives = b.positives, .negatives = b.negatives,
-                                                            .num_negatives = b.num_negatives,
                                                             .ref_neg_logp = method == Method::dft ? b.ref_neg_logp
-                                                                                                  : std::span<const float>()});
+                                                                                                  : std::span<const float>(),
+                                                            .num_negatives = b.num_negatives});
                                 log.add("loss", info.result.loss);
                                 log.add("grad_norm", info.grad_norm);
                                 log.add("logps/chosen", info.mean_pos_logp);

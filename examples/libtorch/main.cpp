@@ -62,8 +62,8 @@ int main() {
       for (std::size_t j = 0; j < kNeg; ++j) neg.push(std::vector<token_t>{static_cast<token_t>(i % V)}, sample(*frozen, static_cast<token_t>(i % V), 0.7, gen));
     std::vector<float> ref_logp(neg.size());
     ref.sequence_logp(neg.view(), ref_logp);
-    const auto info = dft.step({.ids = ids, .positives = pos.view(), .negatives = neg.view(), .num_negatives = kNeg,
-                                .ref_neg_logp = ref_logp});
+    const auto info = dft.step({.ids = ids, .positives = pos.view(), .negatives = neg.view(),
+                                .ref_neg_logp = ref_logp, .num_negatives = kNeg});
     if (e % 5 == 0 || e + 1 == epochs)
       std::printf("%5zu  %8.4f  %16.4f  %17.4f\n", info.step, static_cast<double>(info.result.loss),
                   static_cast<double>(info.mean_pos_logp), static_cast<double>(info.mean_neg_logp));

@@ -96,8 +96,8 @@ int main() {
     std::vector<std::int64_t> pl, nl;
     for (std::size_t i = 0; i < 3; ++i) pl.push_back(pos.view().completion_length(i));
     for (std::size_t k = 0; k < 6; ++k) nl.push_back(neg.view().completion_length(k));
-    const auto r = dft_loss<float>({.ids = ids, .num_negatives = 2, .pos_logp = sp, .neg_logp = sn, .ref_neg_logp = ref,
-                                    .pos_len = pl, .neg_len = nl}, est, opt);
+    const auto r = dft_loss<float>({.ids = ids, .pos_logp = sp, .neg_logp = sn, .ref_neg_logp = ref,
+                                    .pos_len = pl, .neg_len = nl, .num_negatives = 2}, est, opt);
     model.zero_gradients();
     model.accumulate_gradients(pos.view(), r.grad_pos);
     model.accumulate_gradients(neg.view(), r.grad_neg);
@@ -125,8 +125,8 @@ int main() {
     const DftOptions opt{};
     Estimator<float> est(3, opt);
     const std::vector<float> before(model.parameters().begin(), model.parameters().end());
-    DftOptimizer dft(model, est, opt, Sgd<float>{}, ConstantSchedule{.rate = 0.5});
-    dft.step({.ids = ids, .positives = pos.view(), .negatives = neg.view(), .num_negatives = 2, .ref_neg_logp = ref});
+    DftOptimizer dft(model, est, opt, Sgd<float>{}, ConstantSchedule{.base_lr = 0.5});
+    dft.step({.ids = ids, .positives = pos.view(), .negatives = neg.view(), .ref_neg_logp = ref, .num_negatives = 2});
     const std::vector<float> g(model.gradients().begin(), model.gradients().end());
     std::vector<float> moved;
     for (auto& p : net->parameters()) {

@@ -9,6 +9,7 @@
 #include <dftune/estimator/estimator.hpp>
 #include <dftune/objective/dft.hpp>
 #include <dftune/objective/dft_options.hpp>
+#include <dftune/objective/result.hpp>
 #include <dftune/objective/sequence_scores.hpp>
 
 #include <dftune/objective/baseline.hpp>
@@ -36,6 +37,8 @@
 #include <dftune/optim/rule.hpp>
 #include <dftune/optim/schedule.hpp>
 #include <dftune/optim/sgd.hpp>
+
+#include <dftune/callbacks/jsonl_logger.hpp>
 
 // Data-parallel training (docs/distributed.md); the MPI communicator, distributed/mpi.hpp, is
 // included only explicitly (it needs MPI).

@@ -341,8 +341,15 @@ dftune::dft_step. Arguments as dft_loss.
 """ + _DIST_DOC
 
 
-def sft_loss(logp: Tensor, *, reduction: str = "sequence_mean", lengths: Optional[Tensor] = None) -> Tensor:
-    return _C.sft_loss(logp, reduction=reduction, lengths=lengths)
+def sft_loss(logp: Tensor, *, reduction: str = "sequence_mean", len: Optional[Tensor] = None,
+             lengths: Optional[Tensor] = None) -> Tensor:
+    # `lengths` is the spelling before the lengths were named `len` / `pos_len` / `neg_len` everywhere.
+    if lengths is not None:
+        warnings.warn("dftune_torch.sft_loss(lengths=...) is deprecated: pass len=...", FutureWarning, stacklevel=2)
+        if len is not None:
+            raise Error("lengths: got a tensor, expected None when len is given (lengths is len's old name)")
+        len = lengths
+    return _C.sft_loss(logp, reduction=reduction, len=len)
 
 
 def dpo_loss(pos_logp: Tensor, neg_logp: Tensor, ref_pos_logp: Optional[Tensor], ref_neg_logp: Optional[Tensor], *,
@@ -369,9 +376,9 @@ def rloo_loss(logp: Tensor, reward: Tensor) -> Tensor:
     return _C.rloo_loss(logp, reward)
 
 
-def dynamic_ft_loss(token_logp: Tensor, mask: Optional[Tensor], offsets: Tensor, *,
+def dynamic_ft_loss(token_logp: Tensor, weights: Optional[Tensor], offsets: Tensor, *,
                     reduction: str = "token_mean") -> Tensor:
-    return _C.dynamic_ft_loss(token_logp, mask, offsets, reduction=reduction)
+    return _C.dynamic_ft_loss(token_logp, weights, offsets, reduction=reduction)
 
 
 def sequence_logp(logits: Tensor, targets: Tensor, weights: Optional[Tensor], offsets: Tensor) -> Tensor:

@@ -84,9 +84,9 @@ update=False (the default, as dftune::dft_loss) the estimator is only read.)doc"
         "differentiable; the new log u of its ids, float64 [B_r]). Changes nothing: Estimator._commit stores log u.");
 
   m.def("sft_loss", &dftune_torch::sft_loss, "logp"_a, py::kw_only(), "reduction"_a = "sequence_mean",
-        "lengths"_a = py::none(),
-        "SFT: -(1/B) sum_i logp[i] ('sequence_mean'), -sum logp / sum lengths ('token_mean') or "
-        "-(1/B) sum logp[i]/lengths[i] ('length_normalized'). logp [B].");
+        "len"_a = py::none(),
+        "SFT: -(1/B) sum_i logp[i] ('sequence_mean'), -sum logp / sum len ('token_mean') or "
+        "-(1/B) sum logp[i]/len[i] ('length_normalized'). logp [B], len [B] completion lengths.");
   m.def("dpo_loss", &dftune_torch::dpo_loss, "pos_logp"_a, "neg_logp"_a, "ref_pos_logp"_a, "ref_neg_logp"_a,
         py::kw_only(), "beta"_a = 0.1,
         "DPO: mean over pairs (i, j) of -log sigmoid(beta [(pos - ref_pos)_i - (neg - ref_neg)_ij]). "
@@ -104,12 +104,12 @@ update=False (the default, as dftune::dft_loss) the estimator is only read.)doc"
   m.def("rloo_loss", &dftune_torch::rloo_loss, "logp"_a, "reward"_a,
         "RLOO: -(1/(B k)) sum_ij (r_ij - mean of the other rewards of prompt i) logp_ij. logp, reward [B, k], k >= 2.");
 
-  m.def("dynamic_ft_loss", &dftune_torch::dynamic_ft_loss, "token_logp"_a, "mask"_a, "offsets"_a, py::kw_only(),
+  m.def("dynamic_ft_loss", &dftune_torch::dynamic_ft_loss, "token_logp"_a, "weights"_a, "offsets"_a, py::kw_only(),
         "reduction"_a = "token_mean",
         "Dynamic Fine-Tuning (Wu et al. 2025, arXiv 2508.05629; TRL's loss_type='dft', not Discriminative FT): "
         "sum over completion tokens of -c_n sg(p_n) log p_n, p_n = exp(token_logp[n]); c_n = 1/tokens ('token_mean'), "
-        "1/S ('sequence_mean') or 1/(S |y_s|) ('length_normalized'). token_logp [N] (differentiable), mask [N] 0/1 "
-        "or None (masked rows never read), offsets [S + 1].");
+        "1/S ('sequence_mean') or 1/(S |y_s|) ('length_normalized'). token_logp [N] (differentiable), weights [N] 0/1 "
+        "(the completion mask) or None (rows of weight 0 never read), offsets [S + 1].");
 
   // The two reductions run without the GIL (the library's loops touch no Python object): other
   // Python threads (a data loader, a logger) keep running. Arguments are converted before, and

@@ -107,9 +107,9 @@ struct DftInputs {
   Optional ref, plen, nlen;
 
   dftune::SequenceScores<double> scores(std::size_t global_batch_size = 0) const {
-    return {.ids = i64_span(id), .num_negatives = static_cast<std::size_t>(neg.input.size(1)), .pos_logp = pos.span(),
-            .neg_logp = neg.span(), .ref_neg_logp = ref.span<double>(), .pos_len = plen.span<std::int64_t>(),
-            .neg_len = nlen.span<std::int64_t>(), .global_batch_size = global_batch_size};
+    return {.ids = i64_span(id), .pos_logp = pos.span(), .neg_logp = neg.span(), .ref_neg_logp = ref.span<double>(),
+            .pos_len = plen.span<std::int64_t>(), .neg_len = nlen.span<std::int64_t>(),
+            .num_negatives = static_cast<std::size_t>(neg.input.size(1)), .global_batch_size = global_batch_size};
   }
 };
 
@@ -210,9 +210,9 @@ struct PreferenceInputs {
   Optional ref_pos, ref_neg, pos_len, neg_len;
 
   dftune::PreferenceScores<double> scores() const {
-    return {.num_negatives = static_cast<std::size_t>(neg.input.size(1)), .pos_logp = pos.span(),
-            .neg_logp = neg.span(), .ref_pos_logp = ref_pos.span<double>(), .ref_neg_logp = ref_neg.span<double>(),
-            .pos_len = pos_len.span<std::int64_t>(), .neg_len = neg_len.span<std::int64_t>()};
+    return {.pos_logp = pos.span(), .neg_logp = neg.span(), .ref_pos_logp = ref_pos.span<double>(),
+            .ref_neg_logp = ref_neg.span<double>(), .pos_len = pos_len.span<std::int64_t>(),
+            .neg_len = neg_len.span<std::int64_t>(), .num_negatives = static_cast<std::size_t>(neg.input.size(1))};
   }
   at::Tensor attach(const dftune::PreferenceResult<double>& r) const {
     return dftune_torch::attach({pos.input, neg.input},
@@ -283,7 +283,7 @@ inline at::Tensor score_result(const LogProbs& lp, const dftune::ScoreResult<dou
 inline at::Tensor sft_loss(const at::Tensor& logp, const std::string& reduction, const OptTensor& lengths) {
   const dftune::SftOptions opt{.reduction = parse_reduction("reduction", reduction)};
   const LogProbs lp = log_probs("logp", logp, 1, "a 1-D tensor [B]");
-  const Optional len = optional_i64("lengths", lengths, logp, "the shape of logp");
+  const Optional len = optional_i64("len", lengths, logp, "the shape of logp");
   return score_result(lp, dftune::sft_loss(lp.span(), len.span<std::int64_t>(), opt));
 }
 
@@ -293,29 +293,29 @@ inline at::Tensor rloo_loss(const at::Tensor& logp, const at::Tensor& reward) {
   check_shape("reward", reward, logp.sizes(), "the shape of logp");
   if (reward.is_complex()) fail("reward", dtype_of(reward), "a real tensor");
   const at::Tensor r = reward.detach().to(at::kCPU, at::kDouble).contiguous();
-  const dftune::SampleScores<double> s{.group_size = static_cast<std::size_t>(logp.size(1)), .logp = lp.span(),
-                                       .reward = f64_span(r)};
+  const dftune::SampleScores<double> s{.logp = lp.span(),
+                                       .reward = f64_span(r), .group_size = static_cast<std::size_t>(logp.size(1))};
   return score_result(lp, dftune::rloo_loss(s));
 }
 
 // ---- Dynamic Fine-Tuning (objective/dynamic_ft.hpp): per-token log-probs -------------------------
 
-// The mask may be of any real dtype (a bool completion mask works); the library refuses values
-// other than 0 and 1. A masked row's log-prob is never read (it may be NaN).
-inline at::Tensor dynamic_ft_loss(const at::Tensor& token_logp, const OptTensor& mask, const at::Tensor& offsets,
+// The weights may be of any real dtype (a bool completion mask works); the library refuses values
+// other than 0 and 1. A row of weight 0 is never read (its log-prob may be NaN).
+inline at::Tensor dynamic_ft_loss(const at::Tensor& token_logp, const OptTensor& weights, const at::Tensor& offsets,
                                   const std::string& reduction) {
   const dftune::DynamicFtOptions opt{.reduction = parse_reduction("reduction", reduction)};
   const LogProbs lp = log_probs("token_logp", token_logp, 1, "a 1-D tensor [N]");
   Optional w;
-  if (mask) {
-    check_shape("mask", *mask, token_logp.sizes(), "the shape of token_logp");
-    if (mask->is_complex()) fail("mask", dtype_of(*mask), "a real tensor");
-    w.tensor = mask->detach().to(at::kCPU, at::kDouble).contiguous();
+  if (weights) {
+    check_shape("weights", *weights, token_logp.sizes(), "the shape of token_logp");
+    if (weights->is_complex()) fail("weights", dtype_of(*weights), "a real tensor");
+    w.tensor = weights->detach().to(at::kCPU, at::kDouble).contiguous();
   }
   check_dim("offsets", offsets, 1, "a 1-D tensor [S + 1]");
   const at::Tensor off = as_i64("offsets", offsets);
-  const dftune::TokenScores<double> in{.token_logp = lp.span(), .mask = w.span<double>(), .offsets = i64_span(off)};
-  const dftune::TokenResult<double> r = dftune::dynamic_ft_loss(in, opt);
+  const dftune::TokenScores<double> in{.token_logp = lp.span(), .weights = w.span<double>(), .offsets = i64_span(off)};
+  const dftune::ScoreResult<double> r = dftune::dynamic_ft_loss(in, opt);
   return attach({lp.input}, {loss_like(r.loss, lp.input), {grad_like("grad", r.grad, lp.input)}});
 }
 

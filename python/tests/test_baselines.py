@@ -30,9 +30,9 @@ def data(seed=0, dtype=torch.float64):
 # (name, binding call, reference call, differentiable inputs)
 CASES = [
     ("sft sequence_mean", lambda d, x: dt.sft_loss(x[0]), lambda d, x: ref.sft(x[0]), ["pos"]),
-    ("sft token_mean", lambda d, x: dt.sft_loss(x[0], reduction="token_mean", lengths=d["pos_len"]),
+    ("sft token_mean", lambda d, x: dt.sft_loss(x[0], reduction="token_mean", len=d["pos_len"]),
      lambda d, x: ref.sft(x[0], "token_mean", d["pos_len"].double()), ["pos"]),
-    ("sft length_normalized", lambda d, x: dt.sft_loss(x[0], reduction="length_normalized", lengths=d["pos_len"]),
+    ("sft length_normalized", lambda d, x: dt.sft_loss(x[0], reduction="length_normalized", len=d["pos_len"]),
      lambda d, x: ref.sft(x[0], "length_normalized", d["pos_len"].double()), ["pos"]),
     ("dpo", lambda d, x: dt.dpo_loss(x[0], x[1], d["ref_pos"], d["ref_neg"], beta=0.3),
      lambda d, x: ref.dpo(x[0], x[1], d["ref_pos"], d["ref_neg"], 0.3), ["pos", "neg"]),
@@ -172,3 +172,13 @@ def test_no_grad_and_second_derivative():
     (g,) = torch.autograd.grad(dt.dpo_loss(pos, d["neg"], d["ref_pos"], d["ref_neg"]), pos, create_graph=True)
     with pytest.raises(RuntimeError, match="second derivatives are not supported"):
         torch.autograd.grad(g.sum(), pos)
+
+
+def test_sft_lengths_keyword_is_a_deprecated_spelling_of_len():
+    d = data(7)
+    want = dt.sft_loss(d["pos"], reduction="token_mean", len=d["pos_len"])
+    with pytest.warns(FutureWarning, match="len="):
+        got = dt.sft_loss(d["pos"], reduction="token_mean", lengths=d["pos_len"])
+    assert got.item() == want.item()
+    with pytest.raises(dt.Error, match="^lengths: "), pytest.warns(FutureWarning):
+        dt.sft_loss(d["pos"], reduction="token_mean", len=d["pos_len"], lengths=d["pos_len"])

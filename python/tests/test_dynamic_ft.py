@@ -97,12 +97,12 @@ def bad_calls():
     nan_on_token[1] = math.nan
     no_tokens = torch.zeros(9, dtype=torch.bool)
     return [
-        (lambda: dt.dynamic_ft_loss(logp, half, offsets), r"^mask\[1\]: got 0.5, expected 0 or 1 \(a completion mask\)$"),
+        (lambda: dt.dynamic_ft_loss(logp, half, offsets), r"^weights\[1\]: got 0.5, expected 0 or 1 \(a completion mask\)$"),
         (lambda: dt.dynamic_ft_loss(nan_on_token, mask, offsets), r"^token_logp\[1\]: got nan, expected a finite log-prob$"),
-        (lambda: dt.dynamic_ft_loss(logp, no_tokens, offsets), r"^mask: got no completion token, expected at least one row with mask 1$"),
+        (lambda: dt.dynamic_ft_loss(logp, no_tokens, offsets), r"^weights: got no completion token, expected at least one row with weight 1$"),
         (lambda: dt.dynamic_ft_loss(logp, mask, torch.tensor([0, 3, 8])), r"^offsets\[2\]: got 8, expected N = 9 \(the size of token_logp\)$"),
         (lambda: dt.dynamic_ft_loss(logp, mask, offsets, reduction="sum"), r"^reduction: got 'sum', expected"),
-        (lambda: dt.dynamic_ft_loss(logp, mask[:5], offsets), r"^mask: got shape \[5\], expected shape \[9\] \(the shape of token_logp\)$"),
+        (lambda: dt.dynamic_ft_loss(logp, mask[:5], offsets), r"^weights: got shape \[5\], expected shape \[9\] \(the shape of token_logp\)$"),
         (lambda: dt.dynamic_ft_loss(logp.view(3, 3), mask, offsets), r"^token_logp: got shape \[3, 3\], expected a 1-D tensor \[N\]$"),
         (lambda: dt.dynamic_ft_loss(logp, mask, offsets.double()), r"^offsets: got dtype torch.float64, expected an integer tensor"),
     ]

@@ -62,7 +62,7 @@ struct Batch {
   std::vector<double> ref;
   std::size_t m = 0;
   DftBatch<double> view() const {
-    return {.ids = ids, .positives = pos.view(), .negatives = neg.view(), .num_negatives = m, .ref_neg_logp = ref};
+    return {.ids = ids, .positives = pos.view(), .negatives = neg.view(), .ref_neg_logp = ref, .num_negatives = m};
   }
 };
 

@@ -52,7 +52,7 @@ struct Setup {
     }
     std::vector<T> ref{T(-1), T(-2.5), T(-1.5), T(-3)};
     for (std::size_t t = 0; t < steps; ++t)
-      opt.step({.ids = ids, .positives = pos.view(), .negatives = neg.view(), .num_negatives = 2, .ref_neg_logp = ref});
+      opt.step({.ids = ids, .positives = pos.view(), .negatives = neg.view(), .ref_neg_logp = ref, .num_negatives = 2});
   }
   std::vector<std::byte> state() { return io::encode(opt); }
 };
@@ -60,7 +60,7 @@ struct Setup {
 using Adamw = Setup<double, AdamW<double>, CosineSchedule>;
 using SgdF = Setup<float, Sgd<float>, ConstantSchedule>;
 Adamw make_adamw() { return Adamw(AdamW<double>(AdamOptions{.weight_decay = 0.01}), CosineSchedule{.base_lr = 0.1, .warmup_steps = 2, .total_steps = 10}); }
-SgdF make_sgd() { return SgdF(Sgd<float>(SgdOptions{.momentum = 0.5}), ConstantSchedule{.rate = 0.05}); }
+SgdF make_sgd() { return SgdF(Sgd<float>(SgdOptions{.momentum = 0.5}), ConstantSchedule{.base_lr = 0.05}); }
 
 void write_seed(const std::string& dir, std::uint8_t mode, const std::vector<std::byte>& image) {
   std::ofstream out(dir + "/seed_" + std::to_string(mode), std::ios::binary);
@@ -105,7 +105,7 @@ std::vector<std::byte> must_encode(const auto& opt) {
 
 template <class T, class Rule>
 void reachable_run(fuzz::Input& in, const DftOptions& o, Rule rule, double rate, const StepOptions& so) {
-  const ConstantSchedule schedule{.rate = rate};
+  const ConstantSchedule schedule{.base_lr = rate};
   std::optional<Estimator<T>> est, twin_est;
   try {
     est.emplace(kExamples, o);
@@ -145,7 +145,7 @@ void reachable_run(fuzz::Input& in, const DftOptions& o, Rule rule, double rate,
     }
     const std::vector<std::byte> before = must_encode<T>(*opt);
     try {
-      opt->step({.ids = ids, .positives = pos.view(), .negatives = neg.view(), .num_negatives = m, .ref_neg_logp = ref});
+      opt->step({.ids = ids, .positives = pos.view(), .negatives = neg.view(), .ref_neg_logp = ref, .num_negatives = m});
     } catch (const dftune::error&) {
       FUZZ_CHECK(must_encode<T>(*opt) == before);
       continue;

@@ -84,10 +84,10 @@ void objective(fuzz::Input& in) {
   for (auto& l : pos_len) l = static_cast<std::int64_t>(in.count(0, 5)) - (in.byte() == 7 ? 10 : 0);
   for (auto& l : neg_len) l = static_cast<std::int64_t>(in.count(0, 5));
   const std::uint8_t drop = in.byte();
-  SequenceScores<T> s{.ids = ids, .num_negatives = m, .pos_logp = pos, .neg_logp = neg,
+  SequenceScores<T> s{.ids = ids, .pos_logp = pos, .neg_logp = neg,
                       .ref_neg_logp = (drop & 1) ? std::span<const T>() : std::span<const T>(ref),
                       .pos_len = (drop & 2) ? std::span<const std::int64_t>() : std::span<const std::int64_t>(pos_len),
-                      .neg_len = (drop & 4) ? std::span<const std::int64_t>() : std::span<const std::int64_t>(neg_len)};
+                      .neg_len = (drop & 4) ? std::span<const std::int64_t>() : std::span<const std::int64_t>(neg_len), .num_negatives = m};
 
   const std::vector<T> u0(est->raw_log_u().begin(), est->raw_log_u().end());
   const std::vector<unsigned char> seen0(est->raw_seen().begin(), est->raw_seen().end());
@@ -232,11 +232,11 @@ void baselines(fuzz::Input& in) {
   for (auto* v : {&pl, &nl})
     for (auto& l : *v) l = static_cast<std::int64_t>(in.count(0, 6)) - (in.byte() == 3 ? 7 : 0);
   const std::uint8_t drop = in.byte();
-  PreferenceScores<T> p{.num_negatives = m, .pos_logp = pos, .neg_logp = neg,
+  PreferenceScores<T> p{.pos_logp = pos, .neg_logp = neg,
                         .ref_pos_logp = (drop & 1) ? std::span<const T>() : std::span<const T>(rpos),
                         .ref_neg_logp = (drop & 2) ? std::span<const T>() : std::span<const T>(rneg),
                         .pos_len = (drop & 4) ? std::span<const std::int64_t>() : std::span<const std::int64_t>(pl),
-                        .neg_len = (drop & 8) ? std::span<const std::int64_t>() : std::span<const std::int64_t>(nl)};
+                        .neg_len = (drop & 8) ? std::span<const std::int64_t>() : std::span<const std::int64_t>(nl), .num_negatives = m};
   const double a = in.number<double>(5.0), b = in.number<double>(2.0);
   const auto reduction = static_cast<NllReduction>(in.byte() % 4);
   finite_or_error([&] { return dpo_loss(p, DpoOptions{.beta = a}); });
@@ -251,8 +251,8 @@ void baselines(fuzz::Input& in) {
   for (auto& x : reward) x = in.number<T>(3.0);
   for (auto& x : values) x = in.number<T>(3.0);
   for (auto& l : len) l = static_cast<std::int64_t>(in.count(0, 6));
-  const SampleScores<T> smp{.group_size = k, .logp = logp, .reward = reward,
-                            .len = (drop & 16) ? std::span<const std::int64_t>() : std::span<const std::int64_t>(len)};
+  const SampleScores<T> smp{.logp = logp, .reward = reward,
+                            .len = (drop & 16) ? std::span<const std::int64_t>() : std::span<const std::int64_t>(len), .group_size = k};
   finite_or_error([&] { return sft_loss(std::span<const T>(logp), smp.len, SftOptions{.reduction = reduction}); });
   finite_or_error([&] { return rwr_loss(smp, RwrOptions{.eta = a, .normalization = static_cast<RwrNormalization>(in.byte() % 3)}); });
   finite_or_error([&] { return reinforce_loss(smp); });

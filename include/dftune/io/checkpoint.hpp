@@ -238,8 +238,12 @@ template <>
 struct ScheduleCodec<ConstantSchedule> {
   static constexpr std::uint32_t tag = 1;
   static constexpr const char* name = "ConstantSchedule";
-  static void write(Writer& w, const ConstantSchedule& s) { w.f64(s.rate); }
-  static void check(Reader& in, const ConstantSchedule& s) { detail::expect_same("schedule rate", in.f64("schedule rate"), s.rate); }
+  // One f64, as when the field was called `rate`: the format stores no field names, so files
+  // written before the rename load unchanged.
+  static void write(Writer& w, const ConstantSchedule& s) { w.f64(s.base_lr); }
+  static void check(Reader& in, const ConstantSchedule& s) {
+    detail::expect_same("schedule base_lr", in.f64("schedule base_lr"), s.base_lr);
+  }
 };
 
 template <>

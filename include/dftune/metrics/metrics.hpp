@@ -41,9 +41,9 @@ DFTUNE_NAMESPACE_BEGIN
 
 // The reward of each chosen (B) and rejected (B·m, row-major [i][j]) answer of a preference batch.
 struct PairRewards {
-  std::size_t num_negatives = 1;  // m: rejected answers per chosen one
   std::vector<double> chosen;     // [B] r_w of each chosen answer
   std::vector<double> rejected;   // [B·m] r_l of each rejected answer, row-major [i][j]
+  std::size_t num_negatives = 1;  // m: rejected answers per chosen one
 };
 
 // TRL's rewards/* metrics of a preference batch (DPO, IPO, SimPO, ORPO), from PairRewards.
@@ -124,7 +124,7 @@ PairRewards detail::log_ratio_rewards(const PreferenceScores<T>& b, double beta)
   detail::check_beta(beta);
   detail::baselines::check_preferences(b);
   detail::baselines::check_references(b, "a log-ratio reward");
-  PairRewards r{.num_negatives = b.num_negatives, .chosen = {}, .rejected = {}};
+  PairRewards r{.chosen = {}, .rejected = {}, .num_negatives = b.num_negatives};
   for (std::size_t i = 0; i < b.pos_logp.size(); ++i)
     r.chosen.push_back(beta * (static_cast<double>(b.pos_logp[i]) - static_cast<double>(b.ref_pos_logp[i])));
   for (std::size_t k = 0; k < b.neg_logp.size(); ++k)
@@ -138,7 +138,7 @@ PairRewards detail::length_normalized_rewards(const PreferenceScores<T>& b, doub
   detail::check_beta(beta);
   detail::baselines::check_preferences(b);
   detail::baselines::check_preference_lengths(b, "a length-normalised reward");
-  PairRewards r{.num_negatives = b.num_negatives, .chosen = {}, .rejected = {}};
+  PairRewards r{.chosen = {}, .rejected = {}, .num_negatives = b.num_negatives};
   for (std::size_t i = 0; i < b.pos_logp.size(); ++i)
     r.chosen.push_back(beta * static_cast<double>(b.pos_logp[i]) / static_cast<double>(b.pos_len[i]));
   for (std::size_t k = 0; k < b.neg_logp.size(); ++k)

@@ -19,6 +19,7 @@
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
 #include <dftune/objective/checks.hpp>
+#include <dftune/objective/result.hpp>
 #include <dftune/objective/sequence_scores.hpp>
 
 #include <cmath>
@@ -35,13 +36,15 @@ DFTUNE_NAMESPACE_BEGIN
 // answer and m rejected ones, as per-sequence log-probs; each objective reads the spans it names.
 template <class T>
 struct PreferenceScores {
-  std::size_t num_negatives = 1;               // m >= 1 rejected answers per prompt
+  std::span<const std::int64_t> ids = {};      // [B]   example ids; optional, read by no pairwise objective
+                                               //       (kept so that a DFT batch viewed as pairs keeps them)
   std::span<const T> pos_logp = {};            // [B]   s_w = log π_θ(y_i|x_i), summed over completion tokens
   std::span<const T> neg_logp = {};            // [B·m] s_l = log π_θ(y'_ij|x_i), row-major [i][j]
   std::span<const T> ref_pos_logp = {};        // [B]   r_w = log π_ref(y_i|x_i)    (DPO, IPO)
   std::span<const T> ref_neg_logp = {};        // [B·m] r_l = log π_ref(y'_ij|x_i)  (DPO, IPO)
   std::span<const std::int64_t> pos_len = {};  // [B]   |y_w| completion tokens     (SimPO, ORPO)
   std::span<const std::int64_t> neg_len = {};  // [B·m] |y_l|                       (SimPO, ORPO)
+  std::size_t num_negatives = 1;               // m >= 1 rejected answers per prompt
 
   // B, the number of prompts.
   std::size_t batch_size() const { return pos_logp.size(); }
@@ -51,37 +54,21 @@ struct PreferenceScores {
 // positives; DPO and IPO do, so they come as an extra span.
 template <class T>
 PreferenceScores<T> as_preferences(const SequenceScores<T>& s, std::span<const T> ref_pos_logp = {}) {
-  return {.num_negatives = s.num_negatives, .pos_logp = s.pos_logp, .neg_logp = s.neg_logp,
-          .ref_pos_logp = ref_pos_logp, .ref_neg_logp = s.ref_neg_logp, .pos_len = s.pos_len,
-          .neg_len = s.neg_len};
+  return {.ids = s.ids, .pos_logp = s.pos_logp, .neg_logp = s.neg_logp, .ref_pos_logp = ref_pos_logp,
+          .ref_neg_logp = s.ref_neg_logp, .pos_len = s.pos_len, .neg_len = s.neg_len,
+          .num_negatives = s.num_negatives};
 }
 
 // The input of the objectives on k samples per prompt (SFT, RWR, REINFORCE / RLOO, Best-of-N).
 template <class T>
 struct SampleScores {
-  std::size_t group_size = 1;              // k >= 1 samples per prompt (RLOO: k >= 2; Best-of-N: N)
   std::span<const T> logp = {};            // [B·k] log π_θ(y_ij|x_i), row-major [i][j]
   std::span<const T> reward = {};          // [B·k] r_ij
   std::span<const std::int64_t> len = {};  // [B·k] |y_ij|; only for a token-mean reduction
+  std::size_t group_size = 1;              // k >= 1 samples per prompt (RLOO: k >= 2; Best-of-N: N)
 
   // B, the number of prompts.
   std::size_t batch_size() const { return group_size == 0 ? 0 : logp.size() / group_size; }
-};
-
-// Loss and ∂L/∂score for objectives on one list of sequences (SFT, RWR, REINFORCE, Best-of-N).
-template <class T>
-struct ScoreResult {
-  T loss = 0;           // L
-  std::vector<T> grad;  // ∂L/∂logp[n], same layout as the input log-probs
-};
-
-// Loss and ∂L/∂score for the pairwise objectives; same fields as DftResult's, so a comparison
-// harness reads them alike.
-template <class T>
-struct PreferenceResult {
-  T loss = 0;               // L
-  std::vector<T> grad_pos;  // [B]   ∂L/∂pos_logp
-  std::vector<T> grad_neg;  // [B·m] ∂L/∂neg_logp
 };
 
 // How a negative log-likelihood over sequences is averaged (SFT, the SFT term of ORPO, Best-of-N).

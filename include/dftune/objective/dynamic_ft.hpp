@@ -15,7 +15,8 @@
 //   length_normalized      c_n = 1/(S·|y_s|), s the sequence of token n
 //
 // Input: what the token reduction gives (logprob::forward): token_logp, the 0/1 weights of the same
-// TokenLogits (the completion mask) and its sequence offsets. Rows with mask 0 are never read.
+// TokenLogits (the completion mask, `weights` here too) and its sequence offsets. Rows of weight 0 are
+// never read.
 // Backward: the per-token gradient goes back through the same reduction as per-token weights —
 //   logprob::backward(TokenLogits{same logits, targets and offsets, .weights = r.grad}, d_seq = 1, g)
 // writes g[n] = r.grad[n] · (onehot(y_n) − softmax(z_n)) = ∂L/∂z_n, since ∂ log p_n/∂z_n =
@@ -26,6 +27,7 @@
 #include <dftune/error.hpp>
 #include <dftune/objective/baseline.hpp>
 #include <dftune/objective/checks.hpp>
+#include <dftune/objective/result.hpp>
 
 #include <cmath>
 #include <cstddef>
@@ -36,11 +38,12 @@
 
 DFTUNE_NAMESPACE_BEGIN
 
-// The input of dynamic_ft_loss: per-token log-probs of S sequences, with a mask.
+// The input of dynamic_ft_loss: per-token log-probs of S sequences, with their 0/1 completion weights.
 template <class T>
 struct TokenScores {
   std::span<const T> token_logp = {};          // [N] log π_θ(y_n|x, y_<n) on completion rows (logprob::forward's token_logp)
-  std::span<const T> mask = {};                // [N] 1 on completion rows, 0 elsewhere; empty: every row counts
+  std::span<const T> weights = {};             // [N] 1 on completion rows, 0 elsewhere; empty: every row counts
+                                               //     (the 0/1 weights of the TokenLogits, as logprob/ names them)
   std::span<const std::int64_t> offsets = {};  // [S + 1] sequence s owns rows [offsets[s], offsets[s+1])
 };
 
@@ -52,12 +55,10 @@ struct DynamicFtOptions {
 // Throws dftune::error for a reduction that is not an NllReduction.
 inline void validate(const DynamicFtOptions& o) { detail::baselines::check_reduction(o.reduction); }
 
-// Loss and ∂L/∂token_logp, row for row (0 on masked rows).
+// dynamic_ft_loss returns a ScoreResult (objective/result.hpp): grad[n] = ∂L/∂token_logp[n], 0 on
+// rows of weight 0. TokenResult was its own type with the same two fields.
 template <class T>
-struct TokenResult {
-  T loss = 0;  // L
-  std::vector<T> grad;  // [N]
-};
+using TokenResult [[deprecated("use ScoreResult<T>: the same fields")]] = ScoreResult<T>;
 
 namespace detail {
 
@@ -65,7 +66,7 @@ template <class T>
 void validate_token_scores(const TokenScores<T>& in, NllReduction reduction) {
   baselines::check_reduction(reduction);
   const std::size_t N = in.token_logp.size();
-  if (!in.mask.empty()) check_size("mask", in.mask.size(), N);
+  if (!in.weights.empty()) check_size("weights", in.weights.size(), N);
   if (in.offsets.size() < 2)
     fail("offsets", "size " + std::to_string(in.offsets.size()), "size S + 1 >= 2 (at least one sequence)");
   if (in.offsets.front() != 0) fail_at("offsets", 0, in.offsets.front(), "0");
@@ -76,18 +77,18 @@ void validate_token_scores(const TokenScores<T>& in, NllReduction reduction) {
     fail_at("offsets", in.offsets.size() - 1, in.offsets.back(), "N = " + std::to_string(N) + " (the size of token_logp)");
   std::size_t tokens = 0;
   for (std::size_t n = 0; n < N; ++n) {
-    const T w = in.mask.empty() ? T(1) : in.mask[n];
-    if (w != T(0) && w != T(1)) fail_at("mask", n, w, "0 or 1 (a completion mask)");
+    const T w = in.weights.empty() ? T(1) : in.weights[n];
+    if (w != T(0) && w != T(1)) fail_at("weights", n, w, "0 or 1 (a completion mask)");
     if (w == T(0)) continue;
     if (!std::isfinite(in.token_logp[n])) fail_at("token_logp", n, in.token_logp[n], "a finite log-prob");
     ++tokens;
   }
-  if (tokens == 0) fail("mask", "no completion token", "at least one row with mask 1");
+  if (tokens == 0) fail("weights", "no completion token", "at least one row with weight 1");
   if (reduction == NllReduction::length_normalized)
     for (std::size_t s = 0; s + 1 < in.offsets.size(); ++s) {
       bool any = false;
       for (auto n = in.offsets[s]; n < in.offsets[s + 1] && !any; ++n)
-        any = in.mask.empty() || in.mask[static_cast<std::size_t>(n)] != T(0);
+        any = in.weights.empty() || in.weights[static_cast<std::size_t>(n)] != T(0);
       if (!any) fail_at("offsets", s, "a sequence without completion tokens", "at least one (length_normalized divides by |y|)");
     }
 }
@@ -97,14 +98,14 @@ void validate_token_scores(const TokenScores<T>& in, NllReduction reduction) {
 // Dynamic Fine-Tuning's loss −sg(p_t)·log p_t, reduced as opt says, and its gradient per token
 // (see the file's comment). Throws dftune::error, naming the argument, before computing anything.
 template <class T>
-TokenResult<T> dynamic_ft_loss(const TokenScores<T>& in, const DynamicFtOptions& opt = {}) {
+ScoreResult<T> dynamic_ft_loss(const TokenScores<T>& in, const DynamicFtOptions& opt = {}) {
   validate(opt);
   detail::validate_token_scores(in, opt.reduction);
   const std::size_t N = in.token_logp.size(), S = in.offsets.size() - 1;
-  auto counted = [&](std::size_t n) { return in.mask.empty() || in.mask[n] != T(0); };
+  auto counted = [&](std::size_t n) { return in.weights.empty() || in.weights[n] != T(0); };
   double tokens = 0;
   for (std::size_t n = 0; n < N; ++n) tokens += counted(n) ? 1.0 : 0.0;
-  TokenResult<T> r;
+  ScoreResult<T> r;
   r.grad.assign(N, T(0));
   double loss = 0;
   for (std::size_t s = 0; s < S; ++s) {

@@ -2,6 +2,7 @@
 // Per-sequence inputs of the sequence-level objectives: spans of log-probs, never a framework's
 // tensors, so any backend plugs in (docs/math.md, "Data flow").
 #include <dftune/config.hpp>
+#include <dftune/objective/result.hpp>  // DftResult, the result of dft_loss on these inputs
 
 #include <cstddef>
 #include <cstdint>
@@ -12,15 +13,18 @@ DFTUNE_NAMESPACE_BEGIN
 
 // The input of dft_loss / dft_step: B prompts, each with one positive and m negatives, as
 // per-sequence log-probs your model computed, and the example ids that key the estimator.
+// Every input struct of the objectives is laid out alike (designated initialisers follow this
+// order): ids, the data spans (log-probs, then lengths `*_len`, a mask `weights`), then the sizes
+// (num_negatives, group_size, global_batch_size).
 template <class T>
 struct SequenceScores {
   std::span<const std::int64_t> ids = {};        // [B] stable example ids, each in [0, num_examples)
-  std::size_t num_negatives = 0;            // m >= 1
   std::span<const T> pos_logp = {};              // [B]    log π_θ(y_i|x_i), summed over completion tokens
   std::span<const T> neg_logp = {};              // [B·m]  log π_θ(y'_ij|x_i), row-major [i][j]
   std::span<const T> ref_neg_logp = {};          // [B·m]  log π_ref(y'_ij|x_i); DFT only (ignored by DFT2)
   std::span<const std::int64_t> pos_len = {};    // [B]    |y_i|; DFT2 only (ignored by DFT)
   std::span<const std::int64_t> neg_len = {};    // [B·m]  |y'_ij|; DFT2 only (ignored by DFT)
+  std::size_t num_negatives = 0;                 // m >= 1
   // The B of the objective's 1/B: 0 for this batch's size; in a data-parallel step, where this
   // batch is one rank's share, the size of the global batch (>= B), so that the ranks' gradients
   // sum to the single-process gradient of the global batch (DftResult then holds this share's
@@ -29,16 +33,6 @@ struct SequenceScores {
 
   // B, the number of prompts.
   std::size_t batch_size() const { return ids.size(); }
-};
-
-// What dft_loss / dft_step return: L, its gradient wrt the log-probs, and the batch's new log u.
-template <class T>
-struct DftResult {
-  T loss = 0;              // L of docs/math.md: its gradient is the DFT step (τ × objective gradient)
-  T objective = 0;         // (1/B) Σ_i (log u_i − s_i/τ): the estimated −log P_θ(y_i|x_i), for monitoring
-  std::vector<T> grad_pos; // [B]   ∂L/∂pos_logp
-  std::vector<T> grad_neg; // [B·m] ∂L/∂neg_logp
-  std::vector<T> log_u;    // [B]   log u_i after this batch's update (what dft_step stores)
 };
 
 DFTUNE_NAMESPACE_END

@@ -30,6 +30,12 @@
 // micro-batches and is the step over their union — the objective once over the union's scores,
 // the gradient summed over one backward pass per micro-batch, one all-reduce, clip, update and
 // commit. Every rank must pass the same k.
+//
+// Callbacks (callbacks/step_callback.hpp): step(batch, callbacks...) calls each callback's
+// on_step(info) once the step is done; one returning true sets info.stop_requested. Data-parallel,
+// every rank calls its callbacks with the same global loss, lr and grad_norm: a stop decided from
+// them is the same on every rank.
+#include <dftune/callbacks/step_callback.hpp>
 #include <dftune/checked_size.hpp>
 #include <dftune/config.hpp>
 #include <dftune/distributed/collectives.hpp>
@@ -38,6 +44,7 @@
 #include <dftune/distributed/single.hpp>
 #include <dftune/error.hpp>
 #include <dftune/estimator/estimator.hpp>
+#include <dftune/metrics/metrics.hpp>
 #include <dftune/model/concept.hpp>
 #include <dftune/model/sequence_batch.hpp>
 #include <dftune/objective/dft.hpp>
@@ -51,6 +58,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -67,8 +75,8 @@ struct DftBatch {
   std::span<const std::int64_t> ids = {};  // [B] example ids, keys of the estimator state
   SequenceBatch positives = {};            // B sequences: prompt x_i + positive answer y_i
   SequenceBatch negatives = {};            // B·m sequences, row-major [i][j]: x_i + y'_ij ~ π_ref
-  std::size_t num_negatives = 0;           // m
   std::span<const T> ref_neg_logp = {};    // [B·m] log π_ref(y'_ij|x_i), computed once (DFT only)
+  std::size_t num_negatives = 0;           // m
 };
 
 // In a data-parallel step, loss, objective and the means are the global batch's (the ranks' terms
@@ -81,6 +89,11 @@ struct DftStepInfo {
   std::size_t step = 0;    // index of this step (0-based)
   T mean_pos_logp = 0;     // (1/B) Σ_i log π_θ(y_i|x_i) before the update
   T mean_neg_logp = 0;     // (1/(B·m)) Σ_ij log π_θ(y'_ij|x_i) before the update
+  // The estimator's metrics of the step (dft_metrics: log u, effective sample size, weights), given
+  // to callbacks: computed by step() when callbacks are passed and the world is of one process
+  // (a rank's share alone would give a share's numbers); empty otherwise.
+  std::optional<DftMetrics> metrics;
+  bool stop_requested = false;  // a callback passed to step() returned true
 };
 
 // Runs a whole DFT / DFT2 step (see the file's comment) on model M (the Model concept) with the
@@ -121,20 +134,24 @@ class DftOptimizer {
 
   // One training step: score, objective, backward, clip, update, estimator commit. All or nothing: an
   // error (dftune::error naming the argument) leaves the estimator, the parameters, the rule's state
-  // and the step count as they were.
-  DftStepInfo<T> step(const DftBatch<T>& batch) { return step(std::span<const DftBatch<T>>(&batch, 1)); }
+  // and the step count as they were. Then each callback's on_step(info), in order
+  // (callbacks/step_callback.hpp); an exception from one leaves the state as after the step.
+  template <class... Callbacks>
+    requires(StepCallback<Callbacks, DftStepInfo<T>> && ...)
+  DftStepInfo<T> step(const DftBatch<T>& batch, Callbacks&&... callbacks) {
+    return step(std::span<const DftBatch<T>>(&batch, 1), callbacks...);
+  }
 
   // One step over the union of k >= 1 micro-batches (this rank's share of the step, split); the
   // result's per-example vectors are the union's, in the order of the micro-batches.
-  DftStepInfo<T> step(std::span<const DftBatch<T>> micro_batches) {
-    DftStepInfo<T> info = run(micro_batches, /*backward=*/true);
-    const DftResult<T>& r = info.result;
-    const std::span<T> grads = model_.gradients();
-    if constexpr (!single_process) comm_.all_reduce_sum(grads);  // Σ over ranks, the same bits on every rank
-    info.grad_norm = clip_grad_norm(grads, step_opt_.max_grad_norm);
-    rule_.step(model_.parameters(), std::span<const T>(grads), static_cast<T>(info.lr));
-    if (est_.init() != EstimatorInit::fixed) est_.set(union_.ids(), std::span<const T>(r.log_u));  // checked: cannot fail
-    info.step = step_++;
+  template <class... Callbacks>
+    requires(StepCallback<Callbacks, DftStepInfo<T>> && ...)
+  DftStepInfo<T> step(std::span<const DftBatch<T>> micro_batches, Callbacks&&... callbacks) {
+    DftStepInfo<T> info = update(micro_batches);
+    if constexpr (sizeof...(Callbacks) > 0) {
+      if (comm_.size() == 1) info.metrics = dft_metrics(info.result, union_.num_negatives(), opt_, neg_len_);
+      info.stop_requested = detail::call_step_callbacks(info, callbacks...);
+    }
     return info;
   }
 
@@ -171,6 +188,19 @@ class DftOptimizer {
   }
 
  private:
+  // Steps 1–6 of the file's comment.
+  DftStepInfo<T> update(std::span<const DftBatch<T>> micro_batches) {
+    DftStepInfo<T> info = run(micro_batches, /*backward=*/true);
+    const DftResult<T>& r = info.result;
+    const std::span<T> grads = model_.gradients();
+    if constexpr (!single_process) comm_.all_reduce_sum(grads);  // Σ over ranks, the same bits on every rank
+    info.grad_norm = clip_grad_norm(grads, step_opt_.max_grad_norm);
+    rule_.step(model_.parameters(), std::span<const T>(grads), static_cast<T>(info.lr));
+    if (est_.init() != EstimatorInit::fixed) est_.set(union_.ids(), std::span<const T>(r.log_u));  // checked: cannot fail
+    info.step = step_++;
+    return info;
+  }
+
   static double sum(const std::vector<T>& x) {
     double s = 0;
     for (T v : x) s += static_cast<double>(v);
@@ -252,9 +282,9 @@ class DftOptimizer {
     DftStepInfo<T> info;
     const std::vector<Loss> losses = distributed::agree<Loss>(comm_, [&] {
       if (B_local != 0 || B == 0) {  // B == 0: dft_loss names the empty batch
-        const SequenceScores<T> scores{.ids = union_.ids(), .num_negatives = m, .pos_logp = pos_, .neg_logp = neg_,
+        const SequenceScores<T> scores{.ids = union_.ids(), .pos_logp = pos_, .neg_logp = neg_,
                                        .ref_neg_logp = union_.ref_neg_logp(), .pos_len = pos_len_, .neg_len = neg_len_,
-                                       .global_batch_size = B};
+                                       .num_negatives = m, .global_batch_size = B};
         info.result = dft_loss(scores, est_, opt_);
       }
       if (backward) {

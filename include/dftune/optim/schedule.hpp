@@ -26,19 +26,20 @@ inline void check_rate(std::string_view argument, double lr) {
 }
 }  // namespace detail
 
-// lr(t) = rate for every t.
+// lr(t) = base_lr for every t. The field is named as CosineSchedule's peak rate, so that switching
+// schedules changes the type, not the field (it was `rate` before; a field can keep no alias).
 struct ConstantSchedule {
-  double rate = 0;  // finite, >= 0
+  double base_lr = 0;  // finite, >= 0
 
-  // The rate of any step. Throws dftune::error if rate is not finite and >= 0.
+  // The rate of any step. Throws dftune::error if base_lr is not finite and >= 0.
   double lr(std::size_t /*step*/) const {
-    detail::check_rate("rate", rate);
-    return rate;
+    detail::check_rate("base_lr", base_lr);
+    return base_lr;
   }
 };
 
-// Throws dftune::error unless rate is finite and >= 0.
-inline void validate(const ConstantSchedule& s) { detail::check_rate("rate", s.rate); }
+// Throws dftune::error unless base_lr is finite and >= 0.
+inline void validate(const ConstantSchedule& s) { detail::check_rate("base_lr", s.base_lr); }
 
 // Linear warm-up, then cosine decay to min_lr (W = warmup_steps, N = total_steps, t 0-based):
 //

@@ -36,7 +36,7 @@ int main() {
   }
   const std::vector<std::int64_t> ids{0, 1};
   const std::vector<double> ref{-1.4, -2.8, -1.4, -2.8};
-  const DftBatch<double> batch{.ids = ids, .positives = pos.view(), .negatives = neg.view(), .num_negatives = 2, .ref_neg_logp = ref};
+  const DftBatch<double> batch{.ids = ids, .positives = pos.view(), .negatives = neg.view(), .ref_neg_logp = ref, .num_negatives = 2};
   const double before = dft.evaluate(batch).mean_pos_logp;
   for (int t = 0; t < 5; ++t) dft.step(batch);
   const double after = dft.evaluate(batch).mean_pos_logp;
@@ -53,7 +53,7 @@ int main() {
   // The smallest model of docs/backend.md, trained by the same optimizer.
   Unigram uni(4);
   Estimator<double> est3(2, opt);
-  DftOptimizer dft3(uni, est3, opt, Sgd<double>{}, ConstantSchedule{.rate = 0.5});
+  DftOptimizer dft3(uni, est3, opt, Sgd<double>{}, ConstantSchedule{.base_lr = 0.5});
   const double uni_before = dft3.evaluate(batch).mean_pos_logp;
   for (int t = 0; t < 5; ++t) dft3.step(batch);
   const double uni_after = dft3.evaluate(batch).mean_pos_logp;
