@@ -28,8 +28,6 @@ using dftune::logprob::linear::VocabShard;
 
 namespace {
 
-enum class Path { two_phase, two_phase_no_lse, one_pass };
-
 template <class T>
 struct Result {
   using C = compute_t<T>;
@@ -137,22 +135,18 @@ bool same_bits(const std::vector<X>& a, const std::vector<X>& b) {
   return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(X)) == 0);
 }
 
-// max |a − b| over max(|b|, floor): the relative error of an output as a whole (dH, dW and db sum
-// terms of both signs, so an element can be far smaller than the terms that round it); NaN where
-// the other is NaN (masked rows) is equal.
-template <class X>
-double rel_error(const std::vector<X>& a, const std::vector<X>& b, bool per_element) {
-  if (a.size() != b.size()) return std::numeric_limits<double>::infinity();
-  double scale = 0, worst = 0;
-  for (const X& x : b)
-    if (!std::isnan(static_cast<double>(x))) scale = std::max(scale, std::abs(static_cast<double>(x)));
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    const double x = static_cast<double>(a[i]), y = static_cast<double>(b[i]);
-    if (std::isnan(x) && std::isnan(y)) continue;
-    const double e = std::abs(x - y) / std::max(per_element ? std::max(std::abs(y), 1.0) : scale, 1e-30);
-    worst = std::isnan(e) ? std::numeric_limits<double>::infinity() : std::max(worst, e);
+// The same bits in the outputs every rank holds whole (and, with slices, in dW and db too).
+template <class T>
+void check_same_bits(const Result<T>& a, const Result<T>& b, bool slices) {
+  CHECK(same_bits(a.seq, b.seq));
+  CHECK(same_bits(a.token, b.token));
+  CHECK(same_bits(a.lse, b.lse));
+  CHECK(same_bits(a.ent, b.ent));
+  CHECK(same_bits(a.dH, b.dH));
+  if (slices) {
+    CHECK(same_bits(a.dW, b.dW));
+    CHECK(same_bits(a.db, b.db));
   }
-  return worst;
 }
 
 template <class T>
@@ -169,54 +163,30 @@ void compare(const Result<T>& a, const Result<T>& b, double tol, double tol_dh) 
 template <class T>
 void against_single(std::uint64_t seed, double tol, double tol_dh, double own_lse_tol) {
   std::mt19937_64 rng(seed);
-  struct Shape {
-    std::size_t V, d, S;
-    linear::Options opt;
-  };
   const Shape shapes[] = {{37, 5, 6, {}}, {301, 19, 12, {.chunk_rows = 8, .vocab_tile = 64, .dim_tile = 8}}};
-  for (const auto& sh : shapes)
-    for (auto layout : {linear::Layout::vocab_major, linear::Layout::dim_major})
-      for (bool extras : {false, true})
-        for (auto path : {Path::two_phase, Path::two_phase_no_lse, Path::one_pass}) {
-          auto p = random_problem<T>(rng, sh.V, sh.d, sh.S, layout, extras);
-          p.entropy = extras;
-          p.zeta = extras ? 0.3 : 0.0;
-          const auto one = single(p, path, sh.opt);
-          // The two-phase backward given the same row_lse (the single head's forward's): it is a
-          // function of that input, which is float in a float head (see the tolerances below).
-          const auto* lse = path == Path::two_phase ? &one.lse : nullptr;
-          for (std::size_t P : {1u, 2u, 3u, 4u}) {
-            std::vector<VocabShard> shards;
-            for (std::size_t r = 0; r < P; ++r) shards.push_back(linear::even_vocab_shard(sh.V, r, P));
-            if (P == 3) shards = {{0, 1}, {1, sh.V - 11}, {sh.V - 10, 10}};  // uneven, one of a single row
-            INFO("V ", sh.V, " d ", sh.d, " layout ", static_cast<int>(layout), " extras ", extras, " path ", static_cast<int>(path),
-                 " P ", P);
-            const auto ranks = parallel(p, shards, path, sh.opt, lse);
-            for (std::size_t r = 1; r < P; ++r) {  // replicated outputs: the same bits on every rank
-              CHECK(same_bits(ranks[r].seq, ranks[0].seq));
-              CHECK(same_bits(ranks[r].token, ranks[0].token));
-              CHECK(same_bits(ranks[r].lse, ranks[0].lse));
-              CHECK(same_bits(ranks[r].ent, ranks[0].ent));
-              CHECK(same_bits(ranks[r].dH, ranks[0].dH));
-            }
-            const auto all = assemble(p, ranks, shards);
-            if (P == 1) {
-              CHECK(same_bits(all.seq, one.seq));
-              CHECK(same_bits(all.token, one.token));
-              CHECK(same_bits(all.lse, one.lse));
-              CHECK(same_bits(all.ent, one.ent));
-              CHECK(same_bits(all.dH, one.dH));
-              CHECK(same_bits(all.dW, one.dW));
-              CHECK(same_bits(all.db, one.db));
-            } else {
-              compare(all, one, tol, tol_dh);
-              if (lse)  // each head's backward on its own forward's row_lse
-                compare(assemble(p, parallel(p, shards, path, sh.opt), shards), one, own_lse_tol, std::max(tol_dh, own_lse_tol));
-            }
-          }
-        }
+  for_each_case<T>(rng, shapes, [&](const Problem<T>& p, const Shape& sh, linear::Layout layout, bool extras, Path path) {
+    const auto one = single(p, path, sh.opt);
+    // The two-phase backward given the same row_lse (the single head's forward's): it is a
+    // function of that input, which is float in a float head (see the tolerances below).
+    const auto* lse = path == Path::two_phase ? &one.lse : nullptr;
+    for (std::size_t P : {1u, 2u, 3u, 4u}) {
+      std::vector<VocabShard> shards;
+      for (std::size_t r = 0; r < P; ++r) shards.push_back(linear::even_vocab_shard(sh.V, r, P));
+      if (P == 3) shards = {{0, 1}, {1, sh.V - 11}, {sh.V - 10, 10}};  // uneven, one of a single row
+      INFO("V ", sh.V, " d ", sh.d, " layout ", static_cast<int>(layout), " extras ", extras, " path ", static_cast<int>(path), " P ", P);
+      const auto ranks = parallel(p, shards, path, sh.opt, lse);
+      for (std::size_t r = 1; r < P; ++r) check_same_bits(ranks[r], ranks[0], false);
+      const auto all = assemble(p, ranks, shards);
+      if (P == 1) {
+        check_same_bits(all, one, true);
+      } else {
+        compare(all, one, tol, tol_dh);
+        if (lse)  // each head's backward on its own forward's row_lse
+          compare(assemble(p, parallel(p, shards, path, sh.opt), shards), one, own_lse_tol, std::max(tol_dh, own_lse_tol));
+      }
+    }
+  });
 }
-
 }  // namespace
 
 // The tolerances, relative to the largest element of each of dH, dW, db (their sums over the
@@ -245,13 +215,7 @@ TEST_CASE("vocabulary-parallel head: a world of one (distributed::Single) is the
   for (auto path : {Path::two_phase, Path::one_pass}) {
     dftune::distributed::Single comm;
     const auto a = call<float>(&comm, p, linear::even_vocab_shard(p.V, 0, 1), path, {});
-    const auto b = single(p, path, {});
-    CHECK(same_bits(a.seq, b.seq));
-    CHECK(same_bits(a.lse, b.lse));
-    CHECK(same_bits(a.ent, b.ent));
-    CHECK(same_bits(a.dH, b.dH));
-    CHECK(same_bits(a.dW, b.dW));
-    CHECK(same_bits(a.db, b.db));
+    check_same_bits(a, single(p, path, {}), true);
   }
 }
 
