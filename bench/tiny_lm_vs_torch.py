@@ -3,13 +3,11 @@
 PyTorch eager (bench/torch_tiny_lm_step.py) on the same tokens, one scored step (forward +
 backward) on --threads threads, the two programs alternated --pairs times so that both see the
 same machine load. Times are CPU time per step (medians); prints each program's line and a table.
-PyTorch runs with OPENBLAS_NUM_THREADS = --threads (Debian's pthread OpenBLAS ignores
-torch.set_num_threads) and, unless --keep-openblas-env, without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE
-(this machine sets them globally and they halve OpenBLAS's GEMM: bench/RESULTS_gemm_env.md).
+PyTorch's environment: bench/side_by_side.py (OPENBLAS_NUM_THREADS = --threads; without
+OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE unless --keep-openblas-env).
   cmake --build build --target tiny_lm_step
   /usr/bin/python3 bench/tiny_lm_vs_torch.py --exe build/bench/tiny_lm_step [--threads 1 --pairs 3 --rounds 3]
 """
-import argparse
 import json
 import os
 import re
@@ -17,19 +15,16 @@ import statistics
 import subprocess
 import sys
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--exe", default="build/bench/tiny_lm_step")
+here = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, here)
+import side_by_side  # noqa: E402
+
+ap = side_by_side.parser("build/bench/tiny_lm_step")
 ap.add_argument("--threads", type=int, default=1)
 ap.add_argument("--pairs", type=int, default=3)
 ap.add_argument("--rounds", type=int, default=3)
-ap.add_argument("--keep-openblas-env", action="store_true")
 a = ap.parse_args()
-here = os.path.dirname(os.path.abspath(__file__))
-env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
-torch_env = dict(env, OPENBLAS_NUM_THREADS=str(a.threads))
-if not a.keep_openblas_env:
-    for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
-        torch_env.pop(v, None)
+env, torch_env = side_by_side.envs(a.threads, a.keep_openblas_env)
 kinds = {"forward + backward": "plain", "scored step (": "scored", "scored step, activations kept": "kept"}
 ours = {k: [] for k in kinds.values()}
 torch_cpu, torch_wall = [], []

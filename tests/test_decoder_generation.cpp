@@ -9,6 +9,7 @@
 #include <dftune/model/decoder/kv_decoder.hpp>
 #include <dftune/model/generation/generate.hpp>
 
+#include "support/generation.hpp"
 #include "support/testing.hpp"
 
 #include <doctest/doctest.h>
@@ -19,10 +20,6 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
 using namespace dftune;
 
 static_assert(generation::CachedDecoder<decoder::KvDecoder<float>> && generation::CachedDecoder<decoder::KvDecoder<double>>);
@@ -30,37 +27,10 @@ static_assert(SamplingModel<Decoder<float>>);
 
 namespace {
 
-struct Batch {
-  std::vector<token_t> tokens;
-  std::vector<std::int64_t> offsets{0};
-  void add(const std::vector<token_t>& p) {
-    tokens.insert(tokens.end(), p.begin(), p.end());
-    offsets.push_back(static_cast<std::int64_t>(tokens.size()));
-  }
-  Prompts view() const { return {.tokens = tokens, .offsets = offsets}; }
-};
-
-Batch random_prompts(std::size_t count, std::size_t max_len, std::size_t vocab, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  Batch b;
-  for (std::size_t p = 0; p < count; ++p) {
-    std::vector<token_t> t(1 + rng() % max_len);
-    for (auto& x : t) x = static_cast<token_t>(rng() % vocab);
-    b.add(t);
-  }
-  return b;
-}
-
-void set_threads([[maybe_unused]] int n) {
-#if defined(_OPENMP)
-  omp_set_num_threads(n);
-#endif
-}
-
-std::vector<token_t> completion(const Sequences& s, std::size_t i) {
-  const auto seq = s.view().sequence(i);
-  return {seq.begin() + s.prompt_len[i], seq.end()};
-}
+using test::Batch;
+using test::completion;
+using test::random_prompts;
+using test::set_threads;
 
 // GPT-2 with every bias; 4 heads of 8.
 decoder::Config gpt2() { return decoder::tiny_gpt2(/*vocab=*/61, /*d=*/32, /*layers=*/2, /*heads=*/4, /*max_len=*/24); }
@@ -147,29 +117,7 @@ TEST_CASE("decoder cached generation: token for token the uncached generation, Q
 }
 
 TEST_CASE("decoder cached generation: a prompt's tokens do not depend on the rest of the batch or on the thread count") {
-  for (const auto& c : {gpt2(), llama()}) {
-    const Decoder<double> m = model<double>(c, 5);
-    const Batch all = random_prompts(24, 10, c.vocab, 6), other = random_prompts(24, 10, c.vocab, 7);
-    const SamplingOptions o{.temperature = 0.8, .top_k = 40, .top_p = 0.95, .seed = 8};
-    set_threads(1);
-    const Sequences ref = m.generate(all.view(), 10, o);
-    set_threads(2);
-    CHECK(m.generate(all.view(), 10, o).tokens == ref.tokens);
-    for (std::size_t k : {1, 5, 17}) {
-      Batch first, mixed;
-      for (std::size_t p = 0; p < 24; ++p) {
-        const auto a = all.view().prompt(p), z = other.view().prompt(p);
-        if (p < k) first.add({a.begin(), a.end()});
-        mixed.add(p < k ? std::vector<token_t>(a.begin(), a.end()) : std::vector<token_t>(z.begin(), z.end()));
-      }
-      const Sequences alone = m.generate(first.view(), 10, o), with = m.generate(mixed.view(), 10, o);
-      for (std::size_t p = 0; p < k; ++p) {
-        CAPTURE(p);
-        CHECK(completion(alone, p) == completion(ref, p));
-        CHECK(completion(with, p) == completion(ref, p));
-      }
-    }
-  }
+  for (const auto& c : {gpt2(), llama()}) test::check_prompt_independence(model<double>(c, 5), 24, 10, c.vocab);
 }
 
 TEST_CASE("decoder cached generation: the cache holds the key/value heads only, and bad requests are named errors before allocation") {

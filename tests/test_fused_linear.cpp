@@ -223,8 +223,6 @@ std::vector<std::byte> workspace_for(const Problem<T>& p, const linear::LinearOp
   return std::vector<std::byte>(linear::workspace_size(p.view(), opt));
 }
 
-enum class Path { two_phase, two_phase_no_lse, one_pass };
-
 // Runs forward + backward (or forward_backward), with dW and db starting from non-zero values
 // (they accumulate).
 template <class T>
@@ -262,10 +260,6 @@ Outputs<T> run(const Problem<T>& p, Path path, const linear::LinearOptions& opt,
 template <class T>
 void against_oracle(std::uint64_t seed) {
   std::mt19937_64 rng(seed);
-  struct Shape {
-    std::size_t V, d, S;
-    linear::LinearOptions opt;
-  };
   const Shape shapes[] = {
       {1, 3, 3, {}},                                                         // V = 1: every log-prob is 0
       {37, 5, 4, {}},                                                        // N below one chunk (auto plan)
@@ -273,22 +267,16 @@ void against_oracle(std::uint64_t seed) {
       {257, 33, 9, {.chunk_rows = 5, .vocab_tile = 256, .dim_tile = 64}},    // last vocab tile of one column
       {130, 17, 7, {.chunk_rows = 1, .vocab_tile = 7, .dim_tile = 1}},       // one-row chunks, tiny tiles
   };
-  for (const auto& sh : shapes)
-    for (auto layout : {linear::Layout::vocab_major, linear::Layout::dim_major})
-      for (bool bias : {false, true})
-        for (auto path : {Path::two_phase, Path::two_phase_no_lse, Path::one_pass}) {
-          auto p = random_problem<T>(rng, sh.V, sh.d, sh.S, layout, bias);
-          // The optional outputs and the z-loss on half the cases; the default call on the other half.
-          p.entropy = bias;
-          p.zeta = bias ? 0.3 : 0.0;
-          INFO("V ", sh.V, " d ", sh.d, " N ", p.N, " layout ", static_cast<int>(layout), " bias ", bias, " path ",
-               static_cast<int>(path), " chunk ", sh.opt.chunk_rows, " entropy and z-loss ", bias);
-          const Oracle o = oracle(p);
-          std::vector<double> dW0, db0;
-          const auto out = run(p, path, sh.opt, &dW0, &db0);
-          check_forward(p, o, out);
-          check_backward(p, o, out, dW0, db0);
-        }
+  // The optional outputs and the z-loss on half the cases (with the bias); the default call on the other half.
+  for_each_case<T>(rng, shapes, [&](const Problem<T>& p, const Shape& sh, linear::Layout layout, bool bias, Path path) {
+    INFO("V ", sh.V, " d ", sh.d, " N ", p.N, " layout ", static_cast<int>(layout), " bias ", bias, " path ", static_cast<int>(path),
+         " chunk ", sh.opt.chunk_rows, " entropy and z-loss ", bias);
+    const Oracle o = oracle(p);
+    std::vector<double> dW0, db0;
+    const auto out = run(p, path, sh.opt, &dW0, &db0);
+    check_forward(p, o, out);
+    check_backward(p, o, out, dW0, db0);
+  });
 }
 
 }  // namespace
@@ -599,11 +587,16 @@ TEST_CASE("fused linear head: results do not depend on the thread count") {
 }
 #endif
 
-TEST_CASE("fused linear head: forward_backward equals forward then backward, bit for bit") {
-  // With no d_seq of 0 the backward recomputes the same chunks, so every output agrees exactly;
-  // dW and db accumulate (a second backward adds the same amount again).
+namespace {
+
+// With no d_seq of 0 the backward recomputes the same chunks, so the outputs agree but for the
+// lse: forward_backward keeps it in double, the two-phase backward reads row_lse as stored, in
+// compute_t<T>. In double that is all of it (bit for bit); in float half an ulp of lse moves every
+// softmax entry of the row: measured 2.6e-7 of the largest element of dH (1e-7 of dW, db).
+template <class T>
+void one_pass_is_two_phase(double tol) {
   std::mt19937_64 rng(10);
-  auto p = random_problem<float>(rng, 700, 24, 14, linear::Layout::vocab_major, true);
+  auto p = random_problem<T>(rng, 700, 24, 14, linear::Layout::vocab_major, true);
   for (auto& x : p.d_seq)
     if (x == 0) x = 0.5f;
   const linear::LinearOptions opt{.chunk_rows = 16};
@@ -611,9 +604,21 @@ TEST_CASE("fused linear head: forward_backward equals forward then backward, bit
   const auto b = run(p, Path::two_phase, opt);
   CHECK(a.seq == b.seq);
   CHECK(a.token == b.token);
-  CHECK(a.dH == b.dH);
-  CHECK(a.dW == b.dW);
-  CHECK(a.db == b.db);
+  CHECK(rel_error(a.dH, b.dH, false) <= tol);
+  CHECK(rel_error(a.dW, b.dW, false) <= tol);
+  CHECK(rel_error(a.db, b.db, false) <= tol);
+  if (tol == 0) {
+    CHECK(a.dH == b.dH);
+    CHECK(a.dW == b.dW);
+    CHECK(a.db == b.db);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("fused linear head: forward_backward equals forward then backward (bit for bit in double)") {
+  one_pass_is_two_phase<double>(0);
+  one_pass_is_two_phase<float>(1e-6);
 }
 
 TEST_CASE("fused linear head: dW and db accumulate, dH is written") {

@@ -7,6 +7,8 @@
 #include <dftune/model/generation/kv_cache.hpp>
 #include <dftune/model/tiny_lm/tiny_lm.hpp>
 
+#include "support/generation.hpp"
+
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -16,35 +18,14 @@
 #include <random>
 #include <vector>
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
 using namespace dftune;
 
 namespace {
 
-struct Batch {
-  std::vector<token_t> tokens;
-  std::vector<std::int64_t> offsets{0};
-  void add(const std::vector<token_t>& p) {
-    tokens.insert(tokens.end(), p.begin(), p.end());
-    offsets.push_back(static_cast<std::int64_t>(tokens.size()));
-  }
-  Prompts view() const { return {.tokens = tokens, .offsets = offsets}; }
-};
-
-// `count` prompts of 1 to max_len random tokens each.
-Batch random_prompts(std::size_t count, std::size_t max_len, std::size_t vocab, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  Batch b;
-  for (std::size_t p = 0; p < count; ++p) {
-    std::vector<token_t> t(1 + rng() % max_len);
-    for (auto& x : t) x = static_cast<token_t>(rng() % vocab);
-    b.add(t);
-  }
-  return b;
-}
+using test::Batch;
+using test::completion;
+using test::random_prompts;
+using test::set_threads;
 
 // Non-trivial gains and biases, so the cached path must get every parameter right.
 template <class T>
@@ -54,17 +35,6 @@ void randomize(TinyLm<T>& m, std::uint64_t seed) {
   for (const auto& g : m.layout().groups)
     if (g.rows == 1)
       for (std::size_t k = 0; k < g.size(); ++k) m.parameters()[g.offset + k] += static_cast<T>(normal(rng));
-}
-
-void set_threads([[maybe_unused]] int n) {
-#if defined(_OPENMP)
-  omp_set_num_threads(n);
-#endif
-}
-
-std::vector<token_t> completion(const Sequences& s, std::size_t i) {
-  const auto seq = s.view().sequence(i);
-  return {seq.begin() + s.prompt_len[i], seq.end()};
 }
 
 const SamplingOptions kOptions[] = {
@@ -121,29 +91,7 @@ TEST_CASE("cached generation: token for token the uncached generation, tiled sha
 
 TEST_CASE("cached generation: a prompt's tokens do not depend on the rest of the batch or on the thread count") {
   const tiny_lm::Config c{.vocab = 300, .max_len = 24, .d_model = 64, .n_heads = 4, .n_layers = 2, .d_ff = 256, .init_std = 0.5};
-  TinyLm<double> m(c, 5);
-  const Batch all = random_prompts(32, 12, c.vocab, 6), other = random_prompts(32, 12, c.vocab, 7);
-  const SamplingOptions o{.temperature = 0.8, .top_k = 40, .top_p = 0.95, .seed = 8};
-  set_threads(1);
-  const Sequences ref = m.generate(all.view(), 10, o);
-  set_threads(2);
-  CHECK(m.generate(all.view(), 10, o).tokens == ref.tokens);
-  // Prompt p keeps its stream (seed, p): the first k prompts alone, and prompts 0..k−1 with other
-  // prompts after them.
-  for (std::size_t k : {1, 5, 17}) {
-    Batch first, mixed;
-    for (std::size_t p = 0; p < 32; ++p) {
-      const auto a = all.view().prompt(p), z = other.view().prompt(p);
-      if (p < k) first.add({a.begin(), a.end()});
-      mixed.add(p < k ? std::vector<token_t>(a.begin(), a.end()) : std::vector<token_t>(z.begin(), z.end()));
-    }
-    const Sequences alone = m.generate(first.view(), 10, o), with = m.generate(mixed.view(), 10, o);
-    for (std::size_t p = 0; p < k; ++p) {
-      CAPTURE(p);
-      CHECK(completion(alone, p) == completion(ref, p));
-      CHECK(completion(with, p) == completion(ref, p));
-    }
-  }
+  test::check_prompt_independence(TinyLm<double>(c, 5), 32, 12, c.vocab);
 }
 
 TEST_CASE("logprob::linear::logits: z = H W + b for both layouts, independent of the thread count") {

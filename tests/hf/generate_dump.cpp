@@ -5,6 +5,8 @@
 //   {"max_new": N, "prompts": [[...], ...], "runs": [{"temperature", "top_k", "top_p", "seed", "eos",
 //    "completions": [[...], ...]}, ...]}     (eos -1: none)
 //   hf_generate_dump --arch gpt2|llama --dir DIR
+#include "dump_main.hpp"
+
 #include <dftune/hf/pretrained.hpp>
 
 #include <cstdio>
@@ -40,22 +42,9 @@ std::string list(std::span<const dftune::token_t> v) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string arch, dir;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--arch")) arch = argv[i + 1];
-    if (!std::strcmp(argv[i], "--dir")) dir = argv[i + 1];
-  }
-  if (arch.empty() || dir.empty()) {
-    std::fprintf(stderr, "usage: hf_generate_dump --arch gpt2|llama --dir DIR\n");
-    return 2;
-  }
-  try {
-    dftune::Decoder<double> m(config_for(arch), 19);
+  return hf_dump::main_of("hf_generate_dump", "gpt2|llama", argc, argv, [](const std::string& arch, const std::filesystem::path& root) {
     std::mt19937_64 rng(29);
-    std::normal_distribution<double> noise(0, 0.15);
-    for (double& p : m.parameters()) p += noise(rng);
-    const std::filesystem::path root(dir);
-    dftune::hf::save_pretrained(root / "model", m);
+    const dftune::Decoder<double> m = hf_dump::noisy_model(config_for(arch), 19, rng, root);
     std::vector<dftune::token_t> tokens;
     std::vector<std::int64_t> offsets{0};
     std::uniform_int_distribution<int> tok(0, static_cast<int>(m.vocab_size()) - 1);
@@ -94,9 +83,5 @@ int main(int argc, char** argv) {
     }
     f << "]}\n";
     if (!f) throw dftune::io_error("generated.json: write failed");
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "hf_generate_dump: %s\n", e.what());
-    return 1;
-  }
-  return 0;
+  });
 }

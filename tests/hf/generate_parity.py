@@ -8,11 +8,9 @@ requires every token to be equal. Exit 77 (skipped) without torch.
 
   generate_parity.py --dump PATH/hf_generate_dump --arch gpt2|llama --dir DIR
 """
-import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 
 try:
@@ -22,7 +20,7 @@ except ImportError:
     sys.exit(77)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import parity  # noqa: E402  (gpt2_logits, llama_logits, read_safetensors)
+import parity  # noqa: E402  (run_dump: the dump, its checkpoint and the architecture's forward)
 
 M64 = (1 << 64) - 1
 
@@ -75,19 +73,9 @@ def sample(z, temperature, top_k, top_p, u):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--dump", required=True)
-    ap.add_argument("--arch", required=True)
-    ap.add_argument("--dir", required=True)
-    a = ap.parse_args()
-    os.makedirs(a.dir, exist_ok=True)
-    subprocess.run([a.dump, "--arch", a.arch, "--dir", a.dir], check=True)
-    with open(os.path.join(a.dir, "model", "config.json")) as f:
-        cfg = json.load(f)
+    a, cfg, params, forward = parity.run_dump()
     with open(os.path.join(a.dir, "generated.json")) as f:
         gen = json.load(f)
-    params = parity.read_safetensors(os.path.join(a.dir, "model", "model.safetensors"))
-    forward = parity.gpt2_logits if cfg["model_type"] == "gpt2" else parity.llama_logits
     bad = 0
     with torch.no_grad():
         for run in gen["runs"]:

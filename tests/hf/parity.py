@@ -152,7 +152,10 @@ def rel(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
 
 
-def main():
+def run_dump():
+    """The command line --dump PATH --arch A --dir DIR of this script and generate_parity.py: runs
+    the dump tool at PATH into DIR; returns the arguments, the checkpoint's config.json, its
+    parameters and the forward of its architecture."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--dump", required=True)
     ap.add_argument("--arch", required=True)
@@ -162,8 +165,13 @@ def main():
     subprocess.run([a.dump, "--arch", a.arch, "--dir", a.dir], check=True)
     with open(os.path.join(a.dir, "model", "config.json")) as f:
         cfg = json.load(f)
-    params = {k: v.clone().requires_grad_(True) for k, v in read_safetensors(os.path.join(a.dir, "model", "model.safetensors")).items()}
-    forward = gpt2_logits if cfg["model_type"] == "gpt2" else llama_logits
+    params = read_safetensors(os.path.join(a.dir, "model", "model.safetensors"))
+    return a, cfg, params, gpt2_logits if cfg["model_type"] == "gpt2" else llama_logits
+
+
+def main():
+    a, cfg, params, forward = run_dump()
+    params = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     ok = True
     for kind, tol_logits, tol_grad in (("float", 1e-5, 1e-4), ("double", 1e-10, 1e-9)):
         out = read_safetensors(os.path.join(a.dir, f"out_{kind}.safetensors"))

@@ -7,6 +7,8 @@
 // weights saved as BF16 in DIR/model_bf16/ are loaded into a bf16-stored Decoder<float, bf16>, whose
 // logits and seq_logp (no gradients: it is frozen) go to DIR/out_bf16.safetensors.
 //   hf_parity_dump --arch gpt2|llama|qwen2 --dir DIR
+#include "dump_main.hpp"
+
 #include <dftune/hf/pretrained.hpp>
 
 #include <cstdio>
@@ -62,24 +64,9 @@ void dump(const std::filesystem::path& model_dir, const std::filesystem::path& o
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string arch, dir;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--arch")) arch = argv[i + 1];
-    if (!std::strcmp(argv[i], "--dir")) dir = argv[i + 1];
-  }
-  if (arch.empty() || dir.empty()) {
-    std::fprintf(stderr, "usage: hf_parity_dump --arch gpt2|llama|qwen2 --dir DIR\n");
-    return 2;
-  }
-  try {
-    dftune::Decoder<double> m(config_for(arch), 17);
-    // Every parameter moved away from its initialisation (gains off 1, biases off 0), at a scale
-    // where the layers do something: attention not uniform, activations off their linear part.
+  return hf_dump::main_of("hf_parity_dump", "gpt2|llama|qwen2", argc, argv, [](const std::string& arch, const std::filesystem::path& root) {
     std::mt19937_64 rng(23);
-    std::normal_distribution<double> noise(0, 0.15);
-    for (double& p : m.parameters()) p += noise(rng);
-    const std::filesystem::path root(dir);
-    dftune::hf::save_pretrained(root / "model", m);
+    const dftune::Decoder<double> m = hf_dump::noisy_model(config_for(arch), 17, rng, root);
     dftune::Sequences b;
     std::uniform_int_distribution<int> tok(0, static_cast<int>(m.vocab_size()) - 1);
     auto draw = [&](std::size_t len) {
@@ -95,9 +82,5 @@ int main(int argc, char** argv) {
     dump<double>(root / "model", root / "out_double.safetensors", b, d_scores);
     dftune::hf::save_pretrained(root / "model_bf16", m, dftune::hf::Dtype::bf16);
     dump<float, dftune::decoder::bf16>(root / "model_bf16", root / "out_bf16.safetensors", b, d_scores);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "hf_parity_dump: %s\n", e.what());
-    return 1;
-  }
-  return 0;
+  });
 }

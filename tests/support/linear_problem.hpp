@@ -2,13 +2,17 @@
 // A random problem for the fused linear head (logprob/linear/): H, W (either layout), b, targets,
 // weights with masked rows, sequences (one empty) and d_seq with zeros; shared by
 // tests/test_fused_linear.cpp (against the materialised oracle) and tests/test_vocab_parallel.cpp
-// (against the single-process head).
+// (against the single-process head), with the loop over their cases and the relative error they
+// compare outputs by (also tests/mpi/test_mpi_vocab_parallel.cpp).
 #include <dftune/logprob/cpu/bf16.hpp>
 #include <dftune/logprob/linear/linear.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
+#include <span>
 #include <random>
 #include <vector>
 
@@ -81,6 +85,48 @@ Problem<T> random_problem(std::mt19937_64& rng, std::size_t V, std::size_t d, st
   }
   for (std::size_t s = 0; s < S; ++s) p.d_seq.push_back(static_cast<compute_t<T>>(s % 5 == 3 ? 0.0 : dd(rng)));
   return p;
+}
+
+// How a test calls the head: forward then backward given row_lse, backward recomputing it, or
+// forward_backward.
+enum class Path { two_phase, two_phase_no_lse, one_pass };
+
+struct Shape {
+  std::size_t V, d, S;
+  linear::LinearOptions opt;
+};
+
+// Every shape × layout × (bias, entropy and a z-loss of 0.3: without, with) × path, each a fresh
+// random_problem from rng in that order: f(problem, shape, layout, extras, path).
+template <class T, class F>
+void for_each_case(std::mt19937_64& rng, std::span<const Shape> shapes, F&& f) {
+  for (const Shape& sh : shapes)
+    for (auto layout : {linear::Layout::vocab_major, linear::Layout::dim_major})
+      for (bool extras : {false, true})
+        for (auto path : {Path::two_phase, Path::two_phase_no_lse, Path::one_pass}) {
+          auto p = random_problem<T>(rng, sh.V, sh.d, sh.S, layout, extras);
+          p.entropy = extras;
+          p.zeta = extras ? 0.3 : 0.0;
+          f(p, sh, layout, extras, path);
+        }
+}
+
+// max |a − b| over max(|b|, floor) (per_element: over max(|b_i|, 1)): the relative error of an
+// output as a whole (dH, dW and db sum terms of both signs, so an element can be far smaller than
+// the terms that round it); NaN where the other is NaN (masked rows) is equal.
+template <class X>
+double rel_error(const std::vector<X>& a, const std::vector<X>& b, bool per_element) {
+  if (a.size() != b.size()) return std::numeric_limits<double>::infinity();
+  double scale = 0, worst = 0;
+  for (const X& x : b)
+    if (!std::isnan(static_cast<double>(x))) scale = std::max(scale, std::abs(static_cast<double>(x)));
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    const double x = static_cast<double>(a[i]), y = static_cast<double>(b[i]);
+    if (std::isnan(x) && std::isnan(y)) continue;
+    const double e = std::abs(x - y) / std::max(per_element ? std::max(std::abs(y), 1.0) : scale, 1e-30);
+    worst = std::isnan(e) ? std::numeric_limits<double>::infinity() : std::max(worst, e);
+  }
+  return worst;
 }
 
 }  // namespace linear_problem

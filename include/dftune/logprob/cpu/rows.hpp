@@ -216,9 +216,19 @@ DFTUNE_ALWAYS_INLINE C block_sum_exp(const C* x, std::size_t n, C m, const char*
   return s;
 }
 
+// lse as the pair hi + lo of compute_t numbers (hi = lse rounded, lo = the rest), so that x − lse
+// is (x − hi) − lo: rounded to C once, lse would move every exp(x − lse) of the row by up to half
+// an ulp of lse (3e-8·|lse| in float, 5e-7 at lse ≈ 16) — one error for the whole row, which the
+// gradient's sums over rows and over the vocabulary do not average away.
+template <class C>
+struct Split {
+  C hi, lo;
+  explicit Split(double x) : hi(static_cast<C>(x)), lo(static_cast<C>(x - static_cast<double>(hi))) {}
+};
+
 // g = minus_c · exp(x − lse); g may be x.
 template <class C, std::size_t Bytes>
-DFTUNE_ALWAYS_INLINE void block_grad(const C* x, C* g, std::size_t n, C lse, C minus_c) {
+DFTUNE_ALWAYS_INLINE void block_grad(const C* x, C* g, std::size_t n, Split<C> lse, C minus_c) {
   using S = Simd<C, Bytes>;
   using v = typename S::v;
   constexpr std::size_t L = Bytes / sizeof(C);
@@ -226,12 +236,13 @@ DFTUNE_ALWAYS_INLINE void block_grad(const C* x, C* g, std::size_t n, C lse, C m
   for (; i + L <= n; i += L) {
     v a;
     load<S>(a, x + i);
-    a -= lse;
+    a -= lse.hi;
+    a -= lse.lo;
     vexp<S, true>(a);
     a *= minus_c;
     store<S>(g + i, a);
   }
-  for (; i < n; ++i) g[i] = minus_c * std::exp(x[i] - lse);
+  for (; i < n; ++i) g[i] = minus_c * std::exp((x[i] - lse.hi) - lse.lo);
 }
 
 // Online log Σ exp over one row, reading it once: per L1 block a max pass, then an exp-and-sum
@@ -269,14 +280,15 @@ DFTUNE_ALWAYS_INLINE void row_grad_body(const T* z, T* grad, std::size_t vocab, 
   using C = compute_t<T>;
   alignas(64) C stage[std::is_same_v<T, bf16> ? block : 1];
   const double zy = static_cast<double>(to_compute(z[y]));  // read before an in-place write
+  const Split<C> l(lse);
   for (std::size_t b = 0; b < vocab; b += block) {
     const std::size_t n = std::min(block, vocab - b);
     if constexpr (std::is_same_v<T, bf16>) {
       widen(z + b, stage, n);
-      block_grad<C, Bytes>(stage, stage, n, static_cast<C>(lse), static_cast<C>(-c));
+      block_grad<C, Bytes>(stage, stage, n, l, static_cast<C>(-c));
       narrow(stage, grad + b, n);
     } else {
-      block_grad<C, Bytes>(z + b, grad + b, n, static_cast<C>(lse), static_cast<C>(-c));
+      block_grad<C, Bytes>(z + b, grad + b, n, l, static_cast<C>(-c));
     }
   }
   grad[y] = static_cast<T>(static_cast<C>(c * (1.0 - std::exp(zy - lse))));

@@ -66,12 +66,13 @@ namespace logprob::linear::detail {
 // number the argument is clamped there (vexp's floor), for the factor too: such a term adds at most
 // 87·1.2e-38 (float), where −inf · 0 would make NaN.
 template <class S, class C>
-DFTUNE_ALWAYS_INLINE void add_entropy(typename S::v& s, const C* x, C lse) {
+DFTUNE_ALWAYS_INLINE void add_entropy(typename S::v& s, const C* x, cpu::kernel::Split<C> lse) {
   using v = typename S::v;
   const v lo = v{} + S::lo;
   v a;
   cpu::kernel::load<S>(a, x);
-  a -= lse;
+  a -= lse.hi;  // z − lse in two steps: cpu::kernel::Split
+  a -= lse.lo;
   a = lo > a ? lo : a;
   v p = a;
   cpu::kernel::vexp<S, true>(p);
@@ -80,7 +81,7 @@ DFTUNE_ALWAYS_INLINE void add_entropy(typename S::v& s, const C* x, C lse) {
 
 // Σ p (lse − z) over one L1 block, in lanes of C; the caller adds the blocks in double.
 template <class C, std::size_t Bytes>
-DFTUNE_ALWAYS_INLINE C block_entropy(const C* z, std::size_t n, C lse) {
+DFTUNE_ALWAYS_INLINE C block_entropy(const C* z, std::size_t n, cpu::kernel::Split<C> lse) {
   using S = cpu::kernel::Simd<C, Bytes>;
   using v = typename S::v;
   constexpr std::size_t L = Bytes / sizeof(C);
@@ -95,7 +96,7 @@ DFTUNE_ALWAYS_INLINE C block_entropy(const C* z, std::size_t n, C lse) {
   C s = 0;
   for (std::size_t l = 0; l < L; ++l) s += s0[l];
   for (; i < n; ++i) {
-    const C a = std::max(z[i] - lse, static_cast<C>(S::lo));
+    const C a = std::max((z[i] - lse.hi) - lse.lo, static_cast<C>(S::lo));
     s -= std::exp(a) * a;
   }
   return s;
@@ -104,8 +105,9 @@ DFTUNE_ALWAYS_INLINE C block_entropy(const C* z, std::size_t n, C lse) {
 template <std::size_t Bytes, class C>
 DFTUNE_ALWAYS_INLINE double entropy_body(const C* z, std::size_t V, double lse) {
   double h = 0;
+  const cpu::kernel::Split<C> l(lse);
   for (std::size_t b = 0; b < V; b += cpu::kernel::block)
-    h += static_cast<double>(block_entropy<C, Bytes>(z + b, std::min(cpu::kernel::block, V - b), static_cast<C>(lse)));
+    h += static_cast<double>(block_entropy<C, Bytes>(z + b, std::min(cpu::kernel::block, V - b), l));
   return h;
 }
 
