@@ -5,7 +5,7 @@
 // rounds F32 ones to nearest even; every bad input is a named error that changes nothing.
 #include <dftune/hf/pretrained.hpp>
 
-#include "../support/testing.hpp"
+#include "support/testing.hpp"
 
 #include <doctest/doctest.h>
 
