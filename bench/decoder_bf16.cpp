@@ -8,6 +8,8 @@
 // Threads from OMP_NUM_THREADS.
 #include <dftune/model/decoder/decoder.hpp>
 
+#include "decoder_bench.hpp"
+
 #include "bench_env.hpp"
 
 #include <algorithm>
@@ -19,32 +21,13 @@
 #include <vector>
 
 #include <omp.h>
-#include <sys/resource.h>
 
 using namespace dftune;
+using bench::make_sequences;
+using bench::peak_rss_mb;
+using bench::seconds_since;
 
 namespace {
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-// The token of position t of sequence s: the formula of bench/decoder_step.cpp.
-Sequences make(std::size_t S, std::size_t L, std::size_t V) {
-  Sequences b;
-  for (std::size_t s = 0; s < S; ++s) {
-    std::vector<token_t> seq(L);
-    for (std::size_t t = 0; t < L; ++t) seq[t] = static_cast<token_t>((s * 7919 + t * 104729 + 13) % V);
-    b.push(std::span<const token_t>(seq).first(1), std::span<const token_t>(seq).subspan(1));
-  }
-  return b;
-}
-
-double peak_rss_mb() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<double>(u.ru_maxrss) / 1024.0;
-}
 
 template <class M>
 double score_once(M& m, const Sequences& b, std::vector<float>& scores) {
@@ -60,7 +43,7 @@ int main(int argc, char** argv) {
   auto arg = [&](int i, std::size_t d) { return argc > i ? static_cast<std::size_t>(std::atol(argv[i])) : d; };
   const std::size_t S = arg(2, 4), L = arg(3, 64), reps = arg(4, 3);
   const decoder::Config c = decoder::tiny_gpt2(50257, 768, 12, 12, 1024);
-  const Sequences batch = make(S, L, c.vocab);
+  const Sequences batch = make_sequences(S, L, c.vocab);
   std::vector<float> scores(S);
   const std::string env = bench_env::env_json(logprob::linear::DefaultGemm::name);
   if (mode == "float" || mode == "bf16") {

@@ -7,40 +7,19 @@
 #include <dftune/dftune.hpp>
 #include <dftune/model/decoder/decoder.hpp>
 
+#include "decoder_bench.hpp"
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
 
 #include <omp.h>
-#include <sys/resource.h>
 
 using namespace dftune;
-
-namespace {
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-// The token of position t of sequence s: the same formula as bench/torch_decoder.py.
-Sequences make(std::size_t S, std::size_t L, std::size_t V, std::size_t salt) {
-  Sequences b;
-  for (std::size_t s = 0; s < S; ++s) {
-    std::vector<token_t> seq(L);
-    for (std::size_t t = 0; t < L; ++t) seq[t] = static_cast<token_t>(((s + salt) * 7919 + t * 104729 + 13) % V);
-    b.push(std::span<const token_t>(seq).first(1), std::span<const token_t>(seq).subspan(1));
-  }
-  return b;
-}
-
-double peak_rss_mb() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<double>(u.ru_maxrss) / 1024.0;
-}
-
-}  // namespace
+using bench::make_sequences;
+using bench::peak_rss_mb;
+using bench::seconds_since;
 
 int main(int argc, char** argv) {
   auto arg = [&](int i, std::size_t d) { return argc > i ? static_cast<std::size_t>(std::atol(argv[i])) : d; };
@@ -48,7 +27,7 @@ int main(int argc, char** argv) {
   decoder::Config c = decoder::tiny_gpt2(50257, 768, 12, 12, 1024);
   Decoder<float> model(c, 1);
   const double rss_model = peak_rss_mb();
-  const Sequences batch = make(S, L, c.vocab, 0);
+  const Sequences batch = make_sequences(S, L, c.vocab, 0);
   std::vector<float> scores(S), d(S, 1.0f);
   auto time_it = [&](auto&& f) {
     f();  // warm-up: buffers grow once
@@ -68,7 +47,7 @@ int main(int argc, char** argv) {
   const double rss_fb = peak_rss_mb();
 
   // One DFT step: B prompts with their positive, m negatives each (same length).
-  const Sequences pos = make(B, L, c.vocab, 100), neg = make(B * m, L, c.vocab, 200);
+  const Sequences pos = make_sequences(B, L, c.vocab, 100), neg = make_sequences(B * m, L, c.vocab, 200);
   std::vector<std::int64_t> ids(B);
   for (std::size_t i = 0; i < B; ++i) ids[i] = static_cast<std::int64_t>(i);
   std::vector<float> ref(neg.size());
