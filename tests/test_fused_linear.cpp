@@ -9,6 +9,7 @@
 #include <dftune/logprob/linear/linear.hpp>
 #include <dftune/logprob/logprob.hpp>
 
+#include "support/isa.hpp"
 #include "support/linear_problem.hpp"
 
 #include <doctest/doctest.h>
@@ -286,21 +287,12 @@ TEST_CASE("fused linear head: double against the materialised oracle") { against
 TEST_CASE("fused linear head: bf16 storage against the materialised oracle") { against_oracle<bf16>(3); }
 
 TEST_CASE("fused linear head: the row work in every kernel version (baseline, avx2, avx512) against the oracle") {
-  namespace isa = dftune::cpu;
-  for (isa::Isa i : {isa::Isa::baseline, isa::Isa::avx2, isa::Isa::avx512}) {
-    if (static_cast<int>(i) > static_cast<int>(isa::supported_isa())) {
-      MESSAGE("this CPU does not run " << isa::isa_name(i) << ": not tested");
-      continue;
-    }
-    INFO("ISA " << isa::isa_name(i));
-    isa::force_isa(i);
+  test::for_each_isa([](dftune::cpu::Isa i) {
     against_oracle<float>(11);
-    CHECK(isa::last_isa() == i);
+    CHECK(dftune::cpu::last_isa() == i);
     against_oracle<double>(12);
     against_oracle<bf16>(13);
-    CHECK(isa::last_isa() == i);
-  }
-  isa::reset_isa();
+  });
 }
 
 TEST_CASE("fused linear head: the path of builds without Eigen (plain loops, generic row kernels)") {

@@ -6,6 +6,7 @@
 // The accuracy cases run once per kernel version this CPU has (cpu/isa.hpp: baseline, avx2,
 // avx512), each forced and checked to be the one that ran; the baseline one is what a CPU without
 // AVX2 runs.
+#include "support/isa.hpp"
 #include "support/testing.hpp"
 
 #include <dftune/cpu/isa.hpp>
@@ -86,21 +87,7 @@ double as_double(const T& x) {
   return static_cast<double>(static_cast<compute_t<T>>(x));
 }
 
-// Runs f() once per kernel version this CPU runs, forced, and checks that the kernels ran it.
-template <class F>
-void for_each_isa(F&& f) {
-  for (isa::Isa i : {isa::Isa::baseline, isa::Isa::avx2, isa::Isa::avx512}) {
-    if (static_cast<int>(i) > static_cast<int>(isa::supported_isa())) {
-      MESSAGE("this CPU does not run " << isa::isa_name(i) << ": not tested");
-      continue;
-    }
-    INFO("ISA " << isa::isa_name(i));
-    isa::force_isa(i);
-    f();
-    CHECK(isa::last_isa() == i);
-  }
-  isa::reset_isa();
-}
+using test::for_each_isa;
 
 // The documented tolerance of the fast path against the generic path (cpu/fast.hpp).
 template <class T>

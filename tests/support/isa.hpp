@@ -1,11 +1,12 @@
 #pragma once
 // for_each_isa: runs a test body once per kernel version (cpu/isa.hpp) this CPU runs, each forced
-// and checked to be the one that ran. (test_logprob_fast and test_fused_linear have older copies.)
+// and checked to be the one that ran. f takes the Isa, or nothing.
 #include <dftune/cpu/isa.hpp>
 
 #include <doctest/doctest.h>
 
 #include <string>
+#include <type_traits>
 
 namespace test {
 
@@ -19,7 +20,8 @@ void for_each_isa(F&& f) {
     }
     INFO("ISA " << std::string(isa::isa_name(i)));
     isa::force_isa(i);
-    f(i);
+    if constexpr (std::is_invocable_v<F&, isa::Isa>) f(i);
+    else f();
     CHECK(isa::last_isa() == i);
   }
   isa::reset_isa();
