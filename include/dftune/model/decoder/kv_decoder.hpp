@@ -8,7 +8,7 @@
 //               x ← x + (Attn(q; cached k, v) W_oᵀ (+ b_o)),  x ← x + MLP(N₂(x))
 //   hidden = N_f(x) of each sequence's last new row (the fused head's input).
 // The same kernels as the uncached forward (layers.hpp's norm, RoPE and activations; attention is
-// model/attention.hpp's row_forward, query head h reading key/value head h / (n_heads/n_kv_heads));
+// row_forward's values, query head h reading key/value head h / (n_heads/n_kv_heads): generation/cached_attention.hpp);
 // only the GEMMs differ: column tiles (generation/tiled_linear.hpp) fixed by the shape and the
 // machine's core count, so the values do not depend on the thread count. Only the current layer's
 // activations of the new rows are held: O(rows · (2d + qkv_width + q_width + up_width + d_ff)).
@@ -17,9 +17,9 @@
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
 #include <dftune/logprob/linear/linear.hpp>
-#include <dftune/model/attention.hpp>
 #include <dftune/model/decoder/config.hpp>
 #include <dftune/model/decoder/layers.hpp>
+#include <dftune/model/generation/cached_attention.hpp>
 #include <dftune/model/generation/kv_cache.hpp>
 #include <dftune/model/generation/packed_weights.hpp>
 #include <dftune/model/generation/tiled_linear.hpp>
@@ -33,10 +33,6 @@
 #include <span>
 #include <string>
 #include <vector>
-
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 
 DFTUNE_NAMESPACE_BEGIN
 
@@ -70,7 +66,7 @@ class KvDecoder {
   void reserve(std::size_t rows) {
     const std::size_t D = cfg_.d_model;
     checked_rows(rows);
-    const std::size_t scores = detail::checked_mul("generate: attention scratch threads·max_len", dftune::max_threads(), cfg_.max_len);
+    const std::size_t scores = generation::attention_scratch(heads(), cfg_.max_len);
     auto grow = [](auto& v, std::size_t size) {
       if (v.size() < size) v.resize(size);
     };
@@ -132,7 +128,7 @@ class KvDecoder {
     const std::size_t B = slots.size(), D = cfg_.d_model, n = tokens.size();
     const std::size_t QKV = cfg_.qkv_width(), QW = cfg_.q_width(), KW = cfg_.kv_width(), U = cfg_.up_width(), F = cfg_.d_ff;
     check(cache, slots, tokens, offsets, hidden);
-    if (x_.size() < n * D || row_pos_.size() < n || scores_.size() < dftune::max_threads() * cfg_.max_len) reserve(n);
+    if (x_.size() < n * D || row_pos_.size() < n || scores_.size() < dftune::max_threads() * cfg_.n_heads * cfg_.max_len) reserve(n);
     std::size_t longest = 0;
     for (std::size_t a = 0; a < B; ++a)
       for (auto r = offsets[a]; r < offsets[a + 1]; ++r) {
@@ -277,27 +273,13 @@ class KvDecoder {
     else generation::tiled_linear<generation::WeightLayout::out_major>(A, rows, K, param(w), N, Y, finish);
   }
 
+  generation::AttentionHeads heads() const { return {.heads = cfg_.n_heads, .kv_heads = cfg_.n_kv_heads, .dim = cfg_.head_dim}; }
+
   // att_[i, query head h] = softmax(q_i k_jᵀ / sqrt(dh)) v over the cached positions j <= t_i of
-  // key/value head h / (n_heads / n_kv_heads): attention::row_forward, as the uncached forward.
+  // key/value head h / (n_heads / n_kv_heads): the uncached forward's values (generation/cached_attention.hpp).
   void attend(const generation::KvCache<T>& cache, std::size_t l, std::size_t n) {
-    const std::size_t H = cfg_.n_heads, dh = cfg_.head_dim, QKV = cfg_.qkv_width(), QW = cfg_.q_width(), KW = cfg_.kv_width(),
-                      grp = cfg_.n_heads / cfg_.n_kv_heads;
-    const T scale = T(1) / std::sqrt(static_cast<T>(dh));
-    [[maybe_unused]] std::size_t macs = 0;
-    for (std::size_t i = 0; i < n; ++i) macs += 2 * (row_pos_[i] + 1) * QW;
-    [[maybe_unused]] const bool parallel = macs >= logprob::linear::parallel_min_macs / 4;
-    DFTUNE_OMP(parallel for schedule(dynamic, 1) num_threads(static_cast<int>(parallel ? dftune::max_threads() : 1)))
-    for (std::ptrdiff_t task = 0; task < static_cast<std::ptrdiff_t>(n * H); ++task) {
-      const std::size_t i = static_cast<std::size_t>(task) / H, h = static_cast<std::size_t>(task) % H, g = h / grp;
-#if defined(_OPENMP)
-      T* a = scores_.data() + static_cast<std::size_t>(omp_get_thread_num()) * cfg_.max_len;
-#else
-      T* a = scores_.data();
-#endif
-      const std::size_t s = row_slot_[i];
-      attention::row_forward(qkv_.data() + i * QKV + h * dh, cache.keys(l, s) + g * dh, cache.values(l, s) + g * dh, KW, row_pos_[i], dh,
-                             scale, a, att_.data() + i * QW + h * dh);
-    }
+    generation::cached_attention(cache, l, row_slot_.data(), row_pos_.data(), n, qkv_.data(), cfg_.qkv_width(), heads(), cfg_.max_len,
+                                 scores_.data(), att_.data(), cfg_.q_width());
   }
 
   Config cfg_;

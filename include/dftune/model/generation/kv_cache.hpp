@@ -11,12 +11,14 @@
 #include <dftune/checked_size.hpp>
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
+#include <dftune/model/generation/arena.hpp>
 
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 DFTUNE_NAMESPACE_BEGIN
@@ -58,12 +60,16 @@ std::size_t cache_bytes(const CacheShape& shape, std::size_t rows, const Limits&
 // positions (its prompt + max_new), per layer [keys | values][positions][width], in one allocation.
 template <class T>
 class KvCache {
+  static_assert(std::is_trivially_default_constructible_v<T> && std::is_trivially_copyable_v<T>, "KvCache holds plain numbers");
+
  public:
   // capacities[p] rows per layer for slot p; the caller has checked the size with cache_bytes.
   KvCache(const CacheShape& shape, std::span<const std::size_t> capacities)
       : shape_(shape), base_(capacities.size() + 1, 0), length_(capacities.size(), 0) {
     for (std::size_t p = 0; p < capacities.size(); ++p) base_[p + 1] = base_[p] + capacities[p];
-    data_.resize(shape.layers * 2 * base_.back() * shape.width);
+    // Not zeroed (a decoder reads only the positions it has written), in huge pages: arena.hpp.
+    size_ = shape.layers * 2 * base_.back() * shape.width;
+    data_ = Arena(size_ * sizeof(T));
   }
 
   // Layers and width it was made for.
@@ -75,10 +81,10 @@ class KvCache {
   // Positions of `slot` already cached (the prompt, then every token fed back).
   std::size_t length(std::size_t slot) const { return length_[slot]; }
   // Bytes of keys and values held (every slot at full capacity).
-  std::size_t bytes() const { return data_.size() * sizeof(T); }
+  std::size_t bytes() const { return size_ * sizeof(T); }
 
   // Keys (values) of `slot` in `layer`: [capacity, width] row-major, row t = position t.
-  T* keys(std::size_t layer, std::size_t slot) { return data_.data() + (2 * layer * base_.back() + base_[slot]) * shape_.width; }
+  T* keys(std::size_t layer, std::size_t slot) { return data_.template as<T>() + (2 * layer * base_.back() + base_[slot]) * shape_.width; }
   // Values of `slot` in `layer`, laid out as keys().
   T* values(std::size_t layer, std::size_t slot) { return keys(layer, slot) + base_.back() * shape_.width; }
   // Read-only keys(), for attention.
@@ -96,7 +102,8 @@ class KvCache {
   CacheShape shape_;
   std::vector<std::size_t> base_;    // [slots + 1] first row of each slot
   std::vector<std::size_t> length_;  // [slots]
-  std::vector<T> data_;              // [layers][keys, values][rows][width]
+  Arena data_;                       // [layers][keys, values][rows][width] of T
+  std::size_t size_ = 0;
 };
 
 }  // namespace generation

@@ -18,6 +18,7 @@
 /// The values differ from tiled_linear's by the GEMM's rounding only (another blocking of the same
 /// sums); they are the same for any thread count (one single-threaded primitive per fixed tile).
 #include <dftune/config.hpp>
+#include <dftune/model/generation/arena.hpp>
 #include <dftune/model/generation/tiled_linear.hpp>
 
 #include <cstddef>
@@ -31,12 +32,6 @@
 #if defined(DFTUNE_LINEAR_GEMM_DNNL)
 #include <oneapi/dnnl/dnnl.hpp>
 
-#include <cstdlib>
-#include <memory>
-#include <new>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 #endif
 
 DFTUNE_NAMESPACE_BEGIN
@@ -147,34 +142,10 @@ class PackedWeights {
     dnnl::memory mem;
   };
   static constexpr std::size_t kAlign = 64;
-  // The packed tiles of one weight in one allocation: 2 MiB-aligned and, on Linux, marked for
-  // transparent huge pages (MADV_HUGEPAGE; a hint, ignored where THP is off), since first-touching
-  // 471 MiB in 4 KiB pages cost a third of the packing time here.
-  class Arena {
-   public:
-    Arena() = default;
-    explicit Arena(std::size_t bytes) : bytes_((bytes + kHuge - 1) / kHuge * kHuge) {
-      if (bytes_ == 0) return;
-      ptr_.reset(static_cast<char*>(std::aligned_alloc(kHuge, bytes_)));
-      if (!ptr_) throw std::bad_alloc();
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-      madvise(ptr_.get(), bytes_, MADV_HUGEPAGE);
-#endif
-    }
-    char* data() const { return ptr_.get(); }
-
-   private:
-    static constexpr std::size_t kHuge = std::size_t{2} << 20;
-    struct Free {
-      void operator()(char* p) const { std::free(p); }
-    };
-    std::size_t bytes_ = 0;
-    std::unique_ptr<char, Free> ptr_;
-  };
   struct Weight {
     std::size_t N, K;
     std::vector<Tile> tiles;
-    Arena arena;
+    Arena arena;  // the packed tiles of the weight, in one allocation (arena.hpp: huge pages)
   };
 
   static dnnl::memory::dim dim(std::size_t v) { return static_cast<dnnl::memory::dim>(v); }

@@ -6,7 +6,7 @@
 //               x ← x + (Attn(q; cached k, v) W_o + b_o),  x ← x + (gelu(LN₂(x) W₁ + b₁) W₂ + b₂)
 //   hidden = LN_f(x) of each sequence's last new row (the fused head's input).
 // The same kernels and the same order of every sum as the uncached forward (layers.hpp's layer norm
-// and GELU; the attention of one row is model/attention.hpp's row_forward, as uncached), only the GEMMs
+// and GELU; the attention of a row has row_forward's values: generation/cached_attention.hpp), only the GEMMs
 // differ: they run over column tiles (generation/tiled_linear.hpp: tiles fixed by the shape and the
 // machine's core count), so the values do not depend on the thread count. Only the current layer's
 // activations of the new rows are held: O(rows · (5d + d_ff)).
@@ -15,7 +15,7 @@
 #include <dftune/config.hpp>
 #include <dftune/error.hpp>
 #include <dftune/logprob/linear/linear.hpp>
-#include <dftune/model/attention.hpp>
+#include <dftune/model/generation/cached_attention.hpp>
 #include <dftune/model/generation/kv_cache.hpp>
 #include <dftune/model/generation/tiled_linear.hpp>
 #include <dftune/model/tiny_lm/config.hpp>
@@ -31,10 +31,6 @@
 #include <span>
 #include <string>
 #include <vector>
-
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 
 DFTUNE_NAMESPACE_BEGIN
 
@@ -68,7 +64,7 @@ class KvDecoder {
   void reserve(std::size_t rows) {
     const std::size_t D = cfg_.d_model;
     checked_elements("generate", "decoder scratch rows·max(3·d_model, d_ff)", rows, std::max(3 * D, cfg_.d_ff));
-    const auto scores = checked_elements("generate", "attention scratch threads·max_len", dftune::max_threads(), cfg_.max_len);
+    const auto scores = checked_elements("generate", "attention scratch threads·heads·max_len", dftune::max_threads(), cfg_.n_heads, cfg_.max_len);
     auto grow = [](auto& v, std::size_t size) {
       if (v.size() < size) v.resize(size);
     };
@@ -105,7 +101,7 @@ class KvDecoder {
     if (const auto s = cache.shape(); s.layers != cfg_.n_layers || s.width != D)
       detail::fail("cache", "shape " + std::to_string(s.layers) + " layers · width " + std::to_string(s.width),
                    std::to_string(cfg_.n_layers) + " layers · width " + std::to_string(D));
-    if (x_.size() < n * D || scores_.size() < dftune::max_threads() * cfg_.max_len) reserve(n);
+    if (x_.size() < n * D || scores_.size() < dftune::max_threads() * H * cfg_.max_len) reserve(n);
     dftune::cpu::active_isa();  // a bad DFTUNE_ISA throws here, not in a tile's gelu_values
 
     for (std::size_t a = 0; a < B; ++a)
@@ -168,24 +164,10 @@ class KvDecoder {
   }
 
   // att_[i, head h] = softmax(q_i k_jᵀ / sqrt(dh)) over the cached positions j <= t_i, times v:
-  // the uncached forward's arithmetic for row t_i (the same attention::row_forward).
+  // the uncached forward's arithmetic for row t_i (generation/cached_attention.hpp).
   void attend(const generation::KvCache<T>& cache, std::size_t l, std::size_t n, std::size_t D, std::size_t H, std::size_t dh) {
-    const T scale = T(1) / std::sqrt(static_cast<T>(dh));
-    const std::size_t work = n * H;
-    [[maybe_unused]] std::size_t macs = 0;
-    for (std::size_t i = 0; i < n; ++i) macs += 2 * (row_pos_[i] + 1) * D;
-    DFTUNE_OMP(parallel for schedule(dynamic, 1) num_threads(static_cast<int>(macs >= logprob::linear::parallel_min_macs / 4 ? dftune::max_threads() : 1)))
-    for (std::ptrdiff_t task = 0; task < static_cast<std::ptrdiff_t>(work); ++task) {
-      const std::size_t i = static_cast<std::size_t>(task) / H, h = static_cast<std::size_t>(task) % H;
-#if defined(_OPENMP)
-      T* a = scores_.data() + static_cast<std::size_t>(omp_get_thread_num()) * cfg_.max_len;
-#else
-      T* a = scores_.data();
-#endif
-      const std::size_t s = row_slot_[i], t = row_pos_[i];
-      attention::row_forward(qkv_.data() + i * 3 * D + h * dh, cache.keys(l, s) + h * dh, cache.values(l, s) + h * dh, D, t, dh, scale, a,
-                             att_.data() + i * D + h * dh);
-    }
+    generation::cached_attention(cache, l, row_slot_.data(), row_pos_.data(), n, qkv_.data(), 3 * D, {.heads = H, .kv_heads = H, .dim = dh},
+                                 cfg_.max_len, scores_.data(), att_.data(), D);
   }
 
   Config cfg_;
