@@ -3,6 +3,7 @@
 // temperatures, top-k / top-p, eos, batch compositions and 1 or 2 threads; the fused head's logits()
 // against a direct product; and every bad request refused by name before the decoder is touched.
 #include <dftune/logprob/linear/linear.hpp>
+#include <dftune/model/attention.hpp>
 #include <dftune/model/generation/generate.hpp>
 #include <dftune/model/generation/kv_cache.hpp>
 #include <dftune/model/tiny_lm/tiny_lm.hpp>
@@ -16,6 +17,7 @@
 #include <limits>
 #include <optional>
 #include <random>
+#include <utility>
 #include <vector>
 
 using namespace dftune;
@@ -92,6 +94,41 @@ TEST_CASE("cached generation: token for token the uncached generation, tiled sha
 TEST_CASE("cached generation: a prompt's tokens do not depend on the rest of the batch or on the thread count") {
   const tiny_lm::Config c{.vocab = 300, .max_len = 24, .d_model = 64, .n_heads = 4, .n_layers = 2, .d_ff = 256, .init_std = 0.5};
   test::check_prompt_independence(TinyLm<double>(c, 5), 32, 12, c.vocab);
+}
+
+// heads_forward (a row's heads together, position by position: the cached decoders) against
+// row_forward (a head at a time: the uncached forwards): the same bits for every block of heads,
+// grouped-query heads, and head dimensions that leave a tail after the 16 lanes and 32-column blocks.
+TEST_CASE_TEMPLATE("attention::heads_forward: row_forward's bits for any block of heads, grouped queries and tails", T, float, double) {
+  std::mt19937 gen(11);
+  std::normal_distribution<double> nd(0.0, 1.5);
+  for (const std::size_t dh : {std::size_t{8}, std::size_t{40}, std::size_t{64}, std::size_t{70}})
+    for (const std::size_t group : {std::size_t{1}, std::size_t{3}}) {
+      const std::size_t H = 6, G = H / group, ld_kv = G * dh + 5, L = 19;  // ld_kv: cache rows wider than the heads
+      std::vector<T> q(H * dh), k(L * ld_kv), v(L * ld_kv);
+      for (auto* x : {&q, &k, &v})
+        for (auto& e : *x) e = static_cast<T>(nd(gen));
+      const T scale = T(1) / std::sqrt(static_cast<T>(dh));
+      for (std::size_t last = 0; last < L; last += 6) {
+        std::vector<T> want(H * dh), a(L);
+        for (std::size_t h = 0; h < H; ++h)
+          attention::row_forward(q.data() + h * dh, k.data() + h / group * dh, v.data() + h / group * dh, ld_kv, last, dh, scale, a.data(),
+                                 want.data() + h * dh);
+        for (const auto& block : {std::pair<std::size_t, std::size_t>{0, H}, {0, 1}, {2, 5}, {5, 6}}) {
+          const std::size_t h0 = block.first, h1 = block.second;
+          std::vector<T> got(H * dh, T(-7)), w((h1 - h0) * (last + 1));
+          attention::heads_forward(q.data(), k.data(), v.data(), ld_kv, last, dh, h0, h1, group, scale, w.data(), got.data());
+          INFO("dh ", dh, " group ", group, " last ", last, " heads [", h0, ", ", h1, ")");
+          CHECK(std::memcmp(got.data() + h0 * dh, want.data() + h0 * dh, (h1 - h0) * dh * sizeof(T)) == 0);
+          for (std::size_t e = 0; e < H * dh; ++e)
+            if (e < h0 * dh || e >= h1 * dh) REQUIRE(got[e] == T(-7));  // other heads untouched
+          // A softmax row sums to 1, and the output is a convex combination of the values.
+          T sum = 0;
+          for (std::size_t j = 0; j <= last; ++j) sum += w[j];
+          CHECK(static_cast<double>(sum) == doctest::Approx(1.0).epsilon(1e-6));
+        }
+      }
+    }
 }
 
 TEST_CASE("logprob::linear::logits: z = H W + b for both layouts, independent of the thread count") {

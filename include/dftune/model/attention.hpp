@@ -17,11 +17,12 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace attention {
 
-// The order of the sums, fixed here and independent of the ISA, so that every build and every
-// caller gets the same bits: a dot product over e keeps kLanes partial sums (lane e mod kLanes, in
-// order of e), then adds them pairwise (lane l + w into lane l, w = kLanes/2, ..., 1). Each lane is
-// independent, so the compiler runs the lanes as one or more vectors whatever the ISA; a sum over
-// positions j (the weighted values) runs in order of j, kBlock output columns at a time in registers.
+// The order of the sums, fixed here whatever the vector width, so that every caller gets the same
+// bits from the same build: a dot product over e keeps kLanes partial sums (lane e mod kLanes, in
+// order of e), then adds them pairwise (lane l + w into lane l, w = kLanes/2, ..., 1); a sum over
+// positions j (the weighted values) runs in order of j, kBlock output columns at a time in
+// registers. Lanes are independent, so the compiler runs them as vectors of any width (the bits
+// may still differ between builds that do and do not contract a·b + c into an FMA: -march).
 inline constexpr std::size_t kLanes = 16;
 inline constexpr std::size_t kBlock = 32;
 
