@@ -114,22 +114,33 @@ void sampling_distribution(std::span<const T> logits, const SamplingOptions& o, 
     for (double& p : probs) p /= sum;
     return;
   }
-  std::iota(order.begin(), order.end(), 0);
   // Most probable first, ranked by the logits themselves: the same order as the probabilities,
   // without the ties exp() rounds distinct logits into (at a huge temperature every weight is 1).
-  // The ranking is a strict total order, so only the first `keep` places need sorting (what
-  // follows is only zeroed): a top-k of 50 out of 50k tokens sorts 50, with the same result.
+  // The ranking is a strict total order, so any selection gives the same first `keep` places.
   const auto before = [&](std::int32_t a, std::int32_t b) {
     return logits[static_cast<std::size_t>(a)] > logits[static_cast<std::size_t>(b)] ||
            (logits[static_cast<std::size_t>(a)] == logits[static_cast<std::size_t>(b)] && a < b);
   };
-  if (keep < V)
-    std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(keep), order.end(), before);
-  else
-    std::sort(order.begin(), order.end(), before);
-  // Only the first `keep` tokens' weights are ever read (the rest are zeroed below): a top-k of 50
-  // out of 50k computes 50 exponentials, not 50k (generating at batch 32, the exponentials of the
-  // whole vocabulary were ≈ 6 % of the time).
+  const auto first = order.begin(), kept_end = order.begin() + static_cast<std::ptrdiff_t>(keep);
+  std::iota(first, keep < V ? kept_end : order.end(), 0);
+  if (keep < V) {
+    // Top-k: a heap of the best k seen so far, its worst on top. Token v enters only with a
+    // logit above the worst's (at an equal logit its larger id ranks it after), so most of a large
+    // vocabulary is passed over at one comparison.
+    std::make_heap(first, kept_end, before);
+    for (std::size_t v = keep; v < V; ++v) {
+      if (!(logits[v] > logits[static_cast<std::size_t>(order[0])])) continue;
+      std::pop_heap(first, kept_end, before);
+      order[keep - 1] = static_cast<std::int32_t>(v);
+      std::push_heap(first, kept_end, before);
+    }
+    std::sort_heap(first, kept_end, before);
+  } else {
+    std::sort(first, order.end(), before);
+  }
+  // Only the kept tokens' weights are computed: a top-k of 50 out of 50k takes 50 exponentials, not
+  // 50k (at batch 32 the whole vocabulary's were ≈ 6 % of a generate call, docs/generation.md).
+  std::fill(probs.begin(), probs.end(), 0.0);
   for (std::size_t i = 0; i < keep; ++i) probs[static_cast<std::size_t>(order[i])] = weight(static_cast<std::size_t>(order[i]));
   if (o.top_p < 1) {
     double kept = 0;
@@ -138,6 +149,7 @@ void sampling_distribution(std::span<const T> logits, const SamplingOptions& o, 
     for (std::size_t i = 0; i < keep; ++i) {
       cum += probs[static_cast<std::size_t>(order[i])];
       if (cum >= o.top_p * kept) {
+        for (std::size_t r = i + 1; r < keep; ++r) probs[static_cast<std::size_t>(order[r])] = 0;
         keep = i + 1;
         break;
       }
@@ -145,8 +157,7 @@ void sampling_distribution(std::span<const T> logits, const SamplingOptions& o, 
   }
   double sum = 0;
   for (std::size_t i = 0; i < keep; ++i) sum += probs[static_cast<std::size_t>(order[i])];
-  for (std::size_t i = keep; i < V; ++i) probs[static_cast<std::size_t>(order[i])] = 0;
-  for (double& p : probs) p /= sum;
+  for (std::size_t i = 0; i < keep; ++i) probs[static_cast<std::size_t>(order[i])] /= sum;
 }
 
 // One token from sampling_distribution, by inverse CDF at u in [0, 1).
