@@ -67,7 +67,7 @@ inline VocabShard even_vocab_shard(std::size_t V, std::size_t rank, std::size_t 
   return {.begin = rank * q + std::min(rank, extra), .size = q + (rank < extra ? 1 : 0)};
 }
 
-namespace detail_vp {
+namespace detail {
 
 // FNV-1a over 8-byte words: equal inputs on every rank (a cheap check, O(N·d)).
 inline std::uint64_t hash(std::uint64_t h, const void* data, std::size_t bytes) {
@@ -234,56 +234,56 @@ LinearLogits<T> local_view(const LinearLogits<T>& in, const VocabShard& shard) {
   return local;
 }
 
-}  // namespace detail_vp
+}  // namespace detail
 
 inline namespace DFTUNE_LINEAR_DISPATCH {
 
 namespace vocab_parallel {
 
-namespace detail_run {
+namespace detail {
 
 template <distributed::Communicator Comm, class T>
-void execute(Comm& comm, const VocabShard& shard, const LinearLogits<T>& in, const detail::Call<T>& call,
+void execute(Comm& comm, const VocabShard& shard, const LinearLogits<T>& in, const linear::detail::Call<T>& call,
              std::span<std::byte> workspace, const LinearOptions& opt) {
-  const LinearLogits<T> local = detail_vp::local_view(in, shard);
+  const LinearLogits<T> local = linear::detail::local_view(in, shard);
   const std::size_t P = comm.size();
   Plan plan;
   std::size_t gather_at = 0;
-  const auto records = distributed::agree<detail_vp::Record>(comm, [&] {
+  const auto records = distributed::agree<linear::detail::Record>(comm, [&] {
     if (shard.size == 0) dftune::detail::fail("shard.size", shard.size, "at least 1 vocabulary row per rank (vocab >= ranks)");
     chunked::check_backend<DefaultGemm, DefaultRows>(local);
-    plan = detail_vp::plan_of(local, in.vocab, P, opt, gather_at);
-    detail::check_call(local, call, plan, workspace, in.vocab);
-    std::uint64_t h = detail_vp::hash(0xcbf29ce484222325ull, in.hidden);
-    h = detail_vp::hash(h, in.targets);
-    h = detail_vp::hash(h, in.weights);
-    h = detail_vp::hash(h, in.offsets);
-    h = detail_vp::hash(h, call.d_seq);
-    h = detail_vp::hash(h, call.lse_in);
+    plan = linear::detail::plan_of(local, in.vocab, P, opt, gather_at);
+    linear::detail::check_call(local, call, plan, workspace, in.vocab);
+    std::uint64_t h = linear::detail::hash(0xcbf29ce484222325ull, in.hidden);
+    h = linear::detail::hash(h, in.targets);
+    h = linear::detail::hash(h, in.weights);
+    h = linear::detail::hash(h, in.offsets);
+    h = linear::detail::hash(h, call.d_seq);
+    h = linear::detail::hash(h, call.lse_in);
     const auto& g = call.grads;
-    return detail_vp::Record{
+    return linear::detail::Record{
         .begin = shard.begin, .size = shard.size, .vocab = in.vocab, .rows = in.rows(), .sequences = in.sequences(), .dim = in.dim,
         .chunk_rows = plan.chunk_rows, .layout = static_cast<std::uint64_t>(in.layout), .bias = !in.bias.empty(),
         .mode = static_cast<std::uint64_t>(call.mode), .lse_in = !call.lse_in.empty(),
         .outputs = (call.token_logp.empty() ? 0u : 1u) | (call.row_lse.empty() ? 0u : 2u) | (call.entropy.empty() ? 0u : 4u),
         .grads = (g.hidden.empty() ? 0u : 1u) | (g.proj.empty() ? 0u : 2u) | (g.bias.empty() ? 0u : 4u), .z_loss = g.z_loss, .inputs = h};
   });
-  detail_vp::check_records(records);
-  std::byte* ws = detail::align(workspace.data());
+  linear::detail::check_records(records);
+  std::byte* ws = linear::detail::align(workspace.data());
   chunked::run<DefaultGemm, DefaultRows>(
       local, call, plan, workspace.data(),
-      detail_vp::SlicedVocab<Comm>{.comm = &comm, .begin = shard.begin, .vocab = in.vocab,
+      linear::detail::SlicedVocab<Comm>{.comm = &comm, .begin = shard.begin, .vocab = in.vocab,
                                    .gather = reinterpret_cast<double*>(ws + gather_at)});
 }
 
-}  // namespace detail_run
+}  // namespace detail
 
 // Bytes of workspace each call on this rank needs: one chunk of its slice's logits (chunk_rows
 // from ⌈V/P⌉), as linear.hpp's head, and 2·(P + 1)·chunk_rows doubles for the all-gather.
 template <distributed::Communicator Comm, class T>
 std::size_t workspace_size(const Comm& comm, const VocabShard& shard, const LinearLogits<T>& in, const LinearOptions& options = {}) {
   std::size_t gather_at = 0;
-  return detail_vp::plan_of(detail_vp::local_view(in, shard), in.vocab, comm.size(), options, gather_at).bytes;
+  return linear::detail::plan_of(linear::detail::local_view(in, shard), in.vocab, comm.size(), options, gather_at).bytes;
 }
 
 // linear::forward on every rank's slice (collective): seq_logp and the TokenOutputs asked for are
@@ -291,9 +291,9 @@ std::size_t workspace_size(const Comm& comm, const VocabShard& shard, const Line
 template <distributed::Communicator Comm, class T>
 void forward(Comm& comm, const VocabShard& shard, const LinearLogits<T>& in, std::span<compute_t<T>> seq_logp,
              const TokenOutputs<T>& rows, std::span<std::byte> workspace, const LinearOptions& options = {}) {
-  const detail::Call<T> call{.mode = detail::Mode::forward, .seq_logp = seq_logp, .token_logp = rows.token_logp,
+  const linear::detail::Call<T> call{.mode = linear::detail::Mode::forward, .seq_logp = seq_logp, .token_logp = rows.token_logp,
                                .row_lse = rows.row_lse, .entropy = rows.entropy};
-  detail_run::execute(comm, shard, in, call, workspace, options);
+  detail::execute(comm, shard, in, call, workspace, options);
 }
 
 // linear::backward on every rank's slice (collective): grads.proj and grads.bias are this slice's
@@ -302,8 +302,8 @@ template <distributed::Communicator Comm, class T>
 void backward(Comm& comm, const VocabShard& shard, const LinearLogits<T>& in, std::span<const compute_t<T>> d_seq,
               const LinearGrads<T>& grads, std::span<const compute_t<T>> row_lse, std::span<std::byte> workspace,
               const LinearOptions& options = {}) {
-  const detail::Call<T> call{.mode = detail::Mode::backward, .d_seq = d_seq, .lse_in = row_lse, .grads = grads};
-  detail_run::execute(comm, shard, in, call, workspace, options);
+  const linear::detail::Call<T> call{.mode = linear::detail::Mode::backward, .d_seq = d_seq, .lse_in = row_lse, .grads = grads};
+  detail::execute(comm, shard, in, call, workspace, options);
 }
 
 // linear::forward_backward on every rank's slice (collective).
@@ -311,9 +311,9 @@ template <distributed::Communicator Comm, class T>
 void forward_backward(Comm& comm, const VocabShard& shard, const LinearLogits<T>& in, std::span<const compute_t<T>> d_seq,
                       const LinearGrads<T>& grads, std::span<compute_t<T>> seq_logp, const TokenOutputs<T>& rows,
                       std::span<std::byte> workspace, const LinearOptions& options = {}) {
-  const detail::Call<T> call{.mode = detail::Mode::forward_backward, .seq_logp = seq_logp, .token_logp = rows.token_logp,
+  const linear::detail::Call<T> call{.mode = linear::detail::Mode::forward_backward, .seq_logp = seq_logp, .token_logp = rows.token_logp,
                                .row_lse = rows.row_lse, .entropy = rows.entropy, .d_seq = d_seq, .grads = grads};
-  detail_run::execute(comm, shard, in, call, workspace, options);
+  detail::execute(comm, shard, in, call, workspace, options);
 }
 
 }  // namespace vocab_parallel

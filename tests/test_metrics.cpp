@@ -1,5 +1,5 @@
-// The per-step metrics (callbacks/metrics.hpp) against closed forms and against the importance
-// weights recomputed here from the DFT formulas, and the JSON Lines record (callbacks/jsonl.hpp):
+// The per-step metrics (metrics/metrics.hpp) against closed forms and against the importance
+// weights recomputed here from the DFT formulas, and the JSON Lines record (metrics/jsonl.hpp):
 // exact text, escaping, null for non-finite numbers, shortest round-trip numbers, duplicate keys.
 #include <dftune/metrics/jsonl.hpp>
 #include <dftune/metrics/metrics.hpp>
