@@ -8,7 +8,7 @@
 #include <dftune/error.hpp>
 
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
-#include <torch/torch.h>
+#include <torch/types.h>  // not torch/torch.h: tensors are all this needs, at half its parse time
 
 #include <cstddef>
 #include <span>
