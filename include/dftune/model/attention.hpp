@@ -18,17 +18,23 @@ DFTUNE_NAMESPACE_BEGIN
 namespace attention {
 
 // The order of the sums, fixed here whatever the vector width, so that every caller gets the same
-// bits from the same build: a dot product over e keeps kLanes partial sums (lane e mod kLanes, in
-// order of e), then adds them pairwise (lane l + w into lane l, w = kLanes/2, ..., 1); a sum over
+// bits from the same build: a dot product over e of kLanes or more elements keeps kLanes partial
+// sums (lane e mod kLanes, in order of e), then adds them pairwise (lane l + w into lane l, w = kLanes/2, ..., 1); a sum over
 // positions j (the weighted values) runs in order of j, kBlock output columns at a time in
 // registers. Lanes are independent, so the compiler runs them as vectors of any width (the bits
 // may still differ between builds that do and do not contract a·b + c into an FMA: -march).
 inline constexpr std::size_t kLanes = 16;
 inline constexpr std::size_t kBlock = 32;
 
-// Σ_e x[e]·y[e] for e < n in the order above.
+// Σ_e x[e]·y[e] for e < n in the order above; fewer than kLanes elements (the tiny LM's heads)
+// are summed in order of e: the lanes would hold one product each, and that order is as fast.
 template <class T>
 DFTUNE_ALWAYS_INLINE T dot(const T* x, const T* y, std::size_t n) {
+  if (n < kLanes) {
+    T s = 0;
+    for (std::size_t e = 0; e < n; ++e) s += x[e] * y[e];
+    return s;
+  }
   T acc[kLanes] = {};
   std::size_t e = 0;
   for (; e + kLanes <= n; e += kLanes)
