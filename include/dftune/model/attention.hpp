@@ -24,12 +24,13 @@ namespace attention {
 // registers. Lanes are independent, so the compiler runs them as vectors of any width (the bits
 // may still differ between builds that do and do not contract a·b + c into an FMA: -march).
 inline constexpr std::size_t kLanes = 16;
+// Output columns of a weighted sum of value rows held in registers at once.
 inline constexpr std::size_t kBlock = 32;
 
 // Σ_e x[e]·y[e] for e < n in the order above; fewer than kLanes elements (the tiny LM's heads)
 // are summed in order of e: the lanes would hold one product each, and that order is as fast.
 template <class T>
-DFTUNE_ALWAYS_INLINE T dot(const T* x, const T* y, std::size_t n) {
+T dot(const T* x, const T* y, std::size_t n) {
   if (n < kLanes) {
     T s = 0;
     for (std::size_t e = 0; e < n; ++e) s += x[e] * y[e];
@@ -48,7 +49,7 @@ DFTUNE_ALWAYS_INLINE T dot(const T* x, const T* y, std::size_t n) {
 // o[e] = Σ_{j <= last} a[j]·v[j·ld + e] for e < width <= kBlock, in order of j (Full: width is
 // kBlock, known to the compiler, which keeps acc in registers).
 template <bool Full, class T>
-DFTUNE_ALWAYS_INLINE void weighted_rows(const T* a, const T* v, std::size_t ld, std::size_t last, std::size_t width, T* o) {
+void weighted_rows(const T* a, const T* v, std::size_t ld, std::size_t last, std::size_t width, T* o) {
   T acc[kBlock] = {};
   const std::size_t w = Full ? kBlock : width;
   for (std::size_t j = 0; j <= last; ++j)
