@@ -17,7 +17,8 @@ set(_dftune_documented_headers
   model/concept.hpp
   model/attention.hpp model/generation/tiled_linear.hpp model/decoder/kv_decoder.hpp
   model/decoder/config.hpp model/decoder/decoder.hpp model/decoder/layers.hpp
-  model/generation/generate.hpp model/generation/kv_cache.hpp model/generation/packed_weights.hpp cpu/tanh.hpp model/tiny_lm/gelu.hpp
+  model/generation/generate.hpp model/generation/kv_cache.hpp model/generation/packed_weights.hpp
+  model/generation/arena.hpp model/generation/cached_attention.hpp cpu/tanh.hpp model/tiny_lm/gelu.hpp
   logprob/linear/linear.hpp logprob/linear/linear_logits.hpp logprob/linear/rows.hpp logprob/linear/vocab_parallel.hpp
   logprob/linear/checks.hpp logprob/linear/chunked.hpp logprob/linear/gemm.hpp logprob/linear/logits.hpp logprob/linear/plan.hpp
   backend/xtensor/categorical_policy.hpp backend/xtensor/logprob.hpp callbacks/jsonl.hpp callbacks/metrics.hpp cpu/isa.hpp

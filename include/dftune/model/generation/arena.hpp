@@ -19,8 +19,10 @@ DFTUNE_NAMESPACE_BEGIN
 
 namespace generation {
 
+// An uninitialised, huge-page-advised buffer (see the top of this file); move-only.
 class Arena {
  public:
+  // No buffer (data() is null, bytes() 0).
   Arena() = default;
   // At least `bytes` bytes (rounded up to whole 2 MiB pages); std::bad_alloc when they cannot be had.
   explicit Arena(std::size_t bytes) {
@@ -33,12 +35,14 @@ class Arena {
     madvise(ptr_.get(), bytes_, MADV_HUGEPAGE);
 #endif
   }
+  // The buffer's first byte.
   std::byte* data() const { return ptr_.get(); }
-  // The buffer as n elements of an implicit-lifetime type T (float, double: malloc'd memory holds them).
+  // The buffer as an array of an implicit-lifetime type T (float, double: malloc'd memory holds them).
   template <class T>
   T* as() const {
     return reinterpret_cast<T*>(ptr_.get());
   }
+  // Its size: the request rounded up to whole 2 MiB pages.
   std::size_t bytes() const { return bytes_; }
 
  private:
