@@ -18,7 +18,6 @@
 #include <string>
 #include <vector>
 
-#include <unistd.h>
 
 namespace fs = std::filesystem;
 namespace hf = dftune::hf;
@@ -37,12 +36,7 @@ static_assert(!decoder::valid_storage<double, decoder::bf16>);
 
 namespace {
 
-fs::path fresh_dir(const std::string& name) {
-  const fs::path d = fs::temp_directory_path() / ("dftune_test_bf16_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
+fs::path fresh_dir(const std::string& name) { return test::fresh_dir("dftune_test_bf16_", name); }
 
 // Every option the window has to carry: biases on q/k/v, o and the MLP, an untied head, GQA,
 // three blocks (the block ranges of make_layout).

@@ -5,6 +5,8 @@
 
 #include <doctest/doctest.h>
 
+#include "support/testing.hpp"
+
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -13,7 +15,6 @@
 #include <string>
 #include <vector>
 
-#include <unistd.h>
 
 namespace fs = std::filesystem;
 namespace hf = dftune::hf;
@@ -21,12 +22,7 @@ namespace decoder = dftune::decoder;
 
 namespace {
 
-fs::path fresh_dir(const std::string& name) {
-  const fs::path d = fs::temp_directory_path() / ("dftune_test_hf_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
+fs::path fresh_dir(const std::string& name) { return test::fresh_dir("dftune_test_hf_", name); }
 
 void write_bytes(const fs::path& p, const std::string& bytes) {
   std::ofstream f(p, std::ios::binary);

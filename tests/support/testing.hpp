@@ -1,13 +1,24 @@
 #pragma once
-// What the test files share instead of copying it: the message of an expected error, and the
-// central difference that checks an analytic gradient.
+// What the test files share instead of copying it: the message of an expected error, the
+// central difference that checks an analytic gradient, and an empty scratch directory.
 #include <dftune/error.hpp>
 
 #include <cstddef>
+#include <filesystem>
 #include <string>
 #include <utility>
 
+#include <unistd.h>
+
 namespace test {
+
+// An empty directory <temp>/<prefix><name>_<pid>, created anew (whatever was there is removed).
+inline std::filesystem::path fresh_dir(const std::string& prefix, const std::string& name) {
+  const auto d = std::filesystem::temp_directory_path() / (prefix + name + "_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(d);
+  std::filesystem::create_directories(d);
+  return d;
+}
 
 // What error_of returns when f() throws nothing.
 inline const std::string no_error = "no error";

@@ -128,7 +128,7 @@ class KvDecoder {
     const std::size_t B = slots.size(), D = cfg_.d_model, n = tokens.size();
     const std::size_t QKV = cfg_.qkv_width(), QW = cfg_.q_width(), KW = cfg_.kv_width(), U = cfg_.up_width(), F = cfg_.d_ff;
     check(cache, slots, tokens, offsets, hidden);
-    if (x_.size() < n * D || row_pos_.size() < n || scores_.size() < dftune::max_threads() * cfg_.n_heads * cfg_.max_len) reserve(n);
+    if (x_.size() < n * D || row_pos_.size() < n || scores_.size() < generation::attention_scratch(heads(), cfg_.max_len)) reserve(n);
     std::size_t longest = 0;
     for (std::size_t a = 0; a < B; ++a)
       for (auto r = offsets[a]; r < offsets[a + 1]; ++r) {

@@ -68,8 +68,7 @@ class KvCache {
       : shape_(shape), base_(capacities.size() + 1, 0), length_(capacities.size(), 0) {
     for (std::size_t p = 0; p < capacities.size(); ++p) base_[p + 1] = base_[p] + capacities[p];
     // Not zeroed (a decoder reads only the positions it has written), in huge pages: arena.hpp.
-    size_ = shape.layers * 2 * base_.back() * shape.width;
-    data_ = Arena(size_ * sizeof(T));
+    data_ = Arena(bytes());
   }
 
   // Layers and width it was made for.
@@ -81,7 +80,7 @@ class KvCache {
   // Positions of `slot` already cached (the prompt, then every token fed back).
   std::size_t length(std::size_t slot) const { return length_[slot]; }
   // Bytes of keys and values held (every slot at full capacity).
-  std::size_t bytes() const { return size_ * sizeof(T); }
+  std::size_t bytes() const { return shape_.layers * 2 * base_.back() * shape_.width * sizeof(T); }
 
   // Keys (values) of `slot` in `layer`: [capacity, width] row-major, row t = position t.
   T* keys(std::size_t layer, std::size_t slot) { return data_.template as<T>() + (2 * layer * base_.back() + base_[slot]) * shape_.width; }
@@ -103,7 +102,6 @@ class KvCache {
   std::vector<std::size_t> base_;    // [slots + 1] first row of each slot
   std::vector<std::size_t> length_;  // [slots]
   Arena data_;                       // [layers][keys, values][rows][width] of T
-  std::size_t size_ = 0;
 };
 
 }  // namespace generation

@@ -64,7 +64,7 @@ class KvDecoder {
   void reserve(std::size_t rows) {
     const std::size_t D = cfg_.d_model;
     checked_elements("generate", "decoder scratch rows·max(3·d_model, d_ff)", rows, std::max(3 * D, cfg_.d_ff));
-    const auto scores = checked_elements("generate", "attention scratch threads·heads·max_len", dftune::max_threads(), cfg_.n_heads, cfg_.max_len);
+    const std::size_t scores = scores_size();
     auto grow = [](auto& v, std::size_t size) {
       if (v.size() < size) v.resize(size);
     };
@@ -101,7 +101,7 @@ class KvDecoder {
     if (const auto s = cache.shape(); s.layers != cfg_.n_layers || s.width != D)
       detail::fail("cache", "shape " + std::to_string(s.layers) + " layers · width " + std::to_string(s.width),
                    std::to_string(cfg_.n_layers) + " layers · width " + std::to_string(D));
-    if (x_.size() < n * D || scores_.size() < dftune::max_threads() * H * cfg_.max_len) reserve(n);
+    if (x_.size() < n * D || scores_.size() < scores_size()) reserve(n);
     dftune::cpu::active_isa();  // a bad DFTUNE_ISA throws here, not in a tile's gelu_values
 
     for (std::size_t a = 0; a < B; ++a)
@@ -150,6 +150,11 @@ class KvDecoder {
 
  private:
   const T* param(std::size_t off) const { return theta_.data() + off; }
+
+  // Attention weights scratch: generation/cached_attention.hpp's threads · heads · max_len, checked.
+  std::size_t scores_size() const {
+    return checked_elements("generate", "attention scratch threads·heads·max_len", dftune::max_threads(), cfg_.n_heads, cfg_.max_len);
+  }
 
   void add_bias(T* y, std::size_t rows, std::size_t ld, std::size_t j0, std::size_t w, std::size_t bias) const {
     const T* b = param(bias);
